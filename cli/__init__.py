@@ -1,0 +1,1 @@
+"""The ``mcpdb`` command line."""

@@ -1,0 +1,23 @@
+"""Entry point of the ``mcpdb`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import node
+from cli.errors import CliError, fail
+from nodes.config import ConfigError
+
+app = typer.Typer(help="mcpdb: a Raft-replicated context database for LLM applications.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(node.app, name="node")
+
+
+def run() -> None:
+    """Console-script entry: user mistakes become one line on stderr and a non-zero exit."""
+    try:
+        app()
+    except (CliError, ConfigError) as error:
+        fail(str(error), getattr(error, "code", 2))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)

@@ -1,0 +1,153 @@
+"""The context contract: what an application stores for its models, by kind.
+
+Every kind is validated on its own fields (unknown fields are refused, so a
+typo is a 422 rather than silently dropped data) and carries a free-form
+``data`` object for anything the schema does not name. The stored record adds
+what the replicated store decides: version (Raft index of the last write),
+created/updated times (the proposer's clock, carried in the log entry so every
+replica agrees) and the TTL's expiry time.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+CONTEXT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+_NAMESPACE_RE = re.compile(NAMESPACE_PATTERN)
+_CONTEXT_ID_RE = re.compile(CONTEXT_ID_PATTERN)
+
+KINDS = ("instruction", "profile", "session", "guardrail", "task", "memory")
+Kind = Literal["instruction", "profile", "session", "guardrail", "task", "memory"]
+
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+
+
+class InvalidName(ValueError):
+    """A namespace or context id outside the allowed charset or length."""
+
+
+def check_namespace(namespace: str) -> str:
+    """Namespaces become key prefixes and URL segments: lowercase, short, no separators."""
+    if not _NAMESPACE_RE.match(namespace):
+        raise InvalidName(
+            f"invalid namespace {namespace!r}: use 1-63 characters from a-z 0-9 _ -, "
+            "starting with a letter or digit"
+        )
+    return namespace
+
+
+def check_context_id(context_id: str) -> str:
+    """Ids must be safe as key components and URL path segments (no '/', no '..')."""
+    if not _CONTEXT_ID_RE.match(context_id):
+        raise InvalidName(
+            f"invalid id {context_id!r}: use 1-128 characters from A-Z a-z 0-9 _ . : @ -, "
+            "starting with a letter or digit"
+        )
+    return context_id
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=256 * 1024)
+
+
+class Turn(_Strict):
+    """One message of a conversation. The timestamp is set by the store when absent."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    timestamp: float | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class _ContextBase(_Strict):
+    data: dict[str, Any] = Field(default_factory=dict, description="free-form extension fields")
+    ttl: int | None = Field(
+        default=None, ge=1, le=MAX_TTL_SECONDS, description="seconds until the context expires"
+    )
+
+
+class InstructionIn(_ContextBase):
+    kind: Literal["instruction"]
+    role: str = Field(min_length=1, max_length=200, description="who the model is, e.g. 'contract lawyer'")
+    domains: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, description="domain specialisations"
+    )
+    text: str = Field(min_length=1)
+    style: str | None = None
+
+
+class ProfileIn(_ContextBase):
+    kind: Literal["profile"]
+    name: str | None = None
+    preferences: dict[str, Any] = Field(default_factory=dict)
+    goals: list[str] = Field(default_factory=list)
+
+
+class SessionIn(_ContextBase):
+    kind: Literal["session"]
+    user_id: str | None = None
+    turns: list[Turn] = Field(default_factory=list)
+
+
+class GuardrailIn(_ContextBase):
+    kind: Literal["guardrail"]
+    rules: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    deny_topics: list[str] = Field(default_factory=list)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+
+
+class TaskIn(_ContextBase):
+    kind: Literal["task"]
+    domain: str = Field(min_length=1, max_length=64)
+    goal: str = Field(min_length=1)
+    status: Literal["open", "in_progress", "done", "cancelled"] = "open"
+
+
+class MemoryIn(_ContextBase):
+    kind: Literal["memory"]
+    facts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    user_id: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+ContextIn = Annotated[
+    Union[InstructionIn, ProfileIn, SessionIn, GuardrailIn, TaskIn, MemoryIn],
+    Field(discriminator="kind"),
+]
+CONTEXT_IN_ADAPTER: TypeAdapter[Any] = TypeAdapter(ContextIn)
+
+
+class TurnsIn(_Strict):
+    """Body of a session append: one turn, or several appended atomically in order."""
+
+    turns: list[Turn] = Field(min_length=1, max_length=1000)
+
+
+class BatchPut(_Strict):
+    op: Literal["put"]
+    id: str
+    context: ContextIn
+    if_version: int | None = Field(default=None, ge=0)
+
+
+class BatchDelete(_Strict):
+    op: Literal["delete"]
+    id: str
+    if_version: int | None = Field(default=None, ge=0)
+
+
+class BatchIn(_Strict):
+    """Many writes committed as one log entry: all apply, or none (409 names the failing op)."""
+
+    ops: list[Annotated[Union[BatchPut, BatchDelete], Field(discriminator="op")]] = Field(
+        min_length=1, max_length=1000
+    )
+
+
+def context_fields(context: BaseModel) -> dict[str, Any]:
+    """The kind's own fields as stored (everything but ttl, which the store turns into expiry)."""
+    return context.model_dump(exclude={"ttl"}, mode="json")

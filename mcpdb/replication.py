@@ -1,0 +1,233 @@
+"""Raft replication of the context store through pysyncobj, bridged into asyncio.
+
+Every mutation is one log entry: a JSON command applied by ``ContextStore``
+on every replica in log order. Proposals are pipelined: a proposal hands its
+entry to pysyncobj's queue with a callback and awaits an asyncio future that
+the Raft thread settles, so thousands of writes can be in flight at once.
+
+Failures are sorted into two kinds, because a client must know which:
+``NotApplied`` (the entry never entered the log: safe to retry) and
+``Indeterminate`` (it may still commit: a retry must be idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import orjson
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
+
+from mcpdb.raft_transport import McpdbTransport, transport_class
+from mcpdb.store import ContextStore
+
+_log = logging.getLogger(__name__)
+
+PYSYNCOBJ_VERSION = "0.3.17"
+
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+_NOT_APPLIED = {
+    FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
+    FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
+    FAIL_REASON.DISCARDED: "a new leader replaced the entry before it committed",
+    FAIL_REASON.NOT_LEADER: "the node it was sent to is no longer the leader",
+    FAIL_REASON.REQUEST_DENIED: "the leader refused the request",
+}
+
+
+def check_pysyncobj_version() -> None:
+    """Refuse to run on a pysyncobj whose internals mcpdb was not checked against."""
+    if PYSYNCOBJ_INSTALLED != PYSYNCOBJ_VERSION:
+        raise RuntimeError(
+            f"mcpdb requires pysyncobj=={PYSYNCOBJ_VERSION} (it relies on its apply order, "
+            f"journal and transport internals); found {PYSYNCOBJ_INSTALLED}"
+        )
+
+
+class Unavailable(Exception):
+    """The cluster could not take the request now; ``retry_after`` is a hint in seconds."""
+
+    retry_after = 1
+
+
+class NotApplied(Unavailable):
+    """The entry is certainly not in the log: retrying cannot duplicate it."""
+
+
+class Indeterminate(Unavailable):
+    """The entry may or may not commit later: only an idempotent retry is safe."""
+
+
+@dataclass
+class RaftSettings:
+    """How one node takes part in Raft. ``self_addr=None`` makes a non-voting replica."""
+
+    self_addr: str | None
+    peers: list[str]
+    data_dir: str
+    password: str | None = None
+    durable: bool = True
+    append_entries_period: float = 0.005
+    tick_period: float = 0.002
+    election_timeout: tuple[float, float] = (0.5, 1.0)
+    compaction_min_entries: int = 50_000
+    compaction_min_seconds: int = 300
+    on_state_changed: Callable[[int, int], None] | None = field(default=None, repr=False)
+
+    def syncobj_conf(self, store: ContextStore) -> SyncObjConf:
+        os.makedirs(self.data_dir, exist_ok=True)
+        return SyncObjConf(
+            password=self.password,
+            journalFile=os.path.join(self.data_dir, "raft.journal"),
+            fullDumpFile=os.path.join(self.data_dir, "raft.snapshot"),
+            serializer=store.write_snapshot,
+            deserializer=store.install_snapshot,
+            appendEntriesUseBatch=True,
+            appendEntriesPeriod=self.append_entries_period,
+            autoTickPeriod=self.tick_period,
+            raftMinTimeout=self.election_timeout[0],
+            raftMaxTimeout=self.election_timeout[1],
+            # A leader cut off from the majority steps down after this long
+            # (pysyncobj's default is 30 s, during which writes only time out).
+            leaderFallbackTimeout=self.election_timeout[1],
+            connectionTimeout=max(3.5, self.election_timeout[1]),
+            connectionRetryTime=0.5,
+            commandsWaitLeader=False,
+            dynamicMembershipChange=True,
+            logCompactionMinEntries=self.compaction_min_entries,
+            logCompactionMinTime=self.compaction_min_seconds,
+            sendBufferSize=1 << 20,
+            recvBufferSize=1 << 20,
+            onStateChanged=self.on_state_changed,
+        )
+
+
+class RaftNode(SyncObj):
+    """The pysyncobj object of one node: one replicated method, the store's ``apply``."""
+
+    def __init__(self, settings: RaftSettings, store: ContextStore) -> None:
+        check_pysyncobj_version()
+        self._store = store
+        super().__init__(settings.self_addr, settings.peers, settings.syncobj_conf(store),
+                         transportClass=transport_class(settings.durable))
+
+    @replicated
+    def _apply_entry(self, payload: bytes) -> dict[str, Any] | None:
+        # pysyncobj applies entry raftLastApplied+1 and increments the counter
+        # after the call returns (SyncObj.__applyLogEntries in 0.3.17).
+        index = self.raftLastApplied + 1
+        try:
+            return self._store.apply(index, orjson.loads(payload))
+        except lmdb.Error:
+            _log.critical("LMDB failed applying entry %d; stopping this node", index, exc_info=True)
+            os._exit(70)
+
+    @property
+    def transport(self) -> McpdbTransport:
+        return self._SyncObj__transport  # type: ignore[attr-defined]
+
+    @property
+    def log_first_index(self) -> int:
+        return self._SyncObj__raftLog[0][1]  # type: ignore[attr-defined]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: int) -> None:
+    if future.done():
+        return
+    if error == FAIL_REASON.SUCCESS and result is not None:
+        future.set_result(result)
+    elif error in _NOT_APPLIED:
+        future.set_exception(NotApplied(_NOT_APPLIED[error]))
+    else:
+        future.set_exception(Indeterminate(
+            "the leader changed while the entry was in flight; it may or may not have been applied"))
+
+
+class Replication:
+    """asyncio-facing handle on a node's Raft participation."""
+
+    def __init__(self, settings: RaftSettings, store: ContextStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.raft = RaftNode(settings, store)
+
+    async def propose(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Replicate one command and return its result once this node applied it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def done(result: Any, error: int) -> None:
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+        self.raft._apply_entry(orjson.dumps(command), callback=done)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise Indeterminate(
+                f"not committed within {timeout:g} s (no quorum?); it may or may not be applied later"
+            ) from None
+
+    async def change_membership(self, action: str, raft_addr: str, timeout: float) -> None:
+        """Add or remove a voter; one change at a time, through the log."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def done(result: Any, error: int) -> None:
+            loop.call_soon_threadsafe(_settle, future, True if error == FAIL_REASON.SUCCESS else None,
+                                      error)
+
+        change = self.raft.addNodeToCluster if action == "add" else self.raft.removeNodeFromCluster
+        change(raft_addr, callback=done)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise Indeterminate(f"membership change not committed within {timeout:g} s") from None
+
+    def transfer_leadership(self) -> None:
+        """Hand leadership to a caught-up voter (used on graceful shutdown of the leader)."""
+        if self.is_leader():
+            self.raft.transferLeadership()
+
+    def is_leader(self) -> bool:
+        return self.raft._isLeader()
+
+    def leader_addr(self) -> str | None:
+        leader = self.raft._getLeader()
+        return leader.id if leader is not None else None
+
+    def voters(self) -> list[str]:
+        """Raft addresses of the voting members as this node currently knows them."""
+        members = {node.id for node in self.raft.otherNodes}
+        if self.raft.selfNode is not None:
+            members.add(self.raft.selfNode.id)
+        return sorted(members)
+
+    def status(self) -> dict[str, Any]:
+        """This node's view of Raft: role, term, indexes, log size, peers' match index."""
+        raw = self.raft.getStatus()
+        role = "replica" if self.settings.self_addr is None else _ROLES.get(raw["state"], "unknown")
+        return {
+            "role": role,
+            "leader": raw["leader"].id if raw["leader"] is not None else None,
+            "term": raw["raft_term"],
+            "commit_index": raw["commit_idx"],
+            "applied_index": raw["last_applied"],
+            "leader_commit_index": raw["leader_commit_idx"],
+            "log_entries": raw["log_len"],
+            "log_first_index": self.raft.log_first_index,
+            "has_quorum": raw["has_quorum"],
+            "ready": self.raft.isReady(),
+            "match_index": {key[len("match_idx_server_"):]: value for key, value in raw.items()
+                            if key.startswith("match_idx_server_")},
+            "journal_syncs": self.raft.transport.journal.syncs if self.raft.transport.journal else None,
+        }
+
+    def close(self) -> None:
+        self.raft.destroy_synchronous()

@@ -1,0 +1,494 @@
+"""LMDB state machine: the replicated context store of one node.
+
+``apply(index, command)`` is the only way state changes. It runs the command
+and records ``index`` as the applied index in the same write transaction, so a
+journal replayed after a crash skips what is already applied instead of
+applying it twice. Everything a command needs to be deterministic (the
+proposer's clock, the TTL deadline) travels inside the command: two replicas
+that apply the same log hold byte-identical records.
+
+Layout (named LMDB databases, keys are bytes):
+
+- ``meta``:   ``applied`` -> last applied Raft index (8 bytes, big-endian)
+- ``ctx``:    ``ns \\0 id`` -> record (JSON): kind, fields, version, times, TTL
+- ``turns``:  ``ns \\0 id \\0 seq(8 bytes)`` -> one session turn (JSON); turns are
+              separate keys so an append writes one small value, not the session
+- ``expiry``: ``expires_at_ms(8 bytes) ns \\0 id`` -> b"" (ordered by deadline)
+- ``idem``:   ``ns \\0 id \\0 key`` -> result of the append that used that key
+- ``nodes``:  ``node id`` -> registration of a cluster member (JSON)
+
+Snapshots are tar files holding pysyncobj's bookkeeping and a compacted LMDB
+copy taken inside the Raft thread, so they are exactly the state at their index.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import shutil
+import struct
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+import orjson
+
+from mcpdb.fsutil import fsync_path
+
+_log = logging.getLogger(__name__)
+
+_U64 = struct.Struct(">Q")
+_SEP = b"\x00"
+_DB_NAMES = (b"meta", b"ctx", b"turns", b"expiry", b"idem", b"nodes")
+_APPLIED = b"applied"
+_CURRENT = "CURRENT"
+_SNAPSHOT_RAFT_MEMBER = "raft.pickle"
+_SNAPSHOT_DATA_MEMBER = "data.mdb"
+
+
+def _key(namespace: str, context_id: str) -> bytes:
+    return namespace.encode() + _SEP + context_id.encode()
+
+
+def _turn_prefix(namespace: str, context_id: str) -> bytes:
+    return _key(namespace, context_id) + _SEP
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; ``next_cursor`` is None on the last page."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _ok(version: int, **extra: Any) -> dict[str, Any]:
+    return {"ok": True, "version": version, **extra}
+
+
+def _fail(error: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"ok": False, "error": error, "message": message, **extra}
+
+
+class _Abort(Exception):
+    """Raised inside a write transaction to roll it back and report ``result``."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(result["message"])
+        self.result = result
+
+
+class ContextStore:
+    """One LMDB environment per node; safe for one writer thread and many reader threads."""
+
+    def __init__(self, directory: str, map_size: int = 8 << 30) -> None:
+        self._directory = directory
+        self._map_size = map_size
+        os.makedirs(directory, exist_ok=True)
+        # Guards the environment reference: installing a snapshot swaps the
+        # environment, and no reader may hold a transaction of the old one then.
+        self._lock = threading.RLock()
+        self._env, self._dbs = self._open(self._current_generation())
+
+    # ------------------------------------------------------------------ setup
+    def _current_generation(self) -> str:
+        path = os.path.join(self._directory, _CURRENT)
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read().strip()
+        self._set_current("gen-1")
+        return "gen-1"
+
+    def _set_current(self, generation: str) -> None:
+        tmp = os.path.join(self._directory, _CURRENT + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(generation)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self._directory, _CURRENT))
+        fsync_path(self._directory)
+
+    def _open(self, generation: str) -> tuple[lmdb.Environment, dict[bytes, Any]]:
+        path = os.path.join(self._directory, generation)
+        os.makedirs(path, exist_ok=True)
+        # sync=False: the Raft journal is the durable record; LMDB may lose its
+        # newest transactions in a power loss and the journal replays them.
+        env = lmdb.open(path, map_size=self._map_size, max_dbs=len(_DB_NAMES), sync=False,
+                        metasync=False, readahead=False, max_readers=512)
+        dbs = {name: env.open_db(name) for name in _DB_NAMES}
+        return env, dbs
+
+    def close(self) -> None:
+        with self._lock:
+            self._env.sync(True)
+            self._env.close()
+
+    def sync(self) -> None:
+        """Flush LMDB to disk (done at snapshots and shutdown)."""
+        with self._lock:
+            self._env.sync(True)
+
+    # ------------------------------------------------------------------ apply
+    def applied_index(self) -> int:
+        with self._lock, self._env.begin(db=self._dbs[b"meta"]) as txn:
+            raw = txn.get(_APPLIED)
+        return _U64.unpack(raw)[0] if raw else 0
+
+    def apply(self, index: int, command: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply one committed log entry; returns the result the proposer sees.
+
+        An entry at or below the applied index was applied before (journal
+        replay after a restart): it changes nothing and returns None, since
+        nobody can be waiting for it any more.
+        """
+        op = command["op"]
+        if op == "barrier":
+            return _ok(index)
+        with self._lock:
+            txn = self._env.begin(write=True)
+            try:
+                raw = txn.get(_APPLIED, db=self._dbs[b"meta"])
+                if raw is not None and _U64.unpack(raw)[0] >= index:
+                    txn.abort()
+                    return None
+                # The command runs in a child transaction: a refused command
+                # (CAS conflict, wrong kind) or a bug in one rolls back alone,
+                # while the entry itself still counts as applied. LMDB errors
+                # (disk full, I/O) propagate: a replica that cannot apply
+                # deterministically must stop, not diverge.
+                child = self._env.begin(write=True, parent=txn)
+                try:
+                    result = _APPLIERS[op](self, child, index, command)
+                    child.commit()
+                except _Abort as abort:
+                    child.abort()
+                    result = abort.result
+                except lmdb.Error:
+                    child.abort()
+                    raise
+                except Exception as error:  # noqa: BLE001 - deterministic bug: refuse the entry
+                    child.abort()
+                    _log.exception("entry %d (%s) failed to apply", index, op)
+                    result = _fail("invalid_command", f"entry {index} could not be applied: {error}")
+                txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
+                txn.commit()
+                return result
+            except BaseException:
+                txn.abort()
+                raise
+
+    def _get_record(self, txn: lmdb.Transaction, key: bytes) -> dict[str, Any] | None:
+        raw = txn.get(key, db=self._dbs[b"ctx"])
+        return orjson.loads(raw) if raw is not None else None
+
+    def _check_version(self, record: dict[str, Any] | None, expected: int | None, label: str) -> None:
+        if expected is None:
+            return
+        current = record["version"] if record else 0
+        if current != expected:
+            raise _Abort(_fail(
+                "version_conflict",
+                f"{label}: expected version {expected}, current version is {current}"
+                + (" (does not exist)" if record is None else ""),
+                current_version=current,
+            ))
+
+    def _drop_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str) -> None:
+        prefix = _turn_prefix(namespace, context_id)
+        cursor = txn.cursor(db=self._dbs[b"turns"])
+        if cursor.set_range(prefix):
+            while cursor.key().startswith(prefix):
+                if not cursor.delete():
+                    break
+        idem = txn.cursor(db=self._dbs[b"idem"])
+        if idem.set_range(prefix):
+            while idem.key().startswith(prefix):
+                if not idem.delete():
+                    break
+
+    def _drop_expiry(self, txn: lmdb.Transaction, record: dict[str, Any] | None, key: bytes) -> None:
+        if record and record.get("expires_at") is not None:
+            txn.delete(_U64.pack(int(record["expires_at"] * 1000)) + key, db=self._dbs[b"expiry"])
+
+    def _put(self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str,
+             context: dict[str, Any], ttl: int | None, expected: int | None, now: float,
+             label: str) -> bool:
+        key = _key(namespace, context_id)
+        old = self._get_record(txn, key)
+        self._check_version(old, expected, label)
+        self._drop_expiry(txn, old, key)
+        fields = dict(context)
+        kind = fields.pop("kind")
+        turns = fields.pop("turns", None) if kind == "session" else None
+        if old is not None and old["kind"] == "session":
+            self._drop_turns(txn, namespace, context_id)
+        record: dict[str, Any] = {
+            "kind": kind,
+            "fields": fields,
+            "version": index,
+            "created_at": old["created_at"] if old else now,
+            "updated_at": now,
+            "ttl": ttl,
+            "expires_at": now + ttl if ttl else None,
+        }
+        if kind == "session":
+            record["turn_count"] = 0
+            if turns:
+                self._write_turns(txn, namespace, context_id, record, turns, now)
+        txn.put(key, orjson.dumps(record), db=self._dbs[b"ctx"])
+        if record["expires_at"] is not None:
+            txn.put(_U64.pack(int(record["expires_at"] * 1000)) + key, b"", db=self._dbs[b"expiry"])
+        return old is None
+
+    def _write_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str,
+                     record: dict[str, Any], turns: list[dict[str, Any]], now: float) -> int:
+        prefix = _turn_prefix(namespace, context_id)
+        first = record["turn_count"]
+        for offset, turn in enumerate(turns):
+            stored = dict(turn)
+            if stored.get("timestamp") is None:
+                stored["timestamp"] = now
+            stored.setdefault("metadata", {})
+            txn.put(prefix + _U64.pack(first + offset), orjson.dumps(stored), db=self._dbs[b"turns"])
+        record["turn_count"] = first + len(turns)
+        return first
+
+    def _delete(self, txn: lmdb.Transaction, namespace: str, context_id: str,
+                expected: int | None, label: str) -> None:
+        key = _key(namespace, context_id)
+        old = self._get_record(txn, key)
+        if old is None and expected in (None, 0):
+            raise _Abort(_fail("not_found", f"{label}: {namespace}/{context_id} does not exist"))
+        self._check_version(old, expected, label)
+        self._drop_expiry(txn, old, key)
+        if old["kind"] == "session":
+            self._drop_turns(txn, namespace, context_id)
+        txn.delete(key, db=self._dbs[b"ctx"])
+
+    def _apply_put(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        created = self._put(txn, index, c["ns"], c["id"], c["context"], c.get("ttl"),
+                            c.get("if_version"), c["now"], c["id"])
+        return _ok(index, created=created)
+
+    def _apply_delete(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        self._delete(txn, c["ns"], c["id"], c.get("if_version"), c["id"])
+        return _ok(index)
+
+    def _apply_append(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        namespace, context_id, now = c["ns"], c["id"], c["now"]
+        key = _key(namespace, context_id)
+        idem_key = c.get("idempotency_key")
+        if idem_key:
+            seen = txn.get(_turn_prefix(namespace, context_id) + idem_key.encode(), db=self._dbs[b"idem"])
+            if seen is not None:
+                return {**orjson.loads(seen), "ok": True, "replayed": True}
+        record = self._get_record(txn, key)
+        self._check_version(record, c.get("if_version"), context_id)
+        if record is None:
+            record = {"kind": "session", "fields": {"data": {}, "user_id": None}, "version": index,
+                      "created_at": now, "updated_at": now, "ttl": None, "expires_at": None,
+                      "turn_count": 0}
+        elif record["kind"] != "session":
+            raise _Abort(_fail("wrong_kind",
+                               f"{namespace}/{context_id} is a {record['kind']}, not a session",
+                               current_version=record["version"]))
+        first = self._write_turns(txn, namespace, context_id, record, c["turns"], now)
+        record["version"] = index
+        record["updated_at"] = now
+        txn.put(key, orjson.dumps(record), db=self._dbs[b"ctx"])
+        result = _ok(index, turn_count=record["turn_count"], first_seq=first)
+        if idem_key:
+            txn.put(_turn_prefix(namespace, context_id) + idem_key.encode(), orjson.dumps(result),
+                    db=self._dbs[b"idem"])
+        return result
+
+    def _apply_batch(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        namespace, now = c["ns"], c["now"]
+        results = []
+        for position, op in enumerate(c["ops"]):
+            label = f"op {position} ({op['op']} {op['id']})"
+            if op["op"] == "put":
+                created = self._put(txn, index, namespace, op["id"], op["context"], op.get("ttl"),
+                                    op.get("if_version"), now, label)
+                results.append({"id": op["id"], "created": created})
+            else:
+                self._delete(txn, namespace, op["id"], op.get("if_version"), label)
+                results.append({"id": op["id"], "deleted": True})
+        return _ok(index, results=results)
+
+    def _apply_expire(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        expired = 0
+        for namespace, context_id, version in c["items"]:
+            key = _key(namespace, context_id)
+            record = self._get_record(txn, key)
+            # Only the exact version the leader saw expire: a write that landed
+            # after the leader's scan renewed the context and must survive.
+            if record is None or record["version"] != version:
+                continue
+            if record["expires_at"] is None or record["expires_at"] > c["now"]:
+                continue
+            self._delete(txn, namespace, context_id, None, context_id)
+            expired += 1
+        return _ok(index, expired=expired)
+
+    def _apply_register_node(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        txn.put(c["node"]["id"].encode(), orjson.dumps(c["node"]), db=self._dbs[b"nodes"])
+        return _ok(index)
+
+    def _apply_deregister_node(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        txn.delete(c["id"].encode(), db=self._dbs[b"nodes"])
+        return _ok(index)
+
+    # ------------------------------------------------------------------ reads
+    def _materialise(self, txn: lmdb.Transaction, namespace: str, context_id: str,
+                     record: dict[str, Any], with_turns: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"namespace": namespace, "id": context_id, "kind": record["kind"]}
+        out.update(record["fields"])
+        if record["kind"] == "session":
+            out["turn_count"] = record["turn_count"]
+            if with_turns:
+                out["turns"] = list(self._iter_turns(txn, namespace, context_id))
+        for name in ("version", "created_at", "updated_at", "ttl", "expires_at"):
+            out[name] = record[name]
+        return out
+
+    def _iter_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str) -> Iterator[dict[str, Any]]:
+        prefix = _turn_prefix(namespace, context_id)
+        cursor = txn.cursor(db=self._dbs[b"turns"])
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                break
+            yield orjson.loads(value)
+
+    def get(self, namespace: str, context_id: str) -> dict[str, Any] | None:
+        with self._lock, self._env.begin() as txn:
+            record = self._get_record(txn, _key(namespace, context_id))
+            if record is None:
+                return None
+            return self._materialise(txn, namespace, context_id, record, with_turns=True)
+
+    def list(self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100,
+             cursor: str | None = None) -> Page:
+        """Contexts of a namespace in id order; sessions come without their turns."""
+        ns_prefix = namespace.encode() + _SEP
+        start = ns_prefix + (cursor.encode() + _SEP if cursor else prefix.encode())
+        items: list[dict[str, Any]] = []
+        next_cursor = None
+        with self._lock, self._env.begin() as txn:
+            cur = txn.cursor(db=self._dbs[b"ctx"])
+            if not cur.set_range(start):
+                return Page(items, None)
+            for key, value in cur:
+                if not key.startswith(ns_prefix + prefix.encode()):
+                    break
+                context_id = key[len(ns_prefix):].decode()
+                if cursor is not None and context_id <= cursor:
+                    continue
+                record = orjson.loads(value)
+                if kind is not None and record["kind"] != kind:
+                    continue
+                if len(items) == limit:
+                    next_cursor = items[-1]["id"]
+                    break
+                items.append(self._materialise(txn, namespace, context_id, record, with_turns=False))
+        return Page(items, next_cursor)
+
+    def expired(self, now: float, limit: int = 1000) -> list[tuple[str, str, int]]:
+        """Contexts whose TTL ran out by ``now``; the leader proposes their expiry."""
+        found: list[tuple[str, str, int]] = []
+        deadline = _U64.pack(int(now * 1000))
+        with self._lock, self._env.begin() as txn:
+            cur = txn.cursor(db=self._dbs[b"expiry"])
+            if not cur.first():
+                return found
+            for key, _ in cur:
+                if key[:8] > deadline or len(found) == limit:
+                    break
+                namespace, context_id = key[8:].decode().split("\x00", 1)
+                record = self._get_record(txn, key[8:])
+                if record is not None:
+                    found.append((namespace, context_id, record["version"]))
+        return found
+
+    def nodes(self) -> list[dict[str, Any]]:
+        with self._lock, self._env.begin(db=self._dbs[b"nodes"]) as txn:
+            return [orjson.loads(value) for _, value in txn.cursor()]
+
+    def stats(self) -> dict[str, int]:
+        with self._lock, self._env.begin() as txn:
+            return {
+                "contexts": txn.stat(self._dbs[b"ctx"])["entries"],
+                "turns": txn.stat(self._dbs[b"turns"])["entries"],
+                "size_bytes": self._env.info()["last_pgno"] * self._env.stat()["psize"],
+            }
+
+    # -------------------------------------------------------------- snapshots
+    def write_snapshot(self, path: str, raft_data: Any) -> None:
+        """Write a tar of pysyncobj's bookkeeping and a compacted copy of LMDB.
+
+        Called in the Raft thread, which is also the only writer, so the copy
+        is the state at exactly the snapshot's index.
+        """
+        with self._lock, tempfile.TemporaryDirectory(dir=self._directory) as tmp:
+            self._env.copy(tmp, compact=True)
+            raft_bytes = pickle.dumps(raft_data)
+            with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+                info = tarfile.TarInfo(_SNAPSHOT_RAFT_MEMBER)
+                info.size = len(raft_bytes)
+                tar.addfile(info, io.BytesIO(raft_bytes))
+                tar.add(os.path.join(tmp, _SNAPSHOT_DATA_MEMBER), arcname=_SNAPSHOT_DATA_MEMBER)
+                tar.close()
+                raw.flush()
+                os.fsync(raw.fileno())
+
+    def install_snapshot(self, path: str, snapshot_index: int | None = None) -> Any:
+        """Load a snapshot; returns pysyncobj's bookkeeping stored in it.
+
+        Keeps the live environment when it already holds the snapshot's index
+        or later (a restart after compaction): the journal replay then skips
+        what is applied. Otherwise the snapshot's LMDB copy replaces it.
+        """
+        with tarfile.open(path, "r") as tar:
+            member = tar.extractfile(_SNAPSHOT_RAFT_MEMBER)
+            assert member is not None
+            raft_data = pickle.loads(member.read())
+            index = snapshot_index if snapshot_index is not None else raft_data[0][1]
+            if self.applied_index() >= index:
+                return raft_data
+            with self._lock:
+                old_generation = self._current_generation()
+                generation = f"gen-{int(old_generation.split('-')[1]) + 1}"
+                target = os.path.join(self._directory, generation)
+                shutil.rmtree(target, ignore_errors=True)
+                os.makedirs(target)
+                data = tar.extractfile(_SNAPSHOT_DATA_MEMBER)
+                assert data is not None
+                with open(os.path.join(target, _SNAPSHOT_DATA_MEMBER), "wb") as out:
+                    shutil.copyfileobj(data, out, 1 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                self._env.close()
+                self._set_current(generation)
+                self._env, self._dbs = self._open(generation)
+                shutil.rmtree(os.path.join(self._directory, old_generation), ignore_errors=True)
+        return raft_data
+
+
+
+_APPLIERS = {
+    "put": ContextStore._apply_put,
+    "delete": ContextStore._apply_delete,
+    "append": ContextStore._apply_append,
+    "batch": ContextStore._apply_batch,
+    "expire": ContextStore._apply_expire,
+    "register_node": ContextStore._apply_register_node,
+    "deregister_node": ContextStore._apply_deregister_node,
+}

@@ -1,0 +1,1 @@
+"""The mcpdb node process: configuration, runtime wiring, HTTP app."""

@@ -1,0 +1,221 @@
+"""The REST v1 API of a node (FastAPI). Any node accepts any request.
+
+Status codes: 400 malformed input (bad JSON, bad id, bad header), 401 token,
+404 missing, 409 version conflict or wrong kind, 413 body too large, 422 a
+body that parses but breaks the schema, 503 with Retry-After when the
+cluster cannot commit or confirm a read within the request timeout. The
+503 body says whether the write certainly did not apply (``applied: no``)
+or may still apply (``applied: unknown``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Union
+
+import orjson
+from fastapi import Body, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mcpdb import __version__
+from mcpdb.model import BatchIn, ContextIn, InvalidName, Kind, Turn, TurnsIn
+from mcpdb.replication import Indeterminate, Unavailable
+from mcpdb.service import Consistency, NotFound, Refused
+from nodes.middleware import BearerAuth, BodySizeLimit, JsonBodies
+from nodes.runtime import NodeRuntime
+
+
+class FastJSON(JSONResponse):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> FastJSON:
+    headers = {"Retry-After": str(extra.pop("retry_after"))} if "retry_after" in extra else None
+    return FastJSON({"error": error, "message": message, **extra}, status_code=status, headers=headers)
+
+
+def _version_header(if_match: str | None, if_none_match: str | None) -> int | None:
+    """``If-Match: <version>`` (quoted or bare) for CAS; ``If-None-Match: *`` for create-only."""
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise InvalidHeader("If-None-Match only supports '*' (create only)")
+        return 0
+    if if_match is None:
+        return None
+    text = if_match.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise InvalidHeader(f"If-Match must be a version number, got {if_match!r}")
+    return int(text)
+
+
+class InvalidHeader(ValueError):
+    pass
+
+
+class MemberIn(BaseModel):
+    raft_addr: str = Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+def create_app(runtime: NodeRuntime) -> Any:
+    """Build the ASGI app of one node, wrapped in auth and body-size middleware."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        yield
+        await runtime.stop()
+
+    app = FastAPI(title="mcpdb", version=__version__, default_response_class=FastJSON,
+                  # A JSON API: parse the body as JSON whatever Content-Type says (curl -d).
+                  strict_content_type=False,
+                  lifespan=lifespan,
+                  description="Raft-replicated context database for LLM applications.")
+    service = runtime.service
+
+    # ------------------------------------------------------------ errors
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> FastJSON:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(400, "invalid_json", "request body is not valid JSON")
+        parts = []
+        for e in errors:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            parts.append(f"{where or 'body'}: {e.get('msg')}")
+        # Echoing "input" back could return a megabyte body; type, place and message suffice.
+        detail = [{"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")}
+                  for e in errors]
+        return _error(422, "invalid_request", "; ".join(parts), detail=detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> FastJSON:
+        name = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, name, str(exc.detail))
+
+    @app.exception_handler(InvalidName)
+    async def invalid_name(_: Request, exc: InvalidName) -> FastJSON:
+        return _error(400, "invalid_name", str(exc))
+
+    @app.exception_handler(InvalidHeader)
+    async def invalid_header(_: Request, exc: InvalidHeader) -> FastJSON:
+        return _error(400, "invalid_header", str(exc))
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> FastJSON:
+        return _error(404, "not_found", exc.message)
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> FastJSON:
+        status = 400 if exc.error == "invalid_command" else 409
+        return _error(status, exc.error, exc.message, current_version=exc.current_version)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_: Request, exc: Unavailable) -> FastJSON:
+        applied = "unknown" if isinstance(exc, Indeterminate) else "no"
+        return _error(503, "unavailable", str(exc), applied=applied, retry_after=exc.retry_after)
+
+    # ------------------------------------------------------------ health
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the process serves HTTP."""
+        return {"status": "ok", "node": runtime.config.node_id}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> Any:
+        """Readiness: a leader is known and this node has applied what it knows is committed."""
+        ready, reason = runtime.ready()
+        body = {"ready": ready, "reason": reason, "node": runtime.config.node_id}
+        return FastJSON(body, status_code=200 if ready else 503,
+                        headers=None if ready else {"Retry-After": "1"})
+
+    @app.get("/v1/node", tags=["cluster"])
+    async def node_status() -> dict[str, Any]:
+        """This node's own view: role, term, commit and applied index, store size."""
+        return runtime.local_status()
+
+    @app.get("/v1/cluster", tags=["cluster"])
+    async def cluster_status() -> dict[str, Any]:
+        """Members, roles, leader, term, and commit/applied index per node."""
+        return await runtime.cluster_status()
+
+    @app.post("/v1/cluster/members", status_code=201, tags=["cluster"])
+    async def add_member(member: MemberIn) -> dict[str, Any]:
+        """Add a voter. Start the new node first with every current voter as ``--peer``."""
+        await runtime.replication.change_membership("add", member.raft_addr, runtime.config.request_timeout)
+        return {"added": member.raft_addr, "voters": runtime.replication.voters()}
+
+    @app.delete("/v1/cluster/members/{raft_addr}", tags=["cluster"])
+    async def remove_member(raft_addr: str) -> dict[str, Any]:
+        """Remove a voter by Raft address."""
+        if raft_addr not in runtime.replication.voters():
+            return _error(404, "not_found", f"{raft_addr} is not a voter")
+        await runtime.replication.change_membership("remove", raft_addr, runtime.config.request_timeout)
+        return {"removed": raft_addr, "voters": runtime.replication.voters()}
+
+    # ------------------------------------------------------------ contexts
+    ns_path = "/v1/namespaces/{namespace}"
+
+    @app.put(ns_path + "/contexts/{context_id}", tags=["contexts"])
+    async def put_context(namespace: str, context_id: str,
+                          context: Annotated[ContextIn, Body()], response: Response,
+                          if_match: Annotated[str | None, Header()] = None,
+                          if_none_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Create or replace a context. ``If-Match: <version>`` makes it a compare-and-set
+        (409 with the current version on mismatch); ``If-None-Match: *`` creates only."""
+        expected = _version_header(if_match, if_none_match)
+        result = await service.put(namespace, context_id, context, expected)
+        response.status_code = 201 if result["created"] else 200
+        response.headers["ETag"] = f'"{result["version"]}"'
+        return result
+
+    @app.get(ns_path + "/contexts/{context_id}", tags=["contexts"])
+    async def get_context(namespace: str, context_id: str, response: Response,
+                          consistency: Consistency = Consistency.linearizable) -> dict[str, Any]:
+        """Read a context; linearizable by default, ``stale`` reads local state without a barrier."""
+        record = await service.get(namespace, context_id, consistency)
+        response.headers["ETag"] = f'"{record["version"]}"'
+        return record
+
+    @app.delete(ns_path + "/contexts/{context_id}", tags=["contexts"])
+    async def delete_context(namespace: str, context_id: str,
+                             if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Delete a context (404 if missing); ``If-Match`` makes it conditional."""
+        return await service.delete(namespace, context_id, _version_header(if_match, None))
+
+    @app.get(ns_path + "/contexts", tags=["contexts"])
+    async def list_contexts(namespace: str,
+                            kind: Kind | None = None,
+                            prefix: Annotated[str, Query(max_length=128)] = "",
+                            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                            cursor: Annotated[str | None, Query(max_length=128)] = None,
+                            consistency: Consistency = Consistency.linearizable) -> dict[str, Any]:
+        """Contexts in id order, filtered by kind and id prefix; follow ``next_cursor`` for more.
+        Sessions are listed without their turns (``turn_count`` says how many)."""
+        page = await service.list(namespace, kind, prefix, limit, cursor, consistency)
+        return {"items": page.items, "next_cursor": page.next_cursor}
+
+    @app.post(ns_path + "/sessions/{session_id}/turns", tags=["sessions"])
+    async def append_turns(namespace: str, session_id: str,
+                           body: Annotated[Union[TurnsIn, Turn], Body()],
+                           if_match: Annotated[str | None, Header()] = None,
+                           idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+                           ) -> dict[str, Any]:
+        """Append one turn (``{"role", "content"}``) or several (``{"turns": [...]}``) atomically.
+        Creates the session if missing. With ``Idempotency-Key``, a retry returns the first result."""
+        turns = body.turns if isinstance(body, TurnsIn) else [body]
+        return await service.append(namespace, session_id, turns, _version_header(if_match, None),
+                                    idempotency_key)
+
+    @app.post(ns_path + "/batch", tags=["contexts"])
+    async def batch(namespace: str, body: BatchIn) -> dict[str, Any]:
+        """Several puts and deletes as one log entry: all apply or none (409 names the op)."""
+        return await service.batch(namespace, body)
+
+    return BodySizeLimit(BearerAuth(JsonBodies(app), runtime.config.token), runtime.config.max_body_bytes)

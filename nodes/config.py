@@ -1,0 +1,91 @@
+"""Node configuration, validated before anything listens."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A node configuration that must not start; the message says what to change."""
+
+
+def split_host_port(address: str, what: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must look like HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret(path: str | None, env_var: str) -> str | None:
+    """A secret from a file (first line) or, failing that, an environment variable."""
+    if path:
+        try:
+            with open(path) as f:
+                value = f.readline().strip()
+        except OSError as error:
+            raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+        if not value:
+            raise ConfigError(f"{path} is empty")
+        return value
+    return os.environ.get(env_var) or None
+
+
+@dataclass
+class NodeConfig:
+    node_id: str
+    data_dir: str
+    http_addr: str
+    raft_addr: str | None
+    peers: list[str] = field(default_factory=list)
+    token: str | None = None
+    cluster_secret: str | None = None
+    durable: bool = True
+    request_timeout: float = 3.0
+    max_body_bytes: int = 1 << 20
+    compaction_min_entries: int = 50_000
+    unsafe_stale_reads: bool = False
+    advertise_url: str | None = None
+
+    def validate(self) -> None:
+        if not _NODE_ID_RE.match(self.node_id):
+            raise ConfigError(f"invalid node id {self.node_id!r}: use 1-63 characters from A-Z a-z 0-9 _ . -")
+        http_host, _ = split_host_port(self.http_addr, "--http-addr")
+        if self.raft_addr is not None:
+            raft_host, _ = split_host_port(self.raft_addr, "--raft-addr")
+            if not is_loopback(raft_host) and not self.cluster_secret:
+                raise ConfigError("refusing Raft on a non-loopback address without a cluster secret "
+                                  "(--cluster-secret-file or MCPDB_CLUSTER_SECRET)")
+        for peer in self.peers:
+            split_host_port(peer, "--peer")
+        if not self.peers and self.raft_addr is None:
+            raise ConfigError("a non-voting replica needs --peer addresses of the voters")
+        if not is_loopback(http_host) and not self.token:
+            raise ConfigError("refusing to serve HTTP on a non-loopback address without a token "
+                              "(--token-file or MCPDB_TOKEN)")
+        if self.request_timeout <= 0:
+            raise ConfigError("--request-timeout must be positive")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("--max-body-bytes must be at least 1024")
+
+    @property
+    def http_url(self) -> str:
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host, port = split_host_port(self.http_addr, "--http-addr")
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"

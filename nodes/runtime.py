@@ -1,0 +1,170 @@
+"""Wires one node together: store, replication, read barrier, service, duties.
+
+Background duties run on every node and act only where they should: the
+leader proposes TTL expiries; every node registers itself in the replicated
+node registry once a leader exists (that is how ``/v1/cluster`` finds the
+HTTP address of each member).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+import httpx
+
+from mcpdb import __version__
+from mcpdb.barrier import ReadBarrier
+from mcpdb.replication import RaftSettings, Replication, Unavailable
+from mcpdb.service import ContextService
+from mcpdb.store import ContextStore
+from nodes.config import NodeConfig
+
+_log = logging.getLogger(__name__)
+
+EXPIRY_PERIOD_S = 1.0
+
+
+class NodeRuntime:
+    """Everything a node runs besides the HTTP server."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.store = ContextStore(os.path.join(config.data_dir, "store"))
+        settings = RaftSettings(
+            self_addr=config.raft_addr,
+            peers=config.peers,
+            data_dir=os.path.join(config.data_dir, "raft"),
+            password=config.cluster_secret,
+            durable=config.durable,
+            compaction_min_entries=config.compaction_min_entries,
+        )
+        self.replication = Replication(settings, self.store)
+        self.barrier = ReadBarrier(self.replication.propose, config.request_timeout)
+        self.service = ContextService(self.replication, self.barrier, config.request_timeout,
+                                      unsafe_stale_reads=config.unsafe_stale_reads)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
+        self._http = httpx.AsyncClient(timeout=0.5, headers=headers)
+        self._tasks = [
+            asyncio.create_task(self._register_loop()),
+            asyncio.create_task(self._expiry_loop()),
+        ]
+
+    async def stop(self) -> None:
+        """Graceful shutdown: hand over leadership, stop duties, close Raft and LMDB."""
+        if self.replication.is_leader():
+            self.replication.transfer_leadership()
+            deadline = time.monotonic() + 2.0
+            while self.replication.is_leader() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._http is not None:
+            await self._http.aclose()
+        await asyncio.to_thread(self.replication.close)
+        self.store.close()
+
+    # ---------------------------------------------------------------- duties
+    def registration(self) -> dict[str, Any]:
+        return {
+            "id": self.config.node_id,
+            "raft_addr": self.config.raft_addr,
+            "http_url": self.config.http_url,
+            "voter": self.config.raft_addr is not None,
+            "version": __version__,
+        }
+
+    async def _register_loop(self) -> None:
+        """Register (again, after every restart) so the registry holds current addresses."""
+        while True:
+            if self.replication.leader_addr() is not None:
+                current = {node["id"]: node for node in self.store.nodes()}
+                if current.get(self.config.node_id) == self.registration():
+                    return
+                try:
+                    await self.service.register_node(self.registration())
+                    return
+                except Unavailable:
+                    pass
+            await asyncio.sleep(0.2)
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_PERIOD_S)
+            if not self.replication.is_leader():
+                continue
+            try:
+                await self.service.expire_due()
+            except Unavailable:
+                continue
+            except Exception:  # noqa: BLE001 - a duty must outlive one failure
+                _log.exception("expiry pass failed")
+
+    # ---------------------------------------------------------------- status
+    def ready(self) -> tuple[bool, str]:
+        """Ready = a leader is known and this node applied everything it knows is committed."""
+        status = self.replication.status()
+        if status["leader"] is None:
+            return False, "no leader known"
+        if not status["ready"]:
+            return False, "still catching up with the leader's log"
+        if status["applied_index"] < status["commit_index"]:
+            return False, f"applied {status['applied_index']} of {status['commit_index']} committed entries"
+        return True, "ready"
+
+    def local_status(self) -> dict[str, Any]:
+        raft = self.replication.status()
+        ready, reason = self.ready()
+        return {
+            "id": self.config.node_id,
+            "http_url": self.config.http_url,
+            "raft_addr": self.config.raft_addr,
+            "voter": self.config.raft_addr is not None,
+            "durable": self.config.durable,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "ready": ready,
+            "ready_reason": reason,
+            "store": self.store.stats(),
+            "store_applied_index": self.store.applied_index(),
+            "read_barriers": {"batches": self.barrier.batches, "reads": self.barrier.reads},
+            **raft,
+        }
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """Every registered node's own status, fetched concurrently; unreachable ones say so."""
+        assert self._http is not None
+        registry = {node["id"]: node for node in self.store.nodes()}
+        registry[self.config.node_id] = self.registration()
+
+        async def fetch(node: dict[str, Any]) -> dict[str, Any]:
+            if node["id"] == self.config.node_id:
+                return {**node, "reachable": True, **self.local_status()}
+            try:
+                response = await self._http.get(node["http_url"] + "/v1/node")
+                response.raise_for_status()
+                return {**node, "reachable": True, **response.json()}
+            except (httpx.HTTPError, ValueError) as error:
+                return {**node, "reachable": False, "role": "unreachable", "error": str(error) or type(error).__name__}
+
+        nodes = await asyncio.gather(*(fetch(node) for node in registry.values()))
+        leader_addr = self.replication.leader_addr()
+        leader = next((n["id"] for n in nodes if leader_addr and n.get("raft_addr") == leader_addr), None)
+        return {
+            "leader": leader,
+            "leader_raft_addr": leader_addr,
+            "term": self.replication.status()["term"],
+            "raft_members": self.replication.voters(),
+            "nodes": sorted(nodes, key=lambda n: n["id"]),
+        }

@@ -1,0 +1,26 @@
+"""Run one node: the runtime inside uvicorn, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from nodes.app import create_app
+from nodes.config import NodeConfig, split_host_port
+from nodes.runtime import NodeRuntime
+
+
+def serve(config: NodeConfig) -> None:
+    """Validate, build and serve a node; returns after a graceful shutdown."""
+    config.validate()
+    logging.basicConfig(level=logging.WARNING,
+                        format=f"%(asctime)s {config.node_id} %(name)s %(levelname)s %(message)s")
+    runtime = NodeRuntime(config)
+    host, port = split_host_port(config.http_addr, "--http-addr")
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
+        loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
+    ))
+    server.run()
