@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from cli import node
+from cli import bench, ctx, node, session, status, up
 from cli.errors import CliError, fail
 from nodes.config import ConfigError
 
 app = typer.Typer(help="mcpdb: a Raft-replicated context database for LLM applications.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(node.app, name="node")
+app.add_typer(ctx.app, name="ctx")
+app.add_typer(session.app, name="session")
+app.add_typer(bench.app, name="bench")
+app.command("up")(up.up)
+app.command("status")(status.status)
 
 
 def run() -> None:

@@ -9,7 +9,12 @@ import typer
 
 from nodes.config import ConfigError, NodeConfig, read_secret
 
-app = typer.Typer(help="Run a single node.", no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.callback()
+def node() -> None:
+    """Run a single node (``start``); a callback keeps ``start`` a subcommand."""
 
 
 @app.command("start")

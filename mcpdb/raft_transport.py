@@ -1,9 +1,15 @@
 """pysyncobj transport with mcpdb's hooks into the Raft message flow.
 
 pysyncobj lets the application choose the transport class. mcpdb uses that
-seam, the narrowest one available, to make the journal durable before a
-follower acknowledges entries (see ``durability``). Anything here reads
-pysyncobj internals, which is why ``replication`` pins its exact version.
+seam, the narrowest one available, for two things:
+
+- incoming AppendEntries are reconciled with the local log first, so that
+  pysyncobj never truncates entries that match the leader's (``raft_safety``);
+- the journal is fsynced before a follower acknowledges entries when the
+  node is durable (``durability``).
+
+Anything here reads pysyncobj internals, which is why ``replication`` pins
+its exact version and refuses to start on another.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ from pysyncobj.node import Node
 from pysyncobj.transport import TCPTransport
 
 from mcpdb.durability import SyncedJournal
+from mcpdb.raft_safety import reconcile
 
 
 class McpdbTransport(TCPTransport):
-    """TCP transport that fsyncs the journal before acknowledging AppendEntries when durable."""
+    """TCP transport that guards the follower's log and makes acknowledgements durable."""
 
     durable: bool = True
+    guard_log: bool = True
+    reconciled_messages = 0
 
     def __init__(self, syncObj: Any, selfNode: Node | None, otherNodes: Any) -> None:  # noqa: N803
         super().__init__(syncObj, selfNode, otherNodes)
@@ -32,6 +41,21 @@ class McpdbTransport(TCPTransport):
             syncObj._SyncObj__raftLog = self.journal
             syncObj.addOnTickCallback(self.journal.sync)
 
+    def _onMessageReceived(self, node: Node, message: Any) -> None:  # noqa: N802 - pysyncobj's name
+        if not self.guard_log or not isinstance(message, dict) or message.get("type") != "append_entries":
+            super()._onMessageReceived(node, message)
+            return
+        log = self._syncObj._SyncObj__raftLog
+        first_index = log[0][1]
+        result = reconcile(message, self._syncObj.raftCurrentTerm, first_index, log[-1][1],
+                           lambda index: log[index - first_index][2])
+        if result.message is not message:
+            self.reconciled_messages += 1
+        super()._onMessageReceived(node, result.message)
+        if result.ack_through is not None:
+            self.send(node, {"type": "next_node_idx", "next_node_idx": result.ack_through + 1,
+                             "reset": False, "success": True})
+
     def send(self, node: Node, message: Any) -> bool:
         if (self.journal is not None and isinstance(message, dict)
                 and message.get("type") == "next_node_idx" and message.get("success")):
@@ -39,6 +63,6 @@ class McpdbTransport(TCPTransport):
         return super().send(node, message)
 
 
-def transport_class(durable: bool) -> type[McpdbTransport]:
-    """A transport class with the durability setting baked in (pysyncobj instantiates it)."""
-    return type("McpdbTransport", (McpdbTransport,), {"durable": durable})
+def transport_class(durable: bool, guard_log: bool = True) -> type[McpdbTransport]:
+    """A transport class with the settings baked in (pysyncobj instantiates it itself)."""
+    return type("McpdbTransport", (McpdbTransport,), {"durable": durable, "guard_log": guard_log})

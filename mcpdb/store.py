@@ -87,9 +87,11 @@ class _Abort(Exception):
 class ContextStore:
     """One LMDB environment per node; safe for one writer thread and many reader threads."""
 
-    def __init__(self, directory: str, map_size: int = 8 << 30) -> None:
+    def __init__(self, directory: str, durable: bool = True, map_size: int = 8 << 30) -> None:
         self._directory = directory
+        self._durable = durable
         self._map_size = map_size
+        self._group: lmdb.Transaction | None = None
         os.makedirs(directory, exist_ok=True)
         # Guards the environment reference: installing a snapshot swaps the
         # environment, and no reader may hold a transaction of the old one then.
@@ -117,15 +119,19 @@ class ContextStore:
     def _open(self, generation: str) -> tuple[lmdb.Environment, dict[bytes, Any]]:
         path = os.path.join(self._directory, generation)
         os.makedirs(path, exist_ok=True)
-        # sync=False: the Raft journal is the durable record; LMDB may lose its
-        # newest transactions in a power loss and the journal replays them.
-        env = lmdb.open(path, map_size=self._map_size, max_dbs=len(_DB_NAMES), sync=False,
+        # Durable: data pages are flushed at each (group) commit but the meta
+        # page is not (NOMETASYNC): a power loss may undo the last commits,
+        # which the Raft journal replays, and cannot corrupt the file. Fast:
+        # no flush at all (NOSYNC); a power loss may corrupt the store, and
+        # the node must then be rebuilt from a peer's snapshot.
+        env = lmdb.open(path, map_size=self._map_size, max_dbs=len(_DB_NAMES), sync=self._durable,
                         metasync=False, readahead=False, max_readers=512)
         dbs = {name: env.open_db(name) for name in _DB_NAMES}
         return env, dbs
 
     def close(self) -> None:
         with self._lock:
+            self.commit()
             self._env.sync(True)
             self._env.close()
 
@@ -140,48 +146,62 @@ class ContextStore:
             raw = txn.get(_APPLIED)
         return _U64.unpack(raw)[0] if raw else 0
 
-    def apply(self, index: int, command: dict[str, Any]) -> dict[str, Any] | None:
+    def apply(self, index: int, command: dict[str, Any], commit: bool = True) -> dict[str, Any] | None:
         """Apply one committed log entry; returns the result the proposer sees.
 
         An entry at or below the applied index was applied before (journal
         replay after a restart): it changes nothing and returns None, since
         nobody can be waiting for it any more.
+
+        With ``commit=False`` the entry joins the open group transaction and
+        becomes visible (and durable) at the next ``commit()``: the Raft
+        thread applies a whole tick's entries in one LMDB transaction.
         """
         op = command["op"]
         if op == "barrier":
             return _ok(index)
         with self._lock:
-            txn = self._env.begin(write=True)
-            try:
-                raw = txn.get(_APPLIED, db=self._dbs[b"meta"])
-                if raw is not None and _U64.unpack(raw)[0] >= index:
-                    txn.abort()
-                    return None
-                # The command runs in a child transaction: a refused command
-                # (CAS conflict, wrong kind) or a bug in one rolls back alone,
-                # while the entry itself still counts as applied. LMDB errors
-                # (disk full, I/O) propagate: a replica that cannot apply
-                # deterministically must stop, not diverge.
-                child = self._env.begin(write=True, parent=txn)
-                try:
-                    result = _APPLIERS[op](self, child, index, command)
-                    child.commit()
-                except _Abort as abort:
-                    child.abort()
-                    result = abort.result
-                except lmdb.Error:
-                    child.abort()
-                    raise
-                except Exception as error:  # noqa: BLE001 - deterministic bug: refuse the entry
-                    child.abort()
-                    _log.exception("entry %d (%s) failed to apply", index, op)
-                    result = _fail("invalid_command", f"entry {index} could not be applied: {error}")
+            if self._group is None:
+                self._group = self._env.begin(write=True)
+            txn = self._group
+            raw = txn.get(_APPLIED, db=self._dbs[b"meta"])
+            if raw is not None and _U64.unpack(raw)[0] >= index:
+                result = None
+            else:
+                result = self._apply_in(txn, index, op, command)
                 txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
-                txn.commit()
-                return result
-            except BaseException:
-                txn.abort()
-                raise
+            if commit:
+                self.commit()
+            return result
+
+    def _apply_in(self, txn: lmdb.Transaction, index: int, op: str, command: dict[str, Any]) -> dict[str, Any]:
+        # The command runs in a child transaction: a refused command (CAS
+        # conflict, wrong kind) or a bug in one rolls back alone, while the
+        # entry itself still counts as applied. LMDB errors (disk full, I/O)
+        # propagate: a replica that cannot apply deterministically must stop,
+        # not diverge.
+        child = self._env.begin(write=True, parent=txn)
+        try:
+            result = _APPLIERS[op](self, child, index, command)
+            child.commit()
+            return result
+        except _Abort as abort:
+            child.abort()
+            return abort.result
+        except lmdb.Error:
+            child.abort()
+            raise
+        except Exception as error:  # noqa: BLE001 - deterministic bug: refuse the entry
+            child.abort()
+            _log.exception("entry %d (%s) failed to apply", index, op)
+            return _fail("invalid_command", f"entry {index} could not be applied: {error}")
+
+    def commit(self) -> None:
+        """Commit the group transaction: its entries become visible to readers and durable."""
+        with self._lock:
+            if self._group is not None:
+                group, self._group = self._group, None
+                group.commit()
 
     def _get_record(self, txn: lmdb.Transaction, key: bytes) -> dict[str, Any] | None:
         raw = txn.get(key, db=self._dbs[b"ctx"])
@@ -434,9 +454,10 @@ class ContextStore:
     def write_snapshot(self, path: str, raft_data: Any) -> None:
         """Write a tar of pysyncobj's bookkeeping and a compacted copy of LMDB.
 
-        Called in the Raft thread, which is also the only writer, so the copy
-        is the state at exactly the snapshot's index.
+        Called in the Raft thread, which is also the only writer, so after
+        committing the group the copy is the state at exactly the snapshot's index.
         """
+        self.commit()
         with self._lock, tempfile.TemporaryDirectory(dir=self._directory) as tmp:
             self._env.copy(tmp, compact=True)
             raft_bytes = pickle.dumps(raft_data)
@@ -461,6 +482,7 @@ class ContextStore:
             assert member is not None
             raft_data = pickle.loads(member.read())
             index = snapshot_index if snapshot_index is not None else raft_data[0][1]
+            self.commit()
             if self.applied_index() >= index:
                 return raft_data
             with self._lock:

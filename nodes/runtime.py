@@ -35,7 +35,7 @@ class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.started_at = time.time()
-        self.store = ContextStore(os.path.join(config.data_dir, "store"))
+        self.store = ContextStore(os.path.join(config.data_dir, "store"), durable=config.durable)
         settings = RaftSettings(
             self_addr=config.raft_addr,
             peers=config.peers,
@@ -43,6 +43,7 @@ class NodeRuntime:
             password=config.cluster_secret,
             durable=config.durable,
             compaction_min_entries=config.compaction_min_entries,
+            max_entry_bytes=config.max_body_bytes,
         )
         self.replication = Replication(settings, self.store)
         self.barrier = ReadBarrier(self.replication.propose, config.request_timeout)

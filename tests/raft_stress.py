@@ -1,0 +1,129 @@
+"""A bounded write stress on three pysyncobj nodes in separate processes.
+
+Shared by the truncation tests and the issue's benchmark: it counts
+pysyncobj's CRITICAL "truncating already-applied log entries" records with
+the stock transport and with mcpdb's guarded one, under the load that was
+measured to trigger them (16 threads of ``sync=True`` 1 KiB writes on the
+leader, unbatched AppendEntries).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.transport import TCPTransport
+
+from mcpdb.localcluster import free_port
+from mcpdb.raft_transport import transport_class
+
+
+class _Log(SyncObj):
+    def __init__(self, self_addr: str, peers: list[str], conf: SyncObjConf, transport: type) -> None:
+        self.applied = 0
+        self.digest = 0
+        super().__init__(self_addr, peers, conf, transportClass=transport)
+
+    @replicated
+    def record(self, payload: bytes) -> int:
+        self.applied += 1
+        self.digest = zlib.crc32(payload, self.digest)
+        return self.applied
+
+
+class _CriticalCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.CRITICAL)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "truncating already-applied" in record.getMessage():
+            self.count += 1
+
+
+def _node(addr: str, peers: list[str], guarded: bool, batch: bool, seconds: float, threads: int,
+          results: Any) -> None:
+    logging.basicConfig(level=logging.CRITICAL, handlers=[logging.NullHandler()])
+    counter = _CriticalCounter()
+    logging.getLogger("pysyncobj.syncobj").addHandler(counter)
+    conf = SyncObjConf(appendEntriesUseBatch=batch, appendEntriesPeriod=0.005 if batch else 0.05,
+                       autoTickPeriod=0.002 if batch else 0.05, raftMinTimeout=1.0, raftMaxTimeout=2.0,
+                       dynamicMembershipChange=True)
+    node = _Log(addr, peers, conf, transport_class(durable=False) if guarded else TCPTransport)
+    deadline = time.monotonic() + 10
+    while node._getLeader() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    acknowledged = 0
+    latencies: list[float] = []
+    if node._isLeader():
+        stop = time.monotonic() + seconds
+        lock = threading.Lock()
+
+        def writer() -> None:
+            nonlocal acknowledged
+            mine: list[float] = []
+            while time.monotonic() < stop:
+                began = time.monotonic()
+                try:
+                    node.record(os.urandom(512).hex().encode(), sync=True, timeout=5)
+                except Exception:  # noqa: BLE001 - a failed write is just not counted
+                    continue
+                mine.append(time.monotonic() - began)
+            with lock:
+                acknowledged += len(mine)
+                latencies.extend(mine)
+
+        workers = [threading.Thread(target=writer) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    else:
+        time.sleep(seconds)
+    time.sleep(1.5)  # let followers apply the tail
+    results.put({"addr": addr, "leader": node._isLeader(), "acknowledged": acknowledged,
+                 "latencies": sorted(latencies), "critical": counter.count,
+                 "applied": node.applied, "digest": node.digest})
+    node.destroy_synchronous()
+
+
+@dataclass
+class StressResult:
+    commits_per_s: float
+    p50_ms: float
+    critical_truncations: int
+    replicas_identical: bool
+
+
+def run_stress(guarded: bool, batch: bool = False, seconds: float = 8.0, threads: int = 16) -> StressResult:
+    """Run the stress and collect every node's report."""
+    ctx = multiprocessing.get_context("spawn")
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    results = ctx.Queue()
+    processes = [ctx.Process(target=_node, args=(a, [o for o in addrs if o != a], guarded, batch,
+                                                 seconds, threads, results)) for a in addrs]
+    for process in processes:
+        process.start()
+    try:
+        reports = [results.get(timeout=seconds + 30) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+    leader = next(r for r in reports if r["leader"])
+    latencies = leader["latencies"]
+    return StressResult(
+        commits_per_s=leader["acknowledged"] / seconds,
+        p50_ms=latencies[len(latencies) // 2] * 1000 if latencies else float("nan"),
+        critical_truncations=sum(r["critical"] for r in reports),
+        replicas_identical=len({(r["applied"], r["digest"]) for r in reports}) == 1,
+    )

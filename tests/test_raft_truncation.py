@@ -1,0 +1,112 @@
+"""pysyncobj 0.3.17 truncates acknowledged, applied entries; mcpdb's transport stops it.
+
+Deterministic: a real pysyncobj follower (no ticking thread, no peers up) is
+fed the exact messages a pipelining leader produces - entries 2..4, then a
+re-send of entry 3 after a stale reply moved the leader's next index back.
+The stress test repeats the measured load on three processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.transport import TCPTransport
+
+from mcpdb.localcluster import free_port
+from mcpdb.raft_transport import transport_class
+from tests.raft_stress import run_stress
+
+NO_OP = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP: applies as nothing
+
+
+def _follower(transport: type) -> tuple[SyncObj, list[dict]]:
+    leader_addr = f"127.0.0.1:{free_port()}"
+    follower = SyncObj(f"127.0.0.1:{free_port()}", [leader_addr],
+                       SyncObjConf(autoTick=False, appendEntriesUseBatch=False), transportClass=transport)
+    sent: list[dict] = []
+    follower._SyncObj__transport.send = lambda node, message: sent.append(message) or True
+    return follower, sent
+
+
+def _deliver(follower: SyncObj, message: dict) -> None:
+    transport = follower._SyncObj__transport
+    transport._onMessageReceived(next(iter(follower.otherNodes)), message)
+    follower.doTick(0)
+
+
+def _log_indexes(follower: SyncObj) -> list[int]:
+    log = follower._SyncObj__raftLog
+    return [log[i][1] for i in range(len(log))]
+
+
+@pytest.fixture
+def critical_records() -> Iterator[list[logging.LogRecord]]:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.CRITICAL)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("pysyncobj.syncobj")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def _replay_pipelined_resend(transport: type) -> tuple[SyncObj, list[dict]]:
+    follower, sent = _follower(transport)
+    entries = [(NO_OP, index, 1) for index in (2, 3, 4)]
+    _deliver(follower, {"type": "append_entries", "term": 1, "commit_index": 4, "prevLogIdx": 1,
+                        "prevLogTerm": 0, "entries": entries})
+    assert follower.raftLastApplied == 4
+    assert sent[-1] == {"type": "next_node_idx", "next_node_idx": 5, "reset": False, "success": True}
+    _deliver(follower, {"type": "append_entries", "term": 1, "commit_index": 4, "prevLogIdx": 2,
+                        "prevLogTerm": 1, "entries": entries[1:2]})
+    return follower, sent
+
+
+def test_stock_pysyncobj_drops_an_acknowledged_applied_entry(critical_records) -> None:
+    follower, _ = _replay_pipelined_resend(TCPTransport)
+    try:
+        # Entry 4 was acknowledged (next_node_idx 5) and applied, and is gone:
+        # with the leader dead, this follower and a third node that never got
+        # entry 4 form a majority that can elect a leader without it.
+        assert _log_indexes(follower) == [1, 2, 3]
+        assert any("truncating already-applied" in r.getMessage() for r in critical_records)
+    finally:
+        follower.destroy()
+
+
+def test_guarded_transport_keeps_matching_entries(critical_records) -> None:
+    follower, sent = _replay_pipelined_resend(transport_class(durable=False))
+    try:
+        assert _log_indexes(follower) == [1, 2, 3, 4]
+        assert critical_records == []
+        assert sent[-1]["success"] and sent[-1]["next_node_idx"] == 5
+    finally:
+        follower.destroy()
+
+
+def test_guarded_transport_still_truncates_a_real_conflict(critical_records) -> None:
+    follower, sent = _follower(transport_class(durable=False))
+    try:
+        _deliver(follower, {"type": "append_entries", "term": 1, "commit_index": 2, "prevLogIdx": 1,
+                            "prevLogTerm": 0, "entries": [(NO_OP, i, 1) for i in (2, 3, 4)]})
+        # A new leader (term 2) never had entries 3-4 of term 1, which were not committed.
+        _deliver(follower, {"type": "append_entries", "term": 2, "commit_index": 2, "prevLogIdx": 2,
+                            "prevLogTerm": 1, "entries": [(NO_OP, 3, 2)]})
+        log = follower._SyncObj__raftLog
+        assert [(log[i][1], log[i][2]) for i in range(len(log))] == [(1, 0), (2, 1), (3, 2)]
+        assert critical_records == []
+        assert sent[-1]["success"] and sent[-1]["next_node_idx"] == 4
+    finally:
+        follower.destroy()
+
+
+@pytest.mark.integration
+def test_stress_three_processes_no_truncation_when_guarded() -> None:
+    """The measured load (16 sync writers, unbatched) on three processes: zero CRITICAL records."""
+    result = run_stress(guarded=True, seconds=4)
+    assert result.critical_truncations == 0
+    assert result.replicas_identical
+    assert result.commits_per_s > 500
