@@ -1,30 +1,29 @@
-"""Batched read barriers: linearizable reads on any node for one log entry per batch.
+"""Read barriers: what a linearizable read waits for, shared by concurrent reads.
 
 A read is linearizable if it observes every write that completed before the
-read began. A barrier is a no-op log entry: once this node has applied a
-barrier proposed *after* the read arrived, its local store holds every write
-committed before the read arrived, on the leader and on followers alike.
+read began. The barrier is a confirmed read index (Raft ReadIndex, see
+``read_index``): once this node has applied it, its local store holds every
+write committed before the read arrived, on the leader and on followers alike.
 
-At most one barrier is in flight. Reads that arrive while it is in flight
-wait for the next one (the current one may have been proposed before they
-arrived, so it proves nothing to them); all of them share that next barrier.
-Under load a barrier costs one log entry per round trip, not one per read.
+At most one request for a read index is in flight from this event loop.
+Reads that arrive while it is in flight wait for the next one (the current
+one may have been taken before they arrived, so it proves nothing to them);
+all of them share that next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-Propose = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
+Confirm = Callable[[float], Awaitable[int]]
 
 
 class ReadBarrier:
-    """Coalesces concurrent linearizable reads onto shared barrier entries."""
+    """Coalesces concurrent linearizable reads onto shared read-index confirmations."""
 
-    def __init__(self, propose: Propose, timeout: float) -> None:
-        self._propose = propose
+    def __init__(self, confirm: Confirm, timeout: float) -> None:
+        self._confirm = confirm
         self._timeout = timeout
         self._waiting: list[asyncio.Future[int]] = []
         self._in_flight = False
@@ -35,7 +34,7 @@ class ReadBarrier:
     async def wait(self) -> int:
         """Return once this node's store reflects every write committed before the call.
 
-        The result is the barrier's log index: the read index of this read.
+        The result is the read index this read was served at.
         """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
@@ -53,7 +52,7 @@ class ReadBarrier:
 
     async def _run(self, batch: list[asyncio.Future[int]]) -> None:
         try:
-            result = await self._propose({"op": "barrier"}, self._timeout)
+            index = await self._confirm(self._timeout)
         except Exception as error:  # noqa: BLE001 - every waiter gets the same failure
             for future in batch:
                 if not future.done():
@@ -61,7 +60,7 @@ class ReadBarrier:
         else:
             for future in batch:
                 if not future.done():
-                    future.set_result(result["version"])
+                    future.set_result(index)
         finally:
             self._in_flight = False
             if self._waiting:

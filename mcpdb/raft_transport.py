@@ -5,8 +5,11 @@ seam, the narrowest one available, for two things:
 
 - incoming AppendEntries are reconciled with the local log first, so that
   pysyncobj never truncates entries that match the leader's (``raft_safety``);
+- ReadIndex messages (``read_index``) travel on the same connections, and
+  never reach pysyncobj;
 - the journal is fsynced before a follower acknowledges entries when the
-  node is durable (``durability``).
+  node is durable (``durability``); acknowledgements produced while one poll
+  delivers many AppendEntries are held and share a single fsync.
 
 Anything here reads pysyncobj internals, which is why ``replication`` pins
 its exact version and refuses to start on another.
@@ -21,6 +24,7 @@ from pysyncobj.transport import TCPTransport
 
 from mcpdb.durability import SyncedJournal
 from mcpdb.raft_safety import reconcile
+from mcpdb.read_index import MESSAGE_TYPES, ReadIndex
 
 
 class McpdbTransport(TCPTransport):
@@ -29,19 +33,32 @@ class McpdbTransport(TCPTransport):
     durable: bool = True
     guard_log: bool = True
     reconciled_messages = 0
+    read_index: ReadIndex | None = None
 
     def __init__(self, syncObj: Any, selfNode: Node | None, otherNodes: Any) -> None:  # noqa: N803
         super().__init__(syncObj, selfNode, otherNodes)
         self.journal: SyncedJournal | None = None
         journal_path = syncObj.conf.journalFile
+        self._held_acks: dict[Node, dict[str, Any]] = {}
         if self.durable and journal_path is not None:
             # The transport is built inside SyncObj.__init__ after the journal
-            # and before the Raft thread starts, so the swap races nothing.
+            # and before the Raft thread starts, so these swaps race nothing.
             self.journal = SyncedJournal(syncObj._SyncObj__raftLog, journal_path)
             syncObj._SyncObj__raftLog = self.journal
             syncObj.addOnTickCallback(self.journal.sync)
+            poll = syncObj._poller.poll
+
+            def poll_then_release(timeout: float) -> None:
+                poll(timeout)
+                self._release_acks()
+
+            syncObj._poller.poll = poll_then_release
 
     def _onMessageReceived(self, node: Node, message: Any) -> None:  # noqa: N802 - pysyncobj's name
+        if isinstance(message, dict) and message.get("type") in MESSAGE_TYPES:
+            if self.read_index is not None:
+                self.read_index.on_message(node, message)
+            return
         if not self.guard_log or not isinstance(message, dict) or message.get("type") != "append_entries":
             super()._onMessageReceived(node, message)
             return
@@ -57,10 +74,26 @@ class McpdbTransport(TCPTransport):
                              "reset": False, "success": True})
 
     def send(self, node: Node, message: Any) -> bool:
-        if (self.journal is not None and isinstance(message, dict)
-                and message.get("type") == "next_node_idx" and message.get("success")):
-            self.journal.sync()
+        if self.journal is None:
+            return super().send(node, message)
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
+            # Hold the acknowledgement until the entries it covers are on disk.
+            # One poll can deliver many AppendEntries: they share one fsync,
+            # and only the newest acknowledgement per leader matters.
+            self._held_acks[node] = message
+            return True
+        if node in self._held_acks:
+            self._release_acks()  # keep this node's messages in order
         return super().send(node, message)
+
+    def _release_acks(self) -> None:
+        if not self._held_acks:
+            return
+        assert self.journal is not None
+        self.journal.sync()
+        held, self._held_acks = self._held_acks, {}
+        for node, message in held.items():
+            super().send(node, message)
 
 
 def transport_class(durable: bool, guard_log: bool = True) -> type[McpdbTransport]:

@@ -27,6 +27,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft_transport import McpdbTransport, transport_class
+from mcpdb.read_index import ReadIndex
 from mcpdb.store import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -128,6 +129,10 @@ class RaftNode(SyncObj):
         self._deferred: collections.deque[Callable[[], None]] = collections.deque()
         super().__init__(settings.self_addr, settings.peers, settings.syncobj_conf(store),
                          transportClass=transport_class(settings.durable))
+        notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+        self.read_index = ReadIndex(self, self.transport.send,
+                                    notifier.notify if notifier is not None else lambda: None)
+        self.transport.read_index = self.read_index
         self.addOnTickCallback(self._commit_and_notify)
 
     @replicated
@@ -147,9 +152,11 @@ class RaftNode(SyncObj):
 
     def _commit_and_notify(self) -> None:
         # Group commit: pysyncobj applied this tick's entries into one open
-        # LMDB transaction; commit it, then release the waiters, so nobody is
-        # told "done" before a read on this node can see the result.
+        # LMDB transaction; commit it, then release the waiters (writes and
+        # reads whose read index is now applied), so nobody is told "done"
+        # before a read on this node can see the result.
         self._store.commit()
+        self.read_index.on_tick()
         while self._deferred:
             self._deferred.popleft()()
 
@@ -172,6 +179,15 @@ def _settle(future: asyncio.Future[Any], result: Any, error: int) -> None:
     else:
         future.set_exception(Indeterminate(
             "the leader changed while the entry was in flight; it may or may not have been applied"))
+
+
+def _settle_read(future: asyncio.Future[int], index: int | None, error: str | None) -> None:
+    if future.done():
+        return
+    if error is None and index is not None:
+        future.set_result(index)
+    else:
+        future.set_exception(NotApplied(f"read not confirmed: {error}"))
 
 
 class Replication:
@@ -197,6 +213,20 @@ class Replication:
             raise Indeterminate(
                 f"not committed within {timeout:g} s (no quorum?); it may or may not be applied later"
             ) from None
+
+    async def read_index(self, timeout: float) -> int:
+        """A confirmed read index (Raft ReadIndex), once this node has applied it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+
+        def done(index: int | None, error: str | None) -> None:
+            loop.call_soon_threadsafe(_settle_read, future, index, error)
+
+        self.raft.read_index.request(done)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise NotApplied(f"could not confirm the leader within {timeout:g} s (no quorum?)") from None
 
     async def change_membership(self, action: str, raft_addr: str, timeout: float) -> None:
         """Add or remove a voter; one change at a time, through the log."""
@@ -250,6 +280,7 @@ class Replication:
             "ready": self.raft.isReady(),
             "match_index": {key[len("match_idx_server_"):]: value for key, value in raw.items()
                             if key.startswith("match_idx_server_")},
+            "read_index_rounds": self.raft.read_index.rounds,
             "journal_syncs": self.raft.transport.journal.syncs if self.raft.transport.journal else None,
             "reconciled_append_entries": self.raft.transport.reconciled_messages,
         }

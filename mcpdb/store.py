@@ -19,6 +19,14 @@ Layout (named LMDB databases, keys are bytes):
 
 Snapshots are tar files holding pysyncobj's bookkeeping and a compacted LMDB
 copy taken inside the Raft thread, so they are exactly the state at their index.
+
+LMDB is never flushed per commit (NOSYNC): the Raft journal and the last
+snapshot are the durable record, and LMDB is a cache of applying them. A
+process crash loses nothing (the page cache survives it). A power loss or
+kernel crash can leave LMDB corrupt, undetectably so, since LMDB has no page
+checksums; so a store that was not closed cleanly and finds the machine
+rebooted since it opened (the kernel's boot id changed) discards itself and
+is rebuilt from the snapshot and the journal replay.
 """
 
 from __future__ import annotations
@@ -48,8 +56,30 @@ _SEP = b"\x00"
 _DB_NAMES = (b"meta", b"ctx", b"turns", b"expiry", b"idem", b"nodes")
 _APPLIED = b"applied"
 _CURRENT = "CURRENT"
+_CLEAN_MARKER = "CLEAN"
+_BOOT_ID_FILE = "BOOT_ID"
+_KERNEL_BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _SNAPSHOT_RAFT_MEMBER = "raft.pickle"
 _SNAPSHOT_DATA_MEMBER = "data.mdb"
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _write_durably(path: str, text: str) -> None:
+    """Write a small file so that it survives a power loss: temp file, fsync, rename, fsync dir."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(os.path.dirname(path) or ".")
 
 
 def _key(namespace: str, context_id: str) -> bytes:
@@ -87,12 +117,12 @@ class _Abort(Exception):
 class ContextStore:
     """One LMDB environment per node; safe for one writer thread and many reader threads."""
 
-    def __init__(self, directory: str, durable: bool = True, map_size: int = 8 << 30) -> None:
+    def __init__(self, directory: str, map_size: int = 8 << 30) -> None:
         self._directory = directory
-        self._durable = durable
         self._map_size = map_size
         self._group: lmdb.Transaction | None = None
         os.makedirs(directory, exist_ok=True)
+        self.rebuilt_after_unclean_reboot = self._discard_if_untrusted()
         # Guards the environment reference: installing a snapshot swaps the
         # environment, and no reader may hold a transaction of the old one then.
         self._lock = threading.RLock()
@@ -107,38 +137,42 @@ class ContextStore:
         self._set_current("gen-1")
         return "gen-1"
 
-    def _set_current(self, generation: str) -> None:
-        tmp = os.path.join(self._directory, _CURRENT + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(generation)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self._directory, _CURRENT))
+    def _discard_if_untrusted(self) -> bool:
+        """Drop the store if the machine rebooted while it was open (see module docstring)."""
+        boot_id = _read_text(_KERNEL_BOOT_ID)
+        recorded = _read_text(os.path.join(self._directory, _BOOT_ID_FILE))
+        clean = os.path.exists(os.path.join(self._directory, _CLEAN_MARKER))
+        discard = recorded is not None and boot_id is not None and recorded != boot_id and not clean
+        if discard:
+            generation = self._current_generation()
+            _log.warning("store was open during an unclean reboot; rebuilding it from snapshot and journal")
+            shutil.rmtree(os.path.join(self._directory, generation), ignore_errors=True)
+        if clean:
+            os.unlink(os.path.join(self._directory, _CLEAN_MARKER))
+        if boot_id is not None:
+            _write_durably(os.path.join(self._directory, _BOOT_ID_FILE), boot_id)
         fsync_path(self._directory)
+        return discard
+
+    def _set_current(self, generation: str) -> None:
+        _write_durably(os.path.join(self._directory, _CURRENT), generation)
 
     def _open(self, generation: str) -> tuple[lmdb.Environment, dict[bytes, Any]]:
         path = os.path.join(self._directory, generation)
         os.makedirs(path, exist_ok=True)
-        # Durable: data pages are flushed at each (group) commit but the meta
-        # page is not (NOMETASYNC): a power loss may undo the last commits,
-        # which the Raft journal replays, and cannot corrupt the file. Fast:
-        # no flush at all (NOSYNC); a power loss may corrupt the store, and
-        # the node must then be rebuilt from a peer's snapshot.
-        env = lmdb.open(path, map_size=self._map_size, max_dbs=len(_DB_NAMES), sync=self._durable,
+        # NOSYNC: see the module docstring for why the journal, not LMDB, is durable.
+        env = lmdb.open(path, map_size=self._map_size, max_dbs=len(_DB_NAMES), sync=False,
                         metasync=False, readahead=False, max_readers=512)
         dbs = {name: env.open_db(name) for name in _DB_NAMES}
         return env, dbs
 
     def close(self) -> None:
+        """Flush and close; the clean-shutdown marker tells the next open it can trust the files."""
         with self._lock:
             self.commit()
             self._env.sync(True)
             self._env.close()
-
-    def sync(self) -> None:
-        """Flush LMDB to disk (done at snapshots and shutdown)."""
-        with self._lock:
-            self._env.sync(True)
+        _write_durably(os.path.join(self._directory, _CLEAN_MARKER), "")
 
     # ------------------------------------------------------------------ apply
     def applied_index(self) -> int:
@@ -158,8 +192,6 @@ class ContextStore:
         thread applies a whole tick's entries in one LMDB transaction.
         """
         op = command["op"]
-        if op == "barrier":
-            return _ok(index)
         with self._lock:
             if self._group is None:
                 self._group = self._env.begin(write=True)

@@ -35,7 +35,7 @@ class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.started_at = time.time()
-        self.store = ContextStore(os.path.join(config.data_dir, "store"), durable=config.durable)
+        self.store = ContextStore(os.path.join(config.data_dir, "store"))
         settings = RaftSettings(
             self_addr=config.raft_addr,
             peers=config.peers,
@@ -46,7 +46,7 @@ class NodeRuntime:
             max_entry_bytes=config.max_body_bytes,
         )
         self.replication = Replication(settings, self.store)
-        self.barrier = ReadBarrier(self.replication.propose, config.request_timeout)
+        self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
         self.service = ContextService(self.replication, self.barrier, config.request_timeout,
                                       unsafe_stale_reads=config.unsafe_stale_reads)
         self._tasks: list[asyncio.Task[None]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
 
@@ -10,10 +11,16 @@ from nodes.app import create_app
 from nodes.config import NodeConfig, split_host_port
 from nodes.runtime import NodeRuntime
 
+SWITCH_INTERVAL_S = 0.0005
+
 
 def serve(config: NodeConfig) -> None:
     """Validate, build and serve a node; returns after a graceful shutdown."""
     config.validate()
+    # Two threads share the GIL: the HTTP event loop and pysyncobj's Raft
+    # thread. Every request crosses between them; with the default 5 ms switch
+    # interval a woken thread can wait that long for the GIL on each hop.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     logging.basicConfig(level=logging.WARNING,
                         format=f"%(asctime)s {config.node_id} %(name)s %(levelname)s %(message)s")
     runtime = NodeRuntime(config)
