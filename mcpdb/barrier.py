@@ -5,10 +5,9 @@ read began. The barrier is a confirmed read index (Raft ReadIndex, see
 ``read_index``): once this node has applied it, its local store holds every
 write committed before the read arrived, on the leader and on followers alike.
 
-At most one request for a read index is in flight from this event loop.
-Reads that arrive while it is in flight wait for the next one (the current
-one may have been taken before they arrived, so it proves nothing to them);
-all of them share that next one.
+Reads arriving in the same iteration of the event loop share one request to
+the Raft thread, made after all of them arrived (``call_soon``); requests
+overlap, so a read never waits for an earlier batch's round trip.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ class ReadBarrier:
         self._confirm = confirm
         self._timeout = timeout
         self._waiting: list[asyncio.Future[int]] = []
-        self._in_flight = False
+        self._scheduled = False
         self.batches = 0
         self.reads = 0
         self.last_batch_size = 0
@@ -36,15 +35,17 @@ class ReadBarrier:
 
         The result is the read index this read was served at.
         """
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
         self._waiting.append(future)
-        if not self._in_flight:
-            self._launch()
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._launch)
         return await future
 
     def _launch(self) -> None:
         batch, self._waiting = self._waiting, []
-        self._in_flight = True
+        self._scheduled = False
         self.batches += 1
         self.reads += len(batch)
         self.last_batch_size = len(batch)
@@ -61,7 +62,3 @@ class ReadBarrier:
             for future in batch:
                 if not future.done():
                     future.set_result(index)
-        finally:
-            self._in_flight = False
-            if self._waiting:
-                self._launch()
