@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from mcpdb.store import ContextStore
 _log = logging.getLogger(__name__)
 
 PYSYNCOBJ_VERSION = "0.3.17"
+STATUS_PERIOD_S = 0.1
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _NOT_APPLIED = {
@@ -133,6 +135,11 @@ class RaftNode(SyncObj):
         self.read_index = ReadIndex(self, self.transport.send,
                                     notifier.notify if notifier is not None else lambda: None)
         self.transport.read_index = self.read_index
+        self._wake = notifier.notify if notifier is not None else lambda: None
+        # pysyncobj's getStatus() iterates dicts its thread mutates: other
+        # threads read this snapshot, refreshed by the Raft thread instead.
+        self.status_snapshot: dict[str, Any] = {}
+        self._status_taken = 0.0
         self.addOnTickCallback(self._commit_and_notify)
 
     @replicated
@@ -147,8 +154,13 @@ class RaftNode(SyncObj):
             os._exit(70)
 
     def defer(self, notify: Callable[[], None]) -> None:
-        """Run ``notify`` after the entries applied so far are committed to LMDB."""
+        """Run ``notify`` in the Raft thread, after the entries applied so far are committed to LMDB."""
         self._deferred.append(notify)
+
+    def call_in_raft_thread(self, action: Callable[[], None]) -> None:
+        """pysyncobj is not thread-safe beyond its command queue: run ``action`` on its thread."""
+        self._deferred.append(action)
+        self._wake()
 
     def _commit_and_notify(self) -> None:
         # Group commit: pysyncobj applied this tick's entries into one open
@@ -159,14 +171,14 @@ class RaftNode(SyncObj):
         self.read_index.on_tick()
         while self._deferred:
             self._deferred.popleft()()
+        now = time.monotonic()
+        if now - self._status_taken >= STATUS_PERIOD_S:
+            self._status_taken = now
+            self.status_snapshot = {**self.getStatus(), "log_first_index": self._SyncObj__raftLog[0][1]}
 
     @property
     def transport(self) -> McpdbTransport:
         return self._SyncObj__transport  # type: ignore[attr-defined]
-
-    @property
-    def log_first_index(self) -> int:
-        return self._SyncObj__raftLog[0][1]  # type: ignore[attr-defined]
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: int) -> None:
@@ -246,8 +258,7 @@ class Replication:
 
     def transfer_leadership(self) -> None:
         """Hand leadership to a caught-up voter (used on graceful shutdown of the leader)."""
-        if self.is_leader():
-            self.raft.transferLeadership()
+        self.raft.call_in_raft_thread(self.raft.transferLeadership)
 
     def is_leader(self) -> bool:
         return self.raft._isLeader()
@@ -265,7 +276,11 @@ class Replication:
 
     def status(self) -> dict[str, Any]:
         """This node's view of Raft: role, term, indexes, log size, peers' match index."""
-        raw = self.raft.getStatus()
+        raw = self.raft.status_snapshot
+        if not raw:
+            return {"role": "starting", "leader": None, "term": 0, "commit_index": 0, "applied_index": 0,
+                    "leader_commit_index": None, "log_entries": 0, "log_first_index": 0,
+                    "has_quorum": False, "ready": False, "match_index": {}}
         role = "replica" if self.settings.self_addr is None else _ROLES.get(raw["state"], "unknown")
         return {
             "role": role,
@@ -275,7 +290,7 @@ class Replication:
             "applied_index": raw["last_applied"],
             "leader_commit_index": raw["leader_commit_idx"],
             "log_entries": raw["log_len"],
-            "log_first_index": self.raft.log_first_index,
+            "log_first_index": raw["log_first_index"],
             "has_quorum": raw["has_quorum"],
             "ready": self.raft.isReady(),
             "match_index": {key[len("match_idx_server_"):]: value for key, value in raw.items()
