@@ -28,6 +28,6 @@ def serve(config: NodeConfig) -> None:
     server = uvicorn.Server(uvicorn.Config(
         create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
         loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=5,
-        timeout_keep_alive=30,
+        timeout_keep_alive=30, proxy_headers=False,
     ))
     server.run()
