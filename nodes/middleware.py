@@ -26,10 +26,6 @@ async def _send_error(send: Any, status: int, error: str, message: str,
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class RequestGate:
     """Bearer token, JSON bodies whatever their Content-Type, and the body-size limit.
 
@@ -73,28 +69,33 @@ class RequestGate:
 
     async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         received = 0
-        started = False
+        answered = False  # a response (the app's or our 413) has started
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received
+            nonlocal received, answered
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _BodyTooLarge
+                    # Answer 413 now and show the app a disconnect: raising
+                    # here would let the framework turn it into a 400.
+                    if not answered:
+                        answered = True
+                        await self._refuse(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal answered
             if message["type"] == "http.response.start":
-                started = True
+                if answered:
+                    return
+                answered = True
+            elif received > self.limit:
+                return  # the app's reply to the disconnect; the client has our 413
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+        await self.app(scope, limited_receive, guarded_send)
 
     async def _refuse(self, send: Any) -> None:
         await _send_error(send, 413, "body_too_large",
