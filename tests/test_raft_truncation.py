@@ -17,7 +17,7 @@ from pysyncobj.transport import TCPTransport
 
 from mcpdb.localcluster import free_port
 from mcpdb.raft_transport import transport_class
-from tests.raft_stress import run_stress
+from benchmarks.raft_stress import run_stress
 
 NO_OP = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP: applies as nothing
 

@@ -1,10 +1,14 @@
-"""A bounded write stress on three pysyncobj nodes in separate processes.
+"""Raft-layer stress: pysyncobj's truncation of applied entries, stock vs guarded.
 
-Shared by the truncation tests and the issue's benchmark: it counts
-pysyncobj's CRITICAL "truncating already-applied log entries" records with
-the stock transport and with mcpdb's guarded one, under the load that was
-measured to trigger them (16 threads of ``sync=True`` 1 KiB writes on the
-leader, unbatched AppendEntries).
+Three pysyncobj nodes in separate processes; 16 threads of ``sync=True``
+1 KiB writes on the leader (the load that was measured to trigger the
+truncations). Counts pysyncobj's CRITICAL "truncating already-applied log
+entries" records on every node, checks that all replicas applied the same
+sequence, and reports commits/s and p50 latency for each configuration.
+
+    python -m benchmarks.raft_stress [--seconds 8]
+
+The truncation tests reuse ``run_stress`` with a shorter run.
 """
 
 from __future__ import annotations
@@ -127,3 +131,29 @@ def run_stress(guarded: bool, batch: bool = False, seconds: float = 8.0, threads
         critical_truncations=sum(r["critical"] for r in reports),
         replicas_identical=len({(r["applied"], r["digest"]) for r in reports}) == 1,
     )
+
+
+CONFIGURATIONS = (
+    ("stock pysyncobj, unbatched", False, False),
+    ("guarded (mcpdb transport), unbatched", True, False),
+    ("stock pysyncobj, batched 5 ms", False, True),
+)
+
+
+def main() -> None:
+    """Print the comparison table (markdown) for benchmarks/RESULTS.md."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    print("| configuration | commits/s | p50 ms | CRITICAL truncations | replicas identical |")
+    print("|---|---|---|---|---|")
+    for label, guarded, batch in CONFIGURATIONS:
+        result = run_stress(guarded, batch=batch, seconds=args.seconds)
+        print(f"| {label} | {result.commits_per_s:,.0f} | {result.p50_ms:.1f} | "
+              f"{result.critical_truncations} | {'yes' if result.replicas_identical else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
