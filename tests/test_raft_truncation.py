@@ -110,3 +110,29 @@ def test_stress_three_processes_no_truncation_when_guarded() -> None:
     assert result.critical_truncations == 0
     assert result.replicas_identical
     assert result.commits_per_s > 500
+
+
+def _votes_for_candidate_without_entry_4(transport: type) -> bool:
+    """Leader L committed entry 4 on {L, F1}; F1 then gets a stale re-send; L dies.
+
+    F2, which never received entry 4, asks F1 for its vote. Raft's election
+    restriction must refuse it (F1's log is more up to date); a vote means
+    F2 can become leader of {F1, F2} without an acknowledged, committed write.
+    """
+    follower, sent = _replay_pipelined_resend(transport)
+    try:
+        candidate = next(iter(follower.otherNodes))
+        sent.clear()
+        follower._SyncObj__transport._onMessageReceived(candidate, {
+            "type": "request_vote", "term": 2, "last_log_index": 3, "last_log_term": 1})
+        return any(m.get("type") == "response_vote" for m in sent)
+    finally:
+        follower.destroy()
+
+
+def test_stock_pysyncobj_can_elect_a_leader_without_an_acknowledged_write() -> None:
+    assert _votes_for_candidate_without_entry_4(TCPTransport)
+
+
+def test_guarded_follower_refuses_the_vote() -> None:
+    assert not _votes_for_candidate_without_entry_4(transport_class(durable=False))
