@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,14 @@ class LocalCluster:
     """Node processes of one layout under one data directory."""
 
     def __init__(self, layout: ClusterLayout, data_dir: Path, env: dict[str, str] | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None,
+                 wrap_command: Callable[[str, list[str]], list[str]] | None = None) -> None:
+        """``wrap_command(node_id, argv)`` may prefix a node's command (e.g. ``ip netns exec``)."""
         self.layout = layout
         self.data_dir = data_dir
         self.env = env
         self.token = token
+        self.wrap_command = wrap_command
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._log_files: dict[str, Any] = {}
 
@@ -115,8 +119,11 @@ class LocalCluster:
         env = {**os.environ, **(self.env or {})}
         if self.token:
             env["MCPDB_TOKEN"] = self.token
+        argv = self.command(spec)
+        if self.wrap_command is not None:
+            argv = self.wrap_command(node_id, argv)
         self.processes[node_id] = subprocess.Popen(
-            self.command(spec), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, start_new_session=True)
 
     def start_all(self) -> None:

@@ -1,0 +1,1 @@
+"""jepsen_like: fault-injection harness that checks mcpdb keeps its promises."""
