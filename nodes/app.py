@@ -25,6 +25,7 @@ from mcpdb import __version__
 from mcpdb.model import BatchIn, ContextIn, InvalidName, Kind, Turn, TurnsIn
 from mcpdb.replication import Indeterminate, Unavailable
 from mcpdb.service import Consistency, NotFound, Refused
+from nodes.docs import mount_offline_docs
 from nodes.middleware import RequestGate
 from nodes.runtime import NodeRuntime
 
@@ -81,9 +82,10 @@ def create_app(runtime: NodeRuntime) -> Any:
     app = FastAPI(title="mcpdb", version=__version__, default_response_class=FastJSON,
                   # A JSON API: parse the body as JSON whatever Content-Type says (curl -d).
                   strict_content_type=False,
-                  lifespan=lifespan,
+                  lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Raft-replicated context database for LLM applications.")
     service = runtime.service
+    mount_offline_docs(app)
 
     # ------------------------------------------------------------ errors
     @app.exception_handler(RequestValidationError)
@@ -163,6 +165,9 @@ def create_app(runtime: NodeRuntime) -> Any:
         if raft_addr not in runtime.replication.voters():
             return _error(404, "not_found", f"{raft_addr} is not a voter")
         await runtime.replication.change_membership("remove", raft_addr, runtime.config.request_timeout)
+        for node in runtime.store.nodes():
+            if node.get("raft_addr") == raft_addr:
+                await service.deregister_node(node["id"])
         return {"removed": raft_addr, "voters": runtime.replication.voters()}
 
     # ------------------------------------------------------------ contexts

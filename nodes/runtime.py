@@ -61,7 +61,11 @@ class NodeRuntime:
         ]
 
     async def stop(self) -> None:
-        """Graceful shutdown: hand over leadership, stop duties, close Raft and LMDB."""
+        """Graceful shutdown: hand over leadership (or leave the registry, for a replica), stop duties,
+        close Raft and LMDB."""
+        if self.config.raft_addr is None:
+            with contextlib.suppress(Unavailable):
+                await self.service.deregister_node(self.config.node_id)
         if self.replication.is_leader():
             self.replication.transfer_leadership()
             deadline = time.monotonic() + 2.0
