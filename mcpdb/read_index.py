@@ -85,6 +85,9 @@ class ReadIndex:
         self._incoming.append(done)
         self._wake()
 
+    def has_incoming(self) -> bool:
+        return bool(self._incoming)
+
     # ------------------------------------------------------------ Raft thread
     def on_tick(self) -> None:
         now = time.monotonic()

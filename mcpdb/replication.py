@@ -131,11 +131,9 @@ class RaftNode(SyncObj):
         self._deferred: collections.deque[Callable[[], None]] = collections.deque()
         super().__init__(settings.self_addr, settings.peers, settings.syncobj_conf(store),
                          transportClass=transport_class(settings.durable))
-        notifier = getattr(self, "_SyncObj__pipeNotifier", None)
-        self.read_index = ReadIndex(self, self.transport.send,
-                                    notifier.notify if notifier is not None else lambda: None)
+        self.read_index = ReadIndex(self, self.transport.send, self.wake)
         self.transport.read_index = self.read_index
-        self._wake = notifier.notify if notifier is not None else lambda: None
+        self._install_wakeups()
         # pysyncobj's getStatus() iterates dicts its thread mutates: other
         # threads read this snapshot, refreshed by the Raft thread instead.
         self.status_snapshot: dict[str, Any] = {}
@@ -153,6 +151,40 @@ class RaftNode(SyncObj):
             _log.critical("LMDB failed applying entry %d; stopping this node", index, exc_info=True)
             os._exit(70)
 
+    def _install_wakeups(self) -> None:
+        """Wake pysyncobj's thread only when it is blocked in poll, and never let it block with work queued.
+
+        pysyncobj writes to a pipe for every proposal to wake its poll; mcpdb
+        adds read-index requests and deferred actions. A write and the GIL
+        hand-off it causes cost about as much as the rest of a read. The flag
+        is set before the thread looks for work, so a producer that queues
+        work after that look sees the flag and writes to the pipe: no wake-up
+        is lost.
+        """
+        self._polling = False
+        notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+        self._notify_pipe: Callable[[], None] = notifier.notify if notifier is not None else (lambda: None)
+        if notifier is not None:
+            notifier.notify = self.wake
+        commands = self._SyncObj__commandsQueue._FastQueue__queue
+        poll = self._poller.poll
+
+        def poll_unless_work(timeout: float) -> None:
+            self._polling = True
+            if self._deferred or commands or self.read_index.has_incoming():
+                timeout = 0
+            try:
+                poll(timeout)
+            finally:
+                self._polling = False
+
+        self._poller.poll = poll_unless_work
+
+    def wake(self) -> None:
+        """Called from any thread after queueing work for the Raft thread."""
+        if self._polling:
+            self._notify_pipe()
+
     def defer(self, notify: Callable[[], None]) -> None:
         """Run ``notify`` in the Raft thread, after the entries applied so far are committed to LMDB."""
         self._deferred.append(notify)
@@ -160,7 +192,7 @@ class RaftNode(SyncObj):
     def call_in_raft_thread(self, action: Callable[[], None]) -> None:
         """pysyncobj is not thread-safe beyond its command queue: run ``action`` on its thread."""
         self._deferred.append(action)
-        self._wake()
+        self.wake()
 
     def _commit_and_notify(self) -> None:
         # Group commit: pysyncobj applied this tick's entries into one open

@@ -83,6 +83,9 @@ def create_app(runtime: NodeRuntime) -> Any:
                   # A JSON API: parse the body as JSON whatever Content-Type says (curl -d).
                   strict_content_type=False,
                   lifespan=lifespan, docs_url=None, redoc_url=None,
+                  # OpenTelemetry hooks look up providers and the environment on
+                  # every request; mcpdb's metrics are Prometheus.
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Raft-replicated context database for LLM applications.")
     service = runtime.service
     mount_offline_docs(app)
