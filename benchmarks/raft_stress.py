@@ -140,19 +140,23 @@ CONFIGURATIONS = (
 )
 
 
+def report(seconds: float) -> str:
+    """The comparison table (markdown) for benchmarks/RESULTS.md."""
+    lines = ["| configuration | commits/s | p50 ms | CRITICAL truncations | replicas identical |",
+             "|---|---|---|---|---|"]
+    for label, guarded, batch in CONFIGURATIONS:
+        result = run_stress(guarded, batch=batch, seconds=seconds)
+        lines.append(f"| {label} | {result.commits_per_s:,.0f} | {result.p50_ms:.1f} | "
+                     f"{result.critical_truncations} | {'yes' if result.replicas_identical else 'NO'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """Print the comparison table (markdown) for benchmarks/RESULTS.md."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
-    args = parser.parse_args()
-    print("| configuration | commits/s | p50 ms | CRITICAL truncations | replicas identical |")
-    print("|---|---|---|---|---|")
-    for label, guarded, batch in CONFIGURATIONS:
-        result = run_stress(guarded, batch=batch, seconds=args.seconds)
-        print(f"| {label} | {result.commits_per_s:,.0f} | {result.p50_ms:.1f} | "
-              f"{result.critical_truncations} | {'yes' if result.replicas_identical else 'NO'} |")
+    print(report(parser.parse_args().seconds))
 
 
 if __name__ == "__main__":

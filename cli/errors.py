@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class CliError(Exception):

@@ -12,9 +12,10 @@ from nodes.config import ConfigError, NodeConfig, read_secret
 app = typer.Typer(no_args_is_help=True)
 
 
+# A callback keeps ``start`` a subcommand (typer collapses a lone command).
 @app.callback()
 def node() -> None:
-    """Run a single node (``start``); a callback keeps ``start`` a subcommand."""
+    """Run a single node."""
 
 
 @app.command("start")

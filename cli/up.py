@@ -1,0 +1,83 @@
+"""``mcpdb up``: a local cluster of real node processes, served until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.common import console
+from cli.errors import CliError
+from mcpdb.localcluster import ClusterLayout, LocalCluster
+
+
+def _check_free(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers bind: connections of a previous run in TIME_WAIT are no conflict.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port)))
+        except OSError:
+            raise CliError(f"{address} is already in use; choose another --base-port "
+                           "or stop what is listening there") from None
+
+
+def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate 1 or 2 failures).")] = 3,
+       data_dir: Annotated[Path, typer.Option(help="Where the nodes keep their data.")] = Path("mcpdb-data"),
+       base_port: Annotated[int, typer.Option(help="HTTP on base+i, Raft on base+100+i.")] = 7700) -> None:
+    """Start a local cluster, print each node's URL and the leader, and serve until Ctrl-C.
+
+    Run it again on the same --data-dir and the data is back.
+    """
+    if nodes < 1:
+        raise CliError("--nodes must be at least 1")
+    layout = ClusterLayout.load(data_dir)
+    if layout is None:
+        if not 1024 <= base_port <= 65535 - 200:
+            raise CliError("--base-port must be between 1024 and 65335")
+        layout = ClusterLayout.fresh(nodes, base_port=base_port)
+    elif len(layout.nodes) != nodes:
+        raise CliError(f"{data_dir} holds a {len(layout.nodes)}-node cluster; run with --nodes "
+                       f"{len(layout.nodes)} or use another --data-dir")
+    for spec in layout.nodes:
+        _check_free(spec.http_addr)
+        if spec.raft_addr:
+            _check_free(spec.raft_addr)
+    cluster = LocalCluster(layout, data_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        cluster.start_all()
+        with console.status(f"starting {nodes} nodes in {data_dir} ..."):
+            try:
+                leader = cluster.wait_ready(timeout=60)
+            except (TimeoutError, RuntimeError) as error:
+                raise CliError(f"cluster did not come up: {error}") from None
+        _print_nodes(cluster, leader)
+        console.print("serving; press Ctrl-C to stop")
+        reported: set[str] = set()
+        while not stop.wait(1.0):
+            for spec in layout.nodes:
+                if not cluster.running(spec.node_id) and spec.node_id not in reported:
+                    reported.add(spec.node_id)
+                    console.print(f"[red]{spec.node_id} exited[/]; see {data_dir / spec.node_id / 'node.log'}")
+    finally:
+        with console.status("stopping nodes ..."):
+            cluster.stop_all(graceful=True)
+    console.print(f"stopped; data kept in {data_dir}")
+
+
+def _print_nodes(cluster: LocalCluster, leader: str) -> None:
+    table = Table("node", "HTTP URL", "Raft", "role")
+    for spec in cluster.layout.nodes:
+        role = "[bold green]leader[/]" if spec.node_id == leader else "follower"
+        table.add_row(spec.node_id, spec.url, spec.raft_addr or "-", role)
+    console.print(table)
+    console.print(f"leader: [bold]{leader}[/] at {cluster.spec(leader).url}")

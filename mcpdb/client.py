@@ -1,0 +1,352 @@
+"""Python client for mcpdb's REST API (httpx), sync and async, with failover and safe retries.
+
+Both clients share one description of each call (``_Call``) and one retry
+policy; they differ only in how they send. The policy:
+
+- a node that cannot be reached (connection refused, DNS, connect timeout)
+  never saw the request: try the next node URL;
+- 503 with ``"applied": "no"`` did not happen: back off (honouring
+  ``Retry-After``) and retry, on the next node;
+- an indeterminate outcome - 503 with ``"applied": "unknown"``, or a
+  connection that broke after the request was sent - is retried only when
+  the call is idempotent: reads, PUT, DELETE, and session appends, which
+  always carry an ``Idempotency-Key`` (generated when the caller gives none),
+  so a retried append never adds a turn twice. A batch or a conditional write
+  is not retried blindly; the caller gets ``Unavailable(applied="unknown")``.
+
+Every retry stays within ``deadline`` seconds in total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:7700"
+
+
+class McpdbError(Exception):
+    """Any error the server reported or the client could not recover from."""
+
+    def __init__(self, message: str, status: int | None = None, body: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body = body or {}
+
+
+class InvalidRequest(McpdbError):
+    """400, 413 or 422: the request itself is wrong; the message says how."""
+
+
+class Unauthorized(McpdbError):
+    """401: missing or wrong token."""
+
+
+class NotFound(McpdbError):
+    """404: no such context (or route)."""
+
+
+class Conflict(McpdbError):
+    """409: version mismatch or wrong kind; ``current_version`` is the server's."""
+
+    @property
+    def current_version(self) -> int | None:
+        return self.body.get("current_version")
+
+
+class Unavailable(McpdbError):
+    """The cluster could not serve the call in time; ``applied`` is "no" or "unknown"."""
+
+    @property
+    def applied(self) -> str:
+        return str(self.body.get("applied", "unknown"))
+
+
+_ERRORS: dict[int, type[McpdbError]] = {400: InvalidRequest, 401: Unauthorized, 404: NotFound,
+                                        409: Conflict, 413: InvalidRequest, 422: InvalidRequest}
+
+
+@dataclass
+class _Call:
+    method: str
+    path: str
+    idempotent: bool
+    json: Any = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Retry(Exception):
+    def __init__(self, delay: float, error: McpdbError) -> None:
+        self.delay = delay
+        self.error = error
+
+
+def _decide(call: _Call, response: httpx.Response | None, error: Exception | None, attempt: int) -> Any:
+    """The retry policy: return the decoded body, or raise ``_Retry`` or a final ``McpdbError``."""
+    backoff = min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random())
+    if error is not None:
+        sent = not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+        failure = Unavailable(f"{type(error).__name__}: {error}", None,
+                              {"applied": "unknown" if sent else "no"})
+        if not sent or call.idempotent:
+            # Unreachable: move on to the next URL almost at once.
+            raise _Retry(backoff / 4 if not sent else backoff, failure)
+        raise failure
+    assert response is not None
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"message": response.text}
+    if response.status_code < 300:
+        return body
+    message = body.get("message") or body.get("detail") or response.reason_phrase
+    if response.status_code == 503:
+        failure = Unavailable(message, 503, body)
+        if failure.applied == "no" or call.idempotent:
+            retry_after = response.headers.get("Retry-After", "")
+            raise _Retry(max(backoff, float(retry_after)) if retry_after.isdigit() else backoff, failure)
+        raise failure
+    raise _ERRORS.get(response.status_code, McpdbError)(f"{response.status_code}: {message}",
+                                                       response.status_code, body)
+
+
+class _CallBuilder:
+    """How each API call is spelled; shared by both clients."""
+
+    @staticmethod
+    def put(ns: str, context_id: str, context: dict[str, Any], if_version: int | None,
+            create_only: bool) -> _Call:
+        headers = {}
+        if if_version is not None:
+            headers["If-Match"] = str(if_version)
+        if create_only:
+            headers["If-None-Match"] = "*"
+        # A conditional write retried after an unknown outcome could report a
+        # false conflict (its own first attempt changed the version).
+        return _Call("PUT", f"/v1/namespaces/{ns}/contexts/{context_id}", not headers, json=context,
+                     headers=headers)
+
+    @staticmethod
+    def get(ns: str, context_id: str, consistency: str) -> _Call:
+        return _Call("GET", f"/v1/namespaces/{ns}/contexts/{context_id}", True,
+                     params={"consistency": consistency})
+
+    @staticmethod
+    def delete(ns: str, context_id: str, if_version: int | None) -> _Call:
+        headers = {"If-Match": str(if_version)} if if_version is not None else {}
+        return _Call("DELETE", f"/v1/namespaces/{ns}/contexts/{context_id}", if_version is None,
+                     headers=headers)
+
+    @staticmethod
+    def list(ns: str, kind: str | None, prefix: str, limit: int, cursor: str | None,
+             consistency: str) -> _Call:
+        params: dict[str, Any] = {"prefix": prefix, "limit": limit, "consistency": consistency}
+        if kind:
+            params["kind"] = kind
+        if cursor:
+            params["cursor"] = cursor
+        return _Call("GET", f"/v1/namespaces/{ns}/contexts", True, params=params)
+
+    @staticmethod
+    def append(ns: str, session_id: str, turns: list[dict[str, Any]], idempotency_key: str | None) -> _Call:
+        return _Call("POST", f"/v1/namespaces/{ns}/sessions/{session_id}/turns", True,
+                     json={"turns": turns}, headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
+
+    @staticmethod
+    def batch(ns: str, ops: list[dict[str, Any]]) -> _Call:
+        return _Call("POST", f"/v1/namespaces/{ns}/batch", False, json={"ops": ops})
+
+
+class _Base:
+    def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, token: str | None = None,
+                 timeout: float = 10.0, deadline: float = 30.0) -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ValueError("at least one node URL is needed")
+        self.urls = [u.rstrip("/") for u in self.urls]
+        self.deadline = deadline
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
+        self._current = 0
+
+    def _attempts(self) -> Iterator[tuple[int, str]]:
+        """(attempt, url) until the deadline, starting from the last URL that worked."""
+        stop = time.monotonic() + self.deadline
+        attempt = 0
+        while attempt == 0 or time.monotonic() < stop:
+            yield attempt, self.urls[(self._current + attempt) % len(self.urls)]
+            attempt += 1
+
+    def _succeeded(self, attempt: int) -> None:
+        self._current = (self._current + attempt) % len(self.urls)
+
+
+def _turn(role: str, content: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    return {"role": role, "content": content, "metadata": metadata or {}}
+
+
+class Client(_Base):
+    """Synchronous client. ``Client(["http://n1:7700", "http://n2:7700"], token=...)``."""
+
+    def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, token: str | None = None,
+                 timeout: float = 10.0, deadline: float = 30.0) -> None:
+        super().__init__(urls, token, timeout, deadline)
+        self._http = httpx.Client(headers=self._headers, timeout=timeout)
+
+    def _send(self, call: _Call) -> Any:
+        last: McpdbError | None = None
+        for attempt, url in self._attempts():
+            response, error = None, None
+            try:
+                response = self._http.request(call.method, url + call.path, json=call.json,
+                                              params=call.params, headers=call.headers)
+            except httpx.HTTPError as exc:
+                error = exc
+            try:
+                result = _decide(call, response, error, attempt)
+            except _Retry as retry:
+                last = retry.error
+                time.sleep(retry.delay)
+                continue
+            self._succeeded(attempt)
+            return result
+        assert last is not None
+        raise last
+
+    def put(self, ns: str, context_id: str, context: dict[str, Any], if_version: int | None = None,
+            create_only: bool = False) -> dict[str, Any]:
+        return self._send(_CallBuilder.put(ns, context_id, context, if_version, create_only))
+
+    def get(self, ns: str, context_id: str, consistency: str = "linearizable") -> dict[str, Any]:
+        return self._send(_CallBuilder.get(ns, context_id, consistency))
+
+    def delete(self, ns: str, context_id: str, if_version: int | None = None) -> dict[str, Any]:
+        return self._send(_CallBuilder.delete(ns, context_id, if_version))
+
+    def list(self, ns: str, kind: str | None = None, prefix: str = "", limit: int = 100,
+             cursor: str | None = None, consistency: str = "linearizable") -> dict[str, Any]:
+        return self._send(_CallBuilder.list(ns, kind, prefix, limit, cursor, consistency))
+
+    def iter_contexts(self, ns: str, kind: str | None = None, prefix: str = "",
+                      page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every matching context, following ``next_cursor`` page by page."""
+        cursor = None
+        while True:
+            page = self.list(ns, kind, prefix, page_size, cursor)
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def append(self, ns: str, session_id: str, role: str, content: str,
+               metadata: dict[str, Any] | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+        return self.append_turns(ns, session_id, [_turn(role, content, metadata)], idempotency_key)
+
+    def append_turns(self, ns: str, session_id: str, turns: list[dict[str, Any]],
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        return self._send(_CallBuilder.append(ns, session_id, turns, idempotency_key))
+
+    def batch(self, ns: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._send(_CallBuilder.batch(ns, ops))
+
+    def cluster(self) -> dict[str, Any]:
+        return self._send(_Call("GET", "/v1/cluster", True))
+
+    def node(self) -> dict[str, Any]:
+        return self._send(_Call("GET", "/v1/node", True))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """asyncio client with the same methods as ``Client``, awaited."""
+
+    def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, token: str | None = None,
+                 timeout: float = 10.0, deadline: float = 30.0) -> None:
+        super().__init__(urls, token, timeout, deadline)
+        self._http = httpx.AsyncClient(headers=self._headers, timeout=timeout)
+
+    async def _send(self, call: _Call) -> Any:
+        last: McpdbError | None = None
+        for attempt, url in self._attempts():
+            response, error = None, None
+            try:
+                response = await self._http.request(call.method, url + call.path, json=call.json,
+                                                    params=call.params, headers=call.headers)
+            except httpx.HTTPError as exc:
+                error = exc
+            try:
+                result = _decide(call, response, error, attempt)
+            except _Retry as retry:
+                last = retry.error
+                await asyncio.sleep(retry.delay)
+                continue
+            self._succeeded(attempt)
+            return result
+        assert last is not None
+        raise last
+
+    async def put(self, ns: str, context_id: str, context: dict[str, Any], if_version: int | None = None,
+                  create_only: bool = False) -> dict[str, Any]:
+        return await self._send(_CallBuilder.put(ns, context_id, context, if_version, create_only))
+
+    async def get(self, ns: str, context_id: str, consistency: str = "linearizable") -> dict[str, Any]:
+        return await self._send(_CallBuilder.get(ns, context_id, consistency))
+
+    async def delete(self, ns: str, context_id: str, if_version: int | None = None) -> dict[str, Any]:
+        return await self._send(_CallBuilder.delete(ns, context_id, if_version))
+
+    async def list(self, ns: str, kind: str | None = None, prefix: str = "", limit: int = 100,
+                   cursor: str | None = None, consistency: str = "linearizable") -> dict[str, Any]:
+        return await self._send(_CallBuilder.list(ns, kind, prefix, limit, cursor, consistency))
+
+    async def iter_contexts(self, ns: str, kind: str | None = None, prefix: str = "",
+                            page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
+        cursor = None
+        while True:
+            page = await self.list(ns, kind, prefix, page_size, cursor)
+            for item in page["items"]:
+                yield item
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    async def append(self, ns: str, session_id: str, role: str, content: str,
+                     metadata: dict[str, Any] | None = None,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        return await self.append_turns(ns, session_id, [_turn(role, content, metadata)], idempotency_key)
+
+    async def append_turns(self, ns: str, session_id: str, turns: list[dict[str, Any]],
+                           idempotency_key: str | None = None) -> dict[str, Any]:
+        return await self._send(_CallBuilder.append(ns, session_id, turns, idempotency_key))
+
+    async def batch(self, ns: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self._send(_CallBuilder.batch(ns, ops))
+
+    async def cluster(self) -> dict[str, Any]:
+        return await self._send(_Call("GET", "/v1/cluster", True))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
