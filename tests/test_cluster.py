@@ -1,0 +1,190 @@
+"""Multi-process integration on real 3-node clusters (loopback, free ports, own process groups)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mcpdb.localcluster import LocalCluster
+from tests.conftest import start_cluster
+
+pytestmark = pytest.mark.integration
+
+
+def _ctx(url: str, ns: str = "t", context_id: str = "x") -> str:
+    return f"{url}/v1/namespaces/{ns}/contexts/{context_id}"
+
+
+def _memory(fact: str) -> dict:
+    return {"kind": "memory", "facts": [fact]}
+
+
+def _roles(cluster: LocalCluster) -> tuple[str, list[str]]:
+    leader = cluster.leader()
+    assert leader is not None
+    return leader, [n.node_id for n in cluster.layout.nodes if n.node_id != leader]
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_write_through_one_follower_is_read_linearizably_on_the_other(cluster: LocalCluster) -> None:
+    _, (first, second) = _roles(cluster)
+    for i in range(20):
+        written = httpx.put(_ctx(cluster.spec(first).url, context_id=f"k{i}"), json=_memory(f"v{i}"))
+        assert written.status_code == 201, written.text
+        # No sleep: the read index makes the other follower wait until it has the write.
+        read = httpx.get(_ctx(cluster.spec(second).url, context_id=f"k{i}"))
+        assert read.status_code == 200 and read.json()["facts"] == [f"v{i}"]
+        assert read.json()["version"] == written.json()["version"]
+
+
+def test_compare_and_set_conflict_is_409_with_the_current_version(cluster: LocalCluster) -> None:
+    url = cluster.urls()[0]
+    first = httpx.put(_ctx(url), json=_memory("a")).json()["version"]
+    second = httpx.put(_ctx(url), json=_memory("b"), headers={"If-Match": str(first)})
+    assert second.status_code == 200
+    stale = httpx.put(_ctx(cluster.urls()[1]), json=_memory("c"), headers={"If-Match": str(first)})
+    assert stale.status_code == 409
+    assert stale.json()["current_version"] == second.json()["version"]
+    assert httpx.put(_ctx(url), json=_memory("d"), headers={"If-None-Match": "*"}).status_code == 409
+    assert httpx.get(_ctx(url)).json()["facts"] == ["b"]
+
+
+def test_leader_kill_keeps_every_acknowledged_write_and_the_node_catches_up(cluster: LocalCluster) -> None:
+    leader, followers = _roles(cluster)
+    acknowledged: dict[str, str] = {}
+    with httpx.Client(timeout=5) as http:
+        for i in range(200):
+            url = cluster.spec(followers[i % 2] if i % 3 else leader).url
+            if http.put(_ctx(url, context_id=f"w{i}"), json=_memory(str(i))).status_code in (200, 201):
+                acknowledged[f"w{i}"] = str(i)
+        cluster.kill(leader)
+        killed_at = time.monotonic()
+        # Writes during the election: retried on the survivors until acknowledged.
+        for i in range(200, 230):
+            while True:
+                response = http.put(_ctx(cluster.spec(followers[i % 2]).url, context_id=f"w{i}"),
+                                    json=_memory(str(i)))
+                if response.status_code in (200, 201):
+                    acknowledged[f"w{i}"] = str(i)
+                    break
+                assert response.status_code == 503, response.text
+                assert time.monotonic() - killed_at < 10
+                time.sleep(0.05)
+        new_leader = cluster.wait_ready(nodes=followers)
+        assert new_leader in followers
+        for context_id, fact in acknowledged.items():
+            read = http.get(_ctx(cluster.spec(followers[0]).url, context_id=context_id))
+            assert read.status_code == 200 and read.json()["facts"] == [fact], context_id
+
+        cluster.start(leader)
+        cluster.wait_ready()
+        target = cluster.node_status(new_leader)["commit_index"]
+        _wait_for(lambda: (cluster.node_status(leader) or {}).get("applied_index", 0) >= target)
+        for context_id, fact in acknowledged.items():
+            read = http.get(_ctx(cluster.spec(leader).url, context_id=context_id) + "?consistency=stale")
+            assert read.status_code == 200 and read.json()["facts"] == [fact], context_id
+
+
+def test_a_node_behind_a_compacted_log_catches_up_through_a_snapshot(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, extra_args=["--compaction-entries", "200"])
+    try:
+        leader, (stopped, running) = _roles(cluster)
+        cluster.stop(stopped)
+        with httpx.Client(timeout=5) as http:
+            for i in range(600):
+                http.put(_ctx(cluster.spec(leader).url, context_id=f"c{i}"), json=_memory(str(i))).raise_for_status()
+            _wait_for(lambda: cluster.node_status(leader)["log_first_index"] > 2)
+            first_index = cluster.node_status(leader)["log_first_index"]
+            cluster.start(stopped)
+            target = cluster.node_status(leader)["commit_index"]
+            _wait_for(lambda: (cluster.node_status(stopped) or {}).get("applied_index", 0) >= target, 30)
+            status = cluster.node_status(stopped)
+            assert status["log_first_index"] >= first_index - 1, "caught up by replaying, not a snapshot"
+            # Installing a snapshot swaps in a new LMDB generation.
+            assert (cluster.data_dir / stopped / "store" / "CURRENT").read_text() != "gen-1"
+            for i in range(0, 600, 7):
+                read = http.get(_ctx(cluster.spec(stopped).url, context_id=f"c{i}") + "?consistency=stale")
+                assert read.status_code == 200 and read.json()["facts"] == [str(i)]
+    finally:
+        cluster.stop_all(graceful=False)
+
+
+def test_without_a_quorum_writes_and_reads_get_503_in_bounded_time(cluster: LocalCluster) -> None:
+    survivor = cluster.layout.nodes[0].node_id
+    for spec in cluster.layout.nodes[1:]:
+        cluster.kill(spec.node_id)
+    url = cluster.spec(survivor).url
+    for method, kwargs in (("PUT", {"json": _memory("x")}), ("GET", {})):
+        began = time.monotonic()
+        response = httpx.request(method, _ctx(url), timeout=15, **kwargs)
+        elapsed = time.monotonic() - began
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"].isdigit()
+        assert response.json()["applied"] in ("no", "unknown")
+        assert elapsed < 3.0 + 2.0, f"{method} took {elapsed:.1f} s (request timeout is 3 s)"
+
+
+def test_a_full_restart_brings_everything_back(cluster: LocalCluster) -> None:
+    url = cluster.urls()[0]
+    httpx.put(_ctx(url, context_id="keep"), json=_memory("kept")).raise_for_status()
+    httpx.post(f"{url}/v1/namespaces/t/sessions/s/turns", json={"role": "user", "content": "hi"}).raise_for_status()
+    cluster.stop_all(graceful=True)
+    cluster.start_all()
+    cluster.wait_ready()
+    for node_url in cluster.urls():
+        assert httpx.get(_ctx(node_url, context_id="keep")).json()["facts"] == ["kept"]
+        assert httpx.get(_ctx(node_url, context_id="s")).json()["turns"][0]["content"] == "hi"
+
+
+def test_ttl_expiry_reaches_every_node(cluster: LocalCluster) -> None:
+    url = cluster.urls()[0]
+    httpx.put(_ctx(url, context_id="short"), json={**_memory("gone soon"), "ttl": 1}).raise_for_status()
+    httpx.put(_ctx(url, context_id="long"), json=_memory("stays")).raise_for_status()
+    for node_url in cluster.urls():
+        _wait_for(lambda u=node_url: httpx.get(_ctx(u, context_id="short")).status_code == 404, timeout=5)
+        assert httpx.get(_ctx(node_url, context_id="long")).status_code == 200
+
+
+def test_bad_input_gets_clear_errors_and_changes_nothing(cluster: LocalCluster) -> None:
+    url = cluster.urls()[0]
+    cases = [
+        ("PUT", _ctx(url), {"content": b'{"kind": "memory"'}, 400),
+        ("PUT", _ctx(url), {"json": {"kind": "memory", "facts": ["a"], "colour": "red"}}, 422),
+        ("PUT", _ctx(url), {"json": {"kind": "nope"}}, 422),
+        ("PUT", _ctx(url, context_id="..x"), {"json": _memory("a")}, 400),
+        ("PUT", _ctx(url, ns="Bad NS"), {"json": _memory("a")}, 400),
+        ("PUT", _ctx(url), {"json": _memory("a"), "headers": {"If-Match": "abc"}}, 400),
+        ("PUT", _ctx(url), {"content": b"x" * (2 << 20)}, 413),
+        ("GET", _ctx(url) + "?consistency=maybe", {}, 422),
+        ("DELETE", _ctx(url, context_id="absent"), {}, 404),
+    ]
+    for method, target, kwargs, status in cases:
+        response = httpx.request(method, target, **kwargs)
+        assert response.status_code == status, (method, target, response.text)
+        assert response.json()["message"], response.text
+    assert httpx.get(_ctx(url)).status_code == 404
+
+
+def test_token_is_required_except_for_health(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, size=1, token="s3cret")
+    try:
+        url = cluster.urls()[0]
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        denied = httpx.get(_ctx(url))
+        assert denied.status_code == 401 and denied.headers["WWW-Authenticate"].startswith("Bearer")
+        assert httpx.get(_ctx(url), headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{url}/v1/cluster").status_code == 401
+        assert httpx.get(_ctx(url), headers={"Authorization": "Bearer s3cret"}).status_code == 404
+    finally:
+        cluster.stop_all(graceful=False)
