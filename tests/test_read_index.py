@@ -1,0 +1,188 @@
+"""ReadIndex protocol on three nodes wired through an in-memory network.
+
+Each node's Raft state (leader, term, commit and applied index) is a fake the
+test controls; messages are delivered only when the test says so, so every
+interleaving that matters can be set up exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpdb.read_index import ROUND_TIMEOUT_S, ReadIndex
+
+
+@dataclass(eq=False)
+class FakeRaft:
+    name: str
+    leader: FakeRaft | None = None
+    raftCurrentTerm: int = 1  # noqa: N815 - pysyncobj's names
+    raftCommitIndex: int = 10  # noqa: N815
+    raftLastApplied: int = 10  # noqa: N815
+    _SyncObj__noopIDx: int = 2  # noqa: N815
+    peers: list[FakeRaft] = field(default_factory=list)
+
+    def _isLeader(self) -> bool:  # noqa: N802
+        return self.leader is self
+
+    def _getLeader(self) -> FakeRaft | None:  # noqa: N802
+        return self.leader
+
+    @property
+    def otherNodes(self) -> set[FakeRaft]:  # noqa: N802
+        return set(self.peers)
+
+
+class Network:
+    def __init__(self) -> None:
+        self.rafts = {name: FakeRaft(name) for name in ("a", "b", "c")}
+        for raft in self.rafts.values():
+            raft.peers = [r for r in self.rafts.values() if r is not raft]
+        self.queue: list[tuple[FakeRaft, FakeRaft, dict[str, Any]]] = []
+        self.nodes = {name: ReadIndex(raft, self._sender(raft), lambda: None) for name, raft in self.rafts.items()}
+        self.results: dict[str, list[tuple[int | None, str | None]]] = {name: [] for name in self.rafts}
+        self.elect("a")
+
+    def _sender(self, source: FakeRaft):
+        def send(target: FakeRaft, message: dict[str, Any]) -> bool:
+            self.queue.append((source, target, message))
+            return True
+        return send
+
+    def elect(self, name: str, term: int | None = None) -> None:
+        leader = self.rafts[name]
+        for raft in self.rafts.values():
+            raft.leader = leader
+            if term is not None:
+                raft.raftCurrentTerm = term
+
+    def read(self, name: str) -> None:
+        self.nodes[name].request(lambda index, error: self.results[name].append((index, error)))
+
+    def tick(self, *names: str) -> None:
+        for name in names or tuple(self.rafts):
+            self.nodes[name].on_tick()
+
+    def deliver(self, drop_to: set[str] = frozenset()) -> int:
+        delivered = 0
+        while self.queue:
+            source, target, message = self.queue.pop(0)
+            if target.name in drop_to:
+                continue
+            self.nodes[target.name].on_message(source, message)
+            delivered += 1
+        return delivered
+
+
+def test_leader_read_needs_a_majority_to_confirm() -> None:
+    net = Network()
+    net.read("a")
+    net.tick("a")
+    assert net.results["a"] == []  # pings sent, nobody answered yet
+    net.deliver(drop_to={"c"})  # b answers: leader + b is a majority of 3
+    net.deliver()
+    assert net.results["a"] == [(10, None)]
+
+
+def test_no_majority_no_answer_then_timeout(monkeypatch) -> None:
+    net = Network()
+    net.read("a")
+    net.tick("a")
+    net.queue.clear()  # every ping lost
+    net.tick("a")
+    assert net.results["a"] == []
+    import mcpdb.read_index as module
+    real = module.time.monotonic
+    monkeypatch.setattr(module.time, "monotonic", lambda: real() + ROUND_TIMEOUT_S + 1)
+    net.tick("a")
+    assert net.results["a"][0][0] is None and "majority" in net.results["a"][0][1]
+
+
+def test_read_index_is_the_commit_index_when_the_round_started() -> None:
+    net = Network()
+    net.read("a")
+    net.tick("a")
+    net.rafts["a"].raftCommitIndex = 15  # a write commits while the round is in flight
+    net.rafts["a"].raftLastApplied = 15
+    net.deliver()
+    net.deliver()
+    assert net.results["a"] == [(10, None)]
+
+
+def test_follower_waits_until_it_applied_the_read_index() -> None:
+    net = Network()
+    net.rafts["a"].raftCommitIndex = 20
+    net.rafts["a"].raftLastApplied = 20
+    net.rafts["b"].raftLastApplied = 12
+    net.read("b")
+    net.tick("b")  # ask the leader
+    net.deliver()
+    net.tick("a")  # the leader starts a round for b's read
+    for _ in range(3):
+        net.deliver()
+    assert net.results["b"] == []  # read index 20 is known, but b has applied only 12
+    net.rafts["b"].raftLastApplied = 20
+    net.tick("b")
+    assert net.results["b"] == [(20, None)]
+
+
+def test_pongs_from_an_older_term_do_not_count() -> None:
+    net = Network()
+    net.read("a")
+    net.tick("a")
+    for raft in (net.rafts["b"], net.rafts["c"]):
+        raft.raftCurrentTerm = 0  # followers answer with another term
+    net.deliver()
+    net.deliver()
+    assert net.results["a"] == []
+
+
+def test_term_change_fails_the_round_instead_of_answering() -> None:
+    net = Network()
+    net.read("a")
+    net.tick("a")
+    net.rafts["a"].raftCurrentTerm = 2  # a newer term began: the round proves nothing
+    net.deliver()
+    net.deliver()
+    net.tick("a")
+    assert net.results["a"] and net.results["a"][0][0] is None
+
+
+def test_deposed_leader_fails_queued_and_remote_reads() -> None:
+    net = Network()
+    net.read("b")
+    net.tick("b")
+    net.deliver()  # the ask reaches a
+    net.elect("c", term=2)  # a loses leadership before starting a round
+    net.tick("a")
+    net.deliver()
+    assert net.results["b"] and net.results["b"][0][0] is None
+
+
+def test_leader_waits_for_its_election_noop_to_commit() -> None:
+    net = Network()
+    net.rafts["a"]._SyncObj__noopIDx = 30  # the no-op of its term is not committed yet (commit 10)
+    net.read("a")
+    net.tick("a")
+    assert net.queue == []  # no round started
+    net.rafts["a"].raftCommitIndex = 30
+    net.rafts["a"].raftLastApplied = 30
+    net.tick("a")
+    net.deliver()
+    net.deliver()
+    assert net.results["a"] == [(30, None)]
+
+
+def test_a_later_pong_confirms_earlier_rounds() -> None:
+    net = Network()
+    net.read("a")
+    net.tick("a")  # round 1
+    first_pings = list(net.queue)
+    net.queue.clear()
+    net.read("a")
+    net.tick("a")  # round 2
+    net.deliver()  # only round 2's pings arrive; their pongs confirm round 1 too
+    net.deliver()
+    assert [index for index, _ in net.results["a"]] == [10, 10]
+    assert first_pings  # round 1's pings were never delivered
