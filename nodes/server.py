@@ -40,7 +40,6 @@ def serve(config: NodeConfig) -> None:
     # thread. Every request crosses between them; with the default 5 ms switch
     # interval a woken thread can wait that long for the GIL on each hop.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    tune_garbage_collector()
     logging.basicConfig(level=logging.WARNING,
                         format=f"%(asctime)s {config.node_id} %(name)s %(levelname)s %(message)s")
     runtime = NodeRuntime(config)
@@ -50,4 +49,5 @@ def serve(config: NodeConfig) -> None:
         loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=5,
         timeout_keep_alive=30, proxy_headers=False,
     ))
+    tune_garbage_collector()  # after start-up: the journal pysyncobj loaded is frozen too
     server.run()
