@@ -1,0 +1,1 @@
+"""Checkers: decide whether a recorded history kept mcpdb's promises."""

@@ -1,0 +1,205 @@
+"""One harness run: cluster up, clients and nemeses for a while, heal, final reads, check, report.
+
+Clients are threads in this process, each a Jepsen "process" with its own
+HTTP connection to one node (rotating over nodes). The run records every
+operation in a history, heals every fault, waits for the cluster to recover,
+then reads every key from every node once that node has applied everything
+the leader committed: each acknowledged write must be there, on every node.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from jepsen_like import cluster as cluster_module
+from jepsen_like.checkers import linearizability, list_append
+from jepsen_like.history import Recorder
+from jepsen_like.nemesis import Schedule, resolve
+from jepsen_like.netlab import availability
+from jepsen_like.workloads import NAMESPACE, WORKLOADS, ListAppendWorkload, Outcome, RegisterWorkload
+
+CLIENT_TIMEOUT_S = 3.0
+NODE_REQUEST_TIMEOUT_S = 2.0
+CHECK_BUDGET_S = 60.0
+
+
+@dataclass
+class RunConfig:
+    nemeses: list[str]
+    workloads: list[str]
+    time_s: float = 60.0
+    concurrency: int = 10
+    nodes: int = 3
+    out: Path = Path("jepsen-runs")
+    unsafe_stale_reads: bool = False
+    fault_s: float = 5.0
+    heal_s: float = 5.0
+    combined: bool = False
+    seed: int = 0
+    use_namespaces: bool = True
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    recorder: Recorder
+    windows: list[Any]
+    checks: dict[str, Any]
+    final_reads: dict[str, dict[str, Any]]
+    namespaces: bool
+    started_at: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return all(check.get("valid") is True for check in self.checks.values())
+
+
+def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = None) -> RunResult:
+    """Run the harness once; ``on_progress(elapsed_s, ops)`` is called about every 0.5 s."""
+    unknown = [w for w in config.workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    have_network = config.use_namespaces and availability() is None
+    nemeses = resolve(config.nemeses, have_network)
+    config.out.mkdir(parents=True, exist_ok=True)
+    node_args = ["--request-timeout", str(NODE_REQUEST_TIMEOUT_S)]
+    if config.unsafe_stale_reads:
+        node_args.append("--unsafe-stale-reads")
+    test = cluster_module.start(config.out / "data", config.nodes, node_args, use_namespaces=have_network)
+    started = time.monotonic()
+    clock = lambda: time.monotonic() - started  # noqa: E731 - the run's clock, shared by all parts
+    recorder = Recorder(clock)
+    schedule = Schedule(nemeses, config.fault_s, config.heal_s, config.combined, config.seed)
+    stop = threading.Event()
+    workloads = [WORKLOADS[name]() for name in config.workloads]
+    try:
+        threads = [threading.Thread(target=schedule.run, args=(test, clock, stop), daemon=True)]
+        processes = _ProcessIds(config.concurrency)
+        for worker in range(config.concurrency):
+            threads.append(threading.Thread(
+                target=_client_loop,
+                args=(worker, test, workloads[worker % len(workloads)], recorder, clock, stop, processes,
+                      random.Random(config.seed * 1000 + worker)),
+                daemon=True))
+        for thread in threads:
+            thread.start()
+        while clock() < config.time_s:
+            time.sleep(0.5)
+            if on_progress is not None:
+                on_progress(clock(), len(recorder.ops))
+        stop.set()
+        for thread in threads:
+            thread.join(CLIENT_TIMEOUT_S + 30)
+        schedule.heal_everything(test)
+        test.cluster.wait_ready(timeout=60)
+        final_reads = _final_reads(test, workloads)
+    finally:
+        stop.set()
+        test.close()
+    checks = _check(recorder, workloads, final_reads)
+    return RunResult(config, recorder, schedule.windows, checks, final_reads, test.lab is not None,
+                     started)
+
+
+class _ProcessIds:
+    """Hands out Jepsen process ids: a worker whose operation went indeterminate gets a new one."""
+
+    def __init__(self, first: int) -> None:
+        self._next = first
+        self._lock = threading.Lock()
+
+    def fresh(self) -> int:
+        with self._lock:
+            self._next += 1
+            return self._next
+
+
+def _client_loop(worker: int, test: cluster_module.TestCluster, workload: Any, recorder: Recorder,
+                 clock: Callable[[], float], stop: threading.Event, processes: _ProcessIds,
+                 rng: random.Random) -> None:
+    process = worker
+    nodes = test.node_ids
+    headers = {"Authorization": f"Bearer {test.token}"}
+    clients = {node: httpx.Client(base_url=test.url(node), headers=headers, timeout=CLIENT_TIMEOUT_S)
+               for node in nodes}
+    try:
+        while not stop.is_set():
+            node = nodes[(worker + rng.randrange(len(nodes))) % len(nodes)]
+            op = workload.next_op(rng)
+            handle = recorder.invoke(process, op.f, op.key, op.value, node)
+            try:
+                value = workload.execute(clients[node], op)
+            except Outcome as outcome:
+                recorder.complete(handle, outcome.kind, error=outcome.error)
+                if outcome.kind == "info":
+                    process = processes.fresh()
+                    clients[node].close()
+                    clients[node] = httpx.Client(base_url=test.url(node), headers=headers,
+                                                 timeout=CLIENT_TIMEOUT_S)
+                else:
+                    time.sleep(0.05)  # back off a little while the cluster is unavailable
+                continue
+            recorder.complete(handle, "ok", value=value)
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _final_reads(test: cluster_module.TestCluster, workloads: list[Any]) -> dict[str, dict[str, Any]]:
+    """Every key read from every node (stale read, after the node applied the leader's commit index)."""
+    headers = {"Authorization": f"Bearer {test.token}"}
+    leader = test.cluster.leader()
+    target = test.cluster.node_status(leader)["commit_index"] if leader else 0
+    reads: dict[str, dict[str, Any]] = {}
+    for node in test.node_ids:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = test.cluster.node_status(node)
+            if status and status["applied_index"] >= target:
+                break
+            time.sleep(0.1)
+        with httpx.Client(base_url=test.url(node), headers=headers, timeout=10) as http:
+            reads[node] = {}
+            for workload in workloads:
+                for key in workload.keys:
+                    path = f"/v1/namespaces/{NAMESPACE}/contexts/{key}"
+                    if isinstance(workload, ListAppendWorkload):
+                        reads[node][key] = workload.read(http, path, consistency="stale")
+                    else:
+                        response = http.get(f"{path}?consistency=stale")
+                        reads[node][key] = int(response.json()["facts"][0]) if response.status_code == 200 else None
+    return reads
+
+
+def _check(recorder: Recorder, workloads: list[Any], final_reads: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    for workload in workloads:
+        keys = set(workload.keys)
+        ops = [op for op in recorder.ops if op.key in keys]
+        if isinstance(workload, RegisterWorkload):
+            checks["register"] = linearizability.check(ops, time_budget=CHECK_BUDGET_S)
+            finals = {node: {k: v for k, v in reads.items() if k in keys} for node, reads in final_reads.items()}
+            distinct = {tuple(sorted(f.items())) for f in finals.values()}
+            checks["register-final"] = {
+                "valid": len(distinct) == 1,
+                "anomalies": [] if len(distinct) == 1 else [{"kind": "replicas_differ", "final": finals}],
+            }
+        else:
+            checks["list-append"] = list_append.check(ops)
+            acknowledged: dict[str, list[Any]] = {}
+            for op in ops:
+                if op.type == "ok" and op.f == "append":
+                    acknowledged.setdefault(op.key, []).append(op.value)
+            finals = {node: {k: v for k, v in reads.items() if k in keys} for node, reads in final_reads.items()}
+            anomalies = list_append.check_final(acknowledged, finals)
+            checks["list-append-final"] = {"valid": not anomalies, "anomalies": anomalies}
+    return checks
