@@ -23,7 +23,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,8 +186,23 @@ class _Base:
             yield attempt, self.urls[(self._current + attempt) % len(self.urls)]
             attempt += 1
 
-    def _succeeded(self, attempt: int) -> None:
-        self._current = (self._current + attempt) % len(self.urls)
+    def _exchange(self, call: _Call) -> Generator[str | float, Any, Any]:
+        """The retry loop without I/O: yields a URL to send to (and receives the
+        response or error) or a delay to sleep; returns the decoded body.
+        Both clients drive it with their own transport."""
+        last: McpdbError | None = None
+        for attempt, url in self._attempts():
+            response, error = yield url
+            try:
+                result = _decide(call, response, error, attempt)
+            except _Retry as retry:
+                last = retry.error
+                yield retry.delay
+                continue
+            self._current = (self._current + attempt) % len(self.urls)
+            return result
+        assert last is not None
+        raise last
 
 
 def _turn(role: str, content: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -203,24 +218,22 @@ class Client(_Base):
         self._http = httpx.Client(headers=self._headers, timeout=timeout)
 
     def _send(self, call: _Call) -> Any:
-        last: McpdbError | None = None
-        for attempt, url in self._attempts():
-            response, error = None, None
+        exchange = self._exchange(call)
+        action = next(exchange)
+        while True:
+            if isinstance(action, str):
+                try:
+                    outcome: Any = (self._http.request(call.method, action + call.path, json=call.json,
+                                                       params=call.params, headers=call.headers), None)
+                except httpx.HTTPError as error:
+                    outcome = (None, error)
+            else:
+                time.sleep(action)
+                outcome = None
             try:
-                response = self._http.request(call.method, url + call.path, json=call.json,
-                                              params=call.params, headers=call.headers)
-            except httpx.HTTPError as exc:
-                error = exc
-            try:
-                result = _decide(call, response, error, attempt)
-            except _Retry as retry:
-                last = retry.error
-                time.sleep(retry.delay)
-                continue
-            self._succeeded(attempt)
-            return result
-        assert last is not None
-        raise last
+                action = exchange.send(outcome)
+            except StopIteration as done:
+                return done.value
 
     def put(self, ns: str, context_id: str, context: dict[str, Any], if_version: int | None = None,
             create_only: bool = False) -> dict[str, Any]:
@@ -283,24 +296,22 @@ class AsyncClient(_Base):
         self._http = httpx.AsyncClient(headers=self._headers, timeout=timeout)
 
     async def _send(self, call: _Call) -> Any:
-        last: McpdbError | None = None
-        for attempt, url in self._attempts():
-            response, error = None, None
+        exchange = self._exchange(call)
+        action = next(exchange)
+        while True:
+            if isinstance(action, str):
+                try:
+                    outcome: Any = (await self._http.request(call.method, action + call.path, json=call.json,
+                                                             params=call.params, headers=call.headers), None)
+                except httpx.HTTPError as error:
+                    outcome = (None, error)
+            else:
+                await asyncio.sleep(action)
+                outcome = None
             try:
-                response = await self._http.request(call.method, url + call.path, json=call.json,
-                                                    params=call.params, headers=call.headers)
-            except httpx.HTTPError as exc:
-                error = exc
-            try:
-                result = _decide(call, response, error, attempt)
-            except _Retry as retry:
-                last = retry.error
-                await asyncio.sleep(retry.delay)
-                continue
-            self._succeeded(attempt)
-            return result
-        assert last is not None
-        raise last
+                action = exchange.send(outcome)
+            except StopIteration as done:
+                return done.value
 
     async def put(self, ns: str, context_id: str, context: dict[str, Any], if_version: int | None = None,
                   create_only: bool = False) -> dict[str, Any]:
