@@ -188,3 +188,12 @@ def test_token_is_required_except_for_health(tmp_path: Path) -> None:
         assert httpx.get(_ctx(url), headers={"Authorization": "Bearer s3cret"}).status_code == 404
     finally:
         cluster.stop_all(graceful=False)
+
+
+def test_api_docs_are_served_without_a_cdn(cluster: LocalCluster) -> None:
+    url = cluster.urls()[0]
+    page = httpx.get(f"{url}/docs")
+    assert page.status_code == 200 and "cdn" not in page.text.lower()
+    assert httpx.get(f"{url}/docs/assets/swagger-ui-bundle.js").status_code == 200
+    schema = httpx.get(f"{url}/openapi.json").json()
+    assert schema["openapi"].startswith("3.1") and "/v1/namespaces/{namespace}/contexts/{context_id}" in schema["paths"]
