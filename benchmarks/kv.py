@@ -49,6 +49,8 @@ class SystemResult:
     writes: wrk.WrkResult | None = None
     reads: wrk.WrkResult | None = None
     failover_s: list[float] = field(default_factory=list)
+    # pysyncobj's "truncating already-applied log entries" records in the node logs (issue 3: must be 0)
+    critical_truncations: int = 0
 
 
 def _time_to_next_ack(write: Callable[[int], bool], kill: Callable[[], None]) -> float:
@@ -95,6 +97,9 @@ def _mcpdb(settings: KvSettings, work: Path, step: Callable[[str], None]) -> Sys
                 result.failover_s.append(_time_to_next_ack(write, lambda: cluster.kill(leader)))
             cluster.start(leader)
             cluster.wait_ready()
+    result.critical_truncations = sum(
+        (work / "mcpdb" / spec.node_id / "node.log").read_text(errors="replace").count("truncating already-applied")
+        for spec in layout.nodes)
     return result
 
 
@@ -168,7 +173,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
               for name in ("mcpdb", "etcd")}
     lines += ["", f"Failover trials (s): mcpdb {', '.join(f'{t:.2f}' for t in results['mcpdb']['failover_s'])}; "
               f"etcd {', '.join(f'{t:.2f}' for t in results['etcd']['failover_s'])}. "
-              f"Non-2xx responses under load: mcpdb {errors['mcpdb']}, etcd {errors['etcd']}."]
+              f"Non-2xx responses under load: mcpdb {errors['mcpdb']}, etcd {errors['etcd']}. "
+              f"pysyncobj CRITICAL truncation records in mcpdb's node logs: "
+              f"{results['mcpdb']['critical_truncations']}."]
     return "\n".join(lines)
 
 

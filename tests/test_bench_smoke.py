@@ -26,5 +26,6 @@ def test_kv_benchmark_smoke(tmp_path: Path) -> None:
         assert results[system]["reads"]["requests_per_s"] > 0
         assert results[system]["writes"]["non_2xx"] == 0 and results[system]["reads"]["non_2xx"] == 0
         assert 0 < results[system]["failover_s"][0] < 30
+    assert results["mcpdb"]["critical_truncations"] == 0
     assert "writes/s" in table and (tmp_path / "kv.png").stat().st_size > 0
     assert steps[0] == "etcd writes" and "mcpdb failover 1/1" in steps
