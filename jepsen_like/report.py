@@ -84,6 +84,12 @@ def _plot(result: RunResult, path: Path) -> None:
         points = [(i.time, (d.time - i.time) * 1000) for i, d in pairs if d.type == outcome]
         if points:
             latency_ax.scatter(*zip(*points), s=14, marker=marker, color=colour, label=outcome)
+    flagged = [a["cannot_linearize"] for check in result.checks.values() for a in check.get("anomalies", [])
+               if "cannot_linearize" in a]
+    if flagged:
+        latency_ax.scatter([a["invoked"] for a in flagged],
+                           [max((a["completed"] - a["invoked"]) * 1000, 0.5) for a in flagged],
+                           s=160, marker="*", color="red", edgecolor="black", zorder=5, label="anomaly")
     latency_ax.set_yscale("log")
     latency_ax.set_ylabel("latency (ms, log)")
     verdict = "no anomalies" if result.valid else "ANOMALIES FOUND"
