@@ -8,10 +8,13 @@ is recorded (name, what was done, start and end time) for the report.
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import httpx
 
 from jepsen_like.cluster import TestCluster
 
@@ -103,6 +106,68 @@ def _crash_all(test: TestCluster, rng: random.Random) -> str:
     return "kill -9 every node"
 
 
+def _remove_voter(test: TestCluster, rng: random.Random) -> str:
+    """Remove a follower from the voters through the API (any node forwards it), then kill it.
+
+    Combined with a partition, the change may be proposed by a leader that is
+    cut off and later truncated: pysyncobj must roll the membership back.
+    """
+    leader = test.cluster.leader()
+    victim = rng.choice([n for n in test.node_ids if n != leader])
+    address = test.cluster.spec(victim).raft_addr
+    via = rng.choice([n for n in test.node_ids if n != victim])
+    try:
+        response = httpx.delete(f"{test.url(via)}/v1/cluster/members/{address}",
+                                headers={"Authorization": f"Bearer {test.token}"}, timeout=5)
+        outcome = f"{response.status_code}"
+    except httpx.HTTPError as error:
+        outcome = type(error).__name__
+    test.cluster.kill(victim)
+    return f"remove voter {victim} via {via} ({outcome}), kill it"
+
+
+def _voters(test: TestCluster, exclude: str) -> list[str] | None:
+    """Raft addresses of the voters as the current leader sees them (None if no leader answers)."""
+    headers = {"Authorization": f"Bearer {test.token}"}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        leader = test.cluster.leader()
+        if leader is not None and leader != exclude:
+            try:
+                return httpx.get(f"{test.url(leader)}/v1/cluster", headers=headers, timeout=2).json()["raft_members"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+        time.sleep(0.3)
+    return None
+
+
+def _rejoin_removed(test: TestCluster) -> None:
+    """Bring stopped nodes back. A node the leader no longer counts as a voter rejoins
+    wiped, as a new voter; one that still is a voter keeps its data (wiping a voter's
+    log and vote would be a lost disk, which Raft does not tolerate)."""
+    headers = {"Authorization": f"Bearer {test.token}"}
+    for node_id in test.node_ids:
+        if test.cluster.running(node_id):
+            continue
+        address = test.cluster.spec(node_id).raft_addr
+        voters = _voters(test, exclude=node_id)
+        if voters is None or address in voters:
+            test.cluster.start(node_id)
+            continue
+        shutil.rmtree(test.cluster.data_dir / node_id, ignore_errors=True)
+        test.cluster.start(node_id)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and address not in (_voters(test, exclude=node_id) or []):
+            leader = test.cluster.leader()
+            if leader is not None:
+                try:
+                    httpx.post(f"{test.url(leader)}/v1/cluster/members", json={"raft_addr": address},
+                               headers=headers, timeout=5)
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.3)
+
+
 def _slow(test: TestCluster, rng: random.Random) -> str:
     for node_id in test.node_ids:
         test.lab.slow(node_id)  # type: ignore[union-attr]
@@ -122,6 +187,7 @@ NEMESES: dict[str, Nemesis] = {n.name: n for n in (
     Nemesis("kill", False, _kill, _restart_dead),
     Nemesis("pause", False, _pause, _resume_all),
     Nemesis("crash", False, _crash_all, _restart_dead),
+    Nemesis("membership", False, _remove_voter, _rejoin_removed),
     Nemesis("slow", True, _slow, _heal_network),
     Nemesis("lossy", True, _lossy, _heal_network),
 )}
@@ -174,4 +240,6 @@ class Schedule:
         """Undo every kind of fault, whatever the schedule was doing when it stopped."""
         _heal_network(test)
         _resume_all(test)
+        if any(n.name == "membership" for n in self.nemeses):
+            _rejoin_removed(test)
         _restart_dead(test)

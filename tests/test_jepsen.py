@@ -50,3 +50,13 @@ def test_unsafe_stale_reads_are_caught(tmp_path: Path) -> None:
                          fault_s=6, heal_s=2))
     assert not result.valid, "stale reads went unnoticed"
     assert result.checks["register"]["valid"] is False
+
+
+@pytest.mark.skipif(NO_NETWORK is not None, reason=f"needs network namespaces: {NO_NETWORK}")
+def test_membership_changes_during_partitions(tmp_path: Path) -> None:
+    """Voters removed (and re-added wiped) while partitions come and go: pysyncobj's
+    membership changes, including ones proposed on the cut-off side, keep every promise."""
+    result = run(_config(tmp_path, "partition", nemeses=["partition", "membership"], combined=True,
+                         time_s=24, seed=3))
+    assert any(w.nemesis == "membership" for w in result.windows)
+    assert result.valid, result.checks
