@@ -94,7 +94,7 @@ def _mcpdb(settings: KvSettings, work: Path, step: Callable[[str], None]) -> Sys
                     except httpx.HTTPError:
                         return False
 
-                result.failover_s.append(_time_to_next_ack(write, lambda: cluster.kill(leader)))
+                result.failover_s.append(_time_to_next_ack(write, lambda leader=leader: cluster.kill(leader)))
             cluster.start(leader)
             cluster.wait_ready()
     result.critical_truncations = sum(
@@ -127,7 +127,7 @@ def _etcd(settings: KvSettings, work: Path, step: Callable[[str], None]) -> Syst
                     except (httpx.HTTPError, ValueError):
                         return False
 
-                result.failover_s.append(_time_to_next_ack(write, lambda: cluster.kill(leader)))
+                result.failover_s.append(_time_to_next_ack(write, lambda leader=leader: cluster.kill(leader)))
             cluster.start(leader)
             cluster.wait_ready()
     finally:
