@@ -253,16 +253,12 @@ class ContextStore:
 
     def _drop_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str) -> None:
         prefix = _turn_prefix(namespace, context_id)
-        cursor = txn.cursor(db=self._dbs[b"turns"])
-        if cursor.set_range(prefix):
-            while cursor.key().startswith(prefix):
-                if not cursor.delete():
-                    break
-        idem = txn.cursor(db=self._dbs[b"idem"])
-        if idem.set_range(prefix):
-            while idem.key().startswith(prefix):
-                if not idem.delete():
-                    break
+        for db in (b"turns", b"idem"):
+            cursor = txn.cursor(db=self._dbs[db])
+            if cursor.set_range(prefix):
+                while cursor.key().startswith(prefix):
+                    if not cursor.delete():
+                        break
 
     def _drop_expiry(self, txn: lmdb.Transaction, record: dict[str, Any] | None, key: bytes) -> None:
         if record and record.get("expires_at") is not None:
