@@ -9,7 +9,12 @@ seam, the narrowest one available, for two things:
   never reach pysyncobj;
 - the journal is fsynced before a follower acknowledges entries when the
   node is durable (``durability``); acknowledgements produced while one poll
-  delivers many AppendEntries are held and share a single fsync.
+  delivers many AppendEntries are held and share a single fsync;
+- every node sends each peer a tiny keepalive once a second. pysyncobj closes
+  a connection that has read nothing for ``connectionTimeout`` the next time
+  it *sends* on it, dropping that message. Two followers never talk while a
+  leader is up, so without keepalives the first RequestVote after the leader
+  dies was lost and failover took a second election round.
 
 Anything here reads pysyncobj internals, which is why ``replication`` pins
 its exact version and refuses to start on another.
@@ -17,6 +22,7 @@ its exact version and refuses to start on another.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pysyncobj.node import Node
@@ -25,6 +31,9 @@ from pysyncobj.transport import TCPTransport
 from mcpdb.durability import SyncedJournal
 from mcpdb.raft_safety import reconcile
 from mcpdb.read_index import MESSAGE_TYPES, ReadIndex
+
+KEEPALIVE = "mcpdb_keepalive"
+KEEPALIVE_INTERVAL_S = 1.0  # well inside RaftSettings' connection timeout
 
 
 class McpdbTransport(TCPTransport):
@@ -40,6 +49,8 @@ class McpdbTransport(TCPTransport):
         self.journal: SyncedJournal | None = None
         journal_path = syncObj.conf.journalFile
         self._held_acks: dict[Node, dict[str, Any]] = {}
+        self._next_keepalive = 0.0
+        syncObj.addOnTickCallback(self._send_keepalives)
         if self.durable and journal_path is not None:
             # The transport is built inside SyncObj.__init__ after the journal
             # and before the Raft thread starts, so these swaps race nothing.
@@ -54,7 +65,17 @@ class McpdbTransport(TCPTransport):
 
             syncObj._poller.poll = poll_then_release
 
+    def _send_keepalives(self) -> None:
+        now = time.monotonic()
+        if now < self._next_keepalive:
+            return
+        self._next_keepalive = now + KEEPALIVE_INTERVAL_S
+        for node in list(self._connections):
+            self.send(node, {"type": KEEPALIVE})
+
     def _onMessageReceived(self, node: Node, message: Any) -> None:  # noqa: N802 - pysyncobj's name
+        if isinstance(message, dict) and message.get("type") == KEEPALIVE:
+            return  # its arrival already refreshed the connection's read time
         if isinstance(message, dict) and message.get("type") in MESSAGE_TYPES:
             if self.read_index is not None:
                 self.read_index.on_message(node, message)

@@ -95,6 +95,27 @@ def test_leader_kill_keeps_every_acknowledged_write_and_the_node_catches_up(clus
             assert read.status_code == 200 and read.json()["facts"] == [fact], context_id
 
 
+def test_an_idle_cluster_elects_a_new_leader_within_two_seconds(cluster: LocalCluster) -> None:
+    """Followers that have not talked for longer than pysyncobj's connection
+    timeout must still deliver the first RequestVote (keepalives, raft_transport)."""
+    leader, followers = _roles(cluster)
+    old_term = cluster.node_status(leader)["term"]
+    time.sleep(4.5)  # > connectionTimeout (3.5 s) with no client traffic at all
+    cluster.kill(leader)
+    killed_at = time.monotonic()
+    elected: tuple[float, int] | None = None
+    while elected is None and time.monotonic() - killed_at < 5:
+        for node_id in followers:
+            status = cluster.node_status(node_id) or {}
+            if status.get("role") == "leader":
+                elected = (time.monotonic() - killed_at, status["term"])
+        time.sleep(0.02)
+    assert elected is not None, "no new leader within 5 s"
+    seconds, term = elected
+    # Without keepalives the first vote request was dropped: term + 2 after 1.5-2 s.
+    assert term == old_term + 1 and seconds < 2.0, f"leader at term {term} (was {old_term}) after {seconds:.2f} s"
+
+
 def test_a_node_behind_a_compacted_log_catches_up_through_a_snapshot(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path, extra_args=["--compaction-entries", "200"])
     try:
