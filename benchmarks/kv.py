@@ -1,38 +1,46 @@
 """KV benchmark: a 3-node mcpdb cluster beside a 3-member etcd 3.4 cluster, in one run.
 
-Both run on loopback, one after the other (never at the same time: they
-would share the two cores), and are loaded by wrk with the same connection
-count spread over the nodes:
+Both clusters run on loopback for the whole run, but only one is loaded at
+a time (they would otherwise share the two cores). The same scenario is
+measured on both back to back, so background load on a shared machine
+drifts less between the two figures that are compared:
 
 - writes: 1 KiB values to rotating ids (mcpdb: memory contexts; etcd: keys);
 - reads: linearizable reads of one id (mcpdb's default consistency; etcd's
-  default, non-serializable range).
+  default range, not serializable);
+- failover: kill -9 of the leader under a continuous write load, time to the
+  next acknowledged write (``failover.py``), several trials each.
 
-Failover: a client writes continuously through the surviving nodes while
-the leader is killed with SIGKILL; the figure is the time from the kill to
-the next acknowledged write, per trial.
-
-Targets (issue 2): mcpdb writes >= 0.5x etcd, linearizable reads >= 1.0x,
-p99 within 2x etcd's, failover <= 2 s.
+wrk loads the nodes with the same connection count spread over the three
+nodes (``wrk.py``). Targets (issue 2): mcpdb writes >= 0.5x etcd,
+linearizable reads >= 1.0x, p99 within 2x etcd's, failover <= 2 s.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+from benchmarks import etcd_cluster, failover, plots, wrk
+from benchmarks.systems import Etcd, Mcpdb, System
 
-from benchmarks import wrk
-from benchmarks.etcd_cluster import EtcdCluster, b64
-from mcpdb.localcluster import ClusterLayout, LocalCluster
-
+INSTALL = "apt-get update && apt-get install -y etcd-server etcd-client wrk"
 WRITE_TARGET, READ_TARGET, P99_TARGET, FAILOVER_TARGET_S = 0.5, 1.0, 2.0, 2.0
+SCENARIOS = (("writes", "write_scenario"), ("reads", "read_scenario"))
+START_S, TRIAL_S = 8.0, 9.0  # rough seconds for starting both clusters and for one failover trial (progress only)
+REPO = Path(__file__).resolve().parent.parent
+
+# A step of the run: its label and roughly how many seconds it takes.
+Step = Callable[[str, float], None]
 
 
 @dataclass
@@ -41,175 +49,154 @@ class KvSettings:
     connections: int = 32
     trials: int = 3
     durability: str = "durable"
-    out: Path = Path("benchmarks/runs")
+    out: Path | None = None  # None: benchmarks/runs/<timestamp>
+
+    def command(self) -> str:
+        """The command line that repeats this run."""
+        line = (f"mcpdb bench kv --duration {self.duration_s:g} --connections {self.connections} "
+                f"--trials {self.trials} --durability {self.durability}")
+        return line + (f" --out {self.out}" if self.out else "")
+
+    def folder(self) -> Path:
+        return self.out or REPO / "benchmarks" / "runs" / time.strftime("%Y%m%d-%H%M%S")
+
+    def expected_s(self) -> float:
+        """Rough length of the whole run, for the progress bar."""
+        return START_S + 2 * len(SCENARIOS) * self.duration_s + 2 * self.trials * TRIAL_S
 
 
-@dataclass
-class SystemResult:
-    writes: wrk.WrkResult | None = None
-    reads: wrk.WrkResult | None = None
-    failover_s: list[float] = field(default_factory=list)
-    # pysyncobj's "truncating already-applied log entries" records in the node logs (issue 3: must be 0)
-    critical_truncations: int = 0
+def missing_tools() -> list[str]:
+    return [tool for tool in ("etcd", "wrk") if shutil.which(tool) is None]
 
 
-def _time_to_next_ack(write: Callable[[int], bool], kill: Callable[[], None]) -> float:
-    """Kill, then write until one write is acknowledged; seconds from the kill to that ack."""
-    kill()
-    killed = time.monotonic()
-    attempt = 0
-    while time.monotonic() - killed < 30:
-        attempt += 1
-        if write(attempt):
-            return time.monotonic() - killed
-        time.sleep(0.01)
-    return float("inf")
+def require_tools() -> None:
+    """One line naming what is missing and how to install it."""
+    if missing := missing_tools():
+        raise RuntimeError(f"{' and '.join(missing)} not installed; as root: {INSTALL}")
 
 
-def _mcpdb(settings: KvSettings, work: Path, step: Callable[[str], None]) -> SystemResult:
-    layout = ClusterLayout.fresh(3)
-    layout.extra_args = ["--durability", settings.durability]
-    result = SystemResult()
-    with LocalCluster(layout, work / "mcpdb") as cluster:
-        cluster.start_all()
-        cluster.wait_ready()
-        urls = cluster.urls()
-        httpx.put(urls[0] + "/v1/namespaces/bench/contexts/hot",
-                  json={"kind": "memory", "facts": ["x" * 1000]}).raise_for_status()
-        step("mcpdb writes")
-        result.writes = wrk.run(urls, "mcpdb_put", settings.connections, settings.duration_s)
-        step("mcpdb linearizable reads")
-        result.reads = wrk.run(urls, "mcpdb_get", settings.connections, settings.duration_s)
-        for trial in range(settings.trials):
-            step(f"mcpdb failover {trial + 1}/{settings.trials}")
-            leader = cluster.wait_ready()
-            survivors = [n.url for n in cluster.layout.nodes if n.node_id != leader]
-            with httpx.Client(timeout=1.0) as http:
-
-                def write(attempt: int, http: httpx.Client = http, survivors: list[str] = survivors) -> bool:
-                    try:
-                        response = http.put(f"{survivors[attempt % 2]}/v1/namespaces/bench/contexts/failover",
-                                            json={"kind": "memory", "facts": [str(attempt)]})
-                        return response.status_code in (200, 201)
-                    except httpx.HTTPError:
-                        return False
-
-                result.failover_s.append(_time_to_next_ack(write, lambda leader=leader: cluster.kill(leader)))
-            cluster.start(leader)
-            cluster.wait_ready()
-    result.critical_truncations = sum(
-        (work / "mcpdb" / spec.node_id / "node.log").read_text(errors="replace").count("truncating already-applied")
-        for spec in layout.nodes)
-    return result
+def run(settings: KvSettings, step: Step) -> dict[str, Any]:
+    """Measure both systems; the results with ratios, targets and verdicts (``rows``)."""
+    require_tools()
+    results: dict[str, Any] = {"command": settings.command(), "settings": asdict(settings),
+                               "environment": environment()}
+    step("starting etcd and mcpdb", START_S)
+    with tempfile.TemporaryDirectory(prefix="mcpdb-bench-") as tmp, \
+            Etcd(Path(tmp) / "etcd") as etcd, Mcpdb(Path(tmp) / "mcpdb", settings.durability) as mcpdb:
+        systems: list[System] = [etcd, mcpdb]
+        measured: dict[str, dict[str, Any]] = {system.name: {} for system in systems}
+        for label, scenario in SCENARIOS:
+            for system in systems:
+                step(f"{system.name} {label}", settings.duration_s)
+                load = wrk.run(system.urls(), getattr(system, scenario), settings.connections, settings.duration_s)
+                measured[system.name][label] = load.to_dict()
+        for system in systems:
+            measured[system.name]["failover_s"] = []
+            for number in range(1, settings.trials + 1):
+                step(f"{system.name} failover {number}/{settings.trials}", TRIAL_S)
+                measured[system.name]["failover_s"].append(failover.trial(system))
+            measured[system.name]["findings"] = system.findings()
+    results.update(measured)
+    results["environment"]["loadavg_after"] = os.getloadavg()
+    results["rows"] = rows(measured["mcpdb"], measured["etcd"])
+    return results
 
 
-def _etcd(settings: KvSettings, work: Path, step: Callable[[str], None]) -> SystemResult:
-    cluster = EtcdCluster(work / "etcd")
-    result = SystemResult()
+def environment() -> dict[str, Any]:
+    """What the figures depend on besides the code: versions, cores, and how busy the machine was."""
     try:
-        cluster.start_all()
-        httpx.post(cluster.urls()[0] + "/v3/kv/put", json={"key": b64("hot"), "value": b64("x" * 1024)})
-        step("etcd writes")
-        result.writes = wrk.run(cluster.urls(), "etcd_put", settings.connections, settings.duration_s)
-        step("etcd linearizable reads")
-        result.reads = wrk.run(cluster.urls(), "etcd_get", settings.connections, settings.duration_s)
-        for trial in range(settings.trials):
-            step(f"etcd failover {trial + 1}/{settings.trials}")
-            leader = cluster.leader()
-            survivors = [cluster.url(n) for n in cluster.names if n != leader]
-            with httpx.Client(timeout=1.0) as http:
-
-                def write(attempt: int, http: httpx.Client = http, survivors: list[str] = survivors) -> bool:
-                    try:
-                        response = http.post(f"{survivors[attempt % 2]}/v3/kv/put",
-                                             json={"key": b64("failover"), "value": b64(str(attempt))})
-                        return response.status_code == 200 and "error" not in response.json()
-                    except (httpx.HTTPError, ValueError):
-                        return False
-
-                result.failover_s.append(_time_to_next_ack(write, lambda leader=leader: cluster.kill(leader)))
-            cluster.start(leader)
-            cluster.wait_ready()
-    finally:
-        cluster.stop_all()
-    return result
+        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:  # no git
+        commit = ""
+    return {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "python": platform.python_version(),
+            "etcd": etcd_cluster.version(), "wrk": wrk.version(), "mcpdb_commit": commit or "unknown"}
 
 
-def run(settings: KvSettings, step: Callable[[str], None]) -> dict[str, Any]:
-    """Measure both systems; returns the results with ratios and target verdicts."""
-    with tempfile.TemporaryDirectory(prefix="mcpdb-bench-") as tmp:
-        work = Path(tmp)
-        etcd = _etcd(settings, work, step)
-        mcpdb = _mcpdb(settings, work, step)
-    assert mcpdb.writes and mcpdb.reads and etcd.writes and etcd.reads
-    rows = [
-        _row("writes/s", mcpdb.writes.requests_per_s, etcd.writes.requests_per_s, WRITE_TARGET, higher=True),
-        _row("write p99 ms", mcpdb.writes.p99_ms, etcd.writes.p99_ms, P99_TARGET, higher=False),
-        _row("linearizable reads/s", mcpdb.reads.requests_per_s, etcd.reads.requests_per_s, READ_TARGET,
-             higher=True),
-        _row("read p99 ms", mcpdb.reads.p99_ms, etcd.reads.p99_ms, P99_TARGET, higher=False),
-        {"metric": "failover s (max of trials)", "mcpdb": max(mcpdb.failover_s), "etcd": max(etcd.failover_s),
-         "ratio": max(mcpdb.failover_s) / max(etcd.failover_s), "target": f"<= {FAILOVER_TARGET_S:g} s",
-         "pass": max(mcpdb.failover_s) <= FAILOVER_TARGET_S},
+def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per compared metric: values, mcpdb/etcd ratio, target and whether mcpdb meets it.
+
+    Rows without a target are reported, not judged (``pass`` is None).
+    """
+    def pair(label: str, key: str) -> tuple[float, float]:
+        return mcpdb[label][key], etcd[label][key]
+
+    def latency(label: str, key: str) -> tuple[float, float]:
+        return mcpdb[label]["latency_ms"][key], etcd[label]["latency_ms"][key]
+
+    failover_max = tuple(None if None in s["failover_s"] else max(s["failover_s"]) for s in (mcpdb, etcd))
+    mine = failover_max[0]
+    return [
+        _relative("writes/s (2xx)", *pair("writes", "ok_per_s"), WRITE_TARGET),
+        _relative("write p50 ms", *latency("writes", "p50")),
+        _relative("write p99 ms", *latency("writes", "p99"), P99_TARGET, higher=False),
+        _row("write failures", *pair("writes", "failed")),
+        _relative("linearizable reads/s (2xx)", *pair("reads", "ok_per_s"), READ_TARGET),
+        _relative("read p50 ms", *latency("reads", "p50")),
+        _relative("read p99 ms", *latency("reads", "p99"), P99_TARGET, higher=False),
+        _row("read failures", *pair("reads", "failed")),
+        _row(f"failover s (max of {len(mcpdb['failover_s'])})", *failover_max, _ratio(*failover_max),
+             f"<= {FAILOVER_TARGET_S:g} s", mine is not None and mine <= FAILOVER_TARGET_S),
     ]
-    return {"settings": {**asdict(settings), "out": str(settings.out)},
-            "mcpdb": asdict(mcpdb), "etcd": asdict(etcd), "rows": rows}
 
 
-def _row(metric: str, mine: float, anchor: float, target: float, higher: bool) -> dict[str, Any]:
-    ratio = mine / anchor if anchor else float("inf")
-    passed = ratio >= target if higher else ratio <= target
-    return {"metric": metric, "mcpdb": mine, "etcd": anchor, "ratio": ratio,
-            "target": f"{'>=' if higher else '<='} {target:g}x", "pass": passed}
+def _ratio(mine: float | None, anchor: float | None) -> float | None:
+    return mine / anchor if mine is not None and anchor else None
 
 
-def markdown(results: dict[str, Any], command: str) -> str:
-    lines = [f"Command: `{command}`", "",
-             "| metric | mcpdb | etcd 3.4 | mcpdb/etcd | target | met |", "|---|---|---|---|---|---|"]
-    for row in results["rows"]:
-        lines.append(f"| {row['metric']} | {row['mcpdb']:,.1f} | {row['etcd']:,.1f} | {row['ratio']:.2f} | "
-                     f"{row['target']} | {'yes' if row['pass'] else '**no**'} |")
-    errors = {name: sum((results[name][kind] or {}).get("non_2xx", 0) for kind in ("writes", "reads"))
-              for name in ("mcpdb", "etcd")}
-    lines += ["", f"Failover trials (s): mcpdb {', '.join(f'{t:.2f}' for t in results['mcpdb']['failover_s'])}; "
-              f"etcd {', '.join(f'{t:.2f}' for t in results['etcd']['failover_s'])}. "
-              f"Non-2xx responses under load: mcpdb {errors['mcpdb']}, etcd {errors['etcd']}. "
-              f"pysyncobj CRITICAL truncation records in mcpdb's node logs: "
-              f"{results['mcpdb']['critical_truncations']}."]
+def _relative(metric: str, mine: float, anchor: float, target: float | None = None,
+              higher: bool = True) -> dict[str, Any]:
+    """A row judged by the ratio mcpdb/etcd (``higher``: the ratio must reach the target, else stay under)."""
+    ratio = _ratio(mine, anchor)
+    if target is None:
+        return _row(metric, mine, anchor, ratio)
+    passed = ratio is not None and (ratio >= target if higher else ratio <= target)
+    return _row(metric, mine, anchor, ratio, f"{'>=' if higher else '<='} {target:g}x", passed)
+
+
+def _row(metric: str, mine: float | None, anchor: float | None, ratio: float | None = None, target: str = "",
+         passed: bool | None = None) -> dict[str, Any]:
+    return {"metric": metric, "mcpdb": mine, "etcd": anchor, "ratio": ratio, "target": target, "pass": passed}
+
+
+def cell(value: float | None) -> str:
+    """A figure as the tables show it."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if isinstance(value, int) or abs(value) >= 100 else f"{value:,.2f}"
+
+
+def verdict(passed: bool | None) -> str:
+    return {True: "yes", False: "NO", None: ""}[passed]
+
+
+def details(results: dict[str, Any]) -> str:
+    """What the table summarises: every failover trial, failures by kind, findings in the logs."""
+    lines = []
+    for name in ("mcpdb", "etcd"):
+        trials = ", ".join("none" if t is None else f"{t:.2f}" for t in results[name]["failover_s"])
+        failures = [f"{label} {kind} x{count}" for label, _ in SCENARIOS
+                    for kind, count in [*results[name][label]["statuses"].items(),
+                                        *results[name][label]["socket_errors"].items()]
+                    if count and not kind.startswith("2")]
+        findings = "".join(f"; {key.replace('_', ' ')}: {value}" for key, value in results[name]["findings"].items())
+        lines.append(f"{name}: failover trials (s) {trials}; failures (status or socket error): "
+                     f"{', '.join(failures) or 'none'}{findings}")
     return "\n".join(lines)
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    for ax, (title, key, unit) in zip(axes, (("throughput", "requests_per_s", "requests/s"),
-                                             ("p99 latency", "p99_ms", "ms"),)):
-        labels = ["writes", "reads"]
-        for offset, system in ((-0.2, "mcpdb"), (0.2, "etcd")):
-            values = [results[system][kind][key] for kind in labels]
-            ax.bar([i + offset for i in range(2)], values, width=0.4, label=system)
-        ax.set_xticks(range(2), labels)
-        ax.set_title(title)
-        ax.set_ylabel(unit)
-        ax.legend()
-    axes[2].bar(["mcpdb", "etcd"], [max(results["mcpdb"]["failover_s"]), max(results["etcd"]["failover_s"])],
-                color=["tab:blue", "tab:orange"])
-    axes[2].axhline(FAILOVER_TARGET_S, color="black", ls="--", lw=1)
-    axes[2].set_title("failover: kill -9 leader to next ack")
-    axes[2].set_ylabel("s (max of trials)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def markdown(results: dict[str, Any]) -> str:
+    """The table for benchmarks/RESULTS.md, with the command that produced it."""
+    lines = [f"Command: `{results['command']}`", "",
+             "| metric | mcpdb | etcd 3.4 | mcpdb/etcd | target | met |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['metric']} | {cell(r['mcpdb'])} | {cell(r['etcd'])} | {cell(r['ratio'])} | {r['target']} | "
+              f"{verdict(r['pass'])} |" for r in results["rows"]]
+    return "\n".join([*lines, "", details(results)])
 
 
-def save(results: dict[str, Any], folder: Path, command: str) -> str:
+def save(results: dict[str, Any], folder: Path) -> None:
+    """results.json, results.md and kv.png in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    plot(results, folder / "kv.png")
-    table = markdown(results, command)
-    (folder / "results.md").write_text(table + "\n")
-    return table
+    (folder / "results.md").write_text(markdown(results) + "\n")
+    plots.plot(results, folder / "kv.png", FAILOVER_TARGET_S)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Annotated, Any
 
+import httpx
 import typer
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 
 from cli.common import console
 from cli.errors import CliError
@@ -23,27 +32,61 @@ def raft(seconds: float = typer.Option(8.0, help="Seconds per configuration.")) 
 
 
 @app.command("kv")
-def kv(duration: float = typer.Option(20.0, help="Seconds of load per scenario."),
-       connections: int = typer.Option(32, help="wrk connections, spread over the 3 nodes."),
-       trials: int = typer.Option(3, help="Leader kills per system for the failover figure."),
-       durability: str = typer.Option("durable", help="mcpdb nodes' --durability."),
-       out: Path = typer.Option(Path(""), help="Folder for results (default benchmarks/runs/kv-<time>).")) -> None:
+def kv(duration: Annotated[float, typer.Option(help="Seconds of wrk load per scenario and system.")] = 20.0,
+       connections: Annotated[int, typer.Option(
+           help="wrk connections (one wrk thread each), spread over the 3 nodes.")] = 32,
+       trials: Annotated[int, typer.Option(help="Leader kills per system for the failover figure.")] = 3,
+       durability: Annotated[str, typer.Option(help="mcpdb nodes' --durability: durable or fast.")] = "durable",
+       out: Annotated[Path | None, typer.Option(
+           help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
     """mcpdb vs etcd 3.4 on loopback, loaded by wrk: writes, linearizable reads, failover."""
     from benchmarks import kv as kv_bench
 
     if duration <= 0 or connections < 3 or trials < 1:
         raise CliError("--duration must be positive, --connections at least 3, --trials at least 1")
     if durability not in ("durable", "fast"):
-        raise CliError("--durability must be 'durable' or 'fast'")
-    folder = out if str(out) else Path("benchmarks/runs") / time.strftime("kv-%Y%m%d-%H%M%S")
-    settings = kv_bench.KvSettings(duration, connections, trials, durability, folder)
-    command = (f"mcpdb bench kv --duration {duration:g} --connections {connections} --trials {trials} "
-               f"--durability {durability}")
-    with console.status("starting") as status:
-        try:
-            results = kv_bench.run(settings, lambda step: status.update(f"measuring {step}"))
-        except (RuntimeError, TimeoutError) as error:
-            raise CliError(str(error)) from None
-    table = kv_bench.save(results, folder, command)
-    print(table)  # markdown for RESULTS.md: unwrapped, whatever the terminal width
+        raise CliError(f"--durability must be 'durable' or 'fast', got {durability!r}")
+    settings = kv_bench.KvSettings(duration, connections, trials, durability, out)
+    folder = settings.folder()  # named by the start time
+    try:
+        kv_bench.require_tools()
+        console.print(f"command: {settings.command()}", soft_wrap=True, highlight=False)
+        with Progress(SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            steps = _Steps(progress, settings.expected_s())
+            results = kv_bench.run(settings, steps)
+            steps("done", 0)
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
+        raise CliError(str(error) or repr(error)) from None
+    kv_bench.save(results, folder)
+    console.print(_table(results))
+    console.print(kv_bench.details(results), highlight=False)
+    console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
     console.print(f"saved {folder}/results.json, results.md, kv.png")
+
+
+class _Steps:
+    """The run's step callback: names the step and fills the bar by the steps' expected lengths."""
+
+    def __init__(self, progress: Progress, total_s: float) -> None:
+        self.progress = progress
+        self.task = progress.add_task("", total=total_s)
+        self.previous_s = 0.0
+
+    def __call__(self, label: str, seconds: float) -> None:
+        self.progress.update(self.task, advance=self.previous_s, description=label)
+        self.previous_s = seconds
+
+
+def _table(results: dict[str, Any]) -> Table:
+    from benchmarks.kv import cell, verdict
+
+    table = Table(title="mcpdb vs etcd 3.4, 3 nodes each on loopback")
+    for column in ("metric", "mcpdb", "etcd", "mcpdb/etcd", "target", "met"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    colors = {True: "green", False: "bold red", None: ""}
+    for row in results["rows"]:
+        met = verdict(row["pass"])
+        table.add_row(row["metric"], cell(row["mcpdb"]), cell(row["etcd"]), cell(row["ratio"]), row["target"],
+                      f"[{colors[row['pass']]}]{met}[/]" if met else "")
+    return table
