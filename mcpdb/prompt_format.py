@@ -1,0 +1,116 @@
+"""Chat messages -> the prompt text a model was trained on.
+
+A GGUF that carries ``tokenizer.chat_template`` is rendered with that
+template (Jinja2, sandboxed, as Hugging Face does). The bundled model, the
+base Gemma 3 270M, carries none, and llama-cpp-python would then silently
+fall back to a Llama-2 ``<<SYS>>`` prompt the model never saw; for Gemma we
+render Gemma's turn format ourselves. Gemma has no system role: the system
+text leads the first user turn, as Gemma's own template does.
+
+Rendering is a pure function of the messages, and for the formats here a
+conversation's rendering is a prefix of the rendering of the same
+conversation with more turns; context assembly relies on that so a
+session's follow-up reuses the KV cache of everything before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Protocol
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class ChatFormat(Protocol):
+    name: str
+    stop: list[str]
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The prompt text, without the BOS token (the tokenizer adds it)."""
+
+
+@dataclass(frozen=True)
+class GemmaFormat:
+    """``<start_of_turn>user|model\\n ... <end_of_turn>\\n``; system text folded into the first user turn."""
+
+    name: str = "gemma"
+
+    @property
+    def stop(self) -> list[str]:
+        return ["<end_of_turn>"]
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        parts: list[str] = []
+        for message in (m for m in messages if m["role"] != "system"):
+            role = "model" if message["role"] == "assistant" else "user"
+            content = message["content"]
+            if system and not parts:
+                content = f"{system}\n\n{content}"
+            parts.append(f"<start_of_turn>{role}\n{content}<end_of_turn>\n")
+        if system and not parts:
+            parts.append(f"<start_of_turn>user\n{system}<end_of_turn>\n")
+        if add_generation_prompt:
+            parts.append("<start_of_turn>model\n")
+        return "".join(parts)
+
+
+class TemplateFormat:
+    """The model's own Jinja2 chat template, taken from its GGUF metadata."""
+
+    name = "gguf-template"
+
+    def __init__(self, template: str, bos_token: str, eos_token: str) -> None:
+        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        environment.globals["raise_exception"] = _raise_template_error
+        self._template = environment.from_string(template)
+        self._bos = bos_token
+        self._eos = eos_token
+        self.stop = [eos_token] if eos_token else []
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self._bos, eos_token=self._eos)
+        if self._bos and text.startswith(self._bos):
+            text = text[len(self._bos):]  # the tokenizer adds BOS itself
+        return text
+
+
+def _raise_template_error(message: str) -> None:
+    raise ValueError(f"the model's chat template refused the messages: {message}")
+
+
+@dataclass(frozen=True)
+class ChatMLFormat:
+    """``<|im_start|>role\\n ... <|im_end|>\\n``: the fallback for a non-Gemma model without a template."""
+
+    name: str = "chatml"
+
+    @property
+    def stop(self) -> list[str]:
+        return ["<|im_end|>"]
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def _special_token(metadata: dict[str, str], key: str, token_text: Callable[[int], str]) -> str:
+    index = metadata.get(key, "")
+    return token_text(int(index)) if index.isdigit() else ""
+
+
+def choose_format(metadata: dict[str, str], token_text: Callable[[int], str]) -> ChatFormat:
+    """The GGUF's template if it has one; Gemma's turns for Gemma models; ChatML otherwise.
+
+    ``token_text`` maps a token id to its text: a template names BOS and EOS
+    by text, the metadata by id.
+    """
+    template = metadata.get("tokenizer.chat_template")
+    if template:
+        return TemplateFormat(template, _special_token(metadata, "tokenizer.ggml.bos_token_id", token_text),
+                              _special_token(metadata, "tokenizer.ggml.eos_token_id", token_text))
+    if metadata.get("general.architecture", "").startswith("gemma"):
+        return GemmaFormat()
+    return ChatMLFormat()
