@@ -74,7 +74,7 @@ class Mcpdb(_Adapter):
 
     def __init__(self, data_dir: Path, durability: str) -> None:
         layout = ClusterLayout.fresh(3)
-        layout.extra_args = ["--durability", durability]
+        layout.extra_args = ["--durability", durability, "--no-inference"]
         self.cluster = LocalCluster(layout, data_dir)
 
     def _start(self) -> None:

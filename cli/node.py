@@ -37,6 +37,23 @@ def start(
     advertise_url: Annotated[Optional[str], typer.Option(help="HTTP URL other nodes and clients use.")] = None,
     unsafe_stale_reads: Annotated[bool, typer.Option(
         help="BREAKS LINEARIZABILITY: serve reads without a barrier (for testing the checker).")] = False,
+    inference: Annotated[bool, typer.Option(
+        help="Run a llama.cpp worker on this node (--no-inference: contexts only).")] = True,
+    model: Annotated[Optional[Path], typer.Option(
+        help="GGUF model file (default: the bundled Gemma 3 270M Q4_K_M).")] = None,
+    n_ctx: Annotated[int, typer.Option(help="Model context window in tokens.")] = 4096,
+    threads: Annotated[int, typer.Option(help="llama.cpp threads per generation.")] = 2,
+    slots: Annotated[int, typer.Option(
+        help="Concurrent generations, each keeping its own KV cache (a session prefix per slot).")] = 1,
+    weight: Annotated[Optional[float], typer.Option(
+        help="Scheduling weight (default: tokens/s measured when the model loads).")] = None,
+    domain: Annotated[Optional[list[str]], typer.Option(help="Domain this node specialises in (repeat).")] = None,
+    policy: Annotated[str, typer.Option(
+        help="Scheduling policy when this node leads: affinity, weighted, least_connections, round_robin.")
+    ] = "affinity",
+    shed_threshold: Annotated[float, typer.Option(
+        help="Affinity gives way when the session's node has this many more requests per slot "
+             "than the least-loaded node.")] = 1.0,
 ) -> None:
     """Start a node in the foreground; SIGTERM or Ctrl-C shuts it down gracefully."""
     from mcpdb.replication import check_pysyncobj_version
@@ -61,6 +78,8 @@ def start(
         durable=durability == "durable", request_timeout=request_timeout,
         max_body_bytes=max_body_bytes, compaction_min_entries=compaction_entries,
         advertise_url=advertise_url, unsafe_stale_reads=unsafe_stale_reads,
+        inference=inference, model_path=str(model) if model else None, n_ctx=n_ctx, threads=threads,
+        slots=slots, weight=weight, domains=list(domain or []), policy=policy, shed_threshold=shed_threshold,
     )
     config.validate()
     serve(config)

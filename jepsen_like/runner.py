@@ -71,7 +71,7 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
     have_network = config.use_namespaces and availability() is None
     nemeses = resolve(config.nemeses, have_network)
     config.out.mkdir(parents=True, exist_ok=True)
-    node_args = ["--request-timeout", str(NODE_REQUEST_TIMEOUT_S)]
+    node_args = ["--request-timeout", str(NODE_REQUEST_TIMEOUT_S), "--no-inference"]
     if config.unsafe_stale_reads:
         node_args.append("--unsafe-stale-reads")
     test = cluster_module.start(config.out / "data", config.nodes, node_args, use_namespaces=have_network)

@@ -219,6 +219,12 @@ class ReadIndex:
                 done(None, reason)
 
     # ------------------------------------------------------------ both
+    def wait_applied(self, index: int, done: Done) -> None:
+        """Raft thread, after the store committed: ``done`` once this node applied ``index`` (a read
+        index another node obtained, e.g. the leader's for an inference request)."""
+        self._applied_waiters.append((index, done))
+        self._release_applied()
+
     def _release_applied(self) -> None:
         if not self._applied_waiters:
             return

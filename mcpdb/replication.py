@@ -272,6 +272,21 @@ class Replication:
         except TimeoutError:
             raise NotApplied(f"could not confirm the leader within {timeout:g} s (no quorum?)") from None
 
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        """Return once this node's store reflects Raft index ``index`` (including entries, like the
+        leader's election no-op, that never reach the store)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+
+        def done(applied: int | None, error: str | None) -> None:
+            loop.call_soon_threadsafe(_settle_read, future, applied, error)
+
+        self.raft.call_in_raft_thread(lambda: self.raft.read_index.wait_applied(index, done))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise NotApplied(f"this node has not applied index {index} within {timeout:g} s") from None
+
     async def change_membership(self, action: str, raft_addr: str, timeout: float) -> None:
         """Add or remove a voter; one change at a time, through the log."""
         loop = asyncio.get_running_loop()

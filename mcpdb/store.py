@@ -423,6 +423,25 @@ class ContextStore:
                 return None
             return self._materialise(txn, namespace, context_id, record, with_turns=True)
 
+    def appended_with(self, namespace: str, session_id: str, idempotency_key: str) -> list[dict[str, Any]] | None:
+        """The turns that the append carrying ``idempotency_key`` stored; None if none committed.
+
+        Lets a retried chat request return the reply already recorded instead
+        of generating (and storing) a second one.
+        """
+        prefix = _turn_prefix(namespace, session_id)
+        with self._lock, self._env.begin() as txn:
+            seen = txn.get(prefix + idempotency_key.encode(), db=self._dbs[b"idem"])
+            if seen is None:
+                return None
+            result = orjson.loads(seen)
+            turns = []
+            for seq in range(result["first_seq"], result["turn_count"]):
+                value = txn.get(prefix + _U64.pack(seq), db=self._dbs[b"turns"])
+                if value is not None:
+                    turns.append(orjson.loads(value))
+            return turns
+
     def list(self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100,
              cursor: str | None = None) -> Page:
         """Contexts of a namespace in id order; sessions come without their turns."""

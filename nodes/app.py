@@ -14,10 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Union
 
-import orjson
 from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,21 +23,12 @@ from mcpdb import __version__
 from mcpdb.model import BatchIn, ContextIn, InvalidName, Kind, Turn, TurnsIn
 from mcpdb.replication import Indeterminate, Unavailable
 from mcpdb.service import Consistency, NotFound, Refused
+from nodes.chat_api import add_chat_routes
 from nodes.docs import mount_offline_docs
 from nodes.middleware import RequestGate
+from nodes.responses import FastJSON
+from nodes.responses import error_response as _error
 from nodes.runtime import NodeRuntime
-
-
-class FastJSON(JSONResponse):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def _error(status: int, error: str, message: str, **extra: Any) -> FastJSON:
-    headers = {"Retry-After": str(extra.pop("retry_after"))} if "retry_after" in extra else None
-    return FastJSON({"error": error, "message": message, **extra}, status_code=status, headers=headers)
 
 
 def _version_header(if_match: str | None, if_none_match: str | None) -> int | None:
@@ -229,4 +218,5 @@ def create_app(runtime: NodeRuntime) -> Any:
         """Several puts and deletes as one log entry: all apply or none (409 names the op)."""
         return await service.batch(namespace, body)
 
+    add_chat_routes(app, runtime)
     return RequestGate(app, runtime.config.token, runtime.config.max_body_bytes)

@@ -59,6 +59,16 @@ class NodeConfig:
     compaction_min_entries: int = 50_000
     unsafe_stale_reads: bool = False
     advertise_url: str | None = None
+    # Inference: a llama.cpp worker on this node (the bundled model unless model_path).
+    inference: bool = True
+    model_path: str | None = None
+    n_ctx: int = 4096
+    threads: int = 2
+    slots: int = 1
+    weight: float | None = None  # None: the tokens/s measured when the model loads
+    domains: list[str] = field(default_factory=list)
+    policy: str = "affinity"
+    shed_threshold: float = 1.0
 
     def validate(self) -> None:
         if not _NODE_ID_RE.match(self.node_id):
@@ -80,6 +90,30 @@ class NodeConfig:
             raise ConfigError("--request-timeout must be positive")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
+        self._validate_inference()
+
+    def _validate_inference(self) -> None:
+        from mcpdb.scheduler import Policy
+
+        if self.policy not in Policy.__members__:
+            raise ConfigError(f"--policy must be one of {', '.join(Policy.__members__)}, got {self.policy!r}")
+        if self.shed_threshold < 0:
+            raise ConfigError("--shed-threshold must be zero or more")
+        if not self.inference:
+            return
+        if self.model_path is not None and not os.path.isfile(self.model_path):
+            raise ConfigError(f"--model {self.model_path}: no such file")
+        if not 256 <= self.n_ctx <= 131072:
+            raise ConfigError("--n-ctx must be between 256 and 131072")
+        if not 1 <= self.threads <= 256:
+            raise ConfigError("--threads must be between 1 and 256")
+        if not 1 <= self.slots <= 64:
+            raise ConfigError("--slots must be between 1 and 64")
+        if self.weight is not None and self.weight <= 0:
+            raise ConfigError("--weight must be positive")
+        for domain in self.domains:
+            if not 1 <= len(domain) <= 64:
+                raise ConfigError(f"--domain {domain!r}: use 1-64 characters")
 
     @property
     def http_url(self) -> str:

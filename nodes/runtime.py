@@ -1,9 +1,12 @@
-"""Wires one node together: store, replication, read barrier, service, duties.
+"""Wires one node together: store, replication, read barrier, service, inference, duties.
 
 Background duties run on every node and act only where they should: the
-leader proposes TTL expiries; every node registers itself in the replicated
-node registry once a leader exists (that is how ``/v1/cluster`` finds the
-HTTP address of each member).
+leader proposes TTL expiries; every node keeps its entry in the replicated
+node registry current once a leader exists (that is how ``/v1/cluster``
+finds each member's HTTP address, and how the scheduler learns each
+worker's model, slots, weight and domains once the model has loaded);
+every node with a loaded model sends its load to the leader every
+HEARTBEAT_S.
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ import httpx
 
 from mcpdb import __version__
 from mcpdb.barrier import ReadBarrier
+from mcpdb.inference import Worker, WorkerSettings, default_model_path
+from mcpdb.loadboard import HEARTBEAT_S
 from mcpdb.replication import RaftSettings, Replication, Unavailable
+from mcpdb.scheduler import Policy
 from mcpdb.service import ContextService
 from mcpdb.store import ContextStore
+from nodes.chat_front import ChatFront
+from nodes.chat_worker import ChatWorker
 from nodes.config import NodeConfig
+from nodes.scheduling import LeaderScheduler
 
 _log = logging.getLogger(__name__)
 
@@ -49,16 +58,35 @@ class NodeRuntime:
         self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
         self.service = ContextService(self.replication, self.barrier, config.request_timeout,
                                       unsafe_stale_reads=config.unsafe_stale_reads)
+        self.worker: Worker | None = None
+        self.chat_worker: ChatWorker | None = None
+        self.inference_state = "disabled"  # disabled | loading | ready | failed: <reason>
+        if config.inference:
+            self.worker = Worker(WorkerSettings(
+                model_path=config.model_path or default_model_path(), n_ctx=config.n_ctx,
+                threads=config.threads, slots=config.slots, weight=config.weight, domains=tuple(config.domains)))
+            self.chat_worker = ChatWorker(config.node_id, self.service, self.replication, self.worker,
+                                          config.request_timeout)
+        self.scheduler = LeaderScheduler(self.replication, self.store, self.barrier, Policy(config.policy),
+                                         config.shed_threshold)
+        self.front = ChatFront(config.node_id, self.replication, self.store, self.scheduler, self.chat_worker,
+                               lambda: self._stream_http, config.request_timeout)
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
+        self._stream_http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
         self._http = httpx.AsyncClient(timeout=0.5, headers=headers)
+        # Node-to-node chat traffic: long streams, per-call timeouts.
+        self._stream_http = httpx.AsyncClient(timeout=None, headers=headers,
+                                              limits=httpx.Limits(max_connections=256))
         self._tasks = [
             asyncio.create_task(self._register_loop()),
             asyncio.create_task(self._expiry_loop()),
         ]
+        if self.worker is not None:
+            self._tasks += [asyncio.create_task(self._load_model()), asyncio.create_task(self._heartbeat_loop())]
 
     async def stop(self) -> None:
         """Graceful shutdown: hand over leadership (or leave the registry, for a replica), stop duties,
@@ -76,34 +104,70 @@ class NodeRuntime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._http is not None:
-            await self._http.aclose()
+        for client in (self._http, self._stream_http):
+            if client is not None:
+                await client.aclose()
         await asyncio.to_thread(self.replication.close)
+        if self.worker is not None:
+            self.worker.close()
         self.store.close()
 
     # ---------------------------------------------------------------- duties
     def registration(self) -> dict[str, Any]:
-        return {
+        entry: dict[str, Any] = {
             "id": self.config.node_id,
             "raft_addr": self.config.raft_addr,
             "http_url": self.config.http_url,
             "voter": self.config.raft_addr is not None,
             "version": __version__,
         }
+        worker = self.worker
+        if worker is not None and worker.ready:
+            entry.update(model=worker.settings.model_name, n_ctx=worker.settings.n_ctx,
+                         slots=worker.settings.slots, weight=worker.weight,
+                         domains=list(worker.settings.domains))
+        return entry
 
     async def _register_loop(self) -> None:
-        """Register (again, after every restart) so the registry holds current addresses."""
+        """Keep this node's registry entry current: after every restart, and once the model loaded."""
         while True:
+            registered = False
             if self.replication.leader_addr() is not None:
                 current = {node["id"]: node for node in self.store.nodes()}
-                if current.get(self.config.node_id) == self.registration():
-                    return
-                try:
-                    await self.service.register_node(self.registration())
-                    return
-                except Unavailable:
-                    pass
-            await asyncio.sleep(0.2)
+                registered = current.get(self.config.node_id) == self.registration()
+                if not registered:
+                    with contextlib.suppress(Unavailable):
+                        await self.service.register_node(self.registration())
+            await asyncio.sleep(1.0 if registered else 0.2)
+
+    async def _load_model(self) -> None:
+        """Load in a thread so the node serves the store (and Raft) while the model loads."""
+        assert self.worker is not None
+        self.inference_state = "loading"
+        try:
+            await asyncio.to_thread(self.worker.load)
+        except Exception as error:  # noqa: BLE001 - the node keeps serving contexts without a model
+            _log.exception("model failed to load")
+            self.inference_state = f"failed: {error}"
+            return
+        self.inference_state = "ready"
+
+    async def _heartbeat_loop(self) -> None:
+        """Report load to the leader every HEARTBEAT_S; its board drops nodes silent for 2 s."""
+        assert self.worker is not None and self._http is not None
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if not self.worker.ready:
+                continue
+            load = self.worker.load_report()
+            if self.replication.is_leader():
+                self.scheduler.board.heartbeat(self.config.node_id, load)
+                continue
+            url = self.front.leader_url()
+            if url is None:
+                continue
+            with contextlib.suppress(httpx.HTTPError):
+                await self._http.post(url + "/v1/internal/load", json={"node_id": self.config.node_id, "load": load})
 
     async def _expiry_loop(self) -> None:
         while True:
@@ -144,8 +208,23 @@ class NodeRuntime:
             "store": self.store.stats(),
             "store_applied_index": self.store.applied_index(),
             "read_barriers": {"batches": self.barrier.batches, "reads": self.barrier.reads},
+            "inference": self._inference_status(),
             **raft,
         }
+
+    def _inference_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"state": self.inference_state, "policy": self.scheduler.policy.value}
+        worker = self.worker
+        if worker is not None:
+            status.update(model=worker.settings.model_name, n_ctx=worker.settings.n_ctx, slots=worker.settings.slots,
+                          threads=worker.settings.threads, domains=list(worker.settings.domains))
+        if worker is not None and worker.ready:
+            assert worker.chat_format is not None
+            status.update(weight=worker.weight, measured_tokens_per_s=worker.measured_tokens_per_s,
+                          chat_format=worker.chat_format.name, load=worker.load_report())
+        if self.replication.is_leader():
+            status["scheduler"] = {"assigned": self.scheduler.decisions, "board": self.scheduler.board.snapshot()}
+        return status
 
     async def cluster_status(self) -> dict[str, Any]:
         """Every registered node's own status, fetched concurrently; unreachable ones say so."""

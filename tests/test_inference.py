@@ -1,0 +1,162 @@
+"""Inference on a real 3-node cluster with the bundled model: sessions, OpenAI client, failover.
+
+One cluster serves the whole module (each node loads the model once, which
+is the slow part); tests use their own sessions so they stay independent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mcpdb.localcluster import LocalCluster
+from tests.conftest import start_cluster
+
+pytestmark = pytest.mark.integration
+NS = "app"
+
+
+def _models(url: str) -> dict[str, list[str]]:
+    body = httpx.get(url + "/v1/models", timeout=2).json()
+    return {model["id"]: model["nodes"] for model in body["data"]}
+
+
+@pytest.fixture(scope="module")
+def llm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = start_cluster(tmp_path_factory.mktemp("llm"), inference=True, extra_args=["--n-ctx", "2048"])
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            served = _models(cluster.urls()[0])
+            if served and len(next(iter(served.values()))) == 3:
+                break
+            assert time.monotonic() < deadline, f"models never loaded on every node: {served}"
+            time.sleep(0.5)
+        http = httpx.Client(timeout=5)
+        http.put(f"{cluster.urls()[0]}/v1/namespaces/{NS}/contexts/helper", json={
+            "kind": "instruction", "role": "a terse assistant", "text": "Answer in one short sentence."})
+        http.put(f"{cluster.urls()[0]}/v1/namespaces/{NS}/contexts/ada", json={
+            "kind": "profile", "name": "Ada", "preferences": {"tone": "plain"}, "goals": ["learn Raft"]})
+        yield cluster
+    finally:
+        cluster.stop_all(graceful=False)
+
+
+def _model(cluster: LocalCluster) -> str:
+    return next(iter(_models(cluster.urls()[0])))
+
+
+def _chat(url: str, model: str, session: str, text: str, key: str | None = None,
+          **extra: object) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key else {}
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8,
+            "temperature": 0, "namespace": NS, "session_id": session, "user_id": "ada", **extra}
+    return httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+
+def _turns(url: str, session: str) -> list[dict]:
+    response = httpx.get(f"{url}/v1/namespaces/{NS}/contexts/{session}", timeout=5)
+    response.raise_for_status()
+    return response.json()["turns"]
+
+
+def test_a_sessions_turns_persist_and_read_back_from_every_node(llm_cluster: LocalCluster) -> None:
+    urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    replies = []
+    for entry, text in zip(urls, ["What is Raft?", "And a leader?"]):
+        response = _chat(entry, model, session, text)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert response.headers["x-mcpdb-node"] == body["mcpdb"]["node"]
+        assert body["usage"]["completion_tokens"] >= 1
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+        assert body["mcpdb"]["context_index"] >= body["mcpdb"]["read_index"]
+        replies.append(body["choices"][0]["message"]["content"])
+    # The follow-up went to the node holding the session's prefix and reused it.
+    assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    for url in urls:
+        turns = _turns(url, session)
+        assert [(t["role"], t["content"]) for t in turns] == [
+            ("user", "What is Raft?"), ("assistant", replies[0]), ("user", "And a leader?"), ("assistant", replies[1])]
+
+
+def test_a_retried_request_with_the_same_idempotency_key_adds_no_turn(llm_cluster: LocalCluster) -> None:
+    urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    first = _chat(urls[0], model, session, "Hello?", key="k-1").json()
+    again = _chat(urls[1], model, session, "Hello?", key="k-1").json()
+    assert again["mcpdb"]["replayed"] is True
+    assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    assert len(_turns(urls[2], session)) == 2
+
+
+def test_the_official_openai_client_works_streaming_and_not(llm_cluster: LocalCluster) -> None:
+    openai = pytest.importorskip("openai")
+    model, session = _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    api = openai.OpenAI(base_url=llm_cluster.urls()[1] + "/v1", api_key="unused", max_retries=0)
+    extra = {"namespace": NS, "session_id": session}
+    whole = api.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
+                                        max_tokens=8, temperature=0, extra_body=extra)
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.usage is not None and whole.usage.completion_tokens >= 1
+    listed = [m.id for m in api.models.list()]
+    assert model in listed
+    chunks = list(api.chat.completions.create(model=model, messages=[{"role": "user", "content": "More?"}],
+                                              max_tokens=8, temperature=0, stream=True, extra_body=extra))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None
+    assert _turns(llm_cluster.urls()[0], session)[-1]["content"] == streamed
+
+
+def test_bad_requests_get_clear_errors(llm_cluster: LocalCluster) -> None:
+    url, model = llm_cluster.urls()[0], _model(llm_cluster)
+    post = lambda body: httpx.post(url + "/v1/chat/completions", json=body, timeout=30)  # noqa: E731
+    hi = [{"role": "user", "content": "hi"}]
+    assert post({"model": "gpt-nope", "messages": hi}).status_code == 404
+    assert post({"model": model, "messages": hi, "session_id": "s"}).status_code == 422  # no namespace
+    assert post({"model": model, "messages": hi, "n": 2}).status_code == 422
+    assert post({"model": model, "messages": []}).status_code == 422
+    huge = post({"model": model, "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8})
+    assert huge.status_code == 413 and "window" in huge.json()["message"]
+    missing_task = post({"model": model, "messages": hi, "namespace": NS, "task_id": "nope"})
+    assert missing_task.status_code == 404
+
+
+def test_killing_the_serving_node_mid_stream_retries_elsewhere_without_a_duplicate_turn(
+        llm_cluster: LocalCluster) -> None:
+    urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    opening = _chat(urls[0], model, session, "Hello.").json()
+    holder = opening["mcpdb"]["node"]  # affinity sends the session's next turn here again
+    entry = next(spec for spec in llm_cluster.layout.nodes if spec.node_id != holder)
+    body = {"model": model, "stream": True, "max_tokens": 120, "temperature": 0, "namespace": NS,
+            "session_id": session,
+            "messages": [{"role": "user", "content": "Count from one to one hundred in words, one per line."}]}
+    streamed, final, killed = "", None, False
+    with httpx.stream("POST", entry.url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Idempotency-Key": "kill-1"}) as response:
+        assert response.status_code == 200
+        assert response.headers["x-mcpdb-node"] == holder
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: "):])
+            assert "error" not in chunk, chunk
+            streamed += chunk["choices"][0]["delta"].get("content") or ""
+            if streamed and not killed:
+                llm_cluster.kill(holder)
+                killed = True
+            if chunk.get("usage"):
+                final = chunk
+    assert killed and final is not None
+    assert final["mcpdb"]["node"] != holder and final["mcpdb"]["attempts"] == 2
+    survivors = [spec.url for spec in llm_cluster.layout.nodes if spec.node_id != holder]
+    turns = _turns(survivors[0], session)
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    if not final["mcpdb"]["diverged"]:
+        assert turns[-1]["content"] == streamed
+    assert sum(1 for t in turns if t["metadata"].get("idempotency_key") == "kill-1") == 2
