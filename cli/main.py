@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench, ctx, jepsen, node, session, status, up
+from cli import bench, chat, ctx, jepsen, node, session, status, up
 from cli.errors import CliError, fail
 from nodes.config import ConfigError
 
@@ -17,6 +17,7 @@ app.add_typer(bench.app, name="bench")
 app.command("up")(up.up)
 app.command("status")(status.status)
 app.command("jepsen")(jepsen.jepsen)
+app.command("chat")(chat.chat)
 
 
 def run() -> None:

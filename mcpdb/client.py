@@ -20,6 +20,7 @@ Every retry stays within ``deadline`` seconds in total.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -165,6 +166,23 @@ class _CallBuilder:
     def batch(ns: str, ops: list[dict[str, Any]]) -> _Call:
         return _Call("POST", f"/v1/namespaces/{ns}/batch", False, json={"ops": ops})
 
+    @staticmethod
+    def chat(body: dict[str, Any], idempotency_key: str | None) -> _Call:
+        # Safe to retry: the key makes the server replay a reply it already recorded.
+        return _Call("POST", "/v1/chat/completions", True, json=body,
+                     headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
+
+
+def chat_body(messages: list[dict[str, str]], model: str, *, namespace: str | None = None,
+              session_id: str | None = None, user_id: str | None = None, task_id: str | None = None,
+              max_tokens: int | None = None, temperature: float | None = None,
+              stream: bool = False) -> dict[str, Any]:
+    """A /v1/chat/completions body with mcpdb's context fields; unset fields are left out."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream, "namespace": namespace,
+                            "session_id": session_id, "user_id": user_id, "task_id": task_id,
+                            "max_tokens": max_tokens, "temperature": temperature}
+    return {key: value for key, value in body.items() if value is not None}
+
 
 class _Base:
     def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, token: str | None = None,
@@ -203,6 +221,22 @@ class _Base:
             return result
         assert last is not None
         raise last
+
+
+def _sse_chunks(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """JSON payloads of server-sent ``data:`` lines up to ``[DONE]``; an error payload raises."""
+    for line in lines:
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            return
+        chunk = json.loads(data)
+        if "error" in chunk:
+            error = chunk["error"]
+            raise _ERRORS.get(error.get("code"), McpdbError)(f"{error.get('code')}: {error.get('message')}",
+                                                              error.get("code"), chunk)
+        yield chunk
 
 
 def _turn(role: str, content: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -273,6 +307,36 @@ class Client(_Base):
 
     def cluster(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/v1/cluster", True))
+
+    def models(self) -> list[str]:
+        return [model["id"] for model in self._send(_Call("GET", "/v1/models", True))["data"]]
+
+    def chat(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """One chat completion (``body`` from ``chat_body``), retried safely under one idempotency key."""
+        return self._send(_CallBuilder.chat({**body, "stream": False}, idempotency_key))
+
+    def chat_stream(self, body: dict[str, Any], idempotency_key: str | None = None) -> Iterator[dict[str, Any]]:
+        """The streamed chunks of a chat completion. Until the first byte the request fails over like
+        any call; a stream cut off later raises ``Unavailable`` (retry with the same key: the server
+        replays the reply if it was recorded)."""
+        call = _CallBuilder.chat({**body, "stream": True}, idempotency_key)
+        for attempt, url in self._attempts():
+            try:
+                with self._http.stream("POST", url + call.path, json=call.json, headers=call.headers,
+                                       timeout=httpx.Timeout(self._timeout, read=None)) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        _decide(call, response, None, attempt)
+                    yield from _sse_chunks(response.iter_lines())
+                    return
+            except _Retry as retry:
+                time.sleep(retry.delay)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                continue
+            except httpx.HTTPError as error:
+                raise Unavailable(f"stream broken: {type(error).__name__}: {error}", None,
+                                  {"applied": "unknown"}) from None
+        raise Unavailable(f"no node answered within {self.deadline} s", None, {"applied": "no"})
 
     def node(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/v1/node", True))
@@ -352,6 +416,12 @@ class AsyncClient(_Base):
 
     async def cluster(self) -> dict[str, Any]:
         return await self._send(_Call("GET", "/v1/cluster", True))
+
+    async def models(self) -> list[str]:
+        return [model["id"] for model in (await self._send(_Call("GET", "/v1/models", True)))["data"]]
+
+    async def chat(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        return await self._send(_CallBuilder.chat({**body, "stream": False}, idempotency_key))
 
     async def aclose(self) -> None:
         await self._http.aclose()
