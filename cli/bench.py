@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,19 +51,56 @@ def kv(duration: Annotated[float, typer.Option(help="Seconds of wrk load per sce
     folder = settings.folder()  # named by the start time
     try:
         kv_bench.require_tools()
-        console.print(f"command: {settings.command()}", soft_wrap=True, highlight=False)
-        with Progress(SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            steps = _Steps(progress, settings.expected_s())
-            results = kv_bench.run(settings, steps)
-            steps("done", 0)
-    except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
-        raise CliError(str(error) or repr(error)) from None
+    except RuntimeError as error:
+        raise CliError(str(error)) from None
+    results = _run_with_progress(settings, kv_bench.run)
     kv_bench.save(results, folder)
     console.print(_table(results))
     console.print(kv_bench.details(results), highlight=False)
     console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
     console.print(f"saved {folder}/results.json, results.md, kv.png")
+
+
+@app.command("infer")
+def infer(requests: Annotated[int, typer.Option(help="Requests per side of the throughput comparison.")] = 16,
+          max_tokens: Annotated[int, typer.Option(help="Completion tokens per throughput request.")] = 64,
+          sessions: Annotated[int, typer.Option(help="Sessions in the affinity comparison.")] = 8,
+          turns: Annotated[int, typer.Option(help="Turns per session in the affinity comparison.")] = 6,
+          weighted_requests: Annotated[int, typer.Option(help="Requests per policy in the weighted run.")] = 48,
+          out: Annotated[Path | None, typer.Option(
+              help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
+    """Chat through mcpdb vs raw llama-cpp-python; affinity vs round robin; weighted capacity 1:2."""
+    from benchmarks import infer as infer_bench
+
+    if min(requests, max_tokens, sessions, turns, weighted_requests) < 1:
+        raise CliError("every count must be at least 1")
+    settings = infer_bench.InferSettings(requests, max_tokens, sessions, turns, weighted_requests, out)
+    folder = settings.folder()
+    results = _run_with_progress(settings, infer_bench.run)
+    infer_bench.save(results, folder)
+    table = Table(title="mcpdb inference: anchors measured in the same run")
+    for column in ("metric", "mcpdb", "anchor", "ratio", "target", "met"):
+        table.add_column(column)
+    for row in infer_bench.rows(results):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
+    console.print(f"saved {folder}/results.json, results.md, infer.png")
+
+
+def _run_with_progress(settings: Any, run: Callable[[Any, Callable[[str, float], None]], dict[str, Any]]
+                       ) -> dict[str, Any]:
+    """Print the command, run the benchmark under a progress bar; its failures become one line."""
+    console.print(f"command: {settings.command()}", soft_wrap=True, highlight=False)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            steps = _Steps(progress, settings.expected_s())
+            results = run(settings, steps)
+            steps("done", 0)
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
+        raise CliError(str(error) or repr(error)) from None
+    return results
 
 
 class _Steps:

@@ -22,7 +22,8 @@ console = Console()
 def jepsen(
     nemesis: Annotated[str, typer.Option(
         help="Comma-separated: partition, partition-leader, bridge, kill, pause, crash, slow, lossy.")] = "partition,kill,pause",
-    workload: Annotated[str, typer.Option(help="Comma-separated: register, list-append.")] = "register",
+    workload: Annotated[str, typer.Option(
+        help="Comma-separated: register, list-append, chat (chat loads the model on every node).")] = "register",
     time_s: Annotated[float, typer.Option("--time", help="Seconds of load.")] = 60.0,
     concurrency: Annotated[int, typer.Option(help="Concurrent clients.")] = 10,
     nodes: Annotated[int, typer.Option(help="Voters in the cluster under test.")] = 3,

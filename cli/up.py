@@ -6,13 +6,15 @@ import signal
 import socket
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from cli.common import console
+from cli.demo import run_demo
 from cli.errors import CliError
+from mcpdb.client import McpdbError
 from mcpdb.localcluster import ClusterLayout, LocalCluster
 
 
@@ -30,11 +32,18 @@ def _check_free(address: str) -> None:
 
 def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate 1 or 2 failures).")] = 3,
        data_dir: Annotated[Path, typer.Option(help="Where the nodes keep their data.")] = Path("mcpdb-data"),
-       base_port: Annotated[int, typer.Option(help="HTTP on base+i, Raft on base+100+i.")] = 7700) -> None:
-    """Start a local cluster, print each node's URL and the leader, and serve until Ctrl-C.
+       base_port: Annotated[int, typer.Option(help="HTTP on base+i, Raft on base+100+i.")] = 7700,
+       demo: Annotated[bool, typer.Option(
+           help="Once up, run a short conversation showing which node served each turn.")] = False,
+       model: Annotated[Optional[Path], typer.Option(
+           help="GGUF model for every node (default: the bundled Gemma 3 270M).")] = None) -> None:
+    """Start a local cluster, load the model on every node, print each node's URL and the leader,
+    and serve until Ctrl-C.
 
     Run it again on the same --data-dir and the data is back.
     """
+    if model is not None and not model.is_file():
+        raise CliError(f"--model {model}: no such file")
     if nodes < 1:
         raise CliError("--nodes must be at least 1")
     layout = ClusterLayout.load(data_dir)
@@ -49,6 +58,8 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
         _check_free(spec.http_addr)
         if spec.raft_addr:
             _check_free(spec.raft_addr)
+    if model is not None:
+        layout.extra_args = ["--model", str(model.resolve())]
     cluster = LocalCluster(layout, data_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,7 +71,17 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
                 leader = cluster.wait_ready(timeout=60)
             except (TimeoutError, RuntimeError) as error:
                 raise CliError(f"cluster did not come up: {error}") from None
-        _print_nodes(cluster, leader)
+        with console.status("loading the model on every node ..."):
+            try:
+                inference = cluster.wait_models(timeout=300)
+            except (TimeoutError, RuntimeError) as error:
+                raise CliError(str(error)) from None
+        _print_nodes(cluster, leader, inference)
+        if demo:
+            try:
+                run_demo([spec.url for spec in layout.nodes])
+            except McpdbError as error:
+                raise CliError(f"demo failed: {error.message}") from None
         console.print("serving; press Ctrl-C to stop")
         reported: set[str] = set()
         while not stop.wait(1.0):
@@ -74,10 +95,12 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
     console.print(f"stopped; data kept in {data_dir}")
 
 
-def _print_nodes(cluster: LocalCluster, leader: str) -> None:
-    table = Table("node", "HTTP URL", "Raft", "role")
+def _print_nodes(cluster: LocalCluster, leader: str, inference: dict[str, dict[str, Any]]) -> None:
+    table = Table("node", "HTTP URL", "Raft", "role", "model", "weight (tokens/s)")
     for spec in cluster.layout.nodes:
         role = "[bold green]leader[/]" if spec.node_id == leader else "follower"
-        table.add_row(spec.node_id, spec.url, spec.raft_addr or "-", role)
+        info = inference.get(spec.node_id, {})
+        table.add_row(spec.node_id, spec.url, spec.raft_addr or "-", role, info.get("model", "-"),
+                      str(info.get("weight", "-")))
     console.print(table)
     console.print(f"leader: [bold]{leader}[/] at {cluster.spec(leader).url}")

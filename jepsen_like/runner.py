@@ -9,6 +9,7 @@ the leader committed: each acknowledged write must be there, on every node.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -20,11 +21,11 @@ from typing import Any
 import httpx
 
 from jepsen_like import cluster as cluster_module
-from jepsen_like.checkers import linearizability, list_append
+from jepsen_like.checkers import chat, linearizability, list_append
 from jepsen_like.history import Recorder
 from jepsen_like.nemesis import Schedule, resolve
 from jepsen_like.netlab import availability
-from jepsen_like.workloads import NAMESPACE, WORKLOADS, ListAppendWorkload, Outcome, RegisterWorkload
+from jepsen_like.workloads import WORKLOADS, ListAppendWorkload, Outcome, RegisterWorkload
 
 CLIENT_TIMEOUT_S = 3.0
 NODE_REQUEST_TIMEOUT_S = 2.0
@@ -71,10 +72,19 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
     have_network = config.use_namespaces and availability() is None
     nemeses = resolve(config.nemeses, have_network)
     config.out.mkdir(parents=True, exist_ok=True)
-    node_args = ["--request-timeout", str(NODE_REQUEST_TIMEOUT_S), "--no-inference"]
+    chatting = "chat" in config.workloads
+    node_args = ["--request-timeout", str(NODE_REQUEST_TIMEOUT_S)]
+    # Only the chat workload needs a model on every node; loading one costs seconds and memory.
+    node_args += ["--n-ctx", "2048"] if chatting else ["--no-inference"]
     if config.unsafe_stale_reads:
         node_args.append("--unsafe-stale-reads")
     test = cluster_module.start(config.out / "data", config.nodes, node_args, use_namespaces=have_network)
+    if chatting:
+        try:
+            test.cluster.wait_models(timeout=180)
+        except BaseException:
+            test.close()
+            raise
     started = time.monotonic()
     clock = lambda: time.monotonic() - started  # noqa: E731 - the run's clock, shared by all parts
     recorder = Recorder(clock)
@@ -168,15 +178,7 @@ def _final_reads(test: cluster_module.TestCluster, workloads: list[Any]) -> dict
                 break
             time.sleep(0.1)
         with httpx.Client(base_url=test.url(node), headers=headers, timeout=10) as http:
-            reads[node] = {}
-            for workload in workloads:
-                for key in workload.keys:
-                    path = f"/v1/namespaces/{NAMESPACE}/contexts/{key}"
-                    if isinstance(workload, ListAppendWorkload):
-                        reads[node][key] = workload.read(http, path, consistency="stale")
-                    else:
-                        response = http.get(f"{path}?consistency=stale")
-                        reads[node][key] = int(response.json()["facts"][0]) if response.status_code == 200 else None
+            reads[node] = {key: workload.final_read(http, key) for workload in workloads for key in workload.keys}
     return reads
 
 
@@ -193,13 +195,26 @@ def _check(recorder: Recorder, workloads: list[Any], final_reads: dict[str, dict
                 "valid": len(distinct) == 1,
                 "anomalies": [] if len(distinct) == 1 else [{"kind": "replicas_differ", "final": finals}],
             }
+        elif isinstance(workload, ListAppendWorkload):
+            checks.update(_check_lists("list-append", ops, {node: {k: v for k, v in reads.items() if k in keys}
+                                                            for node, reads in final_reads.items()}))
         else:
-            checks["list-append"] = list_append.check(ops)
-            acknowledged: dict[str, list[Any]] = {}
-            for op in ops:
-                if op.type == "ok" and op.f == "append":
-                    acknowledged.setdefault(op.key, []).append(op.value)
             finals = {node: {k: v for k, v in reads.items() if k in keys} for node, reads in final_reads.items()}
-            anomalies = list_append.check_final(acknowledged, finals)
-            checks["list-append-final"] = {"valid": not anomalies, "anomalies": anomalies}
+            messages = {node: {key: [int(t["content"].split()[-1]) for t in turns if t["role"] == "user"]
+                               for key, turns in sessions.items()} for node, sessions in finals.items()}
+            # A chat appends its message like a list-append appends its value.
+            as_appends = [dataclasses.replace(op, f="append") if op.f == "chat" else op for op in ops]
+            checks.update(_check_lists("chat-messages", as_appends, messages))
+            any_node = next(iter(finals.values()), {})
+            checks["chat"] = chat.check(ops, any_node)
     return checks
+
+
+def _check_lists(name: str, ops: list[Any], finals: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+    """The history's reads and appends, then every acknowledged append in every node's final list."""
+    acknowledged: dict[str, list[Any]] = {}
+    for op in ops:
+        if op.type == "ok" and op.f == "append":
+            acknowledged.setdefault(op.key, []).append(op.value)
+    anomalies = list_append.check_final(acknowledged, finals)
+    return {name: list_append.check(ops), f"{name}-final": {"valid": not anomalies, "anomalies": anomalies}}

@@ -8,6 +8,12 @@
   an atomic value-CAS at its commit point.
 - ``list-append``: appends of unique values as session turns, and reads of
   whole sessions.
+- ``chat``: chat completions into sessions (``/v1/chat/completions`` with
+  the real model), each with its own idempotency key and retried with that
+  key when an attempt fails or times out; reads list the sessions' user
+  turns. The user messages are unique values, so the list-append checker
+  applies to them; ``checkers/chat.py`` checks the rest (a reply per
+  message, exactly once, from fresh enough context).
 
 Outcome classes follow Jepsen: ``ok`` happened, ``fail`` certainly did not
 (4xx, or 503 with ``"applied": "no"``), ``info`` may have (timeouts, dropped
@@ -87,6 +93,10 @@ class RegisterWorkload:
         self._write(http, path, new, version)
         return op.value
 
+    def final_read(self, http: httpx.Client, key: str) -> int | None:
+        response = http.get(f"/v1/namespaces/{NAMESPACE}/contexts/{key}?consistency=stale")
+        return int(response.json()["facts"][0]) if response.status_code == 200 else None
+
     @staticmethod
     def _read(http: httpx.Client, path: str) -> tuple[int | None, int]:
         response = _request(http, "GET", path, read=True)
@@ -130,12 +140,72 @@ class ListAppendWorkload:
 
     @staticmethod
     def read(http: httpx.Client, path: str, consistency: str = "linearizable") -> list[int]:
-        response = _request(http, "GET", f"{path}?consistency={consistency}", read=True)
-        if response.status_code == 404:
-            return []
-        if response.status_code != 200:
-            raise Outcome("fail", _classify(response).error)
-        return [int(turn["content"]) for turn in response.json()["turns"]]
+        return [int(turn["content"]) for turn in _session_turns(http, path, consistency)]
+
+    def final_read(self, http: httpx.Client, key: str) -> list[int]:
+        return self.read(http, f"/v1/namespaces/{NAMESPACE}/contexts/{key}", consistency="stale")
+
+
+class ChatWorkload:
+    name = "chat"
+    ATTEMPTS = 3
+    TIMEOUT_S = 20.0  # a cold prompt on a busy 2-core machine takes seconds
+
+    def __init__(self, keys: int = 4) -> None:
+        self.keys = [f"c{k}" for k in range(keys)]
+        self._values = itertools.count(1)
+        self._model: str | None = None
+
+    def next_op(self, rng: random.Random) -> Operation:
+        key = rng.choice(self.keys)
+        if rng.random() < 0.3:
+            return Operation("read", key, None)
+        return Operation("chat", key, next(self._values))
+
+    def execute(self, http: httpx.Client, op: Operation) -> Any:
+        if op.f == "read":
+            return [int(turn["content"].split()[-1]) for turn in
+                    _session_turns(http, f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}", "linearizable")
+                    if turn["role"] == "user"]
+        body = {"model": self._model_name(http), "max_tokens": 4, "temperature": 0, "namespace": NAMESPACE,
+                "session_id": op.key, "messages": [{"role": "user", "content": f"message {op.value}"}]}
+        maybe_applied = False
+        for _ in range(self.ATTEMPTS):  # the same key every time: a retry must never add a second turn
+            try:
+                response = http.post("/v1/chat/completions", json=body, timeout=self.TIMEOUT_S,
+                                     headers={"Idempotency-Key": f"jepsen-{op.value}"})
+            except httpx.ConnectError:
+                continue
+            except httpx.HTTPError:
+                maybe_applied = True
+                continue
+            if response.status_code == 200:
+                return op.value
+            if response.status_code != 503:
+                raise Outcome("fail", _classify(response).error)
+            maybe_applied = True  # the worker may have appended before it was lost
+        raise Outcome("info" if maybe_applied else "fail", f"no attempt of chat {op.value} completed")
+
+    def _model_name(self, http: httpx.Client) -> str:
+        if self._model is None:
+            response = _request(http, "GET", "/v1/models", read=True)
+            models = response.json().get("data", []) if response.status_code == 200 else []
+            if not models:
+                raise Outcome("fail", "no model served yet")
+            self._model = models[0]["id"]
+        return self._model
+
+    def final_read(self, http: httpx.Client, key: str) -> list[dict[str, Any]]:
+        return _session_turns(http, f"/v1/namespaces/{NAMESPACE}/contexts/{key}", "stale")
+
+
+def _session_turns(http: httpx.Client, path: str, consistency: str) -> list[dict[str, Any]]:
+    response = _request(http, "GET", f"{path}?consistency={consistency}", read=True)
+    if response.status_code == 404:
+        return []
+    if response.status_code != 200:
+        raise Outcome("fail", _classify(response).error)
+    return response.json()["turns"]
 
 
 def _request(http: httpx.Client, method: str, path: str, read: bool = False, **kwargs: Any) -> httpx.Response:
@@ -148,4 +218,4 @@ def _request(http: httpx.Client, method: str, path: str, read: bool = False, **k
         raise Outcome("fail" if read else "info", f"{type(error).__name__}: {error}") from None
 
 
-WORKLOADS = {"register": RegisterWorkload, "list-append": ListAppendWorkload}
+WORKLOADS = {"register": RegisterWorkload, "list-append": ListAppendWorkload, "chat": ChatWorkload}

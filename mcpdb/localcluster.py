@@ -42,6 +42,7 @@ class NodeSpec:
     http_addr: str
     raft_addr: str | None
     voter: bool = True
+    args: list[str] = field(default_factory=list)  # this node's own flags, after the layout's
 
     @property
     def url(self) -> str:
@@ -107,7 +108,7 @@ class LocalCluster:
         for peer in voters:
             if peer != spec.raft_addr:
                 args += ["--peer", peer]
-        return args + self.layout.extra_args
+        return args + self.layout.extra_args + spec.args
 
     def start(self, node_id: str) -> None:
         spec = self.spec(node_id)
@@ -217,6 +218,23 @@ class LocalCluster:
                 return leader
             time.sleep(0.1)
         raise TimeoutError(f"cluster not ready within {timeout:g} s")
+
+    def wait_models(self, timeout: float = 120) -> dict[str, dict[str, Any]]:
+        """Wait until every node's model is loaded (or inference is disabled there); returns each
+        node's inference status. A model that failed to load raises RuntimeError at once."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = {spec.node_id: (self.node_status(spec.node_id) or {}).get("inference", {})
+                      for spec in self.layout.nodes}
+            states = {node: info.get("state", "unreachable") for node, info in status.items()}
+            failed = [f"{node}: {state}" for node, state in states.items() if state.startswith("failed")]
+            if failed:
+                raise RuntimeError("model failed to load: " + "; ".join(failed))
+            if all(state in ("ready", "disabled") for state in states.values()):
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"models not loaded within {timeout:g} s: {states}")
+            time.sleep(0.5)
 
     def _ready(self, node_id: str) -> bool:
         try:

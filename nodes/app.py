@@ -26,7 +26,7 @@ from mcpdb.service import Consistency, NotFound, Refused
 from nodes.chat_api import add_chat_routes
 from nodes.docs import mount_offline_docs
 from nodes.middleware import RequestGate
-from nodes.responses import FastJSON
+from nodes.responses import FastJSON, InvalidHeader
 from nodes.responses import error_response as _error
 from nodes.runtime import NodeRuntime
 
@@ -49,10 +49,6 @@ def _versioned(body: dict[str, Any], version: int, status: int = 200) -> FastJSO
     # Returning a rendered response skips FastAPI's jsonable_encoder walk over
     # the whole body, a measurable share of a read's CPU on the hot routes.
     return FastJSON(body, status_code=status, headers={"ETag": f'"{version}"'})
-
-
-class InvalidHeader(ValueError):
-    pass
 
 
 class MemberIn(BaseModel):

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from mcpdb.chat_request import ChatRequest
 from nodes.chat_worker import WorkOrder
-from nodes.responses import FastJSON
+from nodes.responses import FastJSON, InvalidHeader
 from nodes.responses import error_response as error
 from nodes.scheduling import AssignIn, ModelNotServed
 
@@ -44,15 +44,11 @@ class WorkOrderIn(BaseModel):
     seed: int = Field(ge=0)
 
 
-class BadIdempotencyKey(ValueError):
-    pass
-
-
 def _idempotency_key(header: str | None) -> str:
     if header is None:
         return uuid.uuid4().hex
     if not header or len(header) > IDEMPOTENCY_KEY_MAX or not header.isprintable():
-        raise BadIdempotencyKey(f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} printable characters")
+        raise InvalidHeader(f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} printable characters")
     return header
 
 
@@ -87,10 +83,6 @@ def add_chat_routes(app: FastAPI, runtime: Any) -> None:
     @app.exception_handler(ModelNotServed)
     async def model_not_served(_: Any, exc: ModelNotServed) -> Any:
         return error(404, "model_not_found", str(exc))
-
-    @app.exception_handler(BadIdempotencyKey)
-    async def bad_key(_: Any, exc: BadIdempotencyKey) -> Any:
-        return error(400, "invalid_header", str(exc))
 
     @app.get("/v1/models", tags=["inference"])
     async def models() -> dict[str, Any]:

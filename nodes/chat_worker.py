@@ -118,6 +118,7 @@ class ChatWorker:
                       "cached_tokens": generation.cached_tokens},
             "ttft_s": generation.ttft_s, "queued_s": generation.queued_s, "seconds": generation.seconds,
             "read_index": order.read_index, "context_index": gathered.context_index if gathered else None,
+            "context_turns": len(stored.turns) if stored else 0,
             "omitted": assembled.omitted, "replayed": False,
         }
         if request.session_id is not None:
@@ -127,8 +128,10 @@ class ChatWorker:
     async def _record(self, order: WorkOrder, generation: Generation, done: dict[str, Any]) -> dict[str, Any]:
         """Append the new messages and the reply once; a concurrent attempt's append wins if first."""
         request = order.request
+        # What the reply was generated from, kept with the turns: the jepsen chat checker verifies
+        # that every turn acknowledged before this request began is within context_turns.
         provenance = {"idempotency_key": order.idempotency_key, "read_index": order.read_index,
-                      "context_index": done["context_index"]}
+                      "context_index": done["context_index"], "context_turns": done["context_turns"]}
         turns = [Turn(role=m.role, content=m.content, metadata=provenance)
                  for m in request.messages if m.role != "system"]
         turns.append(Turn(role="assistant", content=generation.text,

@@ -19,3 +19,7 @@ def error_response(status: int, error: str, message: str, **extra: Any) -> FastJ
     """``{"error": code, "message": ...}``; ``retry_after`` becomes the Retry-After header."""
     headers = {"Retry-After": str(extra.pop("retry_after"))} if "retry_after" in extra else None
     return FastJSON({"error": error, "message": message, **extra}, status_code=status, headers=headers)
+
+
+class InvalidHeader(ValueError):
+    """A request header that cannot mean anything (400)."""

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jepsen_like.checkers import linearizability, list_append
+from jepsen_like.checkers import chat, linearizability, list_append
 from jepsen_like.history import History, Op, Recorder, by_key, pairs
 
 
@@ -608,3 +608,42 @@ def test_list_checker_agrees_with_the_naive_rules(rng: random.Random, operations
             op.result = mangle(rng, planned, op)
     ops = record(planned)
     assert reported(list_append.check(ops)) == naive_list_anomalies(ops)
+
+
+# --------------------------------------------------------------------- chat
+def _exchange(value: int, context_turns: int, read_index: int = 5, context_index: int = 5) -> list[dict[str, Any]]:
+    key = f"jepsen-{value}"
+    return [{"role": "user", "content": f"message {value}", "metadata": {"idempotency_key": key}},
+            {"role": "assistant", "content": "...", "metadata": {
+                "idempotency_key": key, "read_index": read_index, "context_index": context_index,
+                "context_turns": context_turns}}]
+
+
+def _two_chats_in_sequence() -> list[Op]:
+    """Chat 1 acknowledged, then chat 2 begins: chat 2's reply must have seen chat 1's turns."""
+    return H().inv(1, "chat", 1).ok(1, 1).inv(2, "chat", 2).ok(2, 2).ops
+
+
+def test_chat_checker_accepts_fresh_exactly_once_replies() -> None:
+    result = chat.check(_two_chats_in_sequence(), {"k": _exchange(1, 0) + _exchange(2, 2)})
+    assert result["valid"], result
+
+
+def test_chat_checker_catches_a_reply_generated_without_an_acknowledged_message() -> None:
+    result = chat.check(_two_chats_in_sequence(), {"k": _exchange(1, 0) + _exchange(2, 0)})
+    assert result["counts"] == {"stale_context": 1}
+
+
+def test_chat_checker_catches_duplicates_unpaired_turns_and_reads_behind_the_read_index() -> None:
+    ops = H().inv(1, "chat", 1).ok(1, 1).ops
+    duplicated = _exchange(1, 0) + _exchange(1, 2)
+    assert chat.check(ops, {"k": duplicated})["counts"] == {"duplicate_turn": 1}
+    assert chat.check(ops, {"k": _exchange(1, 0)[:1]})["counts"] == {"unpaired_turn": 1}
+    behind = chat.check(ops, {"k": _exchange(1, 0, read_index=9, context_index=7)})
+    assert behind["counts"] == {"context_older_than_read_index": 1}
+
+
+def test_chat_checker_ignores_concurrent_chats() -> None:
+    """Chat 2 began before chat 1 was acknowledged: its reply may or may not have seen chat 1."""
+    ops = H().inv(1, "chat", 1).inv(2, "chat", 2).ok(1, 1).ok(2, 2).ops
+    assert chat.check(ops, {"k": _exchange(1, 0) + _exchange(2, 0)})["valid"]

@@ -10,7 +10,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -31,13 +30,11 @@ def _models(url: str) -> dict[str, list[str]]:
 def llm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     cluster = start_cluster(tmp_path_factory.mktemp("llm"), inference=True, extra_args=["--n-ctx", "2048"])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            served = _models(cluster.urls()[0])
-            if served and len(next(iter(served.values()))) == 3:
-                break
-            assert time.monotonic() < deadline, f"models never loaded on every node: {served}"
-            time.sleep(0.5)
+        cluster.wait_models(timeout=120)
+        deadline = time.monotonic() + 10  # and registered: the registry entry follows the load
+        while len(next(iter(_models(cluster.urls()[0]).values()), [])) < 3:
+            assert time.monotonic() < deadline, "not every node registered its model"
+            time.sleep(0.2)
         http = httpx.Client(timeout=5)
         http.put(f"{cluster.urls()[0]}/v1/namespaces/{NS}/contexts/helper", json={
             "kind": "instruction", "role": "a terse assistant", "text": "Answer in one short sentence."})

@@ -60,3 +60,17 @@ def test_membership_changes_during_partitions(tmp_path: Path) -> None:
                          time_s=24, seed=3))
     assert any(w.nemesis == "membership" for w in result.windows)
     assert result.valid, result.checks
+
+
+@pytest.mark.parametrize("nemesis", ["kill", "partition-leader"])
+def test_chat_under_faults_loses_and_duplicates_no_turn(tmp_path: Path, nemesis: str) -> None:
+    """Chat requests with the real model while nodes die or the leader is cut off: every
+    acknowledged message is in every replica once, with its reply, generated from fresh context."""
+    if NEMESES[nemesis].needs_network and NO_NETWORK:
+        pytest.skip(f"{nemesis} needs network namespaces: {NO_NETWORK}")
+    result = run(_config(tmp_path, nemesis, workloads=["chat"], concurrency=4, time_s=24, fault_s=5, heal_s=4))
+    summary = report.write(result, tmp_path / "run")
+    assert result.windows, "the nemesis never struck"
+    assert summary["acknowledged"] > 20
+    assert result.valid, result.checks
+    assert {"chat", "chat-messages", "chat-messages-final"} <= set(result.checks)
