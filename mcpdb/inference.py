@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import tempfile
 import threading
 import time
 from collections import deque
@@ -29,6 +32,7 @@ from typing import Any
 
 from mcpdb.prompt_format import ChatFormat, choose_format
 
+MEASURE_LOCK = os.path.join(tempfile.gettempdir(), "mcpdb-measure.lock")
 RECENT_WINDOW_S = 10.0  # recent tokens/s and sessions served are measured over this window
 _WARMUP_PROMPT = "<start_of_turn>user\nCount from one to twenty.<end_of_turn>\n<start_of_turn>model\n"
 
@@ -151,14 +155,20 @@ class Worker:
         self.ready = True
 
     def _measure(self) -> float:
-        """Decode speed on a short prompt, the default scheduling weight."""
+        """Decode speed on a short prompt, the default scheduling weight.
+
+        Nodes of a local cluster load at the same moment; measured together
+        they would measure each other (2 tokens/s instead of 25 here). A lock
+        file lets the workers of one machine measure one at a time.
+        """
         llm = self._slots[0].llm
         tokens = self.tokenize(_WARMUP_PROMPT)
         counter = _TokenCounter(threading.Event())
-        started = time.perf_counter()
-        llm.create_completion(tokens, max_tokens=32, temperature=0.0, stopping_criteria=_criteria(counter))
-        first = counter.first_at or started
-        decode_s = time.perf_counter() - first
+        with open(MEASURE_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            started = time.perf_counter()
+            llm.create_completion(tokens, max_tokens=32, temperature=0.0, stopping_criteria=_criteria(counter))
+            decode_s = time.perf_counter() - (counter.first_at or started)
         for slot in self._slots:
             slot.llm.reset()
         return (counter.count - 1) / decode_s if counter.count > 1 and decode_s > 0 else 1.0
@@ -229,7 +239,8 @@ class Worker:
                 await asyncio.to_thread(thread.join)
             self._in_flight -= 1
             await self._release(slot)
-        result.completion_tokens = counter.count
+        # llama-cpp-python samples one token past max_tokens before it stops; that one is not returned.
+        result.completion_tokens = min(counter.count, max_tokens)
         if counter.stopped:
             result.finish_reason = "cancelled"
         if counter.first_at is not None:

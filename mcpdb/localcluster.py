@@ -118,6 +118,11 @@ class LocalCluster:
         log = open(self.data_dir / node_id / "node.log", "ab")  # noqa: SIM115 - kept open while it runs
         self._log_files[node_id] = log
         env = {**os.environ, **(self.env or {})}
+        if len(self.layout.nodes) > 1:
+            # Several llama.cpp workers share this machine's cores: OpenMP threads that spin while
+            # idle starve the other nodes (measured, 3 processes x 2 threads on 2 cores: 3-5 tokens/s
+            # each spinning, 15 passive; a process alone: 44 spinning, 26 passive).
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if self.token:
             env["MCPDB_TOKEN"] = self.token
         argv = self.command(spec)

@@ -101,21 +101,32 @@ def add_chat_routes(app: FastAPI, runtime: Any) -> None:
         (``Idempotency-Key`` makes a retry return the first reply instead of a second)."""
         key = _idempotency_key(idempotency_key)
         events = runtime.front.complete(request, key)
-        first = await anext(events)  # raises ModelNotServed / Unavailable before any byte is sent
-        completion_id = f"chatcmpl-{key}"
-        created = int(time.time())
-        headers = {"x-mcpdb-node": first.get("node_id", ""), "x-mcpdb-idempotency-key": key}
+        # Wait for the first text (or the error) before answering: a request that cannot be served
+        # gets its real status (404, 413, 503) even when streaming, and x-mcpdb-node names the node
+        # that produced the first token. Raises ModelNotServed / Unavailable before any byte is sent.
+        node, first = "", None
+        async for event in events:
+            if event["type"] == "assigned":
+                node = event["node_id"]
+                continue
+            first = event
+            break
+        if first is None or first["type"] == "error":
+            failure = first or {"status": 503, "error": "unavailable", "message": "the request ended without a result"}
+            retry = {"retry_after": 1} if failure["status"] == 503 else {}
+            return error(failure["status"], failure["error"], failure["message"], **retry)
+        head = {"id": f"chatcmpl-{key}", "created": int(time.time()), "model": request.model}
+        headers = {"x-mcpdb-node": first.get("node", node), "x-mcpdb-idempotency-key": key}
         if request.stream:
-            return StreamingResponse(_stream(events, first, completion_id, created, request.model),
-                                     media_type="text/event-stream", headers=headers)
-        return await _whole(events, first, completion_id, created, request.model, headers)
+            return StreamingResponse(_stream(_chain(first, events), head), media_type="text/event-stream",
+                                     headers=headers)
+        return await _whole(_chain(first, events), head, headers)
 
-    async def _stream(events: AsyncIterator[dict[str, Any]], first: dict[str, Any], completion_id: str,
-                      created: int, model: str) -> AsyncIterator[bytes]:
-        base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    async def _stream(events: AsyncIterator[dict[str, Any]], head: dict[str, Any]) -> AsyncIterator[bytes]:
+        base = {**head, "object": "chat.completion.chunk"}
         yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                          "finish_reason": None}]})
-        async for event in _after(first, events):
+        async for event in events:
             if event["type"] == "delta":
                 yield _sse({**base, "choices": [{"index": 0, "delta": {"content": event["text"]},
                                                  "finish_reason": None}]})
@@ -126,12 +137,11 @@ def add_chat_routes(app: FastAPI, runtime: Any) -> None:
                 yield _sse(_error_payload(event))
         yield b"data: [DONE]\n\n"
 
-    async def _whole(events: AsyncIterator[dict[str, Any]], first: dict[str, Any], completion_id: str,
-                     created: int, model: str, headers: dict[str, str]) -> Any:
-        async for event in _after(first, events):
+    async def _whole(events: AsyncIterator[dict[str, Any]], head: dict[str, Any], headers: dict[str, str]) -> Any:
+        async for event in events:
             if event["type"] == "done":
                 headers["x-mcpdb-node"] = event["node"]
-                body = {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
+                body = {**head, "object": "chat.completion",
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": event["text"]},
                                      "finish_reason": _finish_reason(event), "logprobs": None}],
                         "usage": _usage(event), "mcpdb": _provenance(event)}
@@ -164,10 +174,10 @@ def add_chat_routes(app: FastAPI, runtime: Any) -> None:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-async def _after(first: dict[str, Any], events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """The events after the first one (already consumed to decide status and headers)."""
-    if first["type"] != "assigned":
-        yield first
+async def _chain(first: dict[str, Any], events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """The first text event (already read to decide status and headers), then the rest, without the
+    ``assigned`` notices of later attempts."""
+    yield first
     async for event in events:
         if event["type"] != "assigned":
             yield event

@@ -117,9 +117,10 @@ class ChatFront:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 assignment = await self._assign(body)
-            except Unavailable:
+            except (Unavailable, ModelNotServed) as error:
                 if attempt == 1:
                     raise
+                last_failure = str(error)
                 break
             yield {"type": "assigned", "attempt": attempt, **assignment}
             order = WorkOrder(request, assignment["read_index"], idempotency_key, seed)

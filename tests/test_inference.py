@@ -120,6 +120,9 @@ def test_bad_requests_get_clear_errors(llm_cluster: LocalCluster) -> None:
     assert post({"model": model, "messages": []}).status_code == 422
     huge = post({"model": model, "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8})
     assert huge.status_code == 413 and "window" in huge.json()["message"]
+    streamed_huge = post({"model": model, "messages": [{"role": "user", "content": "word " * 3000}],
+                          "max_tokens": 8, "stream": True})
+    assert streamed_huge.status_code == 413  # the status is decided before the stream starts
     missing_task = post({"model": model, "messages": hi, "namespace": NS, "task_id": "nope"})
     assert missing_task.status_code == 404
 
