@@ -243,7 +243,7 @@ def affinity(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
     for policy in ("affinity", "round_robin"):
         step(f"affinity: {policy}", settings.sessions * settings.turns * (1.0 if policy == "affinity" else 4.5))
         cluster, model = _cluster(root / policy, [[], [], []],
-                                  ["--policy", policy, "--slots", "3", "--n-ctx", "4096", "--threads", "2"])
+                                  ["--policy", policy, "--slots", "3", "--n-ctx", "4096"])
         try:
             urls = cluster.urls()
             _seed_sessions(urls[0], settings.sessions)

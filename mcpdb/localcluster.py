@@ -108,7 +108,16 @@ class LocalCluster:
         for peer in voters:
             if peer != spec.raft_addr:
                 args += ["--peer", peer]
-        return args + self.layout.extra_args + spec.args
+        args += self.layout.extra_args + spec.args
+        if "--threads" not in args:
+            args += ["--threads", str(self.threads_per_node())]
+        return args
+
+    def threads_per_node(self) -> int:
+        """The nodes of a local cluster share this machine's cores: llama.cpp threads beyond them
+        spin against each other (measured, 3 nodes x 2 threads on 2 cores: about 2 tokens/s each
+        while all generate; 1 thread each: about 15)."""
+        return max(1, len(os.sched_getaffinity(0)) // len(self.layout.nodes))
 
     def start(self, node_id: str) -> None:
         spec = self.spec(node_id)
@@ -118,11 +127,6 @@ class LocalCluster:
         log = open(self.data_dir / node_id / "node.log", "ab")  # noqa: SIM115 - kept open while it runs
         self._log_files[node_id] = log
         env = {**os.environ, **(self.env or {})}
-        if len(self.layout.nodes) > 1:
-            # Several llama.cpp workers share this machine's cores: OpenMP threads that spin while
-            # idle starve the other nodes (measured, 3 processes x 2 threads on 2 cores: 3-5 tokens/s
-            # each spinning, 15 passive; a process alone: 44 spinning, 26 passive).
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if self.token:
             env["MCPDB_TOKEN"] = self.token
         argv = self.command(spec)
