@@ -20,13 +20,13 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mcpdb import __version__
-from mcpdb.model import BatchIn, ContextIn, InvalidName, Kind, Turn, TurnsIn
-from mcpdb.replication import Indeterminate, Unavailable
-from mcpdb.service import Consistency, NotFound, Refused
+from mcpdb.model import BatchIn, ContextIn, Kind, Turn, TurnsIn
+from mcpdb.service import Consistency
 from nodes.chat_api import add_chat_routes
 from nodes.docs import mount_offline_docs
 from nodes.middleware import RequestGate
-from nodes.responses import FastJSON, InvalidHeader
+from nodes.fast_reads import FastContextReads
+from nodes.responses import DOMAIN_ERRORS, FastJSON, InvalidHeader, error_for
 from nodes.responses import error_response as _error
 from nodes.runtime import NodeRuntime
 
@@ -95,27 +95,11 @@ def create_app(runtime: NodeRuntime) -> Any:
         name = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, name, str(exc.detail))
 
-    @app.exception_handler(InvalidName)
-    async def invalid_name(_: Request, exc: InvalidName) -> FastJSON:
-        return _error(400, "invalid_name", str(exc))
+    async def domain_error(_: Request, exc: Exception) -> FastJSON:
+        return error_for(exc)
 
-    @app.exception_handler(InvalidHeader)
-    async def invalid_header(_: Request, exc: InvalidHeader) -> FastJSON:
-        return _error(400, "invalid_header", str(exc))
-
-    @app.exception_handler(NotFound)
-    async def not_found(_: Request, exc: NotFound) -> FastJSON:
-        return _error(404, "not_found", exc.message)
-
-    @app.exception_handler(Refused)
-    async def refused(_: Request, exc: Refused) -> FastJSON:
-        status = 400 if exc.error == "invalid_command" else 409
-        return _error(status, exc.error, exc.message, current_version=exc.current_version)
-
-    @app.exception_handler(Unavailable)
-    async def unavailable(_: Request, exc: Unavailable) -> FastJSON:
-        applied = "unknown" if isinstance(exc, Indeterminate) else "no"
-        return _error(503, "unavailable", str(exc), applied=applied, retry_after=exc.retry_after)
+    for error_type in DOMAIN_ERRORS:
+        app.add_exception_handler(error_type, domain_error)
 
     # ------------------------------------------------------------ health
     @app.get("/healthz", tags=["operations"])
@@ -215,4 +199,4 @@ def create_app(runtime: NodeRuntime) -> Any:
         return await service.batch(namespace, body)
 
     add_chat_routes(app, runtime)
-    return RequestGate(app, runtime.config.token, runtime.config.max_body_bytes)
+    return RequestGate(FastContextReads(app, service), runtime.config.token, runtime.config.max_body_bytes)

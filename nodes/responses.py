@@ -7,6 +7,10 @@ from typing import Any
 import orjson
 from fastapi.responses import JSONResponse
 
+from mcpdb.model import InvalidName
+from mcpdb.replication import Indeterminate, Unavailable
+from mcpdb.service import NotFound, Refused
+
 
 class FastJSON(JSONResponse):
     media_type = "application/json"
@@ -23,3 +27,25 @@ def error_response(status: int, error: str, message: str, **extra: Any) -> FastJ
 
 class InvalidHeader(ValueError):
     """A request header that cannot mean anything (400)."""
+
+
+# The request-level failures every route may raise, each with its status.
+DOMAIN_ERRORS = (InvalidName, InvalidHeader, NotFound, Refused, Unavailable)
+
+
+def error_for(exc: Exception) -> FastJSON:
+    """The response for one of DOMAIN_ERRORS: 400 bad name or header, 404, 409 (400 for an invalid
+    command), 503 with Retry-After and whether the write certainly did not apply."""
+    if isinstance(exc, InvalidName):
+        return error_response(400, "invalid_name", str(exc))
+    if isinstance(exc, InvalidHeader):
+        return error_response(400, "invalid_header", str(exc))
+    if isinstance(exc, NotFound):
+        return error_response(404, "not_found", exc.message)
+    if isinstance(exc, Refused):
+        status = 400 if exc.error == "invalid_command" else 409
+        return error_response(status, exc.error, exc.message, current_version=exc.current_version)
+    if isinstance(exc, Unavailable):
+        applied = "unknown" if isinstance(exc, Indeterminate) else "no"
+        return error_response(503, "unavailable", str(exc), applied=applied, retry_after=exc.retry_after)
+    raise TypeError(f"not a request-level error: {exc!r}")

@@ -187,6 +187,9 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(cluster: LocalCluster) 
         ("PUT", _ctx(url), {"json": _memory("a"), "headers": {"If-Match": "abc"}}, 400),
         ("PUT", _ctx(url), {"content": b"x" * (2 << 20)}, 413),
         ("GET", _ctx(url) + "?consistency=maybe", {}, 422),
+        ("GET", _ctx(url, context_id="..x"), {}, 400),
+        ("GET", _ctx(url, ns="Bad NS"), {}, 400),
+        ("GET", _ctx(url, context_id="absent") + "?consistency=stale", {}, 404),
         ("DELETE", _ctx(url, context_id="absent"), {}, 404),
     ]
     for method, target, kwargs, status in cases:
