@@ -489,6 +489,15 @@ class ContextStore:
         with self._lock, self._env.begin(db=self._dbs[b"nodes"]) as txn:
             return [orjson.loads(value) for _, value in txn.cursor()]
 
+    def count_by_kind(self) -> dict[str, int]:
+        """Contexts per kind, by a scan of every context (metrics scrapes; O(contexts))."""
+        counts: dict[str, int] = {}
+        with self._lock, self._env.begin() as txn:
+            for _, value in txn.cursor(db=self._dbs[b"ctx"]):
+                kind = orjson.loads(value)["kind"]
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def stats(self) -> dict[str, int]:
         with self._lock, self._env.begin() as txn:
             return {

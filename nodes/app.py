@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Union
 
-from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi import Body, FastAPI, Header, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -114,6 +115,11 @@ def create_app(runtime: NodeRuntime) -> Any:
         body = {"ready": ready, "reason": reason, "node": runtime.config.node_id}
         return FastJSON(body, status_code=200 if ready else 503,
                         headers=None if ready else {"Retry-After": "1"})
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        """Prometheus metrics of this node (text format): Raft, store, read barriers, inference."""
+        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/node", tags=["cluster"])
     async def node_status() -> dict[str, Any]:

@@ -16,7 +16,7 @@ with usage and provenance, or ``error`` with an HTTP status.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,8 @@ def _error_event(status: int, error: str, message: str) -> dict[str, Any]:
 
 class ChatWorker:
     def __init__(self, node_id: str, service: ContextService, replication: Replication, worker: Worker,
-                 wait_timeout: float) -> None:
+                 wait_timeout: float, on_first_token: Callable[[float], None] = lambda _: None) -> None:
+        self._on_first_token = on_first_token  # receives each generated reply's time to first token
         self._node_id = node_id
         self._service = service
         self._replication = replication
@@ -111,6 +112,8 @@ class ChatWorker:
                 generation = item
             else:
                 yield {"type": "delta", "text": item}
+        if generation.ttft_s is not None:
+            self._on_first_token(generation.ttft_s)
         done: dict[str, Any] = {
             "type": "done", "node": self._node_id, "model": worker.settings.model_name,
             "text": generation.text, "finish_reason": generation.finish_reason,

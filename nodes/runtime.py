@@ -31,6 +31,7 @@ from mcpdb.store import ContextStore
 from nodes.chat_front import ChatFront
 from nodes.chat_worker import ChatWorker
 from nodes.config import NodeConfig
+from nodes.metrics import NodeMetrics
 from nodes.scheduling import LeaderScheduler
 
 _log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class NodeRuntime:
         self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
         self.service = ContextService(self.replication, self.barrier, config.request_timeout,
                                       unsafe_stale_reads=config.unsafe_stale_reads)
+        self.metrics = NodeMetrics(self)
         self.worker: Worker | None = None
         self.chat_worker: ChatWorker | None = None
         self.inference_state = "disabled"  # disabled | loading | ready | failed: <reason>
@@ -66,7 +68,7 @@ class NodeRuntime:
                 model_path=config.model_path or default_model_path(), n_ctx=config.n_ctx,
                 threads=config.threads, slots=config.slots, weight=config.weight, domains=tuple(config.domains)))
             self.chat_worker = ChatWorker(config.node_id, self.service, self.replication, self.worker,
-                                          config.request_timeout)
+                                          config.request_timeout, on_first_token=self.metrics.ttft.observe)
         self.scheduler = LeaderScheduler(self.replication, self.store, self.barrier, Policy(config.policy),
                                          config.shed_threshold)
         self.front = ChatFront(config.node_id, self.replication, self.store, self.scheduler, self.chat_worker,

@@ -47,7 +47,8 @@ class LeaderScheduler:
         self.shed_threshold = shed_threshold
         self.board = LoadBoard()
         self.state = SchedulerState()
-        self.decisions: dict[str, int] = {}  # node id -> requests assigned, for /v1/cluster
+        self.decisions: dict[str, int] = {}  # node id -> requests assigned, for /v1/cluster and metrics
+        self.reasons: dict[str, int] = {}  # decision reason -> count (affinity hits: "affinity")
 
     def _domain(self, namespace: str | None, task_id: str | None) -> str | None:
         if namespace is None or task_id is None:
@@ -77,5 +78,6 @@ class LeaderScheduler:
             raise Unavailable(f"{error} for model {body.model!r}") from None
         self.board.assigned(decision.node_id)
         self.decisions[decision.node_id] = self.decisions.get(decision.node_id, 0) + 1
+        self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
         return {"node_id": decision.node_id, "http_url": registry[decision.node_id]["http_url"],
                 "read_index": read_index, "reason": decision.reason, "domain_matched": decision.domain_matched}

@@ -160,3 +160,33 @@ def test_killing_the_serving_node_mid_stream_retries_elsewhere_without_a_duplica
     if not final["mcpdb"]["diverged"]:
         assert turns[-1]["content"] == streamed
     assert sum(1 for t in turns if t["metadata"].get("idempotency_key") == "kill-1") == 2
+
+
+def test_metrics_show_raft_store_and_inference_with_sane_values(llm_cluster: LocalCluster) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        assert _chat(urls[0], model, session, "Metrics?").status_code == 200
+    scraped = {}
+    for spec in llm_cluster.layout.nodes:
+        if not llm_cluster.running(spec.node_id):
+            continue  # an earlier test may have killed one
+        response = httpx.get(spec.url + "/metrics", timeout=5)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        scraped[spec.node_id] = {sample.name + str(sorted(sample.labels.items())): sample.value
+                                 for family in text_string_to_metric_families(response.text)
+                                 for sample in family.samples}
+    for samples in scraped.values():
+        assert samples["mcpdb_raft_term[]"] >= 1
+        assert samples["mcpdb_raft_applied_index[]"] <= samples["mcpdb_raft_commit_index[]"]
+        assert samples["mcpdb_raft_apply_lag[]"] >= 0
+        assert samples["mcpdb_store_contexts[('kind', 'instruction')]"] >= 1
+        assert samples["mcpdb_store_contexts[('kind', 'session')]"] >= 1
+        assert samples["mcpdb_inference_slots[]"] == 1 and samples["mcpdb_inference_weight[]"] > 0
+    roles = [s["mcpdb_raft_role[('role', 'leader')]"] for s in scraped.values()]
+    assert sorted(roles)[-1] == 1.0
+    assert sum(s["mcpdb_inference_ttft_seconds_count[]"] for s in scraped.values()) >= 2
+    leader = max(scraped.values(), key=lambda s: s["mcpdb_raft_role[('role', 'leader')]"])
+    assert sum(v for k, v in leader.items() if k.startswith("mcpdb_scheduler_assignments_total")) >= 1
+    assert leader.get("mcpdb_scheduler_decisions_total[('reason', 'affinity')]", 0) >= 1

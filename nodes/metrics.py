@@ -1,0 +1,99 @@
+"""Prometheus metrics of one node, served at ``/metrics`` (prometheus-client's text format).
+
+Almost everything is read at scrape time from the state the node already
+keeps (Raft status, store counters, barrier counters, worker load, the
+leader's scheduling decisions), so scraping costs the request path nothing.
+Only what happens per request and is not kept elsewhere is observed as it
+happens: time to first token, once per generated reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+ROLES = ("leader", "follower", "candidate", "replica", "starting")
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+class NodeMetrics:
+    """The node's registry: a scrape-time collector over the runtime, plus the TTFT histogram."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.ttft = Histogram("mcpdb_inference_ttft_seconds", "Time from a request reaching its worker to "
+                              "its first generated token.", buckets=TTFT_BUCKETS, registry=self.registry)
+        self._runtime = runtime
+        self.registry.register(self)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self._runtime
+        raft = runtime.replication.status()
+        yield _gauge("mcpdb_raft_term", "Current Raft term.", raft["term"])
+        roles = GaugeMetricFamily("mcpdb_raft_role", "1 for this node's current Raft role.", labels=["role"])
+        for role in ROLES:
+            roles.add_metric([role], 1.0 if raft["role"] == role else 0.0)
+        yield roles
+        yield _gauge("mcpdb_raft_commit_index", "Highest log index known committed.", raft["commit_index"])
+        yield _gauge("mcpdb_raft_applied_index", "Highest log index applied to the store.", raft["applied_index"])
+        yield _gauge("mcpdb_raft_apply_lag", "Committed entries not yet applied here.",
+                     max(0, raft["commit_index"] - raft["applied_index"]))
+        yield _gauge("mcpdb_raft_log_entries", "Entries in the in-memory Raft log (since the last snapshot).",
+                     raft["log_entries"])
+        yield _gauge("mcpdb_raft_has_quorum", "1 if this node, as leader, hears from a majority.",
+                     1.0 if raft["has_quorum"] else 0.0)
+        yield from self._store(runtime)
+        barrier = runtime.barrier
+        yield CounterMetricFamily("mcpdb_read_barrier_batches", "Read-index confirmations requested.",
+                                  value=barrier.batches)
+        yield CounterMetricFamily("mcpdb_read_barrier_reads", "Linearizable reads served through a barrier "
+                                  "(reads / batches = mean batch size).", value=barrier.reads)
+        yield from self._inference(runtime)
+
+    @staticmethod
+    def _store(runtime: Any) -> Iterator[Metric]:
+        stats = runtime.store.stats()
+        yield _gauge("mcpdb_store_size_bytes", "Bytes used by the LMDB environment.", stats["size_bytes"])
+        yield _gauge("mcpdb_store_turns", "Session turns stored.", stats["turns"])
+        per_kind = GaugeMetricFamily("mcpdb_store_contexts", "Contexts stored, by kind.", labels=["kind"])
+        for kind, count in sorted(runtime.store.count_by_kind().items()):
+            per_kind.add_metric([kind], count)
+        yield per_kind
+
+    @staticmethod
+    def _inference(runtime: Any) -> Iterator[Metric]:
+        worker = runtime.worker
+        if worker is not None and worker.ready:
+            load = worker.load_report()
+            for key, help_text in (("in_flight", "Generations running."), ("queued", "Requests waiting for a slot."),
+                                   ("slots", "KV slots (concurrent generations)."),
+                                   ("tokens_per_s", "Tokens generated per second, last 10 s."),
+                                   ("sessions_recent", "Distinct sessions served, last 10 s.")):
+                yield _gauge(f"mcpdb_inference_{key}", help_text, load[key])
+            yield _gauge("mcpdb_inference_weight", "Scheduling weight this node registered.", worker.weight)
+        scheduler = runtime.scheduler
+        assigned = CounterMetricFamily("mcpdb_scheduler_assignments", "Requests this node assigned as leader, "
+                                       "by worker.", labels=["node"])
+        for node, count in sorted(scheduler.decisions.items()):
+            assigned.add_metric([node], count)
+        yield assigned
+        reasons = CounterMetricFamily("mcpdb_scheduler_decisions", "Assignments by reason (affinity hits are "
+                                      "reason=affinity).", labels=["reason"])
+        for reason, count in sorted(scheduler.reasons.items()):
+            reasons.add_metric([reason], count)
+        yield reasons
