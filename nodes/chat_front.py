@@ -33,6 +33,10 @@ from nodes.scheduling import AssignIn, LeaderScheduler, ModelNotServed, NotLeade
 
 MAX_ATTEMPTS = 3
 ASSIGN_RETRY_S = 0.1
+# Assignment waits this much longer than the node's request timeout: when the lost worker was also the
+# leader, an election (under 1 s measured, 2 s target) and the new leader's first load reports (0.5 s)
+# come before any node can be assigned.
+FAILOVER_GRACE_S = 2.5
 STREAM_IDLE_TIMEOUT_S = 30.0  # a worker silent this long (partitioned, paused) is given up on
 
 
@@ -76,13 +80,14 @@ class ChatFront:
 
     async def _assign(self, body: AssignIn) -> dict[str, Any]:
         """Retry through elections and empty load boards until the timeout, then 503."""
-        deadline = time.monotonic() + self._assign_timeout
+        deadline = time.monotonic() + self._assign_timeout + FAILOVER_GRACE_S
         while True:
             try:
                 return await self._assign_once(body)
             except (Unavailable, NotLeader) as error:
                 if time.monotonic() + ASSIGN_RETRY_S > deadline:
-                    raise Unavailable(f"no worker assigned within {self._assign_timeout} s: {error}") from None
+                    raise Unavailable(f"no worker assigned within {self._assign_timeout + FAILOVER_GRACE_S:g} s: "
+                                      f"{error}") from None
                 await asyncio.sleep(ASSIGN_RETRY_S)
 
     # ------------------------------------------------------------ one attempt

@@ -46,7 +46,8 @@ def llm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
 
 
 def _model(cluster: LocalCluster) -> str:
-    return next(iter(_models(cluster.urls()[0])))
+    running = next(spec.url for spec in cluster.layout.nodes if cluster.running(spec.node_id))
+    return next(iter(_models(running)))
 
 
 def _chat(url: str, model: str, session: str, text: str, key: str | None = None,
@@ -165,16 +166,16 @@ def test_killing_the_serving_node_mid_stream_retries_elsewhere_without_a_duplica
 def test_metrics_show_raft_store_and_inference_with_sane_values(llm_cluster: LocalCluster) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    # An earlier test may have killed a node: talk to, and scrape, the running ones.
+    running = [spec.url for spec in llm_cluster.layout.nodes if llm_cluster.running(spec.node_id)]
+    model, session = _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
     for _ in range(2):
-        assert _chat(urls[0], model, session, "Metrics?").status_code == 200
+        assert _chat(running[0], model, session, "Metrics?").status_code == 200
     scraped = {}
-    for spec in llm_cluster.layout.nodes:
-        if not llm_cluster.running(spec.node_id):
-            continue  # an earlier test may have killed one
-        response = httpx.get(spec.url + "/metrics", timeout=5)
+    for url in running:
+        response = httpx.get(url + "/metrics", timeout=5)
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-        scraped[spec.node_id] = {sample.name + str(sorted(sample.labels.items())): sample.value
+        scraped[url] = {sample.name + str(sorted(sample.labels.items())): sample.value
                                  for family in text_string_to_metric_families(response.text)
                                  for sample in family.samples}
     for samples in scraped.values():
