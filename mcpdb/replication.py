@@ -28,7 +28,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft_transport import McpdbTransport, transport_class
-from mcpdb.read_index import ReadIndex
+from mcpdb.read_index import Done, ReadIndex
 from mcpdb.store import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -260,32 +260,30 @@ class Replication:
 
     async def read_index(self, timeout: float) -> int:
         """A confirmed read index (Raft ReadIndex), once this node has applied it."""
+        return await self._index_when_applied(self.raft.read_index.request, timeout,
+                                              f"could not confirm the leader within {timeout:g} s (no quorum?)")
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        """Return once this node's store reflects Raft index ``index`` (including entries, like the
+        leader's election no-op, that never reach the store)."""
+        await self._index_when_applied(
+            lambda done: self.raft.call_in_raft_thread(lambda: self.raft.read_index.wait_applied(index, done)),
+            timeout, f"this node has not applied index {index} within {timeout:g} s")
+
+    async def _index_when_applied(self, register: Callable[[Done], None],
+                                  timeout: float, timeout_message: str) -> int:
+        """Bridge a ReadIndex callback (run in the Raft thread once this node applied an index) to asyncio."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
 
         def done(index: int | None, error: str | None) -> None:
             loop.call_soon_threadsafe(_settle_read, future, index, error)
 
-        self.raft.read_index.request(done)
+        register(done)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise NotApplied(f"could not confirm the leader within {timeout:g} s (no quorum?)") from None
-
-    async def wait_applied(self, index: int, timeout: float) -> None:
-        """Return once this node's store reflects Raft index ``index`` (including entries, like the
-        leader's election no-op, that never reach the store)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-
-        def done(applied: int | None, error: str | None) -> None:
-            loop.call_soon_threadsafe(_settle_read, future, applied, error)
-
-        self.raft.call_in_raft_thread(lambda: self.raft.read_index.wait_applied(index, done))
-        try:
-            await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise NotApplied(f"this node has not applied index {index} within {timeout:g} s") from None
+            raise NotApplied(timeout_message) from None
 
     async def change_membership(self, action: str, raft_addr: str, timeout: float) -> None:
         """Add or remove a voter; one change at a time, through the log."""
