@@ -45,9 +45,13 @@ class StoredContext:
 class Assembled:
     messages: list[dict[str, str]]
     prompt: str
-    prompt_tokens: int
+    tokens: list[int]  # the prompt in the model's tokens, as generation takes it
     omitted: dict[str, int]  # turns, memories, profile, task: how many of each were left out
     kept_turns: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.tokens)
 
 
 def _instruction_text(instruction: dict[str, Any]) -> str:
@@ -110,7 +114,7 @@ def _messages(stored: StoredContext, new_messages: list[dict[str, str]], drop_tu
 
 
 def assemble(stored: StoredContext, new_messages: list[dict[str, str]], chat_format: ChatFormat,
-             count_tokens: Callable[[str], int], budget: int, turn_chunk: int = 4) -> Assembled:
+             tokenize: Callable[[str], list[int]], budget: int, turn_chunk: int = 4) -> Assembled:
     """The fullest prompt within ``budget`` tokens; raises ContextTooLarge when even the minimum
     (instructions, guardrails, new messages) does not fit."""
     turn_count = len(stored.turns)
@@ -120,12 +124,12 @@ def assemble(stored: StoredContext, new_messages: list[dict[str, str]], chat_for
     for drop, with_memory, with_profile, with_task in plans:
         messages = _messages(stored, new_messages, drop, with_memory, with_profile, with_task)
         prompt = chat_format.render(messages)
-        tokens = count_tokens(prompt)
-        if tokens <= budget:
+        tokens = tokenize(prompt)
+        if len(tokens) <= budget:
             omitted = {"turns": drop,
                        "memories": 0 if with_memory else len(stored.memories),
                        "profile": int(stored.profile is not None and not with_profile),
                        "task": int(stored.task is not None and not with_task)}
             return Assembled(messages, prompt, tokens, omitted, turn_count - drop)
-    raise ContextTooLarge(f"instructions, guardrails and the new messages take {tokens} tokens, "
+    raise ContextTooLarge(f"instructions, guardrails and the new messages take {len(tokens)} tokens, "
                           f"more than the {budget} the model's window leaves after max_tokens")

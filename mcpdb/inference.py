@@ -88,13 +88,8 @@ class _Slot:
     last_used: float = 0.0
 
     def shared_prefix(self, tokens: list[int]) -> int:
-        cached = self.llm._input_ids  # numpy view of the tokens in this slot's KV cache
-        n = 0
-        for a, b in zip(cached, tokens):
-            if a != b:
-                break
-            n += 1
-        return n
+        # _input_ids: the tokens whose KV state this slot's context holds (the pinned version's field)
+        return self.llm.longest_token_prefix(self.llm._input_ids, tokens)
 
 
 @dataclass
@@ -178,9 +173,6 @@ class Worker:
         """The model's tokens for a rendered prompt (BOS added, special tokens parsed)."""
         return self._slots[0].llm.tokenize(text.encode(), add_bos=True, special=True)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
-
     # ------------------------------------------------------------ load
     def load_report(self) -> dict[str, Any]:
         return {"in_flight": self._in_flight, "queued": self._queued, "slots": self.settings.slots,
@@ -246,7 +238,7 @@ class Worker:
         if counter.first_at is not None:
             result.ttft_s = counter.first_at - arrived
         result.seconds = time.perf_counter() - arrived
-        self._recent.add(counter.count, session)
+        self._recent.add(result.completion_tokens, session)
         yield result
 
     async def _acquire(self, tokens: list[int]) -> _Slot:

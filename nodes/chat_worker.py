@@ -25,8 +25,9 @@ from mcpdb.chat_request import ChatRequest
 from mcpdb.context_gather import gather
 from mcpdb.inference import Generation, PromptTooLong, Worker
 from mcpdb.model import Turn
-from mcpdb.replication import Replication, Unavailable
-from mcpdb.service import ContextService, Refused
+from mcpdb.replication import Replication
+from mcpdb.service import ContextService
+from nodes.responses import DOMAIN_ERRORS, error_parts
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -78,10 +79,9 @@ class ChatWorker:
             yield _error_event(failure.status, failure.error, failure.message)
         except (ContextTooLarge, PromptTooLong) as error:
             yield _error_event(413, "context_too_large", str(error))
-        except Refused as refused:
-            yield _error_event(404 if refused.error == "not_found" else 409, refused.error, refused.message)
-        except Unavailable as error:
-            yield _error_event(503, "unavailable", str(error))
+        except DOMAIN_ERRORS as error:
+            status, code, message, _ = error_parts(error)
+            yield _error_event(status, code, message)
 
     async def _serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
         request, worker, store = order.request, self._worker, self._service.store
@@ -101,10 +101,10 @@ class ChatWorker:
         guardrails = stored.guardrails if stored else []
         max_tokens = self._max_tokens(request, guardrails)
         new_messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        assembled = assemble(stored or StoredContext(), new_messages, worker.chat_format, worker.count_tokens,
+        assembled = assemble(stored or StoredContext(), new_messages, worker.chat_format, worker.tokenize,
                              budget=worker.settings.n_ctx - max_tokens)
         generation = Generation()
-        async for item in worker.generate(worker.tokenize(assembled.prompt), max_tokens=max_tokens,
+        async for item in worker.generate(assembled.tokens, max_tokens=max_tokens,
                                           temperature=request.temperature,
                                           stop=request.stop_list() + worker.chat_format.stop,
                                           seed=order.seed, session=request.session_key()):

@@ -33,19 +33,26 @@ class InvalidHeader(ValueError):
 DOMAIN_ERRORS = (InvalidName, InvalidHeader, NotFound, Refused, Unavailable)
 
 
-def error_for(exc: Exception) -> FastJSON:
-    """The response for one of DOMAIN_ERRORS: 400 bad name or header, 404, 409 (400 for an invalid
-    command), 503 with Retry-After and whether the write certainly did not apply."""
+def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, Any]]:
+    """Status, error code, message and extra fields for one of DOMAIN_ERRORS: 400 bad name or header,
+    404, 409 (400 for an invalid command), 503 with Retry-After and whether a write certainly did not
+    apply. Shared by the HTTP error responses and the chat worker's error events."""
     if isinstance(exc, InvalidName):
-        return error_response(400, "invalid_name", str(exc))
+        return 400, "invalid_name", str(exc), {}
     if isinstance(exc, InvalidHeader):
-        return error_response(400, "invalid_header", str(exc))
+        return 400, "invalid_header", str(exc), {}
     if isinstance(exc, NotFound):
-        return error_response(404, "not_found", exc.message)
+        return 404, "not_found", exc.message, {}
     if isinstance(exc, Refused):
-        status = 400 if exc.error == "invalid_command" else 409
-        return error_response(status, exc.error, exc.message, current_version=exc.current_version)
+        return (400 if exc.error == "invalid_command" else 409), exc.error, exc.message, \
+            {"current_version": exc.current_version}
     if isinstance(exc, Unavailable):
         applied = "unknown" if isinstance(exc, Indeterminate) else "no"
-        return error_response(503, "unavailable", str(exc), applied=applied, retry_after=exc.retry_after)
+        return 503, "unavailable", str(exc), {"applied": applied, "retry_after": exc.retry_after}
     raise TypeError(f"not a request-level error: {exc!r}")
+
+
+def error_for(exc: Exception) -> FastJSON:
+    """The HTTP response for one of DOMAIN_ERRORS."""
+    status, error, message, extra = error_parts(exc)
+    return error_response(status, error, message, **extra)
