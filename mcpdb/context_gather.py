@@ -15,7 +15,6 @@ verifies it is never below the read index).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +29,20 @@ class Gathered:
     context_index: int
 
 
-def _all_of_kind(store: ContextStore, namespace: str, kind: str) -> Iterator[dict[str, Any]]:
+_SHARED_KINDS = ("instruction", "guardrail", "memory")  # read from the whole namespace for every request
+
+
+def _shared_contexts(store: ContextStore, namespace: str) -> dict[str, list[dict[str, Any]]]:
+    """The namespace's instructions, guardrails and memories in id order, in one pass over it."""
+    found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _SHARED_KINDS}
     cursor: str | None = None
     while True:
-        page = store.list(namespace, kind=kind, limit=1000, cursor=cursor)
-        yield from page.items
+        page = store.list(namespace, limit=1000, cursor=cursor)
+        for item in page.items:
+            if item["kind"] in found:
+                found[item["kind"]].append(item)
         if page.next_cursor is None:
-            return
+            return found
         cursor = page.next_cursor
 
 
@@ -56,14 +62,15 @@ def gather(store: ContextStore, namespace: str, *, applied_at_least: int, sessio
         if task is None:
             raise NotFound(f"task {namespace}/{task_id} does not exist")
     domain = task["domain"] if task else None
-    instructions = [i for i in _all_of_kind(store, namespace, "instruction")
+    shared = _shared_contexts(store, namespace)
+    instructions = [i for i in shared["instruction"]
                     if domain is None or not i.get("domains") or domain in i["domains"]]
     profile = _of_kind(store.get(namespace, user_id), "profile", "user_id") if user_id else None
-    memories = [m for m in _all_of_kind(store, namespace, "memory") if m.get("user_id") in (None, user_id)]
+    memories = [m for m in shared["memory"] if m.get("user_id") in (None, user_id)]
     session = _of_kind(store.get(namespace, session_id), "session", "session_id") if session_id else None
     stored = StoredContext(
         instructions=instructions,
-        guardrails=list(_all_of_kind(store, namespace, "guardrail")),
+        guardrails=shared["guardrail"],
         task=task,
         profile=profile,
         memories=memories,

@@ -10,6 +10,7 @@ shipping the context over the network.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -47,8 +48,8 @@ class LeaderScheduler:
         self.shed_threshold = shed_threshold
         self.board = LoadBoard()
         self.state = SchedulerState()
-        self.decisions: dict[str, int] = {}  # node id -> requests assigned, for /v1/cluster and metrics
-        self.reasons: dict[str, int] = {}  # decision reason -> count (affinity hits: "affinity")
+        self.decisions: Counter[str] = Counter()  # node id -> requests assigned, for /v1/cluster and metrics
+        self.reasons: Counter[str] = Counter()  # decision reason -> count (affinity hits: "affinity")
 
     def _domain(self, namespace: str | None, task_id: str | None) -> str | None:
         if namespace is None or task_id is None:
@@ -77,7 +78,7 @@ class LeaderScheduler:
                 raise ModelNotServed(f"model {body.model!r} is not served here; served: {', '.join(served) or 'none'}")
             raise Unavailable(f"{error} for model {body.model!r}") from None
         self.board.assigned(decision.node_id)
-        self.decisions[decision.node_id] = self.decisions.get(decision.node_id, 0) + 1
-        self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
+        self.decisions[decision.node_id] += 1
+        self.reasons[decision.reason] += 1
         return {"node_id": decision.node_id, "http_url": registry[decision.node_id]["http_url"],
                 "read_index": read_index, "reason": decision.reason, "domain_matched": decision.domain_matched}
