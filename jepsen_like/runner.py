@@ -187,21 +187,19 @@ def _check(recorder: Recorder, workloads: list[Any], final_reads: dict[str, dict
     for workload in workloads:
         keys = set(workload.keys)
         ops = [op for op in recorder.ops if op.key in keys]
+        finals = {node: {k: v for k, v in reads.items() if k in keys} for node, reads in final_reads.items()}
         if isinstance(workload, RegisterWorkload):
             checks["register"] = linearizability.check(ops, time_budget=CHECK_BUDGET_S)
-            finals = {node: {k: v for k, v in reads.items() if k in keys} for node, reads in final_reads.items()}
             distinct = {tuple(sorted(f.items())) for f in finals.values()}
             checks["register-final"] = {
                 "valid": len(distinct) == 1,
                 "anomalies": [] if len(distinct) == 1 else [{"kind": "replicas_differ", "final": finals}],
             }
         elif isinstance(workload, ListAppendWorkload):
-            checks.update(_check_lists("list-append", ops, {node: {k: v for k, v in reads.items() if k in keys}
-                                                            for node, reads in final_reads.items()}))
+            checks.update(_check_lists("list-append", ops, finals))
         else:
-            finals = {node: {k: v for k, v in reads.items() if k in keys} for node, reads in final_reads.items()}
-            messages = {node: {key: [int(t["content"].split()[-1]) for t in turns if t["role"] == "user"]
-                               for key, turns in sessions.items()} for node, sessions in finals.items()}
+            messages = {node: {key: workload.messages(turns) for key, turns in sessions.items()}
+                        for node, sessions in finals.items()}
             # A chat appends its message like a list-append appends its value.
             as_appends = [dataclasses.replace(op, f="append") if op.f == "chat" else op for op in ops]
             checks.update(_check_lists("chat-messages", as_appends, messages))

@@ -164,9 +164,8 @@ class ChatWorkload:
 
     def execute(self, http: httpx.Client, op: Operation) -> Any:
         if op.f == "read":
-            return [int(turn["content"].split()[-1]) for turn in
-                    _session_turns(http, f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}", "linearizable")
-                    if turn["role"] == "user"]
+            return self.messages(_session_turns(http, f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}",
+                                                "linearizable"))
         body = {"model": self._model_name(http), "max_tokens": 4, "temperature": 0, "namespace": NAMESPACE,
                 "session_id": op.key, "messages": [{"role": "user", "content": f"message {op.value}"}]}
         maybe_applied = False
@@ -185,6 +184,11 @@ class ChatWorkload:
                 raise Outcome("fail", _classify(response).error)
             maybe_applied = True  # the worker may have appended before it was lost
         raise Outcome("info" if maybe_applied else "fail", f"no attempt of chat {op.value} completed")
+
+    @staticmethod
+    def messages(turns: list[dict[str, Any]]) -> list[int]:
+        """A session's chat messages as the unique values their requests sent ("message 17" -> 17)."""
+        return [int(turn["content"].split()[-1]) for turn in turns if turn["role"] == "user"]
 
     def _model_name(self, http: httpx.Client) -> str:
         if self._model is None:
