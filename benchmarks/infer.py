@@ -178,22 +178,11 @@ def _cluster(folder: Path, node_args: list[list[str]], common: list[str],
     cluster.start_all()
     try:
         cluster.wait_ready(timeout=60)
-        cluster.wait_models(timeout=180)
-        model = _registered_model(cluster, sum(1 for args in node_args if "--no-inference" not in args))
+        status = cluster.wait_models(timeout=180)
     except BaseException:
         cluster.stop_all(graceful=False)
         raise
-    return cluster, model
-
-
-def _registered_model(cluster: LocalCluster, workers: int, timeout: float = 15) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = httpx.get(cluster.urls()[0] + "/v1/models", timeout=2).json()["data"]
-        if data and len(data[0]["nodes"]) == workers:
-            return data[0]["id"]
-        time.sleep(0.2)
-    raise TimeoutError("workers did not register their model")
+    return cluster, next(info["model"] for info in status.values() if info["state"] == "ready")
 
 
 # ---------------------------------------------------------------- scenarios

@@ -229,8 +229,9 @@ class LocalCluster:
         raise TimeoutError(f"cluster not ready within {timeout:g} s")
 
     def wait_models(self, timeout: float = 120) -> dict[str, dict[str, Any]]:
-        """Wait until every node's model is loaded (or inference is disabled there); returns each
-        node's inference status. A model that failed to load raises RuntimeError at once."""
+        """Wait until every node's model is loaded (or inference is disabled there) and registered, so
+        the scheduler and ``/v1/models`` know it; returns each node's inference status. A model that
+        failed to load raises RuntimeError at once."""
         deadline = time.monotonic() + timeout
         while True:
             status = {spec.node_id: (self.node_status(spec.node_id) or {}).get("inference", {})
@@ -239,11 +240,22 @@ class LocalCluster:
             failed = [f"{node}: {state}" for node, state in states.items() if state.startswith("failed")]
             if failed:
                 raise RuntimeError("model failed to load: " + "; ".join(failed))
-            if all(state in ("ready", "disabled") for state in states.values()):
+            loaded = {node for node, state in states.items() if state == "ready"}
+            if all(state in ("ready", "disabled") for state in states.values()) and self._serving() == loaded:
                 return status
             if time.monotonic() > deadline:
                 raise TimeoutError(f"models not loaded within {timeout:g} s: {states}")
             time.sleep(0.5)
+
+    def _serving(self) -> set[str]:
+        """The nodes the replicated registry lists as serving a model (``/v1/models``)."""
+        running = [spec.url for spec in self.layout.nodes if self.running(spec.node_id)]
+        try:
+            with self.client(1.0) as http:
+                models = http.get(running[0] + "/v1/models").json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError):
+            return set()
+        return {node for model in models for node in model["nodes"]}
 
     def _ready(self, node_id: str) -> bool:
         try:
