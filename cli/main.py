@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench, chat, ctx, jepsen, node, session, status, up
+from cli import bench, chat, ctx, jepsen, node, session, status, up, watch
 from cli.errors import CliError, fail
 from nodes.config import ConfigError
 
@@ -18,6 +18,7 @@ app.command("up")(up.up)
 app.command("status")(status.status)
 app.command("jepsen")(jepsen.jepsen)
 app.command("chat")(chat.chat)
+app.command("watch")(watch.watch)
 
 
 def run() -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mcpdb.store import DEFAULT_CHANGE_HISTORY
 from nodes.config import ConfigError, NodeConfig, read_secret
 
 app = typer.Typer(no_args_is_help=True)
@@ -34,6 +35,8 @@ def start(
     request_timeout: Annotated[float, typer.Option(help="Seconds before a write or read barrier gets 503.")] = 3.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest accepted request body.")] = 1 << 20,
     compaction_entries: Annotated[int, typer.Option(help="Log entries that trigger a snapshot.")] = 50_000,
+    change_history: Annotated[int, typer.Option(
+        help="Changes kept for watches to resume from (oldest trimmed first).")] = DEFAULT_CHANGE_HISTORY,
     advertise_url: Annotated[Optional[str], typer.Option(help="HTTP URL other nodes and clients use.")] = None,
     unsafe_stale_reads: Annotated[bool, typer.Option(
         help="BREAKS LINEARIZABILITY: serve reads without a barrier (for testing the checker).")] = False,
@@ -77,6 +80,7 @@ def start(
                                    "MCPDB_CLUSTER_SECRET"),
         durable=durability == "durable", request_timeout=request_timeout,
         max_body_bytes=max_body_bytes, compaction_min_entries=compaction_entries,
+        change_history=change_history,
         advertise_url=advertise_url, unsafe_stale_reads=unsafe_stale_reads,
         inference=inference, model_path=str(model) if model else None, n_ctx=n_ctx, threads=threads,
         slots=slots, weight=weight, domains=list(domain or []), policy=policy, shed_threshold=shed_threshold,

@@ -239,6 +239,25 @@ def _sse_chunks(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         yield chunk
 
 
+def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
+    """(id, event, data) of each server-sent event; comments and keep-alives are skipped."""
+    event_id, event, data = None, "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield event_id, event, "\n".join(data)
+            event_id, event, data = None, "message", []
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            event_id = value
+        elif name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+
+
 def _turn(role: str, content: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
     return {"role": role, "content": content, "metadata": metadata or {}}
 
@@ -337,6 +356,41 @@ class Client(_Base):
                 raise Unavailable(f"stream broken: {type(error).__name__}: {error}", None,
                                   {"applied": "unknown"}) from None
         raise Unavailable(f"no node answered within {self.deadline} s", None, {"applied": "no"})
+
+    def watch(self, ns: str, prefix: str = "", kind: str | None = None,
+              since: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every change to the namespace (``{"event_id", "version", "id", "kind", "action", ...}``), in
+        commit order, for as long as the caller iterates. A broken stream is resumed on the next node
+        from the last event id, so nothing is missed or repeated; ``deadline`` bounds the time without
+        any node answering. A history trimmed past ``since`` raises ``McpdbError`` (status 410)."""
+        params: dict[str, Any] = {"prefix": prefix, **({"kind": kind} if kind else {})}
+        last_id = since
+        stop = time.monotonic() + self.deadline
+        attempt = 0
+        while True:
+            url = self.urls[(self._current + attempt) % len(self.urls)]
+            call = _Call("GET", f"/v1/namespaces/{ns}/watch", True,
+                         params={**params, **({"since": last_id} if last_id else {})})
+            try:
+                with self._http.stream("GET", url + call.path, params=call.params,
+                                       timeout=httpx.Timeout(self._timeout, read=None)) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        _decide(call, response, None, attempt)
+                    stop = time.monotonic() + self.deadline
+                    for event_id, event, data in _sse_events(response.iter_lines()):
+                        body = json.loads(data)
+                        if event == "error":
+                            raise McpdbError(f"410: {body['message']}", 410, body)
+                        last_id = event_id
+                        yield {"event_id": event_id, **body}
+            except _Retry as retry:
+                time.sleep(retry.delay)
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            attempt += 1
+            if time.monotonic() > stop:
+                raise Unavailable(f"no node served the watch for {self.deadline} s", None, {"applied": "no"})
 
     def node(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/v1/node", True))

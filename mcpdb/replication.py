@@ -129,6 +129,7 @@ class RaftNode(SyncObj):
         check_pysyncobj_version()
         self._store = store
         self._deferred: collections.deque[Callable[[], None]] = collections.deque()
+        self._commit_listeners: list[Callable[[], None]] = []
         super().__init__(settings.self_addr, settings.peers, settings.syncobj_conf(store),
                          transportClass=transport_class(settings.durable))
         self.read_index = ReadIndex(self, self.transport.send, self.wake)
@@ -189,6 +190,10 @@ class RaftNode(SyncObj):
         """Run ``notify`` in the Raft thread, after the entries applied so far are committed to LMDB."""
         self._deferred.append(notify)
 
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` in the Raft thread each time applied entries were committed to LMDB."""
+        self._commit_listeners.append(listener)
+
     def call_in_raft_thread(self, action: Callable[[], None]) -> None:
         """pysyncobj is not thread-safe beyond its command queue: run ``action`` on its thread."""
         self._deferred.append(action)
@@ -199,7 +204,9 @@ class RaftNode(SyncObj):
         # LMDB transaction; commit it, then release the waiters (writes and
         # reads whose read index is now applied), so nobody is told "done"
         # before a read on this node can see the result.
-        self._store.commit()
+        if self._store.commit():
+            for listener in self._commit_listeners:
+                listener()
         self.read_index.on_tick()
         while self._deferred:
             self._deferred.popleft()()

@@ -16,6 +16,9 @@ Layout (named LMDB databases, keys are bytes):
 - ``expiry``: ``expires_at_ms(8 bytes) ns \\0 id`` -> b"" (ordered by deadline)
 - ``idem``:   ``ns \\0 id \\0 key`` -> result of the append that used that key
 - ``nodes``:  ``node id`` -> registration of a cluster member (JSON)
+- ``changes``: ``version(8 bytes) position(4 bytes)`` -> one change to a context
+              (JSON: namespace, id, kind, action), the history watches read;
+              the oldest versions are trimmed past ``change_history`` changes
 
 Snapshots are tar files holding pysyncobj's bookkeeping and a compacted LMDB
 copy taken inside the Raft thread, so they are exactly the state at their index.
@@ -53,8 +56,11 @@ _log = logging.getLogger(__name__)
 
 _U64 = struct.Struct(">Q")
 _SEP = b"\x00"
-_DB_NAMES = (b"meta", b"ctx", b"turns", b"expiry", b"idem", b"nodes")
+_DB_NAMES = (b"meta", b"ctx", b"turns", b"expiry", b"idem", b"nodes", b"changes")
 _APPLIED = b"applied"
+_TRIMMED = b"changes_trimmed"
+_U32 = struct.Struct(">I")
+DEFAULT_CHANGE_HISTORY = 100_000
 _CURRENT = "CURRENT"
 _CLEAN_MARKER = "CLEAN"
 _BOOT_ID_FILE = "BOOT_ID"
@@ -91,6 +97,31 @@ def _turn_prefix(namespace: str, context_id: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Change:
+    """One change to one context, at the version (Raft index) of the entry that made it.
+
+    An entry that changes several contexts (a batch, an expiry sweep) gives
+    several changes with one version, told apart by ``position``.
+    """
+
+    version: int
+    position: int
+    namespace: str
+    id: str
+    kind: str
+    action: str  # put | append | delete | expire
+
+
+class HistoryTrimmed(Exception):
+    """The changes after the requested version were trimmed from the history."""
+
+    def __init__(self, since: int, oldest: int) -> None:
+        super().__init__(f"changes after version {since} are no longer in the history; "
+                         f"the oldest version a watch can resume from is {oldest}")
+        self.oldest = oldest
+
+
+@dataclass(frozen=True)
 class Page:
     """One page of a listing; ``next_cursor`` is None on the last page."""
 
@@ -117,9 +148,12 @@ class _Abort(Exception):
 class ContextStore:
     """One LMDB environment per node; safe for one writer thread and many reader threads."""
 
-    def __init__(self, directory: str, map_size: int = 8 << 30) -> None:
+    def __init__(self, directory: str, map_size: int = 8 << 30,
+                 change_history: int = DEFAULT_CHANGE_HISTORY) -> None:
         self._directory = directory
         self._map_size = map_size
+        self._change_history = change_history
+        self._change_position = 0
         self._group: lmdb.Transaction | None = None
         os.makedirs(directory, exist_ok=True)
         self.rebuilt_after_unclean_reboot = self._discard_if_untrusted()
@@ -200,8 +234,11 @@ class ContextStore:
             if raw is not None and _U64.unpack(raw)[0] >= index:
                 result = None
             else:
+                self._change_position = 0
                 result = self._apply_in(txn, index, op, command)
                 txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
+                if self._change_position:
+                    self._trim_history(txn)
             if commit:
                 self.commit()
             return result
@@ -228,12 +265,37 @@ class ContextStore:
             _log.exception("entry %d (%s) failed to apply", index, op)
             return _fail("invalid_command", f"entry {index} could not be applied: {error}")
 
-    def commit(self) -> None:
-        """Commit the group transaction: its entries become visible to readers and durable."""
+    def commit(self) -> bool:
+        """Commit the group transaction: its entries become visible to readers and durable.
+        Returns whether there was anything to commit."""
         with self._lock:
-            if self._group is not None:
-                group, self._group = self._group, None
-                group.commit()
+            if self._group is None:
+                return False
+            group, self._group = self._group, None
+            group.commit()
+            return True
+
+    def _record_change(self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str,
+                       kind: str, action: str) -> None:
+        key = _U64.pack(index) + _U32.pack(self._change_position)
+        txn.put(key, orjson.dumps([namespace, context_id, kind, action]), db=self._dbs[b"changes"])
+        self._change_position += 1
+
+    def _trim_history(self, txn: lmdb.Transaction) -> None:
+        """Drop whole versions, oldest first, until at most ``change_history`` changes remain."""
+        db = self._dbs[b"changes"]
+        excess = txn.stat(db)["entries"] - self._change_history
+        if excess <= 0:
+            return
+        cursor = txn.cursor(db=db)
+        cursor.first()
+        trimmed = 0
+        while cursor.key() and (excess > 0 or _U64.unpack(cursor.key()[:8])[0] == trimmed):
+            trimmed = _U64.unpack(cursor.key()[:8])[0]
+            if not cursor.delete():
+                break
+            excess -= 1
+        txn.put(_TRIMMED, _U64.pack(trimmed), db=self._dbs[b"meta"])
 
     def _get_record(self, txn: lmdb.Transaction, key: bytes) -> dict[str, Any] | None:
         raw = txn.get(key, db=self._dbs[b"ctx"])
@@ -292,6 +354,7 @@ class ContextStore:
         txn.put(key, orjson.dumps(record), db=self._dbs[b"ctx"])
         if record["expires_at"] is not None:
             txn.put(_U64.pack(int(record["expires_at"] * 1000)) + key, b"", db=self._dbs[b"expiry"])
+        self._record_change(txn, index, namespace, context_id, kind, "put")
         return old is None
 
     def _write_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str,
@@ -307,8 +370,8 @@ class ContextStore:
         record["turn_count"] = first + len(turns)
         return first
 
-    def _delete(self, txn: lmdb.Transaction, namespace: str, context_id: str,
-                expected: int | None, label: str) -> None:
+    def _delete(self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str,
+                expected: int | None, label: str, action: str = "delete") -> None:
         key = _key(namespace, context_id)
         old = self._get_record(txn, key)
         if old is None and expected in (None, 0):
@@ -318,6 +381,7 @@ class ContextStore:
         if old["kind"] == "session":
             self._drop_turns(txn, namespace, context_id)
         txn.delete(key, db=self._dbs[b"ctx"])
+        self._record_change(txn, index, namespace, context_id, old["kind"], action)
 
     def _apply_put(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
         created = self._put(txn, index, c["ns"], c["id"], c["context"], c.get("ttl"),
@@ -325,7 +389,7 @@ class ContextStore:
         return _ok(index, created=created)
 
     def _apply_delete(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        self._delete(txn, c["ns"], c["id"], c.get("if_version"), c["id"])
+        self._delete(txn, index, c["ns"], c["id"], c.get("if_version"), c["id"])
         return _ok(index)
 
     def _apply_append(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
@@ -350,6 +414,7 @@ class ContextStore:
         record["version"] = index
         record["updated_at"] = now
         txn.put(key, orjson.dumps(record), db=self._dbs[b"ctx"])
+        self._record_change(txn, index, namespace, context_id, "session", "append")
         result = _ok(index, turn_count=record["turn_count"], first_seq=first)
         if idem_key:
             txn.put(_turn_prefix(namespace, context_id) + idem_key.encode(), orjson.dumps(result),
@@ -366,7 +431,7 @@ class ContextStore:
                                     op.get("if_version"), now, label)
                 results.append({"id": op["id"], "created": created})
             else:
-                self._delete(txn, namespace, op["id"], op.get("if_version"), label)
+                self._delete(txn, index, namespace, op["id"], op.get("if_version"), label)
                 results.append({"id": op["id"], "deleted": True})
         return _ok(index, results=results)
 
@@ -381,7 +446,7 @@ class ContextStore:
                 continue
             if record["expires_at"] is None or record["expires_at"] > c["now"]:
                 continue
-            self._delete(txn, namespace, context_id, None, context_id)
+            self._delete(txn, index, namespace, context_id, None, context_id, "expire")
             expired += 1
         return _ok(index, expired=expired)
 
@@ -483,6 +548,29 @@ class ContextStore:
                 record = self._get_record(txn, key[8:])
                 if record is not None:
                     found.append((namespace, context_id, record["version"]))
+        return found
+
+    def changes_after(self, version: int, position: int | None = None, limit: int = 1000) -> list[Change]:
+        """Changes after ``version`` (after its change ``position`` if given), in commit order.
+
+        Raises HistoryTrimmed when some of those changes were already trimmed.
+        """
+        start = _U64.pack(version) + _U32.pack(position + 1) if position is not None else _U64.pack(version + 1)
+        found: list[Change] = []
+        with self._lock, self._env.begin() as txn:
+            raw = txn.get(_TRIMMED, db=self._dbs[b"meta"])
+            trimmed = _U64.unpack(raw)[0] if raw else 0
+            if version < trimmed:
+                raise HistoryTrimmed(version, trimmed)
+            cursor = txn.cursor(db=self._dbs[b"changes"])
+            if not cursor.set_range(start):
+                return found
+            for key, value in cursor:
+                if len(found) == limit:
+                    break
+                namespace, context_id, kind, action = orjson.loads(value)
+                found.append(Change(_U64.unpack(key[:8])[0], _U32.unpack(key[8:])[0], namespace,
+                                    context_id, kind, action))
         return found
 
     def nodes(self) -> list[dict[str, Any]]:

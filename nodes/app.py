@@ -24,6 +24,7 @@ from mcpdb import __version__
 from mcpdb.model import BatchIn, ContextIn, Kind, Turn, TurnsIn
 from mcpdb.service import Consistency
 from nodes.chat_api import add_chat_routes
+from nodes.watch_api import add_watch_routes
 from nodes.docs import mount_offline_docs
 from nodes.middleware import RequestGate
 from nodes.fast_reads import FastContextReads
@@ -205,4 +206,5 @@ def create_app(runtime: NodeRuntime) -> Any:
         return await service.batch(namespace, body)
 
     add_chat_routes(app, runtime)
+    add_watch_routes(app, runtime)
     return RequestGate(FastContextReads(app, service), runtime.config.token, runtime.config.max_body_bytes)

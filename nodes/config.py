@@ -7,6 +7,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from mcpdb.store import DEFAULT_CHANGE_HISTORY
+
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -57,6 +59,7 @@ class NodeConfig:
     request_timeout: float = 3.0
     max_body_bytes: int = 1 << 20
     compaction_min_entries: int = 50_000
+    change_history: int = DEFAULT_CHANGE_HISTORY
     unsafe_stale_reads: bool = False
     advertise_url: str | None = None
     # Inference: a llama.cpp worker on this node (the bundled model unless model_path).
@@ -88,6 +91,8 @@ class NodeConfig:
                               "(--token-file or MCPDB_TOKEN)")
         if self.request_timeout <= 0:
             raise ConfigError("--request-timeout must be positive")
+        if self.change_history < 1:
+            raise ConfigError("--change-history must be at least 1")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
         self._validate_inference()

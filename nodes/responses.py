@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from mcpdb.model import InvalidName
 from mcpdb.replication import Indeterminate, Unavailable
 from mcpdb.service import NotFound, Refused
+from mcpdb.store import HistoryTrimmed
+from mcpdb.watch import InvalidCursor
 
 
 class FastJSON(JSONResponse):
@@ -30,17 +32,21 @@ class InvalidHeader(ValueError):
 
 
 # The request-level failures every route may raise, each with its status.
-DOMAIN_ERRORS = (InvalidName, InvalidHeader, NotFound, Refused, Unavailable)
+DOMAIN_ERRORS = (InvalidName, InvalidHeader, InvalidCursor, NotFound, Refused, Unavailable, HistoryTrimmed)
 
 
 def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, Any]]:
-    """Status, error code, message and extra fields for one of DOMAIN_ERRORS: 400 bad name or header,
-    404, 409 (400 for an invalid command), 503 with Retry-After and whether a write certainly did not
+    """Status, error code, message and extra fields for one of DOMAIN_ERRORS: 400 bad name, header or
+    watch cursor, 404, 410 history trimmed, 409 (400 for an invalid command), 503 with Retry-After and whether a write certainly did not
     apply. Shared by the HTTP error responses and the chat worker's error events."""
     if isinstance(exc, InvalidName):
         return 400, "invalid_name", str(exc), {}
     if isinstance(exc, InvalidHeader):
         return 400, "invalid_header", str(exc), {}
+    if isinstance(exc, InvalidCursor):
+        return 400, "invalid_cursor", str(exc), {}
+    if isinstance(exc, HistoryTrimmed):
+        return 410, "compacted", str(exc), {"oldest_version": exc.oldest}
     if isinstance(exc, NotFound):
         return 404, "not_found", exc.message, {}
     if isinstance(exc, Refused):

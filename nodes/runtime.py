@@ -28,6 +28,7 @@ from mcpdb.replication import RaftSettings, Replication, Unavailable
 from mcpdb.scheduler import Policy
 from mcpdb.service import ContextService
 from mcpdb.store import ContextStore
+from mcpdb.watch import ChangeFeed
 from nodes.chat_front import ChatFront
 from nodes.chat_worker import ChatWorker
 from nodes.config import NodeConfig
@@ -45,7 +46,7 @@ class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.started_at = time.time()
-        self.store = ContextStore(os.path.join(config.data_dir, "store"))
+        self.store = ContextStore(os.path.join(config.data_dir, "store"), change_history=config.change_history)
         settings = RaftSettings(
             self_addr=config.raft_addr,
             peers=config.peers,
@@ -56,6 +57,8 @@ class NodeRuntime:
             max_entry_bytes=config.max_body_bytes,
         )
         self.replication = Replication(settings, self.store)
+        self.change_feed = ChangeFeed(self.store)
+        self.replication.raft.on_commit(self.change_feed.on_commit)
         self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
         self.service = ContextService(self.replication, self.barrier, config.request_timeout,
                                       unsafe_stale_reads=config.unsafe_stale_reads)
