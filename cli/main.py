@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench, chat, ctx, jepsen, node, session, status, up, watch
+from cli import bench, chat, ctx, jepsen, mcp_stdio, node, session, status, token, up, watch
 from cli.errors import CliError, fail
 from nodes.config import ConfigError
 
@@ -14,11 +14,13 @@ app.add_typer(node.app, name="node")
 app.add_typer(ctx.app, name="ctx")
 app.add_typer(session.app, name="session")
 app.add_typer(bench.app, name="bench")
+app.add_typer(token.app, name="token")
 app.command("up")(up.up)
 app.command("status")(status.status)
 app.command("jepsen")(jepsen.jepsen)
 app.command("chat")(chat.chat)
 app.command("watch")(watch.watch)
+app.command("mcp")(mcp_stdio.mcp)
 
 
 def run() -> None:

@@ -55,6 +55,10 @@ class NotFound(McpdbError):
     """404: no such context (or route)."""
 
 
+class Forbidden(McpdbError):
+    """403: the token's scope in that namespace is too weak."""
+
+
 class Conflict(McpdbError):
     """409: version mismatch or wrong kind; ``current_version`` is the server's."""
 
@@ -71,7 +75,7 @@ class Unavailable(McpdbError):
         return str(self.body.get("applied", "unknown"))
 
 
-_ERRORS: dict[int, type[McpdbError]] = {400: InvalidRequest, 401: Unauthorized, 404: NotFound,
+_ERRORS: dict[int, type[McpdbError]] = {400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound,
                                         409: Conflict, 413: InvalidRequest, 422: InvalidRequest}
 
 
@@ -110,6 +114,9 @@ def _decide(call: _Call, response: httpx.Response | None, error: Exception | Non
     if response.status_code < 300:
         return body
     message = body.get("message") or body.get("detail") or response.reason_phrase
+    if response.status_code == 429:  # rate limited: nothing happened, try again when allowed
+        retry_after = response.headers.get("Retry-After", "")
+        raise _Retry(float(retry_after) if retry_after.isdigit() else backoff, McpdbError(message, 429, body))
     if response.status_code == 503:
         failure = Unavailable(message, 503, body)
         if failure.applied == "no" or call.idempotent:
@@ -394,6 +401,19 @@ class Client(_Base):
 
     def node(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/v1/node", True))
+
+    def create_token(self, scopes: dict[str, str], description: str = "",
+                     rate_limit: float | None = None) -> dict[str, Any]:
+        """A new token (``{"token", "id", "scopes", ...}``); not retried after an unknown outcome,
+        since a retry would mint a second token."""
+        return self._send(_Call("POST", "/v1/tokens", False,
+                                json={"scopes": scopes, "description": description, "rate_limit": rate_limit}))
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self._send(_Call("GET", "/v1/tokens", True))["items"]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self._send(_Call("DELETE", f"/v1/tokens/{token_id}", True))
 
     def close(self) -> None:
         self._http.close()

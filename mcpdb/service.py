@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
 from mcpdb.barrier import ReadBarrier
 from mcpdb.model import BatchIn, Turn, check_context_id, check_namespace, context_fields
 from mcpdb.replication import Replication
@@ -149,6 +150,23 @@ class ContextService:
             return 0
         result = await self._write({"op": "expire", "items": [list(item) for item in due]})
         return int(result["expired"])
+
+    async def create_token(self, scopes: dict[str, Scope], description: str,
+                           rate_limit: float | None = None) -> dict[str, Any]:
+        """Mint a scoped token; the secret is in the answer only, the store keeps its hash."""
+        for namespace in scopes:
+            if namespace != ALL_NAMESPACES:
+                check_namespace(namespace)
+        token, token_id, digest = new_token()
+        stored = {"id": token_id, "hash": digest, "description": description, "rate_limit": rate_limit,
+                  "scopes": {namespace: scope.value for namespace, scope in scopes.items()}}
+        result = await self._write({"op": "create_token", "token": stored})
+        return {"token": token, "id": token_id, "scopes": stored["scopes"], "description": description,
+                "rate_limit": rate_limit, "version": result["version"]}
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result = await self._write({"op": "revoke_token", "id": token_id})
+        return {"id": token_id, "revoked": True, "version": result["version"]}
 
     async def register_node(self, node: dict[str, Any]) -> None:
         await self._write({"op": "register_node", "node": node})

@@ -16,6 +16,7 @@ Layout (named LMDB databases, keys are bytes):
 - ``expiry``: ``expires_at_ms(8 bytes) ns \\0 id`` -> b"" (ordered by deadline)
 - ``idem``:   ``ns \\0 id \\0 key`` -> result of the append that used that key
 - ``nodes``:  ``node id`` -> registration of a cluster member (JSON)
+- ``tokens``: ``token id`` -> scoped token (JSON: id, SHA-256 of its secret, scopes)
 - ``changes``: ``version(8 bytes) position(4 bytes)`` -> one change to a context
               (JSON: namespace, id, kind, action), the history watches read;
               the oldest versions are trimmed past ``change_history`` changes
@@ -56,7 +57,7 @@ _log = logging.getLogger(__name__)
 
 _U64 = struct.Struct(">Q")
 _SEP = b"\x00"
-_DB_NAMES = (b"meta", b"ctx", b"turns", b"expiry", b"idem", b"nodes", b"changes")
+_DB_NAMES = (b"meta", b"ctx", b"turns", b"expiry", b"idem", b"nodes", b"tokens", b"changes")
 _APPLIED = b"applied"
 _TRIMMED = b"changes_trimmed"
 _U32 = struct.Struct(">I")
@@ -458,6 +459,17 @@ class ContextStore:
         txn.delete(c["id"].encode(), db=self._dbs[b"nodes"])
         return _ok(index)
 
+    def _apply_create_token(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        record = {**c["token"], "created_at": c["now"], "version": index}
+        if not txn.put(record["id"].encode(), orjson.dumps(record), db=self._dbs[b"tokens"], overwrite=False):
+            raise _Abort(_fail("conflict", f"token {record['id']} already exists"))
+        return _ok(index)
+
+    def _apply_revoke_token(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+        if not txn.delete(c["id"].encode(), db=self._dbs[b"tokens"]):
+            raise _Abort(_fail("not_found", f"token {c['id']} does not exist"))
+        return _ok(index)
+
     # ------------------------------------------------------------------ reads
     def _materialise(self, txn: lmdb.Transaction, namespace: str, context_id: str,
                      record: dict[str, Any], with_turns: bool) -> dict[str, Any]:
@@ -533,6 +545,25 @@ class ContextStore:
                 items.append(self._materialise(txn, namespace, context_id, record, with_turns=False))
         return Page(items, next_cursor)
 
+    def scan(self, after: tuple[str, str] | None = None, kind: str | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+        """Contexts of every namespace in (namespace, id) order after ``after``; without turns."""
+        items: list[dict[str, Any]] = []
+        with self._lock, self._env.begin() as txn:
+            cur = txn.cursor(db=self._dbs[b"ctx"])
+            positioned = cur.set_range(_key(*after) + _SEP) if after else cur.first()
+            if not positioned:
+                return items
+            for key, value in cur:
+                record = orjson.loads(value)
+                if kind is not None and record["kind"] != kind:
+                    continue
+                namespace, context_id = key.decode().split("\x00", 1)
+                items.append(self._materialise(txn, namespace, context_id, record, with_turns=False))
+                if len(items) == limit:
+                    break
+        return items
+
     def expired(self, now: float, limit: int = 1000) -> list[tuple[str, str, int]]:
         """Contexts whose TTL ran out by ``now``; the leader proposes their expiry."""
         found: list[tuple[str, str, int]] = []
@@ -575,6 +606,15 @@ class ContextStore:
 
     def nodes(self) -> list[dict[str, Any]]:
         with self._lock, self._env.begin(db=self._dbs[b"nodes"]) as txn:
+            return [orjson.loads(value) for _, value in txn.cursor()]
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        with self._lock, self._env.begin(db=self._dbs[b"tokens"]) as txn:
+            raw = txn.get(token_id.encode())
+        return orjson.loads(raw) if raw is not None else None
+
+    def tokens(self) -> list[dict[str, Any]]:
+        with self._lock, self._env.begin(db=self._dbs[b"tokens"]) as txn:
             return [orjson.loads(value) for _, value in txn.cursor()]
 
     def count_by_kind(self) -> dict[str, int]:
@@ -657,4 +697,6 @@ _APPLIERS = {
     "expire": ContextStore._apply_expire,
     "register_node": ContextStore._apply_register_node,
     "deregister_node": ContextStore._apply_deregister_node,
+    "create_token": ContextStore._apply_create_token,
+    "revoke_token": ContextStore._apply_revoke_token,
 }

@@ -19,11 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from mcpdb import __version__
 from mcpdb.model import BatchIn, ContextIn, Kind, Turn, TurnsIn
 from mcpdb.service import Consistency
 from nodes.chat_api import add_chat_routes
+from nodes.mcp_server import McpServer
+from nodes.token_api import add_token_routes
 from nodes.watch_api import add_watch_routes
 from nodes.docs import mount_offline_docs
 from nodes.middleware import RequestGate
@@ -60,10 +63,13 @@ class MemberIn(BaseModel):
 def create_app(runtime: NodeRuntime) -> Any:
     """Build the ASGI app of one node, wrapped in auth and body-size middleware."""
 
+    mcp = McpServer(runtime)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        yield
+        async with mcp.running():
+            yield
         await runtime.stop()
 
     app = FastAPI(title="mcpdb", version=__version__, default_response_class=FastJSON,
@@ -207,4 +213,7 @@ def create_app(runtime: NodeRuntime) -> Any:
 
     add_chat_routes(app, runtime)
     add_watch_routes(app, runtime)
-    return RequestGate(FastContextReads(app, service), runtime.config.token, runtime.config.max_body_bytes)
+    add_token_routes(app, runtime)
+    # The MCP endpoint is the SDK's own ASGI app (streamable HTTP: POST, GET stream, DELETE).
+    app.router.routes.append(Route("/mcp", endpoint=mcp.asgi, methods=["GET", "POST", "DELETE"]))
+    return RequestGate(FastContextReads(app, service), runtime.authenticator, runtime.config.max_body_bytes)

@@ -19,11 +19,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from mcpdb.auth import Scope
 from mcpdb.chat_request import ChatRequest
+from nodes.access import principal_of
 from nodes.chat_worker import WorkOrder
 from nodes.responses import FastJSON, InvalidHeader
 from nodes.responses import error_response as error
@@ -94,11 +96,14 @@ def add_chat_routes(app: FastAPI, runtime: Any) -> None:
             for name in runtime.scheduler.served_models()]}
 
     @app.post("/v1/chat/completions", tags=["inference"])
-    async def chat_completions(request: ChatRequest,
+    async def chat_completions(request: ChatRequest, http: Request,
                                idempotency_key: Annotated[str | None, Header()] = None) -> Any:
         """OpenAI-compatible chat. With ``namespace`` + ``session_id`` the stored context is assembled
         and the new user message and the reply are appended to the session exactly once
         (``Idempotency-Key`` makes a retry return the first reply instead of a second)."""
+        if request.namespace is not None:
+            needed = Scope.write if request.session_id is not None else Scope.read
+            principal_of(http).check(request.namespace, needed)
         key = _idempotency_key(idempotency_key)
         events = runtime.front.complete(request, key)
         # Wait for the first text (or the error) before answering: a request that cannot be served

@@ -1,4 +1,4 @@
-"""The gate every request passes before FastAPI: token, JSON bodies, size limit.
+"""The gate every request passes before FastAPI: token, access, rate limit, JSON bodies, size limit.
 
 One plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which adds a
 task hop per request, and not three stacked ones, which add three awaits):
@@ -7,13 +7,15 @@ it runs on every request of the hot paths.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
 
+from mcpdb.rate_limit import TokenBuckets
+from mcpdb.replication import Unavailable
+from nodes.access import PRINCIPAL_KEY, PUBLIC_PATHS, Authenticator, path_refusal
+
 ASGIApp = Any
-UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -27,10 +29,12 @@ async def _send_error(send: Any, status: int, error: str, message: str,
 
 
 class RequestGate:
-    """Bearer token, JSON bodies whatever their Content-Type, and the body-size limit.
+    """Bearer token, access rules, rate limits, JSON bodies whatever their Content-Type, body size.
 
-    - ``Authorization: Bearer <token>`` on every path except health checks
-      (constant-time comparison), when the node has a token.
+    - ``Authorization: Bearer <token>`` on every path except health checks,
+      when the node has a bootstrap token (see nodes.access); the principal is
+      left in the ASGI scope for routes that check namespaces of their own.
+    - A token with a rate limit gets 429 with Retry-After past it.
     - ``curl -d`` sends ``application/x-www-form-urlencoded``; FastAPI would
       then not parse the body and report a confusing schema error. Dropping a
       non-JSON Content-Type on /v1 lets FastAPI's lenient mode parse it as
@@ -39,21 +43,19 @@ class RequestGate:
       streaming, before the application buffers them.
     """
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, max_body_bytes: int) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.authenticator = authenticator
         self.limit = max_body_bytes
+        self.buckets = TokenBuckets()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.expected is not None and scope["path"] not in UNAUTHENTICATED_PATHS:
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-                await _send_error(send, 401, "unauthorized", "missing or wrong bearer token",
-                                  [(b"www-authenticate", b'Bearer realm="mcpdb"')])
-                return
+        if scope["path"] not in PUBLIC_PATHS and not await self._admitted(scope, headers, send):
+            return
         if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
@@ -66,6 +68,32 @@ class RequestGate:
                 and not content_type.startswith(b"application/json"):
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]}
         await self._limited(scope, receive, send)
+
+    async def _admitted(self, scope: dict[str, Any], headers: dict[bytes, bytes], send: Any) -> bool:
+        """Authenticate, apply the path's access rule and the token's rate limit; answer if refused."""
+        try:
+            principal = await self.authenticator.principal(headers.get(b"authorization"))
+        except Unavailable as error:
+            await _send_error(send, 503, "unavailable", f"cannot check the token now: {error}",
+                              [(b"retry-after", str(error.retry_after).encode())])
+            return False
+        if principal is None:
+            await _send_error(send, 401, "unauthorized", "missing, wrong or revoked bearer token",
+                              [(b"www-authenticate", b'Bearer realm="mcpdb"')])
+            return False
+        refusal = path_refusal(principal, scope["method"], scope["path"])
+        if refusal is not None:
+            await _send_error(send, refusal.status, refusal.error, refusal.message)
+            return False
+        if principal.rate_limit is not None and principal.token_id is not None:
+            wait = self.buckets.take(principal.token_id, principal.rate_limit)
+            if wait:
+                await _send_error(send, 429, "rate_limited",
+                                  f"this token is limited to {principal.rate_limit:g} requests/s per node",
+                                  [(b"retry-after", str(max(1, round(wait))).encode())])
+                return False
+        scope[PRINCIPAL_KEY] = principal
+        return True
 
     async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         received = 0

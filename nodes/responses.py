@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from fastapi.responses import JSONResponse
 
+from mcpdb.auth import Forbidden, Hidden
 from mcpdb.model import InvalidName
 from mcpdb.replication import Indeterminate, Unavailable
 from mcpdb.service import NotFound, Refused
@@ -32,12 +33,13 @@ class InvalidHeader(ValueError):
 
 
 # The request-level failures every route may raise, each with its status.
-DOMAIN_ERRORS = (InvalidName, InvalidHeader, InvalidCursor, NotFound, Refused, Unavailable, HistoryTrimmed)
+DOMAIN_ERRORS = (InvalidName, InvalidHeader, InvalidCursor, NotFound, Refused, Unavailable, HistoryTrimmed,
+                 Hidden, Forbidden)
 
 
 def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, Any]]:
     """Status, error code, message and extra fields for one of DOMAIN_ERRORS: 400 bad name, header or
-    watch cursor, 404, 410 history trimmed, 409 (400 for an invalid command), 503 with Retry-After and whether a write certainly did not
+    watch cursor, 403 scope too weak, 404 (also a namespace the token holds no scope in), 410 history trimmed, 409 (400 for an invalid command), 503 with Retry-After and whether a write certainly did not
     apply. Shared by the HTTP error responses and the chat worker's error events."""
     if isinstance(exc, InvalidName):
         return 400, "invalid_name", str(exc), {}
@@ -49,6 +51,10 @@ def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, Any]]:
         return 410, "compacted", str(exc), {"oldest_version": exc.oldest}
     if isinstance(exc, NotFound):
         return 404, "not_found", exc.message, {}
+    if isinstance(exc, Hidden):
+        return 404, "not_found", str(exc), {}
+    if isinstance(exc, Forbidden):
+        return 403, "forbidden", str(exc), {}
     if isinstance(exc, Refused):
         return (400 if exc.error == "invalid_command" else 409), exc.error, exc.message, \
             {"current_version": exc.current_version}

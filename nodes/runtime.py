@@ -26,10 +26,11 @@ from mcpdb.inference import Worker, WorkerSettings, default_model_path
 from mcpdb.loadboard import HEARTBEAT_S
 from mcpdb.replication import RaftSettings, Replication, Unavailable
 from mcpdb.scheduler import Policy
-from mcpdb.service import ContextService
+from mcpdb.service import Consistency, ContextService
 from mcpdb.store import ContextStore
 from mcpdb.watch import ChangeFeed
 from nodes.chat_front import ChatFront
+from nodes.access import Authenticator
 from nodes.chat_worker import ChatWorker
 from nodes.config import NodeConfig
 from nodes.metrics import NodeMetrics
@@ -62,6 +63,8 @@ class NodeRuntime:
         self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
         self.service = ContextService(self.replication, self.barrier, config.request_timeout,
                                       unsafe_stale_reads=config.unsafe_stale_reads)
+        self.authenticator = Authenticator(config.token, self.store,
+                                           lambda: self.service.read_index(Consistency.linearizable))
         self.metrics = NodeMetrics(self)
         self.worker: Worker | None = None
         self.chat_worker: ChatWorker | None = None

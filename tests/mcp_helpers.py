@@ -1,0 +1,40 @@
+"""MCP client sessions for the tests, through the official SDK's own client (HTTP and stdio)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+
+def mcpdb_command() -> str:
+    found = shutil.which("mcpdb", path=str(Path(sys.executable).parent))
+    assert found is not None, "the mcpdb console script is not installed in this environment"
+    return found
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(url: str, token: str | None = None, transport: str = "http", mode: str = "legacy",
+                      notifications: asyncio.Queue[Any] | None = None) -> AsyncIterator[Client]:
+    """An initialized client session; server notifications go to ``notifications``."""
+
+    async def on_message(message: Any) -> None:
+        if notifications is not None and getattr(message, "method", None):
+            await notifications.put(message)
+
+    if transport == "http":
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        server: Any = streamable_http_client(url + "/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=30))
+    else:
+        args = ["mcp", "--url", url] + (["--token", token] if token else [])
+        server = StdioServerParameters(command=mcpdb_command(), args=args)
+    async with Client(server, mode=mode, message_handler=on_message) as client:
+        yield client
