@@ -34,6 +34,8 @@ def start(
         help="'durable': fsync the journal before acknowledging; 'fast': rely on the page cache.")] = "durable",
     request_timeout: Annotated[float, typer.Option(help="Seconds before a write or read barrier gets 503.")] = 3.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest accepted request body.")] = 1 << 20,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds a client may take to send a request body (then 408).")] = 10.0,
     compaction_entries: Annotated[int, typer.Option(help="Log entries that trigger a snapshot.")] = 50_000,
     change_history: Annotated[int, typer.Option(
         help="Changes kept for watches to resume from (oldest trimmed first).")] = DEFAULT_CHANGE_HISTORY,
@@ -79,7 +81,7 @@ def start(
         cluster_secret=read_secret(str(cluster_secret_file) if cluster_secret_file else None,
                                    "MCPDB_CLUSTER_SECRET"),
         durable=durability == "durable", request_timeout=request_timeout,
-        max_body_bytes=max_body_bytes, compaction_min_entries=compaction_entries,
+        max_body_bytes=max_body_bytes, body_timeout=body_timeout, compaction_min_entries=compaction_entries,
         change_history=change_history,
         advertise_url=advertise_url, unsafe_stale_reads=unsafe_stale_reads,
         inference=inference, model_path=str(model) if model else None, n_ctx=n_ctx, threads=threads,

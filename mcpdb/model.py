@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 CONTEXT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
@@ -24,6 +24,23 @@ KINDS = ("instruction", "profile", "session", "guardrail", "task", "memory")
 Kind = Literal["instruction", "profile", "session", "guardrail", "task", "memory"]
 
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+# Free-form objects nest at most this deep: deeper documents are refused (422) rather than
+# stored for every reader to choke on (recursive decoders, Python's recursion limit).
+MAX_JSON_DEPTH = 32
+
+
+def _depth_checked(value: dict[str, Any]) -> dict[str, Any]:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_depth_checked)]
 
 
 class InvalidName(ValueError):
@@ -60,11 +77,11 @@ class Turn(_Strict):
     role: Literal["system", "user", "assistant", "tool"]
     content: str
     timestamp: float | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class _ContextBase(_Strict):
-    data: dict[str, Any] = Field(default_factory=dict, description="free-form extension fields")
+    data: JsonObject = Field(default_factory=dict, description="free-form extension fields")
     ttl: int | None = Field(
         default=None, ge=1, le=MAX_TTL_SECONDS, description="seconds until the context expires"
     )
@@ -83,7 +100,7 @@ class InstructionIn(_ContextBase):
 class ProfileIn(_ContextBase):
     kind: Literal["profile"]
     name: str | None = None
-    preferences: dict[str, Any] = Field(default_factory=dict)
+    preferences: JsonObject = Field(default_factory=dict)
     goals: list[str] = Field(default_factory=list)
 
 

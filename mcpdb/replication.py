@@ -55,6 +55,10 @@ def check_pysyncobj_version() -> None:
         )
 
 
+class Unserializable(ValueError):
+    """A command holding a value JSON cannot carry (an integer beyond 64 bits, a lone surrogate)."""
+
+
 class Unavailable(Exception):
     """The cluster could not take the request now; ``retry_after`` is a hint in seconds."""
 
@@ -257,7 +261,11 @@ class Replication:
         def done(result: Any, error: int) -> None:
             self.raft.defer(lambda: loop.call_soon_threadsafe(_settle, future, result, error))
 
-        self.raft._apply_entry(orjson.dumps(command), callback=done)
+        try:
+            payload = orjson.dumps(command)
+        except orjson.JSONEncodeError as error:  # refused before anything enters the log
+            raise Unserializable(f"the request holds a value that cannot be stored: {error}") from None
+        self.raft._apply_entry(payload, callback=done)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Union
 from fastapi import Body, FastAPI, Header, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
@@ -25,13 +25,14 @@ from mcpdb import __version__
 from mcpdb.model import BatchIn, ContextIn, Kind, Turn, TurnsIn
 from mcpdb.service import Consistency
 from nodes.chat_api import add_chat_routes
+from nodes.config import ConfigError, split_host_port
 from nodes.mcp_server import McpServer
 from nodes.token_api import add_token_routes
 from nodes.watch_api import add_watch_routes
 from nodes.docs import mount_offline_docs
 from nodes.middleware import RequestGate
 from nodes.fast_reads import FastContextReads
-from nodes.responses import DOMAIN_ERRORS, FastJSON, InvalidHeader, error_for
+from nodes.responses import DOMAIN_ERRORS, ContextIdPath, FastJSON, InvalidHeader, NamespacePath, error_for
 from nodes.responses import error_response as _error
 from nodes.runtime import NodeRuntime
 
@@ -58,6 +59,17 @@ def _versioned(body: dict[str, Any], version: int, status: int = 200) -> FastJSO
 
 class MemberIn(BaseModel):
     raft_addr: str = Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+    @field_validator("raft_addr")
+    @classmethod
+    def _reachable_address(cls, value: str) -> str:
+        try:
+            host, _ = split_host_port(value, "raft_addr")
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        if host in ("0", "0.0.0.0", "::") or host.startswith("0."):
+            raise ValueError("raft_addr must be an address other nodes can reach, not a wildcard")
+        return value
 
 
 def create_app(runtime: NodeRuntime) -> Any:
@@ -100,6 +112,9 @@ def create_app(runtime: NodeRuntime) -> Any:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> FastJSON:
+        if exc.status_code == 400:  # the body could not be decoded at all
+            return _error(400, "invalid_json", "request body is not valid JSON: not UTF-8, malformed, "
+                          "or nested deeper than the decoder allows")
         name = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, name, str(exc.detail))
 
@@ -159,7 +174,7 @@ def create_app(runtime: NodeRuntime) -> Any:
     ns_path = "/v1/namespaces/{namespace}"
 
     @app.put(ns_path + "/contexts/{context_id}", tags=["contexts"])
-    async def put_context(namespace: str, context_id: str,
+    async def put_context(namespace: NamespacePath, context_id: ContextIdPath,
                           context: Annotated[ContextIn, Body()],
                           if_match: Annotated[str | None, Header()] = None,
                           if_none_match: Annotated[str | None, Header()] = None) -> FastJSON:
@@ -170,20 +185,20 @@ def create_app(runtime: NodeRuntime) -> Any:
         return _versioned(result, result["version"], 201 if result["created"] else 200)
 
     @app.get(ns_path + "/contexts/{context_id}", tags=["contexts"])
-    async def get_context(namespace: str, context_id: str,
+    async def get_context(namespace: NamespacePath, context_id: ContextIdPath,
                           consistency: Consistency = Consistency.linearizable) -> FastJSON:
         """Read a context; linearizable by default, ``stale`` reads local state without a barrier."""
         record = await service.get(namespace, context_id, consistency)
         return _versioned(record, record["version"])
 
     @app.delete(ns_path + "/contexts/{context_id}", tags=["contexts"])
-    async def delete_context(namespace: str, context_id: str,
+    async def delete_context(namespace: NamespacePath, context_id: ContextIdPath,
                              if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Delete a context (404 if missing); ``If-Match`` makes it conditional."""
         return await service.delete(namespace, context_id, _version_header(if_match, None))
 
     @app.get(ns_path + "/contexts", tags=["contexts"])
-    async def list_contexts(namespace: str,
+    async def list_contexts(namespace: NamespacePath,
                             kind: Kind | None = None,
                             prefix: Annotated[str, Query(max_length=128)] = "",
                             limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -195,7 +210,7 @@ def create_app(runtime: NodeRuntime) -> Any:
         return {"items": page.items, "next_cursor": page.next_cursor}
 
     @app.post(ns_path + "/sessions/{session_id}/turns", tags=["sessions"])
-    async def append_turns(namespace: str, session_id: str,
+    async def append_turns(namespace: NamespacePath, session_id: ContextIdPath,
                            body: Annotated[Union[TurnsIn, Turn], Body()],
                            if_match: Annotated[str | None, Header()] = None,
                            idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
@@ -207,7 +222,7 @@ def create_app(runtime: NodeRuntime) -> Any:
                                     idempotency_key)
 
     @app.post(ns_path + "/batch", tags=["contexts"])
-    async def batch(namespace: str, body: BatchIn) -> dict[str, Any]:
+    async def batch(namespace: NamespacePath, body: BatchIn) -> dict[str, Any]:
         """Several puts and deletes as one log entry: all apply or none (409 names the op)."""
         return await service.batch(namespace, body)
 
@@ -216,4 +231,5 @@ def create_app(runtime: NodeRuntime) -> Any:
     add_token_routes(app, runtime)
     # The MCP endpoint is the SDK's own ASGI app (streamable HTTP: POST, GET stream, DELETE).
     app.router.routes.append(Route("/mcp", endpoint=mcp.asgi, methods=["GET", "POST", "DELETE"]))
-    return RequestGate(FastContextReads(app, service), runtime.authenticator, runtime.config.max_body_bytes)
+    return RequestGate(FastContextReads(app, service), runtime.authenticator, runtime.config.max_body_bytes,
+                       runtime.config.body_timeout)

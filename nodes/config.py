@@ -58,6 +58,7 @@ class NodeConfig:
     durable: bool = True
     request_timeout: float = 3.0
     max_body_bytes: int = 1 << 20
+    body_timeout: float = 10.0
     compaction_min_entries: int = 50_000
     change_history: int = DEFAULT_CHANGE_HISTORY
     unsafe_stale_reads: bool = False
@@ -93,6 +94,8 @@ class NodeConfig:
             raise ConfigError("--request-timeout must be positive")
         if self.change_history < 1:
             raise ConfigError("--change-history must be at least 1")
+        if self.body_timeout <= 0:
+            raise ConfigError("--body-timeout must be positive")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
         self._validate_inference()

@@ -7,6 +7,7 @@ it runs on every request of the hot paths.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -41,12 +42,17 @@ class RequestGate:
       JSON, so a bad body gets the precise 400/422 it deserves.
     - Bodies over ``max_body_bytes`` get 413, by Content-Length or while
       streaming, before the application buffers them.
+    - A body not received in full within ``body_timeout`` seconds (a client
+      trickling it, or gone quiet) gets 408, and the request never reaches
+      a route, so nothing is written.
     """
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, max_body_bytes: int,
+                 body_timeout: float) -> None:
         self.app = app
         self.authenticator = authenticator
         self.limit = max_body_bytes
+        self.body_timeout = body_timeout
         self.buckets = TokenBuckets()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -61,7 +67,7 @@ class RequestGate:
             return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+            await _send_error(send, 413, "body_too_large", self._too_large)
             return
         content_type = headers.get(b"content-type")
         if content_type is not None and scope["path"].startswith("/v1/") \
@@ -97,34 +103,45 @@ class RequestGate:
 
     async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         received = 0
-        answered = False  # a response (the app's or our 413) has started
+        app_answered = False  # the app's response has started
+        refused = False  # we answered 413 or 408 ourselves; the app only ever sees a disconnect
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
+
+        async def refuse(status: int, error: str, message: str) -> dict[str, Any]:
+            nonlocal refused
+            if not refused and not app_answered:
+                refused = True
+                await _send_error(send, status, error, message)
+            # Raising here would let the framework turn it into a 400.
+            return {"type": "http.disconnect"}
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received, answered
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect while a response streams: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                return await refuse(408, "request_timeout",
+                                    f"the request body did not arrive within {self.body_timeout:g} s")
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    # Answer 413 now and show the app a disconnect: raising
-                    # here would let the framework turn it into a 400.
-                    if not answered:
-                        answered = True
-                        await self._refuse(send)
-                    return {"type": "http.disconnect"}
+                    return await refuse(413, "body_too_large", self._too_large)
             return message
 
         async def guarded_send(message: dict[str, Any]) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.start":
-                if answered:
-                    return
-                answered = True
-            elif received > self.limit:
-                return  # the app's reply to the disconnect; the client has our 413
+            nonlocal app_answered
+            if refused:
+                return  # the app's reply to the disconnect; the client has our answer
+            app_answered = True
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, send: Any) -> None:
-        await _send_error(send, 413, "body_too_large",
-                          f"request body exceeds the limit of {self.limit} bytes (--max-body-bytes)")
+    @property
+    def _too_large(self) -> str:
+        return f"request body exceeds the limit of {self.limit} bytes (--max-body-bytes)"

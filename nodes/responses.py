@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from fastapi import Path
 from fastapi.responses import JSONResponse
 
 from mcpdb.auth import Forbidden, Hidden
-from mcpdb.model import InvalidName
-from mcpdb.replication import Indeterminate, Unavailable
+from mcpdb.model import CONTEXT_ID_PATTERN, NAMESPACE_PATTERN, InvalidName
+from mcpdb.replication import Indeterminate, Unavailable, Unserializable
 from mcpdb.service import NotFound, Refused
 from mcpdb.store import HistoryTrimmed
 from mcpdb.watch import InvalidCursor
+
+
+# Path parameters as documented in OpenAPI. The pattern is documentation only: the service checks
+# names itself and answers 400 invalid_name (a 422 from FastAPI would say less).
+NamespacePath = Annotated[str, Path(description="1-63 of a-z 0-9 _ -", json_schema_extra={"pattern": NAMESPACE_PATTERN})]
+ContextIdPath = Annotated[str, Path(description="1-128 of A-Z a-z 0-9 _ . : @ -",
+                                    json_schema_extra={"pattern": CONTEXT_ID_PATTERN})]
 
 
 class FastJSON(JSONResponse):
@@ -34,17 +42,19 @@ class InvalidHeader(ValueError):
 
 # The request-level failures every route may raise, each with its status.
 DOMAIN_ERRORS = (InvalidName, InvalidHeader, InvalidCursor, NotFound, Refused, Unavailable, HistoryTrimmed,
-                 Hidden, Forbidden)
+                 Hidden, Forbidden, Unserializable)
 
 
 def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, Any]]:
     """Status, error code, message and extra fields for one of DOMAIN_ERRORS: 400 bad name, header or
-    watch cursor, 403 scope too weak, 404 (also a namespace the token holds no scope in), 410 history trimmed, 409 (400 for an invalid command), 503 with Retry-After and whether a write certainly did not
+    watch cursor, 422 a value JSON cannot store, 403 scope too weak, 404 (also a namespace the token holds no scope in), 410 history trimmed, 409 (400 for an invalid command), 503 with Retry-After and whether a write certainly did not
     apply. Shared by the HTTP error responses and the chat worker's error events."""
     if isinstance(exc, InvalidName):
         return 400, "invalid_name", str(exc), {}
     if isinstance(exc, InvalidHeader):
         return 400, "invalid_header", str(exc), {}
+    if isinstance(exc, Unserializable):
+        return 422, "invalid_value", str(exc), {}
     if isinstance(exc, InvalidCursor):
         return 400, "invalid_cursor", str(exc), {}
     if isinstance(exc, HistoryTrimmed):

@@ -22,6 +22,7 @@ from mcpdb.model import Kind, check_namespace
 from mcpdb.service import Consistency
 from mcpdb.store import Change, HistoryTrimmed
 from mcpdb.watch import Cursor, WatchFilter
+from nodes.responses import NamespacePath
 from nodes.runtime import NodeRuntime
 
 KEEPALIVE_S = 15.0
@@ -38,7 +39,7 @@ def add_watch_routes(app: FastAPI, runtime: NodeRuntime) -> None:
              response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}},
                         410: {"description": "the history no longer reaches back to `since`"}})
-    async def watch(namespace: str,
+    async def watch(namespace: NamespacePath,
                     prefix: Annotated[str, Query(max_length=128)] = "",
                     kind: Kind | None = None,
                     since: Annotated[str | None, Query(max_length=32, pattern=r"^\d+(\.\d+)?$")] = None,
