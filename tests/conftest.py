@@ -15,11 +15,12 @@ from mcpdb.localcluster import ClusterLayout, LocalCluster
 
 
 def start_cluster(tmp_path: Path, size: int = 3, extra_args: list[str] | None = None,
-                  token: str | None = None, inference: bool = False) -> LocalCluster:
+                  token: str | None = None, inference: bool = False,
+                  env: dict[str, str] | None = None) -> LocalCluster:
     """Store-only nodes unless ``inference``: loading a model per node is for the tests about it."""
     layout = ClusterLayout.fresh(size)
     layout.extra_args = (extra_args or []) + ([] if inference else ["--no-inference"])
-    cluster = LocalCluster(layout, tmp_path / "cluster", token=token)
+    cluster = LocalCluster(layout, tmp_path / "cluster", token=token, env=env)
     cluster.start_all()
     try:
         cluster.wait_ready(timeout=30)
