@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import anyio
 import httpx2
@@ -31,23 +31,16 @@ async def relay(url: str, token: str | None) -> None:
             streamable_http_client(url.rstrip("/") + "/mcp", http_client=http) as (from_node, to_node), \
             anyio.create_task_group() as relays:
 
-        async def upstream() -> None:
-            async for message in from_client:
-                if isinstance(message, Exception):
-                    print(f"mcpdb mcp: unreadable message from the client: {message}", file=sys.stderr)
+        async def pump(source: Any, sink: Any, source_name: str) -> None:
+            async for message in source:
+                if isinstance(message, Exception):  # one unreadable message; the session goes on
+                    print(f"mcpdb mcp: unreadable message from the {source_name}: {message}", file=sys.stderr)
                     continue
-                await to_node.send(message)
-            relays.cancel_scope.cancel()  # the client closed stdin: the session is over
+                await sink.send(message)
+            relays.cancel_scope.cancel()  # either side closed: the session is over
 
-        async def downstream() -> None:
-            async for message in from_node:
-                if isinstance(message, Exception):
-                    print(f"mcpdb mcp: {type(message).__name__}: {message}", file=sys.stderr)
-                    continue
-                await to_client.send(message)
-
-        relays.start_soon(upstream)
-        relays.start_soon(downstream)
+        relays.start_soon(pump, from_client, to_node, "client")
+        relays.start_soon(pump, from_node, to_client, "node")
 
 
 def mcp(url: Annotated[Optional[str], typer.Option(

@@ -402,6 +402,10 @@ class Client(_Base):
     def node(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/v1/node", True))
 
+    def overview(self) -> dict[str, Any]:
+        """The cluster as the dashboard shows it: leader, term, per-node load and rates."""
+        return self._send(_Call("GET", "/v1/overview", True))
+
     def create_token(self, scopes: dict[str, str], description: str = "",
                      rate_limit: float | None = None) -> dict[str, Any]:
         """A new token (``{"token", "id", "scopes", ...}``); not retried after an unknown outcome,

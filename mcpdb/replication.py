@@ -143,6 +143,8 @@ class RaftNode(SyncObj):
         # threads read this snapshot, refreshed by the Raft thread instead.
         self.status_snapshot: dict[str, Any] = {}
         self._status_taken = 0.0
+        self.leader_changes = 0  # times a leader other than the last one known was seen (the first counts)
+        self._last_leader: Any = None
         self.addOnTickCallback(self._commit_and_notify)
 
     @replicated
@@ -218,6 +220,10 @@ class RaftNode(SyncObj):
         if now - self._status_taken >= STATUS_PERIOD_S:
             self._status_taken = now
             self.status_snapshot = {**self.getStatus(), "log_first_index": self._SyncObj__raftLog[0][1]}
+            leader = self.status_snapshot["leader"]
+            if leader is not None and leader != self._last_leader:
+                self._last_leader = leader
+                self.leader_changes += 1
 
     @property
     def transport(self) -> McpdbTransport:

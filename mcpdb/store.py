@@ -155,6 +155,8 @@ class ContextStore:
         self._map_size = map_size
         self._change_history = change_history
         self._change_position = 0
+        self.snapshots_written = 0
+        self.snapshots_installed = 0
         self._group: lmdb.Transaction | None = None
         os.makedirs(directory, exist_ok=True)
         self.rebuilt_after_unclean_reboot = self._discard_if_untrusted()
@@ -653,6 +655,7 @@ class ContextStore:
                 tar.close()
                 raw.flush()
                 os.fsync(raw.fileno())
+        self.snapshots_written += 1
 
     def install_snapshot(self, path: str, snapshot_index: int | None = None) -> Any:
         """Load a snapshot; returns pysyncobj's bookkeeping stored in it.
@@ -685,6 +688,7 @@ class ContextStore:
                 self._set_current(generation)
                 self._env, self._dbs = self._open(generation)
                 shutil.rmtree(os.path.join(self._directory, old_generation), ignore_errors=True)
+                self.snapshots_installed += 1
         return raft_data
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from mcpdb.auth import ROOT, Forbidden, Hidden, Principal, Scope, principal_for, token_id_of
 from mcpdb.store import ContextStore
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/ui"})  # /ui is a static page; its data needs a token
 PRINCIPAL_KEY = "mcpdb.principal"
 _NAMESPACE_PATH = re.compile(r"^/v1/namespaces/([^/]+)(?:/|$)")
 _CLUSTER_ADMIN_PREFIXES = ("/v1/cluster/members", "/v1/internal/")

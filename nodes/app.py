@@ -27,6 +27,7 @@ from mcpdb.service import Consistency
 from nodes.chat_api import add_chat_routes
 from nodes.config import ConfigError, split_host_port
 from nodes.mcp_server import McpServer
+from nodes.overview_api import add_overview_routes
 from nodes.token_api import add_token_routes
 from nodes.watch_api import add_watch_routes
 from nodes.docs import mount_offline_docs
@@ -229,7 +230,8 @@ def create_app(runtime: NodeRuntime) -> Any:
     add_chat_routes(app, runtime)
     add_watch_routes(app, runtime)
     add_token_routes(app, runtime)
+    add_overview_routes(app, runtime)
     # The MCP endpoint is the SDK's own ASGI app (streamable HTTP: POST, GET stream, DELETE).
     app.router.routes.append(Route("/mcp", endpoint=mcp.asgi, methods=["GET", "POST", "DELETE"]))
     return RequestGate(FastContextReads(app, service), runtime.authenticator, runtime.config.max_body_bytes,
-                       runtime.config.body_timeout)
+                       runtime.config.body_timeout, runtime.metrics.requests)

@@ -4,7 +4,8 @@ Almost everything is read at scrape time from the state the node already
 keeps (Raft status, store counters, barrier counters, worker load, the
 leader's scheduling decisions), so scraping costs the request path nothing.
 Only what happens per request and is not kept elsewhere is observed as it
-happens: time to first token, once per generated reply.
+happens: time to first token, once per generated reply, and each HTTP
+request's route, status and latency (plain counters, see request_stats).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from nodes.request_stats import RequestStats
 
 ROLES = ("leader", "follower", "candidate", "replica", "starting")
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -32,6 +35,7 @@ class NodeMetrics:
         self.registry = CollectorRegistry()
         self.ttft = Histogram("mcpdb_inference_ttft_seconds", "Time from a request reaching its worker to "
                               "its first generated token.", buckets=TTFT_BUCKETS, registry=self.registry)
+        self.requests = RequestStats()
         self._runtime = runtime
         self.registry.register(self)
 
@@ -57,6 +61,14 @@ class NodeMetrics:
                      raft["log_entries"])
         yield _gauge("mcpdb_raft_has_quorum", "1 if this node, as leader, hears from a majority.",
                      1.0 if raft["has_quorum"] else 0.0)
+        yield CounterMetricFamily("mcpdb_raft_leader_changes", "Times the leader this node knows changed "
+                                  "(sampled every 0.1 s).", value=runtime.replication.raft.leader_changes)
+        store = runtime.store
+        yield CounterMetricFamily("mcpdb_raft_snapshots_written", "Snapshots (log compactions) this node wrote.",
+                                  value=store.snapshots_written)
+        yield CounterMetricFamily("mcpdb_raft_snapshots_installed", "Snapshots this node installed from the "
+                                  "leader (it was too far behind for the log).", value=store.snapshots_installed)
+        yield from self.requests.families()
         yield from self._store(runtime)
         barrier = runtime.barrier
         yield CounterMetricFamily("mcpdb_read_barrier_batches", "Read-index confirmations requested.",
@@ -92,6 +104,9 @@ class NodeMetrics:
         for node, count in sorted(scheduler.decisions.items()):
             assigned.add_metric([node], count)
         yield assigned
+        total = sum(scheduler.reasons.values())
+        yield _gauge("mcpdb_scheduler_affinity_hit_ratio", "Share of assignments sent to the worker already "
+                     "holding the session (reason=affinity).", scheduler.reasons["affinity"] / total if total else 0.0)
         reasons = CounterMetricFamily("mcpdb_scheduler_decisions", "Assignments by reason (affinity hits are "
                                       "reason=affinity).", labels=["reason"])
         for reason, count in sorted(scheduler.reasons.items()):

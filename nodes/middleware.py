@@ -8,6 +8,7 @@ it runs on every request of the hot paths.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ import orjson
 from mcpdb.rate_limit import TokenBuckets
 from mcpdb.replication import Unavailable
 from nodes.access import PRINCIPAL_KEY, PUBLIC_PATHS, Authenticator, path_refusal
+from nodes.request_stats import RequestStats
 
 ASGIApp = Any
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -42,14 +44,16 @@ class RequestGate:
       JSON, so a bad body gets the precise 400/422 it deserves.
     - Bodies over ``max_body_bytes`` get 413, by Content-Length or while
       streaming, before the application buffers them.
+    - Every answer is counted by route and status, with its latency (RequestStats).
     - A body not received in full within ``body_timeout`` seconds (a client
       trickling it, or gone quiet) gets 408, and the request never reaches
       a route, so nothing is written.
     """
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator, max_body_bytes: int,
-                 body_timeout: float) -> None:
+                 body_timeout: float, stats: RequestStats) -> None:
         self.app = app
+        self.stats = stats
         self.authenticator = authenticator
         self.limit = max_body_bytes
         self.body_timeout = body_timeout
@@ -59,6 +63,14 @@ class RequestGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        respond = send
+
+        async def send(message: dict[str, Any]) -> None:  # noqa: F811 - every answer below is timed
+            if message["type"] == "http.response.start":
+                self.stats.observe(scope["method"], scope["path"], message["status"], time.perf_counter() - started)
+            await respond(message)
+
         headers = dict(scope["headers"])
         if scope["path"] not in PUBLIC_PATHS and not await self._admitted(scope, headers, send):
             return

@@ -96,6 +96,11 @@ class NodeRuntime:
         if self.worker is not None:
             self._tasks += [asyncio.create_task(self._load_model()), asyncio.create_task(self._heartbeat_loop())]
 
+    def http_client(self) -> httpx.AsyncClient:
+        """The node's client for short calls to other nodes (carries the bootstrap token)."""
+        assert self._http is not None, "the runtime has not started"
+        return self._http
+
     async def stop(self) -> None:
         """Graceful shutdown: hand over leadership (or leave the registry, for a replica), stop duties,
         close Raft and LMDB."""

@@ -7,13 +7,17 @@ is the slow part); tests use their own sessions so they stay independent.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from mcpdb.localcluster import LocalCluster
+from tests.browser import chromium, pixels_of, rendered_dom, screenshot
 from tests.conftest import start_cluster
 
 pytestmark = pytest.mark.integration
@@ -186,3 +190,37 @@ def test_metrics_show_raft_store_and_inference_with_sane_values(llm_cluster: Loc
     leader = max(scraped.values(), key=lambda s: s["mcpdb_raft_role[('role', 'leader')]"])
     assert sum(v for k, v in leader.items() if k.startswith("mcpdb_scheduler_assignments_total")) >= 1
     assert leader.get("mcpdb_scheduler_decisions_total[('reason', 'affinity')]", 0) >= 1
+    assert 0 < leader["mcpdb_scheduler_affinity_hit_ratio[]"] <= 1
+    for samples in scraped.values():
+        assert samples["mcpdb_raft_leader_changes_total[]"] >= 1
+        assert samples["mcpdb_raft_snapshots_written_total[]"] >= 0
+        assert samples["mcpdb_raft_snapshots_installed_total[]"] >= 0
+    chats = "[('method', 'POST'), ('route', '/v1/chat/completions'), ('status', '200')]"
+    entry = scraped[running[0]]
+    assert entry[f"mcpdb_http_request_duration_seconds_count{chats}"] >= 2
+    assert entry[f"mcpdb_http_request_duration_seconds_sum{chats}"] > 0
+    scrape_route = "[('le', '+Inf'), ('method', 'GET'), ('route', '/metrics'), ('status', '200')]"
+    assert any(s.get(f"mcpdb_http_request_duration_seconds_bucket{scrape_route}", 0) >= 1 for s in scraped.values()) \
+        or len(running) == 1
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (scripts/setup installs it as root)")
+def test_dashboard_renders_the_cluster_in_a_browser(llm_cluster: LocalCluster, tmp_path: Path) -> None:
+    running = [spec for spec in llm_cluster.layout.nodes if llm_cluster.running(spec.node_id)]
+    url = running[0].url
+    model, session = _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        httpx.get(url + "/v1/overview", timeout=10)  # two samples, so rates exist
+        assert _chat(url, model, session, "Dashboard?").status_code == 200
+    dom = rendered_dom(url + "/ui")
+    assert 'data-ready="true"' in dom, dom[-2000:]
+    rows = re.findall(r"<tr><td>(n\d)</td><td><span class=\"role (\w+)\">", dom)
+    assert {node for node, _ in rows} >= {spec.node_id for spec in running}
+    assert [role for _, role in rows].count("leader") == 1
+    assert model in dom and "<polyline" in dom
+    pixels = screenshot(url + "/ui", tmp_path / "dashboard.png")
+    assert pixels.shape == (900, 1280, 3)
+    assert pixels_of(pixels, "#4ade80") > 50   # the leader's badge (and the tokens/s line)
+    assert pixels_of(pixels, "#38bdf8") > 50   # the requests/s line and the title
+    assert pixels_of(pixels, "#a78bfa") > 200  # assignment bars: the leader assigned the chats
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # a page, not a blank or error screen
