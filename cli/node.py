@@ -59,6 +59,13 @@ def start(
     shed_threshold: Annotated[float, typer.Option(
         help="Affinity gives way when the session's node has this many more requests per slot "
              "than the least-loaded node.")] = 1.0,
+    autoscale: Annotated[Optional[str], typer.Option(
+        help="MIN:MAX inference workers; when this node leads it decides how many there should be "
+             "(a provisioner acts on GET /v1/autoscale).")] = None,
+    autoscale_target: Annotated[float, typer.Option(
+        help="Requests in flight or queued per slot the autoscaler aims for.")] = 1.0,
+    autoscale_cooldown: Annotated[float, typer.Option(
+        help="Seconds after a change before the next one.")] = 15.0,
 ) -> None:
     """Start a node in the foreground; SIGTERM or Ctrl-C shuts it down gracefully."""
     from mcpdb.replication import check_pysyncobj_version
@@ -86,6 +93,7 @@ def start(
         advertise_url=advertise_url, unsafe_stale_reads=unsafe_stale_reads,
         inference=inference, model_path=str(model) if model else None, n_ctx=n_ctx, threads=threads,
         slots=slots, weight=weight, domains=list(domain or []), policy=policy, shed_threshold=shed_threshold,
+        autoscale=autoscale, autoscale_target=autoscale_target, autoscale_cooldown=autoscale_cooldown,
     )
     config.validate()
     serve(config)

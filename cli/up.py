@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -14,8 +16,10 @@ from rich.table import Table
 from cli.common import console
 from cli.demo import run_demo
 from cli.errors import CliError
-from mcpdb.client import McpdbError
+from mcpdb.autoscale import ScalePolicy
+from mcpdb.client import Client, McpdbError
 from mcpdb.localcluster import ClusterLayout, LocalCluster
+from mcpdb.provisioning import LocalProvisioner, ScaleController
 
 
 def _check_free(address: str) -> None:
@@ -36,7 +40,12 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
        demo: Annotated[bool, typer.Option(
            help="Once up, run a short conversation showing which node served each turn.")] = False,
        model: Annotated[Optional[Path], typer.Option(
-           help="GGUF model for every node (default: the bundled Gemma 3 270M).")] = None) -> None:
+           help="GGUF model for every node (default: the bundled Gemma 3 270M).")] = None,
+       autoscale: Annotated[Optional[str], typer.Option(
+           help="MIN:MAX: the voters keep the store only, and inference runs on 1..N worker replicas "
+                "started and stopped as the leader's autoscaler decides.")] = None,
+       autoscale_cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 15.0,
+       ) -> None:
     """Start a local cluster, load the model on every node, print each node's URL and the leader,
     and serve until Ctrl-C.
 
@@ -58,8 +67,12 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
         _check_free(spec.http_addr)
         if spec.raft_addr:
             _check_free(spec.raft_addr)
-    if model is not None:
-        layout.extra_args = ["--model", str(model.resolve())]
+    # Flags are this run's choice, not what an earlier run on the same directory saved.
+    layout.extra_args = ["--model", str(model.resolve())] if model is not None else []
+    bounds = _autoscale_bounds(autoscale, demo)
+    if bounds is not None:
+        layout.extra_args += ["--no-inference", "--autoscale", autoscale or "",
+                              "--autoscale-cooldown", str(autoscale_cooldown)]
     cluster = LocalCluster(layout, data_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,6 +84,10 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
                 leader = cluster.wait_ready(timeout=60)
             except (TimeoutError, RuntimeError) as error:
                 raise CliError(f"cluster did not come up: {error}") from None
+        if bounds is not None:
+            _print_nodes(cluster, leader, {})
+            autoscale_until(cluster, bounds[1], stop)
+            return
         with console.status("loading the model on every node ..."):
             try:
                 inference = cluster.wait_models(timeout=300)
@@ -93,6 +110,39 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
         with console.status("stopping nodes ..."):
             cluster.stop_all(graceful=True)
     console.print(f"stopped; data kept in {data_dir}")
+
+
+def _autoscale_bounds(autoscale: str | None, demo: bool) -> tuple[int, int] | None:
+    if autoscale is None:
+        return None
+    if demo:
+        raise CliError("--demo and --autoscale do not go together: run the demo on a fixed cluster")
+    try:
+        low, high = ScalePolicy.parse_bounds(autoscale)
+        ScalePolicy(low, high)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    return low, high
+
+
+def autoscale_until(cluster: LocalCluster, max_workers: int, stop: threading.Event) -> None:
+    """Run worker replicas as the leader's autoscaler decides, printing each change, until ``stop``."""
+    threads = max(1, len(os.sched_getaffinity(0)) // max_workers)
+    model_args = cluster.layout.extra_args[:2] if cluster.layout.extra_args[:1] == ["--model"] else []
+    provisioner = LocalProvisioner(cluster, [*model_args, "--inference", "--threads", str(threads)])
+    console.print(f"autoscaling inference workers ({threads} thread(s) each); watch it with "
+                  f"`mcpdb top --url {cluster.layout.nodes[0].url}`; press Ctrl-C to stop")
+    with Client([spec.url for spec in cluster.layout.nodes if spec.voter], deadline=5) as client:
+        controller = ScaleController(client, provisioner)
+        try:
+            while not stop.wait(1.0):
+                change = controller.step()
+                if change:
+                    console.print(f"{time.strftime('%H:%M:%S')} {change}; workers: "
+                                  f"{', '.join(provisioner.workers()) or 'none'}")
+        finally:
+            for worker in reversed(provisioner.workers()):
+                provisioner.remove(worker)
 
 
 def _print_nodes(cluster: LocalCluster, leader: str, inference: dict[str, dict[str, Any]]) -> None:

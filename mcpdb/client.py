@@ -406,6 +406,10 @@ class Client(_Base):
         """The cluster as the dashboard shows it: leader, term, per-node load and rates."""
         return self._send(_Call("GET", "/v1/overview", True))
 
+    def autoscale(self) -> dict[str, Any]:
+        """The leader's autoscaling decision (desired and live workers, utilisation, reason)."""
+        return self._send(_Call("GET", "/v1/autoscale", True))
+
     def create_token(self, scopes: dict[str, str], description: str = "",
                      rate_limit: float | None = None) -> dict[str, Any]:
         """A new token (``{"token", "id", "scopes", ...}``); not retried after an unknown outcome,

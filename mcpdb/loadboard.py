@@ -48,7 +48,8 @@ class LoadBoard:
         return seen is not None and self.clock() - seen.at <= DEAD_AFTER_S
 
     def workers(self, registry: list[dict[str, Any]]) -> list[Worker]:
-        """Scheduler input: every registered node that serves a model, with its latest load."""
+        """Scheduler input: every registered node that serves a model, with its latest load (a node
+        draining before it leaves, or silent, is not alive)."""
         workers = []
         for node in registry:
             if not node.get("model"):
@@ -62,7 +63,7 @@ class LoadBoard:
                 domains=frozenset(node.get("domains") or ()),
                 in_flight=int(load.get("in_flight", 0)) + (seen.assigned_since if seen else 0),
                 queued=int(load.get("queued", 0)),
-                alive=self.alive(node["id"]),
+                alive=self.alive(node["id"]) and not node.get("draining", False),
             ))
         return workers
 

@@ -30,7 +30,7 @@ from mcpdb.store import ContextStore
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/ui"})  # /ui is a static page; its data needs a token
 PRINCIPAL_KEY = "mcpdb.principal"
 _NAMESPACE_PATH = re.compile(r"^/v1/namespaces/([^/]+)(?:/|$)")
-_CLUSTER_ADMIN_PREFIXES = ("/v1/cluster/members", "/v1/internal/")
+_CLUSTER_ADMIN_PREFIXES = ("/v1/cluster/members", "/v1/internal/", "/v1/node/drain")
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
 

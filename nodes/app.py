@@ -26,6 +26,7 @@ from mcpdb.model import BatchIn, ContextIn, Kind, Turn, TurnsIn
 from mcpdb.service import Consistency
 from nodes.chat_api import add_chat_routes
 from nodes.config import ConfigError, split_host_port
+from nodes.autoscaling import add_autoscale_routes
 from nodes.mcp_server import McpServer
 from nodes.overview_api import add_overview_routes
 from nodes.token_api import add_token_routes
@@ -231,6 +232,7 @@ def create_app(runtime: NodeRuntime) -> Any:
     add_watch_routes(app, runtime)
     add_token_routes(app, runtime)
     add_overview_routes(app, runtime)
+    add_autoscale_routes(app, runtime)
     # The MCP endpoint is the SDK's own ASGI app (streamable HTTP: POST, GET stream, DELETE).
     app.router.routes.append(Route("/mcp", endpoint=mcp.asgi, methods=["GET", "POST", "DELETE"]))
     return RequestGate(FastContextReads(app, service), runtime.authenticator, runtime.config.max_body_bytes,

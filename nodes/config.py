@@ -73,6 +73,10 @@ class NodeConfig:
     domains: list[str] = field(default_factory=list)
     policy: str = "affinity"
     shed_threshold: float = 1.0
+    # Autoscaling (decided by the leader, acted on by a provisioner): "MIN:MAX" workers, or None.
+    autoscale: str | None = None
+    autoscale_target: float = 1.0
+    autoscale_cooldown: float = 15.0
 
     def validate(self) -> None:
         if not _NODE_ID_RE.match(self.node_id):
@@ -99,6 +103,18 @@ class NodeConfig:
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
         self._validate_inference()
+        self._validate_autoscale()
+
+    def _validate_autoscale(self) -> None:
+        from mcpdb.autoscale import ScalePolicy
+
+        if self.autoscale is None:
+            return
+        try:
+            low, high = ScalePolicy.parse_bounds(self.autoscale)
+            ScalePolicy(low, high, target_per_slot=self.autoscale_target, cooldown_s=self.autoscale_cooldown)
+        except ValueError as error:
+            raise ConfigError(f"--autoscale: {error}") from None
 
     def _validate_inference(self) -> None:
         from mcpdb.scheduler import Policy

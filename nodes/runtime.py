@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from mcpdb import __version__
+from mcpdb.autoscale import ScalePolicy
 from mcpdb.barrier import ReadBarrier
 from mcpdb.inference import Worker, WorkerSettings, default_model_path
 from mcpdb.loadboard import HEARTBEAT_S
@@ -31,6 +32,7 @@ from mcpdb.store import ContextStore
 from mcpdb.watch import ChangeFeed
 from nodes.chat_front import ChatFront
 from nodes.access import Authenticator
+from nodes.autoscaling import AutoscaleDuty
 from nodes.chat_worker import ChatWorker
 from nodes.config import NodeConfig
 from nodes.metrics import NodeMetrics
@@ -79,6 +81,13 @@ class NodeRuntime:
                                          config.shed_threshold)
         self.front = ChatFront(config.node_id, self.replication, self.store, self.scheduler, self.chat_worker,
                                lambda: self._stream_http, config.request_timeout)
+        self.draining = False  # set by POST /v1/node/drain: no new inference work, then leave
+        policy = None
+        if config.autoscale is not None:
+            low, high = ScalePolicy.parse_bounds(config.autoscale)
+            policy = ScalePolicy(low, high, target_per_slot=config.autoscale_target,
+                                 cooldown_s=config.autoscale_cooldown)
+        self.autoscale = AutoscaleDuty(self, policy)
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
         self._stream_http: httpx.AsyncClient | None = None
@@ -92,6 +101,7 @@ class NodeRuntime:
         self._tasks = [
             asyncio.create_task(self._register_loop()),
             asyncio.create_task(self._expiry_loop()),
+            asyncio.create_task(self.autoscale.run()),
         ]
         if self.worker is not None:
             self._tasks += [asyncio.create_task(self._load_model()), asyncio.create_task(self._heartbeat_loop())]
@@ -139,6 +149,8 @@ class NodeRuntime:
             entry.update(model=worker.settings.model_name, n_ctx=worker.settings.n_ctx,
                          slots=worker.settings.slots, weight=worker.weight,
                          domains=list(worker.settings.domains))
+        if self.draining:
+            entry["draining"] = True
         return entry
 
     async def _register_loop(self) -> None:

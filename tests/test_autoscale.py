@@ -1,0 +1,74 @@
+"""The autoscaling policy's properties: bounds, no flapping under a steady load, a prompt scale-up after
+a step, and hysteresis."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcpdb.autoscale import Autoscaler, Observation, ScalePolicy
+
+policies = st.builds(
+    ScalePolicy,
+    min_workers=st.integers(0, 3), max_workers=st.integers(3, 8),
+    target_per_slot=st.sampled_from([0.8, 1.0, 2.0]), scale_down_below=st.sampled_from([0.1, 0.3]),
+    cooldown_s=st.sampled_from([0.0, 5.0, 15.0]), window=st.integers(1, 6))
+
+
+def _run(policy: ScalePolicy, demands: list[float], slots_per_worker: int = 1, start_workers: int = 1,
+         interval: float = 1.0) -> list[int]:
+    """Feed the policy, letting the worker count follow its decisions at once (an ideal provisioner)."""
+    scaler = Autoscaler(policy)
+    workers, counts = start_workers, []
+    for second, demand in enumerate(demands):
+        decision = scaler.observe(Observation(second * interval, workers, workers * slots_per_worker, demand))
+        assert policy.min_workers <= decision.desired <= policy.max_workers or decision.reason != "bounds"
+        workers = decision.desired
+        counts.append(workers)
+    return counts
+
+
+@settings(max_examples=400)
+@given(policy=policies, demand=st.floats(0, 40), start=st.integers(0, 8), slots=st.integers(1, 4))
+def test_a_steady_load_settles_without_flapping(policy: ScalePolicy, demand: float, start: int, slots: int) -> None:
+    counts = _run(policy, [demand] * 200, slots, start)
+    directions = [1 if b > a else -1 for a, b in zip(counts, counts[1:]) if b != a]
+    reversals = sum(1 for a, b in zip(directions, directions[1:]) if a != b)
+    assert reversals <= 1, counts[:80]  # at most: a correction into the bounds, then the load's direction
+    assert len(set(counts[-50:])) == 1  # settled
+    assert policy.min_workers <= counts[-1] <= policy.max_workers
+    if demand > 0:
+        assert counts[-1] >= 1
+
+
+@settings(max_examples=300)
+@given(policy=policies, slots=st.integers(1, 4), low=st.floats(0, 0.2), factor=st.floats(1.5, 6))
+def test_a_step_up_scales_up_within_one_cooldown(policy: ScalePolicy, slots: int, low: float, factor: float) -> None:
+    settle = 100
+    counts = _run(policy, [low] * settle, slots, start_workers=max(policy.min_workers, 1))
+    settled = counts[-1]
+    if settled >= policy.max_workers:
+        return
+    step = (settled or 1) * slots * policy.target_per_slot * factor
+    after = _run(policy, [low] * settle + [step] * 60, slots, start_workers=max(policy.min_workers, 1))[settle:]
+    first_up = next(i for i, count in enumerate(after) if count > settled)
+    assert first_up <= max(policy.cooldown_s, policy.window), (first_up, after[:30])
+
+
+def test_hysteresis_band_holds() -> None:
+    policy = ScalePolicy(1, 4, target_per_slot=1.0, scale_down_below=0.3, cooldown_s=0, window=1)
+    scaler = Autoscaler(policy)
+    for demand in (0.5, 0.9, 1.0, 0.31, 1.0):  # between the thresholds with 1 worker, 1 slot: hold
+        assert scaler.observe(Observation(0.0, 1, 1, demand)).reason == "hold"
+    assert scaler.observe(Observation(1.0, 1, 1, 3.5)).desired == 4  # straight to ceil(3.5 / 1.0)
+
+
+def test_invalid_policies_are_refused() -> None:
+    with pytest.raises(ValueError):
+        ScalePolicy(3, 2)
+    with pytest.raises(ValueError):
+        ScalePolicy(1, 4, target_per_slot=1.0, scale_down_below=0.6)
+    assert ScalePolicy.parse_bounds("1:4") == (1, 4)
+    with pytest.raises(ValueError):
+        ScalePolicy.parse_bounds("4")
