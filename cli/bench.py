@@ -88,6 +88,37 @@ def infer(requests: Annotated[int, typer.Option(help="Requests per side of the t
     console.print(f"saved {folder}/results.json, results.md, infer.png")
 
 
+@app.command("autoscale")
+def autoscale(max_workers: Annotated[int, typer.Option(help="Most workers the autoscaler may run.")] = 2,
+              cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 10.0,
+              phases: Annotated[str, typer.Option(
+                  help="Load schedule: CLIENTSxSECONDS,... (concurrent chat clients per phase).")] = "1x30,4x70,1x40",
+              max_tokens: Annotated[int, typer.Option(help="Completion tokens per request.")] = 24,
+              out: Annotated[Path | None, typer.Option(
+                  help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
+    """A load ramp against autoscaled workers, beside the same ramp on one fixed worker."""
+    from benchmarks import autoscale as autoscale_bench
+
+    try:
+        schedule = autoscale_bench.AutoscaleSettings.parse_phases(phases)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    if max_workers < 2 or cooldown < 0 or max_tokens < 1:
+        raise CliError("--max-workers must be at least 2, --cooldown non-negative, --max-tokens at least 1")
+    settings = autoscale_bench.AutoscaleSettings(max_workers, cooldown, schedule, max_tokens, out)
+    folder = settings.folder()
+    results = _run_with_progress(settings, autoscale_bench.run)
+    autoscale_bench.save(results, folder)
+    table = Table(title="mcpdb autoscaling: a load ramp, autoscaled beside one fixed worker in the same run")
+    for column in ("metric", "autoscaled", "anchor (fixed)", "ratio"):
+        table.add_column(column)
+    for row in autoscale_bench.rows(results):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
+    console.print(f"saved {folder}/results.json, results.md, autoscale.png")
+
+
 def _run_with_progress(settings: Any, run: Callable[[Any, Callable[[str, float], None]], dict[str, Any]]
                        ) -> dict[str, Any]:
     """Print the command, run the benchmark under a progress bar; its failures become one line."""
