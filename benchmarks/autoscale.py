@@ -128,7 +128,7 @@ def ramp(settings: AutoscaleSettings, bounds: str, root: Path, step: Step, label
                     controller.step()
                     status = client.autoscale()
                     timeline.append({"at": time.time() - started, "offered": offered(settings.phases, time.time() - started),
-                                     "running": len(provisioner.workers()), "live": status.get("workers"),
+                                     "running": provisioner.running(), "live": status.get("workers"),
                                      "desired": status.get("desired")})
             watcher = threading.Thread(target=control, daemon=True)
             watcher.start()
@@ -141,8 +141,7 @@ def ramp(settings: AutoscaleSettings, bounds: str, root: Path, step: Step, label
             watcher.join(timeout=30)
     finally:
         stop.set()
-        for worker in reversed(provisioner.workers()):
-            provisioner.remove(worker)
+        provisioner.scale_to(0)
         cluster.stop_all(graceful=False)
     requests = sorted((r for chunk in results for r in chunk), key=lambda r: r["at"])
     return {"bounds": bounds, "timeline": timeline, "requests": requests}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench, chat, ctx, jepsen, mcp_stdio, node, session, status, token, top, up, watch
+from cli import autoscale, bench, chat, ctx, jepsen, mcp_stdio, node, session, status, token, top, up, watch
 from cli.errors import CliError, fail
 from nodes.config import ConfigError
 
@@ -22,6 +22,7 @@ app.command("chat")(chat.chat)
 app.command("watch")(watch.watch)
 app.command("mcp")(mcp_stdio.mcp)
 app.command("top")(top.top)
+app.command("autoscale")(autoscale.autoscale)
 
 
 def run() -> None:

@@ -141,8 +141,7 @@ def autoscale_until(cluster: LocalCluster, max_workers: int, stop: threading.Eve
                     console.print(f"{time.strftime('%H:%M:%S')} {change}; workers: "
                                   f"{', '.join(provisioner.workers()) or 'none'}")
         finally:
-            for worker in reversed(provisioner.workers()):
-                provisioner.remove(worker)
+            provisioner.scale_to(0)
 
 
 def _print_nodes(cluster: LocalCluster, leader: str, inference: dict[str, dict[str, Any]]) -> None:

@@ -7,13 +7,16 @@ joins as a non-voting replica with an inference worker (it receives the log
 and serves reads and generations without weighing on consensus), and leaves
 cleanly: drained first (``POST /v1/node/drain``: no new work, in-flight
 requests finish), then stopped with SIGTERM (a replica deregisters itself on
-the way out). On Kubernetes the same decision drives the workers'
-Deployment (deploy/README.md).
+the way out). ``KubernetesProvisioner`` sets the replica count of the
+workers' Deployment through the Kubernetes API; there each pod drains itself
+in a preStop hook (deploy/README.md).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -25,14 +28,11 @@ DRAIN_TIMEOUT_S = 60.0
 
 
 class Provisioner(Protocol):
-    def workers(self) -> list[str]:
-        """The workers this provisioner runs, oldest first."""
+    def running(self) -> int:
+        """Workers this provisioner runs (or has asked for)."""
 
-    def add(self) -> str:
-        """Start one worker; returns its node id (it registers once its model has loaded)."""
-
-    def remove(self, node_id: str) -> None:
-        """Drain the worker, then stop it."""
+    def scale_to(self, count: int) -> str:
+        """Start or stop workers until ``count`` run (stopping drains first); says what it did."""
 
 
 class LocalProvisioner:
@@ -46,7 +46,21 @@ class LocalProvisioner:
         self._serial = 0
 
     def workers(self) -> list[str]:
+        """Node ids of the workers, oldest first."""
         return list(self._started)
+
+    def running(self) -> int:
+        return len(self._started)
+
+    def scale_to(self, count: int) -> str:
+        done = []
+        while len(self._started) < count:
+            done.append(f"started {self.add()}")
+        while len(self._started) > count:
+            newest = self._started[-1]
+            self.remove(newest)
+            done.append(f"drained and stopped {newest}")
+        return ", ".join(done)
 
     def add(self) -> str:
         self._serial += 1
@@ -81,21 +95,46 @@ class ScaleController:
         self.history: list[tuple[float, int, int]] = []  # (time, desired, running)
 
     def step(self) -> str | None:
-        """Add workers up to the desired count, or remove one (the newest); returns what it did."""
+        """Start workers up to the desired count at once, or stop one (then look again); says what it did."""
         try:
             status = self._client.autoscale()
         except McpdbError:
             return None
         desired = status.get("desired")
-        running = self._provisioner.workers()
-        self.history.append((time.time(), desired if desired is not None else len(running), len(running)))
-        if desired is None or desired == len(running):
+        running = self._provisioner.running()
+        self.history.append((time.time(), desired if desired is not None else running, running))
+        if desired is None or desired == running:
             return None
         utilisation = status.get("utilisation")
         why = f"{status.get('reason')}, utilisation {utilisation:.2f}" if utilisation is not None else status.get("reason")
-        if desired > len(running):
-            added = [self._provisioner.add() for _ in range(desired - len(running))]
-            return f"started {', '.join(added)} ({why})"
-        newest = running[-1]
-        self._provisioner.remove(newest)
-        return f"drained and stopped {newest} ({why})"
+        return f"{self._provisioner.scale_to(desired if desired > running else running - 1)} ({why})"
+
+
+class KubernetesProvisioner:
+    """The workers' Deployment, scaled through the API server's ``scale`` subresource.
+
+    Runs inside the cluster with the pod's service account (deploy/autoscaler.yaml grants it get and
+    patch on deployments/scale); each worker pod drains itself in its preStop hook, so scaling down
+    loses no request. Not exercised here (no Kubernetes on this machine).
+    """
+
+    SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+    def __init__(self, deployment: str, namespace: str | None = None,
+                 api_url: str = "https://kubernetes.default.svc", http: httpx.Client | None = None) -> None:
+        self._namespace = namespace or (self.SERVICE_ACCOUNT / "namespace").read_text().strip()
+        self._url = f"{api_url}/apis/apps/v1/namespaces/{self._namespace}/deployments/{deployment}/scale"
+        self._http = http or httpx.Client(
+            verify=str(self.SERVICE_ACCOUNT / "ca.crt"), timeout=10,
+            headers={"Authorization": f"Bearer {(self.SERVICE_ACCOUNT / 'token').read_text().strip()}"})
+
+    def running(self) -> int:
+        response = self._http.get(self._url)
+        response.raise_for_status()
+        return int(response.json()["spec"].get("replicas", 0))
+
+    def scale_to(self, count: int) -> str:
+        response = self._http.patch(self._url, content=json.dumps({"spec": {"replicas": count}}),
+                                    headers={"Content-Type": "application/merge-patch+json"})
+        response.raise_for_status()
+        return f"set {self._url.rsplit('/', 2)[-2]} replicas to {count}"

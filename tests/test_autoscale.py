@@ -72,3 +72,29 @@ def test_invalid_policies_are_refused() -> None:
     assert ScalePolicy.parse_bounds("1:4") == (1, 4)
     with pytest.raises(ValueError):
         ScalePolicy.parse_bounds("4")
+
+
+def test_kubernetes_provisioner_reads_and_patches_the_deployments_scale() -> None:
+    """The request shapes only: there is no Kubernetes API server on this machine."""
+    import json
+
+    import httpx
+
+    from mcpdb.provisioning import KubernetesProvisioner
+
+    replicas = {"value": 1}
+    seen: list[tuple[str, str, str]] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path, request.headers.get("content-type", "")))
+        if request.method == "PATCH":
+            replicas["value"] = json.loads(request.content)["spec"]["replicas"]
+        return httpx.Response(200, json={"kind": "Scale", "spec": {"replicas": replicas["value"]}})
+
+    provisioner = KubernetesProvisioner("mcpdb-worker", namespace="ai", api_url="https://api",
+                                        http=httpx.Client(transport=httpx.MockTransport(api)))
+    assert provisioner.running() == 1
+    assert "replicas to 3" in provisioner.scale_to(3)
+    assert provisioner.running() == 3
+    path = "/apis/apps/v1/namespaces/ai/deployments/mcpdb-worker/scale"
+    assert seen[1] == ("PATCH", path, "application/merge-patch+json") and seen[0][:2] == ("GET", path)
