@@ -92,7 +92,8 @@ def infer(requests: Annotated[int, typer.Option(help="Requests per side of the t
 def autoscale(max_workers: Annotated[int, typer.Option(help="Most workers the autoscaler may run.")] = 2,
               cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 10.0,
               phases: Annotated[str, typer.Option(
-                  help="Load schedule: CLIENTSxSECONDS,... (concurrent chat clients per phase).")] = "1x30,4x70,1x40",
+                  help="Load schedule: CLIENTSxSECONDS,... (concurrent chat clients per phase).")
+              ] = "1x30,2x30,4x60,2x30,0x40",
               max_tokens: Annotated[int, typer.Option(help="Completion tokens per request.")] = 24,
               out: Annotated[Path | None, typer.Option(
                   help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
