@@ -47,6 +47,14 @@ class LoadBoard:
         seen = self._seen.get(node_id)
         return seen is not None and self.clock() - seen.at <= DEAD_AFTER_S
 
+    def reported_demand(self, node_id: str) -> float:
+        """Requests in flight or queued on the node by its last report alone. The scheduler adds the
+        requests assigned since (an upper bound that keeps it from piling onto one node between
+        reports); the autoscaler must not, or a client sending requests back to back would look like
+        two requests on a slot whenever the report still shows the one just finished."""
+        seen = self._seen.get(node_id)
+        return float(seen.load.get("in_flight", 0) + seen.load.get("queued", 0)) if seen else 0.0
+
     def workers(self, registry: list[dict[str, Any]]) -> list[Worker]:
         """Scheduler input: every registered node that serves a model, with its latest load (a node
         draining before it leaves, or silent, is not alive)."""

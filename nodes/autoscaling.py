@@ -40,8 +40,9 @@ class AutoscaleDuty:
         runtime = self._runtime
         served = [node for node in runtime.store.nodes() if node.get("model")]
         live = [w for w in runtime.scheduler.board.workers(served) if w.alive]
+        board = runtime.scheduler.board
         return Observation(time.monotonic(), len(live), sum(w.slots for w in live),
-                           float(sum(w.in_flight + w.queued for w in live)))
+                           sum(board.reported_demand(w.node_id) for w in live))
 
     async def run(self) -> None:
         while True:

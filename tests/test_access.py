@@ -174,6 +174,9 @@ def test_mcp_access_matrix(cluster: LocalCluster, tokens: dict[str, str]) -> Non
                         await client.read_resource(uri)
                 with pytest.raises(MCPError):
                     await client.subscribe_resource("mcpdb://b/task/x")
+                with pytest.raises(MCPError, match="does not exist"):
+                    await client.get_prompt("b/x")
+                assert all(p.name.startswith("a/") for p in (await client.list_prompts()).prompts)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # resources/subscribe is deprecated in the 2026 protocol; still served

@@ -98,3 +98,29 @@ def test_kubernetes_provisioner_reads_and_patches_the_deployments_scale() -> Non
     assert provisioner.running() == 3
     path = "/apis/apps/v1/namespaces/ai/deployments/mcpdb-worker/scale"
     assert seen[1] == ("PATCH", path, "application/merge-patch+json") and seen[0][:2] == ("GET", path)
+
+
+def test_autoscale_benchmark_summary_and_plot(tmp_path) -> None:  # noqa: ANN001
+    """The benchmark's arithmetic on a made-up run: step at 10 s, decision at 11 s, serving at 16 s."""
+    from benchmarks.autoscale import AutoscaleSettings, offered, plot, rows, summarise
+
+    settings = AutoscaleSettings(phases=AutoscaleSettings.parse_phases("1x10,4x20,0x10"))
+    assert [offered(settings.phases, t) for t in (0, 9.9, 10, 29.9, 30, 45)] == [1, 1, 4, 4, 0, 0]
+    timeline = [{"at": float(t), "offered": offered(settings.phases, t), "running": 1 if t < 11 or t >= 34 else 2,
+                 "live": 1 if t < 16 or t >= 34 else 2, "desired": 1 if t < 11 or t >= 33 else 2}
+                for t in range(40)]
+    scaled = {"bounds": "1:2", "timeline": timeline,
+              "requests": [{"at": t / 2, "latency_s": 4.0 if 10 <= t / 2 < 16 else 2.0, "status": 200}
+                           for t in range(60)]}
+    fixed = {"bounds": "1:1", "timeline": timeline,
+             "requests": [{"at": t / 2, "latency_s": 4.0 if t / 2 >= 10 else 1.0, "status": 200} for t in range(60)]}
+    summary = summarise(settings, scaled, fixed)
+    assert (summary["scale_up_decision_s"], summary["scale_up_serving_s"]) == (1.0, 6.0)
+    assert summary["p95_step_until_serving_s"] == 4.0
+    assert (summary["p95_peak_s"], summary["fixed_p95_peak_s"]) == (4.0, 4.0)
+    assert summary["scale_down_after_idle_s"] == 4.0 and summary["failed_requests"] == 0
+    results = {"command": settings.command(), "settings": {"phases": settings.phases}, "summary": summary,
+               "autoscaled": scaled, "fixed": fixed}
+    assert rows(results)[3][3] == "1.00x"
+    plot(results, tmp_path / "autoscale.png")
+    assert (tmp_path / "autoscale.png").stat().st_size > 10_000

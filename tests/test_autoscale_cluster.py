@@ -85,6 +85,10 @@ def test_workers_follow_the_load_and_leave_after_draining(tmp_path: Path) -> Non
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             assert client.autoscale()["desired"] == 1
+            leader = client.autoscale()["leader"]
+            metrics = httpx.get(cluster.spec(leader).url + "/metrics").text
+            assert "mcpdb_autoscale_desired_workers 1.0" in metrics
+            assert "mcpdb_autoscale_live_workers 1.0" in metrics
     finally:
         stop.set()
         cluster.stop_all(graceful=False)

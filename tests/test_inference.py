@@ -224,3 +224,25 @@ def test_dashboard_renders_the_cluster_in_a_browser(llm_cluster: LocalCluster, t
     assert pixels_of(pixels, "#38bdf8") > 50   # the requests/s line and the title
     assert pixels_of(pixels, "#a78bfa") > 200  # assignment bars: the leader assigned the chats
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # a page, not a blank or error screen
+
+
+def test_mcp_chat_tool_generates_through_the_scheduler_and_records_the_turns(llm_cluster: LocalCluster) -> None:
+    import asyncio
+
+    from tests.mcp_helpers import mcp_session
+
+    running = [spec.url for spec in llm_cluster.layout.nodes if llm_cluster.running(spec.node_id)]
+    session = f"mcp-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> dict:
+        async with mcp_session(running[-1]) as client:
+            result = await client.call_tool("chat", {"namespace": NS, "session_id": session,
+                                                     "message": "Say hello.", "max_tokens": 8})
+            assert not result.is_error, result.content
+            return result.structured_content
+
+    reply = asyncio.run(run())
+    assert reply["node"] in {spec.node_id for spec in llm_cluster.layout.nodes}
+    assert reply["usage"]["completion_tokens"] >= 1
+    turns = _turns(running[0], session)
+    assert [t["role"] for t in turns] == ["user", "assistant"] and turns[1]["content"] == reply["reply"]

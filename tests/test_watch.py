@@ -4,7 +4,6 @@ real 3-node cluster across a leader failover."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpdb.client import Client, McpdbError
+from mcpdb.client import Client
 from mcpdb.store import ContextStore, HistoryTrimmed
 from mcpdb.watch import Cursor, InvalidCursor
 from tests.conftest import start_cluster
@@ -139,3 +138,15 @@ def test_watch_on_a_follower_misses_nothing_across_a_leader_failover(tmp_path: P
         assert bad.status_code == 422
     finally:
         cluster.stop_all(graceful=False)
+
+
+def test_expiry_and_batch_deletes_are_recorded_with_their_kind(tmp_path: Path) -> None:
+    store = ContextStore(str(tmp_path / "s"))
+    store.apply(1, {"op": "put", "ns": "n", "id": "t", "context": {"kind": "memory", "facts": ["f"]}, "ttl": 1,
+                    "now": 100.0})
+    store.apply(2, {"op": "expire", "items": [["n", "t", 1]], "now": 102.0})
+    store.apply(3, {"op": "put", "ns": "n", "id": "u", "context": {"kind": "task"}, "now": 103.0})
+    store.apply(4, {"op": "batch", "ns": "n", "now": 104.0, "ops": [{"op": "delete", "id": "u"}]})
+    assert [(c.version, c.id, c.kind, c.action) for c in store.changes_after(0)] == [
+        (1, "t", "memory", "put"), (2, "t", "memory", "expire"), (3, "u", "task", "put"), (4, "u", "task", "delete")]
+    store.close()
