@@ -14,7 +14,6 @@ phase once scaled, beside the fixed cluster's p95 over the same phase.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 
 from mcpdb.client import Client
+from benchmarks.plots import finish, save_run
 from mcpdb.localcluster import ClusterLayout, LocalCluster
 from mcpdb.provisioning import LocalProvisioner, ScaleController
 
@@ -267,14 +267,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     latency.set_ylabel("latency, s")
     latency.set_xlabel("seconds since the ramp started")
     latency.legend(loc="upper right")
-    fig.suptitle(results["command"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path, results["command"])
 
 
 def save(results: dict[str, Any], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=2))
-    (folder / "results.md").write_text(markdown(results))
-    plot(results, folder / "autoscale.png")
+    save_run(folder, results, markdown(results), plot, "autoscale.png")

@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.plots import finish, save_run
 from mcpdb.localcluster import ClusterLayout, LocalCluster
 
 THROUGHPUT_TARGET, AFFINITY_TARGET, SHARE_TOLERANCE = 0.95, 5.0, 0.10
@@ -362,14 +363,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     shares.set_ylabel("share of requests")
     shares.set_title("load per node")
     shares.legend()
-    fig.suptitle(results["command"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path, results["command"])
 
 
 def save(results: dict[str, Any], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=2))
-    (folder / "results.md").write_text(markdown(results))
-    plot(results, folder / "infer.png")
+    save_run(folder, results, markdown(results), plot, "infer.png")

@@ -18,7 +18,6 @@ linearizable reads >= 1.0x, p99 within 2x etcd's, failover <= 2 s.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -196,7 +195,5 @@ def markdown(results: dict[str, Any]) -> str:
 
 def save(results: dict[str, Any], folder: Path) -> None:
     """results.json, results.md and kv.png in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (folder / "results.md").write_text(markdown(results) + "\n")
-    plots.plot(results, folder / "kv.png", FAILOVER_TARGET_S)
+    plots.save_run(folder, results, markdown(results) + "\n",
+                   lambda run, path: plots.plot(run, path, FAILOVER_TARGET_S), "kv.png")

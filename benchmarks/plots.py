@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 SYSTEMS = (("mcpdb", "tab:blue"), ("etcd", "tab:orange"))
 LOADS = ("writes", "reads")
+
+
+def finish(fig: Any, path: Path, command: str) -> None:
+    """Title a benchmark's figure with the command that produced it, save it and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(command, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_run(folder: Path, results: dict[str, Any], markdown: str, draw: Any, figure: str) -> None:
+    """A run's folder: results.json, results.md and the figure ``draw(results, path)`` makes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (folder / "results.md").write_text(markdown)
+    draw(results, folder / figure)
 
 
 def plot(results: dict[str, Any], path: Path, failover_target_s: float) -> None:
@@ -38,7 +57,4 @@ def plot(results: dict[str, Any], path: Path, failover_target_s: float) -> None:
     failover.set_ylabel("s (dots: trials)")
     failover.set_ylim(0, max(failover.get_ylim()[1], failover_target_s) * 1.25)
     failover.legend(loc="upper left")
-    fig.suptitle(results["command"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path, results["command"])

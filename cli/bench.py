@@ -78,14 +78,9 @@ def infer(requests: Annotated[int, typer.Option(help="Requests per side of the t
     folder = settings.folder()
     results = _run_with_progress(settings, infer_bench.run)
     infer_bench.save(results, folder)
-    table = Table(title="mcpdb inference: anchors measured in the same run")
-    for column in ("metric", "mcpdb", "anchor", "ratio", "target", "met"):
-        table.add_column(column)
-    for row in infer_bench.rows(results):
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
-    console.print(f"saved {folder}/results.json, results.md, infer.png")
+    _report("mcpdb inference: anchors measured in the same run",
+            ("metric", "mcpdb", "anchor", "ratio", "target", "met"), infer_bench.rows(results), results,
+            folder / "infer.png")
 
 
 @app.command("autoscale")
@@ -110,14 +105,22 @@ def autoscale(max_workers: Annotated[int, typer.Option(help="Most workers the au
     folder = settings.folder()
     results = _run_with_progress(settings, autoscale_bench.run)
     autoscale_bench.save(results, folder)
-    table = Table(title="mcpdb autoscaling: a load ramp, autoscaled beside one fixed worker in the same run")
-    for column in ("metric", "autoscaled", "anchor (fixed)", "ratio"):
+    _report("mcpdb autoscaling: a load ramp, autoscaled beside one fixed worker in the same run",
+            ("metric", "autoscaled", "anchor (fixed)", "ratio"), autoscale_bench.rows(results), results,
+            folder / "autoscale.png")
+
+
+def _report(title: str, columns: tuple[str, ...], rows: list[list[str]], results: dict[str, Any],
+            figure: Path) -> None:
+    """A finished run: its table, the command that produced it, and where the files went."""
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column)
-    for row in autoscale_bench.rows(results):
+    for row in rows:
         table.add_row(*row)
     console.print(table)
     console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
-    console.print(f"saved {folder}/results.json, results.md, autoscale.png")
+    console.print(f"saved {figure.parent}/results.json, results.md, {figure.name}")
 
 
 def _run_with_progress(settings: Any, run: Callable[[Any, Callable[[str, float], None]], dict[str, Any]]
