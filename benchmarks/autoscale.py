@@ -163,7 +163,8 @@ def summarise(settings: AutoscaleSettings, scaled: dict[str, Any], fixed: dict[s
     decided = live = None
     if step is not None:
         step_at = starts[step]
-        base = next((p["desired"] for p in timeline if p["at"] >= step_at), None) or 0
+        before = [p["desired"] for p in timeline if p["at"] < step_at and p["desired"] is not None]
+        base = before[-1] if before else settings_min(scaled)
         decided = next((p["at"] - step_at for p in timeline if p["at"] >= step_at and (p["desired"] or 0) > base), None)
         live = next((p["at"] - step_at for p in timeline if p["at"] >= step_at and (p["live"] or 0) > base), None)
     peak = max(range(len(settings.phases)), key=lambda i: settings.phases[i][0])
