@@ -33,6 +33,7 @@ from nodes.token_api import add_token_routes
 from nodes.watch_api import add_watch_routes
 from nodes.docs import mount_offline_docs
 from nodes.middleware import RequestGate
+from nodes.request_stats import TimedApp
 from nodes.fast_reads import FastContextReads
 from nodes.responses import DOMAIN_ERRORS, ContextIdPath, FastJSON, InvalidHeader, NamespacePath, error_for
 from nodes.responses import error_response as _error
@@ -235,5 +236,6 @@ def create_app(runtime: NodeRuntime) -> Any:
     add_autoscale_routes(app, runtime)
     # The MCP endpoint is the SDK's own ASGI app (streamable HTTP: POST, GET stream, DELETE).
     app.router.routes.append(Route("/mcp", endpoint=mcp.asgi, methods=["GET", "POST", "DELETE"]))
-    return RequestGate(FastContextReads(app, service), runtime.authenticator, runtime.config.max_body_bytes,
-                       runtime.config.body_timeout, runtime.metrics.requests)
+    stats = runtime.metrics.requests
+    return RequestGate(FastContextReads(TimedApp(app, stats), service, stats), runtime.authenticator,
+                       runtime.config.max_body_bytes, runtime.config.body_timeout, stats)

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from mcpdb.service import Consistency, ContextService
+from nodes.request_stats import RequestStats
 from nodes.responses import DOMAIN_ERRORS, FastJSON, error_for
 
 _CONTEXT_PATH = re.compile(r"^/v1/namespaces/([^/]+)/contexts/([^/]+)$")
@@ -25,9 +26,10 @@ _QUERIES = {b"": Consistency.linearizable, b"consistency=linearizable": Consiste
 
 
 class FastContextReads:
-    def __init__(self, app: Any, service: ContextService) -> None:
+    def __init__(self, app: Any, service: ContextService, stats: RequestStats) -> None:
         self.app = app
         self.service = service
+        self.stats = stats
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         consistency = _QUERIES.get(scope.get("query_string", b"")) if scope["type"] == "http" else None
@@ -41,4 +43,5 @@ class FastContextReads:
             response = error_for(error)
         else:
             response = FastJSON(record, headers={"ETag": f'"{record["version"]}"'})
+        self.stats.answered(scope, response.status_code)
         await response(scope, receive, send)

@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 
+from mcpdb.auth import ROOT
 from mcpdb.rate_limit import TokenBuckets
 from mcpdb.replication import Unavailable
 from nodes.access import PRINCIPAL_KEY, PUBLIC_PATHS, Authenticator, path_refusal
-from nodes.request_stats import RequestStats
+from nodes.request_stats import STARTED_KEY, RequestStats
 
 ASGIApp = Any
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -24,6 +25,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 async def _send_error(send: Any, status: int, error: str, message: str,
                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON error answer, sent before (or instead of) the application's."""
     body = orjson.dumps({"error": error, "message": message})
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
@@ -44,7 +46,8 @@ class RequestGate:
       JSON, so a bad body gets the precise 400/422 it deserves.
     - Bodies over ``max_body_bytes`` get 413, by Content-Length or while
       streaming, before the application buffers them.
-    - Every answer is counted by route and status, with its latency (RequestStats).
+    - Its own answers are counted by route and status with their latency
+      (the fast read path and TimedApp count the others, see request_stats).
     - A body not received in full within ``body_timeout`` seconds (a client
       trickling it, or gone quiet) gets 408, and the request never reaches
       a route, so nothing is written.
@@ -63,23 +66,18 @@ class RequestGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        respond = send
-
-        async def send(message: dict[str, Any]) -> None:  # noqa: F811 - every answer below is timed
-            if message["type"] == "http.response.start":
-                self.stats.observe(scope["method"], scope["path"], message["status"], time.perf_counter() - started)
-            await respond(message)
-
+        scope[STARTED_KEY] = time.perf_counter()
         headers = dict(scope["headers"])
-        if scope["path"] not in PUBLIC_PATHS and not await self._admitted(scope, headers, send):
+        if not self.authenticator.enabled:
+            scope[PRINCIPAL_KEY] = ROOT  # no bootstrap token: everyone is root, nothing to check
+        elif scope["path"] not in PUBLIC_PATHS and not await self._admitted(scope, headers, send):
             return
         if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _send_error(send, 413, "body_too_large", self._too_large)
+            await self._answer(scope, send, 413, "body_too_large", self._too_large)
             return
         content_type = headers.get(b"content-type")
         if content_type is not None and scope["path"].startswith("/v1/") \
@@ -92,21 +90,21 @@ class RequestGate:
         try:
             principal = await self.authenticator.principal(headers.get(b"authorization"))
         except Unavailable as error:
-            await _send_error(send, 503, "unavailable", f"cannot check the token now: {error}",
+            await self._answer(scope, send, 503, "unavailable", f"cannot check the token now: {error}",
                               [(b"retry-after", str(error.retry_after).encode())])
             return False
         if principal is None:
-            await _send_error(send, 401, "unauthorized", "missing, wrong or revoked bearer token",
+            await self._answer(scope, send, 401, "unauthorized", "missing, wrong or revoked bearer token",
                               [(b"www-authenticate", b'Bearer realm="mcpdb"')])
             return False
-        refusal = path_refusal(principal, scope["method"], scope["path"])
+        refusal = None if principal is ROOT else path_refusal(principal, scope["method"], scope["path"])
         if refusal is not None:
-            await _send_error(send, refusal.status, refusal.error, refusal.message)
+            await self._answer(scope, send, refusal.status, refusal.error, refusal.message)
             return False
         if principal.rate_limit is not None and principal.token_id is not None:
             wait = self.buckets.take(principal.token_id, principal.rate_limit)
             if wait:
-                await _send_error(send, 429, "rate_limited",
+                await self._answer(scope, send, 429, "rate_limited",
                                   f"this token is limited to {principal.rate_limit:g} requests/s per node",
                                   [(b"retry-after", str(max(1, round(wait))).encode())])
                 return False
@@ -124,7 +122,7 @@ class RequestGate:
             nonlocal refused
             if not refused and not app_answered:
                 refused = True
-                await _send_error(send, status, error, message)
+                await self._answer(scope, send, status, error, message)
             # Raising here would let the framework turn it into a 400.
             return {"type": "http.disconnect"}
 
@@ -153,6 +151,11 @@ class RequestGate:
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+
+    async def _answer(self, scope: dict[str, Any], send: Any, status: int, error: str, message: str,
+                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.stats.answered(scope, status)
+        await _send_error(send, status, error, message, headers)
 
     @property
     def _too_large(self) -> str:
