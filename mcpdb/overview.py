@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 
-# The overview's own traffic is not the cluster's load.
-_UNCOUNTED_ROUTES = frozenset({"/metrics", "/v1/overview", "/ui", "/healthz", "/readyz", "/v1/node", "/v1/cluster"})
+# The overview's own traffic and the nodes' traffic among themselves are not the clients' load.
+_UNCOUNTED_ROUTES = frozenset({"/metrics", "/v1/overview", "/ui", "/healthz", "/readyz", "/v1/node", "/v1/cluster",
+                               "/v1/internal/load", "/v1/internal/assign", "/v1/internal/generate"})
 _HTTP = "mcpdb_http_request_duration_seconds"
 
 
