@@ -37,7 +37,6 @@ def test_a_node_without_the_secret_cannot_join_read_or_vote(tmp_path: Path) -> N
             for i in range(20):
                 client.put("secret", f"k{i}", {"kind": "memory", "facts": ["classified"]})
         before = {n.node_id: cluster.node_status(n.node_id) for n in cluster.layout.nodes}
-        leader = cluster.leader()
         intruders.env = {}  # x0: no secret at all
         intruders.start("x0")
         intruders.env = {"MCPDB_CLUSTER_SECRET": "a-guessed-secret"}  # x1 (voter) and x2 (replica): wrong one
@@ -52,10 +51,17 @@ def test_a_node_without_the_secret_cannot_join_read_or_vote(tmp_path: Path) -> N
         time.sleep(6)
 
         after = {n.node_id: cluster.node_status(n.node_id) for n in cluster.layout.nodes}
-        assert cluster.leader() == leader
-        for node_id, status in after.items():
-            assert status["term"] == before[node_id]["term"], f"{node_id} saw a vote request it could read"
-            assert sorted(status["match_index"]) == sorted(before[node_id]["match_index"])
+        real_addresses = {n.raft_addr for n in cluster.layout.nodes}
+        term_before = max(status["term"] for status in before.values())
+        intruder_terms = [intruders.node_status(node_id)["term"] for node_id in ("x0", "x1")]
+        # An intruder campaigned well past the cluster's term; had one of its vote requests been read,
+        # the real nodes would have followed its term. (One election of their own, e.g. a heartbeat late on a
+        # loaded machine, is allowed: it is not the intruders'.)
+        assert max(intruder_terms) >= term_before + 3, intruder_terms
+        assert max(status["term"] for status in after.values()) <= term_before + 1, (before, after)
+        assert cluster.leader() in {n.node_id for n in cluster.layout.nodes}
+        for node_id, status in after.items():  # nobody replicates to an intruder
+            assert set(status["match_index"]) <= real_addresses, (node_id, status["match_index"])
         members = httpx.get(cluster.urls()[0] + "/v1/cluster").json()["raft_members"]
         assert sorted(members) == sorted(n.raft_addr for n in cluster.layout.nodes)
         for node_id in ("x0", "x1", "x2"):
