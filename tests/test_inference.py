@@ -219,6 +219,7 @@ def test_dashboard_renders_the_cluster_in_a_browser(llm_cluster: LocalCluster, t
     assert {node for node, _ in rows} >= {spec.node_id for spec in running}
     assert [role for _, role in rows].count("leader") == 1
     assert model in dom and "<polyline" in dom
+    assert _chat(url, model, session, "Again?").status_code == 200  # an assignment for the bars' interval
     pixels = screenshot(url + "/ui", tmp_path / "dashboard.png")
     assert pixels.shape == (900, 1280, 3)
     assert pixels_of(pixels, "#4ade80") > 50   # the leader's badge (and the tokens/s line)
