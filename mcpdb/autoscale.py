@@ -99,6 +99,8 @@ class Autoscaler:
         if observation.at - self._changed_at < policy.cooldown_s:
             return Decision(self.desired, "cooldown", utilisation)
         needed = math.ceil(demand / (policy.target_per_slot * slots_per_worker))
+        if demand > 0:
+            needed = max(needed, 1)  # any demand needs a worker, however small the ratio rounds
         if utilisation > policy.target_per_slot and self.desired < policy.max_workers and needed > self.desired:
             return self._set(min(policy.max_workers, needed), observation.at, "up", utilisation)
         # To zero workers only when idle: any demand needs a worker (else it would return at once).

@@ -101,13 +101,19 @@ class ScaleController:
         except McpdbError:
             return None
         desired = status.get("desired")
-        running = self._provisioner.running()
+        try:
+            running = self._provisioner.running()
+        except (httpx.HTTPError, OSError) as error:
+            return f"could not read the worker count: {type(error).__name__}: {error}"
         self.history.append((time.time(), desired if desired is not None else running, running))
         if desired is None or desired == running:
             return None
         utilisation = status.get("utilisation")
         why = f"{status.get('reason')}, utilisation {utilisation:.2f}" if utilisation is not None else status.get("reason")
-        return f"{self._provisioner.scale_to(desired if desired > running else running - 1)} ({why})"
+        try:
+            return f"{self._provisioner.scale_to(desired if desired > running else running - 1)} ({why})"
+        except (httpx.HTTPError, OSError) as error:  # the next step tries again
+            return f"could not scale to {desired}: {type(error).__name__}: {error}"
 
 
 class KubernetesProvisioner:

@@ -124,3 +124,21 @@ def test_autoscale_benchmark_summary_and_plot(tmp_path) -> None:  # noqa: ANN001
     assert rows(results)[3][3] == "1.00x"
     plot(results, tmp_path / "autoscale.png")
     assert (tmp_path / "autoscale.png").stat().st_size > 10_000
+
+
+def test_controller_reports_a_failing_provisioner_and_carries_on() -> None:
+    import httpx
+
+    from mcpdb.provisioning import KubernetesProvisioner, ScaleController
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"message": "forbidden"})
+
+    class Decisions:
+        def autoscale(self) -> dict:
+            return {"desired": 2, "reason": "up", "utilisation": 2.0}
+
+    provisioner = KubernetesProvisioner("w", namespace="ns", api_url="https://api",
+                                        http=httpx.Client(transport=httpx.MockTransport(api)))
+    controller = ScaleController(Decisions(), provisioner)  # type: ignore[arg-type]
+    assert "could not read the worker count: HTTPStatusError" in controller.step()
