@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,9 +30,36 @@ import httpx
 LAYOUT_FILE = "cluster.json"
 
 
+_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+_LOWEST_PORT = 10000
+
+
+def _ephemeral_floor() -> int:
+    try:
+        with open(_EPHEMERAL_RANGE) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the kernel just handed out (and released) on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port free on ``host`` now, below the kernel's ephemeral range.
+
+    A port the kernel hands out for binding to 0 comes from the range it also
+    gives outgoing connections, so between picking it and the node binding it
+    a connection (the tests and nodes open many) can take it: "address already
+    in use". Ports below that range are only ever taken by an explicit bind.
+    """
+    floor = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randrange(_LOWEST_PORT, max(floor, _LOWEST_PORT + 1000))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the kernel choose
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
