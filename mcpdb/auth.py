@@ -70,7 +70,8 @@ class Principal:
     def check(self, namespace: str, needed: Scope) -> None:
         held = self.scope_in(namespace)
         if held is None:
-            raise Hidden(f"{namespace} does not exist")
+            # The same words whether the namespace exists or not: nothing about it leaks.
+            raise Hidden(f"namespace {namespace} does not exist or this token has no scope in it")
         if held.rank < needed.rank:
             raise Forbidden(f"this token has {held.value} scope in {namespace}; {needed.value} is needed")
 

@@ -39,11 +39,6 @@ def principal_of(request: Any) -> Principal:
     return request.scope[PRINCIPAL_KEY]
 
 
-def hidden_message(namespace: str) -> str:
-    """The 404 message for a namespace a token holds no scope in: the same whether it exists or not."""
-    return f"namespace {namespace} does not exist or this token has no scope in it"
-
-
 class Authenticator:
     def __init__(self, bootstrap_token: str | None, store: ContextStore,
                  fresh: Callable[[], Awaitable[object]]) -> None:
@@ -87,8 +82,8 @@ def path_refusal(principal: Principal, method: str, path: str) -> Refusal | None
     namespace = match[1]
     try:
         principal.check(namespace, Scope.read if method in _READ_METHODS else Scope.write)
-    except Hidden:
-        return Refusal(404, "not_found", hidden_message(namespace))
+    except Hidden as hidden:
+        return Refusal(404, "not_found", str(hidden))
     except Forbidden as forbidden:
         return Refusal(403, "forbidden", str(forbidden))
     return None

@@ -41,7 +41,7 @@ from mcpdb.model import KINDS
 from mcpdb.service import Consistency, NotFound
 from mcpdb.store import HistoryTrimmed
 from mcpdb.watch import Cursor
-from nodes.access import hidden_message, principal_of
+from nodes.access import principal_of
 from nodes.config import split_host_port
 from nodes.mcp_tools import ContextTools
 
@@ -68,10 +68,8 @@ def _checked(principal: Principal, namespace: str) -> None:
     """Read access to ``namespace``, refused in MCP's terms (a hidden namespace looks missing)."""
     try:
         principal.check(namespace, Scope.read)
-    except Hidden:
-        raise MCPError(INVALID_PARAMS, hidden_message(namespace)) from None
-    except Forbidden as forbidden:
-        raise MCPError(INVALID_PARAMS, str(forbidden)) from None
+    except (Hidden, Forbidden) as refused:
+        raise MCPError(INVALID_PARAMS, str(refused)) from None
 
 
 def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
