@@ -15,7 +15,6 @@ phase once scaled, beside the fixed cluster's p95 over the same phase.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ import httpx
 from mcpdb.client import Client
 from benchmarks.plots import finish, save_run
 from mcpdb.localcluster import ClusterLayout, LocalCluster
-from mcpdb.provisioning import LocalProvisioner, ScaleController
+from mcpdb.provisioning import LocalProvisioner, ScaleController, threads_per_worker
 
 Step = Any
 
@@ -105,8 +104,7 @@ def ramp(settings: AutoscaleSettings, bounds: str, root: Path, step: Step, label
     layout = ClusterLayout.fresh(3)
     layout.extra_args = ["--no-inference", "--autoscale", bounds, "--autoscale-cooldown", str(settings.cooldown)]
     cluster = LocalCluster(layout, root / label)
-    threads = max(1, len(os.sched_getaffinity(0)) // settings.max_workers)
-    provisioner = LocalProvisioner(cluster, ["--inference", "--threads", str(threads)])
+    provisioner = LocalProvisioner(cluster, ["--inference", "--threads", str(threads_per_worker(settings.max_workers))])
     timeline: list[dict[str, Any]] = []
     stop = threading.Event()
     try:

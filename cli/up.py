@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import threading
@@ -19,7 +18,7 @@ from cli.errors import CliError
 from mcpdb.autoscale import ScalePolicy
 from mcpdb.client import Client, McpdbError
 from mcpdb.localcluster import ClusterLayout, LocalCluster
-from mcpdb.provisioning import LocalProvisioner, ScaleController
+from mcpdb.provisioning import LocalProvisioner, ScaleController, threads_per_worker
 
 
 def _check_free(address: str) -> None:
@@ -68,10 +67,11 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
         if spec.raft_addr:
             _check_free(spec.raft_addr)
     # Flags are this run's choice, not what an earlier run on the same directory saved.
-    layout.extra_args = ["--model", str(model.resolve())] if model is not None else []
-    bounds = _autoscale_bounds(autoscale, demo)
-    if bounds is not None:
-        layout.extra_args += ["--no-inference", "--autoscale", autoscale or "",
+    model_args = ["--model", str(model.resolve())] if model is not None else []
+    layout.extra_args = list(model_args)
+    policy = _autoscale_policy(autoscale, autoscale_cooldown, demo)
+    if policy is not None:
+        layout.extra_args += ["--no-inference", "--autoscale", f"{policy.min_workers}:{policy.max_workers}",
                               "--autoscale-cooldown", str(autoscale_cooldown)]
     cluster = LocalCluster(layout, data_dir)
     stop = threading.Event()
@@ -84,9 +84,9 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
                 leader = cluster.wait_ready(timeout=60)
             except (TimeoutError, RuntimeError) as error:
                 raise CliError(f"cluster did not come up: {error}") from None
-        if bounds is not None:
+        if policy is not None:
             _print_nodes(cluster, leader, {})
-            autoscale_until(cluster, bounds[1], stop)
+            autoscale_until(cluster, policy.max_workers, model_args, stop)
             return
         with console.status("loading the model on every node ..."):
             try:
@@ -112,23 +112,20 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
     console.print(f"stopped; data kept in {data_dir}")
 
 
-def _autoscale_bounds(autoscale: str | None, demo: bool) -> tuple[int, int] | None:
+def _autoscale_policy(autoscale: str | None, cooldown: float, demo: bool) -> ScalePolicy | None:
     if autoscale is None:
         return None
     if demo:
         raise CliError("--demo and --autoscale do not go together: run the demo on a fixed cluster")
     try:
-        low, high = ScalePolicy.parse_bounds(autoscale)
-        ScalePolicy(low, high)
+        return ScalePolicy.from_flags(autoscale, cooldown_s=cooldown)
     except ValueError as error:
         raise CliError(str(error)) from None
-    return low, high
 
 
-def autoscale_until(cluster: LocalCluster, max_workers: int, stop: threading.Event) -> None:
+def autoscale_until(cluster: LocalCluster, max_workers: int, model_args: list[str], stop: threading.Event) -> None:
     """Run worker replicas as the leader's autoscaler decides, printing each change, until ``stop``."""
-    threads = max(1, len(os.sched_getaffinity(0)) // max_workers)
-    model_args = cluster.layout.extra_args[:2] if cluster.layout.extra_args[:1] == ["--model"] else []
+    threads = threads_per_worker(max_workers)
     provisioner = LocalProvisioner(cluster, [*model_args, "--inference", "--threads", str(threads)])
     console.print(f"autoscaling inference workers ({threads} thread(s) each); watch it with "
                   f"`mcpdb top --url {cluster.layout.nodes[0].url}`; press Ctrl-C to stop")

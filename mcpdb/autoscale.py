@@ -52,6 +52,13 @@ class ScalePolicy:
             raise ValueError(f"--autoscale takes MIN:MAX, e.g. 1:4; got {text!r}")
         return int(low), int(high)
 
+    @classmethod
+    def from_flags(cls, bounds: str, **settings: float) -> ScalePolicy:
+        """The policy ``--autoscale MIN:MAX`` and the other settings ask for (e.g. ``cooldown_s``);
+        ValueError says what is wrong with them."""
+        low, high = cls.parse_bounds(bounds)
+        return cls(low, high, **settings)  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class Observation:

@@ -15,6 +15,7 @@ in a preStop hook (deploy/README.md).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,12 @@ class Provisioner(Protocol):
 
     def scale_to(self, count: int) -> str:
         """Start or stop workers until ``count`` run (stopping drains first); says what it did."""
+
+
+def threads_per_worker(max_workers: int) -> int:
+    """llama.cpp threads for each of up to ``max_workers`` local workers sharing this machine's cores
+    (threads beyond the cores spin against each other)."""
+    return max(1, len(os.sched_getaffinity(0)) // max_workers)
 
 
 class LocalProvisioner:

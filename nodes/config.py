@@ -6,8 +6,12 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mcpdb.store import DEFAULT_CHANGE_HISTORY
+
+if TYPE_CHECKING:
+    from mcpdb.autoscale import ScalePolicy
 
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -103,16 +107,17 @@ class NodeConfig:
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
         self._validate_inference()
-        self._validate_autoscale()
+        self.autoscale_policy()
 
-    def _validate_autoscale(self) -> None:
+    def autoscale_policy(self) -> ScalePolicy | None:
+        """The autoscaling policy the flags ask for (None without --autoscale); ConfigError if invalid."""
         from mcpdb.autoscale import ScalePolicy
 
         if self.autoscale is None:
-            return
+            return None
         try:
-            low, high = ScalePolicy.parse_bounds(self.autoscale)
-            ScalePolicy(low, high, target_per_slot=self.autoscale_target, cooldown_s=self.autoscale_cooldown)
+            return ScalePolicy.from_flags(self.autoscale, target_per_slot=self.autoscale_target,
+                                          cooldown_s=self.autoscale_cooldown)
         except ValueError as error:
             raise ConfigError(f"--autoscale: {error}") from None
 

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 
 from mcpdb import __version__
-from mcpdb.autoscale import ScalePolicy
 from mcpdb.barrier import ReadBarrier
 from mcpdb.inference import Worker, WorkerSettings, default_model_path
 from mcpdb.loadboard import HEARTBEAT_S
@@ -82,12 +81,7 @@ class NodeRuntime:
         self.front = ChatFront(config.node_id, self.replication, self.store, self.scheduler, self.chat_worker,
                                lambda: self._stream_http, config.request_timeout)
         self.draining = False  # set by POST /v1/node/drain: no new inference work, then leave
-        policy = None
-        if config.autoscale is not None:
-            low, high = ScalePolicy.parse_bounds(config.autoscale)
-            policy = ScalePolicy(low, high, target_per_slot=config.autoscale_target,
-                                 cooldown_s=config.autoscale_cooldown)
-        self.autoscale = AutoscaleDuty(self, policy)
+        self.autoscale = AutoscaleDuty(self, config.autoscale_policy())
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
         self._stream_http: httpx.AsyncClient | None = None
