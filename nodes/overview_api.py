@@ -42,9 +42,7 @@ class OverviewSampler:
         async with self._lock:
             if self.history and time.time() - self.history[-1]["at"] < MIN_INTERVAL_S:
                 return self.history[-1]
-            registry = {node["id"]: node for node in self._runtime.store.nodes()}
-            registry[self._runtime.config.node_id] = self._runtime.registration()
-            nodes = sorted(registry.values(), key=lambda n: n["id"])
+            nodes = self._runtime.members()
             http = self._runtime.http_client()
             scrapes = await asyncio.gather(*(self._scrape(http, node["http_url"]) for node in nodes))
             rows = []

@@ -245,23 +245,27 @@ class NodeRuntime:
             status["scheduler"] = {"assigned": self.scheduler.decisions, "board": self.scheduler.board.snapshot()}
         return status
 
-    async def cluster_status(self) -> dict[str, Any]:
-        """Every registered node's own status, fetched concurrently; unreachable ones say so."""
-        assert self._http is not None
+    def members(self) -> list[dict[str, Any]]:
+        """Every registered node by id, this one as it is now (its entry may not have committed yet)."""
         registry = {node["id"]: node for node in self.store.nodes()}
         registry[self.config.node_id] = self.registration()
+        return sorted(registry.values(), key=lambda node: node["id"])
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """Every registered node's own status, fetched concurrently; unreachable ones say so."""
+        http = self.http_client()
 
         async def fetch(node: dict[str, Any]) -> dict[str, Any]:
             if node["id"] == self.config.node_id:
                 return {**node, "reachable": True, **self.local_status()}
             try:
-                response = await self._http.get(node["http_url"] + "/v1/node")
+                response = await http.get(node["http_url"] + "/v1/node")
                 response.raise_for_status()
                 return {**node, "reachable": True, **response.json()}
             except (httpx.HTTPError, ValueError) as error:
                 return {**node, "reachable": False, "role": "unreachable", "error": str(error) or type(error).__name__}
 
-        nodes = await asyncio.gather(*(fetch(node) for node in registry.values()))
+        nodes = await asyncio.gather(*(fetch(node) for node in self.members()))
         leader_addr = self.replication.leader_addr()
         leader = next((n["id"] for n in nodes if leader_addr and n.get("raft_addr") == leader_addr), None)
         return {
@@ -269,5 +273,5 @@ class NodeRuntime:
             "leader_raft_addr": leader_addr,
             "term": self.replication.status()["term"],
             "raft_members": self.replication.voters(),
-            "nodes": sorted(nodes, key=lambda n: n["id"]),
+            "nodes": nodes,  # in id order, as members() gives them
         }
