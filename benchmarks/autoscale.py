@@ -26,6 +26,7 @@ import httpx
 
 from mcpdb.client import Client
 from benchmarks.plots import finish, save_run
+from benchmarks.stats import percentile
 from mcpdb.localcluster import ClusterLayout, LocalCluster
 from mcpdb.provisioning import LocalProvisioner, ScaleController, threads_per_worker
 
@@ -90,13 +91,6 @@ def _client(index: int, url: str, model: str, phases: list[tuple[int, float]], s
             done.append({"at": now - started, "latency_s": time.time() - now, "status": response.status_code,
                          "node": response.headers.get("x-mcpdb-node")})
     return done
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ramp(settings: AutoscaleSettings, bounds: str, root: Path, step: Step, label: str) -> dict[str, Any]:
@@ -172,7 +166,7 @@ def summarise(settings: AutoscaleSettings, scaled: dict[str, Any], fixed: dict[s
                         and (p["running"] or 0) <= settings_min(scaled)), None)
 
     def p95(run: dict[str, Any], start: float, stop: float) -> float | None:
-        return _percentile([r["latency_s"] for r in run["requests"] if start <= r["at"] < stop], 0.95)
+        return percentile([r["latency_s"] for r in run["requests"] if start <= r["at"] < stop], 0.95)
 
     return {
         "step_at_s": starts[step] if step is not None else None,
@@ -231,7 +225,7 @@ def _windowed_p95(requests: list[dict[str, Any]], width: float, end: float) -> t
     xs, ys = [], []
     at = 0.0
     while at < end:
-        value = _percentile([r["latency_s"] for r in requests if at <= r["at"] < at + width], 0.95)
+        value = percentile([r["latency_s"] for r in requests if at <= r["at"] < at + width], 0.95)
         if value is not None:
             xs.append(at + width / 2)
             ys.append(value)

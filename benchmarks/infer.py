@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 
 from benchmarks.plots import finish, save_run
+from benchmarks.stats import percentile
 from mcpdb.localcluster import ClusterLayout, LocalCluster
 
 THROUGHPUT_TARGET, AFFINITY_TARGET, SHARE_TOLERANCE = 0.95, 5.0, 0.10
@@ -223,11 +224,6 @@ def _seed_sessions(url: str, sessions: int) -> None:
                 "kind": "memory", "user_id": user, "facts": facts}).raise_for_status()
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def affinity(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for policy in ("affinity", "round_robin"):
@@ -259,7 +255,7 @@ def affinity(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
 
 def _ttft_stats(results: list[dict[str, Any]]) -> dict[str, float]:
     ttfts = [r["ttft_s"] for r in results]
-    return {"ttft_mean_s": statistics.fmean(ttfts), "ttft_p95_s": _percentile(ttfts, 0.95),
+    return {"ttft_mean_s": statistics.fmean(ttfts), "ttft_p95_s": percentile(ttfts, 0.95),
             "prompt_tokens_mean": statistics.fmean(r["prompt_tokens"] for r in results),
             "cached_share": sum(r["cached"] for r in results) / sum(r["prompt_tokens"] for r in results)}
 
@@ -283,8 +279,8 @@ def weighted(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
                 cluster.stop_all(graceful=False)
         shares = {node: sum(1 for r in results if r["node"] == node) / len(results) for node in weights}
         latencies = [r["latency_s"] for r in results]
-        out[policy] = {"shares": shares, "latency_p50_s": _percentile(latencies, 0.5),
-                       "latency_p95_s": _percentile(latencies, 0.95), "requests": results}
+        out[policy] = {"shares": shares, "latency_p50_s": percentile(latencies, 0.5),
+                       "latency_p95_s": percentile(latencies, 0.95), "requests": results}
     total = sum(weights.values())
     out["capacity_shares"] = {node: weight / total for node, weight in weights.items()}
     out["cpu_quotas"] = cpus
