@@ -230,22 +230,6 @@ class _Base:
         raise last
 
 
-def _sse_chunks(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """JSON payloads of server-sent ``data:`` lines up to ``[DONE]``; an error payload raises."""
-    for line in lines:
-        if not line.startswith("data: "):
-            continue
-        data = line[len("data: "):]
-        if data == "[DONE]":
-            return
-        chunk = json.loads(data)
-        if "error" in chunk:
-            error = chunk["error"]
-            raise _ERRORS.get(error.get("code"), McpdbError)(f"{error.get('code')}: {error.get('message')}",
-                                                              error.get("code"), chunk)
-        yield chunk
-
-
 def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
     """(id, event, data) of each server-sent event; comments and keep-alives are skipped."""
     event_id, event, data = None, "message", []
@@ -263,6 +247,19 @@ def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
             event = value
         elif name == "data":
             data.append(value)
+
+
+def _sse_chunks(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """JSON payloads of server-sent events up to ``[DONE]``; an error payload raises."""
+    for _, _, data in _sse_events(lines):
+        if data == "[DONE]":
+            return
+        chunk = json.loads(data)
+        if "error" in chunk:
+            error = chunk["error"]
+            raise _ERRORS.get(error.get("code"), McpdbError)(f"{error.get('code')}: {error.get('message')}",
+                                                              error.get("code"), chunk)
+        yield chunk
 
 
 def _turn(role: str, content: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
