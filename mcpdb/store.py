@@ -606,9 +606,12 @@ class ContextStore:
                                     context_id, kind, action))
         return found
 
-    def nodes(self) -> list[dict[str, Any]]:
-        with self._lock, self._env.begin(db=self._dbs[b"nodes"]) as txn:
+    def _all(self, db: bytes) -> list[dict[str, Any]]:
+        with self._lock, self._env.begin(db=self._dbs[db]) as txn:
             return [orjson.loads(value) for _, value in txn.cursor()]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._all(b"nodes")
 
     def token(self, token_id: str) -> dict[str, Any] | None:
         with self._lock, self._env.begin(db=self._dbs[b"tokens"]) as txn:
@@ -616,8 +619,7 @@ class ContextStore:
         return orjson.loads(raw) if raw is not None else None
 
     def tokens(self) -> list[dict[str, Any]]:
-        with self._lock, self._env.begin(db=self._dbs[b"tokens"]) as txn:
-            return [orjson.loads(value) for _, value in txn.cursor()]
+        return self._all(b"tokens")
 
     def count_by_kind(self) -> dict[str, int]:
         """Contexts per kind, by a scan of every context (metrics scrapes; O(contexts))."""
