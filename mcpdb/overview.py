@@ -98,19 +98,24 @@ def node_row(node: dict[str, Any], before: Scrape | None, after: Scrape | None) 
     if before is None or seconds <= 0:
         return row
     b = before.samples
-    count = sum(_summed(s, _HTTP + "_count", _counted).values()) - sum(_summed(b, _HTTP + "_count", _counted).values())
-    errors = sum(_summed(s, _HTTP + "_count", lambda l: _counted(l) and l["status"] >= "500").values()) - \
-        sum(_summed(b, _HTTP + "_count", lambda l: _counted(l) and l["status"] >= "500").values())
-    row.update(requests_per_s=max(0.0, count) / seconds, errors_per_s=max(0.0, errors) / seconds,
+
+    def rate(keep: Any) -> float:
+        requests = _summed(s, _HTTP + "_count", keep), _summed(b, _HTTP + "_count", keep)
+        return max(0.0, sum(requests[0].values()) - sum(requests[1].values())) / seconds
+
+    row.update(requests_per_s=rate(_counted), errors_per_s=rate(lambda l: _counted(l) and l["status"] >= "500"),
                p95_latency_s=_interval_quantile(b, s, _HTTP, 0.95, _counted),
                ttft_p95_s=_interval_quantile(b, s, "mcpdb_inference_ttft_seconds", 0.95))
-    assigned = {dict(labels)["node"]: value for (name, labels), value in s.items()
-                if name == "mcpdb_scheduler_assignments_total"}
-    assigned_before = {dict(labels)["node"]: value for (name, labels), value in b.items()
-                       if name == "mcpdb_scheduler_assignments_total"}
+    assigned, assigned_before = _assignments(s), _assignments(b)
     row["assignments_per_s"] = {worker: max(0.0, value - assigned_before.get(worker, 0.0)) / seconds
                                 for worker, value in assigned.items()}
     return row
+
+
+def _assignments(samples: Samples) -> dict[str, float]:
+    """The leader's assignments so far, per worker."""
+    return {dict(labels)["node"]: value for (name, labels), value in samples.items()
+            if name == "mcpdb_scheduler_assignments_total"}
 
 
 def cluster_row(at: float, rows: list[dict[str, Any]]) -> dict[str, Any]:
