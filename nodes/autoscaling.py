@@ -37,10 +37,8 @@ class AutoscaleDuty:
         self.decision: Decision | None = None
 
     def observe(self) -> Observation:
-        runtime = self._runtime
-        served = [node for node in runtime.store.nodes() if node.get("model")]
-        live = [w for w in runtime.scheduler.board.workers(served) if w.alive]
-        board = runtime.scheduler.board
+        board = self._runtime.scheduler.board
+        live = [w for w in board.workers(self._runtime.store.nodes()) if w.alive]  # nodes serving a model
         return Observation(time.monotonic(), len(live), sum(w.slots for w in live),
                            sum(board.reported_demand(w.node_id) for w in live))
 
