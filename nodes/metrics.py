@@ -107,16 +107,20 @@ class NodeMetrics:
         total = sum(scheduler.reasons.values())
         yield _gauge("mcpdb_scheduler_affinity_hit_ratio", "Share of assignments sent to the worker already "
                      "holding the session (reason=affinity).", scheduler.reasons["affinity"] / total if total else 0.0)
-        autoscale = runtime.autoscale
-        if autoscale.decision is not None and runtime.replication.is_leader():
-            yield _gauge("mcpdb_autoscale_desired_workers", "Workers the autoscaler wants.", autoscale.decision.desired)
-            yield _gauge("mcpdb_autoscale_utilisation", "Requests in flight or queued per slot, averaged over "
-                         "the policy's window.", min(autoscale.decision.utilisation, 1e9))
-        if autoscale.observation is not None and runtime.replication.is_leader():
-            yield _gauge("mcpdb_autoscale_live_workers", "Workers alive and not draining.",
-                         autoscale.observation.workers)
         reasons = CounterMetricFamily("mcpdb_scheduler_decisions", "Assignments by reason (affinity hits are "
                                       "reason=affinity).", labels=["reason"])
         for reason, count in sorted(scheduler.reasons.items()):
             reasons.add_metric([reason], count)
         yield reasons
+        yield from NodeMetrics._autoscale(runtime)
+
+    @staticmethod
+    def _autoscale(runtime: Any) -> Iterator[Metric]:
+        """The leader's last decision (the duty records its observation and decision together)."""
+        autoscale = runtime.autoscale
+        if autoscale.decision is None or autoscale.observation is None or not runtime.replication.is_leader():
+            return
+        yield _gauge("mcpdb_autoscale_desired_workers", "Workers the autoscaler wants.", autoscale.decision.desired)
+        yield _gauge("mcpdb_autoscale_utilisation", "Requests in flight or queued per slot, averaged over "
+                     "the policy's window.", min(autoscale.decision.utilisation, 1e9))
+        yield _gauge("mcpdb_autoscale_live_workers", "Workers alive and not draining.", autoscale.observation.workers)
