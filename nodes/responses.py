@@ -47,8 +47,10 @@ DOMAIN_ERRORS = (InvalidName, InvalidHeader, InvalidCursor, NotFound, Refused, U
 
 def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, Any]]:
     """Status, error code, message and extra fields for one of DOMAIN_ERRORS: 400 bad name, header or
-    watch cursor, 422 a value JSON cannot store, 403 scope too weak, 404 (also a namespace the token holds no scope in), 410 history trimmed, 409 (400 for an invalid command), 503 with Retry-After and whether a write certainly did not
-    apply. Shared by the HTTP error responses and the chat worker's error events."""
+    watch cursor; 422 a value JSON cannot store; 403 scope too weak; 404 (also a namespace the token holds
+    no scope in); 410 history trimmed; 409 (400 for an invalid command); 503 with Retry-After and whether
+    a write certainly did not apply. Shared by the HTTP error responses, the chat worker's error events
+    and the MCP tools' errors."""
     if isinstance(exc, InvalidName):
         return 400, "invalid_name", str(exc), {}
     if isinstance(exc, InvalidHeader):
