@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from mcpdb.client import Client
-from benchmarks.plots import finish, save_run
+from benchmarks.plots import finish, run_folder, save_run
 from benchmarks.stats import percentile
 from mcpdb.localcluster import ClusterLayout, LocalCluster
 from mcpdb.provisioning import LocalProvisioner, ScaleController, threads_per_worker
@@ -49,7 +49,7 @@ class AutoscaleSettings:
         return line + (f" --out {self.out}" if self.out else "")
 
     def folder(self) -> Path:
-        return self.out or Path(__file__).resolve().parent / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        return run_folder(self.out)
 
     def expected_s(self) -> float:
         return 2 * (sum(seconds for _, seconds in self.phases) + 40)

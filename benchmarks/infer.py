@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.plots import finish, save_run
+from benchmarks.plots import finish, run_folder, save_run
 from benchmarks.stats import percentile
 from mcpdb.localcluster import ClusterLayout, LocalCluster
 
@@ -64,7 +64,7 @@ class InferSettings:
         return line + (f" --out {self.out}" if self.out else "")
 
     def folder(self) -> Path:
-        return self.out or Path(__file__).resolve().parent / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        return run_folder(self.out)
 
     def expected_s(self) -> float:
         return 60 + self.sessions * self.turns * 5.0 + 90

@@ -23,7 +23,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ class KvSettings:
         return line + (f" --out {self.out}" if self.out else "")
 
     def folder(self) -> Path:
-        return self.out or REPO / "benchmarks" / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        return plots.run_folder(self.out)
 
     def expected_s(self) -> float:
         """Rough length of the whole run, for the progress bar."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,11 @@ def finish(fig: Any, path: Path, command: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_folder(out: Path | None) -> Path:
+    """Where a run's files go: ``--out``, else benchmarks/runs/<start time> (not committed)."""
+    return out or Path(__file__).resolve().parent / "runs" / time.strftime("%Y%m%d-%H%M%S")
 
 
 def save_run(folder: Path, results: dict[str, Any], markdown: str, draw: Any, figure: str) -> None:
