@@ -40,6 +40,13 @@ def start(
     change_history: Annotated[int, typer.Option(
         help="Changes kept for watches to resume from (oldest trimmed first).")] = DEFAULT_CHANGE_HISTORY,
     advertise_url: Annotated[Optional[str], typer.Option(help="HTTP URL other nodes and clients use.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        help="A host name requests may address this node by besides its own (a reverse proxy's; repeat).")] = None,
+    mcp_max_sessions: Annotated[int, typer.Option(help="MCP sessions this node keeps open at most.")] = 1000,
+    mcp_sessions_per_token: Annotated[int, typer.Option(
+        help="MCP sessions one token may keep open on this node (then 429).")] = 100,
+    mcp_idle_timeout: Annotated[float, typer.Option(
+        help="Seconds an MCP session with no request and no open stream is kept.")] = 300.0,
     unsafe_stale_reads: Annotated[bool, typer.Option(
         help="BREAKS LINEARIZABILITY: serve reads without a barrier (for testing the checker).")] = False,
     inference: Annotated[bool, typer.Option(
@@ -90,7 +97,9 @@ def start(
         durable=durability == "durable", request_timeout=request_timeout,
         max_body_bytes=max_body_bytes, body_timeout=body_timeout, compaction_min_entries=compaction_entries,
         change_history=change_history,
-        advertise_url=advertise_url, unsafe_stale_reads=unsafe_stale_reads,
+        advertise_url=advertise_url, allowed_hosts=list(allowed_host or []),
+        mcp_max_sessions=mcp_max_sessions, mcp_sessions_per_token=mcp_sessions_per_token,
+        mcp_idle_timeout=mcp_idle_timeout, unsafe_stale_reads=unsafe_stale_reads,
         inference=inference, model_path=str(model) if model else None, n_ctx=n_ctx, threads=threads,
         slots=slots, weight=weight, domains=list(domain or []), policy=policy, shed_threshold=shed_threshold,
         autoscale=autoscale, autoscale_target=autoscale_target, autoscale_cooldown=autoscale_cooldown,

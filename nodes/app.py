@@ -32,6 +32,7 @@ from nodes.overview_api import add_overview_routes
 from nodes.token_api import add_token_routes
 from nodes.watch_api import add_watch_routes
 from nodes.docs import mount_offline_docs
+from nodes.host_guard import HostGuard
 from nodes.middleware import RequestGate
 from nodes.request_stats import TimedApp
 from nodes.fast_reads import FastContextReads
@@ -88,8 +89,6 @@ def create_app(runtime: NodeRuntime) -> Any:
         await runtime.stop()
 
     app = FastAPI(title="mcpdb", version=__version__, default_response_class=FastJSON,
-                  # A JSON API: parse the body as JSON whatever Content-Type says (curl -d).
-                  strict_content_type=False,
                   lifespan=lifespan, docs_url=None, redoc_url=None,
                   # OpenTelemetry hooks look up providers and the environment on
                   # every request; mcpdb's metrics are Prometheus.
@@ -237,5 +236,6 @@ def create_app(runtime: NodeRuntime) -> Any:
     # The MCP endpoint is the SDK's own ASGI app (streamable HTTP: POST, GET stream, DELETE).
     app.router.routes.append(Route("/mcp", endpoint=mcp.asgi, methods=["GET", "POST", "DELETE"]))
     stats = runtime.metrics.requests
-    return RequestGate(FastContextReads(TimedApp(app, stats), service, stats), runtime.authenticator,
+    guard = HostGuard(runtime.config.http_addr, runtime.config.advertise_url, runtime.config.allowed_hosts)
+    return RequestGate(FastContextReads(TimedApp(app, stats), service, stats), guard, runtime.authenticator,
                        runtime.config.max_body_bytes, runtime.config.body_timeout, stats)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from mcpdb.autoscale import ScalePolicy
 
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ALLOWED_HOST_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])$")
 
 
 class ConfigError(ValueError):
@@ -66,7 +67,12 @@ class NodeConfig:
     compaction_min_entries: int = 50_000
     change_history: int = DEFAULT_CHANGE_HISTORY
     unsafe_stale_reads: bool = False
+    # MCP sessions: bounded per node and per token, closed after this many idle seconds.
+    mcp_max_sessions: int = 1000
+    mcp_sessions_per_token: int = 100
+    mcp_idle_timeout: float = 300.0
     advertise_url: str | None = None
+    allowed_hosts: list[str] = field(default_factory=list)  # names besides its own a request's Host may use
     # Inference: a llama.cpp worker on this node (the bundled model unless model_path).
     inference: bool = True
     model_path: str | None = None
@@ -98,6 +104,13 @@ class NodeConfig:
         if not is_loopback(http_host) and not self.token:
             raise ConfigError("refusing to serve HTTP on a non-loopback address without a token "
                               "(--token-file or MCPDB_TOKEN)")
+        for name in self.allowed_hosts:
+            if not _ALLOWED_HOST_RE.match(name):
+                raise ConfigError(f"--allowed-host {name!r}: give a host name or IP address, without scheme or port")
+        if not 1 <= self.mcp_sessions_per_token <= self.mcp_max_sessions:
+            raise ConfigError("--mcp-sessions-per-token must be between 1 and --mcp-max-sessions")
+        if self.mcp_idle_timeout <= 0:
+            raise ConfigError("--mcp-idle-timeout must be positive")
         if self.request_timeout <= 0:
             raise ConfigError("--request-timeout must be positive")
         if self.change_history < 1:

@@ -17,44 +17,34 @@ sits in the HTTP request's scope; each handler checks its namespaces with it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import mcp_types as types
 import orjson
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
-from mcp.server.session import ServerSession
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.subscriptions import ListenHandler, ResourceUpdated, ServerEvent
+from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
+from prometheus_client.core import Metric
 
 from mcpdb import __version__
 from mcpdb.auth import ALL_NAMESPACES, Forbidden, Hidden, Principal, Scope
 from mcpdb.model import KINDS
 from mcpdb.service import Consistency, NotFound
-from mcpdb.store import HistoryTrimmed
-from mcpdb.watch import Cursor
 from nodes.access import principal_of
-from nodes.config import split_host_port
+from nodes.metrics import gauge
+from nodes.mcp_sessions import (MAX_SUBSCRIPTIONS, ChangeBus, HandshakeSubscriptions, OwnedSessions,
+                                SessionEndpoint, context_uri)
 from nodes.mcp_tools import ContextTools
-
-_log = logging.getLogger(__name__)
 
 _URI = re.compile(r"^mcpdb://([^/]+)/([a-z]+)/([^/]+)$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
 PAGE_SIZE = 100
-FEED_IDLE_S = 30.0
-
-
-def context_uri(namespace: str, kind: str, context_id: str) -> str:
-    return f"mcpdb://{namespace}/{kind}/{context_id}"
 
 
 def _parse_uri(uri: str) -> tuple[str, str, str]:
@@ -78,91 +68,6 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
     return principal_of(ctx.request)
 
 
-class ChangeBus:
-    """The SDK's subscription bus, fed by the node's change feed only while someone listens
-    (so a node without MCP subscribers pays nothing per commit)."""
-
-    def __init__(self, runtime: Any) -> None:
-        self._runtime = runtime
-        self._listeners: dict[object, Callable[[ServerEvent], None]] = {}
-        self._pump: asyncio.Task[None] | None = None
-
-    async def publish(self, event: ServerEvent) -> None:
-        for listener in list(self._listeners.values()):
-            try:
-                listener(event)
-            except Exception:  # noqa: BLE001 - one broken listener must not starve the others
-                _log.exception("subscription listener failed")
-
-    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
-        token = object()
-        self._listeners[token] = listener
-        if self._pump is None or self._pump.done():
-            self._pump = asyncio.get_running_loop().create_task(self._follow())
-
-        def unsubscribe() -> None:
-            self._listeners.pop(token, None)
-            if not self._listeners and self._pump is not None:
-                self._pump.cancel()
-                self._pump = None
-        return unsubscribe
-
-    async def _follow(self) -> None:
-        cursor = Cursor(self._runtime.store.applied_index())
-        while True:
-            try:
-                async for batch in self._runtime.change_feed.follow(cursor, FEED_IDLE_S):
-                    for change, _ in batch:
-                        await self.publish(ResourceUpdated(uri=context_uri(change.namespace, change.kind, change.id)))
-                        cursor = Cursor(change.version, change.position)
-            except HistoryTrimmed:  # fell behind the whole history: carry on from now
-                cursor = Cursor(self._runtime.store.applied_index())
-
-
-class HandshakeSubscriptions:
-    """``resources/subscribe`` of the handshake era: per session, a set of URIs and one bus listener
-    that sends ``notifications/resources/updated`` on that session."""
-
-    def __init__(self, bus: ChangeBus) -> None:
-        self._bus = bus
-        self._sessions: dict[ServerSession, tuple[set[str], Callable[[], None]]] = {}
-
-    async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
-        namespace, _, _ = _parse_uri(params.uri)
-        _checked(_principal(ctx), namespace)
-        session = ctx.session
-        if session not in self._sessions:
-            uris: set[str] = set()
-            loop = asyncio.get_running_loop()
-
-            def deliver(event: ServerEvent) -> None:
-                if isinstance(event, ResourceUpdated) and event.uri in uris:
-                    loop.create_task(self._notify(session, event.uri))
-            self._sessions[session] = (uris, self._bus.subscribe(deliver))
-        self._sessions[session][0].add(params.uri)
-        return types.EmptyResult()
-
-    async def unsubscribe(self, ctx: ServerRequestContext[Any, Any],
-                          params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-        entry = self._sessions.get(ctx.session)
-        if entry is not None:
-            entry[0].discard(params.uri)
-            if not entry[0]:
-                self._drop(ctx.session)
-        return types.EmptyResult()
-
-    async def _notify(self, session: ServerSession, uri: str) -> None:
-        try:
-            await session.send_resource_updated(uri)
-        except Exception:  # noqa: BLE001 - the session is gone: forget its subscriptions
-            self._drop(session)
-
-    def _drop(self, session: ServerSession) -> None:
-        entry = self._sessions.pop(session, None)
-        if entry is not None:
-            entry[1]()
-
-
 class McpServer:
     """The MCP server of one node (``runtime``: its NodeRuntime) and its ASGI endpoint."""
 
@@ -170,8 +75,9 @@ class McpServer:
         self._runtime = runtime
         self._tools = ContextTools(runtime)
         self._bus = ChangeBus(runtime)
-        self._listen = ListenHandler(self._bus)
-        self._handshake = HandshakeSubscriptions(self._bus)
+        config = runtime.config
+        self._listen = ListenHandler(self._bus, max_subscriptions=config.mcp_max_sessions)
+        self.subscriptions = HandshakeSubscriptions(self._bus)
         self.server: Server[Any] = Server(
             "mcpdb", version=__version__,
             instructions="Structured context for LLM applications: instructions, profiles, sessions, guardrails, "
@@ -179,22 +85,28 @@ class McpServer:
             on_list_tools=self._list_tools, on_call_tool=self._call_tool,
             on_list_resources=self._list_resources, on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource,
-            on_subscribe_resource=self._handshake.subscribe, on_unsubscribe_resource=self._handshake.unsubscribe,
+            on_subscribe_resource=self._subscribe, on_unsubscribe_resource=self._unsubscribe,
             on_subscriptions_listen=self._listen_checked,
             on_list_prompts=self._list_prompts, on_get_prompt=self._get_prompt,
         )
-        host, _ = split_host_port(runtime.config.http_addr, "--http-addr")
-        hosts = {"127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]"}
-        self.sessions = StreamableHTTPSessionManager(
+        self.sessions = OwnedSessions(
             app=self.server,
-            max_request_body_size=runtime.config.max_body_bytes,
-            # DNS-rebinding protection: only requests addressed to this node's own names.
-            security_settings=TransportSecuritySettings(
-                enable_dns_rebinding_protection=True,
-                allowed_hosts=[f"{name}:*" for name in hosts],
-                allowed_origins=[f"http://{name}:*" for name in hosts]),
+            max_request_body_size=config.max_body_bytes,
+            max_sessions=config.mcp_max_sessions, max_sessions_per_owner=config.mcp_sessions_per_token,
+            session_idle_timeout=config.mcp_idle_timeout,
+            # The request gate checks Host and Origin for every path, /mcp included (nodes.host_guard),
+            # with the node's --allowed-host names, which this list would not know.
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
-        self.asgi = StreamableHTTPASGIApp(self.sessions)
+        self.asgi = SessionEndpoint(self.sessions)
+        runtime.metrics.add_source(self.metrics)
+
+    def metrics(self) -> Iterator[Metric]:
+        yield gauge("mcpdb_mcp_sessions", "MCP sessions open on this node.", self.sessions.open_sessions)
+        yield gauge("mcpdb_mcp_subscriptions", "Resources watched by this node's MCP sessions "
+                    "(resources/subscribe).", len(self.subscriptions))
+        yield gauge("mcpdb_mcp_change_listeners", "Listeners on this node's MCP change bus (one per "
+                    "subscribed session or listen stream).", self._bus.listeners)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -266,10 +178,25 @@ class McpServer:
         return types.ReadResourceResult(contents=[types.TextResourceContents(
             uri=params.uri, mime_type="application/json", text=orjson.dumps(record).decode())])
 
+    async def _subscribe(self, ctx: ServerRequestContext[Any, Any],
+                         params: types.SubscribeRequestParams) -> types.EmptyResult:
+        namespace, _, _ = _parse_uri(params.uri)
+        _checked(_principal(ctx), namespace)
+        await self.subscriptions.subscribe(ctx, params.uri)
+        return types.EmptyResult()
+
+    async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any],
+                           params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        await self.subscriptions.unsubscribe(ctx, params.uri)
+        return types.EmptyResult()
+
     async def _listen_checked(self, ctx: ServerRequestContext[Any, Any],
                               params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
         principal = _principal(ctx)
-        for uri in params.notifications.resource_subscriptions or ():
+        uris = params.notifications.resource_subscriptions or ()
+        if len(uris) > MAX_SUBSCRIPTIONS:
+            raise MCPError(INVALID_PARAMS, f"one listen stream may watch at most {MAX_SUBSCRIPTIONS} resources")
+        for uri in uris:
             _checked(principal, _parse_uri(uri)[0])
         return await self._listen(ctx, params)
 

@@ -1,4 +1,4 @@
-"""The gate every request passes before FastAPI: token, access, rate limit, JSON bodies, size limit.
+"""The gate every request passes before FastAPI: Host/Origin, token, access, rate limit, body size.
 
 One plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which adds a
 task hop per request, and not three stacked ones, which add three awaits):
@@ -17,6 +17,7 @@ from mcpdb.auth import ROOT
 from mcpdb.rate_limit import TokenBuckets
 from mcpdb.replication import Unavailable
 from nodes.access import PRINCIPAL_KEY, PUBLIC_PATHS, Authenticator, path_refusal
+from nodes.host_guard import HostGuard
 from nodes.request_stats import STARTED_KEY, RequestStats
 
 ASGIApp = Any
@@ -34,16 +35,15 @@ async def _send_error(send: Any, status: int, error: str, message: str,
 
 
 class RequestGate:
-    """Bearer token, access rules, rate limits, JSON bodies whatever their Content-Type, body size.
+    """Host and Origin, bearer token, access rules, rate limits, body size.
 
+    - A request a browser may have been tricked into sending (foreign Host,
+      foreign Origin, a body that is not JSON) is refused first, whatever its
+      path or token (see nodes.host_guard).
     - ``Authorization: Bearer <token>`` on every path except health checks,
       when the node has a bootstrap token (see nodes.access); the principal is
       left in the ASGI scope for routes that check namespaces of their own.
     - A token with a rate limit gets 429 with Retry-After past it.
-    - ``curl -d`` sends ``application/x-www-form-urlencoded``; FastAPI would
-      then not parse the body and report a confusing schema error. Dropping a
-      non-JSON Content-Type on /v1 lets FastAPI's lenient mode parse it as
-      JSON, so a bad body gets the precise 400/422 it deserves.
     - Bodies over ``max_body_bytes`` get 413, by Content-Length or while
       streaming, before the application buffers them.
     - Its own answers are counted by route and status with their latency
@@ -53,9 +53,10 @@ class RequestGate:
       a route, so nothing is written.
     """
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, max_body_bytes: int,
+    def __init__(self, app: ASGIApp, guard: HostGuard, authenticator: Authenticator, max_body_bytes: int,
                  body_timeout: float, stats: RequestStats) -> None:
         self.app = app
+        self.guard = guard
         self.stats = stats
         self.authenticator = authenticator
         self.limit = max_body_bytes
@@ -68,6 +69,10 @@ class RequestGate:
             return
         scope[STARTED_KEY] = time.perf_counter()
         headers = dict(scope["headers"])
+        refused = self.guard.refusal(scope["method"].encode(), headers)
+        if refused is not None:
+            await self._answer(scope, send, refused.status, refused.error, refused.message)
+            return
         if not self.authenticator.enabled:
             scope[PRINCIPAL_KEY] = ROOT  # no bootstrap token: everyone is root, nothing to check
         elif scope["path"] not in PUBLIC_PATHS and not await self._admitted(scope, headers, send):
@@ -79,10 +84,6 @@ class RequestGate:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._answer(scope, send, 413, "body_too_large", self._too_large)
             return
-        content_type = headers.get(b"content-type")
-        if content_type is not None and scope["path"].startswith("/v1/") \
-                and not content_type.startswith(b"application/json"):
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]}
         await self._limited(scope, receive, send)
 
     async def _admitted(self, scope: dict[str, Any], headers: dict[bytes, bytes], send: Any) -> bool:

@@ -70,8 +70,10 @@ def test_odd_ids_are_refused(node: LocalCluster, context_id: str) -> None:
 def test_oversized_bodies_get_413_whether_declared_or_streamed(node: LocalCluster) -> None:
     url = node.urls()[0]
     big = b'{"kind": "task", "domain": "d", "goal": "' + b"g" * 70_000 + b'"}'
-    declared = httpx.put(f"{url}/v1/namespaces/h/contexts/big", content=big)
-    streamed = httpx.put(f"{url}/v1/namespaces/h/contexts/big", content=iter([big[:40_000], big[40_000:]]))
+    json_body = {"content-type": "application/json"}
+    declared = httpx.put(f"{url}/v1/namespaces/h/contexts/big", content=big, headers=json_body)
+    streamed = httpx.put(f"{url}/v1/namespaces/h/contexts/big", content=iter([big[:40_000], big[40_000:]]),
+                         headers=json_body)
     assert declared.status_code == streamed.status_code == 413
     assert _contexts(url) == []
 
@@ -80,8 +82,8 @@ def test_a_client_trickling_its_body_gets_408_and_writes_nothing(node: LocalClus
     host, port = node.urls()[0].removeprefix("http://").split(":")
     body = b'{"kind": "task", "domain": "d", "goal": "slow"}'
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"PUT /v1/namespaces/h/contexts/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        sock.sendall(b"PUT /v1/namespaces/h/contexts/slow HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (host.encode(), len(body)) + body[:10])
         started = time.monotonic()
         answer = sock.recv(4096)
         assert b" 408 " in answer.split(b"\r\n")[0] and b"request_timeout" in answer
