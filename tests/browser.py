@@ -1,4 +1,4 @@
-"""Headless Chromium (Debian's package, installed by scripts/setup) for the dashboard's test."""
+"""Headless Chromium (Debian's package, installed by scripts/setup) for the dashboard's and the attack tests."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def _run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=True)
 
 
-def rendered_dom(url: str) -> str:
-    """The page's DOM after its scripts ran for a few (virtual) seconds."""
-    return _run(url, "--dump-dom").stdout
+def rendered_dom(url: str, *args: str) -> str:
+    """The page's DOM after its scripts ran for a few (virtual) seconds (``args``: more Chromium flags)."""
+    return _run(url, "--dump-dom", *args).stdout
 
 
 def screenshot(url: str, path: Path) -> np.ndarray:
