@@ -20,9 +20,9 @@ NAMESPACE = "demo"
 QUESTIONS = ("What is a context database?", "Why replicate it with Raft?", "Summarise that in one line.")
 
 
-def run_demo(urls: list[str], max_tokens: int = 48) -> None:
+def run_demo(urls: list[str], token: str | None = None, max_tokens: int = 48) -> None:
     session = f"demo-{uuid.uuid4().hex[:6]}"
-    with Client(urls, deadline=60.0) as http:
+    with Client(urls, token=token, deadline=60.0) as http:
         http.put(NAMESPACE, "assistant", {
             "kind": "instruction", "role": "a concise assistant for engineers",
             "domains": ["databases"], "text": "Answer plainly, in at most two sentences."})
@@ -34,7 +34,7 @@ def run_demo(urls: list[str], max_tokens: int = 48) -> None:
                       title=f"demo: session {NAMESPACE}/{session} on {model}")
         for turn, question in enumerate(QUESTIONS, start=1):
             entry = urls[(turn - 1) % len(urls)]
-            with Client(entry, deadline=60.0) as via_entry:
+            with Client(entry, token=token, deadline=60.0) as via_entry:
                 reply = via_entry.chat(chat_body([{"role": "user", "content": question}], model,
                                                  namespace=NAMESPACE, session_id=session, user_id="ada",
                                                  max_tokens=max_tokens, temperature=0.7))

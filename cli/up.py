@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -19,6 +20,7 @@ from mcpdb.autoscale import ScalePolicy
 from mcpdb.client import Client, McpdbError
 from mcpdb.localcluster import ClusterLayout, LocalCluster
 from mcpdb.provisioning import LocalProvisioner, ScaleController, threads_per_worker
+from nodes.config import read_secret
 
 
 def _check_free(address: str) -> None:
@@ -38,12 +40,14 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
        base_port: Annotated[int, typer.Option(help="HTTP on base+i, Raft on base+100+i.")] = 7700,
        demo: Annotated[bool, typer.Option(
            help="Once up, run a short conversation showing which node served each turn.")] = False,
-       model: Annotated[Optional[Path], typer.Option(
+       model: Annotated[Path | None, typer.Option(
            help="GGUF model for every node (default: the bundled Gemma 3 270M).")] = None,
-       autoscale: Annotated[Optional[str], typer.Option(
+       autoscale: Annotated[str | None, typer.Option(
            help="MIN:MAX: the voters keep the store only, and inference runs on 1..N worker replicas "
                 "started and stopped as the leader's autoscaler decides.")] = None,
        autoscale_cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 15.0,
+       token_file: Annotated[Path | None, typer.Option(
+           help="File holding the bootstrap token every node requires (else MCPDB_TOKEN).")] = None,
        ) -> None:
     """Start a local cluster, load the model on every node, print each node's URL and the leader,
     and serve until Ctrl-C.
@@ -54,6 +58,7 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
         raise CliError(f"--model {model}: no such file")
     if nodes < 1:
         raise CliError("--nodes must be at least 1")
+    token = read_secret(str(token_file) if token_file else None, "MCPDB_TOKEN")
     layout = ClusterLayout.load(data_dir)
     if layout is None:
         if not 1024 <= base_port <= 65535 - 200:
@@ -73,7 +78,8 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
     if policy is not None:
         layout.extra_args += ["--no-inference", "--autoscale", f"{policy.min_workers}:{policy.max_workers}",
                               "--autoscale-cooldown", str(autoscale_cooldown)]
-    cluster = LocalCluster(layout, data_dir)
+    # The cluster's own checks, the demo and the autoscaler send the token the nodes get.
+    cluster = LocalCluster(layout, data_dir, token=token)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -85,31 +91,38 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
             except (TimeoutError, RuntimeError) as error:
                 raise CliError(f"cluster did not come up: {error}") from None
         if policy is not None:
-            _print_nodes(cluster, leader, {})
+            _print_nodes(cluster, leader, {}, token_file)
             autoscale_until(cluster, policy.max_workers, model_args, stop)
-            return
-        with console.status("loading the model on every node ..."):
-            try:
-                inference = cluster.wait_models(timeout=300)
-            except (TimeoutError, RuntimeError) as error:
-                raise CliError(str(error)) from None
-        _print_nodes(cluster, leader, inference)
-        if demo:
-            try:
-                run_demo([spec.url for spec in layout.nodes])
-            except McpdbError as error:
-                raise CliError(f"demo failed: {error.message}") from None
-        console.print("serving; press Ctrl-C to stop")
-        reported: set[str] = set()
-        while not stop.wait(1.0):
-            for spec in layout.nodes:
-                if not cluster.running(spec.node_id) and spec.node_id not in reported:
-                    reported.add(spec.node_id)
-                    console.print(f"[red]{spec.node_id} exited[/]; see {data_dir / spec.node_id / 'node.log'}")
+        else:
+            _serve_until(cluster, leader, token_file, demo, stop)
     finally:
         with console.status("stopping nodes ..."):
             cluster.stop_all(graceful=True)
     console.print(f"stopped; data kept in {data_dir}")
+
+
+def _serve_until(cluster: LocalCluster, leader: str, token_file: Path | None, demo: bool,
+                 stop: threading.Event) -> None:
+    """Load the model on every node, print them (and run the demo), then report nodes that exit
+    until ``stop``."""
+    with console.status("loading the model on every node ..."):
+        try:
+            inference = cluster.wait_models(timeout=300)
+        except (TimeoutError, RuntimeError) as error:
+            raise CliError(str(error)) from None
+    _print_nodes(cluster, leader, inference, token_file)
+    if demo:
+        try:
+            run_demo([spec.url for spec in cluster.layout.nodes], cluster.token)
+        except McpdbError as error:
+            raise CliError(f"demo failed: {error.message}") from None
+    console.print("serving; press Ctrl-C to stop")
+    reported: set[str] = set()
+    while not stop.wait(1.0):
+        for spec in cluster.layout.nodes:
+            if not cluster.running(spec.node_id) and spec.node_id not in reported:
+                reported.add(spec.node_id)
+                console.print(f"[red]{spec.node_id} exited[/]; see {cluster.data_dir / spec.node_id / 'node.log'}")
 
 
 def _autoscale_policy(autoscale: str | None, cooldown: float, demo: bool) -> ScalePolicy | None:
@@ -129,7 +142,8 @@ def autoscale_until(cluster: LocalCluster, max_workers: int, model_args: list[st
     provisioner = LocalProvisioner(cluster, [*model_args, "--inference", "--threads", str(threads)])
     console.print(f"autoscaling inference workers ({threads} thread(s) each); watch it with "
                   f"`mcpdb top --url {cluster.layout.nodes[0].url}`; press Ctrl-C to stop")
-    with Client([spec.url for spec in cluster.layout.nodes if spec.voter], deadline=5) as client:
+    with Client([spec.url for spec in cluster.layout.nodes if spec.voter], token=cluster.token,
+                deadline=5) as client:
         controller = ScaleController(client, provisioner)
         try:
             while not stop.wait(1.0):
@@ -141,12 +155,29 @@ def autoscale_until(cluster: LocalCluster, max_workers: int, model_args: list[st
             provisioner.scale_to(0)
 
 
-def _print_nodes(cluster: LocalCluster, leader: str, inference: dict[str, dict[str, Any]]) -> None:
-    table = Table("node", "HTTP URL", "Raft", "role", "model", "weight (tokens/s)")
+def _print_nodes(cluster: LocalCluster, leader: str, inference: dict[str, dict[str, Any]],
+                 token_file: Path | None) -> None:
+    """The table fits the terminal, so its cells may be cut; the URLs, what a newcomer copies, go
+    below it as plain lines that are never wrapped or cut, whatever the width (or no terminal)."""
+    table = Table("node", "role", "Raft", "model", "weight")
     for spec in cluster.layout.nodes:
         role = "[bold green]leader[/]" if spec.node_id == leader else "follower"
         info = inference.get(spec.node_id, {})
-        table.add_row(spec.node_id, spec.url, spec.raft_addr or "-", role, info.get("model", "-"),
+        table.add_row(spec.node_id, role, spec.raft_addr or "-", info.get("model", "-"),
                       str(info.get("weight", "-")))
     console.print(table)
-    console.print(f"leader: [bold]{leader}[/] at {cluster.spec(leader).url}")
+    _plain("URLs (pass any with --url):")
+    for spec in cluster.layout.nodes:
+        _plain(f"  {spec.node_id}  {spec.url}")
+    if token_file is not None:
+        # The secret itself is never printed: this output ends up in scrollback and logs.
+        path = shlex.quote(str(token_file.resolve()))
+        _plain(f"every node requires the token in {path}; for clients: "
+               f'export MCPDB_TOKEN="$(head -n1 {path})" (or --token)')
+    elif cluster.token:
+        _plain("every node requires the token in MCPDB_TOKEN; clients read it from there too (or --token)")
+    _plain(f"leader: {leader} at {cluster.spec(leader).url}")
+
+
+def _plain(line: str) -> None:
+    console.print(line, soft_wrap=True, markup=False, highlight=False)
