@@ -88,47 +88,60 @@ class _ContextBase(_Strict):
 
 
 class InstructionIn(_ContextBase):
+    """Who the model is and how it works: assembled into the system prompt; ``{{name}}`` in the text is a
+    prompt argument."""
+
     kind: Literal["instruction"]
     role: str = Field(min_length=1, max_length=200, description="who the model is, e.g. 'contract lawyer'")
     domains: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, description="domain specialisations"
     )
-    text: str = Field(min_length=1)
-    style: str | None = None
+    text: str = Field(min_length=1, description="the instruction itself")
+    style: str | None = Field(default=None, description="tone or format, e.g. 'concise'")
 
 
 class ProfileIn(_ContextBase):
+    """A user: name, preferences and goals, assembled into the prompt of that user's chats."""
+
     kind: Literal["profile"]
-    name: str | None = None
-    preferences: JsonObject = Field(default_factory=dict)
-    goals: list[str] = Field(default_factory=list)
+    name: str | None = Field(default=None, description="the user's name")
+    preferences: JsonObject = Field(default_factory=dict, description="e.g. {\"tone\": \"plain\"}")
+    goals: list[str] = Field(default_factory=list, description="what the user wants to achieve")
 
 
 class SessionIn(_ContextBase):
+    """A conversation: its turns in order (replaced whole here; append_turn adds one)."""
+
     kind: Literal["session"]
-    user_id: str | None = None
-    turns: list[Turn] = Field(default_factory=list)
+    user_id: str | None = Field(default=None, description="the id of the user's profile")
+    turns: list[Turn] = Field(default_factory=list, description="the conversation so far, oldest first")
 
 
 class GuardrailIn(_ContextBase):
+    """Rules every reply in the namespace must follow."""
+
     kind: Literal["guardrail"]
-    rules: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    deny_topics: list[str] = Field(default_factory=list)
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    rules: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="at least one rule")
+    deny_topics: list[str] = Field(default_factory=list, description="topics the model must decline")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="a cap on a reply's length")
 
 
 class TaskIn(_ContextBase):
+    """Work in progress: its goal and status, assembled into the prompt of chats about it."""
+
     kind: Literal["task"]
-    domain: str = Field(min_length=1, max_length=64)
-    goal: str = Field(min_length=1)
+    domain: str = Field(min_length=1, max_length=64, description="the task's field, e.g. 'legal'")
+    goal: str = Field(min_length=1, description="what done looks like")
     status: Literal["open", "in_progress", "done", "cancelled"] = "open"
 
 
 class MemoryIn(_ContextBase):
+    """Facts the model should remember, about a user or in general."""
+
     kind: Literal["memory"]
-    facts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    user_id: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    facts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="at least one fact")
+    user_id: str | None = Field(default=None, description="the user the facts are about")
+    tags: list[str] = Field(default_factory=list, description="labels to find the memory by")
 
 
 ContextIn = Annotated[

@@ -149,7 +149,7 @@ def test_mcp_access_matrix(cluster: LocalCluster, tokens: dict[str, str]) -> Non
     calls = {
         "get_context": ({"id": "x"}, False),
         "search_contexts": ({}, False),
-        "put_context": ({"id": "m", **TASK}, True),
+        "put_task": ({"id": "m", "domain": "d", "goal": "g"}, True),
         "append_turn": ({"id": "s", "role": "user", "content": "x"}, True),
         "chat": ({"message": "hi", "session_id": "s"}, True),
     }

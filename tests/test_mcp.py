@@ -37,13 +37,15 @@ async def _session_walkthrough(cluster: LocalCluster, transport: str, ns: str) -
                 mcp_session(second, transport=transport) as writer:
             assert client.server_capabilities.resources.subscribe
             tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-            assert set(tools) == {"get_context", "put_context", "append_turn", "search_contexts", "chat"}
-            assert {"namespace", "id", "kind", "expected_version", "role", "text", "facts"} <= \
-                set(tools["put_context"].input_schema["properties"])
+            kinds = ("instruction", "profile", "session", "guardrail", "task", "memory")
+            assert set(tools) == {"get_context", *(f"put_{kind}" for kind in kinds), "append_turn",
+                                  "search_contexts", "chat"}
+            assert {"namespace", "id", "expected_version", "role", "text"} <= \
+                set(tools["put_instruction"].input_schema["properties"])
 
-            put = await writer.call_tool("put_context", {"namespace": ns, "id": "lawyer", "kind": "instruction",
-                                                         "role": "contract lawyer", "domains": ["legal"],
-                                                         "text": "Review {{document}} for {{client}}."})
+            put = await writer.call_tool("put_instruction", {"namespace": ns, "id": "lawyer",
+                                                             "role": "contract lawyer", "domains": ["legal"],
+                                                             "text": "Review {{document}} for {{client}}."})
             assert not put.is_error, put.content
             version = put.structured_content["version"]
             got = await client.call_tool("get_context", {"namespace": ns, "id": "lawyer"})  # linearizable
@@ -57,22 +59,22 @@ async def _session_walkthrough(cluster: LocalCluster, transport: str, ns: str) -
             assert orjson.loads(read.contents[0].text)["version"] == version
 
             await client.subscribe_resource(uri)
-            changed = await writer.call_tool("put_context", {"namespace": ns, "id": "lawyer", "kind": "instruction",
-                                                             "role": "contract lawyer", "text": "Be brief.",
-                                                             "expected_version": version})
+            changed = await writer.call_tool("put_instruction", {"namespace": ns, "id": "lawyer",
+                                                                 "role": "contract lawyer", "text": "Be brief.",
+                                                                 "expected_version": version})
             assert not changed.is_error, changed.content
             note = await asyncio.wait_for(updates.get(), 10)
             assert note.method == "notifications/resources/updated" and str(note.params.uri) == uri
 
-            conflict = await writer.call_tool("put_context", {"namespace": ns, "id": "lawyer", "kind": "instruction",
-                                                              "role": "r", "text": "t", "expected_version": version})
+            conflict = await writer.call_tool("put_instruction", {"namespace": ns, "id": "lawyer", "role": "r",
+                                                                  "text": "t", "expected_version": version})
             assert conflict.is_error and orjson.loads(conflict.content[0].text)["status"] == 409
             appended = await writer.call_tool("append_turn", {"namespace": ns, "id": "s1", "role": "user",
                                                               "content": "hello"})
             assert appended.structured_content["turn_count"] == 1
             found = await client.call_tool("search_contexts", {"namespace": ns, "text": "BRIEF"})
             assert [item["id"] for item in found.structured_content["items"]] == ["lawyer"]
-            invalid = await client.call_tool("put_context", {"namespace": ns, "id": "x", "kind": "memory"})
+            invalid = await client.call_tool("put_memory", {"namespace": ns, "id": "x"})
             assert invalid.is_error and orjson.loads(invalid.content[0].text)["status"] == 422
             missing = await client.call_tool("get_context", {"namespace": ns, "id": "nope"})
             assert missing.is_error and orjson.loads(missing.content[0].text)["error"] == "not_found"
@@ -91,8 +93,8 @@ def test_mcp_session_over_stdio(cluster: LocalCluster) -> None:
 def test_stored_instructions_are_prompts_with_arguments(cluster: LocalCluster) -> None:
     async def run() -> None:
         async with mcp_session(cluster.urls()[2]) as client:
-            await client.call_tool("put_context", {"namespace": "prompts", "id": "reviewer", "kind": "instruction",
-                                                   "role": "reviewer", "text": "Review {{document}} for {{client}}."})
+            await client.call_tool("put_instruction", {"namespace": "prompts", "id": "reviewer", "role": "reviewer",
+                                                       "text": "Review {{document}} for {{client}}."})
             prompts = {p.name: p for p in (await client.list_prompts()).prompts}
             arguments = {a.name: a.required for a in prompts["prompts/reviewer"].arguments}
             assert arguments == {"document": True, "client": True, "message": False}
@@ -109,11 +111,10 @@ def test_listen_stream_of_the_2026_protocol_delivers_updates(cluster: LocalClust
         async with mcp_session(cluster.urls()[0], mode="auto") as client, \
                 mcp_session(cluster.urls()[1], mode="auto") as writer:
             assert client.protocol_version >= "2026-07-28"
-            await writer.call_tool("put_context", {"namespace": "listen", "id": "m", "kind": "memory", "facts": ["a"]})
+            await writer.call_tool("put_memory", {"namespace": "listen", "id": "m", "facts": ["a"]})
             uri = "mcpdb://listen/memory/m"
             async with client.listen(resource_subscriptions=[uri]) as subscription:
-                await writer.call_tool("put_context", {"namespace": "listen", "id": "m", "kind": "memory",
-                                                       "facts": ["b"]})
+                await writer.call_tool("put_memory", {"namespace": "listen", "id": "m", "facts": ["b"]})
                 event = await asyncio.wait_for(subscription.__anext__(), 10)
                 assert event.uri == uri
     asyncio.run(run())
