@@ -30,28 +30,51 @@ from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
+from mcp_types.version import is_version_at_least
 from prometheus_client.core import Metric
 
 from mcpdb import __version__
 from mcpdb.auth import ALL_NAMESPACES, Forbidden, Hidden, Principal, Scope
-from mcpdb.model import KINDS
+from mcpdb.model import KINDS, InvalidName
 from mcpdb.service import Consistency, NotFound
 from nodes.access import principal_of
+from nodes.mcp_events import EventLog, ResumableSessions
+from nodes.mcp_jsonrpc import EnvelopeCheck
+from nodes.mcp_sessions import (
+    MAX_SUBSCRIPTIONS,
+    ChangeBus,
+    HandshakeSubscriptions,
+    SessionEndpoint,
+    context_uri,
+)
+from nodes.mcp_tools import Caller, ContextTools, Progress
 from nodes.metrics import gauge
-from nodes.mcp_sessions import (MAX_SUBSCRIPTIONS, ChangeBus, HandshakeSubscriptions, OwnedSessions,
-                                SessionEndpoint, context_uri)
-from nodes.mcp_tools import ContextTools
 
 _URI = re.compile(r"^mcpdb://([^/]+)/([a-z]+)/([^/]+)$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
 PAGE_SIZE = 100
+RESOURCE_NOT_FOUND = -32002
+"""Resource not found, in the handshake era; from 2026-07-28 (SEP-2164) it is -32602 Invalid params."""
+
+
+def _match_uri(uri: str) -> tuple[str, str, str] | None:
+    match = _URI.match(uri)
+    if match is None or match[2] not in KINDS:
+        return None
+    return match[1], match[2], match[3]
 
 
 def _parse_uri(uri: str) -> tuple[str, str, str]:
-    match = _URI.match(uri)
-    if match is None or match[2] not in KINDS:
+    parts = _match_uri(uri)
+    if parts is None:
         raise MCPError(INVALID_PARAMS, f"not an mcpdb resource URI: {uri!r} (mcpdb://namespace/kind/id)")
-    return match[1], match[2], match[3]
+    return parts
+
+
+def _no_resource(ctx: ServerRequestContext[Any, Any], uri: str, message: str) -> MCPError:
+    """Resource not found, with the code of the session's protocol era and the URI in ``data``."""
+    code = INVALID_PARAMS if is_version_at_least(ctx.protocol_version, "2026-07-28") else RESOURCE_NOT_FOUND
+    return MCPError(code, message, data={"uri": uri})
 
 
 def _checked(principal: Principal, namespace: str) -> None:
@@ -66,6 +89,18 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
     if ctx.request is None:
         raise MCPError(INVALID_PARAMS, "mcpdb serves MCP over HTTP only (use `mcpdb mcp` for stdio)")
     return principal_of(ctx.request)
+
+
+def _progress(ctx: ServerRequestContext[Any, Any]) -> Progress | None:
+    """``notifications/progress`` on the request's own stream, if the caller sent a progress token."""
+    token = (ctx.meta or {}).get("progress_token")
+    if token is None:
+        return None
+
+    async def report(pieces: int, text: str) -> None:
+        await ctx.session.send_progress_notification(token, pieces, message=text,
+                                                     related_request_id=str(ctx.request_id))
+    return report
 
 
 class McpServer:
@@ -89,8 +124,8 @@ class McpServer:
             on_subscriptions_listen=self._listen_checked,
             on_list_prompts=self._list_prompts, on_get_prompt=self._get_prompt,
         )
-        self.sessions = OwnedSessions(
-            app=self.server,
+        self.sessions = ResumableSessions(
+            app=self.server, events=EventLog(),
             max_request_body_size=config.max_body_bytes,
             max_sessions=config.mcp_max_sessions, max_sessions_per_owner=config.mcp_sessions_per_token,
             session_idle_timeout=config.mcp_idle_timeout,
@@ -98,7 +133,7 @@ class McpServer:
             # with the node's --allowed-host names, which this list would not know.
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
-        self.asgi = SessionEndpoint(self.sessions)
+        self.asgi = EnvelopeCheck(SessionEndpoint(self.sessions))
         runtime.metrics.add_source(self.metrics)
 
     def metrics(self) -> Iterator[Metric]:
@@ -121,7 +156,7 @@ class McpServer:
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any],
                          params: types.CallToolRequestParams) -> types.CallToolResult:
-        return await self._tools.call(_principal(ctx), params.name, params.arguments)
+        return await self._tools.call(Caller(_principal(ctx), _progress(ctx)), params.name, params.arguments)
 
     # -------------------------------------------------------------- resources
     async def _readable(self, principal: Principal, cursor: str | None, kind: str | None) -> tuple[list[dict[str, Any]], str | None]:
@@ -167,14 +202,18 @@ class McpServer:
 
     async def _read_resource(self, ctx: ServerRequestContext[Any, Any],
                              params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
-        namespace, kind, context_id = _parse_uri(params.uri)
-        _checked(_principal(ctx), namespace)
+        parts = _match_uri(params.uri)
+        if parts is None:
+            raise _no_resource(ctx, params.uri, f"no resource {params.uri!r}: mcpdb's resources are "
+                                                "mcpdb://namespace/kind/id")
+        namespace, kind, context_id = parts
         try:
+            _principal(ctx).check(namespace, Scope.read)  # a namespace hidden from the caller looks missing
             record = await self._runtime.service.get(namespace, context_id)
-        except NotFound:
+        except (Hidden, NotFound, InvalidName):
             record = None
         if record is None or record["kind"] != kind:
-            raise MCPError(INVALID_PARAMS, f"resource {params.uri} does not exist")
+            raise _no_resource(ctx, params.uri, f"resource {params.uri} does not exist")
         return types.ReadResourceResult(contents=[types.TextResourceContents(
             uri=params.uri, mime_type="application/json", text=orjson.dumps(record).decode())])
 
