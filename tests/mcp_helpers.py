@@ -21,6 +21,12 @@ def mcpdb_command() -> str:
     return found
 
 
+def relay_parameters(url: str, token: str | None = None) -> StdioServerParameters:
+    """``mcpdb mcp`` relaying to the node at ``url``, started the way a desktop client starts it."""
+    args = ["mcp", "--url", url] + (["--token", token] if token else [])
+    return StdioServerParameters(command=mcpdb_command(), args=args)
+
+
 @contextlib.asynccontextmanager
 async def mcp_session(url: str, token: str | None = None, transport: str = "http", mode: str = "legacy",
                       notifications: asyncio.Queue[Any] | None = None) -> AsyncIterator[Client]:
@@ -34,7 +40,6 @@ async def mcp_session(url: str, token: str | None = None, transport: str = "http
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         server: Any = streamable_http_client(url + "/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=30))
     else:
-        args = ["mcp", "--url", url] + (["--token", token] if token else [])
-        server = StdioServerParameters(command=mcpdb_command(), args=args)
+        server = relay_parameters(url, token)
     async with Client(server, mode=mode, message_handler=on_message) as client:
         yield client
