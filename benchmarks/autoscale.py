@@ -27,8 +27,8 @@ import httpx
 from mcpdb.client import Client
 from benchmarks.plots import finish, run_folder, save_run
 from benchmarks.stats import percentile
-from mcpdb.localcluster import ClusterLayout, LocalCluster
-from mcpdb.provisioning import LocalProvisioner, ScaleController, threads_per_worker
+from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
+from mcpdb.ops.provisioning import LocalProvisioner, ScaleController, threads_per_worker
 
 Step = Any
 

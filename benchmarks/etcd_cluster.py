@@ -20,7 +20,7 @@ from typing import Self
 
 import httpx
 
-from mcpdb.localcluster import free_port
+from mcpdb.ops.localcluster import free_port
 
 
 def b64(text: str) -> str:

@@ -39,7 +39,7 @@ import httpx
 
 from benchmarks.plots import finish, run_folder, save_run
 from benchmarks.stats import percentile
-from mcpdb.localcluster import ClusterLayout, LocalCluster
+from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
 THROUGHPUT_TARGET, AFFINITY_TARGET, SHARE_TOLERANCE = 0.95, 5.0, 0.10
 PROMPTS = ("Tell me about the sea.", "Describe a mountain village.", "Explain how bread is made.",
@@ -72,7 +72,7 @@ class InferSettings:
 
 # ---------------------------------------------------------------- clients (run in child processes)
 def _model_path() -> str:
-    from mcpdb.inference import default_model_path
+    from mcpdb.inference.llama_worker import default_model_path
 
     return default_model_path()
 
@@ -81,7 +81,7 @@ def raw_throughput(prompts: list[str], max_tokens: int, threads: int, n_ctx: int
     """The anchor: llama-cpp-python alone, same model, prompt format, threads and batch as a worker."""
     from llama_cpp import Llama
 
-    from mcpdb.prompt_format import GemmaFormat
+    from mcpdb.inference.prompt_format import GemmaFormat
 
     llm = Llama(model_path=_model_path(), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=256,
                 verbose=False)

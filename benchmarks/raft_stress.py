@@ -25,8 +25,8 @@ from typing import Any
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.transport import TCPTransport
 
-from mcpdb.localcluster import free_port
-from mcpdb.raft_transport import transport_class
+from mcpdb.ops.localcluster import free_port
+from mcpdb.raft.transport import transport_class
 
 
 class _Log(SyncObj):

@@ -14,7 +14,7 @@ from typing import Any, Protocol, Self
 import httpx
 
 from benchmarks.etcd_cluster import EtcdCluster, b64
-from mcpdb.localcluster import ClusterLayout, LocalCluster
+from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
 HOT_VALUE = "x" * 1024  # the one record the read scenarios read, same size as the writes
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jepsen_like.netlab import NetLab, NetlabUnavailable, availability
-from mcpdb.localcluster import ClusterLayout, LocalCluster, NodeSpec
+from mcpdb.ops.localcluster import ClusterLayout, LocalCluster, NodeSpec
 
 HTTP_PORT = 7700
 RAFT_PORT = 7800

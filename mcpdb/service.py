@@ -15,10 +15,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
-from mcpdb.barrier import ReadBarrier
+from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.model import BatchIn, Turn, check_context_id, check_namespace, context_fields
-from mcpdb.replication import Replication
-from mcpdb.store import Page
+from mcpdb.raft.replication import Replication
+from mcpdb.store.state_machine import Page
 
 
 class Consistency(str, Enum):

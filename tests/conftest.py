@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mcpdb.localcluster import ClusterLayout, LocalCluster
+from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
 
 def start_cluster(tmp_path: Path, size: int = 3, extra_args: list[str] | None = None,

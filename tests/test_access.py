@@ -15,7 +15,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from mcpdb.client import Client
-from mcpdb.localcluster import LocalCluster
+from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.mcp_helpers import mcp_session
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpdb.assembly import Assembled, ContextTooLarge, StoredContext, assemble
-from mcpdb.prompt_format import ChatMLFormat, GemmaFormat, TemplateFormat
+from mcpdb.inference.assembly import Assembled, ContextTooLarge, StoredContext, assemble
+from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, TemplateFormat
 
 FORMATS = [GemmaFormat(), ChatMLFormat()]
 words = st.text(alphabet="abcdefghij ", min_size=1, max_size=60).map(str.strip).filter(bool)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpdb.autoscale import Autoscaler, Observation, ScalePolicy
+from mcpdb.inference.autoscale_policy import Autoscaler, Observation, ScalePolicy
 
 policies = st.builds(
     ScalePolicy,
@@ -80,7 +80,7 @@ def test_kubernetes_provisioner_reads_and_patches_the_deployments_scale() -> Non
 
     import httpx
 
-    from mcpdb.provisioning import KubernetesProvisioner
+    from mcpdb.ops.provisioning import KubernetesProvisioner
 
     replicas = {"value": 1}
     seen: list[tuple[str, str, str]] = []
@@ -129,7 +129,7 @@ def test_autoscale_benchmark_summary_and_plot(tmp_path) -> None:  # noqa: ANN001
 def test_controller_reports_a_failing_provisioner_and_carries_on() -> None:
     import httpx
 
-    from mcpdb.provisioning import KubernetesProvisioner, ScaleController
+    from mcpdb.ops.provisioning import KubernetesProvisioner, ScaleController
 
     def api(request: httpx.Request) -> httpx.Response:
         return httpx.Response(403, json={"message": "forbidden"})

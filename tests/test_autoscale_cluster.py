@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from mcpdb.client import Client
-from mcpdb.provisioning import LocalProvisioner, ScaleController
+from mcpdb.ops.provisioning import LocalProvisioner, ScaleController
 from tests.conftest import start_cluster
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mcpdb.barrier import ReadBarrier
+from mcpdb.raft.barrier import ReadBarrier
 
 
 def test_reads_of_one_iteration_share_one_request_made_after_all_arrived() -> None:

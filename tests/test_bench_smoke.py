@@ -19,7 +19,7 @@ pytestmark = [
 
 def test_kv_benchmark_smoke(tmp_path: Path) -> None:
     args = ["--duration", "2", "--connections", "6", "--trials", "1", "--out", str(tmp_path)]
-    done = subprocess.run([sys.executable, "-m", "cli", "bench", "kv", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "mcpdb.cli", "bench", "kv", *args], capture_output=True, text=True,
                           timeout=240, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 

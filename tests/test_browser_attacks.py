@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mcpdb.localcluster import LocalCluster, free_port
+from mcpdb.ops.localcluster import LocalCluster, free_port
 from tests.browser import chromium, rendered_dom
 from tests.conftest import start_cluster
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mcpdb.client import AsyncClient, Client, Conflict, InvalidRequest, NotFound, Unavailable
-from mcpdb.localcluster import LocalCluster, free_port
+from mcpdb.ops.localcluster import LocalCluster, free_port
 
 pytestmark = pytest.mark.integration
 MEMORY = {"kind": "memory", "facts": ["likes tea"]}
@@ -85,7 +85,7 @@ def test_async_client(cluster: LocalCluster) -> None:
 
 
 def _cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mcpdb.cli", *args], input=stdin, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=60)
 
 
@@ -138,7 +138,7 @@ def test_up_serves_until_ctrl_c_and_brings_the_data_back(tmp_path: Path) -> None
     base = free_port()
     while any(_busy(base + offset) for offset in (0, 1, 2, 100, 101, 102)):
         base = free_port()
-    args = [sys.executable, "-m", "cli", "up", "--nodes", "3", "--data-dir", str(tmp_path / "data"),
+    args = [sys.executable, "-m", "mcpdb.cli", "up", "--nodes", "3", "--data-dir", str(tmp_path / "data"),
             "--base-port", str(base)]
     env = {**os.environ, "COLUMNS": "200"}
     for attempt in range(2):

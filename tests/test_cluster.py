@@ -7,10 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
-from mcpdb.localcluster import LocalCluster
+from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
+
+JSON = {"Content-Type": "application/json"}
 
 pytestmark = pytest.mark.integration
 
@@ -181,13 +184,14 @@ def test_ttl_expiry_reaches_every_node(cluster: LocalCluster) -> None:
 def test_bad_input_gets_clear_errors_and_changes_nothing(cluster: LocalCluster) -> None:
     url = cluster.urls()[0]
     cases = [
-        ("PUT", _ctx(url), {"content": b'{"kind": "memory"'}, 400),
+        ("PUT", _ctx(url), {"content": b'{"kind": "memory"', "headers": JSON}, 400),
+        ("PUT", _ctx(url), {"content": orjson.dumps(_memory("a"))}, 415),  # a body must be declared JSON
         ("PUT", _ctx(url), {"json": {"kind": "memory", "facts": ["a"], "colour": "red"}}, 422),
         ("PUT", _ctx(url), {"json": {"kind": "nope"}}, 422),
         ("PUT", _ctx(url, context_id="..x"), {"json": _memory("a")}, 400),
         ("PUT", _ctx(url, ns="Bad NS"), {"json": _memory("a")}, 400),
         ("PUT", _ctx(url), {"json": _memory("a"), "headers": {"If-Match": "abc"}}, 400),
-        ("PUT", _ctx(url), {"content": b"x" * (2 << 20)}, 413),
+        ("PUT", _ctx(url), {"content": b"x" * (2 << 20), "headers": JSON}, 413),
         ("GET", _ctx(url) + "?consistency=maybe", {}, 422),
         ("GET", _ctx(url, context_id="..x"), {}, 400),
         ("GET", _ctx(url, ns="Bad NS"), {}, 400),

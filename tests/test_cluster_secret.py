@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from mcpdb.client import Client
-from mcpdb.localcluster import ClusterLayout, LocalCluster, NodeSpec, free_port
+from mcpdb.ops.localcluster import ClusterLayout, LocalCluster, NodeSpec, free_port
 from tests.conftest import start_cluster
 
 pytestmark = pytest.mark.integration

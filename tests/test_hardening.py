@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mcpdb.localcluster import LocalCluster
+from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The Host, Origin and Content-Type rules (nodes.host_guard): the rules themselves, then a real node
+"""The Host, Origin and Content-Type rules (mcpdb.node.http.host_guard): the rules themselves, then a real node
 refusing what a web page on another site (or one that rebound its DNS name) could send, on every surface."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mcpdb.localcluster import LocalCluster
-from nodes.host_guard import HostGuard
+from mcpdb.ops.localcluster import LocalCluster
+from mcpdb.node.http.host_guard import HostGuard
 from tests.conftest import start_cluster
 
 TASK = {"kind": "task", "domain": "d", "goal": "g"}

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mcpdb.localcluster import LocalCluster
+from mcpdb.ops.localcluster import LocalCluster
 from tests.browser import chromium, pixels_of, rendered_dom, screenshot
 from tests.conftest import start_cluster
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mcpdb.loadboard import DEAD_AFTER_S, LoadBoard
+from mcpdb.inference.loadboard import DEAD_AFTER_S, LoadBoard
 
 REGISTRY = [{"id": "n1", "model": "m", "slots": 2, "weight": 30.0, "domains": ["law"]},
             {"id": "n2", "model": "m", "slots": 1, "weight": 10.0},

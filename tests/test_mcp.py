@@ -12,7 +12,7 @@ import orjson
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from mcpdb.localcluster import LocalCluster
+from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.mcp_helpers import mcp_session
 

@@ -21,7 +21,7 @@ from mcp.shared.message import SessionMessage
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, JSONRPCError, JSONRPCRequest
 
 from mcpdb.client import Client as McpdbClient
-from mcpdb.localcluster import free_port
+from mcpdb.ops.localcluster import free_port
 from tests.conftest import start_cluster
 from tests.mcp_helpers import mcpdb_command, relay_parameters
 

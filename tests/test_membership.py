@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mcpdb.localcluster import NodeSpec, free_port
+from mcpdb.ops.localcluster import NodeSpec, free_port
 from tests.conftest import start_cluster
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcpdb.overview import Scrape, cluster_row, node_row, quantile
+from mcpdb.node.overview import Scrape, cluster_row, node_row, quantile
 
 HTTP = "mcpdb_http_request_duration_seconds"
 ROUTE = (("method", "GET"), ("route", "/v1/namespaces/{ns}/contexts/{id}"), ("status", "200"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mcpdb.raft_safety import reconcile
+from mcpdb.raft.log_guard import reconcile
 
 
 @dataclass

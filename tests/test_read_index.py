@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcpdb.read_index import ROUND_TIMEOUT_S, ReadIndex
+from mcpdb.raft.read_index import ROUND_TIMEOUT_S, ReadIndex
 
 
 @dataclass(eq=False)
@@ -92,7 +92,7 @@ def test_no_majority_no_answer_then_timeout(monkeypatch) -> None:
     net.queue.clear()  # every ping lost
     net.tick("a")
     assert net.results["a"] == []
-    import mcpdb.read_index as module
+    import mcpdb.raft.read_index as module
     real = module.time.monotonic
     monkeypatch.setattr(module.time, "monotonic", lambda: real() + ROUND_TIMEOUT_S + 1)
     net.tick("a")

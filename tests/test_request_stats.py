@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodes.request_stats import RequestStats, route_of
+from mcpdb.node.http.request_stats import RequestStats, route_of
 
 
 def test_paths_map_to_a_bounded_set_of_routes() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpdb.scheduler import (
+from mcpdb.inference.placement import (
     NoWorkerAvailable,
     Policy,
     Request,

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mcpdb.store import ContextStore
+from mcpdb.store.state_machine import ContextStore
 from tests.conftest import start_cluster
 
 PUT = {"op": "put", "ns": "a", "id": "x", "context": {"kind": "memory", "facts": ["f"]}, "now": 1.0}

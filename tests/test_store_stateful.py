@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from mcpdb.store import ContextStore
+from mcpdb.store.state_machine import ContextStore
 
 NAMESPACES = ["a", "b"]
 IDS = ["x", "y", "z", "s1", "s2"]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from mcpdb.client import Client
-from mcpdb.localcluster import free_port
+from mcpdb.ops.localcluster import free_port
 from tests.test_client_cli import _busy, _wait_for_line
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def run_up(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def _up(run_up: list[subprocess.Popen[str]], args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    process = subprocess.Popen([sys.executable, "-m", "cli", "up", *args], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "mcpdb.cli", "up", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env={**env, "COLUMNS": "80"},
                                start_new_session=True)
     run_up.append(process)
@@ -120,7 +120,7 @@ def test_up_with_a_token_file_autoscales_and_never_prints_the_secret(tmp_path: P
 
 
 def test_up_with_an_unreadable_token_file_says_so(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "cli", "up", "--data-dir", str(tmp_path / "data"),
+    result = subprocess.run([sys.executable, "-m", "mcpdb.cli", "up", "--data-dir", str(tmp_path / "data"),
                              "--token-file", str(tmp_path / "missing")],
                             check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0

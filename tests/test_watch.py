@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcpdb.client import Client
-from mcpdb.store import ContextStore, HistoryTrimmed
-from mcpdb.watch import Cursor, InvalidCursor
+from mcpdb.store.state_machine import ContextStore, HistoryTrimmed
+from mcpdb.store.changes import Cursor, InvalidCursor
 from tests.conftest import start_cluster
 
 _OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "append", "batch"]),

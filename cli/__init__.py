@@ -1,1 +1,0 @@
-"""The ``mcpdb`` command line."""

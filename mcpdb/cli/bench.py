@@ -1,0 +1,165 @@
+"""``mcpdb bench``: benchmarks that report mcpdb beside an anchor measured in the same run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from mcpdb.cli.common import console
+from mcpdb.cli.errors import CliError
+
+app = typer.Typer(help="Benchmarks (results in benchmarks/RESULTS.md).", no_args_is_help=True)
+
+
+@app.command("raft")
+def raft(seconds: float = typer.Option(8.0, help="Seconds per configuration.")) -> None:
+    """pysyncobj's truncation of applied entries: stock vs mcpdb's guarded transport."""
+    from benchmarks import raft_stress
+
+    print(f"command: mcpdb bench raft --seconds {seconds:g}")
+    print(raft_stress.report(seconds))
+
+
+@app.command("kv")
+def kv(duration: Annotated[float, typer.Option(help="Seconds of wrk load per scenario and system.")] = 20.0,
+       connections: Annotated[int, typer.Option(
+           help="wrk connections (one wrk thread each), spread over the 3 nodes.")] = 32,
+       trials: Annotated[int, typer.Option(help="Leader kills per system for the failover figure.")] = 3,
+       durability: Annotated[str, typer.Option(help="mcpdb nodes' --durability: durable or fast.")] = "durable",
+       out: Annotated[Path | None, typer.Option(
+           help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
+    """mcpdb vs etcd 3.4 on loopback, loaded by wrk: writes, linearizable reads, failover."""
+    from benchmarks import kv as kv_bench
+
+    if duration <= 0 or connections < 3 or trials < 1:
+        raise CliError("--duration must be positive, --connections at least 3, --trials at least 1")
+    if durability not in ("durable", "fast"):
+        raise CliError(f"--durability must be 'durable' or 'fast', got {durability!r}")
+    settings = kv_bench.KvSettings(duration, connections, trials, durability, out)
+    folder = settings.folder()  # named by the start time
+    try:
+        kv_bench.require_tools()
+    except RuntimeError as error:
+        raise CliError(str(error)) from None
+    results = _run_with_progress(settings, kv_bench.run)
+    kv_bench.save(results, folder)
+    console.print(_table(results))
+    console.print(kv_bench.details(results), highlight=False)
+    console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
+    console.print(f"saved {folder}/results.json, results.md, kv.png")
+
+
+@app.command("infer")
+def infer(requests: Annotated[int, typer.Option(help="Requests per side of the throughput comparison.")] = 16,
+          max_tokens: Annotated[int, typer.Option(help="Completion tokens per throughput request.")] = 64,
+          sessions: Annotated[int, typer.Option(help="Sessions in the affinity comparison.")] = 8,
+          turns: Annotated[int, typer.Option(help="Turns per session in the affinity comparison.")] = 6,
+          weighted_requests: Annotated[int, typer.Option(help="Requests per policy in the weighted run.")] = 48,
+          out: Annotated[Path | None, typer.Option(
+              help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
+    """Chat through mcpdb vs raw llama-cpp-python; affinity vs round robin; weighted capacity 1:2."""
+    from benchmarks import infer as infer_bench
+
+    if min(requests, max_tokens, sessions, turns, weighted_requests) < 1:
+        raise CliError("every count must be at least 1")
+    settings = infer_bench.InferSettings(requests, max_tokens, sessions, turns, weighted_requests, out)
+    folder = settings.folder()
+    results = _run_with_progress(settings, infer_bench.run)
+    infer_bench.save(results, folder)
+    _report("mcpdb inference: anchors measured in the same run",
+            ("metric", "mcpdb", "anchor", "ratio", "target", "met"), infer_bench.rows(results), results,
+            folder / "infer.png")
+
+
+@app.command("autoscale")
+def autoscale(max_workers: Annotated[int, typer.Option(help="Most workers the autoscaler may run.")] = 2,
+              cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 10.0,
+              phases: Annotated[str, typer.Option(
+                  help="Load schedule: CLIENTSxSECONDS,... (concurrent chat clients per phase).")
+              ] = "1x30,2x30,4x60,2x30,0x40",
+              max_tokens: Annotated[int, typer.Option(help="Completion tokens per request.")] = 24,
+              out: Annotated[Path | None, typer.Option(
+                  help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
+    """A load ramp against autoscaled workers, beside the same ramp on one fixed worker."""
+    from benchmarks import autoscale as autoscale_bench
+
+    try:
+        schedule = autoscale_bench.AutoscaleSettings.parse_phases(phases)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    if max_workers < 2 or cooldown < 0 or max_tokens < 1:
+        raise CliError("--max-workers must be at least 2, --cooldown non-negative, --max-tokens at least 1")
+    settings = autoscale_bench.AutoscaleSettings(max_workers, cooldown, schedule, max_tokens, out)
+    folder = settings.folder()
+    results = _run_with_progress(settings, autoscale_bench.run)
+    autoscale_bench.save(results, folder)
+    _report("mcpdb autoscaling: a load ramp, autoscaled beside one fixed worker in the same run",
+            ("metric", "autoscaled", "anchor (fixed)", "ratio"), autoscale_bench.rows(results), results,
+            folder / "autoscale.png")
+
+
+def _report(title: str, columns: tuple[str, ...], rows: list[list[str]], results: dict[str, Any],
+            figure: Path) -> None:
+    """A finished run: its table, the command that produced it, and where the files went."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
+    console.print(f"saved {figure.parent}/results.json, results.md, {figure.name}")
+
+
+def _run_with_progress(settings: Any, run: Callable[[Any, Callable[[str, float], None]], dict[str, Any]]
+                       ) -> dict[str, Any]:
+    """Print the command, run the benchmark under a progress bar; its failures become one line."""
+    console.print(f"command: {settings.command()}", soft_wrap=True, highlight=False)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            steps = _Steps(progress, settings.expected_s())
+            results = run(settings, steps)
+            steps("done", 0)
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
+        raise CliError(str(error) or repr(error)) from None
+    return results
+
+
+class _Steps:
+    """The run's step callback: names the step and fills the bar by the steps' expected lengths."""
+
+    def __init__(self, progress: Progress, total_s: float) -> None:
+        self.progress = progress
+        self.task = progress.add_task("", total=total_s)
+        self.previous_s = 0.0
+
+    def __call__(self, label: str, seconds: float) -> None:
+        self.progress.update(self.task, advance=self.previous_s, description=label)
+        self.previous_s = seconds
+
+
+def _table(results: dict[str, Any]) -> Table:
+    from benchmarks.kv import cell, verdict
+
+    table = Table(title="mcpdb vs etcd 3.4, 3 nodes each on loopback")
+    for column in ("metric", "mcpdb", "etcd", "mcpdb/etcd", "target", "met"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    colors = {True: "green", False: "bold red", None: ""}
+    for row in results["rows"]:
+        met = verdict(row["pass"])
+        table.add_row(row["metric"], cell(row["mcpdb"]), cell(row["etcd"]), cell(row["ratio"]), row["target"],
+                      f"[{colors[row['pass']]}]{met}[/]" if met else "")
+    return table

@@ -1,0 +1,79 @@
+"""Which stored contexts a chat request uses, read from this node's own replica.
+
+A namespace is one application: every instruction and guardrail in it
+applies, except instructions specialised in domains other than the task's.
+The profile is the context whose id is the request's ``user_id``; memories
+are the namespace's memory contexts that belong to that user or to nobody.
+
+The caller has already waited for the replica to apply the request's read
+index (``applied_at_least``), so everything read here is at least that new;
+``context_index`` is a lower bound on the Raft index of the state the reply
+was generated from: the read index, or the index of the last entry the store
+applied before the first read if that is newer (the jepsen inference checker
+verifies it is never below the read index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mcpdb.inference.assembly import StoredContext
+from mcpdb.service import NotFound, Refused
+from mcpdb.store.state_machine import ContextStore
+
+
+@dataclass(frozen=True)
+class Gathered:
+    stored: StoredContext
+    context_index: int
+
+
+_SHARED_KINDS = ("instruction", "guardrail", "memory")  # read from the whole namespace for every request
+
+
+def _shared_contexts(store: ContextStore, namespace: str) -> dict[str, list[dict[str, Any]]]:
+    """The namespace's instructions, guardrails and memories in id order, in one pass over it."""
+    found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _SHARED_KINDS}
+    cursor: str | None = None
+    while True:
+        page = store.list(namespace, limit=1000, cursor=cursor)
+        for item in page.items:
+            if item["kind"] in found:
+                found[item["kind"]].append(item)
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
+
+
+def _of_kind(record: dict[str, Any] | None, kind: str, what: str) -> dict[str, Any] | None:
+    if record is not None and record["kind"] != kind:
+        raise Refused("wrong_kind", f"{record['namespace']}/{record['id']} is a {record['kind']}, "
+                                    f"not a {kind} ({what})")
+    return record
+
+
+def gather(store: ContextStore, namespace: str, *, applied_at_least: int, session_id: str | None,
+           user_id: str | None, task_id: str | None) -> Gathered:
+    context_index = max(applied_at_least, store.applied_index())
+    task = None
+    if task_id is not None:
+        task = _of_kind(store.get(namespace, task_id), "task", "task_id")
+        if task is None:
+            raise NotFound(f"task {namespace}/{task_id} does not exist")
+    domain = task["domain"] if task else None
+    shared = _shared_contexts(store, namespace)
+    instructions = [i for i in shared["instruction"]
+                    if domain is None or not i.get("domains") or domain in i["domains"]]
+    profile = _of_kind(store.get(namespace, user_id), "profile", "user_id") if user_id else None
+    memories = [m for m in shared["memory"] if m.get("user_id") in (None, user_id)]
+    session = _of_kind(store.get(namespace, session_id), "session", "session_id") if session_id else None
+    stored = StoredContext(
+        instructions=instructions,
+        guardrails=shared["guardrail"],
+        task=task,
+        profile=profile,
+        memories=memories,
+        turns=session["turns"] if session else [],
+    )
+    return Gathered(stored, context_index)

@@ -1,0 +1,89 @@
+"""Authentication and the access rules of the REST paths, applied in the request gate.
+
+Which principal a request acts as:
+
+- a node without a bootstrap token (loopback development) serves everyone as root;
+- the bootstrap token (``--token``) is root; it is compared in constant time
+  and costs nothing more, so node-to-node traffic and benchmarks stay fast;
+- a scoped token is looked up in the replicated store after a read barrier:
+  every creation or revocation committed before the request arrived is in
+  effect on whichever node it reaches (a revoked token is refused everywhere
+  as soon as the revocation commits, a new one accepted everywhere).
+
+What a path needs: ``/v1/namespaces/{ns}/...`` read scope in ns for GET,
+write scope otherwise; cluster changes and node-to-node routes need admin on
+``*``; everything else (status, models, metrics, docs, /mcp, chat and token
+routes, which check their own namespaces) needs only a valid token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mcpdb.auth import ROOT, Forbidden, Hidden, Principal, Scope, principal_for, token_id_of
+from mcpdb.store.state_machine import ContextStore
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/ui"})  # /ui is a static page; its data needs a token
+PRINCIPAL_KEY = "mcpdb.principal"
+_NAMESPACE_PATH = re.compile(r"^/v1/namespaces/([^/]+)(?:/|$)")
+_CLUSTER_ADMIN_PREFIXES = ("/v1/cluster/members", "/v1/internal/", "/v1/node/drain")
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def principal_of(request: Any) -> Principal:
+    """The principal the request gate authenticated (``request``: anything with an ASGI ``scope``)."""
+    return request.scope[PRINCIPAL_KEY]
+
+
+class Authenticator:
+    def __init__(self, bootstrap_token: str | None, store: ContextStore,
+                 fresh: Callable[[], Awaitable[object]]) -> None:
+        self.enabled = bootstrap_token is not None
+        self._bootstrap = f"Bearer {bootstrap_token}".encode() if bootstrap_token else b""
+        self._store = store
+        self._fresh = fresh
+
+    async def principal(self, authorization: bytes | None) -> Principal | None:
+        """The principal behind an Authorization header (the node has a bootstrap token), or None if it
+        names nobody.
+        Raises Unavailable when a scoped token cannot be checked against fresh state."""
+        if authorization is None:
+            return None
+        if hmac.compare_digest(authorization, self._bootstrap):
+            return ROOT
+        token = authorization.removeprefix(b"Bearer ").decode("utf-8", "replace")
+        token_id = token_id_of(token)
+        if token_id is None:
+            return None
+        await self._fresh()
+        return principal_for(token, self._store.token(token_id))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    error: str
+    message: str
+
+
+def path_refusal(principal: Principal, method: str, path: str) -> Refusal | None:
+    """Why ``principal`` may not call ``method path``, or None if the path allows it."""
+    if path.startswith(_CLUSTER_ADMIN_PREFIXES):
+        if not principal.cluster_admin:
+            return Refusal(403, "forbidden", "this needs an admin token for every namespace (admin on '*')")
+        return None
+    match = _NAMESPACE_PATH.match(path)
+    if match is None:
+        return None
+    namespace = match[1]
+    try:
+        principal.check(namespace, Scope.read if method in _READ_METHODS else Scope.write)
+    except Hidden as hidden:
+        return Refusal(404, "not_found", str(hidden))
+    except Forbidden as forbidden:
+        return Refusal(403, "forbidden", str(forbidden))
+    return None

@@ -1,0 +1,163 @@
+"""The gate every request passes before FastAPI: Host/Origin, token, access, rate limit, body size.
+
+One plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which adds a
+task hop per request, and not three stacked ones, which add three awaits):
+it runs on every request of the hot paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from mcpdb.auth import ROOT
+from mcpdb.node.http.rate_limit import TokenBuckets
+from mcpdb.raft.replication import Unavailable
+from mcpdb.node.http.access import PRINCIPAL_KEY, PUBLIC_PATHS, Authenticator, path_refusal
+from mcpdb.node.http.host_guard import HostGuard
+from mcpdb.node.http.request_stats import STARTED_KEY, RequestStats
+
+ASGIApp = Any
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def _send_error(send: Any, status: int, error: str, message: str,
+                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON error answer, sent before (or instead of) the application's."""
+    body = orjson.dumps({"error": error, "message": message})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGate:
+    """Host and Origin, bearer token, access rules, rate limits, body size.
+
+    - A request a browser may have been tricked into sending (foreign Host,
+      foreign Origin, a body that is not JSON) is refused first, whatever its
+      path or token (see mcpdb.node.http.host_guard).
+    - ``Authorization: Bearer <token>`` on every path except health checks,
+      when the node has a bootstrap token (see mcpdb.node.http.access); the principal is
+      left in the ASGI scope for routes that check namespaces of their own.
+    - A token with a rate limit gets 429 with Retry-After past it.
+    - Bodies over ``max_body_bytes`` get 413, by Content-Length or while
+      streaming, before the application buffers them.
+    - Its own answers are counted by route and status with their latency
+      (the fast read path and TimedApp count the others, see request_stats).
+    - A body not received in full within ``body_timeout`` seconds (a client
+      trickling it, or gone quiet) gets 408, and the request never reaches
+      a route, so nothing is written.
+    """
+
+    def __init__(self, app: ASGIApp, guard: HostGuard, authenticator: Authenticator, max_body_bytes: int,
+                 body_timeout: float, stats: RequestStats) -> None:
+        self.app = app
+        self.guard = guard
+        self.stats = stats
+        self.authenticator = authenticator
+        self.limit = max_body_bytes
+        self.body_timeout = body_timeout
+        self.buckets = TokenBuckets()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[STARTED_KEY] = time.perf_counter()
+        headers = dict(scope["headers"])
+        refused = self.guard.refusal(scope["method"].encode(), headers)
+        if refused is not None:
+            await self._answer(scope, send, refused.status, refused.error, refused.message)
+            return
+        if not self.authenticator.enabled:
+            scope[PRINCIPAL_KEY] = ROOT  # no bootstrap token: everyone is root, nothing to check
+        elif scope["path"] not in PUBLIC_PATHS and not await self._admitted(scope, headers, send):
+            return
+        if scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._answer(scope, send, 413, "body_too_large", self._too_large)
+            return
+        await self._limited(scope, receive, send)
+
+    async def _admitted(self, scope: dict[str, Any], headers: dict[bytes, bytes], send: Any) -> bool:
+        """Authenticate, apply the path's access rule and the token's rate limit; answer if refused."""
+        try:
+            principal = await self.authenticator.principal(headers.get(b"authorization"))
+        except Unavailable as error:
+            await self._answer(scope, send, 503, "unavailable", f"cannot check the token now: {error}",
+                              [(b"retry-after", str(error.retry_after).encode())])
+            return False
+        if principal is None:
+            await self._answer(scope, send, 401, "unauthorized", "missing, wrong or revoked bearer token",
+                              [(b"www-authenticate", b'Bearer realm="mcpdb"')])
+            return False
+        refusal = None if principal is ROOT else path_refusal(principal, scope["method"], scope["path"])
+        if refusal is not None:
+            await self._answer(scope, send, refusal.status, refusal.error, refusal.message)
+            return False
+        if principal.rate_limit is not None and principal.token_id is not None:
+            wait = self.buckets.take(principal.token_id, principal.rate_limit)
+            if wait:
+                await self._answer(scope, send, 429, "rate_limited",
+                                  f"this token is limited to {principal.rate_limit:g} requests/s per node",
+                                  [(b"retry-after", str(max(1, round(wait))).encode())])
+                return False
+        scope[PRINCIPAL_KEY] = principal
+        return True
+
+    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received = 0
+        app_answered = False  # the app's response has started
+        refused = False  # we answered 413 or 408 ourselves; the app only ever sees a disconnect
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
+
+        async def refuse(status: int, error: str, message: str) -> dict[str, Any]:
+            nonlocal refused
+            if not refused and not app_answered:
+                refused = True
+                await self._answer(scope, send, status, error, message)
+            # Raising here would let the framework turn it into a 400.
+            return {"type": "http.disconnect"}
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect while a response streams: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                return await refuse(408, "request_timeout",
+                                    f"the request body did not arrive within {self.body_timeout:g} s")
+            if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    return await refuse(413, "body_too_large", self._too_large)
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal app_answered
+            if refused:
+                return  # the app's reply to the disconnect; the client has our answer
+            app_answered = True
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    async def _answer(self, scope: dict[str, Any], send: Any, status: int, error: str, message: str,
+                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.stats.answered(scope, status)
+        await _send_error(send, status, error, message, headers)
+
+    @property
+    def _too_large(self) -> str:
+        return f"request body exceeds the limit of {self.limit} bytes (--max-body-bytes)"

@@ -1,0 +1,162 @@
+"""The worker half of a chat request: runs on the node the leader assigned.
+
+1. Wait until this replica applied the request's read index (ReadIndex:
+   the leader took it from a read barrier, so contexts read here are
+   linearizable without another round trip).
+2. If the session already holds an append made with this request's
+   idempotency key (an earlier attempt finished on a node that then died),
+   replay the stored reply instead of generating a second one.
+3. Gather the contexts from the local store, assemble them into the model's
+   window, generate (streaming), and append the new user message with the
+   reply to the session through Raft, once, under the idempotency key.
+
+Output is a stream of events (dicts): ``delta`` with text, then ``done``
+with usage and provenance, or ``error`` with an HTTP status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mcpdb.inference.assembly import ContextTooLarge, StoredContext, assemble
+from mcpdb.inference.request import ChatRequest
+from mcpdb.inference.gather import gather
+from mcpdb.inference.llama_worker import Generation, PromptTooLong, Worker
+from mcpdb.model import Turn
+from mcpdb.raft.replication import Replication
+from mcpdb.service import ContextService
+from mcpdb.node.http.responses import DOMAIN_ERRORS, error_parts
+
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class WorkOrder:
+    """What the entry node sends the assigned worker."""
+
+    request: ChatRequest
+    read_index: int
+    idempotency_key: str
+    seed: int
+
+
+class ChatFailed(Exception):
+    """A request this worker cannot serve; ``status`` says whether another node could (503) or not."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+def _error_event(status: int, error: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "status": status, "error": error, "message": message}
+
+
+class ChatWorker:
+    def __init__(self, node_id: str, service: ContextService, replication: Replication, worker: Worker,
+                 wait_timeout: float, on_first_token: Callable[[float], None] = lambda _: None) -> None:
+        self._on_first_token = on_first_token  # receives each generated reply's time to first token
+        self._node_id = node_id
+        self._service = service
+        self._replication = replication
+        self._worker = worker
+        self._wait_timeout = wait_timeout
+
+    def _max_tokens(self, request: ChatRequest, guardrails: list[dict[str, Any]]) -> int:
+        limits = [g["max_output_tokens"] for g in guardrails if g.get("max_output_tokens")]
+        return min([request.completion_limit(DEFAULT_MAX_TOKENS), *limits])
+
+    async def serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
+        """Events for one request; never raises for a request-level problem (it becomes an event)."""
+        try:
+            async for event in self._serve(order):
+                yield event
+        except ChatFailed as failure:
+            yield _error_event(failure.status, failure.error, failure.message)
+        except (ContextTooLarge, PromptTooLong) as error:
+            yield _error_event(413, "context_too_large", str(error))
+        except DOMAIN_ERRORS as error:
+            status, code, message, _ = error_parts(error)
+            yield _error_event(status, code, message)
+
+    async def _serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
+        request, worker, store = order.request, self._worker, self._service.store
+        if not worker.ready or worker.chat_format is None:
+            raise ChatFailed(503, "model_loading", f"node {self._node_id} is still loading its model")
+        await self._replication.wait_applied(order.read_index, self._wait_timeout)
+        if request.session_id is not None:
+            replayed = store.appended_with(request.namespace, request.session_id, order.idempotency_key)
+            if replayed is not None:
+                for event in self._replay(order, replayed):
+                    yield event
+                return
+        gathered = gather(store, request.namespace, applied_at_least=order.read_index,
+                          session_id=request.session_id, user_id=request.user_id,
+                          task_id=request.task_id) if request.namespace else None
+        stored = gathered.stored if gathered else None
+        guardrails = stored.guardrails if stored else []
+        max_tokens = self._max_tokens(request, guardrails)
+        new_messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        assembled = assemble(stored or StoredContext(), new_messages, worker.chat_format, worker.tokenize,
+                             budget=worker.settings.n_ctx - max_tokens)
+        generation = Generation()
+        async for item in worker.generate(assembled.tokens, max_tokens=max_tokens,
+                                          temperature=request.temperature,
+                                          stop=request.stop_list() + worker.chat_format.stop,
+                                          seed=order.seed, session=request.session_key()):
+            if isinstance(item, Generation):
+                generation = item
+            else:
+                yield {"type": "delta", "text": item}
+        if generation.ttft_s is not None:
+            self._on_first_token(generation.ttft_s)
+        done: dict[str, Any] = {
+            "type": "done", "node": self._node_id, "model": worker.settings.model_name,
+            "text": generation.text, "finish_reason": generation.finish_reason,
+            "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
+                      "cached_tokens": generation.cached_tokens},
+            "ttft_s": generation.ttft_s, "queued_s": generation.queued_s, "seconds": generation.seconds,
+            "read_index": order.read_index, "context_index": gathered.context_index if gathered else None,
+            "context_turns": len(stored.turns) if stored else 0,
+            "omitted": assembled.omitted, "replayed": False,
+        }
+        if request.session_id is not None:
+            done.update(await self._record(order, generation, done))
+        yield done
+
+    async def _record(self, order: WorkOrder, generation: Generation, done: dict[str, Any]) -> dict[str, Any]:
+        """Append the new messages and the reply once; a concurrent attempt's append wins if first."""
+        request = order.request
+        # What the reply was generated from, kept with the turns: the jepsen chat checker verifies
+        # that every turn acknowledged before this request began is within context_turns.
+        provenance = {"idempotency_key": order.idempotency_key, "read_index": order.read_index,
+                      "context_index": done["context_index"], "context_turns": done["context_turns"]}
+        turns = [Turn(role=m.role, content=m.content, metadata=provenance)
+                 for m in request.messages if m.role != "system"]
+        turns.append(Turn(role="assistant", content=generation.text,
+                          metadata={**provenance, "node": self._node_id, "model": done["model"],
+                                    "completion_tokens": generation.completion_tokens}))
+        result = await self._service.append(request.namespace, request.session_id, turns,
+                                            idempotency_key=order.idempotency_key)
+        recorded: dict[str, Any] = {"session_version": result["version"], "turn_count": result["turn_count"]}
+        if result["replayed"]:
+            stored = self._service.store.appended_with(request.namespace, request.session_id, order.idempotency_key)
+            recorded.update(replayed=True, text=stored[-1]["content"] if stored else generation.text)
+        return recorded
+
+    def _replay(self, order: WorkOrder, turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        reply = turns[-1]
+        metadata = reply.get("metadata", {})
+        return [
+            {"type": "delta", "text": reply["content"]},
+            {"type": "done", "node": metadata.get("node", self._node_id), "model": metadata.get("model"),
+             "text": reply["content"], "finish_reason": "stop",
+             "usage": {"prompt_tokens": 0, "completion_tokens": metadata.get("completion_tokens", 0),
+                       "cached_tokens": 0},
+             "ttft_s": None, "queued_s": 0.0, "seconds": 0.0, "read_index": order.read_index,
+             "context_index": metadata.get("context_index"), "omitted": {}, "replayed": True},
+        ]

@@ -1,1 +1,0 @@
-"""The mcpdb node process: configuration, runtime wiring, HTTP app."""
