@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mcpdb.store.state_machine import DEFAULT_CHANGE_HISTORY
+from mcpdb.store.defaults import DEFAULT_CHANGE_HISTORY
 
 if TYPE_CHECKING:
     from mcpdb.inference.autoscale_policy import ScalePolicy

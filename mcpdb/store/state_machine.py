@@ -52,6 +52,7 @@ import lmdb
 import orjson
 
 from mcpdb.fsutil import fsync_path
+from mcpdb.store.defaults import DEFAULT_CHANGE_HISTORY
 
 _log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ _DB_NAMES = (b"meta", b"ctx", b"turns", b"expiry", b"idem", b"nodes", b"tokens",
 _APPLIED = b"applied"
 _TRIMMED = b"changes_trimmed"
 _U32 = struct.Struct(">I")
-DEFAULT_CHANGE_HISTORY = 100_000
 _CURRENT = "CURRENT"
 _CLEAN_MARKER = "CLEAN"
 _BOOT_ID_FILE = "BOOT_ID"
