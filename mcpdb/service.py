@@ -1,6 +1,7 @@
 """Context operations on top of replication: what REST, MCP and the CLI all call.
 
-Writes become log commands carrying the proposer's clock; reads go through a
+Writes become log commands (``mcpdb.store.commands``) carrying the proposer's
+clock where applying them needs one; reads go through a
 read barrier unless the caller asks for ``stale`` (local state, may lag).
 Refusals decided by the state machine (version conflict, missing context)
 come back as ``Refused`` with the code the store chose.
@@ -15,9 +16,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
-from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.model import BatchIn, Turn, check_context_id, check_namespace, context_fields
+from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
+from mcpdb.store import commands
 from mcpdb.store.state_machine import Page
 
 
@@ -65,8 +67,7 @@ class ContextService:
     def store(self) -> Any:
         return self._replication.store
 
-    async def _write(self, command: dict[str, Any]) -> dict[str, Any]:
-        command["now"] = time.time()
+    async def _write(self, command: commands.Command) -> dict[str, Any]:
         return _checked(await self._replication.propose(command, self._write_timeout))
 
     async def read_index(self, consistency: Consistency) -> int | None:
@@ -79,10 +80,8 @@ class ContextService:
                   if_version: int | None = None) -> dict[str, Any]:
         check_namespace(namespace)
         check_context_id(context_id)
-        result = await self._write({
-            "op": "put", "ns": namespace, "id": context_id, "context": context_fields(context),
-            "ttl": getattr(context, "ttl", None), "if_version": if_version,
-        })
+        result = await self._write(commands.Put(namespace, context_id, context_fields(context),
+                                                getattr(context, "ttl", None), if_version, time.time()))
         return {"namespace": namespace, "id": context_id, "version": result["version"],
                 "created": result["created"]}
 
@@ -100,8 +99,7 @@ class ContextService:
                      if_version: int | None = None) -> dict[str, Any]:
         check_namespace(namespace)
         check_context_id(context_id)
-        result = await self._write({"op": "delete", "ns": namespace, "id": context_id,
-                                    "if_version": if_version})
+        result = await self._write(commands.Delete(namespace, context_id, if_version))
         return {"namespace": namespace, "id": context_id, "deleted": True, "version": result["version"]}
 
     async def list(self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100,
@@ -121,34 +119,32 @@ class ContextService:
         """
         check_namespace(namespace)
         check_context_id(session_id)
-        result = await self._write({
-            "op": "append", "ns": namespace, "id": session_id,
-            "turns": [turn.model_dump(mode="json") for turn in turns],
-            "if_version": if_version, "idempotency_key": idempotency_key,
-        })
+        result = await self._write(commands.Append(
+            namespace, session_id, tuple(turn.model_dump(mode="json") for turn in turns),
+            if_version, idempotency_key, time.time()))
         return {"namespace": namespace, "id": session_id, "version": result["version"],
                 "turn_count": result["turn_count"], "first_seq": result["first_seq"],
                 "replayed": result.get("replayed", False)}
 
     async def batch(self, namespace: str, batch: BatchIn) -> dict[str, Any]:
         check_namespace(namespace)
-        ops: list[dict[str, Any]] = []
+        ops: list[commands.BatchPut | commands.BatchDelete] = []
         for op in batch.ops:
             check_context_id(op.id)
-            entry: dict[str, Any] = {"op": op.op, "id": op.id, "if_version": op.if_version}
             if op.op == "put":
-                entry["context"] = context_fields(op.context)
-                entry["ttl"] = op.context.ttl
-            ops.append(entry)
-        result = await self._write({"op": "batch", "ns": namespace, "ops": ops})
+                ops.append(commands.BatchPut(op.id, context_fields(op.context), op.context.ttl, op.if_version))
+            else:
+                ops.append(commands.BatchDelete(op.id, op.if_version))
+        result = await self._write(commands.Batch(namespace, tuple(ops), time.time()))
         return {"namespace": namespace, "version": result["version"], "results": result["results"]}
 
     async def expire_due(self, limit: int = 1000) -> int:
         """Leader duty: propose the expiry of contexts whose TTL ran out (by the leader's clock)."""
-        due = self.store.expired(time.time(), limit)
+        now = time.time()
+        due = self.store.expired(now, limit)
         if not due:
             return 0
-        result = await self._write({"op": "expire", "items": [list(item) for item in due]})
+        result = await self._write(commands.Expire(tuple(due), now))
         return int(result["expired"])
 
     async def create_token(self, scopes: dict[str, Scope], description: str,
@@ -158,18 +154,18 @@ class ContextService:
             if namespace != ALL_NAMESPACES:
                 check_namespace(namespace)
         token, token_id, digest = new_token()
-        stored = {"id": token_id, "hash": digest, "description": description, "rate_limit": rate_limit,
-                  "scopes": {namespace: scope.value for namespace, scope in scopes.items()}}
-        result = await self._write({"op": "create_token", "token": stored})
-        return {"token": token, "id": token_id, "scopes": stored["scopes"], "description": description,
+        stored = commands.TokenSpec(token_id, digest, description, rate_limit,
+                                    {namespace: scope.value for namespace, scope in scopes.items()})
+        result = await self._write(commands.CreateToken(stored, time.time()))
+        return {"token": token, "id": token_id, "scopes": stored.scopes, "description": description,
                 "rate_limit": rate_limit, "version": result["version"]}
 
     async def revoke_token(self, token_id: str) -> dict[str, Any]:
-        result = await self._write({"op": "revoke_token", "id": token_id})
+        result = await self._write(commands.RevokeToken(token_id))
         return {"id": token_id, "revoked": True, "version": result["version"]}
 
     async def register_node(self, node: dict[str, Any]) -> None:
-        await self._write({"op": "register_node", "node": node})
+        await self._write(commands.RegisterNode(node))
 
     async def deregister_node(self, node_id: str) -> None:
-        await self._write({"op": "deregister_node", "id": node_id})
+        await self._write(commands.DeregisterNode(node_id))

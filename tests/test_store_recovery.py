@@ -8,10 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mcpdb.store.commands import from_entry
 from mcpdb.store.state_machine import ContextStore
 from tests.conftest import start_cluster
 
-PUT = {"op": "put", "ns": "a", "id": "x", "context": {"kind": "memory", "facts": ["f"]}, "now": 1.0}
+PUT = from_entry({"op": "put", "ns": "a", "id": "x", "context": {"kind": "memory", "facts": ["f"]}, "now": 1.0})
 
 
 def _open_and_leave_unclean(directory: Path) -> None:

@@ -17,8 +17,15 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
+from mcpdb.store.commands import Command, from_entry
 from mcpdb.store.state_machine import ContextStore
 
 NAMESPACES = ["a", "b"]
@@ -45,7 +52,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.idempotency: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.index = 1
         self.now = 1_000.0
-        self.applied: list[tuple[int, dict[str, Any]]] = []
+        self.applied: list[tuple[int, Command]] = []
 
     def teardown(self) -> None:
         self.store.close()
@@ -55,9 +62,10 @@ class StoreMachine(RuleBasedStateMachine):
     def _apply(self, command: dict[str, Any]) -> dict[str, Any]:
         self.index += 1
         self.now += 1.0
-        command = {**command, "now": self.now}
-        self.applied.append((self.index, copy.deepcopy(command)))
-        result = self.store.apply(self.index, command)
+        # The rules write entries in release 0.1's shape (no version): they must decode and apply as then.
+        decoded = from_entry({**command, "now": self.now})
+        self.applied.append((self.index, copy.deepcopy(decoded)))
+        result = self.store.apply(self.index, decoded)
         assert result is not None
         return result
 

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcpdb.client import Client
-from mcpdb.store.state_machine import ContextStore, HistoryTrimmed
 from mcpdb.store.changes import Cursor, InvalidCursor
+from mcpdb.store.commands import from_entry
+from mcpdb.store.state_machine import ContextStore, HistoryTrimmed
 from tests.conftest import start_cluster
 
 _OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "append", "batch"]),
@@ -42,7 +43,7 @@ def test_history_holds_exactly_the_newest_changes_in_commit_order(tmp_path_facto
     store = ContextStore(str(tmp_path_factory.mktemp("store")), change_history=history)
     expected = []  # every change that applied, as (version, id, action)
     for index, (op, context_id) in enumerate(ops, start=1):
-        result = store.apply(index, _command(op, context_id))
+        result = store.apply(index, from_entry(_command(op, context_id)))
         assert result is not None
         if not result["ok"]:
             continue  # refused (deleting a missing context): no change recorded
@@ -142,11 +143,12 @@ def test_watch_on_a_follower_misses_nothing_across_a_leader_failover(tmp_path: P
 
 def test_expiry_and_batch_deletes_are_recorded_with_their_kind(tmp_path: Path) -> None:
     store = ContextStore(str(tmp_path / "s"))
-    store.apply(1, {"op": "put", "ns": "n", "id": "t", "context": {"kind": "memory", "facts": ["f"]}, "ttl": 1,
-                    "now": 100.0})
-    store.apply(2, {"op": "expire", "items": [["n", "t", 1]], "now": 102.0})
-    store.apply(3, {"op": "put", "ns": "n", "id": "u", "context": {"kind": "task"}, "now": 103.0})
-    store.apply(4, {"op": "batch", "ns": "n", "now": 104.0, "ops": [{"op": "delete", "id": "u"}]})
+    for index, entry in enumerate([
+            {"op": "put", "ns": "n", "id": "t", "context": {"kind": "memory", "facts": ["f"]}, "ttl": 1, "now": 100.0},
+            {"op": "expire", "items": [["n", "t", 1]], "now": 102.0},
+            {"op": "put", "ns": "n", "id": "u", "context": {"kind": "task"}, "now": 103.0},
+            {"op": "batch", "ns": "n", "now": 104.0, "ops": [{"op": "delete", "id": "u"}]}], start=1):
+        store.apply(index, from_entry(entry))
     assert [(c.version, c.id, c.kind, c.action) for c in store.changes_after(0)] == [
         (1, "t", "memory", "put"), (2, "t", "memory", "expire"), (3, "u", "task", "put"), (4, "u", "task", "delete")]
     store.close()

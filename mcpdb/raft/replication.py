@@ -1,7 +1,7 @@
 """Raft replication of the context store through pysyncobj, bridged into asyncio.
 
-Every mutation is one log entry: a JSON command applied by ``ContextStore``
-on every replica in log order. Proposals are pipelined: a proposal hands its
+Every mutation is one log entry: a command (``mcpdb.store.commands``, versioned
+JSON) applied by ``ContextStore`` on every replica in log order. Proposals are pipelined: a proposal hands its
 entry to pysyncobj's queue with a callback and awaits an asyncio future that
 the Raft thread settles, so thousands of writes can be in flight at once.
 
@@ -27,13 +27,17 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
-from mcpdb.raft.transport import McpdbTransport, transport_class
 from mcpdb.raft.read_index import Done, ReadIndex
+from mcpdb.raft.transport import McpdbTransport, transport_class
+from mcpdb.store.commands import Command, NewerFormat, decode, encode
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
 
 PYSYNCOBJ_VERSION = "0.3.17"
+# Exit status of a node that met a log entry newer than its code (EX_CONFIG):
+# it must be upgraded, and restarting it unchanged stops at the same entry.
+EXIT_NEWER_LOG_FORMAT = 78
 STATUS_PERIOD_S = 0.1
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -75,22 +79,25 @@ class Indeterminate(Unavailable):
 
 @dataclass
 class RaftSettings:
-    """How one node takes part in Raft. ``self_addr=None`` makes a non-voting replica."""
+    """How one node takes part in Raft. ``self_addr=None`` makes a non-voting replica.
+
+    The fields without a default are the node's flags: NodeConfig holds their defaults, once.
+    """
 
     self_addr: str | None
     peers: list[str]
     data_dir: str
-    password: str | None = None
-    durable: bool = True
+    password: str | None
+    durable: bool
+    compaction_min_entries: int
+    max_entry_bytes: int
     # Unbatched AppendEntries (one message per new entry, sent at once) is the
     # fast path: ~1 ms commits. It is only safe with the transport's log guard
     # (see raft_safety); batching trades latency for fewer messages.
     batch_append_entries: bool = False
     heartbeat_period: float = 0.05
     tick_period: float = 0.05
-    max_entry_bytes: int = 1 << 20
     election_timeout: tuple[float, float] = (0.5, 1.0)
-    compaction_min_entries: int = 50_000
     compaction_min_seconds: int = 300
     on_state_changed: Callable[[int, int], None] | None = field(default=None, repr=False)
 
@@ -153,7 +160,12 @@ class RaftNode(SyncObj):
         # after the call returns (SyncObj.__applyLogEntries in 0.3.17).
         index = self.raftLastApplied + 1
         try:
-            return self._store.apply(index, orjson.loads(payload), commit=False)
+            return self._store.apply(index, decode(payload), commit=False)
+        except NewerFormat as error:
+            # Skipping the entry would diverge from the peers that apply it, so
+            # stop; the journal keeps it for the upgraded node to apply.
+            _log.critical("entry %d: %s; stopping this node", index, error)
+            os._exit(EXIT_NEWER_LOG_FORMAT)
         except lmdb.Error:
             _log.critical("LMDB failed applying entry %d; stopping this node", index, exc_info=True)
             os._exit(70)
@@ -259,7 +271,7 @@ class Replication:
         self.store = store
         self.raft = RaftNode(settings, store)
 
-    async def propose(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def propose(self, command: Command, timeout: float) -> dict[str, Any]:
         """Replicate one command and return its result once this node applied it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -268,7 +280,7 @@ class Replication:
             self.raft.defer(lambda: loop.call_soon_threadsafe(_settle, future, result, error))
 
         try:
-            payload = orjson.dumps(command)
+            payload = encode(command)
         except orjson.JSONEncodeError as error:  # refused before anything enters the log
             raise Unserializable(f"the request holds a value that cannot be stored: {error}") from None
         self.raft._apply_entry(payload, callback=done)

@@ -1,6 +1,7 @@
 """LMDB state machine: the replicated context store of one node.
 
-``apply(index, command)`` is the only way state changes. It runs the command
+``apply(index, command)`` is the only way state changes; the commands and their
+versioned wire format are ``mcpdb.store.commands``. It runs the command
 and records ``index`` as the applied index in the same write transaction, so a
 journal replayed after a crash skips what is already applied instead of
 applying it twice. Everything a command needs to be deterministic (the
@@ -44,14 +45,28 @@ import struct
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import lmdb
 import orjson
 
 from mcpdb.fsutil import fsync_path
+from mcpdb.store.commands import (
+    Append,
+    Batch,
+    BatchPut,
+    Command,
+    CreateToken,
+    Delete,
+    DeregisterNode,
+    Expire,
+    Put,
+    RegisterNode,
+    RevokeToken,
+    Unreadable,
+)
 from mcpdb.store.defaults import DEFAULT_CHANGE_HISTORY
 
 _log = logging.getLogger(__name__)
@@ -217,7 +232,7 @@ class ContextStore:
             raw = txn.get(_APPLIED)
         return _U64.unpack(raw)[0] if raw else 0
 
-    def apply(self, index: int, command: dict[str, Any], commit: bool = True) -> dict[str, Any] | None:
+    def apply(self, index: int, command: Command | Unreadable, commit: bool = True) -> dict[str, Any] | None:
         """Apply one committed log entry; returns the result the proposer sees.
 
         An entry at or below the applied index was applied before (journal
@@ -228,7 +243,6 @@ class ContextStore:
         becomes visible (and durable) at the next ``commit()``: the Raft
         thread applies a whole tick's entries in one LMDB transaction.
         """
-        op = command["op"]
         with self._lock:
             if self._group is None:
                 self._group = self._env.begin(write=True)
@@ -238,7 +252,7 @@ class ContextStore:
                 result = None
             else:
                 self._change_position = 0
-                result = self._apply_in(txn, index, op, command)
+                result = self._apply_in(txn, index, command)
                 txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
                 if self._change_position:
                     self._trim_history(txn)
@@ -246,7 +260,7 @@ class ContextStore:
                 self.commit()
             return result
 
-    def _apply_in(self, txn: lmdb.Transaction, index: int, op: str, command: dict[str, Any]) -> dict[str, Any]:
+    def _apply_in(self, txn: lmdb.Transaction, index: int, command: Command | Unreadable) -> dict[str, Any]:
         # The command runs in a child transaction: a refused command (CAS
         # conflict, wrong kind) or a bug in one rolls back alone, while the
         # entry itself still counts as applied. LMDB errors (disk full, I/O)
@@ -254,7 +268,7 @@ class ContextStore:
         # not diverge.
         child = self._env.begin(write=True, parent=txn)
         try:
-            result = _APPLIERS[op](self, child, index, command)
+            result = self._dispatch(child, index, command)
             child.commit()
             return result
         except _Abort as abort:
@@ -265,8 +279,34 @@ class ContextStore:
             raise
         except Exception as error:  # noqa: BLE001 - deterministic bug: refuse the entry
             child.abort()
-            _log.exception("entry %d (%s) failed to apply", index, op)
+            _log.exception("entry %d (%s) failed to apply", index, type(command).__name__)
             return _fail("invalid_command", f"entry {index} could not be applied: {error}")
+
+    def _dispatch(self, txn: lmdb.Transaction, index: int, command: Command | Unreadable) -> dict[str, Any]:
+        match command:
+            case Put():
+                return self._apply_put(txn, index, command)
+            case Delete():
+                return self._apply_delete(txn, index, command)
+            case Append():
+                return self._apply_append(txn, index, command)
+            case Batch():
+                return self._apply_batch(txn, index, command)
+            case Expire():
+                return self._apply_expire(txn, index, command)
+            case RegisterNode():
+                return self._apply_register_node(txn, index, command)
+            case DeregisterNode():
+                return self._apply_deregister_node(txn, index, command)
+            case CreateToken():
+                return self._apply_create_token(txn, index, command)
+            case RevokeToken():
+                return self._apply_revoke_token(txn, index, command)
+            case Unreadable():
+                _log.error("entry %d is not a valid command (%s); refused", index, command.reason)
+                return _fail("invalid_command", f"entry {index} could not be applied: {command.reason}")
+            case _:
+                assert_never(command)
 
     def commit(self) -> bool:
         """Commit the group transaction: its entries become visible to readers and durable.
@@ -361,7 +401,7 @@ class ContextStore:
         return old is None
 
     def _write_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str,
-                     record: dict[str, Any], turns: list[dict[str, Any]], now: float) -> int:
+                     record: dict[str, Any], turns: Sequence[dict[str, Any]], now: float) -> int:
         prefix = _turn_prefix(namespace, context_id)
         first = record["turn_count"]
         for offset, turn in enumerate(turns):
@@ -386,25 +426,24 @@ class ContextStore:
         txn.delete(key, db=self._dbs[b"ctx"])
         self._record_change(txn, index, namespace, context_id, old["kind"], action)
 
-    def _apply_put(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        created = self._put(txn, index, c["ns"], c["id"], c["context"], c.get("ttl"),
-                            c.get("if_version"), c["now"], c["id"])
+    def _apply_put(self, txn: lmdb.Transaction, index: int, c: Put) -> dict[str, Any]:
+        created = self._put(txn, index, c.ns, c.id, c.context, c.ttl, c.if_version, c.now, c.id)
         return _ok(index, created=created)
 
-    def _apply_delete(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        self._delete(txn, index, c["ns"], c["id"], c.get("if_version"), c["id"])
+    def _apply_delete(self, txn: lmdb.Transaction, index: int, c: Delete) -> dict[str, Any]:
+        self._delete(txn, index, c.ns, c.id, c.if_version, c.id)
         return _ok(index)
 
-    def _apply_append(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        namespace, context_id, now = c["ns"], c["id"], c["now"]
+    def _apply_append(self, txn: lmdb.Transaction, index: int, c: Append) -> dict[str, Any]:
+        namespace, context_id, now = c.ns, c.id, c.now
         key = _key(namespace, context_id)
-        idem_key = c.get("idempotency_key")
+        idem_key = c.idempotency_key
         if idem_key:
             seen = txn.get(_turn_prefix(namespace, context_id) + idem_key.encode(), db=self._dbs[b"idem"])
             if seen is not None:
                 return {**orjson.loads(seen), "ok": True, "replayed": True}
         record = self._get_record(txn, key)
-        self._check_version(record, c.get("if_version"), context_id)
+        self._check_version(record, c.if_version, context_id)
         if record is None:
             record = {"kind": "session", "fields": {"data": {}, "user_id": None}, "version": index,
                       "created_at": now, "updated_at": now, "ttl": None, "expires_at": None,
@@ -413,7 +452,7 @@ class ContextStore:
             raise _Abort(_fail("wrong_kind",
                                f"{namespace}/{context_id} is a {record['kind']}, not a session",
                                current_version=record["version"]))
-        first = self._write_turns(txn, namespace, context_id, record, c["turns"], now)
+        first = self._write_turns(txn, namespace, context_id, record, c.turns, now)
         record["version"] = index
         record["updated_at"] = now
         txn.put(key, orjson.dumps(record), db=self._dbs[b"ctx"])
@@ -424,52 +463,53 @@ class ContextStore:
                     db=self._dbs[b"idem"])
         return result
 
-    def _apply_batch(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        namespace, now = c["ns"], c["now"]
-        results = []
-        for position, op in enumerate(c["ops"]):
-            label = f"op {position} ({op['op']} {op['id']})"
-            if op["op"] == "put":
-                created = self._put(txn, index, namespace, op["id"], op["context"], op.get("ttl"),
-                                    op.get("if_version"), now, label)
-                results.append({"id": op["id"], "created": created})
+    def _apply_batch(self, txn: lmdb.Transaction, index: int, c: Batch) -> dict[str, Any]:
+        namespace, now = c.ns, c.now
+        results: list[dict[str, Any]] = []
+        for position, op in enumerate(c.ops):
+            label = f"op {position} ({op.op} {op.id})"
+            if isinstance(op, BatchPut):
+                created = self._put(txn, index, namespace, op.id, op.context, op.ttl, op.if_version, now, label)
+                results.append({"id": op.id, "created": created})
             else:
-                self._delete(txn, index, namespace, op["id"], op.get("if_version"), label)
-                results.append({"id": op["id"], "deleted": True})
+                self._delete(txn, index, namespace, op.id, op.if_version, label)
+                results.append({"id": op.id, "deleted": True})
         return _ok(index, results=results)
 
-    def _apply_expire(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
+    def _apply_expire(self, txn: lmdb.Transaction, index: int, c: Expire) -> dict[str, Any]:
         expired = 0
-        for namespace, context_id, version in c["items"]:
+        for namespace, context_id, version in c.items:
             key = _key(namespace, context_id)
             record = self._get_record(txn, key)
             # Only the exact version the leader saw expire: a write that landed
             # after the leader's scan renewed the context and must survive.
             if record is None or record["version"] != version:
                 continue
-            if record["expires_at"] is None or record["expires_at"] > c["now"]:
+            if record["expires_at"] is None or record["expires_at"] > c.now:
                 continue
             self._delete(txn, index, namespace, context_id, None, context_id, "expire")
             expired += 1
         return _ok(index, expired=expired)
 
-    def _apply_register_node(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        txn.put(c["node"]["id"].encode(), orjson.dumps(c["node"]), db=self._dbs[b"nodes"])
+    def _apply_register_node(self, txn: lmdb.Transaction, index: int, c: RegisterNode) -> dict[str, Any]:
+        txn.put(c.node["id"].encode(), orjson.dumps(c.node), db=self._dbs[b"nodes"])
         return _ok(index)
 
-    def _apply_deregister_node(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        txn.delete(c["id"].encode(), db=self._dbs[b"nodes"])
+    def _apply_deregister_node(self, txn: lmdb.Transaction, index: int, c: DeregisterNode) -> dict[str, Any]:
+        txn.delete(c.id.encode(), db=self._dbs[b"nodes"])
         return _ok(index)
 
-    def _apply_create_token(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        record = {**c["token"], "created_at": c["now"], "version": index}
-        if not txn.put(record["id"].encode(), orjson.dumps(record), db=self._dbs[b"tokens"], overwrite=False):
-            raise _Abort(_fail("conflict", f"token {record['id']} already exists"))
+    def _apply_create_token(self, txn: lmdb.Transaction, index: int, c: CreateToken) -> dict[str, Any]:
+        t = c.token
+        record = {"id": t.id, "hash": t.hash, "description": t.description, "rate_limit": t.rate_limit,
+                  "scopes": t.scopes, "created_at": c.now, "version": index}
+        if not txn.put(t.id.encode(), orjson.dumps(record), db=self._dbs[b"tokens"], overwrite=False):
+            raise _Abort(_fail("conflict", f"token {t.id} already exists"))
         return _ok(index)
 
-    def _apply_revoke_token(self, txn: lmdb.Transaction, index: int, c: dict[str, Any]) -> dict[str, Any]:
-        if not txn.delete(c["id"].encode(), db=self._dbs[b"tokens"]):
-            raise _Abort(_fail("not_found", f"token {c['id']} does not exist"))
+    def _apply_revoke_token(self, txn: lmdb.Transaction, index: int, c: RevokeToken) -> dict[str, Any]:
+        if not txn.delete(c.id.encode(), db=self._dbs[b"tokens"]):
+            raise _Abort(_fail("not_found", f"token {c.id} does not exist"))
         return _ok(index)
 
     # ------------------------------------------------------------------ reads
@@ -692,17 +732,3 @@ class ContextStore:
                 shutil.rmtree(os.path.join(self._directory, old_generation), ignore_errors=True)
                 self.snapshots_installed += 1
         return raft_data
-
-
-
-_APPLIERS = {
-    "put": ContextStore._apply_put,
-    "delete": ContextStore._apply_delete,
-    "append": ContextStore._apply_append,
-    "batch": ContextStore._apply_batch,
-    "expire": ContextStore._apply_expire,
-    "register_node": ContextStore._apply_register_node,
-    "deregister_node": ContextStore._apply_deregister_node,
-    "create_token": ContextStore._apply_create_token,
-    "revoke_token": ContextStore._apply_revoke_token,
-}

@@ -1,0 +1,225 @@
+"""The Raft log entry: one typed command per state change, and its versioned wire format.
+
+A log entry outlives the code that wrote it (a journal replayed after an
+upgrade, a follower still on the previous release), so this module is the
+one place its shape is defined. Every entry is a JSON object with ``op``
+(which command) and ``v`` (the format version, ``COMMAND_VERSION``).
+
+Versions:
+
+- 0: entries written before the format had a version (release 0.1): no
+  ``v`` key. They decode exactly as release 0.1's store read them: the same
+  required keys, optional keys (``ttl``, ``if_version``, ``idempotency_key``)
+  defaulting to None, and a batch operation that is not ``put`` deleting.
+- 1: version 0's shape plus ``"v": 1``. Release 0.1 reads entries by key and
+  ignores ``v``, so it applies a version-1 entry exactly as this code does:
+  a cluster mixing 0.1 and current nodes stays consistent.
+
+A future version whose meaning older code would misread must not be written
+until every voter understands it; a node that meets an entry newer than it
+understands stops (``NewerFormat``) instead of skipping it, since a state
+machine that skips an entry diverges from its peers.
+
+The commands are frozen dataclasses that orjson serialises natively, so
+encoding costs no more than the dicts they replaced. Contexts, turns and
+node registrations stay plain JSON objects: their schema is ``mcpdb.model``'s
+and the node's, checked before a command is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import orjson
+
+COMMAND_VERSION = 1
+"""The format this code writes, and the newest it can apply."""
+
+
+class NewerFormat(Exception):
+    """The entry was written by newer code in a format this node cannot apply."""
+
+    def __init__(self, version: object) -> None:
+        super().__init__(f"log entry format v{version} is newer than this node understands "
+                         f"(max v{COMMAND_VERSION}): upgrade this node")
+        self.version = version
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    # A field (not a class constant) so that orjson writes it into every entry.
+    v: int = field(default=COMMAND_VERSION, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Put(_Entry):
+    """Create or replace one context; ``context`` is the kind and its fields, ``ttl`` in seconds."""
+
+    ns: str
+    id: str
+    context: dict[str, Any]
+    ttl: int | None
+    if_version: int | None
+    now: float
+    op: Literal["put"] = field(default="put", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete(_Entry):
+    ns: str
+    id: str
+    if_version: int | None
+    op: Literal["delete"] = field(default="delete", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Append(_Entry):
+    """Append turns to a session (created if missing); a seen ``idempotency_key`` replays the first result."""
+
+    ns: str
+    id: str
+    turns: tuple[dict[str, Any], ...]
+    if_version: int | None
+    idempotency_key: str | None
+    now: float
+    op: Literal["append"] = field(default="append", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPut:
+    id: str
+    context: dict[str, Any]
+    ttl: int | None
+    if_version: int | None
+    op: Literal["put"] = field(default="put", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDelete:
+    id: str
+    if_version: int | None
+    op: Literal["delete"] = field(default="delete", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch(_Entry):
+    """Several puts and deletes in one namespace, all applied or none."""
+
+    ns: str
+    ops: tuple[BatchPut | BatchDelete, ...]
+    now: float
+    op: Literal["batch"] = field(default="batch", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Expire(_Entry):
+    """The leader saw these (namespace, id, version) expire by its clock ``now``."""
+
+    items: tuple[tuple[str, str, int], ...]
+    now: float
+    op: Literal["expire"] = field(default="expire", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterNode(_Entry):
+    node: dict[str, Any]
+    op: Literal["register_node"] = field(default="register_node", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeregisterNode(_Entry):
+    id: str
+    op: Literal["deregister_node"] = field(default="deregister_node", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSpec:
+    """A scoped token as stored: its secret only as a SHA-256 ``hash``."""
+
+    id: str
+    hash: str
+    description: str
+    rate_limit: float | None
+    scopes: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateToken(_Entry):
+    token: TokenSpec
+    now: float
+    op: Literal["create_token"] = field(default="create_token", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeToken(_Entry):
+    id: str
+    op: Literal["revoke_token"] = field(default="revoke_token", init=False)
+
+
+Command: TypeAlias = (Put | Delete | Append | Batch | Expire | RegisterNode | DeregisterNode
+                      | CreateToken | RevokeToken)
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A committed entry that is not a valid command of any known version.
+
+    Every replica decodes the same bytes the same way, so refusing it (the
+    index still counts as applied) keeps replicas identical, as release 0.1
+    did for an entry its handlers could not apply.
+    """
+
+    reason: str
+
+
+def encode(command: Command) -> bytes:
+    """The entry's bytes; raises orjson.JSONEncodeError for a value JSON cannot carry."""
+    return orjson.dumps(command)
+
+
+def decode(payload: bytes) -> Command | Unreadable:
+    """The command in an entry of any version up to ``COMMAND_VERSION``; raises NewerFormat past it."""
+    try:
+        return from_entry(orjson.loads(payload))
+    except NewerFormat:
+        raise
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
+        return Unreadable(f"{type(error).__name__}: {error}")
+
+
+def from_entry(entry: Mapping[str, Any]) -> Command:
+    """The command in a parsed entry; raises KeyError/TypeError/ValueError if it is malformed."""
+    version = entry.get("v", 0)
+    if type(version) is not int or version < 0:
+        raise ValueError(f"format version {version!r} is not a version")
+    if version > COMMAND_VERSION:
+        raise NewerFormat(version)
+    # Versions 0 and 1 share one shape (see the module docstring).
+    return _READERS[entry["op"]](entry)
+
+
+def _batch_op(op: Mapping[str, Any]) -> BatchPut | BatchDelete:
+    if op["op"] == "put":
+        return BatchPut(op["id"], op["context"], op.get("ttl"), op.get("if_version"))
+    return BatchDelete(op["id"], op.get("if_version"))
+
+
+def _token(token: Mapping[str, Any]) -> TokenSpec:
+    return TokenSpec(token["id"], token["hash"], token["description"], token["rate_limit"], token["scopes"])
+
+
+_READERS: dict[str, Callable[[Mapping[str, Any]], Command]] = {
+    "put": lambda e: Put(e["ns"], e["id"], e["context"], e.get("ttl"), e.get("if_version"), e["now"]),
+    "delete": lambda e: Delete(e["ns"], e["id"], e.get("if_version")),
+    "append": lambda e: Append(e["ns"], e["id"], tuple(e["turns"]), e.get("if_version"),
+                               e.get("idempotency_key"), e["now"]),
+    "batch": lambda e: Batch(e["ns"], tuple(_batch_op(op) for op in e["ops"]), e["now"]),
+    "expire": lambda e: Expire(tuple((ns, context_id, version) for ns, context_id, version in e["items"]),
+                               e["now"]),
+    "register_node": lambda e: RegisterNode(e["node"]),
+    "deregister_node": lambda e: DeregisterNode(e["id"]),
+    "create_token": lambda e: CreateToken(_token(e["token"]), e["now"]),
+    "revoke_token": lambda e: RevokeToken(e["id"]),
+}
