@@ -14,12 +14,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from mcpdb.node.http.routes import UNCOUNTED_LABELS
+
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 
-# The overview's own traffic and the nodes' traffic among themselves are not the clients' load.
-_UNCOUNTED_ROUTES = frozenset({"/metrics", "/v1/overview", "/ui", "/healthz", "/readyz", "/v1/node", "/v1/cluster",
-                               "/v1/internal/load", "/v1/internal/assign", "/v1/internal/generate"})
 _HTTP = "mcpdb_http_request_duration_seconds"
 
 
@@ -47,7 +46,7 @@ def _summed(samples: Samples, name: str, keep: Any = lambda labels: True) -> dic
 
 
 def _counted(labels: dict[str, str]) -> bool:
-    return labels.get("route") not in _UNCOUNTED_ROUTES
+    return labels.get("route") not in UNCOUNTED_LABELS  # the overview's own and the nodes' traffic
 
 
 def quantile(buckets: Iterable[tuple[float, float]], q: float) -> float | None:

@@ -36,6 +36,7 @@ from mcpdb.node.internal.chat_worker import ChatWorker
 from mcpdb.node.config import NodeConfig
 from mcpdb.node.metrics import NodeMetrics
 from mcpdb.node.internal.leader_scheduler import LeaderScheduler
+from mcpdb.node.internal.messages import LOAD_PATH, LoadReport
 
 _log = logging.getLogger(__name__)
 
@@ -186,7 +187,9 @@ class NodeRuntime:
             if url is None:
                 continue
             with contextlib.suppress(httpx.HTTPError):
-                await self._http.post(url + "/v1/internal/load", json={"node_id": self.config.node_id, "load": load})
+                report = LoadReport(node_id=self.config.node_id, load=load)
+                await self._http.post(url + LOAD_PATH, content=report.model_dump_json(),
+                                      headers={"content-type": "application/json"})
 
     async def _expiry_loop(self) -> None:
         while True:

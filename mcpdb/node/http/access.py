@@ -10,10 +10,11 @@ Which principal a request acts as:
   effect on whichever node it reaches (a revoked token is refused everywhere
   as soon as the revocation commits, a new one accepted everywhere).
 
-What a path needs: ``/v1/namespaces/{ns}/...`` read scope in ns for GET,
-write scope otherwise; cluster changes and node-to-node routes need admin on
-``*``; everything else (status, models, metrics, docs, /mcp, chat and token
-routes, which check their own namespaces) needs only a valid token.
+What a path needs is its route's ``Access`` in the route table
+(mcpdb/node/http/routes.py): ``/v1/namespaces/{ns}/...`` read scope in ns
+for GET, write scope otherwise; cluster changes and node-to-node routes
+admin on ``*``; everything else (status, models, metrics, docs, /mcp, chat
+and token routes, which check their own namespaces) only a valid token.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcpdb.auth import ROOT, Forbidden, Hidden, Principal, Scope, principal_for, token_id_of
+from mcpdb.node.http.routes import PUBLIC_PATHS, Access, route_for
 from mcpdb.store.state_machine import ContextStore
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/ui"})  # /ui is a static page; its data needs a token
+__all__ = ["PRINCIPAL_KEY", "PUBLIC_PATHS", "Authenticator", "Refusal", "path_refusal", "principal_of"]
+
 PRINCIPAL_KEY = "mcpdb.principal"
 _NAMESPACE_PATH = re.compile(r"^/v1/namespaces/([^/]+)(?:/|$)")
-_CLUSTER_ADMIN_PREFIXES = ("/v1/cluster/members", "/v1/internal/", "/v1/node/drain")
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -72,7 +74,8 @@ class Refusal:
 
 def path_refusal(principal: Principal, method: str, path: str) -> Refusal | None:
     """Why ``principal`` may not call ``method path``, or None if the path allows it."""
-    if path.startswith(_CLUSTER_ADMIN_PREFIXES):
+    route = route_for(path)
+    if route is not None and route.access is Access.cluster_admin:
         if not principal.cluster_admin:
             return Refusal(403, "forbidden", "this needs an admin token for every namespace (admin on '*')")
         return None

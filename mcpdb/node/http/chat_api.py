@@ -21,30 +21,15 @@ from typing import Annotated, Any
 import orjson
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 
 from mcpdb.auth import Scope
 from mcpdb.inference.request import ChatRequest
 from mcpdb.node.http.access import principal_of
-from mcpdb.node.internal.chat_worker import WorkOrder
 from mcpdb.node.http.responses import FastJSON, InvalidHeader
 from mcpdb.node.http.responses import error_response as error
-from mcpdb.node.internal.leader_scheduler import AssignIn, ModelNotServed
-
-IDEMPOTENCY_KEY_MAX = 128
-
-
-class LoadIn(BaseModel):
-    node_id: str = Field(min_length=1, max_length=63)
-    load: dict[str, float | int]
-
-
-class WorkOrderIn(BaseModel):
-    request: ChatRequest
-    read_index: int = Field(ge=0)
-    idempotency_key: str = Field(min_length=1, max_length=IDEMPOTENCY_KEY_MAX)
-    seed: int = Field(ge=0)
-
+from mcpdb.node.internal.leader_scheduler import ModelNotServed
+from mcpdb.node.internal.messages import (ASSIGN_PATH, GENERATE_PATH, IDEMPOTENCY_KEY_MAX, LOAD_PATH, AssignRequest,
+                                          Assignment, LoadReport, WorkOrder)
 
 def _idempotency_key(header: str | None) -> str:
     if header is None:
@@ -157,20 +142,19 @@ def add_chat_routes(app: FastAPI, runtime: Any) -> None:
         return error(503, "unavailable", "the request ended without a result", retry_after=1)
 
     # ------------------------------------------------------------ internal
-    @app.post("/v1/internal/assign", tags=["internal"], include_in_schema=False)
-    async def assign(body: AssignIn) -> dict[str, Any]:
+    @app.post(ASSIGN_PATH, tags=["internal"], include_in_schema=False)
+    async def assign(body: AssignRequest) -> Assignment:
         return await runtime.scheduler.assign(body)
 
-    @app.post("/v1/internal/load", tags=["internal"], include_in_schema=False)
-    async def load(body: LoadIn) -> dict[str, Any]:
+    @app.post(LOAD_PATH, tags=["internal"], include_in_schema=False)
+    async def load(body: LoadReport) -> dict[str, Any]:
         runtime.scheduler.board.heartbeat(body.node_id, body.load)
         return {"ok": True}
 
-    @app.post("/v1/internal/generate", tags=["internal"], include_in_schema=False)
-    async def generate(body: WorkOrderIn) -> Any:
+    @app.post(GENERATE_PATH, tags=["internal"], include_in_schema=False)
+    async def generate(order: WorkOrder) -> Any:
         if runtime.chat_worker is None:
             return error(503, "no_inference", f"node {runtime.config.node_id} runs without a model")
-        order = WorkOrder(body.request, body.read_index, body.idempotency_key, body.seed)
 
         async def lines() -> AsyncIterator[bytes]:
             async for event in runtime.chat_worker.serve(order):

@@ -17,40 +17,17 @@ includes authentication.
 from __future__ import annotations
 
 import bisect
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import HistogramMetricFamily
 
+from mcpdb.node.http.routes import label_of
+
 STARTED_KEY = "mcpdb.started"
 PATH_CACHE_SIZE = 4096
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_NAMESPACED = re.compile(r"^/v1/namespaces/[^/]+/(contexts/[^/]+|contexts|sessions/[^/]+/turns|batch|watch)$")
-_TEMPLATES = {"contexts": "contexts", "batch": "batch", "watch": "watch"}
-_FIXED = frozenset({"/v1/chat/completions", "/v1/models", "/v1/cluster", "/v1/node", "/v1/tokens", "/mcp",
-                    "/metrics", "/healthz", "/readyz", "/ui", "/v1/overview", "/v1/internal/assign", "/v1/internal/load",
-                    "/v1/internal/generate", "/v1/cluster/members", "/openapi.json", "/docs"})
-
-
-def route_of(path: str) -> str:
-    """The route template a path belongs to (a bounded set, so label cardinality stays bounded)."""
-    if path in _FIXED:
-        return path
-    match = _NAMESPACED.match(path)
-    if match is not None:
-        tail = match[1]
-        if tail in _TEMPLATES:
-            return f"/v1/namespaces/{{ns}}/{_TEMPLATES[tail]}"
-        if tail.startswith("contexts/"):
-            return "/v1/namespaces/{ns}/contexts/{id}"
-        return "/v1/namespaces/{ns}/sessions/{id}/turns"
-    if path.startswith("/v1/tokens/"):
-        return "/v1/tokens/{id}"
-    if path.startswith("/v1/cluster/members/"):
-        return "/v1/cluster/members/{raft_addr}"
-    return "other"
 
 
 class RequestStats:
@@ -72,7 +49,7 @@ class RequestStats:
         self.observe(scope["method"], scope["path"], status, time.perf_counter() - scope[STARTED_KEY])
 
     def _series_for(self, method: str, path: str, status: int) -> list[float]:
-        key = (method, route_of(path), str(status))
+        key = (method, label_of(path), str(status))
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = [0.0] * (len(LATENCY_BUCKETS) + 2)

@@ -28,8 +28,9 @@ import orjson
 from mcpdb.inference.request import ChatRequest
 from mcpdb.raft.replication import Replication, Unavailable
 from mcpdb.store.state_machine import ContextStore
-from mcpdb.node.internal.chat_worker import ChatWorker, WorkOrder
-from mcpdb.node.internal.leader_scheduler import AssignIn, LeaderScheduler, ModelNotServed, NotLeader
+from mcpdb.node.internal.chat_worker import ChatWorker
+from mcpdb.node.internal.leader_scheduler import LeaderScheduler, ModelNotServed, NotLeader
+from mcpdb.node.internal.messages import ASSIGN_PATH, GENERATE_PATH, AssignRequest, Assignment, WorkOrder
 
 MAX_ATTEMPTS = 3
 ASSIGN_RETRY_S = 0.1
@@ -61,14 +62,14 @@ class ChatFront:
         leader = self._replication.leader_addr()
         return next((n["http_url"] for n in self._store.nodes() if leader and n.get("raft_addr") == leader), None)
 
-    async def _assign_once(self, body: AssignIn) -> dict[str, Any]:
+    async def _assign_once(self, body: AssignRequest) -> Assignment:
         if self._replication.is_leader():
             return await self._scheduler.assign(body)
         url = self.leader_url()
         if url is None:
             raise Unavailable("no leader known")
         try:
-            response = await self._http().post(url + "/v1/internal/assign", content=body.model_dump_json(),
+            response = await self._http().post(url + ASSIGN_PATH, content=body.model_dump_json(),
                                                headers={"content-type": "application/json"}, timeout=5.0)
         except httpx.HTTPError as error:
             raise Unavailable(f"leader unreachable: {error!r}") from None
@@ -76,9 +77,9 @@ class ChatFront:
             raise ModelNotServed(response.json().get("message", "model not served"))
         if response.status_code != 200:
             raise Unavailable(response.json().get("message", f"assign failed: HTTP {response.status_code}"))
-        return response.json()
+        return Assignment.model_validate_json(response.content)
 
-    async def _assign(self, body: AssignIn) -> dict[str, Any]:
+    async def _assign(self, body: AssignRequest) -> Assignment:
         """Retry through elections and empty load boards until the timeout, then 503."""
         deadline = time.monotonic() + self._assign_timeout + FAILOVER_GRACE_S
         while True:
@@ -91,31 +92,29 @@ class ChatFront:
                 await asyncio.sleep(ASSIGN_RETRY_S)
 
     # ------------------------------------------------------------ one attempt
-    async def _events_from(self, assignment: dict[str, Any], order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
-        if assignment["node_id"] == self._node_id and self._chat_worker is not None:
+    async def _events_from(self, assignment: Assignment, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
+        if assignment.node_id == self._node_id and self._chat_worker is not None:
             async for event in self._chat_worker.serve(order):
                 yield event
             return
-        body = orjson.dumps({"request": order.request.model_dump(mode="json"), "read_index": order.read_index,
-                             "idempotency_key": order.idempotency_key, "seed": order.seed})
         timeout = httpx.Timeout(STREAM_IDLE_TIMEOUT_S, connect=2.0)
         try:
-            async with self._http().stream("POST", assignment["http_url"] + "/v1/internal/generate", content=body,
+            async with self._http().stream("POST", assignment.http_url + GENERATE_PATH, content=order.model_dump_json(),
                                            headers={"content-type": "application/json"}, timeout=timeout) as response:
                 if response.status_code != 200:
-                    raise WorkerLost(f"worker {assignment['node_id']} answered HTTP {response.status_code}")
+                    raise WorkerLost(f"worker {assignment.node_id} answered HTTP {response.status_code}")
                 async for line in response.aiter_lines():
                     if line:
                         yield orjson.loads(line)
         except httpx.HTTPError as error:
-            raise WorkerLost(f"worker {assignment['node_id']} lost: {error!r}") from None
+            raise WorkerLost(f"worker {assignment.node_id} lost: {error!r}") from None
 
     # ------------------------------------------------------------ the request
     async def complete(self, request: ChatRequest, idempotency_key: str) -> AsyncIterator[dict[str, Any]]:
         """Events for the caller: ``assigned`` per attempt, ``delta`` (only new text), then ``done`` or
         ``error``. Raises ModelNotServed or Unavailable before the first event if nothing can serve it."""
         seed = request.seed_for(idempotency_key)
-        body = AssignIn(model=request.model, session_key=request.session_key(), namespace=request.namespace,
+        body = AssignRequest(model=request.model, session_key=request.session_key(), namespace=request.namespace,
                         task_id=request.task_id)
         sent = ""  # text the caller has already received, over all attempts
         last_failure = "no attempt made"
@@ -127,8 +126,9 @@ class ChatFront:
                     raise
                 last_failure = str(error)
                 break
-            yield {"type": "assigned", "attempt": attempt, **assignment}
-            order = WorkOrder(request, assignment["read_index"], idempotency_key, seed)
+            yield {"type": "assigned", "attempt": attempt, **assignment.model_dump()}
+            order = WorkOrder(request=request, read_index=assignment.read_index, idempotency_key=idempotency_key,
+                              seed=seed)
             text = ""
             try:
                 async for event in self._events_from(assignment, order):
@@ -145,9 +145,9 @@ class ChatFront:
                     else:
                         yield event
                         return
-                raise WorkerLost(f"worker {assignment['node_id']} ended its stream without a result")
+                raise WorkerLost(f"worker {assignment.node_id} ended its stream without a result")
             except WorkerLost as lost:
                 last_failure = str(lost)
-                body.exclude.append(assignment["node_id"])
+                body = body.model_copy(update={"exclude": [*body.exclude, assignment.node_id]})
         yield {"type": "error", "status": 503, "error": "unavailable",
                "message": f"no node completed the request after {MAX_ATTEMPTS} attempts: {last_failure}"}

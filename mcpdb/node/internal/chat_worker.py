@@ -17,7 +17,6 @@ with usage and provenance, or ``error`` with an HTTP status.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from mcpdb.inference.assembly import ContextTooLarge, StoredContext, assemble
@@ -28,18 +27,9 @@ from mcpdb.model import Turn
 from mcpdb.raft.replication import Replication
 from mcpdb.service import ContextService
 from mcpdb.node.http.responses import DOMAIN_ERRORS, error_parts
+from mcpdb.node.internal.messages import WorkOrder
 
 DEFAULT_MAX_TOKENS = 256
-
-
-@dataclass(frozen=True)
-class WorkOrder:
-    """What the entry node sends the assigned worker."""
-
-    request: ChatRequest
-    read_index: int
-    idempotency_key: str
-    seed: int
 
 
 class ChatFailed(Exception):

@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Any
-
-from pydantic import BaseModel, Field
 
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.inference.loadboard import LoadBoard
 from mcpdb.raft.replication import Replication, Unavailable
 from mcpdb.inference.placement import NoWorkerAvailable, Policy, Request, SchedulerState, choose, forget_node
 from mcpdb.store.state_machine import ContextStore
-
-
-class AssignIn(BaseModel):
-    model: str
-    session_key: str | None = None
-    namespace: str | None = None
-    task_id: str | None = None
-    exclude: list[str] = Field(default_factory=list, max_length=64)
+from mcpdb.node.internal.messages import AssignRequest, Assignment
 
 
 class NotLeader(Unavailable):
@@ -60,7 +50,7 @@ class LeaderScheduler:
     def served_models(self) -> list[str]:
         return sorted({node["model"] for node in self._store.nodes() if node.get("model")})
 
-    async def assign(self, body: AssignIn) -> dict[str, Any]:
+    async def assign(self, body: AssignRequest) -> Assignment:
         if not self._replication.is_leader():
             raise NotLeader("this node is not the leader")
         read_index = await self._barrier.wait()
@@ -80,5 +70,5 @@ class LeaderScheduler:
         self.board.assigned(decision.node_id)
         self.decisions[decision.node_id] += 1
         self.reasons[decision.reason] += 1
-        return {"node_id": decision.node_id, "http_url": registry[decision.node_id]["http_url"],
-                "read_index": read_index, "reason": decision.reason, "domain_matched": decision.domain_matched}
+        return Assignment(node_id=decision.node_id, http_url=registry[decision.node_id]["http_url"],
+                          read_index=read_index, reason=decision.reason, domain_matched=decision.domain_matched)
