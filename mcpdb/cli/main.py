@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import typer
 
-from mcpdb.cli import autoscale, bench, chat, ctx, jepsen, mcp_stdio, node, session, status, token, top, up, watch
+from mcpdb.cli import (
+    autoscale,
+    bench,
+    chat,
+    ctx,
+    jepsen,
+    mcp_stdio,
+    session,
+    status,
+    token,
+    top,
+    up,
+    watch,
+)
 from mcpdb.cli.errors import CliError, fail
+from mcpdb.node import command as node_command
 from mcpdb.node.config import ConfigError
 
 app = typer.Typer(help="mcpdb: a Raft-replicated context database for LLM applications.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-app.add_typer(node.app, name="node")
+app.add_typer(node_command.app, name="node")
 app.add_typer(ctx.app, name="ctx")
 app.add_typer(session.app, name="session")
 app.add_typer(bench.app, name="bench")

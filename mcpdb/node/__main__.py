@@ -1,10 +1,5 @@
-"""``python -m mcpdb.node start ...``: the same as ``mcpdb node start``, without loading the rest of the CLI."""
+"""``python -m mcpdb.node start ...``: the same as ``mcpdb node start``, without loading the CLI."""
 
-from mcpdb.cli.errors import fail
-from mcpdb.cli.node import app
-from mcpdb.node.config import ConfigError
+from mcpdb.node.command import main
 
-try:
-    app()
-except ConfigError as error:
-    fail(str(error), 2)
+main()

@@ -1,14 +1,33 @@
-"""``mcpdb node start``: run one node in the foreground."""
+"""``node start``: the flags of one node, each defaulting to its ``NodeConfig`` field.
+
+The one command-line surface of the node, shared by ``mcpdb node start`` (the CLI registers this
+app) and ``python -m mcpdb.node start`` (which runs it without loading the CLI). Its defaults are
+read from ``NodeConfig``, so the flags, their ``--help`` and a config built in code cannot drift.
+At import it needs only typer and the config (no LMDB, pysyncobj or llama.cpp): ``mcpdb --help``
+works from a plain ``pip install mcpdb``; the server is imported when a node starts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from mcpdb.store.state_machine import DEFAULT_CHANGE_HISTORY
 from mcpdb.node.config import ConfigError, NodeConfig, read_secret
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+
+
+def default(name: str) -> Any:
+    """NodeConfig's default for ``name``, the one place a node's defaults are written."""
+    value = _FIELDS[name].default
+    if value is dataclasses.MISSING:
+        raise TypeError(f"NodeConfig.{name} has no plain default")
+    return value
+
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -31,52 +50,67 @@ def start(
     cluster_secret_file: Annotated[Optional[Path], typer.Option(
         help="File holding the Raft cluster secret (else MCPDB_CLUSTER_SECRET); encrypts Raft traffic.")] = None,
     durability: Annotated[str, typer.Option(
-        help="'durable': fsync the journal before acknowledging; 'fast': rely on the page cache.")] = "durable",
-    request_timeout: Annotated[float, typer.Option(help="Seconds before a write or read barrier gets 503.")] = 3.0,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest accepted request body.")] = 1 << 20,
+        help="'durable': fsync the journal before acknowledging; 'fast': rely on the page cache.")
+    ] = "durable" if default("durable") else "fast",
+    request_timeout: Annotated[float, typer.Option(
+        help="Seconds before a write or read barrier gets 503.")] = default("request_timeout"),
+    max_body_bytes: Annotated[int, typer.Option(help="Largest accepted request body.")] = default("max_body_bytes"),
     body_timeout: Annotated[float, typer.Option(
-        help="Seconds a client may take to send a request body (then 408).")] = 10.0,
-    compaction_entries: Annotated[int, typer.Option(help="Log entries that trigger a snapshot.")] = 50_000,
+        help="Seconds a client may take to send a request body (then 408).")] = default("body_timeout"),
+    compaction_entries: Annotated[int, typer.Option(
+        help="Log entries that trigger a snapshot.")] = default("compaction_min_entries"),
     change_history: Annotated[int, typer.Option(
-        help="Changes kept for watches to resume from (oldest trimmed first).")] = DEFAULT_CHANGE_HISTORY,
-    advertise_url: Annotated[Optional[str], typer.Option(help="HTTP URL other nodes and clients use.")] = None,
+        help="Changes kept for watches to resume from (oldest trimmed first).")] = default("change_history"),
+    advertise_url: Annotated[Optional[str], typer.Option(
+        help="HTTP URL other nodes and clients use.")] = default("advertise_url"),
     allowed_host: Annotated[Optional[list[str]], typer.Option(
         help="A host name requests may address this node by besides its own (a reverse proxy's; repeat).")] = None,
-    mcp_max_sessions: Annotated[int, typer.Option(help="MCP sessions this node keeps open at most.")] = 1000,
+    allowed_origin: Annotated[Optional[list[str]], typer.Option(
+        help="An origin (scheme://host[:port]) besides its own whose web pages may call this node (repeat).")
+    ] = None,
+    mcp_max_sessions: Annotated[int, typer.Option(
+        help="MCP sessions this node keeps open at most.")] = default("mcp_max_sessions"),
     mcp_sessions_per_token: Annotated[int, typer.Option(
-        help="MCP sessions one token may keep open on this node (then 429).")] = 100,
+        help="MCP sessions one token may keep open on this node (then 429).")] = default("mcp_sessions_per_token"),
     mcp_idle_timeout: Annotated[float, typer.Option(
-        help="Seconds an MCP session with no request and no open stream is kept.")] = 300.0,
+        help="Seconds an MCP session with no request and no open stream is kept.")] = default("mcp_idle_timeout"),
     unsafe_stale_reads: Annotated[bool, typer.Option(
-        help="BREAKS LINEARIZABILITY: serve reads without a barrier (for testing the checker).")] = False,
+        help="BREAKS LINEARIZABILITY: serve reads without a barrier (for testing the checker).")
+    ] = default("unsafe_stale_reads"),
     inference: Annotated[bool, typer.Option(
-        help="Run a llama.cpp worker on this node (--no-inference: contexts only).")] = True,
+        help="Run a llama.cpp worker on this node (--no-inference: contexts only).")] = default("inference"),
     model: Annotated[Optional[Path], typer.Option(
-        help="GGUF model file (default: the bundled Gemma 3 270M Q4_K_M).")] = None,
-    n_ctx: Annotated[int, typer.Option(help="Model context window in tokens.")] = 4096,
-    threads: Annotated[int, typer.Option(help="llama.cpp threads per generation.")] = 2,
+        help="GGUF model file (default: the bundled Gemma 3 270M Q4_K_M).")] = default("model_path"),
+    n_ctx: Annotated[int, typer.Option(help="Model context window in tokens.")] = default("n_ctx"),
+    threads: Annotated[int, typer.Option(help="llama.cpp threads per generation.")] = default("threads"),
     slots: Annotated[int, typer.Option(
-        help="Concurrent generations, each keeping its own KV cache (a session prefix per slot).")] = 1,
+        help="Concurrent generations, each keeping its own KV cache (a session prefix per slot).")] = default("slots"),
     weight: Annotated[Optional[float], typer.Option(
-        help="Scheduling weight (default: tokens/s measured when the model loads).")] = None,
+        help="Scheduling weight (default: tokens/s measured when the model loads).")] = default("weight"),
     domain: Annotated[Optional[list[str]], typer.Option(help="Domain this node specialises in (repeat).")] = None,
     policy: Annotated[str, typer.Option(
         help="Scheduling policy when this node leads: affinity, weighted, least_connections, round_robin.")
-    ] = "affinity",
+    ] = default("policy"),
     shed_threshold: Annotated[float, typer.Option(
         help="Affinity gives way when the session's node has this many more requests per slot "
-             "than the least-loaded node.")] = 1.0,
+             "than the least-loaded node.")] = default("shed_threshold"),
     autoscale: Annotated[Optional[str], typer.Option(
         help="MIN:MAX inference workers; when this node leads it decides how many there should be "
-             "(a provisioner acts on GET /v1/autoscale).")] = None,
+             "(a provisioner acts on GET /v1/autoscale).")] = default("autoscale"),
     autoscale_target: Annotated[float, typer.Option(
-        help="Requests in flight or queued per slot the autoscaler aims for.")] = 1.0,
+        help="Requests in flight or queued per slot the autoscaler aims for.")] = default("autoscale_target"),
     autoscale_cooldown: Annotated[float, typer.Option(
-        help="Seconds after a change before the next one.")] = 15.0,
+        help="Seconds after a change before the next one.")] = default("autoscale_cooldown"),
 ) -> None:
     """Start a node in the foreground; SIGTERM or Ctrl-C shuts it down gracefully."""
-    from mcpdb.raft.replication import check_pysyncobj_version
-    from mcpdb.node.server import serve
+    try:
+        from mcpdb.node.server import serve
+        from mcpdb.raft.replication import check_pysyncobj_version
+    except ModuleNotFoundError as error:
+        if (error.name or "").startswith("mcpdb"):
+            raise
+        raise ConfigError(f"a node needs its dependencies: pip install 'mcpdb[node]' (no module {error.name!r})"
+                          ) from None
 
     if durability not in ("durable", "fast"):
         raise ConfigError(f"--durability must be 'durable' or 'fast', got {durability!r}")
@@ -98,6 +132,7 @@ def start(
         max_body_bytes=max_body_bytes, body_timeout=body_timeout, compaction_min_entries=compaction_entries,
         change_history=change_history,
         advertise_url=advertise_url, allowed_hosts=list(allowed_host or []),
+        allowed_origins=list(allowed_origin or []),
         mcp_max_sessions=mcp_max_sessions, mcp_sessions_per_token=mcp_sessions_per_token,
         mcp_idle_timeout=mcp_idle_timeout, unsafe_stale_reads=unsafe_stale_reads,
         inference=inference, model_path=str(model) if model else None, n_ctx=n_ctx, threads=threads,
@@ -106,3 +141,12 @@ def start(
     )
     config.validate()
     serve(config)
+
+
+def main() -> None:
+    """``python -m mcpdb.node``: a configuration mistake is one line on stderr and exit status 2."""
+    try:
+        app()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
