@@ -1,12 +1,13 @@
 """A real browser (headless Chromium) attacking a node without a token, as a web page can: a page on
-another origin posting a delete the way a browser allows without a CORS preflight, and a page that
-rebinds its DNS name to the node's address. The node must stay untouched, and its own dashboard must
-still work in the same browser."""
+another origin (another port of the node's advertised host) posting a delete and a field-less drain the
+way a browser allows without a CORS preflight, and a page that rebinds its DNS name to the node's
+address. The node must stay untouched, and its own dashboard must still work in the same browser."""
 
 from __future__ import annotations
 
 import functools
 import http.server
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mcpdb.ops.localcluster import LocalCluster, free_port
+from mcpdb.ops.localcluster import ClusterLayout, LocalCluster, free_port
 from tests.browser import chromium, rendered_dom
-from tests.conftest import start_cluster
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (scripts/setup installs it)")]
@@ -33,6 +33,8 @@ Promise.allSettled([
   fetch(node + "/v1/namespaces/acme/batch", {method: "POST", mode: "no-cors", body: new Blob([del])}),
   fetch(node + "/v1/namespaces/acme/contexts/victim", {method: "PUT", body: put,
                                                         headers: {"Content-Type": "application/json"}}),
+  // What a form without fields posts: no body, so no Content-Type.
+  fetch(node + "/v1/node/drain?timeout=1", {method: "POST", mode: "no-cors"}),
 ]).then(results => {
   document.getElementById("state").textContent = "done " + results.map(r => r.status).join(",");
 });
@@ -41,8 +43,14 @@ Promise.allSettled([
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = start_cluster(Path(tmp_path_factory.mktemp("browser-attacks")), size=1)
+    """One node advertising its own URL, as every Kubernetes pod does (http://$POD_IP:7700): the attack
+    page is on the same host, at another port."""
+    layout = ClusterLayout.fresh(1)
+    layout.extra_args = ["--no-inference", "--advertise-url", layout.nodes[0].url]
+    running = LocalCluster(layout, Path(tmp_path_factory.mktemp("browser-attacks")) / "cluster")
     try:
+        running.start_all()
+        running.wait_ready(timeout=30)
         yield running
     finally:
         running.stop_all(graceful=False)
@@ -75,6 +83,9 @@ def test_a_page_on_another_origin_cannot_write(node: LocalCluster, attacker_site
     dom = rendered_dom(f"{attacker_site}/attack.html")
     assert "done" in dom, dom  # the page ran its attack to the end
     assert _victim(url)["goal"] == "g"
+    metrics = httpx.get(url + "/metrics").text
+    drains = re.findall(r'_count\{method="POST",route="/v1/node/drain",status="(\d+)"\}', metrics)
+    assert drains == ["403"]  # the page's drain was refused, not served
 
 
 def test_a_rebound_name_gets_nothing_and_the_dashboard_still_works(node: LocalCluster) -> None:

@@ -73,6 +73,7 @@ class NodeConfig:
     mcp_idle_timeout: float = 300.0
     advertise_url: str | None = None
     allowed_hosts: list[str] = field(default_factory=list)  # names besides its own a request's Host may use
+    allowed_origins: list[str] = field(default_factory=list)  # origins besides its own whose pages may call it
     # Inference: a llama.cpp worker on this node (the bundled model unless model_path).
     inference: bool = True
     model_path: str | None = None
@@ -107,6 +108,7 @@ class NodeConfig:
         for name in self.allowed_hosts:
             if not _ALLOWED_HOST_RE.match(name):
                 raise ConfigError(f"--allowed-host {name!r}: give a host name or IP address, without scheme or port")
+        self._validate_origins()
         if not 1 <= self.mcp_sessions_per_token <= self.mcp_max_sessions:
             raise ConfigError("--mcp-sessions-per-token must be between 1 and --mcp-max-sessions")
         if self.mcp_idle_timeout <= 0:
@@ -121,6 +123,19 @@ class NodeConfig:
             raise ConfigError("--max-body-bytes must be at least 1024")
         self._validate_inference()
         self.autoscale_policy()
+
+    def _validate_origins(self) -> None:
+        """--allowed-origin and --advertise-url must each name one HTTP(S) origin: the Origin rule compares
+        scheme, host and port exactly."""
+        from mcpdb.node.http.host_guard import parse_origin
+
+        for origin in self.allowed_origins:
+            if parse_origin(origin) is None:
+                raise ConfigError(f"--allowed-origin {origin!r}: give an origin such as https://mcpdb.example.com "
+                                  "or http://10.0.0.5:8080 (scheme, host, optional port; no path)")
+        if self.advertise_url and parse_origin(self.advertise_url.rstrip("/")) is None:
+            raise ConfigError(f"--advertise-url {self.advertise_url!r}: give http:// or https:// with a host and "
+                              "optional port, e.g. http://node1.internal:7700 (no path)")
 
     def autoscale_policy(self) -> ScalePolicy | None:
         """The autoscaling policy the flags ask for (None without --autoscale); ConfigError if invalid."""

@@ -8,8 +8,9 @@ import sys
 
 import uvicorn
 
-from mcpdb.node.http.app import create_app
 from mcpdb.node.config import NodeConfig, split_host_port
+from mcpdb.node.http.app import create_app
+from mcpdb.node.http.protocol import AbsoluteFormHost
 from mcpdb.node.runtime import NodeRuntime
 
 SWITCH_INTERVAL_S = 0.0005
@@ -46,7 +47,8 @@ def serve(config: NodeConfig) -> None:
     host, port = split_host_port(config.http_addr, "--http-addr")
     server = uvicorn.Server(uvicorn.Config(
         create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
-        loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=5,
+        # ws="none": the node serves no WebSocket, so an upgrade request is answered as plain HTTP, by the gate.
+        loop="uvloop", http=AbsoluteFormHost, ws="none", lifespan="on", timeout_graceful_shutdown=5,
         timeout_keep_alive=30, proxy_headers=False,
     ))
     tune_garbage_collector()  # after start-up: the journal pysyncobj loaded is frozen too

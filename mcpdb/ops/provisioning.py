@@ -85,7 +85,9 @@ class LocalProvisioner:
         spec = self._cluster.spec(node_id)
         try:
             with self._cluster.client(timeout=DRAIN_TIMEOUT_S + 5) as http:
-                http.post(spec.url + "/v1/node/drain", params={"timeout": DRAIN_TIMEOUT_S})
+                # A bodyless POST declares JSON (the node's guard against cross-site form posts).
+                http.post(spec.url + "/v1/node/drain", params={"timeout": DRAIN_TIMEOUT_S},
+                          headers={"Content-Type": "application/json"})
         except httpx.HTTPError:
             pass  # unreachable: nothing to drain from it
         self._cluster.stop(node_id)

@@ -236,6 +236,7 @@ def create_app(runtime: NodeRuntime) -> Any:
     # The MCP endpoint is the SDK's own ASGI app (streamable HTTP: POST, GET stream, DELETE).
     app.router.routes.append(Route("/mcp", endpoint=mcp.asgi, methods=["GET", "POST", "DELETE"]))
     stats = runtime.metrics.requests
-    guard = HostGuard(runtime.config.http_addr, runtime.config.advertise_url, runtime.config.allowed_hosts)
+    guard = HostGuard(runtime.config.http_addr, runtime.config.advertise_url, runtime.config.allowed_hosts,
+                      runtime.config.allowed_origins)
     return RequestGate(FastContextReads(TimedApp(app, stats), service, stats), guard, runtime.authenticator,
                        runtime.config.max_body_bytes, runtime.config.body_timeout, stats)

@@ -14,14 +14,18 @@ from typing import Any
 import orjson
 
 from mcpdb.auth import ROOT
+from mcpdb.node.http.access import (
+    PRINCIPAL_KEY,
+    PUBLIC_PATHS,
+    Authenticator,
+    path_refusal,
+)
+from mcpdb.node.http.host_guard import WRITE_METHODS, HostGuard
 from mcpdb.node.http.rate_limit import TokenBuckets
-from mcpdb.raft.replication import Unavailable
-from mcpdb.node.http.access import PRINCIPAL_KEY, PUBLIC_PATHS, Authenticator, path_refusal
-from mcpdb.node.http.host_guard import HostGuard
 from mcpdb.node.http.request_stats import STARTED_KEY, RequestStats
+from mcpdb.raft.replication import Unavailable
 
 ASGIApp = Any
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 async def _send_error(send: Any, status: int, error: str, message: str,
@@ -38,8 +42,12 @@ class RequestGate:
     """Host and Origin, bearer token, access rules, rate limits, body size.
 
     - A request a browser may have been tricked into sending (foreign Host,
-      foreign Origin, a body that is not JSON) is refused first, whatever its
-      path or token (see mcpdb.node.http.host_guard).
+      foreign Origin, a body that is not JSON, a bodyless form post) or one
+      whose Host, Origin, Content-Type, Content-Length or Authorization the
+      frameworks behind could read differently (repeated) is refused first,
+      whatever its path or token (see mcpdb.node.http.host_guard). Only HTTP
+      and lifespan scopes pass: a WebSocket would skip every rule here, and
+      the node serves none.
     - ``Authorization: Bearer <token>`` on every path except health checks,
       when the node has a bootstrap token (see mcpdb.node.http.access); the principal is
       left in the ASGI scope for routes that check namespaces of their own.
@@ -65,19 +73,22 @@ class RequestGate:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, send)
+            elif scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})  # before accepting: uvicorn answers 403
             return
         scope[STARTED_KEY] = time.perf_counter()
-        headers = dict(scope["headers"])
-        refused = self.guard.refusal(scope["method"].encode(), headers)
+        refused = self.guard.refusal(scope["method"], scope["headers"])
         if refused is not None:
             await self._answer(scope, send, refused.status, refused.error, refused.message)
             return
+        headers = dict(scope["headers"])  # the guarded headers are unique now: first and last agree
         if not self.authenticator.enabled:
             scope[PRINCIPAL_KEY] = ROOT  # no bootstrap token: everyone is root, nothing to check
         elif scope["path"] not in PUBLIC_PATHS and not await self._admitted(scope, headers, send):
             return
-        if scope["method"] not in _BODY_METHODS:
+        if scope["method"] not in WRITE_METHODS:
             await self.app(scope, receive, send)
             return
         declared = headers.get(b"content-length")
