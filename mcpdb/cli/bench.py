@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from mcpdb.cli.checkout import source_checkout
 from mcpdb.cli.common import console
 from mcpdb.cli.errors import CliError
 
@@ -26,7 +27,8 @@ app = typer.Typer(help="Benchmarks (results in benchmarks/RESULTS.md).", no_args
 @app.command("raft")
 def raft(seconds: float = typer.Option(8.0, help="Seconds per configuration.")) -> None:
     """pysyncobj's truncation of applied entries: stock vs mcpdb's guarded transport."""
-    from benchmarks import raft_stress
+    with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import raft_stress
 
     print(f"command: mcpdb bench raft --seconds {seconds:g}")
     print(raft_stress.report(seconds))
@@ -41,7 +43,8 @@ def kv(duration: Annotated[float, typer.Option(help="Seconds of wrk load per sce
        out: Annotated[Path | None, typer.Option(
            help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
     """mcpdb vs etcd 3.4 on loopback, loaded by wrk: writes, linearizable reads, failover."""
-    from benchmarks import kv as kv_bench
+    with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import kv as kv_bench
 
     if duration <= 0 or connections < 3 or trials < 1:
         raise CliError("--duration must be positive, --connections at least 3, --trials at least 1")
@@ -70,7 +73,8 @@ def infer(requests: Annotated[int, typer.Option(help="Requests per side of the t
           out: Annotated[Path | None, typer.Option(
               help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
     """Chat through mcpdb vs raw llama-cpp-python; affinity vs round robin; weighted capacity 1:2."""
-    from benchmarks import infer as infer_bench
+    with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import infer as infer_bench
 
     if min(requests, max_tokens, sessions, turns, weighted_requests) < 1:
         raise CliError("every count must be at least 1")
@@ -93,7 +97,8 @@ def autoscale(max_workers: Annotated[int, typer.Option(help="Most workers the au
               out: Annotated[Path | None, typer.Option(
                   help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
     """A load ramp against autoscaled workers, beside the same ramp on one fixed worker."""
-    from benchmarks import autoscale as autoscale_bench
+    with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import autoscale as autoscale_bench
 
     try:
         schedule = autoscale_bench.AutoscaleSettings.parse_phases(phases)
@@ -152,7 +157,7 @@ class _Steps:
 
 
 def _table(results: dict[str, Any]) -> Table:
-    from benchmarks.kv import cell, verdict
+    from benchmarks.kv import cell, verdict  # loaded by kv() from the checkout
 
     table = Table(title="mcpdb vs etcd 3.4, 3 nodes each on loopback")
     for column in ("metric", "mcpdb", "etcd", "mcpdb/etcd", "target", "met"):

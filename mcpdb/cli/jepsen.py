@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mcpdb.cli.checkout import source_checkout
 from mcpdb.cli.errors import CliError
 
 if TYPE_CHECKING:
@@ -37,8 +38,9 @@ def jepsen(
         help="Start every node with --unsafe-stale-reads: the checkers must catch it.")] = False,
 ) -> None:
     """Run workloads against a real cluster under faults; exit non-zero on any anomaly."""
-    from jepsen_like import report
-    from jepsen_like.runner import RunConfig, run
+    with source_checkout("mcpdb jepsen", "jepsen_like"):
+        from jepsen_like import report
+        from jepsen_like.runner import RunConfig, run
 
     if time_s <= 0 or concurrency < 1 or nodes < 1:
         raise CliError("--time, --concurrency and --nodes must be positive")
