@@ -6,7 +6,9 @@ path in the ASGI scope, so the request gate would check a Host the request
 does not address: a page could name ``evil.example`` in the target and the
 node's own address in Host. Here the target's authority replaces every Host
 header before the scope reaches the gate, which then judges it like any Host
-(mcpdb.node.http.host_guard).
+(mcpdb.node.http.host_guard). It reads the protocol's ``url`` and ``headers``
+as parsed so far, uvicorn internals: uvicorn is pinned (0.54.x) for them, and
+tests/test_host_guard.py's absolute-form probe fails if they change.
 """
 
 from __future__ import annotations
