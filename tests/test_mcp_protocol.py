@@ -15,7 +15,7 @@ import httpx
 import jsonschema
 import mcp_types as types
 import pytest
-from mcp.server.streamable_http import EventMessage
+from mcp.server.streamable_http import GET_STREAM_KEY, EventMessage
 from mcp.shared.exceptions import MCPError
 
 from mcpdb.ops.localcluster import LocalCluster
@@ -212,33 +212,97 @@ def test_a_dropped_stream_resumes_from_its_last_event_id(node: LocalCluster) -> 
         assert resumed(_initialize(http, url)) == []  # another session's event id replays nothing
 
 
-def test_event_log_bounds_and_sessions() -> None:
-    def note(n: int) -> types.JSONRPCNotification:
-        return types.JSONRPCNotification(jsonrpc="2.0", method="notifications/progress",
-                                         params={"progressToken": 1, "progress": n, "message": "x" * 100})
+def _note(n: int, size: int = 100) -> types.JSONRPCNotification:
+    return types.JSONRPCNotification(jsonrpc="2.0", method="notifications/progress",
+                                     params={"progressToken": 1, "progress": n, "message": "x" * size})
 
+
+def _reply(request_id: int) -> types.JSONRPCResponse:
+    return types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result={})
+
+
+class _Collected(list[EventMessage]):
+    async def __call__(self, message: EventMessage) -> None:
+        self.append(message)
+
+    def progress(self) -> list[Any]:
+        return [getattr(m.message, "params", {}).get("progress") for m in self]
+
+
+def test_event_log_streams_end_with_their_request_and_ids_are_per_session() -> None:
     async def run() -> None:
-        log = EventLog(max_events=50, max_bytes=5_000)
+        log = EventLog()
         a, b = log.for_session("a"), log.for_session("b")
         first = await a.store_event("1", None)
-        ids = [await a.store_event("1", note(n)) for n in range(3)]
-        await a.store_event("2", note(7))  # another stream of the session
-        await b.store_event("1", note(99))  # the same stream id in another session
-        sent: list[EventMessage] = []
+        ids = [await a.store_event("1", _note(n)) for n in range(3)]
+        ids.append(await a.store_event("1", _reply(1)))
+        await a.store_event("2", _note(7))  # another stream of the session
+        sent = _Collected()
+        assert await a.replay_events_after(first, sent) is None  # finished: replayed, then the stream ends
+        assert [m.event_id for m in sent] == ids and sent.progress() == [0, 1, 2, None]
 
-        async def collect(message: EventMessage) -> None:
-            sent.append(message)
-        assert await a.replay_events_after(first, collect) == "1"
-        assert [m.event_id for m in sent] == ids and [m.message.params["progress"] for m in sent] == [0, 1, 2]
-        sent.clear()
-        assert await b.replay_events_after(first, collect) is None and not sent  # not b's event
-        log.forget("a")
-        assert len(log) == 1
-        for n in range(200):
-            await b.store_event("3", note(n))
-        assert 0 < len(log) <= 50 and log.bytes <= 5_000
-        assert await b.replay_events_after(ids[0], collect) is None and not sent  # dropped, oldest first
-        assert await b.replay_events_after("not-an-id", collect) is None
+        assert await b.store_event("1", None) == first == "1"  # ids count per session: they reveal nothing
+        sent = _Collected()
+        unfinished = asyncio.create_task(b.replay_events_after(first, sent))  # b's own stream "1", running
+        await asyncio.sleep(0.05)
+        assert not unfinished.done() and not sent
+        await b.store_event("1", _note(99))
+        await b.store_event("1", _reply(1))
+        assert await asyncio.wait_for(unfinished, 5) is None  # what came later, until the response
+        assert sent.progress() == [99, None]
+
+        again = await a.store_event("1", None)  # request id 1 used again: a stream of its own
+        await a.store_event("1", _note(5))
+        await a.store_event("1", _reply(1))
+        sent = _Collected()
+        assert await a.replay_events_after(first, sent) is None and sent.progress() == [0, 1, 2, None]
+        sent = _Collected()
+        assert await a.replay_events_after(again, sent) is None and sent.progress() == [5, None]
+
+        waiting = asyncio.create_task(a.replay_events_after(await a.store_event("3", None), _Collected()))
+        await asyncio.sleep(0.05)
+        log.forget("a")  # the session ended: so does a replay waiting on it
+        assert await asyncio.wait_for(waiting, 5) is None
+        assert await a.replay_events_after(first, _Collected()) is None and await a.store_event("1", None) == "0"
+        assert await b.replay_events_after("not-an-id", _Collected()) is None
+    asyncio.run(run())
+
+
+def test_event_log_keeps_get_stream_events_only_once_it_was_opened() -> None:
+    async def run() -> None:
+        log = EventLog()
+        view = log.for_session("s")
+        unread = await view.store_event(GET_STREAM_KEY, _note(1))
+        assert len(log) == 0 and await view.replay_events_after(unread, _Collected()) is None
+        log.get_stream_opened("s")
+        kept = await view.store_event(GET_STREAM_KEY, _note(2))
+        await view.store_event(GET_STREAM_KEY, _note(3))
+        sent = _Collected()
+        assert await view.replay_events_after(kept, sent) == GET_STREAM_KEY and sent.progress() == [3]
+    asyncio.run(run())
+
+
+def test_event_log_bounds_per_session_and_per_node() -> None:
+    async def run() -> None:
+        log = EventLog(max_events=100, max_bytes=50_000, session_events=40, session_bytes=20_000)
+        quiet, loud = log.for_session("quiet"), log.for_session("loud")
+        kept = [await quiet.store_event("1", _note(n)) for n in range(10)]
+        for n in range(500):  # one session's flood stays within its quota
+            await loud.store_event("2", _note(n))
+        assert len(log) == 50 and log.bytes <= 50_000
+        floods = [log.for_session(f"flood-{i}") for i in range(4)]
+        for n in range(40):  # many sessions fill the node: the biggest lose their oldest first
+            for flood in floods:
+                await flood.store_event("1", _note(n))
+        assert len(log) == 100
+        sent = _Collected()
+        replay = asyncio.create_task(quiet.replay_events_after(kept[0], sent))
+        await asyncio.sleep(0.05)
+        replay.cancel()
+        assert sent.progress() == list(range(1, 10))  # the quiet session lost nothing
+        for n in range(10):  # big events: the byte bounds hold too
+            await loud.store_event("3", _note(n, size=6_000))
+        assert log.bytes <= 50_000
     asyncio.run(run())
 
 
@@ -265,7 +329,8 @@ def test_chat_reports_progress_as_the_reply_streams(llm_node: LocalCluster) -> N
                                                      "session_id": "progress"}, progress_callback=on_progress)
             assert not result.is_error, result.content
             jsonschema.validate(result.structured_content, tools["chat"].output_schema)
-            assert [done for done, _ in reports] == list(range(1, len(reports) + 1)) and len(reports) >= 2
-            reply = result.structured_content["reply"]
+            done = [progress for progress, _ in reports]
+            assert done and done == sorted(set(done)) and all(float(n).is_integer() for n in done)  # pieces so far
+            reply = result.structured_content["reply"]  # each report has the pieces since the one before
             assert "".join(message or "" for _, message in reports).strip() == reply.strip() != ""
     asyncio.run(run())

@@ -17,11 +17,14 @@ sits in the HTTP request's scope; each handler checks its namespaces with it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import mcp_types as types
 import orjson
 from mcp.server import Server
@@ -29,19 +32,19 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 from mcp_types.version import is_version_at_least
 from prometheus_client.core import Metric
 
 from mcpdb import __version__
 from mcpdb.auth import ALL_NAMESPACES, Forbidden, Hidden, Principal, Scope
 from mcpdb.model import KINDS, InvalidName
-from mcpdb.service import Consistency, NotFound
 from mcpdb.node.http.access import principal_of
 from mcpdb.node.mcp.events import EventLog, ResumableSessions
 from mcpdb.node.mcp.jsonrpc import EnvelopeCheck
 from mcpdb.node.mcp.sessions import (
     MAX_SUBSCRIPTIONS,
+    REVOCATION_CHECK_S,
     ChangeBus,
     HandshakeSubscriptions,
     SessionEndpoint,
@@ -49,6 +52,7 @@ from mcpdb.node.mcp.sessions import (
 )
 from mcpdb.node.mcp.tools import Caller, ContextTools, Progress
 from mcpdb.node.metrics import gauge
+from mcpdb.service import Consistency, NotFound
 
 _URI = re.compile(r"^mcpdb://([^/]+)/([a-z]+)/([^/]+)$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
@@ -112,6 +116,8 @@ class McpServer:
         self._bus = ChangeBus(runtime)
         config = runtime.config
         self._listen = ListenHandler(self._bus, max_subscriptions=config.mcp_max_sessions)
+        self._listen_per_owner = config.mcp_sessions_per_token
+        self._listening: dict[str | None, set[anyio.CancelScope]] = {}  # open listen streams by token id
         self.subscriptions = HandshakeSubscriptions(self._bus)
         self.server: Server[Any] = Server(
             "mcpdb", version=__version__,
@@ -128,6 +134,7 @@ class McpServer:
             app=self.server, events=EventLog(),
             max_request_body_size=config.max_body_bytes,
             max_sessions=config.mcp_max_sessions, max_sessions_per_owner=config.mcp_sessions_per_token,
+            streams_per_owner=2 * config.mcp_sessions_per_token,
             session_idle_timeout=config.mcp_idle_timeout,
             # The request gate checks Host and Origin for every path, /mcp included (mcpdb.node.http.host_guard),
             # with the node's --allowed-host names, which this list would not know.
@@ -140,14 +147,34 @@ class McpServer:
         yield gauge("mcpdb_mcp_sessions", "MCP sessions open on this node.", self.sessions.open_sessions)
         yield gauge("mcpdb_mcp_subscriptions", "Resources watched by this node's MCP sessions "
                     "(resources/subscribe).", len(self.subscriptions))
+        yield gauge("mcpdb_mcp_notifications_pending", "resources/subscribe notifications waiting for their "
+                    "session's client to read on (at most one per subscribed resource).", self.subscriptions.pending)
+        yield gauge("mcpdb_mcp_listen_streams", "subscriptions/listen streams open on this node.",
+                    sum(len(streams) for streams in self._listening.values()))
         yield gauge("mcpdb_mcp_change_listeners", "Listeners on this node's MCP change bus (one per "
                     "subscribed session or listen stream).", self._bus.listeners)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         async with self.sessions.run():
-            yield
-            self._listen.close()
+            sweeper = asyncio.get_running_loop().create_task(self._end_revoked())
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+                self._listen.close()
+
+    async def _end_revoked(self) -> None:
+        """End the sessions and listen streams of tokens revoked since they opened (a request is checked
+        only as it starts; streams outlive that)."""
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_S)
+            revoked = functools.cache(lambda token_id: self._runtime.store.token(token_id) is None)
+            await self.sessions.end_revoked(revoked)
+            for token_id, streams in list(self._listening.items()):
+                if token_id is not None and revoked(token_id):
+                    for stream in streams:
+                        stream.cancel()
 
     # ------------------------------------------------------------------ tools
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any],
@@ -237,7 +264,20 @@ class McpServer:
             raise MCPError(INVALID_PARAMS, f"one listen stream may watch at most {MAX_SUBSCRIPTIONS} resources")
         for uri in uris:
             _checked(principal, _parse_uri(uri)[0])
-        return await self._listen(ctx, params)
+        # Listen streams of the 2026 era belong to no session, so the session bounds do not reach them.
+        streams = self._listening.setdefault(principal.token_id, set())
+        if len(streams) >= self._listen_per_owner:
+            raise MCPError(INVALID_REQUEST, f"this token has {len(streams)} listen streams open on this node, "
+                                            "the most it may (--mcp-sessions-per-token); close one first")
+        with anyio.CancelScope() as stream:
+            streams.add(stream)
+            try:
+                return await self._listen(ctx, params)
+            finally:
+                streams.discard(stream)
+                if not streams:
+                    self._listening.pop(principal.token_id, None)
+        raise MCPError(INVALID_REQUEST, "the token of this listen stream was revoked")
 
     # ---------------------------------------------------------------- prompts
     async def _list_prompts(self, ctx: ServerRequestContext[Any, Any],
