@@ -21,6 +21,8 @@ protocol error (-32602), as the spec asks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import operator
 import uuid
@@ -28,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
+import anyio
 import mcp_types as types
 import orjson
 from mcp.shared.exceptions import MCPError
@@ -43,14 +46,17 @@ from pydantic import (
 from mcpdb.auth import Principal, Scope
 from mcpdb.inference.request import ChatMessage, ChatRequest
 from mcpdb.model import CONTEXT_ID_PATTERN, NAMESPACE_PATTERN, ContextIn, Kind, Turn
-from mcpdb.service import Consistency
 from mcpdb.node.http.responses import DOMAIN_ERRORS, error_parts
 from mcpdb.node.internal.leader_scheduler import ModelNotServed
+from mcpdb.service import Consistency
 
 SEARCH_SCAN_PAGE = 200
+PROGRESS_INTERVAL_S = 0.2  # a chat sends at most one progress notification this often
+PROGRESS_FLUSH_S = 5.0  # how long a chat's reply waits for its last progress notification to go out
 
 Progress = Callable[[int, str], Awaitable[None]]
-"""Reports a chat's progress: the number of pieces of the reply streamed so far and the newest piece."""
+"""Reports a chat's progress: the number of pieces of the reply streamed so far and the text of those
+not reported yet."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,53 @@ def _result(value: dict[str, Any]) -> types.CallToolResult:
                                 structured_content=value)
 
 
+class _ProgressFeed:
+    """A chat's progress, sent by a task of its own: the chat never waits for its client (which may have
+    stopped reading while the chat holds an inference slot), and the pieces that stream meanwhile go out
+    together, at most one notification per ``PROGRESS_INTERVAL_S``, so neither the stream nor the
+    session's event log carries one event per piece."""
+
+    def __init__(self, report: Progress) -> None:
+        self._report = report
+        self._pieces = 0
+        self._unsent: list[str] = []
+        self._arrived = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._sender = asyncio.get_running_loop().create_task(self._send())
+
+    def add(self, text: str) -> None:
+        self._pieces += 1
+        self._unsent.append(text)
+        self._arrived.set()
+
+    async def _send(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            if self._unsent:
+                text = "".join(self._unsent)
+                self._unsent.clear()
+                try:
+                    await self._report(self._pieces, text)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return  # the request's stream is gone: nobody to report to
+            if self._finished.is_set() and not self._unsent:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), PROGRESS_INTERVAL_S)
+
+    async def finish(self) -> None:
+        """Send what is left before the reply (progress after it would be void); give up after
+        ``PROGRESS_FLUSH_S``."""
+        self._finished.set()
+        self._arrived.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sender, PROGRESS_FLUSH_S)
+
+    def cancel(self) -> None:
+        self._sender.cancel()
+
+
 def tool_error(status: int, error: str, message: str) -> types.CallToolResult:
     body = {"status": status, "error": error, "message": message}
     return types.CallToolResult(content=[types.TextContent(type="text", text=orjson.dumps(body).decode())],
@@ -262,7 +315,7 @@ class ContextTools:
             "chat": _Tool(ChatArgs, ChatResult, self._chat,
                           "Ask the cluster's model, with the stored context of the session, user and task "
                           "assembled into the prompt; the reply is appended to the session. With a progress "
-                          "token, each piece of the reply is reported as it streams.",
+                          "token, the reply is reported as it streams (the pieces of each moment together).",
                           _hints("Chat with the cluster's model", read_only=False)),
         }
 
@@ -329,15 +382,23 @@ class ContextTools:
         request = ChatRequest(model=model, messages=[ChatMessage(role="user", content=args.message)],
                               max_tokens=args.max_tokens, namespace=args.namespace, session_id=args.session_id,
                               user_id=args.user_id, task_id=args.task_id)
-        pieces = 0
-        async for event in self._runtime.front.complete(request, uuid.uuid4().hex):
-            if event["type"] == "delta" and caller.progress is not None:
-                pieces += 1
-                await caller.progress(pieces, event["text"])
-            elif event["type"] == "done":
-                return {"reply": event["text"], "node": event["node"], "finish_reason": event["finish_reason"],
-                        "usage": event["usage"], "session_version": event.get("session_version")}
-            elif event["type"] == "error":
-                raise ToolFailure(event["status"], event["error"], event["message"])
-        raise ToolFailure(503, "unavailable", "the request ended without a result")
+        feed = None if caller.progress is None else _ProgressFeed(caller.progress)
+        try:
+            async with contextlib.aclosing(self._runtime.front.complete(request, uuid.uuid4().hex)) as events:
+                async for event in events:
+                    if event["type"] == "delta" and feed is not None:
+                        feed.add(event["text"])
+                    elif event["type"] == "done":
+                        break
+                    elif event["type"] == "error":
+                        raise ToolFailure(event["status"], event["error"], event["message"])
+                else:
+                    raise ToolFailure(503, "unavailable", "the request ended without a result")
+            if feed is not None:
+                await feed.finish()  # the model is done with the request already
+        finally:
+            if feed is not None:
+                feed.cancel()
+        return {"reply": event["text"], "node": event["node"], "finish_reason": event["finish_reason"],
+                "usage": event["usage"], "session_version": event.get("session_version")}
 
