@@ -18,8 +18,8 @@ import pytest
 from mcp.server.streamable_http import GET_STREAM_KEY, EventMessage
 from mcp.shared.exceptions import MCPError
 
-from mcpdb.ops.localcluster import LocalCluster
 from mcpdb.node.mcp.events import RETRY_MS, EventLog
+from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.mcp_helpers import mcp_session
 

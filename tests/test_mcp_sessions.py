@@ -15,8 +15,8 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from mcpdb.client import Client
-from mcpdb.ops.localcluster import LocalCluster
 from mcpdb.node.mcp.sessions import MAX_SUBSCRIPTIONS
+from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
 from tests.mcp_helpers import mcp_session
 
