@@ -130,13 +130,18 @@ def test_a_finished_requests_stream_resumes_and_then_ends(node: LocalCluster) ->
         streams = [_call(http, url, session, n, "ping") for n in range(1, 5)]
         priming = streams[0][0]
         assert priming["data"] == "" and priming["id"]
-        assert _open(http, url, token)["Mcp-Session-Id"] != session["Mcp-Session-Id"]
+        _call(http, url, session, 1, "ping")  # request id 1 again: a stream of its own
+        other = _open(http, url, token)
+        # Event ids count per session: they show nothing of other sessions' traffic.
+        assert _call(http, url, other, 1, "ping")[0]["id"] == priming["id"]
+        assert http.delete(url + "/mcp", headers=other).status_code == 200
     resumed = [_Held(url, {**session, "Last-Event-ID": priming["id"]}) for _ in range(4)]
     try:
         for held in resumed:
             assert held.status == 200
             assert held.ended.wait(10), "a resumed stream of a finished request stayed open"
-            assert '"id":1' in held.body and '"result"' in held.body  # what the client had missed: the reply
+            # What the client had missed: the first ping's reply (only: the second ping 1 is another stream).
+            assert held.body.count('"id":1') == 1 and '"result"' in held.body
         time.sleep(IDLE_S + 2)
         with httpx.Client(timeout=10) as http:  # nothing held the session: it expired
             expired = http.post(url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 9, "method": "ping"})
