@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 
-from mcpdb.client import Client
 from benchmarks.plots import finish, run_folder, save_run
 from benchmarks.stats import percentile
+from mcpdb.client import Client
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 from mcpdb.ops.provisioning import LocalProvisioner, ScaleController, threads_per_worker
 

@@ -174,7 +174,7 @@ def _cluster(folder: Path, node_args: list[list[str]], common: list[str],
              wrap: Callable[[str, list[str]], list[str]] | None = None) -> tuple[LocalCluster, str]:
     layout = ClusterLayout.fresh(len(node_args))
     layout.extra_args = common
-    for spec, args in zip(layout.nodes, node_args):
+    for spec, args in zip(layout.nodes, node_args, strict=True):
         spec.args = args
     cluster = LocalCluster(layout, folder, wrap_command=wrap)
     cluster.start_all()
@@ -274,7 +274,7 @@ def weighted(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
                 bodies = [{"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": 24,
                            "temperature": 0, "seed": i} for i in range(settings.weighted_requests)]
                 groups = [bodies[i::4] for i in range(4)]
-                results = _in_parallel(lambda i: cluster.urls()[i % 3], model, groups)
+                results = _in_parallel(lambda i: cluster.urls()[i % 3], model, groups)  # noqa: B023 - runs in this iteration
             finally:
                 cluster.stop_all(graceful=False)
         shares = {node: sum(1 for r in results if r["node"] == node) / len(results) for node in weights}
@@ -350,7 +350,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ttft.set_title("8 sessions x 6 turns, ~1,500-token contexts, 3 nodes")
     ttft.legend()
     nodes = ("n1", "n2")
-    for offset, (policy, color) in zip((-0.2, 0.2), (("weighted", "tab:green"), ("round_robin", "tab:orange"))):
+    for offset, (policy, color) in zip((-0.2, 0.2), (("weighted", "tab:green"), ("round_robin", "tab:orange")), strict=True):
         shares.bar([i + offset for i in range(len(nodes))],
                    [results["weighted"][policy]["shares"][n] for n in nodes], width=0.4, color=color, label=policy)
     shares.scatter(range(len(nodes)), [results["weighted"]["capacity_shares"][n] for n in nodes], color="black",

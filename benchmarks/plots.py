@@ -45,7 +45,7 @@ def plot(results: dict[str, Any], path: Path, failover_target_s: float) -> None:
     for ax, title, unit, value in (
             (throughput, "throughput (2xx answers)", "requests/s", lambda load: load["ok_per_s"]),
             (p99, "p99 latency", "ms", lambda load: load["latency_ms"]["p99"])):
-        for offset, (system, color) in zip((-0.2, 0.2), SYSTEMS):
+        for offset, (system, color) in zip((-0.2, 0.2), SYSTEMS, strict=True):
             ax.bar([i + offset for i in range(len(LOADS))], [value(results[system][load]) for load in LOADS],
                    width=0.4, label=system, color=color)
         ax.set_xticks(range(len(LOADS)), ["writes (1 KiB)", "linearizable reads"])

@@ -14,11 +14,11 @@ The truncation tests reuse ``run_stress`` with a shorter run.
 from __future__ import annotations
 
 import logging
-import zlib
 import multiprocessing
 import os
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 

@@ -7,6 +7,7 @@ acknowledged operations per second; fault windows are shaded on both.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +34,7 @@ def summarise(result: RunResult) -> dict[str, Any]:
         outcomes[done.type] = outcomes.get(done.type, 0) + 1
     acknowledged = sorted(done.time for _, done in pairs if done.type == "ok")
     edges = [0.0, *acknowledged, result.config.time_s]
-    longest_gap = max((b - a for a, b in zip(edges, edges[1:])), default=result.config.time_s)
+    longest_gap = max((b - a for a, b in itertools.pairwise(edges)), default=result.config.time_s)
     anomalies = sum(len(check.get("anomalies", [])) for check in result.checks.values())
     return {
         "attempted": len(pairs),
@@ -75,15 +76,15 @@ def _plot(result: RunResult, path: Path) -> None:
             end = window.end if window.end is not None else result.config.time_s
             ax.axvspan(window.start, end, color="tab:red", alpha=0.12, lw=0)
     kinds = sorted({invoke.f for invoke, _ in pairs})
-    colours = dict(zip(kinds, ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown")))
+    colours = dict(zip(kinds, ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown"), strict=False))
     for kind in kinds:
         ok = [(i.time, (d.time - i.time) * 1000) for i, d in pairs if i.f == kind and d.type == "ok"]
         if ok:
-            latency_ax.scatter(*zip(*ok), s=4, color=colours[kind], label=f"{kind} ok", alpha=0.6)
+            latency_ax.scatter(*zip(*ok, strict=True), s=4, color=colours[kind], label=f"{kind} ok", alpha=0.6)
     for outcome, marker, colour in (("fail", "x", "black"), ("info", "^", "tab:red")):
         points = [(i.time, (d.time - i.time) * 1000) for i, d in pairs if d.type == outcome]
         if points:
-            latency_ax.scatter(*zip(*points), s=14, marker=marker, color=colour, label=outcome)
+            latency_ax.scatter(*zip(*points, strict=True), s=14, marker=marker, color=colour, label=outcome)
     flagged = [a["cannot_linearize"] for check in result.checks.values() for a in check.get("anomalies", [])
                if "cannot_linearize" in a]
     if flagged:

@@ -11,7 +11,7 @@ replica agrees) and the TTL's expiry time.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -145,7 +145,7 @@ class MemoryIn(_ContextBase):
 
 
 ContextIn = Annotated[
-    Union[InstructionIn, ProfileIn, SessionIn, GuardrailIn, TaskIn, MemoryIn],
+    InstructionIn | ProfileIn | SessionIn | GuardrailIn | TaskIn | MemoryIn,
     Field(discriminator="kind"),
 ]
 CONTEXT_IN_ADAPTER: TypeAdapter[Any] = TypeAdapter(ContextIn)
@@ -173,7 +173,7 @@ class BatchDelete(_Strict):
 class BatchIn(_Strict):
     """Many writes committed as one log entry: all apply, or none (409 names the failing op)."""
 
-    ops: list[Annotated[Union[BatchPut, BatchDelete], Field(discriminator="op")]] = Field(
+    ops: list[Annotated[BatchPut | BatchDelete, Field(discriminator="op")]] = Field(
         min_length=1, max_length=1000
     )
 

@@ -9,6 +9,7 @@ come back as ``Refused`` with the code the store chose.
 
 from __future__ import annotations
 
+import builtins
 import time
 from enum import Enum
 from typing import Any
@@ -109,7 +110,7 @@ class ContextService:
         await self.read_index(consistency)
         return self.store.list(namespace, kind=kind, prefix=prefix, limit=limit, cursor=cursor)
 
-    async def append(self, namespace: str, session_id: str, turns: list[Turn],
+    async def append(self, namespace: str, session_id: str, turns: builtins.list[Turn],
                      if_version: int | None = None,
                      idempotency_key: str | None = None) -> dict[str, Any]:
         """Append turns to a session (created if missing) atomically, in order.

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mcpdb.auth import ROOT, Forbidden, Hidden, Principal, Scope, new_token, principal_for, token_id_of
-from mcpdb.node.http.rate_limit import TokenBuckets
 from mcpdb.node.http.access import path_refusal
+from mcpdb.node.http.rate_limit import TokenBuckets
 
 
 def test_scopes_nest_and_other_namespaces_are_hidden() -> None:

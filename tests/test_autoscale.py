@@ -3,6 +3,8 @@ a step, and hysteresis."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,8 +35,8 @@ def _run(policy: ScalePolicy, demands: list[float], slots_per_worker: int = 1, s
 @given(policy=policies, demand=st.floats(0, 40), start=st.integers(0, 8), slots=st.integers(1, 4))
 def test_a_steady_load_settles_without_flapping(policy: ScalePolicy, demand: float, start: int, slots: int) -> None:
     counts = _run(policy, [demand] * 200, slots, start)
-    directions = [1 if b > a else -1 for a, b in zip(counts, counts[1:]) if b != a]
-    reversals = sum(1 for a, b in zip(directions, directions[1:]) if a != b)
+    directions = [1 if b > a else -1 for a, b in itertools.pairwise(counts) if b != a]
+    reversals = sum(1 for a, b in itertools.pairwise(directions) if a != b)
     assert reversals <= 1, counts[:80]  # at most: a correction into the bounds, then the load's direction
     assert len(set(counts[-50:])) == 1  # settled
     assert policy.min_workers <= counts[-1] <= policy.max_workers

@@ -66,7 +66,7 @@ def _turns(url: str, session: str) -> list[dict]:
 def test_a_sessions_turns_persist_and_read_back_from_every_node(llm_cluster: LocalCluster) -> None:
     urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
     replies = []
-    for entry, text in zip(urls, ["What is Raft?", "And a leader?"]):
+    for entry, text in zip(urls, ["What is Raft?", "And a leader?"], strict=False):
         response = _chat(entry, model, session, text)
         assert response.status_code == 200, response.text
         body = response.json()

@@ -7,7 +7,7 @@ import pydantic
 import pytest
 
 from mcpdb.inference.request import ChatRequest
-from mcpdb.node.internal.messages import AssignRequest, Assignment, LoadReport, WorkOrder
+from mcpdb.node.internal.messages import Assignment, AssignRequest, LoadReport, WorkOrder
 
 MESSAGES = [
     AssignRequest(model="m", session_key="acme/s1", namespace="acme", exclude=["n2"]),

@@ -46,7 +46,7 @@ def test_rates_and_p95_over_the_interval_leave_out_the_overviews_own_scrapes() -
 def test_quantile_lies_within_the_buckets(increments: list[float], q: float) -> None:
     bounds = [0.001 * 2 ** i for i in range(len(increments))]
     cumulative, total = [], 0.0
-    for bound, count in zip(bounds, increments):
+    for bound, count in zip(bounds, increments, strict=True):
         total += count
         cumulative.append((bound, total))
     value = quantile(cumulative + [(float("inf"), total)], q)

@@ -15,9 +15,9 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.transport import TCPTransport
 
+from benchmarks.raft_stress import run_stress
 from mcpdb.ops.localcluster import free_port
 from mcpdb.raft.transport import KEEPALIVE, transport_class
-from benchmarks.raft_stress import run_stress
 
 NO_OP = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP: applies as nothing
 

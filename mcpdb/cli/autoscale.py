@@ -7,7 +7,7 @@ with worker processes on this machine.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ from mcpdb.ops.provisioning import KubernetesProvisioner, ScaleController
 
 
 def autoscale(deployment: Annotated[str, typer.Option(help="The workers' Deployment.")] = "mcpdb-worker",
-              namespace: Annotated[Optional[str], typer.Option(
+              namespace: Annotated[str | None, typer.Option(
                   help="Its namespace (default: this pod's).")] = None,
               interval: Annotated[float, typer.Option(help="Seconds between looks at the decision.")] = 2.0,
               url: UrlOption = None, token: TokenOption = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -29,9 +29,9 @@ def describe_reply(final: dict[str, Any]) -> str:
 
 
 def chat(namespace: str, session_id: Annotated[str, typer.Argument(metavar="SESSION")], message: str,
-         user: Annotated[Optional[str], typer.Option(help="User id whose profile applies.")] = None,
-         task: Annotated[Optional[str], typer.Option(help="Task id (its domain routes the request).")] = None,
-         model: Annotated[Optional[str], typer.Option(help="Model (default: the first the cluster serves).")] = None,
+         user: Annotated[str | None, typer.Option(help="User id whose profile applies.")] = None,
+         task: Annotated[str | None, typer.Option(help="Task id (its domain routes the request).")] = None,
+         model: Annotated[str | None, typer.Option(help="Model (default: the first the cluster serves).")] = None,
          max_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,
          temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.7,
          url: UrlOption = None, token: TokenOption = None) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,9 +16,9 @@ from mcpdb.client import DEFAULT_URL, Client, McpdbError
 
 console = Console()
 
-UrlOption = Annotated[Optional[list[str]], typer.Option(
+UrlOption = Annotated[list[str] | None, typer.Option(
     "--url", help="Node URL (repeatable; else MCPDB_URL, comma-separated; else " + DEFAULT_URL + ").")]
-TokenOption = Annotated[Optional[str], typer.Option(
+TokenOption = Annotated[str | None, typer.Option(
     "--token", help="Bearer token (else MCPDB_TOKEN).", show_default=False)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -36,8 +36,8 @@ def _read_body(file: str) -> dict:
 def put(namespace: str, context_id: Annotated[str, typer.Argument(metavar="ID")],
         kind: Annotated[str, typer.Option(help=f"One of: {', '.join(KINDS)}.")],
         file: Annotated[str, typer.Option(help="JSON file with the kind's fields, or - for stdin.")],
-        if_version: Annotated[Optional[int], typer.Option(help="Only if the current version is this (CAS).")] = None,
-        ttl: Annotated[Optional[int], typer.Option(help="Expire after this many seconds.")] = None,
+        if_version: Annotated[int | None, typer.Option(help="Only if the current version is this (CAS).")] = None,
+        ttl: Annotated[int | None, typer.Option(help="Expire after this many seconds.")] = None,
         url: UrlOption = None, token: TokenOption = None) -> None:
     """Create or replace a context."""
     if kind not in KINDS:
@@ -62,7 +62,7 @@ def get(namespace: str, context_id: Annotated[str, typer.Argument(metavar="ID")]
 
 @app.command("ls")
 def ls(namespace: str,
-       kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None,
+       kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
        prefix: Annotated[str, typer.Option(help="Only ids starting with this.")] = "",
        limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
        url: UrlOption = None, token: TokenOption = None) -> None:
@@ -85,7 +85,7 @@ def ls(namespace: str,
 
 @app.command("rm")
 def rm(namespace: str, context_id: Annotated[str, typer.Argument(metavar="ID")],
-       if_version: Annotated[Optional[int], typer.Option(help="Only if the current version is this.")] = None,
+       if_version: Annotated[int | None, typer.Option(help="Only if the current version is this.")] = None,
        url: UrlOption = None, token: TokenOption = None) -> None:
     """Delete a context."""
     with client(url, token) as http:

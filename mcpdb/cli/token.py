@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from mcpdb.auth import Scope
 from mcpdb.cli.common import TokenOption, UrlOption, client, console
 from mcpdb.cli.errors import CliError
-from mcpdb.auth import Scope
 
 app = typer.Typer(help="Scoped access tokens.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ app = typer.Typer(help="Scoped access tokens.", no_args_is_help=True)
 def create(ns: Annotated[list[str], typer.Option("--ns", help="Namespace the token may use ('*' for all); repeat.")],
            scope: Annotated[str, typer.Option(help="read, write or admin (in every --ns).")] = "read",
            description: Annotated[str, typer.Option(help="What the token is for.")] = "",
-           rate_limit: Annotated[Optional[float], typer.Option(help="Requests per second on each node.")] = None,
+           rate_limit: Annotated[float | None, typer.Option(help="Requests per second on each node.")] = None,
            url: UrlOption = None, token: TokenOption = None) -> None:
     """Create a token; it is printed once and cannot be shown again."""
     if scope not in Scope.__members__:

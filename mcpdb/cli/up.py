@@ -16,11 +16,11 @@ from rich.table import Table
 from mcpdb.cli.common import console
 from mcpdb.cli.demo import run_demo
 from mcpdb.cli.errors import CliError
-from mcpdb.inference.autoscale_policy import ScalePolicy
 from mcpdb.client import Client, McpdbError
+from mcpdb.inference.autoscale_policy import ScalePolicy
+from mcpdb.node.config import read_secret
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 from mcpdb.ops.provisioning import LocalProvisioner, ScaleController, threads_per_worker
-from mcpdb.node.config import read_secret
 
 
 def _check_free(address: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,8 +14,8 @@ from mcpdb.model import KINDS
 
 def watch(namespace: str,
           prefix: Annotated[str, typer.Option(help="Only ids starting with this.")] = "",
-          kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None,
-          since: Annotated[Optional[str], typer.Option(
+          kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+          since: Annotated[str | None, typer.Option(
               help="Resume after this event id or version (default: changes from now on).")] = None,
           as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
           url: UrlOption = None, token: TokenOption = None) -> None:

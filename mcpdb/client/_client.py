@@ -20,6 +20,7 @@ Every retry stays within ``deadline`` seconds in total.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import random
 import time
@@ -165,12 +166,12 @@ class _CallBuilder:
         return _Call("GET", f"/v1/namespaces/{ns}/contexts", True, params=params)
 
     @staticmethod
-    def append(ns: str, session_id: str, turns: list[dict[str, Any]], idempotency_key: str | None) -> _Call:
+    def append(ns: str, session_id: str, turns: builtins.list[dict[str, Any]], idempotency_key: str | None) -> _Call:
         return _Call("POST", f"/v1/namespaces/{ns}/sessions/{session_id}/turns", True,
                      json={"turns": turns}, headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
 
     @staticmethod
-    def batch(ns: str, ops: list[dict[str, Any]]) -> _Call:
+    def batch(ns: str, ops: builtins.list[dict[str, Any]]) -> _Call:
         return _Call("POST", f"/v1/namespaces/{ns}/batch", False, json={"ops": ops})
 
     @staticmethod
@@ -232,7 +233,9 @@ class _Base:
 
 def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
     """(id, event, data) of each server-sent event; comments and keep-alives are skipped."""
-    event_id, event, data = None, "message", []
+    event_id: str | None = None
+    event = "message"
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:
@@ -321,17 +324,17 @@ class Client(_Base):
                metadata: dict[str, Any] | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
         return self.append_turns(ns, session_id, [_turn(role, content, metadata)], idempotency_key)
 
-    def append_turns(self, ns: str, session_id: str, turns: list[dict[str, Any]],
+    def append_turns(self, ns: str, session_id: str, turns: builtins.list[dict[str, Any]],
                      idempotency_key: str | None = None) -> dict[str, Any]:
         return self._send(_CallBuilder.append(ns, session_id, turns, idempotency_key))
 
-    def batch(self, ns: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    def batch(self, ns: str, ops: builtins.list[dict[str, Any]]) -> dict[str, Any]:
         return self._send(_CallBuilder.batch(ns, ops))
 
     def cluster(self) -> dict[str, Any]:
         return self._send(_Call("GET", "/v1/cluster", True))
 
-    def models(self) -> list[str]:
+    def models(self) -> builtins.list[str]:
         return [model["id"] for model in self._send(_Call("GET", "/v1/models", True))["data"]]
 
     def chat(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
@@ -414,7 +417,7 @@ class Client(_Base):
         return self._send(_Call("POST", "/v1/tokens", False,
                                 json={"scopes": scopes, "description": description, "rate_limit": rate_limit}))
 
-    def tokens(self) -> list[dict[str, Any]]:
+    def tokens(self) -> builtins.list[dict[str, Any]]:
         return self._send(_Call("GET", "/v1/tokens", True))["items"]
 
     def revoke_token(self, token_id: str) -> dict[str, Any]:
@@ -486,17 +489,17 @@ class AsyncClient(_Base):
                      idempotency_key: str | None = None) -> dict[str, Any]:
         return await self.append_turns(ns, session_id, [_turn(role, content, metadata)], idempotency_key)
 
-    async def append_turns(self, ns: str, session_id: str, turns: list[dict[str, Any]],
+    async def append_turns(self, ns: str, session_id: str, turns: builtins.list[dict[str, Any]],
                            idempotency_key: str | None = None) -> dict[str, Any]:
         return await self._send(_CallBuilder.append(ns, session_id, turns, idempotency_key))
 
-    async def batch(self, ns: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    async def batch(self, ns: str, ops: builtins.list[dict[str, Any]]) -> dict[str, Any]:
         return await self._send(_CallBuilder.batch(ns, ops))
 
     async def cluster(self) -> dict[str, Any]:
         return await self._send(_Call("GET", "/v1/cluster", True))
 
-    async def models(self) -> list[str]:
+    async def models(self) -> builtins.list[str]:
         return [model["id"] for model in (await self._send(_Call("GET", "/v1/models", True)))["data"]]
 
     async def chat(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:

@@ -83,13 +83,16 @@ MIN_USEFUL_PREFIX = 32  # shorter shared prefixes are just the chat template's o
 @dataclass
 class _Slot:
     index: int
+    # a llama_cpp.Llama, as Any: the slot reads its private _input_ids, and the library types
+    # create_completion(stream=True) as returning one response or an iterator of them
     llm: Any
     busy: bool = False
     last_used: float = 0.0
 
     def shared_prefix(self, tokens: list[int]) -> int:
         # _input_ids: the tokens whose KV state this slot's context holds (the pinned version's field)
-        return self.llm.longest_token_prefix(self.llm._input_ids, tokens)
+        shared: int = self.llm.longest_token_prefix(self.llm._input_ids, tokens)
+        return shared
 
 
 @dataclass
@@ -171,7 +174,8 @@ class Worker:
     # ------------------------------------------------------------ tokens
     def tokenize(self, text: str) -> list[int]:
         """The model's tokens for a rendered prompt (BOS added, special tokens parsed)."""
-        return self._slots[0].llm.tokenize(text.encode(), add_bos=True, special=True)
+        tokens: list[int] = self._slots[0].llm.tokenize(text.encode(), add_bos=True, special=True)
+        return tokens
 
     # ------------------------------------------------------------ load
     def load_report(self) -> dict[str, Any]:

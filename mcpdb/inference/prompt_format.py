@@ -15,16 +15,20 @@ session's follow-up reuses the KV cache of everything before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
 class ChatFormat(Protocol):
-    name: str
-    stop: list[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stop(self) -> list[str]:
+        """Strings that end a reply."""
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The prompt text, without the BOS token (the tokenizer adds it)."""

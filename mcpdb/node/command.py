@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -43,11 +43,11 @@ def start(
     node_id: Annotated[str, typer.Option("--id", help="Unique node id, e.g. n1.")],
     data_dir: Annotated[Path, typer.Option(help="Directory for the LMDB store and Raft journal.")],
     http_addr: Annotated[str, typer.Option(help="HOST:PORT for REST.")],
-    raft_addr: Annotated[Optional[str], typer.Option(help="HOST:PORT for Raft; omit with --replica.")] = None,
-    peer: Annotated[Optional[list[str]], typer.Option(help="Raft HOST:PORT of another voter (repeat).")] = None,
+    raft_addr: Annotated[str | None, typer.Option(help="HOST:PORT for Raft; omit with --replica.")] = None,
+    peer: Annotated[list[str] | None, typer.Option(help="Raft HOST:PORT of another voter (repeat).")] = None,
     replica: Annotated[bool, typer.Option(help="Join as a non-voting replica (no --raft-addr).")] = False,
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token (else MCPDB_TOKEN).")] = None,
-    cluster_secret_file: Annotated[Optional[Path], typer.Option(
+    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token (else MCPDB_TOKEN).")] = None,
+    cluster_secret_file: Annotated[Path | None, typer.Option(
         help="File holding the Raft cluster secret (else MCPDB_CLUSTER_SECRET); encrypts Raft traffic.")] = None,
     durability: Annotated[str, typer.Option(
         help="'durable': fsync the journal before acknowledging; 'fast': rely on the page cache.")
@@ -61,11 +61,11 @@ def start(
         help="Log entries that trigger a snapshot.")] = default("compaction_min_entries"),
     change_history: Annotated[int, typer.Option(
         help="Changes kept for watches to resume from (oldest trimmed first).")] = default("change_history"),
-    advertise_url: Annotated[Optional[str], typer.Option(
+    advertise_url: Annotated[str | None, typer.Option(
         help="HTTP URL other nodes and clients use.")] = default("advertise_url"),
-    allowed_host: Annotated[Optional[list[str]], typer.Option(
+    allowed_host: Annotated[list[str] | None, typer.Option(
         help="A host name requests may address this node by besides its own (a reverse proxy's; repeat).")] = None,
-    allowed_origin: Annotated[Optional[list[str]], typer.Option(
+    allowed_origin: Annotated[list[str] | None, typer.Option(
         help="An origin (scheme://host[:port]) besides its own whose web pages may call this node (repeat).")
     ] = None,
     mcp_max_sessions: Annotated[int, typer.Option(
@@ -79,22 +79,22 @@ def start(
     ] = default("unsafe_stale_reads"),
     inference: Annotated[bool, typer.Option(
         help="Run a llama.cpp worker on this node (--no-inference: contexts only).")] = default("inference"),
-    model: Annotated[Optional[Path], typer.Option(
+    model: Annotated[Path | None, typer.Option(
         help="GGUF model file (default: the bundled Gemma 3 270M Q4_K_M).")] = default("model_path"),
     n_ctx: Annotated[int, typer.Option(help="Model context window in tokens.")] = default("n_ctx"),
     threads: Annotated[int, typer.Option(help="llama.cpp threads per generation.")] = default("threads"),
     slots: Annotated[int, typer.Option(
         help="Concurrent generations, each keeping its own KV cache (a session prefix per slot).")] = default("slots"),
-    weight: Annotated[Optional[float], typer.Option(
+    weight: Annotated[float | None, typer.Option(
         help="Scheduling weight (default: tokens/s measured when the model loads).")] = default("weight"),
-    domain: Annotated[Optional[list[str]], typer.Option(help="Domain this node specialises in (repeat).")] = None,
+    domain: Annotated[list[str] | None, typer.Option(help="Domain this node specialises in (repeat).")] = None,
     policy: Annotated[str, typer.Option(
         help="Scheduling policy when this node leads: affinity, weighted, least_connections, round_robin.")
     ] = default("policy"),
     shed_threshold: Annotated[float, typer.Option(
         help="Affinity gives way when the session's node has this many more requests per slot "
              "than the least-loaded node.")] = default("shed_threshold"),
-    autoscale: Annotated[Optional[str], typer.Option(
+    autoscale: Annotated[str | None, typer.Option(
         help="MIN:MAX inference workers; when this node leads it decides how many there should be "
              "(a provisioner acts on GET /v1/autoscale).")] = default("autoscale"),
     autoscale_target: Annotated[float, typer.Option(

@@ -21,22 +21,22 @@ from typing import Any
 import httpx
 
 from mcpdb import __version__
-from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.inference.llama_worker import Worker, WorkerSettings, default_model_path
 from mcpdb.inference.loadboard import HEARTBEAT_S
-from mcpdb.raft.replication import RaftSettings, Replication, Unavailable
 from mcpdb.inference.placement import Policy
-from mcpdb.service import Consistency, ContextService
-from mcpdb.store.state_machine import ContextStore
-from mcpdb.store.changes import ChangeFeed
-from mcpdb.node.internal.chat_front import ChatFront
-from mcpdb.node.http.access import Authenticator
 from mcpdb.node.autoscaling import AutoscaleDuty
-from mcpdb.node.internal.chat_worker import ChatWorker
 from mcpdb.node.config import NodeConfig
-from mcpdb.node.metrics import NodeMetrics
+from mcpdb.node.http.access import Authenticator
+from mcpdb.node.internal.chat_front import ChatFront
+from mcpdb.node.internal.chat_worker import ChatWorker
 from mcpdb.node.internal.leader_scheduler import LeaderScheduler
 from mcpdb.node.internal.messages import LOAD_PATH, LoadReport
+from mcpdb.node.metrics import NodeMetrics
+from mcpdb.raft.barrier import ReadBarrier
+from mcpdb.raft.replication import RaftSettings, Replication, Unavailable
+from mcpdb.service import Consistency, ContextService
+from mcpdb.store.changes import ChangeFeed
+from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class NodeRuntime:
         self.scheduler = LeaderScheduler(self.replication, self.store, self.barrier, Policy(config.policy),
                                          config.shed_threshold)
         self.front = ChatFront(config.node_id, self.replication, self.store, self.scheduler, self.chat_worker,
-                               lambda: self._stream_http, config.request_timeout)
+                               self._stream_client, config.request_timeout)
         self.draining = False  # set by POST /v1/node/drain: no new inference work, then leave
         self.autoscale = AutoscaleDuty(self, config.autoscale_policy())
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,6 +105,11 @@ class NodeRuntime:
         """The node's client for short calls to other nodes (carries the bootstrap token)."""
         assert self._http is not None, "the runtime has not started"
         return self._http
+
+    def _stream_client(self) -> httpx.AsyncClient:
+        """The node's client for node-to-node chat streams (no overall timeout, many connections)."""
+        assert self._stream_http is not None, "the runtime has not started"
+        return self._stream_http
 
     async def stop(self) -> None:
         """Graceful shutdown: hand over leadership (or leave the registry, for a replica), stop duties,

@@ -12,33 +12,33 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Header, Query, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from mcpdb import __version__
 from mcpdb.model import BatchIn, ContextIn, Kind, Turn, TurnsIn
-from mcpdb.service import Consistency
-from mcpdb.node.http.chat_api import add_chat_routes
-from mcpdb.node.config import ConfigError, split_host_port
 from mcpdb.node.autoscaling import add_autoscale_routes
-from mcpdb.node.mcp.server import McpServer
-from mcpdb.node.http.overview_api import add_overview_routes
-from mcpdb.node.http.token_api import add_token_routes
-from mcpdb.node.http.watch_api import add_watch_routes
+from mcpdb.node.config import ConfigError, split_host_port
+from mcpdb.node.http.chat_api import add_chat_routes
 from mcpdb.node.http.docs import mount_offline_docs
-from mcpdb.node.http.host_guard import HostGuard
-from mcpdb.node.http.gate import RequestGate
-from mcpdb.node.http.request_stats import TimedApp
 from mcpdb.node.http.fast_reads import FastContextReads
+from mcpdb.node.http.gate import RequestGate
+from mcpdb.node.http.host_guard import HostGuard
+from mcpdb.node.http.overview_api import add_overview_routes
+from mcpdb.node.http.request_stats import TimedApp
 from mcpdb.node.http.responses import DOMAIN_ERRORS, ContextIdPath, FastJSON, InvalidHeader, NamespacePath, error_for
 from mcpdb.node.http.responses import error_response as _error
+from mcpdb.node.http.token_api import add_token_routes
+from mcpdb.node.http.watch_api import add_watch_routes
+from mcpdb.node.mcp.server import McpServer
 from mcpdb.node.runtime import NodeRuntime
+from mcpdb.service import Consistency, NotFound
 
 
 def _version_header(if_match: str | None, if_none_match: str | None) -> int | None:
@@ -165,7 +165,7 @@ def create_app(runtime: NodeRuntime) -> Any:
     async def remove_member(raft_addr: str) -> dict[str, Any]:
         """Remove a voter by Raft address."""
         if raft_addr not in runtime.replication.voters():
-            return _error(404, "not_found", f"{raft_addr} is not a voter")
+            raise NotFound(f"{raft_addr} is not a voter")
         await runtime.replication.change_membership("remove", raft_addr, runtime.config.request_timeout)
         for node in runtime.store.nodes():
             if node.get("raft_addr") == raft_addr:
@@ -213,7 +213,7 @@ def create_app(runtime: NodeRuntime) -> Any:
 
     @app.post(ns_path + "/sessions/{session_id}/turns", tags=["sessions"])
     async def append_turns(namespace: NamespacePath, session_id: ContextIdPath,
-                           body: Annotated[Union[TurnsIn, Turn], Body()],
+                           body: Annotated[TurnsIn | Turn, Body()],
                            if_match: Annotated[str | None, Header()] = None,
                            idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
                            ) -> dict[str, Any]:

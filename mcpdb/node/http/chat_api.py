@@ -28,8 +28,17 @@ from mcpdb.node.http.access import principal_of
 from mcpdb.node.http.responses import FastJSON, InvalidHeader
 from mcpdb.node.http.responses import error_response as error
 from mcpdb.node.internal.leader_scheduler import ModelNotServed
-from mcpdb.node.internal.messages import (ASSIGN_PATH, GENERATE_PATH, IDEMPOTENCY_KEY_MAX, LOAD_PATH, AssignRequest,
-                                          Assignment, LoadReport, WorkOrder)
+from mcpdb.node.internal.messages import (
+    ASSIGN_PATH,
+    GENERATE_PATH,
+    IDEMPOTENCY_KEY_MAX,
+    LOAD_PATH,
+    Assignment,
+    AssignRequest,
+    LoadReport,
+    WorkOrder,
+)
+
 
 def _idempotency_key(header: str | None) -> str:
     if header is None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mcpdb.service import Consistency, ContextService
 from mcpdb.node.http.request_stats import RequestStats
 from mcpdb.node.http.responses import DOMAIN_ERRORS, FastJSON, error_for
+from mcpdb.service import Consistency, ContextService
 
 _CONTEXT_PATH = re.compile(r"^/v1/namespaces/([^/]+)/contexts/([^/]+)$")
 _QUERIES = {b"": Consistency.linearizable, b"consistency=linearizable": Consistency.linearizable,
@@ -34,7 +34,7 @@ class FastContextReads:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         consistency = _QUERIES.get(scope.get("query_string", b"")) if scope["type"] == "http" else None
         match = _CONTEXT_PATH.match(scope["path"]) if consistency is not None and scope["method"] == "GET" else None
-        if match is None:
+        if match is None or consistency is None:
             await self.app(scope, receive, send)
             return
         try:

@@ -46,7 +46,7 @@ class OverviewSampler:
             http = self._runtime.http_client()
             scrapes = await asyncio.gather(*(self._scrape(http, node["http_url"]) for node in nodes))
             rows = []
-            for node, scrape in zip(nodes, scrapes):
+            for node, scrape in zip(nodes, scrapes, strict=True):
                 rows.append(node_row(node, self._last.get(node["id"]), scrape))
                 if scrape is not None:
                     self._last[node["id"]] = scrape

@@ -63,7 +63,7 @@ class RequestStats:
                                        labels=["method", "route", "status"])
         for key, series in sorted(self._series.items()):
             cumulative, buckets = 0.0, []
-            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), series[:-1]):
+            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), series[:-1], strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             family.add_metric(list(key), buckets, sum_value=series[-1])

@@ -12,9 +12,8 @@ from mcpdb.auth import Forbidden, Hidden
 from mcpdb.model import CONTEXT_ID_PATTERN, NAMESPACE_PATTERN, InvalidName
 from mcpdb.raft.replication import Indeterminate, Unavailable, Unserializable
 from mcpdb.service import NotFound, Refused
-from mcpdb.store.state_machine import HistoryTrimmed
 from mcpdb.store.changes import InvalidCursor
-
+from mcpdb.store.state_machine import HistoryTrimmed
 
 # Path parameters as documented in OpenAPI. The pattern is documentation only: the service checks
 # names itself and answers 400 invalid_name (a 422 from FastAPI would say less).

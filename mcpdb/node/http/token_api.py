@@ -13,11 +13,11 @@ from fastapi import FastAPI, Path, Request
 from pydantic import BaseModel, Field
 
 from mcpdb.auth import Hidden, Principal, Scope
-from mcpdb.service import Consistency
 from mcpdb.node.http.access import principal_of
 from mcpdb.node.http.responses import FastJSON
 from mcpdb.node.http.responses import error_response as error
 from mcpdb.node.runtime import NodeRuntime
+from mcpdb.service import Consistency
 
 
 class TokenIn(BaseModel):

@@ -19,11 +19,11 @@ from fastapi import FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
 
 from mcpdb.model import Kind, check_namespace
-from mcpdb.service import Consistency
-from mcpdb.store.state_machine import Change, HistoryTrimmed
-from mcpdb.store.changes import Cursor, WatchFilter
 from mcpdb.node.http.responses import NamespacePath
 from mcpdb.node.runtime import NodeRuntime
+from mcpdb.service import Consistency
+from mcpdb.store.changes import Cursor, WatchFilter
+from mcpdb.store.state_machine import Change, HistoryTrimmed
 
 KEEPALIVE_S = 15.0
 

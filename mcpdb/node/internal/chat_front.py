@@ -26,11 +26,11 @@ import httpx
 import orjson
 
 from mcpdb.inference.request import ChatRequest
-from mcpdb.raft.replication import Replication, Unavailable
-from mcpdb.store.state_machine import ContextStore
 from mcpdb.node.internal.chat_worker import ChatWorker
 from mcpdb.node.internal.leader_scheduler import LeaderScheduler, ModelNotServed, NotLeader
-from mcpdb.node.internal.messages import ASSIGN_PATH, GENERATE_PATH, AssignRequest, Assignment, WorkOrder
+from mcpdb.node.internal.messages import ASSIGN_PATH, GENERATE_PATH, Assignment, AssignRequest, WorkOrder
+from mcpdb.raft.replication import Replication, Unavailable
+from mcpdb.store.state_machine import ContextStore
 
 MAX_ATTEMPTS = 3
 ASSIGN_RETRY_S = 0.1

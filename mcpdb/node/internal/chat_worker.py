@@ -20,14 +20,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from mcpdb.inference.assembly import ContextTooLarge, StoredContext, assemble
-from mcpdb.inference.request import ChatRequest
 from mcpdb.inference.gather import gather
 from mcpdb.inference.llama_worker import Generation, PromptTooLong, Worker
+from mcpdb.inference.request import ChatRequest
 from mcpdb.model import Turn
-from mcpdb.raft.replication import Replication
-from mcpdb.service import ContextService
 from mcpdb.node.http.responses import DOMAIN_ERRORS, error_parts
 from mcpdb.node.internal.messages import WorkOrder
+from mcpdb.raft.replication import Replication
+from mcpdb.service import ContextService
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -121,6 +121,8 @@ class ChatWorker:
     async def _record(self, order: WorkOrder, generation: Generation, done: dict[str, Any]) -> dict[str, Any]:
         """Append the new messages and the reply once; a concurrent attempt's append wins if first."""
         request = order.request
+        namespace, session_id = request.namespace, request.session_id
+        assert namespace is not None and session_id is not None, "only a request with a session is recorded"
         # What the reply was generated from, kept with the turns: the jepsen chat checker verifies
         # that every turn acknowledged before this request began is within context_turns.
         provenance = {"idempotency_key": order.idempotency_key, "read_index": order.read_index,
@@ -130,7 +132,7 @@ class ChatWorker:
         turns.append(Turn(role="assistant", content=generation.text,
                           metadata={**provenance, "node": self._node_id, "model": done["model"],
                                     "completion_tokens": generation.completion_tokens}))
-        result = await self._service.append(request.namespace, request.session_id, turns,
+        result = await self._service.append(namespace, session_id, turns,
                                             idempotency_key=order.idempotency_key)
         recorded: dict[str, Any] = {"session_version": result["version"], "turn_count": result["turn_count"]}
         if result["replayed"]:

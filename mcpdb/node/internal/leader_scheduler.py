@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.inference.loadboard import LoadBoard
-from mcpdb.raft.replication import Replication, Unavailable
 from mcpdb.inference.placement import NoWorkerAvailable, Policy, Request, SchedulerState, choose, forget_node
+from mcpdb.node.internal.messages import Assignment, AssignRequest
+from mcpdb.raft.barrier import ReadBarrier
+from mcpdb.raft.replication import Replication, Unavailable
 from mcpdb.store.state_machine import ContextStore
-from mcpdb.node.internal.messages import AssignRequest, Assignment
 
 
 class NotLeader(Unavailable):
@@ -65,7 +65,7 @@ class LeaderScheduler:
         except NoWorkerAvailable as error:
             served = self.served_models()
             if body.model not in served:
-                raise ModelNotServed(f"model {body.model!r} is not served here; served: {', '.join(served) or 'none'}")
+                raise ModelNotServed(f"model {body.model!r} is not served here; served: {', '.join(served) or 'none'}") from None
             raise Unavailable(f"{error} for model {body.model!r}") from None
         self.board.assigned(decision.node_id)
         self.decisions[decision.node_id] += 1
