@@ -17,19 +17,64 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import httpx
 from fastapi import FastAPI, Query
 
 from mcpdb.inference.autoscale_policy import Autoscaler, Decision, Observation, ScalePolicy
 from mcpdb.node.http.responses import error_response as error
+from mcpdb.node.views import LeaderRole, NodeRegistry
+
+if TYPE_CHECKING:
+    from mcpdb.inference.llama_worker import Worker
+    from mcpdb.inference.loadboard import LoadBoard
+    from mcpdb.node.config import NodeConfig
+    from mcpdb.node.internal.chat_front import ChatFront
 
 PERIOD_S = 1.0
 
 
+class HasBoard(Protocol):
+    @property
+    def board(self) -> LoadBoard: ...
+
+
+class ScalingNode(Protocol):
+    """What the duty reads of its node (NodeRuntime is one)."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+    @property
+    def store(self) -> NodeRegistry: ...
+
+    @property
+    def replication(self) -> LeaderRole: ...
+
+    @property
+    def scheduler(self) -> HasBoard: ...
+
+
+class DrainableNode(ScalingNode, Protocol):
+    """What /v1/autoscale and /v1/node/drain use besides: the duty, the leader, the worker, the flag."""
+
+    draining: bool
+
+    @property
+    def autoscale(self) -> AutoscaleDuty: ...
+
+    @property
+    def front(self) -> ChatFront: ...
+
+    @property
+    def worker(self) -> Worker | None: ...
+
+    def http_client(self) -> httpx.AsyncClient: ...
+
+
 class AutoscaleDuty:
-    def __init__(self, runtime: Any, policy: ScalePolicy | None) -> None:
+    def __init__(self, runtime: ScalingNode, policy: ScalePolicy | None) -> None:
         self._runtime = runtime
         self.policy = policy
         self._scaler: Autoscaler | None = None
@@ -69,7 +114,7 @@ class AutoscaleDuty:
         }
 
 
-def add_autoscale_routes(app: FastAPI, runtime: Any) -> None:
+def add_autoscale_routes(app: FastAPI, runtime: DrainableNode) -> None:
     @app.get("/v1/autoscale", tags=["operations"])
     async def autoscale() -> Any:
         """The leader's autoscaling decision: desired workers, live workers, utilisation, reason.

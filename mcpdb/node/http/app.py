@@ -30,6 +30,7 @@ from mcpdb.node.http.docs import mount_offline_docs
 from mcpdb.node.http.fast_reads import FastContextReads
 from mcpdb.node.http.gate import RequestGate
 from mcpdb.node.http.host_guard import HostGuard
+from mcpdb.node.http.node_view import NodeView
 from mcpdb.node.http.overview_api import add_overview_routes
 from mcpdb.node.http.request_stats import TimedApp
 from mcpdb.node.http.responses import DOMAIN_ERRORS, ContextIdPath, FastJSON, InvalidHeader, NamespacePath, error_for
@@ -37,7 +38,6 @@ from mcpdb.node.http.responses import error_response as _error
 from mcpdb.node.http.token_api import add_token_routes
 from mcpdb.node.http.watch_api import add_watch_routes
 from mcpdb.node.mcp.server import McpServer
-from mcpdb.node.runtime import NodeRuntime
 from mcpdb.service import Consistency, NotFound
 
 
@@ -76,7 +76,7 @@ class MemberIn(BaseModel):
         return value
 
 
-def create_app(runtime: NodeRuntime) -> Any:
+def create_app(runtime: NodeView) -> Any:
     """Build the ASGI app of one node, wrapped in auth and body-size middleware."""
 
     mcp = McpServer(runtime)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Header, Request
@@ -27,7 +27,7 @@ from mcpdb.inference.request import ChatRequest
 from mcpdb.node.http.access import principal_of
 from mcpdb.node.http.responses import FastJSON, InvalidHeader
 from mcpdb.node.http.responses import error_response as error
-from mcpdb.node.internal.leader_scheduler import ModelNotServed
+from mcpdb.node.internal.leader_scheduler import LeaderScheduler, ModelNotServed
 from mcpdb.node.internal.messages import (
     ASSIGN_PATH,
     GENERATE_PATH,
@@ -38,6 +38,33 @@ from mcpdb.node.internal.messages import (
     LoadReport,
     WorkOrder,
 )
+from mcpdb.node.views import NodeRegistry
+
+if TYPE_CHECKING:
+    from mcpdb.node.config import NodeConfig
+    from mcpdb.node.internal.chat_front import ChatFront
+    from mcpdb.node.internal.chat_worker import ChatWorker
+
+
+class ChatNode(Protocol):
+    """What the chat routes use of their node: the entry side (front), the leader's scheduler, the
+    worker side (chat_worker, None without a model) and the registry for /v1/models."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+    @property
+    def store(self) -> NodeRegistry: ...
+
+    @property
+    def scheduler(self) -> LeaderScheduler: ...
+
+    @property
+    def front(self) -> ChatFront: ...
+
+    @property
+    def chat_worker(self) -> ChatWorker | None: ...
+
 
 
 def _idempotency_key(header: str | None) -> str:
@@ -73,8 +100,8 @@ def _error_payload(event: dict[str, Any]) -> dict[str, Any]:
     return {"error": {"message": event["message"], "type": event["error"], "code": event["status"]}}
 
 
-def add_chat_routes(app: FastAPI, runtime: Any) -> None:
-    """Register the chat endpoints on ``app`` (``runtime`` is the node's NodeRuntime)."""
+def add_chat_routes(app: FastAPI, runtime: ChatNode) -> None:
+    """Register the chat endpoints on ``app``."""
 
     @app.exception_handler(ModelNotServed)
     async def model_not_served(_: Any, exc: ModelNotServed) -> Any:
@@ -162,11 +189,12 @@ def add_chat_routes(app: FastAPI, runtime: Any) -> None:
 
     @app.post(GENERATE_PATH, tags=["internal"], include_in_schema=False)
     async def generate(order: WorkOrder) -> Any:
-        if runtime.chat_worker is None:
+        worker = runtime.chat_worker
+        if worker is None:
             return error(503, "no_inference", f"node {runtime.config.node_id} runs without a model")
 
         async def lines() -> AsyncIterator[bytes]:
-            async for event in runtime.chat_worker.serve(order):
+            async for event in worker.serve(order):
                 yield orjson.dumps(event) + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from fastapi import FastAPI
@@ -23,8 +23,16 @@ HISTORY_POINTS = 300
 MIN_INTERVAL_S = 1.0
 
 
+class OverviewNode(Protocol):
+    """What the overview uses of the node it is asked on: whom to scrape, and a client to do it."""
+
+    def members(self) -> list[dict[str, Any]]: ...
+
+    def http_client(self) -> httpx.AsyncClient: ...
+
+
 class OverviewSampler:
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: OverviewNode) -> None:
         self._runtime = runtime
         self._last: dict[str, Scrape] = {}
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY_POINTS)
@@ -55,7 +63,7 @@ class OverviewSampler:
             return overview
 
 
-def add_overview_routes(app: FastAPI, runtime: Any) -> None:
+def add_overview_routes(app: FastAPI, runtime: OverviewNode) -> None:
     sampler = OverviewSampler(runtime)
     page = resources.files("mcpdb.node.http").joinpath("ui.html").read_text()
 

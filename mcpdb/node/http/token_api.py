@@ -7,17 +7,37 @@ once, in the answer to its creation.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Path, Request
 from pydantic import BaseModel, Field
 
 from mcpdb.auth import Hidden, Principal, Scope
-from mcpdb.node.http.access import principal_of
+from mcpdb.node.http.access import Authenticator, principal_of
 from mcpdb.node.http.responses import FastJSON
 from mcpdb.node.http.responses import error_response as error
-from mcpdb.node.runtime import NodeRuntime
-from mcpdb.service import Consistency
+from mcpdb.service import Consistency, ContextService
+
+
+class TokenRecords(Protocol):
+    """The replicated token records (hashes and scopes, never secrets)."""
+
+    def tokens(self) -> list[dict[str, Any]]: ...
+
+    def token(self, token_id: str) -> dict[str, Any] | None: ...
+
+
+class TokenNode(Protocol):
+    """What the token routes use of their node: writes through the service, reads of the records."""
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+
+    @property
+    def service(self) -> ContextService: ...
+
+    @property
+    def store(self) -> TokenRecords: ...
 
 
 class TokenIn(BaseModel):
@@ -35,7 +55,7 @@ def _managed(principal: Principal, record: dict[str, Any]) -> bool:
     return principal.may_manage({namespace: Scope(scope) for namespace, scope in record["scopes"].items()})
 
 
-def add_token_routes(app: FastAPI, runtime: NodeRuntime) -> None:
+def add_token_routes(app: FastAPI, runtime: TokenNode) -> None:
     @app.post("/v1/tokens", status_code=201, tags=["tokens"])
     async def create_token(body: TokenIn, request: Request) -> Any:
         """Mint a token with the given scopes; needs admin in each of them. The token is in this

@@ -12,7 +12,7 @@ a watcher that needs one reads the context (at least at that version).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import orjson
 from fastapi import FastAPI, Header, Query
@@ -20,12 +20,30 @@ from fastapi.responses import StreamingResponse
 
 from mcpdb.model import Kind, check_namespace
 from mcpdb.node.http.responses import NamespacePath
-from mcpdb.node.runtime import NodeRuntime
-from mcpdb.service import Consistency
-from mcpdb.store.changes import Cursor, WatchFilter
+from mcpdb.service import Consistency, ContextService
+from mcpdb.store.changes import ChangeFeed, Cursor, WatchFilter
 from mcpdb.store.state_machine import Change, HistoryTrimmed
 
 KEEPALIVE_S = 15.0
+
+
+class ChangeHistory(Protocol):
+    def changes_after(self, version: int, position: int | None = None, limit: int = 1000) -> list[Change]:
+        """Changes after (version, position) in commit order; HistoryTrimmed when the history no longer
+        reaches back that far."""
+
+
+class WatchNode(Protocol):
+    """What the watch route uses of its node: a read index to start at, the history, the live feed."""
+
+    @property
+    def service(self) -> ContextService: ...
+
+    @property
+    def store(self) -> ChangeHistory: ...
+
+    @property
+    def change_feed(self) -> ChangeFeed: ...
 
 
 def change_event(change: Change, event_id: str) -> bytes:
@@ -34,7 +52,7 @@ def change_event(change: Change, event_id: str) -> bytes:
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), change.action.encode(), data)
 
 
-def add_watch_routes(app: FastAPI, runtime: NodeRuntime) -> None:
+def add_watch_routes(app: FastAPI, runtime: WatchNode) -> None:
     @app.get("/v1/namespaces/{namespace}/watch", tags=["watch"],
              response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}},

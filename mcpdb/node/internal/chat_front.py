@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -110,7 +110,7 @@ class ChatFront:
             raise WorkerLost(f"worker {assignment.node_id} lost: {error!r}") from None
 
     # ------------------------------------------------------------ the request
-    async def complete(self, request: ChatRequest, idempotency_key: str) -> AsyncIterator[dict[str, Any]]:
+    async def complete(self, request: ChatRequest, idempotency_key: str) -> AsyncGenerator[dict[str, Any], None]:
         """Events for the caller: ``assigned`` per attempt, ``delta`` (only new text), then ``done`` or
         ``error``. Raises ModelNotServed or Unavailable before the first event if nothing can serve it."""
         seed = request.seed_for(idempotency_key)

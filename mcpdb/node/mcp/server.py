@@ -42,6 +42,7 @@ from mcpdb.model import KINDS, InvalidName
 from mcpdb.node.http.access import principal_of
 from mcpdb.node.mcp.events import EventLog, ResumableSessions
 from mcpdb.node.mcp.jsonrpc import EnvelopeCheck
+from mcpdb.node.mcp.node_view import McpNode
 from mcpdb.node.mcp.sessions import (
     MAX_SUBSCRIPTIONS,
     REVOCATION_CHECK_S,
@@ -108,9 +109,9 @@ def _progress(ctx: ServerRequestContext[Any, Any]) -> Progress | None:
 
 
 class McpServer:
-    """The MCP server of one node (``runtime``: its NodeRuntime) and its ASGI endpoint."""
+    """The MCP server of one node and its ASGI endpoint."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: McpNode) -> None:
         self._runtime = runtime
         self._tools = ContextTools(runtime)
         self._bus = ChangeBus(runtime)

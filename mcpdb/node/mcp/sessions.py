@@ -55,6 +55,7 @@ from mcp_types import INVALID_PARAMS
 
 from mcpdb.auth import Principal
 from mcpdb.node.http.access import PRINCIPAL_KEY
+from mcpdb.node.mcp.node_view import FeedNode
 from mcpdb.store.changes import Cursor
 from mcpdb.store.state_machine import HistoryTrimmed
 
@@ -187,7 +188,7 @@ class ChangeBus:
     """The SDK's subscription bus, fed by the node's change feed only while someone listens
     (so a node without MCP subscribers pays nothing per commit)."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: FeedNode) -> None:
         self._runtime = runtime
         self._listeners: dict[object, Callable[[ServerEvent], None]] = {}
         self._pump: asyncio.Task[None] | None = None

@@ -48,6 +48,7 @@ from mcpdb.inference.request import ChatMessage, ChatRequest
 from mcpdb.model import CONTEXT_ID_PATTERN, NAMESPACE_PATTERN, ContextIn, Kind, Turn
 from mcpdb.node.http.responses import DOMAIN_ERRORS, error_parts
 from mcpdb.node.internal.leader_scheduler import ModelNotServed
+from mcpdb.node.mcp.node_view import ToolsNode
 from mcpdb.service import Consistency
 
 SEARCH_SCAN_PAGE = 200
@@ -290,9 +291,9 @@ def tool_error(status: int, error: str, message: str) -> types.CallToolResult:
 
 
 class ContextTools:
-    """The tools, bound to one node's runtime (``runtime``: a NodeRuntime)."""
+    """The tools, bound to one node."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: ToolsNode) -> None:
         self._runtime = runtime
         self._service = runtime.service
         self._tools: dict[str, _Tool] = {
