@@ -138,7 +138,7 @@ class McpServer:
             streams_per_owner=2 * config.mcp_sessions_per_token,
             session_idle_timeout=config.mcp_idle_timeout,
             # The request gate checks Host and Origin for every path, /mcp included (mcpdb.node.http.host_guard),
-            # with the node's --allowed-host names, which this list would not know.
+            # with the node's --allowed-host names and --allowed-origin origins, which this list would not know.
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
         self.asgi = EnvelopeCheck(SessionEndpoint(self.sessions))
