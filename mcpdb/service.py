@@ -21,7 +21,7 @@ from mcpdb.model import BatchIn, Turn, check_context_id, check_namespace, contex
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
 from mcpdb.store import commands
-from mcpdb.store.state_machine import Page
+from mcpdb.store.state_machine import ContextStore, Page
 
 
 class Consistency(str, Enum):
@@ -65,7 +65,7 @@ class ContextService:
         self._unsafe_stale_reads = unsafe_stale_reads
 
     @property
-    def store(self) -> Any:
+    def store(self) -> ContextStore:
         return self._replication.store
 
     async def _write(self, command: commands.Command) -> dict[str, Any]:

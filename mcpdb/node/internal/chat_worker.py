@@ -78,7 +78,7 @@ class ChatWorker:
         if not worker.ready or worker.chat_format is None:
             raise ChatFailed(503, "model_loading", f"node {self._node_id} is still loading its model")
         await self._replication.wait_applied(order.read_index, self._wait_timeout)
-        if request.session_id is not None:
+        if request.namespace is not None and request.session_id is not None:  # validated: a session has one
             replayed = store.appended_with(request.namespace, request.session_id, order.idempotency_key)
             if replayed is not None:
                 for event in self._replay(order, replayed):
@@ -136,7 +136,7 @@ class ChatWorker:
                                             idempotency_key=order.idempotency_key)
         recorded: dict[str, Any] = {"session_version": result["version"], "turn_count": result["turn_count"]}
         if result["replayed"]:
-            stored = self._service.store.appended_with(request.namespace, request.session_id, order.idempotency_key)
+            stored = self._service.store.appended_with(namespace, session_id, order.idempotency_key)
             recorded.update(replayed=True, text=stored[-1]["content"] if stored else generation.text)
         return recorded
 
