@@ -26,7 +26,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.transport import TCPTransport
 
 from mcpdb.ops.localcluster import free_port
-from mcpdb.raft.transport import transport_class
+from mcpdb.raft.pysyncobj_bridge import transport_class
 
 
 class _Log(SyncObj):

@@ -17,7 +17,7 @@ from pysyncobj.transport import TCPTransport
 
 from benchmarks.raft_stress import run_stress
 from mcpdb.ops.localcluster import free_port
-from mcpdb.raft.transport import KEEPALIVE, transport_class
+from mcpdb.raft.pysyncobj_bridge import KEEPALIVE, transport_class
 
 NO_OP = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP: applies as nothing
 

@@ -15,22 +15,24 @@ from mcpdb.raft.read_index import ROUND_TIMEOUT_S, ReadIndex
 
 @dataclass(eq=False)
 class FakeRaft:
+    """A ``read_index.RaftView`` whose state the test sets."""
+
     name: str
     leader: FakeRaft | None = None
-    raftCurrentTerm: int = 1  # noqa: N815 - pysyncobj's names
-    raftCommitIndex: int = 10  # noqa: N815
-    raftLastApplied: int = 10  # noqa: N815
-    _SyncObj__noopIDx: int = 2  # noqa: N815
+    current_term: int = 1
+    commit_index: int = 10
+    last_applied: int = 10
+    own_term_noop_index: int | None = 2
     peers: list[FakeRaft] = field(default_factory=list)
 
-    def _isLeader(self) -> bool:  # noqa: N802
+    def is_leader(self) -> bool:
         return self.leader is self
 
-    def _getLeader(self) -> FakeRaft | None:  # noqa: N802
+    def known_leader(self) -> FakeRaft | None:
         return self.leader
 
     @property
-    def otherNodes(self) -> set[FakeRaft]:  # noqa: N802
+    def voting_peers(self) -> set[FakeRaft]:
         return set(self.peers)
 
 
@@ -55,7 +57,7 @@ class Network:
         for raft in self.rafts.values():
             raft.leader = leader
             if term is not None:
-                raft.raftCurrentTerm = term
+                raft.current_term = term
 
     def read(self, name: str) -> None:
         self.nodes[name].request(lambda index, error: self.results[name].append((index, error)))
@@ -103,8 +105,8 @@ def test_read_index_is_the_commit_index_when_the_round_started() -> None:
     net = Network()
     net.read("a")
     net.tick("a")
-    net.rafts["a"].raftCommitIndex = 15  # a write commits while the round is in flight
-    net.rafts["a"].raftLastApplied = 15
+    net.rafts["a"].commit_index = 15  # a write commits while the round is in flight
+    net.rafts["a"].last_applied = 15
     net.deliver()
     net.deliver()
     assert net.results["a"] == [(10, None)]
@@ -112,9 +114,9 @@ def test_read_index_is_the_commit_index_when_the_round_started() -> None:
 
 def test_follower_waits_until_it_applied_the_read_index() -> None:
     net = Network()
-    net.rafts["a"].raftCommitIndex = 20
-    net.rafts["a"].raftLastApplied = 20
-    net.rafts["b"].raftLastApplied = 12
+    net.rafts["a"].commit_index = 20
+    net.rafts["a"].last_applied = 20
+    net.rafts["b"].last_applied = 12
     net.read("b")
     net.tick("b")  # ask the leader
     net.deliver()
@@ -122,7 +124,7 @@ def test_follower_waits_until_it_applied_the_read_index() -> None:
     for _ in range(3):
         net.deliver()
     assert net.results["b"] == []  # read index 20 is known, but b has applied only 12
-    net.rafts["b"].raftLastApplied = 20
+    net.rafts["b"].last_applied = 20
     net.tick("b")
     assert net.results["b"] == [(20, None)]
 
@@ -132,7 +134,7 @@ def test_pongs_from_an_older_term_do_not_count() -> None:
     net.read("a")
     net.tick("a")
     for raft in (net.rafts["b"], net.rafts["c"]):
-        raft.raftCurrentTerm = 0  # followers answer with another term
+        raft.current_term = 0  # followers answer with another term
     net.deliver()
     net.deliver()
     assert net.results["a"] == []
@@ -142,7 +144,7 @@ def test_term_change_fails_the_round_instead_of_answering() -> None:
     net = Network()
     net.read("a")
     net.tick("a")
-    net.rafts["a"].raftCurrentTerm = 2  # a newer term began: the round proves nothing
+    net.rafts["a"].current_term = 2  # a newer term began: the round proves nothing
     net.deliver()
     net.deliver()
     net.tick("a")
@@ -162,12 +164,12 @@ def test_deposed_leader_fails_queued_and_remote_reads() -> None:
 
 def test_leader_waits_for_its_election_noop_to_commit() -> None:
     net = Network()
-    net.rafts["a"]._SyncObj__noopIDx = 30  # the no-op of its term is not committed yet (commit 10)
+    net.rafts["a"].own_term_noop_index = 30  # the no-op of its term is not committed yet (commit 10)
     net.read("a")
     net.tick("a")
     assert net.queue == []  # no round started
-    net.rafts["a"].raftCommitIndex = 30
-    net.rafts["a"].raftLastApplied = 30
+    net.rafts["a"].commit_index = 30
+    net.rafts["a"].last_applied = 30
     net.tick("a")
     net.deliver()
     net.deliver()

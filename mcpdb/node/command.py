@@ -105,7 +105,7 @@ def start(
     """Start a node in the foreground; SIGTERM or Ctrl-C shuts it down gracefully."""
     try:
         from mcpdb.node.server import serve
-        from mcpdb.raft.replication import check_pysyncobj_version
+        from mcpdb.raft.pysyncobj_bridge import check_pysyncobj_version
     except ModuleNotFoundError as error:
         if (error.name or "").startswith("mcpdb"):
             raise

@@ -67,7 +67,7 @@ class NodeMetrics:
         yield gauge("mcpdb_raft_has_quorum", "1 if this node, as leader, hears from a majority.",
                      1.0 if raft["has_quorum"] else 0.0)
         yield CounterMetricFamily("mcpdb_raft_leader_changes", "Times the leader this node knows changed "
-                                  "(sampled every 0.1 s).", value=runtime.replication.raft.leader_changes)
+                                  "(sampled every 0.1 s).", value=runtime.replication.leader_changes())
         store = runtime.store
         yield CounterMetricFamily("mcpdb_raft_snapshots_written", "Snapshots (log compactions) this node wrote.",
                                   value=store.snapshots_written)

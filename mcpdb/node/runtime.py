@@ -33,7 +33,8 @@ from mcpdb.node.internal.leader_scheduler import LeaderScheduler
 from mcpdb.node.internal.messages import LOAD_PATH, LoadReport
 from mcpdb.node.metrics import NodeMetrics
 from mcpdb.raft.barrier import ReadBarrier
-from mcpdb.raft.replication import RaftSettings, Replication, Unavailable
+from mcpdb.raft.replication import Replication, Unavailable
+from mcpdb.raft.settings import RaftSettings
 from mcpdb.service import Consistency, ContextService
 from mcpdb.store.changes import ChangeFeed
 from mcpdb.store.state_machine import ContextStore
@@ -61,7 +62,7 @@ class NodeRuntime:
         )
         self.replication = Replication(settings, self.store)
         self.change_feed = ChangeFeed(self.store)
-        self.replication.raft.on_commit(self.change_feed.on_commit)
+        self.replication.on_commit(self.change_feed.on_commit)
         self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
         self.service = ContextService(self.replication, self.barrier, config.request_timeout,
                                       unsafe_stale_reads=config.unsafe_stale_reads)

@@ -1,4 +1,4 @@
-"""Raft ReadIndex (Ongaro's thesis, §6.4) on pysyncobj's transport.
+"""Raft ReadIndex (Ongaro's thesis, §6.4) over the node's Raft connections.
 
 A linearizable read needs a read index: a commit index that covers every
 write completed before the read arrived, taken by a node that was still the
@@ -22,8 +22,10 @@ no fsync and no apply, which is what made it replace the earlier no-op-entry
 barrier (measured: linearizable reads went from ~3,700/s to the figures in
 benchmarks/RESULTS.md on the same cluster).
 
-Everything here except ``request`` runs in pysyncobj's thread: message
-handlers via the transport, the rest from the node's on-tick callback.
+Everything here except ``request`` runs in the Raft thread: message
+handlers via the transport, the rest from the node's on-tick callback. It
+reads Raft's state through ``RaftView`` (``pysyncobj_bridge.RaftNode``
+implements it), so it holds no pysyncobj names.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # callback(read_index, error): exactly one of them is None
 Done = Callable[[int | None, str | None], None]
@@ -41,6 +43,27 @@ Done = Callable[[int | None, str | None], None]
 ROUND_TIMEOUT_S = 1.0
 PING, PONG, ASK, ANSWER = "mcpdb_ri_ping", "mcpdb_ri_pong", "mcpdb_ri_ask", "mcpdb_ri_answer"
 MESSAGE_TYPES = frozenset({PING, PONG, ASK, ANSWER})
+
+Peer = Hashable  # a Raft node as the transport addresses it
+
+
+class RaftView(Protocol):
+    """The Raft state ReadIndex reads, in the Raft thread."""
+
+    @property
+    def current_term(self) -> int: ...
+    @property
+    def commit_index(self) -> int: ...
+    @property
+    def last_applied(self) -> int: ...
+    @property
+    def own_term_noop_index(self) -> int | None:
+        """Index of the no-op this leader appended on election (None before it did)."""
+    @property
+    def voting_peers(self) -> Collection[Peer]:
+        """The other voters."""
+    def is_leader(self) -> bool: ...
+    def known_leader(self) -> Peer | None: ...
 
 
 @dataclass
@@ -50,12 +73,12 @@ class _Round:
     commit_index: int
     started: float
     local: list[Done]  # this node's reads
-    remote: list[tuple[Any, int]]  # (follower, request id): answered as soon as confirmed
+    remote: list[tuple[Peer, int]]  # (follower, request id): answered as soon as confirmed
 
 
 @dataclass
 class _Forwarded:
-    leader: Any
+    leader: Peer
     started: float
     waiters: list[Done]
 
@@ -63,7 +86,7 @@ class _Forwarded:
 class ReadIndex:
     """Confirms read indexes for one node; see the module docstring for the protocol."""
 
-    def __init__(self, raft: Any, send: Callable[[Any, dict[str, Any]], bool],
+    def __init__(self, raft: RaftView, send: Callable[[Peer, dict[str, Any]], bool],
                  wake: Callable[[], None]) -> None:
         self._raft = raft
         self._send = send
@@ -71,11 +94,11 @@ class ReadIndex:
         self._incoming: collections.deque[Done] = collections.deque()
         self._queued: list[Done] = []  # leader: waiting for the next round
         self._rounds: dict[int, _Round] = {}  # in flight, oldest first
-        self._answered: dict[Any, tuple[int, int]] = {}  # voter -> (term, highest round answered)
+        self._answered: dict[Peer, tuple[int, int]] = {}  # voter -> (term, highest round answered)
         self._seq = itertools.count(1)
         self._forwarded: dict[int, _Forwarded] = {}  # follower: request id -> waiters
         self._request_ids = itertools.count(1)
-        self._remote: list[tuple[Any, int]] = []  # leader: (node, request id) for the next round
+        self._remote: list[tuple[Peer, int]] = []  # leader: (node, request id) for the next round
         self._applied_waiters: list[tuple[int, Done]] = []
         self.rounds = 0
 
@@ -94,7 +117,7 @@ class ReadIndex:
         batch = []
         while self._incoming:
             batch.append(self._incoming.popleft())
-        if self._raft._isLeader():
+        if self._raft.is_leader():
             self._fail_forwarded("this node became the leader")
             self._queued.extend(batch)
             if (self._queued or self._remote) and self._own_term_committed():
@@ -108,18 +131,18 @@ class ReadIndex:
             self._expire_forwarded(now)
         self._release_applied()
 
-    def on_message(self, node: Any, message: dict[str, Any]) -> None:
+    def on_message(self, node: Peer, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == PING:
-            self._send(node, {"type": PONG, "seq": message["seq"], "term": self._raft.raftCurrentTerm})
+            self._send(node, {"type": PONG, "seq": message["seq"], "term": self._raft.current_term})
         elif kind == PONG:
-            if message["term"] == self._raft.raftCurrentTerm and node in self._raft.otherNodes:
+            if message["term"] == self._raft.current_term and node in self._raft.voting_peers:
                 term, seq = self._answered.get(node, (0, 0))
                 if term != message["term"] or seq < message["seq"]:
                     self._answered[node] = (message["term"], message["seq"])
                 self._check_rounds(time.monotonic())
         elif kind == ASK:
-            if self._raft._isLeader():
+            if self._raft.is_leader():
                 self._remote.append((node, message["id"]))
                 self._wake()
             else:
@@ -138,7 +161,7 @@ class ReadIndex:
 
     # ------------------------------------------------------------ leader
     def _check_rounds(self, now: float) -> None:
-        term = self._raft.raftCurrentTerm
+        term = self._raft.current_term
         for seq, current in list(self._rounds.items()):
             if current.term != term:
                 self._fail_round(seq, "term changed")
@@ -156,20 +179,20 @@ class ReadIndex:
         local, self._queued = self._queued, []
         remote, self._remote = self._remote, []
         self.rounds += 1
-        current = _Round(next(self._seq), self._raft.raftCurrentTerm, self._raft.raftCommitIndex, now,
+        current = _Round(next(self._seq), self._raft.current_term, self._raft.commit_index, now,
                          local, remote)
         self._rounds[current.seq] = current
-        for node in self._raft.otherNodes:
+        for node in self._raft.voting_peers:
             self._send(node, {"type": PING, "seq": current.seq, "term": current.term})
 
     def _confirmed(self, current: _Round) -> bool:
-        answered = sum(1 for node in self._raft.otherNodes
+        answered = sum(1 for node in self._raft.voting_peers
                        if self._answered.get(node, (0, 0)) >= (current.term, current.seq))
-        return (answered + 1) * 2 > len(self._raft.otherNodes) + 1
+        return (answered + 1) * 2 > len(self._raft.voting_peers) + 1
 
     def _own_term_committed(self) -> bool:
-        noop_index = self._raft._SyncObj__noopIDx
-        return noop_index is not None and self._raft.raftCommitIndex >= noop_index
+        noop_index = self._raft.own_term_noop_index
+        return noop_index is not None and self._raft.commit_index >= noop_index
 
     def _fail_round(self, seq: int, reason: str) -> None:
         current = self._rounds.pop(seq)
@@ -184,7 +207,7 @@ class ReadIndex:
         remote, self._remote = self._remote, []
         self._fail(queued, remote, reason)
 
-    def _fail(self, local: list[Done], remote: list[tuple[Any, int]], reason: str) -> None:
+    def _fail(self, local: list[Done], remote: list[tuple[Peer, int]], reason: str) -> None:
         for done in local:
             done(None, reason)
         for node, request_id in remote:
@@ -192,7 +215,7 @@ class ReadIndex:
 
     # ------------------------------------------------------------ follower
     def _forward(self, batch: list[Done], now: float) -> None:
-        leader = self._raft._getLeader()
+        leader = self._raft.known_leader()
         if leader is None:
             for done in batch:
                 done(None, "no leader known")
@@ -205,7 +228,7 @@ class ReadIndex:
                 done(None, "the leader is unreachable")
 
     def _expire_forwarded(self, now: float) -> None:
-        leader = self._raft._getLeader()
+        leader = self._raft.known_leader()
         for request_id, forwarded in list(self._forwarded.items()):
             if forwarded.leader != leader or now - forwarded.started > ROUND_TIMEOUT_S:
                 del self._forwarded[request_id]
@@ -228,7 +251,7 @@ class ReadIndex:
     def _release_applied(self) -> None:
         if not self._applied_waiters:
             return
-        applied = self._raft.raftLastApplied
+        applied = self._raft.last_applied
         waiting = []
         for index, done in self._applied_waiters:
             if index <= applied:

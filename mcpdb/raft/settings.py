@@ -1,0 +1,35 @@
+"""How one node takes part in Raft: the settings ``Replication`` is built from.
+
+Plain data, so that the node can hold them without importing pysyncobj; the bridge
+(``pysyncobj_bridge``) maps them onto pysyncobj's configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RaftSettings:
+    """How one node takes part in Raft. ``self_addr=None`` makes a non-voting replica.
+
+    The fields without a default are the node's flags: NodeConfig holds their defaults, once.
+    """
+
+    self_addr: str | None
+    peers: list[str]
+    data_dir: str
+    password: str | None
+    durable: bool
+    compaction_min_entries: int
+    max_entry_bytes: int
+    # Unbatched AppendEntries (one message per new entry, sent at once) is the
+    # fast path: ~1 ms commits. It is only safe with the transport's log guard
+    # (see log_guard); batching trades latency for fewer messages.
+    batch_append_entries: bool = False
+    heartbeat_period: float = 0.05
+    tick_period: float = 0.05
+    election_timeout: tuple[float, float] = (0.5, 1.0)
+    compaction_min_seconds: int = 300
+    on_state_changed: Callable[[int, int], None] | None = field(default=None, repr=False)
