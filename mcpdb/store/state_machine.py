@@ -25,6 +25,14 @@ Layout (named LMDB databases, keys are bytes):
 Snapshots are tar files holding pysyncobj's bookkeeping and a compacted LMDB
 copy taken inside the Raft thread, so they are exactly the state at their index.
 
+Threads: one writer, the Raft thread (``apply``, ``commit``, ``write_snapshot``,
+``install_snapshot``), and any number of readers. LMDB read transactions are
+MVCC snapshots that never wait for the writer, so readers take no lock: each
+read takes the current ``_Generation`` (environment and its databases) once and
+uses it throughout. Installing a snapshot replaces the generation; a reader
+still holding the old one finishes on it (the old environment closes when the
+last reference goes, and its unlinked files stay readable until then).
+
 LMDB is never flushed per commit (NOSYNC): the Raft journal and the last
 snapshot are the durable record, and LMDB is a cache of applying them. A
 process crash loses nothing (the page cache survives it). A power loss or
@@ -36,6 +44,7 @@ is rebuilt from the snapshot and the journal replay.
 
 from __future__ import annotations
 
+import builtins
 import io
 import logging
 import os
@@ -47,7 +56,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import Any, assert_never, cast
 
 import lmdb
 import orjson
@@ -161,6 +170,17 @@ class _Abort(Exception):
         self.result = result
 
 
+_Dbs = dict[bytes, Any]  # name -> LMDB database handle (``lmdb._Database``, private in py-lmdb)
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """One LMDB environment and its database handles (which belong to that environment only)."""
+
+    env: lmdb.Environment
+    dbs: _Dbs
+
+
 class ContextStore:
     """One LMDB environment per node; safe for one writer thread and many reader threads."""
 
@@ -175,10 +195,16 @@ class ContextStore:
         self._group: lmdb.Transaction | None = None
         os.makedirs(directory, exist_ok=True)
         self.rebuilt_after_unclean_reboot = self._discard_if_untrusted()
-        # Guards the environment reference: installing a snapshot swaps the
-        # environment, and no reader may hold a transaction of the old one then.
-        self._lock = threading.RLock()
-        self._env, self._dbs = self._open(self._current_generation())
+        # Excludes the two operations that end a generation: install_snapshot's
+        # swap and close(). Readers never take it (see the module docstring).
+        self._swap_lock = threading.Lock()
+        self._generation = self._open(self._current_generation())
+
+    @property
+    def _dbs(self) -> _Dbs:
+        """The current generation's databases, for the writer thread only: it is the thread that
+        swaps generations, so they cannot change under it. Readers use the generation they took."""
+        return self._generation.dbs
 
     # ------------------------------------------------------------------ setup
     def _current_generation(self) -> str:
@@ -209,28 +235,28 @@ class ContextStore:
     def _set_current(self, generation: str) -> None:
         _write_durably(os.path.join(self._directory, _CURRENT), generation)
 
-    def _open(self, generation: str) -> tuple[lmdb.Environment, dict[bytes, Any]]:
+    def _open(self, generation: str) -> _Generation:
         path = os.path.join(self._directory, generation)
         os.makedirs(path, exist_ok=True)
         # NOSYNC: see the module docstring for why the journal, not LMDB, is durable.
         env = lmdb.open(path, map_size=self._map_size, max_dbs=len(_DB_NAMES), sync=False,
                         metasync=False, readahead=False, max_readers=512)
-        dbs = {name: env.open_db(name) for name in _DB_NAMES}
-        return env, dbs
+        return _Generation(env, {name: env.open_db(name) for name in _DB_NAMES})
 
     def close(self) -> None:
         """Flush and close; the clean-shutdown marker tells the next open it can trust the files."""
-        with self._lock:
-            self.commit()
-            self._env.sync(True)
-            self._env.close()
+        self.commit()
+        with self._swap_lock:
+            self._generation.env.sync(True)
+            self._generation.env.close()
         _write_durably(os.path.join(self._directory, _CLEAN_MARKER), "")
 
     # ------------------------------------------------------------------ apply
     def applied_index(self) -> int:
-        with self._lock, self._env.begin(db=self._dbs[b"meta"]) as txn:
+        generation = self._generation
+        with generation.env.begin(db=generation.dbs[b"meta"]) as txn:
             raw = txn.get(_APPLIED)
-        return _U64.unpack(raw)[0] if raw else 0
+        return int(_U64.unpack(raw)[0]) if raw else 0
 
     def apply(self, index: int, command: Command | Unreadable, commit: bool = True) -> dict[str, Any] | None:
         """Apply one committed log entry; returns the result the proposer sees.
@@ -243,22 +269,21 @@ class ContextStore:
         becomes visible (and durable) at the next ``commit()``: the Raft
         thread applies a whole tick's entries in one LMDB transaction.
         """
-        with self._lock:
-            if self._group is None:
-                self._group = self._env.begin(write=True)
-            txn = self._group
-            raw = txn.get(_APPLIED, db=self._dbs[b"meta"])
-            if raw is not None and _U64.unpack(raw)[0] >= index:
-                result = None
-            else:
-                self._change_position = 0
-                result = self._apply_in(txn, index, command)
-                txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
-                if self._change_position:
-                    self._trim_history(txn)
-            if commit:
-                self.commit()
-            return result
+        if self._group is None:
+            self._group = self._generation.env.begin(write=True)
+        txn = self._group
+        raw = txn.get(_APPLIED, db=self._dbs[b"meta"])
+        if raw is not None and _U64.unpack(raw)[0] >= index:
+            result = None
+        else:
+            self._change_position = 0
+            result = self._apply_in(txn, index, command)
+            txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
+            if self._change_position:
+                self._trim_history(txn)
+        if commit:
+            self.commit()
+        return result
 
     def _apply_in(self, txn: lmdb.Transaction, index: int, command: Command | Unreadable) -> dict[str, Any]:
         # The command runs in a child transaction: a refused command (CAS
@@ -266,7 +291,7 @@ class ContextStore:
         # entry itself still counts as applied. LMDB errors (disk full, I/O)
         # propagate: a replica that cannot apply deterministically must stop,
         # not diverge.
-        child = self._env.begin(write=True, parent=txn)
+        child = self._generation.env.begin(write=True, parent=txn)
         try:
             result = self._dispatch(child, index, command)
             child.commit()
@@ -311,12 +336,11 @@ class ContextStore:
     def commit(self) -> bool:
         """Commit the group transaction: its entries become visible to readers and durable.
         Returns whether there was anything to commit."""
-        with self._lock:
-            if self._group is None:
-                return False
-            group, self._group = self._group, None
-            group.commit()
-            return True
+        if self._group is None:
+            return False
+        group, self._group = self._group, None
+        group.commit()
+        return True
 
     def _record_change(self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str,
                        kind: str, action: str) -> None:
@@ -340,8 +364,9 @@ class ContextStore:
             excess -= 1
         txn.put(_TRIMMED, _U64.pack(trimmed), db=self._dbs[b"meta"])
 
-    def _get_record(self, txn: lmdb.Transaction, key: bytes) -> dict[str, Any] | None:
-        raw = txn.get(key, db=self._dbs[b"ctx"])
+    @staticmethod
+    def _get_record(txn: lmdb.Transaction, dbs: _Dbs, key: bytes) -> dict[str, Any] | None:
+        raw = txn.get(key, db=dbs[b"ctx"])
         return orjson.loads(raw) if raw is not None else None
 
     def _check_version(self, record: dict[str, Any] | None, expected: int | None, label: str) -> None:
@@ -361,7 +386,7 @@ class ContextStore:
         for db in (b"turns", b"idem"):
             cursor = txn.cursor(db=self._dbs[db])
             if cursor.set_range(prefix):
-                while cursor.key().startswith(prefix):
+                while cast(bytes, cursor.key()).startswith(prefix):  # no buffers=True: keys are bytes
                     if not cursor.delete():
                         break
 
@@ -373,7 +398,7 @@ class ContextStore:
              context: dict[str, Any], ttl: int | None, expected: int | None, now: float,
              label: str) -> bool:
         key = _key(namespace, context_id)
-        old = self._get_record(txn, key)
+        old = self._get_record(txn, self._dbs, key)
         self._check_version(old, expected, label)
         self._drop_expiry(txn, old, key)
         fields = dict(context)
@@ -403,7 +428,7 @@ class ContextStore:
     def _write_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str,
                      record: dict[str, Any], turns: Sequence[dict[str, Any]], now: float) -> int:
         prefix = _turn_prefix(namespace, context_id)
-        first = record["turn_count"]
+        first: int = record["turn_count"]
         for offset, turn in enumerate(turns):
             stored = dict(turn)
             if stored.get("timestamp") is None:
@@ -416,10 +441,11 @@ class ContextStore:
     def _delete(self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str,
                 expected: int | None, label: str, action: str = "delete") -> None:
         key = _key(namespace, context_id)
-        old = self._get_record(txn, key)
+        old = self._get_record(txn, self._dbs, key)
         if old is None and expected in (None, 0):
             raise _Abort(_fail("not_found", f"{label}: {namespace}/{context_id} does not exist"))
         self._check_version(old, expected, label)
+        assert old is not None  # missing: refused above, or by the version check (expected > 0)
         self._drop_expiry(txn, old, key)
         if old["kind"] == "session":
             self._drop_turns(txn, namespace, context_id)
@@ -442,7 +468,7 @@ class ContextStore:
             seen = txn.get(_turn_prefix(namespace, context_id) + idem_key.encode(), db=self._dbs[b"idem"])
             if seen is not None:
                 return {**orjson.loads(seen), "ok": True, "replayed": True}
-        record = self._get_record(txn, key)
+        record = self._get_record(txn, self._dbs, key)
         self._check_version(record, c.if_version, context_id)
         if record is None:
             record = {"kind": "session", "fields": {"data": {}, "user_id": None}, "version": index,
@@ -480,7 +506,7 @@ class ContextStore:
         expired = 0
         for namespace, context_id, version in c.items:
             key = _key(namespace, context_id)
-            record = self._get_record(txn, key)
+            record = self._get_record(txn, self._dbs, key)
             # Only the exact version the leader saw expire: a write that landed
             # after the leader's scan renewed the context and must survive.
             if record is None or record["version"] != version:
@@ -513,34 +539,36 @@ class ContextStore:
         return _ok(index)
 
     # ------------------------------------------------------------------ reads
-    def _materialise(self, txn: lmdb.Transaction, namespace: str, context_id: str,
+    def _materialise(self, txn: lmdb.Transaction, dbs: _Dbs, namespace: str, context_id: str,
                      record: dict[str, Any], with_turns: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"namespace": namespace, "id": context_id, "kind": record["kind"]}
         out.update(record["fields"])
         if record["kind"] == "session":
             out["turn_count"] = record["turn_count"]
             if with_turns:
-                out["turns"] = list(self._iter_turns(txn, namespace, context_id))
+                out["turns"] = list(self._iter_turns(txn, dbs, namespace, context_id))
         for name in ("version", "created_at", "updated_at", "ttl", "expires_at"):
             out[name] = record[name]
         return out
 
-    def _iter_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str) -> Iterator[dict[str, Any]]:
+    @staticmethod
+    def _iter_turns(txn: lmdb.Transaction, dbs: _Dbs, namespace: str, context_id: str) -> Iterator[dict[str, Any]]:
         prefix = _turn_prefix(namespace, context_id)
-        cursor = txn.cursor(db=self._dbs[b"turns"])
+        cursor = txn.cursor(db=dbs[b"turns"])
         if not cursor.set_range(prefix):
             return
         for key, value in cursor:
-            if not key.startswith(prefix):
+            if not cast(bytes, key).startswith(prefix):  # no buffers=True: keys are bytes
                 break
             yield orjson.loads(value)
 
     def get(self, namespace: str, context_id: str) -> dict[str, Any] | None:
-        with self._lock, self._env.begin() as txn:
-            record = self._get_record(txn, _key(namespace, context_id))
+        generation = self._generation
+        with generation.env.begin() as txn:
+            record = self._get_record(txn, generation.dbs, _key(namespace, context_id))
             if record is None:
                 return None
-            return self._materialise(txn, namespace, context_id, record, with_turns=True)
+            return self._materialise(txn, generation.dbs, namespace, context_id, record, with_turns=True)
 
     def appended_with(self, namespace: str, session_id: str, idempotency_key: str) -> list[dict[str, Any]] | None:
         """The turns that the append carrying ``idempotency_key`` stored; None if none committed.
@@ -549,14 +577,15 @@ class ContextStore:
         of generating (and storing) a second one.
         """
         prefix = _turn_prefix(namespace, session_id)
-        with self._lock, self._env.begin() as txn:
-            seen = txn.get(prefix + idempotency_key.encode(), db=self._dbs[b"idem"])
+        generation = self._generation
+        with generation.env.begin() as txn:
+            seen = txn.get(prefix + idempotency_key.encode(), db=generation.dbs[b"idem"])
             if seen is None:
                 return None
             result = orjson.loads(seen)
             turns = []
             for seq in range(result["first_seq"], result["turn_count"]):
-                value = txn.get(prefix + _U64.pack(seq), db=self._dbs[b"turns"])
+                value = txn.get(prefix + _U64.pack(seq), db=generation.dbs[b"turns"])
                 if value is not None:
                     turns.append(orjson.loads(value))
             return turns
@@ -566,10 +595,11 @@ class ContextStore:
         """Contexts of a namespace in id order; sessions come without their turns."""
         ns_prefix = namespace.encode() + _SEP
         start = ns_prefix + (cursor.encode() + _SEP if cursor else prefix.encode())
-        items: list[dict[str, Any]] = []
+        items: builtins.list[dict[str, Any]] = []
         next_cursor = None
-        with self._lock, self._env.begin() as txn:
-            cur = txn.cursor(db=self._dbs[b"ctx"])
+        generation = self._generation
+        with generation.env.begin() as txn:
+            cur = txn.cursor(db=generation.dbs[b"ctx"])
             if not cur.set_range(start):
                 return Page(items, None)
             for key, value in cur:
@@ -584,15 +614,16 @@ class ContextStore:
                 if len(items) == limit:
                     next_cursor = items[-1]["id"]
                     break
-                items.append(self._materialise(txn, namespace, context_id, record, with_turns=False))
+                items.append(self._materialise(txn, generation.dbs, namespace, context_id, record, with_turns=False))
         return Page(items, next_cursor)
 
     def scan(self, after: tuple[str, str] | None = None, kind: str | None = None,
-             limit: int = 100) -> list[dict[str, Any]]:
+             limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Contexts of every namespace in (namespace, id) order after ``after``; without turns."""
-        items: list[dict[str, Any]] = []
-        with self._lock, self._env.begin() as txn:
-            cur = txn.cursor(db=self._dbs[b"ctx"])
+        items: builtins.list[dict[str, Any]] = []
+        generation = self._generation
+        with generation.env.begin() as txn:
+            cur = txn.cursor(db=generation.dbs[b"ctx"])
             positioned = cur.set_range(_key(*after) + _SEP) if after else cur.first()
             if not positioned:
                 return items
@@ -601,41 +632,43 @@ class ContextStore:
                 if kind is not None and record["kind"] != kind:
                     continue
                 namespace, context_id = key.decode().split("\x00", 1)
-                items.append(self._materialise(txn, namespace, context_id, record, with_turns=False))
+                items.append(self._materialise(txn, generation.dbs, namespace, context_id, record, with_turns=False))
                 if len(items) == limit:
                     break
         return items
 
-    def expired(self, now: float, limit: int = 1000) -> list[tuple[str, str, int]]:
+    def expired(self, now: float, limit: int = 1000) -> builtins.list[tuple[str, str, int]]:
         """Contexts whose TTL ran out by ``now``; the leader proposes their expiry."""
-        found: list[tuple[str, str, int]] = []
+        found: builtins.list[tuple[str, str, int]] = []
         deadline = _U64.pack(int(now * 1000))
-        with self._lock, self._env.begin() as txn:
-            cur = txn.cursor(db=self._dbs[b"expiry"])
+        generation = self._generation
+        with generation.env.begin() as txn:
+            cur = txn.cursor(db=generation.dbs[b"expiry"])
             if not cur.first():
                 return found
             for key, _ in cur:
                 if key[:8] > deadline or len(found) == limit:
                     break
                 namespace, context_id = key[8:].decode().split("\x00", 1)
-                record = self._get_record(txn, key[8:])
+                record = self._get_record(txn, generation.dbs, key[8:])
                 if record is not None:
                     found.append((namespace, context_id, record["version"]))
         return found
 
-    def changes_after(self, version: int, position: int | None = None, limit: int = 1000) -> list[Change]:
+    def changes_after(self, version: int, position: int | None = None, limit: int = 1000) -> builtins.list[Change]:
         """Changes after ``version`` (after its change ``position`` if given), in commit order.
 
         Raises HistoryTrimmed when some of those changes were already trimmed.
         """
         start = _U64.pack(version) + _U32.pack(position + 1) if position is not None else _U64.pack(version + 1)
-        found: list[Change] = []
-        with self._lock, self._env.begin() as txn:
-            raw = txn.get(_TRIMMED, db=self._dbs[b"meta"])
+        found: builtins.list[Change] = []
+        generation = self._generation
+        with generation.env.begin() as txn:
+            raw = txn.get(_TRIMMED, db=generation.dbs[b"meta"])
             trimmed = _U64.unpack(raw)[0] if raw else 0
             if version < trimmed:
                 raise HistoryTrimmed(version, trimmed)
-            cursor = txn.cursor(db=self._dbs[b"changes"])
+            cursor = txn.cursor(db=generation.dbs[b"changes"])
             if not cursor.set_range(start):
                 return found
             for key, value in cursor:
@@ -646,57 +679,69 @@ class ContextStore:
                                     context_id, kind, action))
         return found
 
-    def _all(self, db: bytes) -> list[dict[str, Any]]:
-        with self._lock, self._env.begin(db=self._dbs[db]) as txn:
+    def _all(self, db: bytes) -> builtins.list[dict[str, Any]]:
+        generation = self._generation
+        with generation.env.begin(db=generation.dbs[db]) as txn:
             return [orjson.loads(value) for _, value in txn.cursor()]
 
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self) -> builtins.list[dict[str, Any]]:
         return self._all(b"nodes")
 
     def token(self, token_id: str) -> dict[str, Any] | None:
-        with self._lock, self._env.begin(db=self._dbs[b"tokens"]) as txn:
+        generation = self._generation
+        with generation.env.begin(db=generation.dbs[b"tokens"]) as txn:
             raw = txn.get(token_id.encode())
         return orjson.loads(raw) if raw is not None else None
 
-    def tokens(self) -> list[dict[str, Any]]:
+    def tokens(self) -> builtins.list[dict[str, Any]]:
         return self._all(b"tokens")
 
     def count_by_kind(self) -> dict[str, int]:
         """Contexts per kind, by a scan of every context (metrics scrapes; O(contexts))."""
         counts: dict[str, int] = {}
-        with self._lock, self._env.begin() as txn:
-            for _, value in txn.cursor(db=self._dbs[b"ctx"]):
+        generation = self._generation
+        with generation.env.begin() as txn:
+            for _, value in txn.cursor(db=generation.dbs[b"ctx"]):
                 kind = orjson.loads(value)["kind"]
                 counts[kind] = counts.get(kind, 0) + 1
         return counts
 
     def stats(self) -> dict[str, int]:
-        with self._lock, self._env.begin() as txn:
+        generation = self._generation
+        with generation.env.begin() as txn:
             return {
-                "contexts": txn.stat(self._dbs[b"ctx"])["entries"],
-                "turns": txn.stat(self._dbs[b"turns"])["entries"],
-                "size_bytes": self._env.info()["last_pgno"] * self._env.stat()["psize"],
+                "contexts": txn.stat(generation.dbs[b"ctx"])["entries"],
+                "turns": txn.stat(generation.dbs[b"turns"])["entries"],
+                "size_bytes": generation.env.info()["last_pgno"] * generation.env.stat()["psize"],
             }
 
     # -------------------------------------------------------------- snapshots
     def write_snapshot(self, path: str, raft_data: Any) -> None:
-        """Write a tar of pysyncobj's bookkeeping and a compacted copy of LMDB.
+        """Write a tar of pysyncobj's bookkeeping and a compacted copy of LMDB, holding no lock.
 
-        Called in the Raft thread, which is also the only writer, so after
-        committing the group the copy is the state at exactly the snapshot's index.
+        Exactly the state at the snapshot's index, by this argument: pysyncobj
+        calls this in the Raft thread (with a serializer of our own it does not
+        fork), the only writer, for its last applied entry; every applied entry
+        is in the group transaction, so once it is committed LMDB's latest
+        version is that index. The read transaction begun right after pins that
+        version (LMDB is MVCC): the copy reads it however long the copy, tar and
+        fsync take and whatever commits meanwhile, and readers are never
+        blocked by any of it.
         """
         self.commit()
-        with self._lock, tempfile.TemporaryDirectory(dir=self._directory) as tmp:
-            self._env.copy(tmp, compact=True)
+        generation = self._generation
+        with generation.env.begin() as version:
             raft_bytes = pickle.dumps(raft_data)
-            with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-                info = tarfile.TarInfo(_SNAPSHOT_RAFT_MEMBER)
-                info.size = len(raft_bytes)
-                tar.addfile(info, io.BytesIO(raft_bytes))
-                tar.add(os.path.join(tmp, _SNAPSHOT_DATA_MEMBER), arcname=_SNAPSHOT_DATA_MEMBER)
-                tar.close()
-                raw.flush()
-                os.fsync(raw.fileno())
+            with tempfile.TemporaryDirectory(dir=self._directory) as tmp:
+                generation.env.copy(tmp, compact=True, txn=version)
+                with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+                    info = tarfile.TarInfo(_SNAPSHOT_RAFT_MEMBER)
+                    info.size = len(raft_bytes)
+                    tar.addfile(info, io.BytesIO(raft_bytes))
+                    tar.add(os.path.join(tmp, _SNAPSHOT_DATA_MEMBER), arcname=_SNAPSHOT_DATA_MEMBER)
+                    tar.close()
+                    raw.flush()
+                    os.fsync(raw.fileno())
         self.snapshots_written += 1
 
     def install_snapshot(self, path: str, snapshot_index: int | None = None) -> Any:
@@ -704,7 +749,10 @@ class ContextStore:
 
         Keeps the live environment when it already holds the snapshot's index
         or later (a restart after compaction): the journal replay then skips
-        what is applied. Otherwise the snapshot's LMDB copy replaces it.
+        what is applied. Otherwise the snapshot's LMDB copy becomes a new
+        generation, prepared and opened beside the live one, and replaces it
+        in one assignment: reads before it see the old state, reads after it
+        the snapshot's, and none waits (see the module docstring).
         """
         with tarfile.open(path, "r") as tar:
             member = tar.extractfile(_SNAPSHOT_RAFT_MEMBER)
@@ -714,21 +762,21 @@ class ContextStore:
             self.commit()
             if self.applied_index() >= index:
                 return raft_data
-            with self._lock:
-                old_generation = self._current_generation()
-                generation = f"gen-{int(old_generation.split('-')[1]) + 1}"
-                target = os.path.join(self._directory, generation)
-                shutil.rmtree(target, ignore_errors=True)
-                os.makedirs(target)
-                data = tar.extractfile(_SNAPSHOT_DATA_MEMBER)
-                assert data is not None
-                with open(os.path.join(target, _SNAPSHOT_DATA_MEMBER), "wb") as out:
-                    shutil.copyfileobj(data, out, 1 << 20)
-                    out.flush()
-                    os.fsync(out.fileno())
-                self._env.close()
-                self._set_current(generation)
-                self._env, self._dbs = self._open(generation)
-                shutil.rmtree(os.path.join(self._directory, old_generation), ignore_errors=True)
-                self.snapshots_installed += 1
+            old_generation = self._current_generation()
+            generation = f"gen-{int(old_generation.split('-')[1]) + 1}"
+            target = os.path.join(self._directory, generation)
+            shutil.rmtree(target, ignore_errors=True)
+            os.makedirs(target)
+            data = tar.extractfile(_SNAPSHOT_DATA_MEMBER)
+            assert data is not None
+            with open(os.path.join(target, _SNAPSHOT_DATA_MEMBER), "wb") as out:
+                shutil.copyfileobj(data, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+        opened = self._open(generation)
+        with self._swap_lock:
+            self._set_current(generation)
+            self._generation = opened
+        shutil.rmtree(os.path.join(self._directory, old_generation), ignore_errors=True)
+        self.snapshots_installed += 1
         return raft_data

@@ -1,0 +1,114 @@
+"""Reads and commits proceed while the store writes a snapshot, and the snapshot stays its index's state.
+
+The snapshot thread is parked at a known point, by design rather than by timing:
+``write_snapshot`` pickles pysyncobj's bookkeeping after it pinned the LMDB version
+it copies and before the copy, and the bookkeeping here holds an object whose
+pickling waits for the test. Everything else is real: LMDB, the store, threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpdb.store.commands import Put
+from mcpdb.store.state_machine import ContextStore
+
+WAIT_S = 30.0  # only bounds a failure (a read blocked by the snapshot); never a speed assertion
+
+
+class ParkedPickle:
+    """Pickling it parks the pickling thread until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.parked = threading.Event()
+        self.release = threading.Event()
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        self.parked.set()
+        assert self.release.wait(WAIT_S), "the test never released the snapshot"
+        return type(None), ()
+
+
+def _put(store: ContextStore, index: int, context_id: str) -> None:
+    command = Put(ns="a", id=context_id, context={"kind": "memory", "facts": [context_id], "data": {},
+                                                  "user_id": None, "tags": []},
+                  ttl=None, if_version=None, now=1_000.0)
+    assert store.apply(index, command)["ok"]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ContextStore]:
+    opened = ContextStore(str(tmp_path / "store"))
+    for index in range(1, 51):
+        _put(opened, index, f"c{index}")
+    yield opened
+    opened.close()
+
+
+def _in_thread(action: Callable[[], Any]) -> threading.Thread:
+    thread = threading.Thread(target=action, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_reads_and_commits_proceed_while_a_snapshot_is_written(store: ContextStore, tmp_path: Path) -> None:
+    parked = ParkedPickle()
+    path = str(tmp_path / "snap.tar")
+    snapshot = _in_thread(lambda: store.write_snapshot(path, (("cmd", 50, 1), ("cmd", 49, 1), parked)))
+    try:
+        assert parked.parked.wait(WAIT_S)
+        reads: dict[str, Any] = {}
+
+        def read_and_write() -> None:
+            reads["before"] = store.get("a", "c1")
+            reads["page"] = len(store.list("a", limit=1000).items)
+            _put(store, 51, "late")  # a commit (the writer is otherwise the snapshotting thread)
+            reads["after"] = store.get("a", "late")
+            reads["applied"] = store.applied_index()
+
+        reader = _in_thread(read_and_write)
+        reader.join(WAIT_S)
+        assert not reader.is_alive(), "a read or commit waited for the snapshot"
+        assert reads["before"]["facts"] == ["c1"] and reads["page"] == 50
+        assert reads["after"]["facts"] == ["late"] and reads["applied"] == 51
+    finally:
+        parked.release.set()
+        snapshot.join(WAIT_S)
+    assert not snapshot.is_alive() and store.snapshots_written == 1
+
+    # The snapshot is the state at index 50, pinned before the commit of 51.
+    fresh = ContextStore(str(tmp_path / "fresh"))
+    try:
+        fresh.install_snapshot(path)
+        assert fresh.applied_index() == 50
+        assert fresh.get("a", "late") is None
+        assert len(fresh.list("a", limit=1000).items) == 50
+    finally:
+        fresh.close()
+
+
+def test_a_read_open_across_a_snapshot_install_finishes_on_the_old_state(store: ContextStore,
+                                                                          tmp_path: Path) -> None:
+    """Installing a snapshot replaces the environment without closing it under an open read.
+
+    The read is held open the way every store read runs: on the generation it took at its start.
+    """
+    path = str(tmp_path / "snap.tar")
+    source = ContextStore(str(tmp_path / "source"))
+    try:
+        for index in range(1, 101):
+            _put(source, index, f"s{index}")
+        source.write_snapshot(path, (("cmd", 100, 1), ("cmd", 99, 1), None))
+    finally:
+        source.close()
+    generation = store._generation
+    with generation.env.begin() as txn:
+        store.install_snapshot(path)
+        assert store.get("a", "s1") is not None and store.get("a", "c1") is None
+        assert ContextStore._get_record(txn, generation.dbs, b"a\x00c1") is not None
+    assert store.applied_index() == 100 and store.snapshots_installed == 1
