@@ -1,8 +1,8 @@
-"""Raft replication of the context store through pysyncobj, bridged into asyncio.
+"""Raft replication of the context store, bridged into asyncio (pysyncobj behind ``pysyncobj_bridge``).
 
 Every mutation is one log entry: a command (``mcpdb.store.commands``, versioned
 JSON) applied by ``ContextStore`` on every replica in log order. Proposals are pipelined: a proposal hands its
-entry to pysyncobj's queue with a callback and awaits an asyncio future that
+entry to the Raft queue with a callback and awaits an asyncio future that
 the Raft thread settles, so thousands of writes can be in flight at once.
 
 Failures are sorted into two kinds, because a client must know which:
