@@ -10,16 +10,82 @@ request's route, status and latency (plain counters, see request_stats).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mcpdb.node.http.request_stats import RequestStats
 
+if TYPE_CHECKING:
+    from mcpdb.inference.llama_worker import Worker
+    from mcpdb.node.autoscaling import AutoscaleDuty
+
 ROLES = ("leader", "follower", "candidate", "replica", "starting")
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class RaftGauges(Protocol):
+    """What metrics read of replication."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def is_leader(self) -> bool: ...
+
+    def leader_changes(self) -> int: ...
+
+
+class StoreGauges(Protocol):
+    """What metrics read of the store."""
+
+    @property
+    def snapshots_written(self) -> int: ...
+
+    @property
+    def snapshots_installed(self) -> int: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def count_by_kind(self) -> dict[str, int]: ...
+
+
+class BarrierCounters(Protocol):
+    @property
+    def batches(self) -> int: ...
+
+    @property
+    def reads(self) -> int: ...
+
+
+class SchedulerCounters(Protocol):
+    @property
+    def decisions(self) -> Mapping[str, int]: ...
+
+    @property
+    def reasons(self) -> Mapping[str, int]: ...
+
+
+class MetricsSource(Protocol):
+    """The parts of a node its metrics read at scrape time (NodeRuntime is one)."""
+
+    @property
+    def replication(self) -> RaftGauges: ...
+
+    @property
+    def store(self) -> StoreGauges: ...
+
+    @property
+    def barrier(self) -> BarrierCounters: ...
+
+    @property
+    def worker(self) -> Worker | None: ...
+
+    @property
+    def scheduler(self) -> SchedulerCounters: ...
+
+    @property
+    def autoscale(self) -> AutoscaleDuty: ...
 
 
 def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
@@ -31,7 +97,7 @@ def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | 
 class NodeMetrics:
     """The node's registry: a scrape-time collector over the runtime, plus the TTFT histogram."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: MetricsSource) -> None:
         self.registry = CollectorRegistry()
         self.ttft = Histogram("mcpdb_inference_ttft_seconds", "Time from a request reaching its worker to "
                               "its first generated token.", buckets=TTFT_BUCKETS, registry=self.registry)
@@ -85,7 +151,7 @@ class NodeMetrics:
             yield from source()
 
     @staticmethod
-    def _store(runtime: Any) -> Iterator[Metric]:
+    def _store(runtime: MetricsSource) -> Iterator[Metric]:
         stats = runtime.store.stats()
         yield gauge("mcpdb_store_size_bytes", "Bytes used by the LMDB environment.", stats["size_bytes"])
         yield gauge("mcpdb_store_turns", "Session turns stored.", stats["turns"])
@@ -95,7 +161,7 @@ class NodeMetrics:
         yield per_kind
 
     @staticmethod
-    def _inference(runtime: Any) -> Iterator[Metric]:
+    def _inference(runtime: MetricsSource) -> Iterator[Metric]:
         worker = runtime.worker
         if worker is not None and worker.ready:
             load = worker.load_report()
@@ -122,7 +188,7 @@ class NodeMetrics:
         yield from NodeMetrics._autoscale(runtime)
 
     @staticmethod
-    def _autoscale(runtime: Any) -> Iterator[Metric]:
+    def _autoscale(runtime: MetricsSource) -> Iterator[Metric]:
         """The leader's last decision (the duty records its observation and decision together)."""
         autoscale = runtime.autoscale
         if autoscale.decision is None or autoscale.observation is None or not runtime.replication.is_leader():
