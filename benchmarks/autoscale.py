@@ -38,14 +38,17 @@ class AutoscaleSettings:
     max_workers: int = 2
     cooldown: float = 10.0
     phases: list[tuple[int, float]] = field(
-        default_factory=lambda: [(1, 30.0), (2, 30.0), (4, 60.0), (2, 30.0), (0, 40.0)])
+        default_factory=lambda: [(1, 30.0), (2, 30.0), (4, 60.0), (2, 30.0), (0, 40.0)]
+    )
     max_tokens: int = 24
     out: Path | None = None
 
     def command(self) -> str:
         phases = ",".join(f"{clients}x{seconds:g}" for clients, seconds in self.phases)
-        line = (f"mcpdb bench autoscale --max-workers {self.max_workers} --cooldown {self.cooldown:g} "
-                f"--phases {phases} --max-tokens {self.max_tokens}")
+        line = (
+            f"mcpdb bench autoscale --max-workers {self.max_workers} --cooldown {self.cooldown:g} "
+            f"--phases {phases} --max-tokens {self.max_tokens}"
+        )
         return line + (f" --out {self.out}" if self.out else "")
 
     def folder(self) -> Path:
@@ -75,8 +78,9 @@ def offered(phases: list[tuple[int, float]], elapsed: float) -> int:
     return 0
 
 
-def _client(index: int, url: str, model: str, phases: list[tuple[int, float]], started: float,
-            max_tokens: int) -> list[dict[str, Any]]:
+def _client(
+    index: int, url: str, model: str, phases: list[tuple[int, float]], started: float, max_tokens: int
+) -> list[dict[str, Any]]:
     """One client process: while the schedule has room for it, chat requests back to back."""
     done: list[dict[str, Any]] = []
     total = sum(seconds for _, seconds in phases)
@@ -85,11 +89,23 @@ def _client(index: int, url: str, model: str, phases: list[tuple[int, float]], s
             if offered(phases, now - started) <= index:
                 time.sleep(0.2)
                 continue
-            response = http.post(url + "/v1/chat/completions", json={
-                "model": model, "max_tokens": max_tokens, "temperature": 0,
-                "messages": [{"role": "user", "content": f"Describe a harbour at dawn ({index}, {len(done)})."}]})
-            done.append({"at": now - started, "latency_s": time.time() - now, "status": response.status_code,
-                         "node": response.headers.get("x-mcpdb-node")})
+            response = http.post(
+                url + "/v1/chat/completions",
+                json={
+                    "model": model,
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": f"Describe a harbour at dawn ({index}, {len(done)})."}],
+                },
+            )
+            done.append(
+                {
+                    "at": now - started,
+                    "latency_s": time.time() - now,
+                    "status": response.status_code,
+                    "node": response.headers.get("x-mcpdb-node"),
+                }
+            )
     return done
 
 
@@ -120,16 +136,28 @@ def ramp(settings: AutoscaleSettings, bounds: str, root: Path, step: Step, label
                 while not stop.wait(1.0):
                     controller.step()
                     status = client.autoscale()
-                    timeline.append({"at": time.time() - started, "offered": offered(settings.phases, time.time() - started),
-                                     "running": provisioner.running(), "live": status.get("workers"),
-                                     "desired": status.get("desired")})
+                    timeline.append(
+                        {
+                            "at": time.time() - started,
+                            "offered": offered(settings.phases, time.time() - started),
+                            "running": provisioner.running(),
+                            "live": status.get("workers"),
+                            "desired": status.get("desired"),
+                        }
+                    )
+
             watcher = threading.Thread(target=control, daemon=True)
             watcher.start()
             step(f"{label}: load ramp", sum(seconds for _, seconds in settings.phases))
             clients = max(clients for clients, _ in settings.phases)
             with multiprocessing.get_context("spawn").Pool(clients) as pool:
-                results = pool.starmap(_client, [(i, cluster.urls()[i % 3], model, settings.phases, started,
-                                                  settings.max_tokens) for i in range(clients)])
+                results = pool.starmap(
+                    _client,
+                    [
+                        (i, cluster.urls()[i % 3], model, settings.phases, started, settings.max_tokens)
+                        for i in range(clients)
+                    ],
+                )
             stop.set()
             watcher.join(timeout=30)
     finally:
@@ -149,8 +177,7 @@ def summarise(settings: AutoscaleSettings, scaled: dict[str, Any], fixed: dict[s
     the step until it served; p95 over the peak phase and over the whole ramp, beside the fixed cluster
     (the anchor); the time to scale back down once the last phase began."""
     starts = [sum(seconds for _, seconds in settings.phases[:i]) for i in range(len(settings.phases))]
-    step = next((i for i in range(1, len(settings.phases))
-                 if settings.phases[i][0] > settings.phases[i - 1][0]), None)
+    step = next((i for i in range(1, len(settings.phases)) if settings.phases[i][0] > settings.phases[i - 1][0]), None)
     timeline = scaled["timeline"]
     decided = live = None
     if step is not None:
@@ -162,18 +189,27 @@ def summarise(settings: AutoscaleSettings, scaled: dict[str, Any], fixed: dict[s
     peak = max(range(len(settings.phases)), key=lambda i: settings.phases[i][0])
     peak_window = (starts[peak], starts[peak] + settings.phases[peak][1])
     end = starts[-1] + settings.phases[-1][1]
-    scaled_down = next((p["at"] - starts[-1] for p in timeline if p["at"] >= starts[-1]
-                        and (p["running"] or 0) <= settings_min(scaled)), None)
+    scaled_down = next(
+        (
+            p["at"] - starts[-1]
+            for p in timeline
+            if p["at"] >= starts[-1] and (p["running"] or 0) <= settings_min(scaled)
+        ),
+        None,
+    )
 
     def p95(run: dict[str, Any], start: float, stop: float) -> float | None:
         return percentile([r["latency_s"] for r in run["requests"] if start <= r["at"] < stop], 0.95)
 
     return {
         "step_at_s": starts[step] if step is not None else None,
-        "scale_up_decision_s": decided, "scale_up_serving_s": live,
+        "scale_up_decision_s": decided,
+        "scale_up_serving_s": live,
         "p95_step_until_serving_s": p95(scaled, starts[step], starts[step] + live) if live else None,
-        "p95_peak_s": p95(scaled, *peak_window), "fixed_p95_peak_s": p95(fixed, *peak_window),
-        "p95_all_s": p95(scaled, 0, end), "fixed_p95_all_s": p95(fixed, 0, end),
+        "p95_peak_s": p95(scaled, *peak_window),
+        "fixed_p95_peak_s": p95(fixed, *peak_window),
+        "p95_all_s": p95(scaled, 0, end),
+        "fixed_p95_all_s": p95(fixed, 0, end),
         "scale_down_after_idle_s": scaled_down,
         "failed_requests": sum(1 for run in (scaled, fixed) for r in run["requests"] if r["status"] != 200),
         "requests": {"autoscaled": len(scaled["requests"]), "fixed": len(fixed["requests"])},
@@ -185,9 +221,13 @@ def run(settings: AutoscaleSettings, step: Step) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mcpdb-bench-autoscale-") as tmp:
         scaled = ramp(settings, f"1:{settings.max_workers}", Path(tmp), step, "autoscaled")
         fixed = ramp(settings, "1:1", Path(tmp), step, "fixed 1 worker")
-    return {"command": settings.command(), "settings": {"max_workers": settings.max_workers,
-                                                         "cooldown_s": settings.cooldown, "phases": settings.phases},
-            "summary": summarise(settings, scaled, fixed), "autoscaled": scaled, "fixed": fixed}
+    return {
+        "command": settings.command(),
+        "settings": {"max_workers": settings.max_workers, "cooldown_s": settings.cooldown, "phases": settings.phases},
+        "summary": summarise(settings, scaled, fixed),
+        "autoscaled": scaled,
+        "fixed": fixed,
+    }
 
 
 def rows(results: dict[str, Any]) -> list[list[str]]:
@@ -203,14 +243,30 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         ["time from the first step up to the scale-up decision", secs(s["scale_up_decision_s"]), "", ""],
         ["time from the first step up to the new worker serving", secs(s["scale_up_serving_s"]), "", ""],
         ["p95 latency from the step until the new worker served", secs(s["p95_step_until_serving_s"]), "", ""],
-        ["p95 latency in the peak phase (anchor: 1 fixed worker)", secs(s["p95_peak_s"]),
-         secs(s["fixed_p95_peak_s"]), ratio(s["p95_peak_s"], s["fixed_p95_peak_s"])],
-        ["p95 latency over the whole ramp (anchor: 1 fixed worker)", secs(s["p95_all_s"]),
-         secs(s["fixed_p95_all_s"]), ratio(s["p95_all_s"], s["fixed_p95_all_s"])],
-        ["requests completed", str(s["requests"]["autoscaled"]), str(s["requests"]["fixed"]),
-         ratio(s["requests"]["autoscaled"], s["requests"]["fixed"])],
-        ["time from the idle phase's start to the extra workers drained and stopped",
-         secs(s["scale_down_after_idle_s"]), "", ""],
+        [
+            "p95 latency in the peak phase (anchor: 1 fixed worker)",
+            secs(s["p95_peak_s"]),
+            secs(s["fixed_p95_peak_s"]),
+            ratio(s["p95_peak_s"], s["fixed_p95_peak_s"]),
+        ],
+        [
+            "p95 latency over the whole ramp (anchor: 1 fixed worker)",
+            secs(s["p95_all_s"]),
+            secs(s["fixed_p95_all_s"]),
+            ratio(s["p95_all_s"], s["fixed_p95_all_s"]),
+        ],
+        [
+            "requests completed",
+            str(s["requests"]["autoscaled"]),
+            str(s["requests"]["fixed"]),
+            ratio(s["requests"]["autoscaled"], s["requests"]["fixed"]),
+        ],
+        [
+            "time from the idle phase's start to the extra workers drained and stopped",
+            secs(s["scale_down_after_idle_s"]),
+            "",
+            "",
+        ],
         ["failed requests (both runs)", str(s["failed_requests"]), "", ""],
     ]
 
@@ -244,12 +300,29 @@ def plot(results: dict[str, Any], path: Path) -> None:
     end = sum(seconds for _, seconds in results["settings"]["phases"])
     fig, (load, latency) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
     timeline = scaled["timeline"]
-    load.step([p["at"] for p in timeline], [p["offered"] for p in timeline], where="post", color="black",
-              label="offered load (concurrent clients)")
-    load.step([p["at"] for p in timeline], [p["desired"] for p in timeline], where="post", color="tab:purple",
-              ls="--", label="workers desired (leader)")
-    load.step([p["at"] for p in timeline], [p["live"] for p in timeline], where="post", color="tab:blue", lw=2,
-              label="workers serving")
+    load.step(
+        [p["at"] for p in timeline],
+        [p["offered"] for p in timeline],
+        where="post",
+        color="black",
+        label="offered load (concurrent clients)",
+    )
+    load.step(
+        [p["at"] for p in timeline],
+        [p["desired"] for p in timeline],
+        where="post",
+        color="tab:purple",
+        ls="--",
+        label="workers desired (leader)",
+    )
+    load.step(
+        [p["at"] for p in timeline],
+        [p["live"] for p in timeline],
+        where="post",
+        color="tab:blue",
+        lw=2,
+        label="workers serving",
+    )
     load.set_ylabel("clients / workers")
     load.set_ylim(0, max(p["offered"] for p in timeline) + 1)
     load.legend(loc="upper right")

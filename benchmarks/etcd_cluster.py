@@ -46,14 +46,37 @@ class EtcdCluster:
         member_dir = self.data_dir / name
         state = "existing" if member_dir.exists() else "new"
         log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open while it runs
-        self.processes[name] = subprocess.Popen([
-            "etcd", "--name", name, "--data-dir", str(member_dir),
-            "--listen-client-urls", self.url(name), "--advertise-client-urls", self.url(name),
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
-            "--initial-cluster", initial, "--initial-cluster-state", state,
-            "--initial-cluster-token", "mcpdb-bench", "--logger", "zap", "--log-outputs", "stderr",
-        ], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            [
+                "etcd",
+                "--name",
+                name,
+                "--data-dir",
+                str(member_dir),
+                "--listen-client-urls",
+                self.url(name),
+                "--advertise-client-urls",
+                self.url(name),
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{self.peer_ports[name]}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{self.peer_ports[name]}",
+                "--initial-cluster",
+                initial,
+                "--initial-cluster-state",
+                state,
+                "--initial-cluster-token",
+                "mcpdb-bench",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def start_all(self) -> None:

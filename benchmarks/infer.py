@@ -42,9 +42,16 @@ from benchmarks.stats import percentile
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
 THROUGHPUT_TARGET, AFFINITY_TARGET, SHARE_TOLERANCE = 0.95, 5.0, 0.10
-PROMPTS = ("Tell me about the sea.", "Describe a mountain village.", "Explain how bread is made.",
-           "Write about an old library.", "Describe a train journey.", "Tell me about the moon.",
-           "Write about a city at night.", "Describe a forest in autumn.")
+PROMPTS = (
+    "Tell me about the sea.",
+    "Describe a mountain village.",
+    "Explain how bread is made.",
+    "Write about an old library.",
+    "Describe a train journey.",
+    "Tell me about the moon.",
+    "Write about a city at night.",
+    "Describe a forest in autumn.",
+)
 NAMESPACE = "bench"
 Step = Callable[[str, float], None]
 
@@ -59,8 +66,10 @@ class InferSettings:
     out: Path | None = None
 
     def command(self) -> str:
-        line = (f"mcpdb bench infer --requests {self.requests} --max-tokens {self.max_tokens} "
-                f"--sessions {self.sessions} --turns {self.turns} --weighted-requests {self.weighted_requests}")
+        line = (
+            f"mcpdb bench infer --requests {self.requests} --max-tokens {self.max_tokens} "
+            f"--sessions {self.sessions} --turns {self.turns} --weighted-requests {self.weighted_requests}"
+        )
         return line + (f" --out {self.out}" if self.out else "")
 
     def folder(self) -> Path:
@@ -83,15 +92,15 @@ def raw_throughput(prompts: list[str], max_tokens: int, threads: int, n_ctx: int
 
     from mcpdb.inference.prompt_format import GemmaFormat
 
-    llm = Llama(model_path=_model_path(), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=256,
-                verbose=False)
+    llm = Llama(
+        model_path=_model_path(), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=256, verbose=False
+    )
     render = GemmaFormat().render
     llm.create_completion(render([{"role": "user", "content": "Warm up."}]), max_tokens=8, temperature=0.0)
     tokens, started = 0, time.perf_counter()
     for index, prompt in enumerate(prompts):
         text = render([{"role": "user", "content": prompt}])
-        out = llm.create_completion(text, max_tokens=max_tokens, temperature=0.0, seed=index,
-                                    stop=["<end_of_turn>"])
+        out = llm.create_completion(text, max_tokens=max_tokens, temperature=0.0, seed=index, stop=["<end_of_turn>"])
         tokens += out["usage"]["completion_tokens"]
     return {"tokens": tokens, "seconds": time.perf_counter() - started}
 
@@ -104,13 +113,14 @@ def chat_requests(url: str, model: str, bodies: list[dict[str, Any]]) -> list[di
             started = time.perf_counter()
             first: float | None = None
             final: dict[str, Any] = {}
-            with http.stream("POST", url + "/v1/chat/completions", json={**body, "model": model, "stream": True}
-                             ) as response:
+            with http.stream(
+                "POST", url + "/v1/chat/completions", json={**body, "model": model, "stream": True}
+            ) as response:
                 response.raise_for_status()
                 for line in response.iter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    chunk = json.loads(line[len("data: "):])
+                    chunk = json.loads(line[len("data: ") :])
                     if "error" in chunk:
                         raise RuntimeError(f"chat failed: {chunk['error']}")
                     if first is None and any(c["delta"].get("content") for c in chunk.get("choices", [])):
@@ -118,15 +128,21 @@ def chat_requests(url: str, model: str, bodies: list[dict[str, Any]]) -> list[di
                     if chunk.get("usage"):
                         final = chunk
             done = time.perf_counter()
-            results.append({"at": started, "node": final["mcpdb"]["node"], "ttft_s": (first or done) - started,
-                            "latency_s": done - started, "tokens": final["usage"]["completion_tokens"],
-                            "cached": final["usage"]["prompt_tokens_details"]["cached_tokens"],
-                            "prompt_tokens": final["usage"]["prompt_tokens"]})
+            results.append(
+                {
+                    "at": started,
+                    "node": final["mcpdb"]["node"],
+                    "ttft_s": (first or done) - started,
+                    "latency_s": done - started,
+                    "tokens": final["usage"]["completion_tokens"],
+                    "cached": final["usage"]["prompt_tokens_details"]["cached_tokens"],
+                    "prompt_tokens": final["usage"]["prompt_tokens"],
+                }
+            )
     return results
 
 
-def _in_parallel(url_for: Callable[[int], str], model: str, groups: list[list[dict[str, Any]]]
-                 ) -> list[dict[str, Any]]:
+def _in_parallel(url_for: Callable[[int], str], model: str, groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One client process per group of requests, all at once."""
     with ProcessPoolExecutor(len(groups)) as pool:
         futures = [pool.submit(chat_requests, url_for(i), model, group) for i, group in enumerate(groups)]
@@ -170,8 +186,12 @@ class CpuQuotas:
                     time.sleep(0.1)
 
 
-def _cluster(folder: Path, node_args: list[list[str]], common: list[str],
-             wrap: Callable[[str, list[str]], list[str]] | None = None) -> tuple[LocalCluster, str]:
+def _cluster(
+    folder: Path,
+    node_args: list[list[str]],
+    common: list[str],
+    wrap: Callable[[str, list[str]], list[str]] | None = None,
+) -> tuple[LocalCluster, str]:
     layout = ClusterLayout.fresh(len(node_args))
     layout.extra_args = common
     for spec, args in zip(layout.nodes, node_args, strict=True):
@@ -194,8 +214,15 @@ def throughput(settings: InferSettings, root: Path) -> dict[str, Any]:
         raw = pool.submit(raw_throughput, prompts, settings.max_tokens, 2, 2048).result()
     cluster, model = _cluster(root / "throughput", [[]], ["--threads", "2", "--slots", "1", "--n-ctx", "2048"])
     try:
-        bodies = [{"messages": [{"role": "user", "content": p}], "max_tokens": settings.max_tokens,
-                   "temperature": 0, "seed": i} for i, p in enumerate(prompts)]
+        bodies = [
+            {
+                "messages": [{"role": "user", "content": p}],
+                "max_tokens": settings.max_tokens,
+                "temperature": 0,
+                "seed": i,
+            }
+            for i, p in enumerate(prompts)
+        ]
         started = time.perf_counter()
         results = _in_parallel(lambda _: cluster.urls()[0], model, [bodies[0::2], bodies[1::2]])
         seconds = time.perf_counter() - started
@@ -203,61 +230,93 @@ def throughput(settings: InferSettings, root: Path) -> dict[str, Any]:
         cluster.stop_all(graceful=False)
     mine = sum(r["tokens"] for r in results) / seconds
     anchor = raw["tokens"] / raw["seconds"]
-    return {"mcpdb_tokens_per_s": mine, "raw_tokens_per_s": anchor, "ratio": mine / anchor,
-            "mcpdb_tokens": sum(r["tokens"] for r in results), "raw_tokens": raw["tokens"],
-            "pass": mine / anchor >= THROUGHPUT_TARGET}
+    return {
+        "mcpdb_tokens_per_s": mine,
+        "raw_tokens_per_s": anchor,
+        "ratio": mine / anchor,
+        "mcpdb_tokens": sum(r["tokens"] for r in results),
+        "raw_tokens": raw["tokens"],
+        "pass": mine / anchor >= THROUGHPUT_TARGET,
+    }
 
 
 def _seed_sessions(url: str, sessions: int) -> None:
     """A shared instruction; per session a user with a profile and ~1,300 tokens of memories."""
     with httpx.Client(timeout=10) as http:
-        http.put(f"{url}/v1/namespaces/{NAMESPACE}/contexts/assistant", json={
-            "kind": "instruction", "role": "a helpful assistant", "text": "Answer briefly."}).raise_for_status()
+        http.put(
+            f"{url}/v1/namespaces/{NAMESPACE}/contexts/assistant",
+            json={"kind": "instruction", "role": "a helpful assistant", "text": "Answer briefly."},
+        ).raise_for_status()
         for s in range(sessions):
             user = f"user-{s}"
-            http.put(f"{url}/v1/namespaces/{NAMESPACE}/contexts/{user}", json={
-                "kind": "profile", "name": f"User {s}", "preferences": {"tone": "plain", "language": "English"},
-                "goals": [f"finish project {s}"]}).raise_for_status()
-            facts = [f"{user} noted on day {d} that shipment {s * 100 + d} of part {d * 7 % 13} went to depot "
-                     f"{(s + d) % 9} and arrived {d % 4 + 1} hours late." for d in range(48)]
-            http.put(f"{url}/v1/namespaces/{NAMESPACE}/contexts/memory-{user}", json={
-                "kind": "memory", "user_id": user, "facts": facts}).raise_for_status()
+            http.put(
+                f"{url}/v1/namespaces/{NAMESPACE}/contexts/{user}",
+                json={
+                    "kind": "profile",
+                    "name": f"User {s}",
+                    "preferences": {"tone": "plain", "language": "English"},
+                    "goals": [f"finish project {s}"],
+                },
+            ).raise_for_status()
+            facts = [
+                f"{user} noted on day {d} that shipment {s * 100 + d} of part {d * 7 % 13} went to depot "
+                f"{(s + d) % 9} and arrived {d % 4 + 1} hours late."
+                for d in range(48)
+            ]
+            http.put(
+                f"{url}/v1/namespaces/{NAMESPACE}/contexts/memory-{user}",
+                json={"kind": "memory", "user_id": user, "facts": facts},
+            ).raise_for_status()
 
 
 def affinity(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for policy in ("affinity", "round_robin"):
         step(f"affinity: {policy}", settings.sessions * settings.turns * (1.0 if policy == "affinity" else 4.5))
-        cluster, model = _cluster(root / policy, [[], [], []],
-                                  ["--policy", policy, "--slots", "3", "--n-ctx", "4096"])
+        cluster, model = _cluster(root / policy, [[], [], []], ["--policy", policy, "--slots", "3", "--n-ctx", "4096"])
         try:
             urls = cluster.urls()
             _seed_sessions(urls[0], settings.sessions)
-            bodies = [{"messages": [{"role": "user", "content": f"Question {t} for session {s}: what now?"}],
-                       "max_tokens": 16, "temperature": 0, "namespace": NAMESPACE, "session_id": f"s{s}",
-                       "user_id": f"user-{s}"}
-                      for t in range(settings.turns) for s in range(settings.sessions)]
+            bodies = [
+                {
+                    "messages": [{"role": "user", "content": f"Question {t} for session {s}: what now?"}],
+                    "max_tokens": 16,
+                    "temperature": 0,
+                    "namespace": NAMESPACE,
+                    "session_id": f"s{s}",
+                    "user_id": f"user-{s}",
+                }
+                for t in range(settings.turns)
+                for s in range(settings.sessions)
+            ]
             results = []
             for i, body in enumerate(bodies):  # one at a time: the cache, not the queue, is measured
                 results += chat_requests(urls[i % len(urls)], model, [body])
         finally:
             cluster.stop_all(graceful=False)
         # A session's first turn is cold under any policy; what routing changes is the follow-ups.
-        out[policy] = {"all": _ttft_stats(results), "follow_ups": _ttft_stats(results[settings.sessions:]),
-                       "requests": results}
+        out[policy] = {
+            "all": _ttft_stats(results),
+            "follow_ups": _ttft_stats(results[settings.sessions :]),
+            "requests": results,
+        }
     for group in ("all", "follow_ups"):
         for stat in ("mean", "p95"):
-            out[f"{group}_{stat}_ratio"] = (out["round_robin"][group][f"ttft_{stat}_s"]
-                                            / out["affinity"][group][f"ttft_{stat}_s"])
+            out[f"{group}_{stat}_ratio"] = (
+                out["round_robin"][group][f"ttft_{stat}_s"] / out["affinity"][group][f"ttft_{stat}_s"]
+            )
     out["pass"] = min(out["follow_ups_mean_ratio"], out["follow_ups_p95_ratio"]) >= AFFINITY_TARGET
     return out
 
 
 def _ttft_stats(results: list[dict[str, Any]]) -> dict[str, float]:
     ttfts = [r["ttft_s"] for r in results]
-    return {"ttft_mean_s": statistics.fmean(ttfts), "ttft_p95_s": percentile(ttfts, 0.95),
-            "prompt_tokens_mean": statistics.fmean(r["prompt_tokens"] for r in results),
-            "cached_share": sum(r["cached"] for r in results) / sum(r["prompt_tokens"] for r in results)}
+    return {
+        "ttft_mean_s": statistics.fmean(ttfts),
+        "ttft_p95_s": percentile(ttfts, 0.95),
+        "prompt_tokens_mean": statistics.fmean(r["prompt_tokens"] for r in results),
+        "cached_share": sum(r["cached"] for r in results) / sum(r["prompt_tokens"] for r in results),
+    }
 
 
 def weighted(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
@@ -267,25 +326,40 @@ def weighted(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
     for policy in ("weighted", "round_robin"):
         step(f"weighted: {policy}", 45)
         with CpuQuotas(cpus) as quotas:
-            cluster, model = _cluster(root / f"w-{policy}", [
-                ["--weight", "1"], ["--weight", "2"], ["--no-inference"]],
-                ["--policy", policy, "--slots", "1", "--n-ctx", "2048", "--threads", "1"], quotas.wrap)
+            cluster, model = _cluster(
+                root / f"w-{policy}",
+                [["--weight", "1"], ["--weight", "2"], ["--no-inference"]],
+                ["--policy", policy, "--slots", "1", "--n-ctx", "2048", "--threads", "1"],
+                quotas.wrap,
+            )
             try:
-                bodies = [{"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": 24,
-                           "temperature": 0, "seed": i} for i in range(settings.weighted_requests)]
+                bodies = [
+                    {
+                        "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                        "max_tokens": 24,
+                        "temperature": 0,
+                        "seed": i,
+                    }
+                    for i in range(settings.weighted_requests)
+                ]
                 groups = [bodies[i::4] for i in range(4)]
                 results = _in_parallel(lambda i: cluster.urls()[i % 3], model, groups)  # noqa: B023 - runs in this iteration
             finally:
                 cluster.stop_all(graceful=False)
         shares = {node: sum(1 for r in results if r["node"] == node) / len(results) for node in weights}
         latencies = [r["latency_s"] for r in results]
-        out[policy] = {"shares": shares, "latency_p50_s": percentile(latencies, 0.5),
-                       "latency_p95_s": percentile(latencies, 0.95), "requests": results}
+        out[policy] = {
+            "shares": shares,
+            "latency_p50_s": percentile(latencies, 0.5),
+            "latency_p95_s": percentile(latencies, 0.95),
+            "requests": results,
+        }
     total = sum(weights.values())
     out["capacity_shares"] = {node: weight / total for node, weight in weights.items()}
     out["cpu_quotas"] = cpus
-    out["share_error"] = max(abs(out["weighted"]["shares"][n] - out["capacity_shares"][n]) / out["capacity_shares"][n]
-                             for n in weights)
+    out["share_error"] = max(
+        abs(out["weighted"]["shares"][n] - out["capacity_shares"][n]) / out["capacity_shares"][n] for n in weights
+    )
     out["p95_ratio"] = out["round_robin"]["latency_p95_s"] / out["weighted"]["latency_p95_s"]
     out["pass"] = out["share_error"] <= SHARE_TOLERANCE
     return out
@@ -306,13 +380,31 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
     t, a, w = results["throughput"], results["affinity"], results["weighted"]
     met = lambda ok: "yes" if ok else "NO"  # noqa: E731
     return [
-        ["throughput (tokens/s)", f"{t['mcpdb_tokens_per_s']:.1f}", f"raw {t['raw_tokens_per_s']:.1f}",
-         f"{t['ratio']:.2f}x", f">= {THROUGHPUT_TARGET}x", met(t["pass"])],
+        [
+            "throughput (tokens/s)",
+            f"{t['mcpdb_tokens_per_s']:.1f}",
+            f"raw {t['raw_tokens_per_s']:.1f}",
+            f"{t['ratio']:.2f}x",
+            f">= {THROUGHPUT_TARGET}x",
+            met(t["pass"]),
+        ],
         *[_ttft_row(a, group, stat) for group in ("follow_ups", "all") for stat in ("mean", "p95")],
-        ["weighted share n1:n2", " : ".join(f"{w['weighted']['shares'][n]:.0%}" for n in ("n1", "n2")),
-         "capacity 33% : 67%", f"max error {w['share_error']:.0%}", f"<= {SHARE_TOLERANCE:.0%}", met(w["pass"])],
-        ["latency p95 (s)", f"weighted {w['weighted']['latency_p95_s']:.2f}",
-         f"rr {w['round_robin']['latency_p95_s']:.2f}", f"rr/weighted {w['p95_ratio']:.2f}", "reported", ""],
+        [
+            "weighted share n1:n2",
+            " : ".join(f"{w['weighted']['shares'][n]:.0%}" for n in ("n1", "n2")),
+            "capacity 33% : 67%",
+            f"max error {w['share_error']:.0%}",
+            f"<= {SHARE_TOLERANCE:.0%}",
+            met(w["pass"]),
+        ],
+        [
+            "latency p95 (s)",
+            f"weighted {w['weighted']['latency_p95_s']:.2f}",
+            f"rr {w['round_robin']['latency_p95_s']:.2f}",
+            f"rr/weighted {w['p95_ratio']:.2f}",
+            "reported",
+            "",
+        ],
     ]
 
 
@@ -320,14 +412,23 @@ def _ttft_row(affinity: dict[str, Any], group: str, stat: str) -> list[str]:
     ratio = affinity[f"{group}_{stat}_ratio"]
     label = "follow-up turns" if group == "follow_ups" else "all turns"
     verdict = ("yes" if ratio >= AFFINITY_TARGET else "NO") if group == "follow_ups" else ""
-    return [f"TTFT {stat}, {label} (s)", f"affinity {affinity['affinity'][group][f'ttft_{stat}_s']:.3f}",
-            f"rr {affinity['round_robin'][group][f'ttft_{stat}_s']:.3f}", f"{ratio:.1f}x lower",
-            f">= {AFFINITY_TARGET:g}x" if group == "follow_ups" else "reported", verdict]
+    return [
+        f"TTFT {stat}, {label} (s)",
+        f"affinity {affinity['affinity'][group][f'ttft_{stat}_s']:.3f}",
+        f"rr {affinity['round_robin'][group][f'ttft_{stat}_s']:.3f}",
+        f"{ratio:.1f}x lower",
+        f">= {AFFINITY_TARGET:g}x" if group == "follow_ups" else "reported",
+        verdict,
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [f"Command: `{results['command']}`", "",
-             "| metric | mcpdb | anchor | ratio | target | met |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{results['command']}`",
+        "",
+        "| metric | mcpdb | anchor | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
     return "\n".join(lines) + "\n"
 
@@ -342,19 +443,32 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, (ttft, shares) = plt.subplots(1, 2, figsize=(12, 4.2))
     for policy, color in (("affinity", "tab:blue"), ("round_robin", "tab:orange")):
         requests = results["affinity"][policy]["requests"]
-        ttft.plot(range(1, len(requests) + 1), [r["ttft_s"] for r in requests], "o-", ms=3, lw=0.8,
-                  color=color, label=policy)
+        ttft.plot(
+            range(1, len(requests) + 1), [r["ttft_s"] for r in requests], "o-", ms=3, lw=0.8, color=color, label=policy
+        )
     ttft.set_yscale("log")
     ttft.set_xlabel("request (turn-major: 8 sessions per turn)")
     ttft.set_ylabel("time to first token, s (log)")
     ttft.set_title("8 sessions x 6 turns, ~1,500-token contexts, 3 nodes")
     ttft.legend()
     nodes = ("n1", "n2")
-    for offset, (policy, color) in zip((-0.2, 0.2), (("weighted", "tab:green"), ("round_robin", "tab:orange")), strict=True):
-        shares.bar([i + offset for i in range(len(nodes))],
-                   [results["weighted"][policy]["shares"][n] for n in nodes], width=0.4, color=color, label=policy)
-    shares.scatter(range(len(nodes)), [results["weighted"]["capacity_shares"][n] for n in nodes], color="black",
-                   zorder=3, label="configured capacity")
+    for offset, (policy, color) in zip(
+        (-0.2, 0.2), (("weighted", "tab:green"), ("round_robin", "tab:orange")), strict=True
+    ):
+        shares.bar(
+            [i + offset for i in range(len(nodes))],
+            [results["weighted"][policy]["shares"][n] for n in nodes],
+            width=0.4,
+            color=color,
+            label=policy,
+        )
+    shares.scatter(
+        range(len(nodes)),
+        [results["weighted"]["capacity_shares"][n] for n in nodes],
+        color="black",
+        zorder=3,
+        label="configured capacity",
+    )
     shares.set_xticks(range(len(nodes)), ["n1 (0.5 CPU, weight 1)", "n2 (1 CPU, weight 2)"])
     shares.set_ylabel("share of requests")
     shares.set_title("load per node")

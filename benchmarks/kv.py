@@ -51,8 +51,10 @@ class KvSettings:
 
     def command(self) -> str:
         """The command line that repeats this run."""
-        line = (f"mcpdb bench kv --duration {self.duration_s:g} --connections {self.connections} "
-                f"--trials {self.trials} --durability {self.durability}")
+        line = (
+            f"mcpdb bench kv --duration {self.duration_s:g} --connections {self.connections} "
+            f"--trials {self.trials} --durability {self.durability}"
+        )
         return line + (f" --out {self.out}" if self.out else "")
 
     def folder(self) -> Path:
@@ -76,11 +78,17 @@ def require_tools() -> None:
 def run(settings: KvSettings, step: Step) -> dict[str, Any]:
     """Measure both systems; the results with ratios, targets and verdicts (``rows``)."""
     require_tools()
-    results: dict[str, Any] = {"command": settings.command(), "settings": asdict(settings),
-                               "environment": environment()}
+    results: dict[str, Any] = {
+        "command": settings.command(),
+        "settings": asdict(settings),
+        "environment": environment(),
+    }
     step("starting etcd and mcpdb", START_S)
-    with tempfile.TemporaryDirectory(prefix="mcpdb-bench-") as tmp, \
-            Etcd(Path(tmp) / "etcd") as etcd, Mcpdb(Path(tmp) / "mcpdb", settings.durability) as mcpdb:
+    with (
+        tempfile.TemporaryDirectory(prefix="mcpdb-bench-") as tmp,
+        Etcd(Path(tmp) / "etcd") as etcd,
+        Mcpdb(Path(tmp) / "mcpdb", settings.durability) as mcpdb,
+    ):
         systems: list[System] = [etcd, mcpdb]
         measured: dict[str, dict[str, Any]] = {system.name: {} for system in systems}
         for label, scenario in SCENARIOS:
@@ -103,12 +111,19 @@ def run(settings: KvSettings, step: Step) -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     """What the figures depend on besides the code: versions, cores, and how busy the machine was."""
     try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:  # no git
         commit = ""
-    return {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "python": platform.python_version(),
-            "etcd": etcd_cluster.version(), "wrk": wrk.version(), "mcpdb_commit": commit or "unknown"}
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+        "python": platform.python_version(),
+        "etcd": etcd_cluster.version(),
+        "wrk": wrk.version(),
+        "mcpdb_commit": commit or "unknown",
+    }
 
 
 def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
@@ -116,6 +131,7 @@ def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
 
     Rows without a target are reported, not judged (``pass`` is None).
     """
+
     def pair(label: str, key: str) -> tuple[float, float]:
         return mcpdb[label][key], etcd[label][key]
 
@@ -133,8 +149,13 @@ def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
         _relative("read p50 ms", *latency("reads", "p50")),
         _relative("read p99 ms", *latency("reads", "p99"), P99_TARGET, higher=False),
         _row("read failures", *pair("reads", "failed")),
-        _row(f"failover s (max of {len(mcpdb['failover_s'])})", *failover_max, _ratio(*failover_max),
-             f"<= {FAILOVER_TARGET_S:g} s", mine is not None and mine <= FAILOVER_TARGET_S),
+        _row(
+            f"failover s (max of {len(mcpdb['failover_s'])})",
+            *failover_max,
+            _ratio(*failover_max),
+            f"<= {FAILOVER_TARGET_S:g} s",
+            mine is not None and mine <= FAILOVER_TARGET_S,
+        ),
     ]
 
 
@@ -142,8 +163,9 @@ def _ratio(mine: float | None, anchor: float | None) -> float | None:
     return mine / anchor if mine is not None and anchor else None
 
 
-def _relative(metric: str, mine: float, anchor: float, target: float | None = None,
-              higher: bool = True) -> dict[str, Any]:
+def _relative(
+    metric: str, mine: float, anchor: float, target: float | None = None, higher: bool = True
+) -> dict[str, Any]:
     """A row judged by the ratio mcpdb/etcd (``higher``: the ratio must reach the target, else stay under)."""
     ratio = _ratio(mine, anchor)
     if target is None:
@@ -152,8 +174,14 @@ def _relative(metric: str, mine: float, anchor: float, target: float | None = No
     return _row(metric, mine, anchor, ratio, f"{'>=' if higher else '<='} {target:g}x", passed)
 
 
-def _row(metric: str, mine: float | None, anchor: float | None, ratio: float | None = None, target: str = "",
-         passed: bool | None = None) -> dict[str, Any]:
+def _row(
+    metric: str,
+    mine: float | None,
+    anchor: float | None,
+    ratio: float | None = None,
+    target: str = "",
+    passed: bool | None = None,
+) -> dict[str, Any]:
     return {"metric": metric, "mcpdb": mine, "etcd": anchor, "ratio": ratio, "target": target, "pass": passed}
 
 
@@ -173,26 +201,41 @@ def details(results: dict[str, Any]) -> str:
     lines = []
     for name in ("mcpdb", "etcd"):
         trials = ", ".join("none" if t is None else f"{t:.2f}" for t in results[name]["failover_s"])
-        failures = [f"{label} {kind} x{count}" for label, _ in SCENARIOS
-                    for kind, count in [*results[name][label]["statuses"].items(),
-                                        *results[name][label]["socket_errors"].items()]
-                    if count and not kind.startswith("2")]
+        failures = [
+            f"{label} {kind} x{count}"
+            for label, _ in SCENARIOS
+            for kind, count in [
+                *results[name][label]["statuses"].items(),
+                *results[name][label]["socket_errors"].items(),
+            ]
+            if count and not kind.startswith("2")
+        ]
         findings = "".join(f"; {key.replace('_', ' ')}: {value}" for key, value in results[name]["findings"].items())
-        lines.append(f"{name}: failover trials (s) {trials}; failures (status or socket error): "
-                     f"{', '.join(failures) or 'none'}{findings}")
+        lines.append(
+            f"{name}: failover trials (s) {trials}; failures (status or socket error): "
+            f"{', '.join(failures) or 'none'}{findings}"
+        )
     return "\n".join(lines)
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The table for benchmarks/RESULTS.md, with the command that produced it."""
-    lines = [f"Command: `{results['command']}`", "",
-             "| metric | mcpdb | etcd 3.4 | mcpdb/etcd | target | met |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['metric']} | {cell(r['mcpdb'])} | {cell(r['etcd'])} | {cell(r['ratio'])} | {r['target']} | "
-              f"{verdict(r['pass'])} |" for r in results["rows"]]
+    lines = [
+        f"Command: `{results['command']}`",
+        "",
+        "| metric | mcpdb | etcd 3.4 | mcpdb/etcd | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['metric']} | {cell(r['mcpdb'])} | {cell(r['etcd'])} | {cell(r['ratio'])} | {r['target']} | "
+        f"{verdict(r['pass'])} |"
+        for r in results["rows"]
+    ]
     return "\n".join([*lines, "", details(results)])
 
 
 def save(results: dict[str, Any], folder: Path) -> None:
     """results.json, results.md and kv.png in ``folder``."""
-    plots.save_run(folder, results, markdown(results) + "\n",
-                   lambda run, path: plots.plot(run, path, FAILOVER_TARGET_S), "kv.png")
+    plots.save_run(
+        folder, results, markdown(results) + "\n", lambda run, path: plots.plot(run, path, FAILOVER_TARGET_S), "kv.png"
+    )

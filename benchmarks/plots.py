@@ -43,11 +43,17 @@ def plot(results: dict[str, Any], path: Path, failover_target_s: float) -> None:
 
     fig, (throughput, p99, failover) = plt.subplots(1, 3, figsize=(13, 4.2))
     for ax, title, unit, value in (
-            (throughput, "throughput (2xx answers)", "requests/s", lambda load: load["ok_per_s"]),
-            (p99, "p99 latency", "ms", lambda load: load["latency_ms"]["p99"])):
+        (throughput, "throughput (2xx answers)", "requests/s", lambda load: load["ok_per_s"]),
+        (p99, "p99 latency", "ms", lambda load: load["latency_ms"]["p99"]),
+    ):
         for offset, (system, color) in zip((-0.2, 0.2), SYSTEMS, strict=True):
-            ax.bar([i + offset for i in range(len(LOADS))], [value(results[system][load]) for load in LOADS],
-                   width=0.4, label=system, color=color)
+            ax.bar(
+                [i + offset for i in range(len(LOADS))],
+                [value(results[system][load]) for load in LOADS],
+                width=0.4,
+                label=system,
+                color=color,
+            )
         ax.set_xticks(range(len(LOADS)), ["writes (1 KiB)", "linearizable reads"])
         ax.set_title(title)
         ax.set_ylabel(unit)

@@ -52,14 +52,18 @@ class _CriticalCounter(logging.Handler):
             self.count += 1
 
 
-def _node(addr: str, peers: list[str], guarded: bool, batch: bool, seconds: float, threads: int,
-          results: Any) -> None:
+def _node(addr: str, peers: list[str], guarded: bool, batch: bool, seconds: float, threads: int, results: Any) -> None:
     logging.basicConfig(level=logging.CRITICAL, handlers=[logging.NullHandler()])
     counter = _CriticalCounter()
     logging.getLogger("pysyncobj.syncobj").addHandler(counter)
-    conf = SyncObjConf(appendEntriesUseBatch=batch, appendEntriesPeriod=0.005 if batch else 0.05,
-                       autoTickPeriod=0.002 if batch else 0.05, raftMinTimeout=1.0, raftMaxTimeout=2.0,
-                       dynamicMembershipChange=True)
+    conf = SyncObjConf(
+        appendEntriesUseBatch=batch,
+        appendEntriesPeriod=0.005 if batch else 0.05,
+        autoTickPeriod=0.002 if batch else 0.05,
+        raftMinTimeout=1.0,
+        raftMaxTimeout=2.0,
+        dynamicMembershipChange=True,
+    )
     node = _Log(addr, peers, conf, transport_class(durable=False) if guarded else TCPTransport)
     deadline = time.monotonic() + 10
     while node._getLeader() is None and time.monotonic() < deadline:
@@ -93,9 +97,17 @@ def _node(addr: str, peers: list[str], guarded: bool, batch: bool, seconds: floa
     else:
         time.sleep(seconds)
     time.sleep(1.5)  # let followers apply the tail
-    results.put({"addr": addr, "leader": node._isLeader(), "acknowledged": acknowledged,
-                 "latencies": sorted(latencies), "critical": counter.count,
-                 "applied": node.applied, "digest": node.digest})
+    results.put(
+        {
+            "addr": addr,
+            "leader": node._isLeader(),
+            "acknowledged": acknowledged,
+            "latencies": sorted(latencies),
+            "critical": counter.count,
+            "applied": node.applied,
+            "digest": node.digest,
+        }
+    )
     node.destroy_synchronous()
 
 
@@ -112,8 +124,10 @@ def run_stress(guarded: bool, batch: bool = False, seconds: float = 8.0, threads
     ctx = multiprocessing.get_context("spawn")
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     results = ctx.Queue()
-    processes = [ctx.Process(target=_node, args=(a, [o for o in addrs if o != a], guarded, batch,
-                                                 seconds, threads, results)) for a in addrs]
+    processes = [
+        ctx.Process(target=_node, args=(a, [o for o in addrs if o != a], guarded, batch, seconds, threads, results))
+        for a in addrs
+    ]
     for process in processes:
         process.start()
     try:
@@ -142,12 +156,16 @@ CONFIGURATIONS = (
 
 def report(seconds: float) -> str:
     """The comparison table (markdown) for benchmarks/RESULTS.md."""
-    lines = ["| configuration | commits/s | p50 ms | CRITICAL truncations | replicas identical |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| configuration | commits/s | p50 ms | CRITICAL truncations | replicas identical |",
+        "|---|---|---|---|---|",
+    ]
     for label, guarded, batch in CONFIGURATIONS:
         result = run_stress(guarded, batch=batch, seconds=seconds)
-        lines.append(f"| {label} | {result.commits_per_s:,.0f} | {result.p50_ms:.1f} | "
-                     f"{result.critical_truncations} | {'yes' if result.replicas_identical else 'NO'} |")
+        lines.append(
+            f"| {label} | {result.commits_per_s:,.0f} | {result.p50_ms:.1f} | "
+            f"{result.critical_truncations} | {'yes' if result.replicas_identical else 'NO'} |"
+        )
     return "\n".join(lines)
 
 

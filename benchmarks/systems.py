@@ -80,8 +80,11 @@ class Mcpdb(_Adapter):
     def _start(self) -> None:
         self.cluster.start_all()
         self.cluster.wait_ready()
-        httpx.put(self.urls()[0] + "/v1/namespaces/bench/contexts/hot",
-                  json={"kind": "memory", "facts": [HOT_VALUE]}, timeout=5).raise_for_status()
+        httpx.put(
+            self.urls()[0] + "/v1/namespaces/bench/contexts/hot",
+            json={"kind": "memory", "facts": [HOT_VALUE]},
+            timeout=5,
+        ).raise_for_status()
 
     def url(self, member: str) -> str:
         return self.cluster.spec(member).url
@@ -96,8 +99,11 @@ class Mcpdb(_Adapter):
     def findings(self) -> dict[str, Any]:
         """pysyncobj's CRITICAL "truncating already-applied" records in the node logs (must stay 0)."""
         logs = (self.cluster.data_dir / spec.node_id / "node.log" for spec in self.cluster.layout.nodes)
-        return {"critical_truncations": sum(log.read_text(errors="replace").count("truncating already-applied")
-                                            for log in logs if log.exists())}
+        return {
+            "critical_truncations": sum(
+                log.read_text(errors="replace").count("truncating already-applied") for log in logs if log.exists()
+            )
+        }
 
 
 class Etcd(_Adapter):
@@ -110,8 +116,9 @@ class Etcd(_Adapter):
 
     def _start(self) -> None:
         self.cluster.start_all()
-        httpx.post(self.urls()[0] + "/v3/kv/put", json={"key": b64("hot"), "value": b64(HOT_VALUE)},
-                   timeout=5).raise_for_status()
+        httpx.post(
+            self.urls()[0] + "/v3/kv/put", json={"key": b64("hot"), "value": b64(HOT_VALUE)}, timeout=5
+        ).raise_for_status()
 
     def url(self, member: str) -> str:
         return self.cluster.url(member)

@@ -39,8 +39,9 @@ class WrkResult:
     @property
     def failed(self) -> int:
         """Requests that got no 2xx answer: other statuses and socket errors."""
-        return sum(n for code, n in self.statuses.items() if not code.startswith("2")) \
-            + sum(self.socket_errors.values())
+        return sum(n for code, n in self.statuses.items() if not code.startswith("2")) + sum(
+            self.socket_errors.values()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok_per_s": self.ok_per_s, "failed": self.failed}
@@ -49,8 +50,9 @@ class WrkResult:
 def script(urls: list[str], scenario: str) -> str:
     """``lua/<scenario>.lua`` with the targets and the shared setup/response/done ahead of it."""
     targets = ", ".join(f'{{"{urlsplit(u).hostname}", "{urlsplit(u).port}"}}' for u in urls)
-    return "\n".join([f"targets = {{{targets}}}", (LUA / "common.lua").read_text(),
-                      (LUA / f"{scenario}.lua").read_text()])
+    return "\n".join(
+        [f"targets = {{{targets}}}", (LUA / "common.lua").read_text(), (LUA / f"{scenario}.lua").read_text()]
+    )
 
 
 def parse(output: str) -> WrkResult:
@@ -74,9 +76,20 @@ def run(urls: list[str], scenario: str, connections: int, seconds: float, timeou
         path = Path(tmp) / f"{scenario}.lua"
         path.write_text(script(urls, scenario))
         process = subprocess.Popen(
-            ["wrk", f"-t{connections}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s:g}s",
-             "-s", str(path), urls[0]],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                "wrk",
+                f"-t{connections}",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                f"--timeout={timeout_s:g}s",
+                "-s",
+                str(path),
+                urls[0],
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             output, _ = process.communicate(timeout=seconds + 60)
         finally:  # interrupted or hung: wrk must not keep loading the next scenario

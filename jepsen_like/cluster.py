@@ -56,12 +56,14 @@ def start(data_dir: Path, size: int, node_args: list[str], use_namespaces: bool 
                 lab.teardown()
             raise
     if lab is not None:
-        layout = ClusterLayout([NodeSpec(h.name, f"{h.address}:{HTTP_PORT}", f"{h.address}:{RAFT_PORT}")
-                                for h in lab.hosts])
+        layout = ClusterLayout(
+            [NodeSpec(h.name, f"{h.address}:{HTTP_PORT}", f"{h.address}:{RAFT_PORT}") for h in lab.hosts]
+        )
         env = {"MCPDB_CLUSTER_SECRET": secrets.token_urlsafe(24)}
         wrap = lab.exec_prefix
-        cluster = LocalCluster(layout, data_dir, env=env, token=token,
-                               wrap_command=lambda node_id, argv: wrap(node_id) + argv)
+        cluster = LocalCluster(
+            layout, data_dir, env=env, token=token, wrap_command=lambda node_id, argv: wrap(node_id) + argv
+        )
     else:
         layout = ClusterLayout.fresh(size)
         cluster = LocalCluster(layout, data_dir, token=token)

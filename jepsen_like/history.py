@@ -87,8 +87,17 @@ def pairs(ops: Iterable[Op]) -> list[tuple[Op, Op]]:
 
 
 def _never_completed(invocation: Op) -> Op:
-    return Op(NEVER_INDEX, invocation.process, "info", invocation.f, invocation.key, invocation.value,
-              NEVER_TIME, invocation.node, "never completed")
+    return Op(
+        NEVER_INDEX,
+        invocation.process,
+        "info",
+        invocation.f,
+        invocation.key,
+        invocation.value,
+        NEVER_TIME,
+        invocation.node,
+        "never completed",
+    )
 
 
 def by_key(ops: Iterable[Op]) -> dict[str, list[Op]]:
@@ -162,7 +171,16 @@ class Recorder(History):
             if self._open.get(handle.process) is not handle:
                 raise ValueError(f"op {handle.index} of process {handle.process} is not open")
             del self._open[handle.process]
-            op = Op(len(self.ops), handle.process, type, handle.f, handle.key,
-                    handle.value if value is None else value, self._clock(), handle.node, error)
+            op = Op(
+                len(self.ops),
+                handle.process,
+                type,
+                handle.f,
+                handle.key,
+                handle.value if value is None else value,
+                self._clock(),
+                handle.node,
+                error,
+            )
             self.ops.append(op)
             return op

@@ -47,7 +47,7 @@ def _leader_or_random(test: TestCluster, rng: random.Random, leader_bias: float 
 def _halves(test: TestCluster, rng: random.Random) -> str:
     nodes = test.node_ids[:]
     rng.shuffle(nodes)
-    minority, majority = nodes[: len(nodes) // 2], nodes[len(nodes) // 2:]
+    minority, majority = nodes[: len(nodes) // 2], nodes[len(nodes) // 2 :]
     test.lab.partition([minority, majority])  # type: ignore[union-attr]
     return f"{minority} | {majority}"
 
@@ -64,7 +64,7 @@ def _bridge(test: TestCluster, rng: random.Random) -> str:
     nodes = test.node_ids[:]
     rng.shuffle(nodes)
     bridge, rest = nodes[0], nodes[1:]
-    left, right = rest[: len(rest) // 2], rest[len(rest) // 2:]
+    left, right = rest[: len(rest) // 2], rest[len(rest) // 2 :]
     for a in left:
         for b in right:
             test.lab.cut(a, b)  # type: ignore[union-attr]
@@ -117,8 +117,11 @@ def _remove_voter(test: TestCluster, rng: random.Random) -> str:
     address = test.cluster.spec(victim).raft_addr
     via = rng.choice([n for n in test.node_ids if n != victim])
     try:
-        response = httpx.delete(f"{test.url(via)}/v1/cluster/members/{address}",
-                                headers={"Authorization": f"Bearer {test.token}"}, timeout=5)
+        response = httpx.delete(
+            f"{test.url(via)}/v1/cluster/members/{address}",
+            headers={"Authorization": f"Bearer {test.token}"},
+            timeout=5,
+        )
         outcome = f"{response.status_code}"
     except httpx.HTTPError as error:
         outcome = type(error).__name__
@@ -161,8 +164,12 @@ def _rejoin_removed(test: TestCluster) -> None:
             leader = test.cluster.leader()
             if leader is not None:
                 try:
-                    httpx.post(f"{test.url(leader)}/v1/cluster/members", json={"raft_addr": address},
-                               headers=headers, timeout=5)
+                    httpx.post(
+                        f"{test.url(leader)}/v1/cluster/members",
+                        json={"raft_addr": address},
+                        headers=headers,
+                        timeout=5,
+                    )
                 except httpx.HTTPError:
                     pass
             time.sleep(0.3)
@@ -180,17 +187,20 @@ def _lossy(test: TestCluster, rng: random.Random) -> str:
     return "20% of packets between nodes dropped"
 
 
-NEMESES: dict[str, Nemesis] = {n.name: n for n in (
-    Nemesis("partition", True, _halves, _heal_network),
-    Nemesis("partition-leader", True, _isolate_leader, _heal_network),
-    Nemesis("bridge", True, _bridge, _heal_network),
-    Nemesis("kill", False, _kill, _restart_dead),
-    Nemesis("pause", False, _pause, _resume_all),
-    Nemesis("crash", False, _crash_all, _restart_dead),
-    Nemesis("membership", False, _remove_voter, _rejoin_removed),
-    Nemesis("slow", True, _slow, _heal_network),
-    Nemesis("lossy", True, _lossy, _heal_network),
-)}
+NEMESES: dict[str, Nemesis] = {
+    n.name: n
+    for n in (
+        Nemesis("partition", True, _halves, _heal_network),
+        Nemesis("partition-leader", True, _isolate_leader, _heal_network),
+        Nemesis("bridge", True, _bridge, _heal_network),
+        Nemesis("kill", False, _kill, _restart_dead),
+        Nemesis("pause", False, _pause, _resume_all),
+        Nemesis("crash", False, _crash_all, _restart_dead),
+        Nemesis("membership", False, _remove_voter, _rejoin_removed),
+        Nemesis("slow", True, _slow, _heal_network),
+        Nemesis("lossy", True, _lossy, _heal_network),
+    )
+}
 
 
 def resolve(names: list[str], have_network: bool) -> list[Nemesis]:
@@ -201,8 +211,10 @@ def resolve(names: list[str], have_network: bool) -> list[Nemesis]:
     chosen = [NEMESES[n] for n in names]
     blocked = [n.name for n in chosen if n.needs_network and not have_network]
     if blocked:
-        raise ValueError(f"{', '.join(blocked)} need network namespaces (run as root with iproute2 and "
-                         "nftables); on loopback only kill, pause and crash are available")
+        raise ValueError(
+            f"{', '.join(blocked)} need network namespaces (run as root with iproute2 and "
+            "nftables); on loopback only kill, pause and crash are available"
+        )
     return chosen
 
 

@@ -70,8 +70,10 @@ class NetLab:
         self.run_id = secrets.token_hex(2)
         self.subnet = f"10.{random.randint(100, 199)}.{random.randint(0, 255)}"
         self.bridge = f"mcjb{self.run_id}"
-        self.hosts = [Host(f"n{i}", f"mcpdb-{self.run_id}-n{i}", f"{self.subnet}.{i}", f"mcj{self.run_id}p{i}")
-                      for i in range(1, size + 1)]
+        self.hosts = [
+            Host(f"n{i}", f"mcpdb-{self.run_id}-n{i}", f"{self.subnet}.{i}", f"mcj{self.run_id}p{i}")
+            for i in range(1, size + 1)
+        ]
         self._blackholes: set[tuple[str, str]] = set()
         self._up = False
 
@@ -135,23 +137,60 @@ class NetLab:
                 self._in(self.host(source), "ip", "route", "del", "blackhole", f"{self.host(target).address}/32")
             self._blackholes.discard((source, target))
         for host in self.hosts:
-            subprocess.run(["ip", "netns", "exec", host.namespace, "tc", "qdisc", "del", "dev", host.veth, "root"],
-                           capture_output=True)
-            subprocess.run(["ip", "netns", "exec", host.namespace, "nft", "delete", "table", "inet", NFT_TABLE],
-                           capture_output=True)
+            subprocess.run(
+                ["ip", "netns", "exec", host.namespace, "tc", "qdisc", "del", "dev", host.veth, "root"],
+                capture_output=True,
+            )
+            subprocess.run(
+                ["ip", "netns", "exec", host.namespace, "nft", "delete", "table", "inet", NFT_TABLE],
+                capture_output=True,
+            )
 
     def slow(self, name: str, rate_kbit: int = 512) -> None:
         """Limit the host's outgoing bandwidth; queued packets wait up to 200 ms."""
         host = self.host(name)
-        self._in(host, "tc", "qdisc", "replace", "dev", host.veth, "root", "tbf", "rate", f"{rate_kbit}kbit",
-                 "burst", "16kbit", "latency", "200ms")
+        self._in(
+            host,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            host.veth,
+            "root",
+            "tbf",
+            "rate",
+            f"{rate_kbit}kbit",
+            "burst",
+            "16kbit",
+            "latency",
+            "200ms",
+        )
 
     def lossy(self, name: str, percent: int = 20) -> None:
         """Drop ``percent`` % of the host's outgoing packets to the other hosts."""
         host = self.host(name)
         self._in(host, "nft", "add", "table", "inet", NFT_TABLE)
-        self._in(host, "nft", "add", "chain", "inet", NFT_TABLE, "out",
-                 "{ type filter hook output priority 0; }")
-        self._in(host, "nft", "add", "rule", "inet", NFT_TABLE, "out", "ip", "daddr", f"{self.subnet}.0/24",
-                 "ip", "daddr", "!=", f"{self.subnet}.254", "numgen", "random", "mod", "100", "<", str(percent),
-                 "drop")
+        self._in(host, "nft", "add", "chain", "inet", NFT_TABLE, "out", "{ type filter hook output priority 0; }")
+        self._in(
+            host,
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            NFT_TABLE,
+            "out",
+            "ip",
+            "daddr",
+            f"{self.subnet}.0/24",
+            "ip",
+            "daddr",
+            "!=",
+            f"{self.subnet}.254",
+            "numgen",
+            "random",
+            "mod",
+            "100",
+            "<",
+            str(percent),
+            "drop",
+        )

@@ -55,22 +55,27 @@ def write(result: RunResult, folder: Path) -> dict[str, Any]:
     summary = summarise(result)
     result.summary = summary
     config = {**asdict(result.config), "out": str(result.config.out)}
-    (folder / "results.json").write_text(json.dumps({
-        "config": config,
-        "network_namespaces": result.namespaces,
-        "summary": summary,
-        "fault_windows": [asdict(w) for w in result.windows],
-        "checks": result.checks,
-        "final_reads": result.final_reads,
-    }, indent=2, default=str))
+    (folder / "results.json").write_text(
+        json.dumps(
+            {
+                "config": config,
+                "network_namespaces": result.namespaces,
+                "summary": summary,
+                "fault_windows": [asdict(w) for w in result.windows],
+                "checks": result.checks,
+                "final_reads": result.final_reads,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     _plot(result, folder / "latency.png")
     return summary
 
 
 def _plot(result: RunResult, path: Path) -> None:
     pairs = _pairs(result)
-    fig, (latency_ax, rate_ax) = plt.subplots(2, 1, figsize=(12, 7), sharex=True,
-                                              gridspec_kw={"height_ratios": [3, 1]})
+    fig, (latency_ax, rate_ax) = plt.subplots(2, 1, figsize=(12, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for ax in (latency_ax, rate_ax):
         for window in result.windows:
             end = window.end if window.end is not None else result.config.time_s
@@ -85,17 +90,30 @@ def _plot(result: RunResult, path: Path) -> None:
         points = [(i.time, (d.time - i.time) * 1000) for i, d in pairs if d.type == outcome]
         if points:
             latency_ax.scatter(*zip(*points, strict=True), s=14, marker=marker, color=colour, label=outcome)
-    flagged = [a["cannot_linearize"] for check in result.checks.values() for a in check.get("anomalies", [])
-               if "cannot_linearize" in a]
+    flagged = [
+        a["cannot_linearize"]
+        for check in result.checks.values()
+        for a in check.get("anomalies", [])
+        if "cannot_linearize" in a
+    ]
     if flagged:
-        latency_ax.scatter([a["invoked"] for a in flagged],
-                           [max((a["completed"] - a["invoked"]) * 1000, 0.5) for a in flagged],
-                           s=160, marker="*", color="red", edgecolor="black", zorder=5, label="anomaly")
+        latency_ax.scatter(
+            [a["invoked"] for a in flagged],
+            [max((a["completed"] - a["invoked"]) * 1000, 0.5) for a in flagged],
+            s=160,
+            marker="*",
+            color="red",
+            edgecolor="black",
+            zorder=5,
+            label="anomaly",
+        )
     latency_ax.set_yscale("log")
     latency_ax.set_ylabel("latency (ms, log)")
     verdict = "no anomalies" if result.valid else "ANOMALIES FOUND"
-    latency_ax.set_title(f"mcpdb jepsen: {', '.join(result.config.workloads)} under "
-                         f"{', '.join(result.config.nemeses)} ({verdict}); shaded: faults")
+    latency_ax.set_title(
+        f"mcpdb jepsen: {', '.join(result.config.workloads)} under "
+        f"{', '.join(result.config.nemeses)} ({verdict}); shaded: faults"
+    )
     latency_ax.legend(loc="upper right", fontsize=8, markerscale=2)
     seconds = int(result.config.time_s) + 1
     per_second = [0] * seconds

@@ -95,11 +95,22 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
         threads = [threading.Thread(target=schedule.run, args=(test, clock, stop), daemon=True)]
         processes = _ProcessIds(config.concurrency)
         for worker in range(config.concurrency):
-            threads.append(threading.Thread(
-                target=_client_loop,
-                args=(worker, test, workloads[worker % len(workloads)], recorder, clock, stop, processes,
-                      random.Random(config.seed * 1000 + worker)),
-                daemon=True))
+            threads.append(
+                threading.Thread(
+                    target=_client_loop,
+                    args=(
+                        worker,
+                        test,
+                        workloads[worker % len(workloads)],
+                        recorder,
+                        clock,
+                        stop,
+                        processes,
+                        random.Random(config.seed * 1000 + worker),
+                    ),
+                    daemon=True,
+                )
+            )
         for thread in threads:
             thread.start()
         while clock() < config.time_s:
@@ -116,8 +127,7 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
         stop.set()
         test.close()
     checks = _check(recorder, workloads, final_reads)
-    return RunResult(config, recorder, schedule.windows, checks, final_reads, test.lab is not None,
-                     started)
+    return RunResult(config, recorder, schedule.windows, checks, final_reads, test.lab is not None, started)
 
 
 class _ProcessIds:
@@ -133,14 +143,20 @@ class _ProcessIds:
             return self._next
 
 
-def _client_loop(worker: int, test: cluster_module.TestCluster, workload: Any, recorder: Recorder,
-                 clock: Callable[[], float], stop: threading.Event, processes: _ProcessIds,
-                 rng: random.Random) -> None:
+def _client_loop(
+    worker: int,
+    test: cluster_module.TestCluster,
+    workload: Any,
+    recorder: Recorder,
+    clock: Callable[[], float],
+    stop: threading.Event,
+    processes: _ProcessIds,
+    rng: random.Random,
+) -> None:
     process = worker
     nodes = test.node_ids
     headers = {"Authorization": f"Bearer {test.token}"}
-    clients = {node: httpx.Client(base_url=test.url(node), headers=headers, timeout=CLIENT_TIMEOUT_S)
-               for node in nodes}
+    clients = {node: httpx.Client(base_url=test.url(node), headers=headers, timeout=CLIENT_TIMEOUT_S) for node in nodes}
     try:
         while not stop.is_set():
             node = nodes[(worker + rng.randrange(len(nodes))) % len(nodes)]
@@ -153,8 +169,7 @@ def _client_loop(worker: int, test: cluster_module.TestCluster, workload: Any, r
                 if outcome.kind == "info":
                     process = processes.fresh()
                     clients[node].close()
-                    clients[node] = httpx.Client(base_url=test.url(node), headers=headers,
-                                                 timeout=CLIENT_TIMEOUT_S)
+                    clients[node] = httpx.Client(base_url=test.url(node), headers=headers, timeout=CLIENT_TIMEOUT_S)
                 else:
                     time.sleep(0.05)  # back off a little while the cluster is unavailable
                 continue
@@ -198,8 +213,10 @@ def _check(recorder: Recorder, workloads: list[Any], final_reads: dict[str, dict
         elif isinstance(workload, ListAppendWorkload):
             checks.update(_check_lists("list-append", ops, finals))
         else:
-            messages = {node: {key: workload.messages(turns) for key, turns in sessions.items()}
-                        for node, sessions in finals.items()}
+            messages = {
+                node: {key: workload.messages(turns) for key, turns in sessions.items()}
+                for node, sessions in finals.items()
+            }
             # A chat appends its message like a list-append appends its value.
             as_appends = [dataclasses.replace(op, f="append") if op.f == "chat" else op for op in ops]
             checks.update(_check_lists("chat-messages", as_appends, messages))

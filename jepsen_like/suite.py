@@ -26,8 +26,10 @@ console = Console(stderr=True)
 
 def _row(label: str, summary: dict, seconds: float) -> str:
     verdict = "none" if summary["anomalies"] == 0 else f"**{summary['anomalies']}**"
-    return (f"| {label} | {seconds:.0f} | {summary['attempted']} | {summary['acknowledged']} | "
-            f"{summary['failed']} | {summary['indeterminate']} | {summary['longest_without_ack_s']} | {verdict} |")
+    return (
+        f"| {label} | {seconds:.0f} | {summary['attempted']} | {summary['acknowledged']} | "
+        f"{summary['failed']} | {summary['indeterminate']} | {summary['longest_without_ack_s']} | {verdict} |"
+    )
 
 
 def main() -> int:
@@ -53,9 +55,16 @@ def main() -> int:
         label = f"{name} + --unsafe-stale-reads (must be caught)" if unsafe else name
         console.print(f"[bold]running[/] {label} for {args.time:g} s")
         folder = args.out / (f"{name}-unsafe" if unsafe else name)
-        config = RunConfig(nemeses=[name], workloads=["register"] if unsafe else ["register", "list-append"],
-                           time_s=args.time, concurrency=args.concurrency, out=folder,
-                           unsafe_stale_reads=unsafe, fault_s=5 if unsafe else 4, heal_s=2 if unsafe else 3)
+        config = RunConfig(
+            nemeses=[name],
+            workloads=["register"] if unsafe else ["register", "list-append"],
+            time_s=args.time,
+            concurrency=args.concurrency,
+            out=folder,
+            unsafe_stale_reads=unsafe,
+            fault_s=5 if unsafe else 4,
+            heal_s=2 if unsafe else 3,
+        )
         result = run(config)
         summary = report.write(result, folder)
         lines.append(_row(label, summary, args.time))

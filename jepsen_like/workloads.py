@@ -132,8 +132,12 @@ class ListAppendWorkload:
         path = f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}"
         if op.f == "read":
             return self.read(http, path)
-        response = _request(http, "POST", f"/v1/namespaces/{NAMESPACE}/sessions/{op.key}/turns",
-                            json={"role": "user", "content": str(op.value)})
+        response = _request(
+            http,
+            "POST",
+            f"/v1/namespaces/{NAMESPACE}/sessions/{op.key}/turns",
+            json={"role": "user", "content": str(op.value)},
+        )
         if response.status_code != 200:
             raise _classify(response)
         return op.value
@@ -164,15 +168,24 @@ class ChatWorkload:
 
     def execute(self, http: httpx.Client, op: Operation) -> Any:
         if op.f == "read":
-            return self.messages(_session_turns(http, f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}",
-                                                "linearizable"))
-        body = {"model": self._model_name(http), "max_tokens": 4, "temperature": 0, "namespace": NAMESPACE,
-                "session_id": op.key, "messages": [{"role": "user", "content": f"message {op.value}"}]}
+            return self.messages(_session_turns(http, f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}", "linearizable"))
+        body = {
+            "model": self._model_name(http),
+            "max_tokens": 4,
+            "temperature": 0,
+            "namespace": NAMESPACE,
+            "session_id": op.key,
+            "messages": [{"role": "user", "content": f"message {op.value}"}],
+        }
         maybe_applied = False
         for _ in range(self.ATTEMPTS):  # the same key every time: a retry must never add a second turn
             try:
-                response = http.post("/v1/chat/completions", json=body, timeout=self.TIMEOUT_S,
-                                     headers={"Idempotency-Key": f"jepsen-{op.value}"})
+                response = http.post(
+                    "/v1/chat/completions",
+                    json=body,
+                    timeout=self.TIMEOUT_S,
+                    headers={"Idempotency-Key": f"jepsen-{op.value}"},
+                )
             except httpx.ConnectError:
                 continue
             except httpx.HTTPError:

@@ -116,5 +116,8 @@ def principal_for(token: str, record: dict[str, Any] | None) -> Principal | None
         return None
     if not hmac.compare_digest(_hash(match[2]), record["hash"]):
         return None
-    return Principal(record["id"], {namespace: Scope(scope) for namespace, scope in record["scopes"].items()},
-                     record.get("rate_limit"))
+    return Principal(
+        record["id"],
+        {namespace: Scope(scope) for namespace, scope in record["scopes"].items()},
+        record.get("rate_limit"),
+    )

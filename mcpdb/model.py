@@ -51,8 +51,7 @@ def check_namespace(namespace: str) -> str:
     """Namespaces become key prefixes and URL segments: lowercase, short, no separators."""
     if not _NAMESPACE_RE.match(namespace):
         raise InvalidName(
-            f"invalid namespace {namespace!r}: use 1-63 characters from a-z 0-9 _ -, "
-            "starting with a letter or digit"
+            f"invalid namespace {namespace!r}: use 1-63 characters from a-z 0-9 _ -, starting with a letter or digit"
         )
     return namespace
 
@@ -82,9 +81,7 @@ class Turn(_Strict):
 
 class _ContextBase(_Strict):
     data: JsonObject = Field(default_factory=dict, description="free-form extension fields")
-    ttl: int | None = Field(
-        default=None, ge=1, le=MAX_TTL_SECONDS, description="seconds until the context expires"
-    )
+    ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS, description="seconds until the context expires")
 
 
 class InstructionIn(_ContextBase):
@@ -105,7 +102,7 @@ class ProfileIn(_ContextBase):
 
     kind: Literal["profile"]
     name: str | None = Field(default=None, description="the user's name")
-    preferences: JsonObject = Field(default_factory=dict, description="e.g. {\"tone\": \"plain\"}")
+    preferences: JsonObject = Field(default_factory=dict, description='e.g. {"tone": "plain"}')
     goals: list[str] = Field(default_factory=list, description="what the user wants to achieve")
 
 
@@ -173,9 +170,7 @@ class BatchDelete(_Strict):
 class BatchIn(_Strict):
     """Many writes committed as one log entry: all apply, or none (409 names the failing op)."""
 
-    ops: list[Annotated[BatchPut | BatchDelete, Field(discriminator="op")]] = Field(
-        min_length=1, max_length=1000
-    )
+    ops: list[Annotated[BatchPut | BatchDelete, Field(discriminator="op")]] = Field(min_length=1, max_length=1000)
 
 
 def context_fields(context: BaseModel) -> dict[str, Any]:

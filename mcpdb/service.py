@@ -55,8 +55,9 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 class ContextService:
     """Namespaced context reads and writes with the consistency the caller asked for."""
 
-    def __init__(self, replication: Replication, barrier: ReadBarrier, write_timeout: float,
-                 unsafe_stale_reads: bool = False) -> None:
+    def __init__(
+        self, replication: Replication, barrier: ReadBarrier, write_timeout: float, unsafe_stale_reads: bool = False
+    ) -> None:
         self._replication = replication
         self._barrier = barrier
         self._write_timeout = write_timeout
@@ -77,17 +78,21 @@ class ContextService:
             return None
         return await self._barrier.wait()
 
-    async def put(self, namespace: str, context_id: str, context: BaseModel,
-                  if_version: int | None = None) -> dict[str, Any]:
+    async def put(
+        self, namespace: str, context_id: str, context: BaseModel, if_version: int | None = None
+    ) -> dict[str, Any]:
         check_namespace(namespace)
         check_context_id(context_id)
-        result = await self._write(commands.Put(namespace, context_id, context_fields(context),
-                                                getattr(context, "ttl", None), if_version, time.time()))
-        return {"namespace": namespace, "id": context_id, "version": result["version"],
-                "created": result["created"]}
+        result = await self._write(
+            commands.Put(
+                namespace, context_id, context_fields(context), getattr(context, "ttl", None), if_version, time.time()
+            )
+        )
+        return {"namespace": namespace, "id": context_id, "version": result["version"], "created": result["created"]}
 
-    async def get(self, namespace: str, context_id: str,
-                  consistency: Consistency = Consistency.linearizable) -> dict[str, Any]:
+    async def get(
+        self, namespace: str, context_id: str, consistency: Consistency = Consistency.linearizable
+    ) -> dict[str, Any]:
         check_namespace(namespace)
         check_context_id(context_id)
         await self.read_index(consistency)
@@ -96,23 +101,33 @@ class ContextService:
             raise NotFound(f"{namespace}/{context_id} does not exist")
         return record
 
-    async def delete(self, namespace: str, context_id: str,
-                     if_version: int | None = None) -> dict[str, Any]:
+    async def delete(self, namespace: str, context_id: str, if_version: int | None = None) -> dict[str, Any]:
         check_namespace(namespace)
         check_context_id(context_id)
         result = await self._write(commands.Delete(namespace, context_id, if_version))
         return {"namespace": namespace, "id": context_id, "deleted": True, "version": result["version"]}
 
-    async def list(self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100,
-                   cursor: str | None = None,
-                   consistency: Consistency = Consistency.linearizable) -> Page:
+    async def list(
+        self,
+        namespace: str,
+        kind: str | None = None,
+        prefix: str = "",
+        limit: int = 100,
+        cursor: str | None = None,
+        consistency: Consistency = Consistency.linearizable,
+    ) -> Page:
         check_namespace(namespace)
         await self.read_index(consistency)
         return self.store.list(namespace, kind=kind, prefix=prefix, limit=limit, cursor=cursor)
 
-    async def append(self, namespace: str, session_id: str, turns: builtins.list[Turn],
-                     if_version: int | None = None,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
+    async def append(
+        self,
+        namespace: str,
+        session_id: str,
+        turns: builtins.list[Turn],
+        if_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         """Append turns to a session (created if missing) atomically, in order.
 
         With an idempotency key, a retry of an append that already committed
@@ -120,12 +135,24 @@ class ContextService:
         """
         check_namespace(namespace)
         check_context_id(session_id)
-        result = await self._write(commands.Append(
-            namespace, session_id, tuple(turn.model_dump(mode="json") for turn in turns),
-            if_version, idempotency_key, time.time()))
-        return {"namespace": namespace, "id": session_id, "version": result["version"],
-                "turn_count": result["turn_count"], "first_seq": result["first_seq"],
-                "replayed": result.get("replayed", False)}
+        result = await self._write(
+            commands.Append(
+                namespace,
+                session_id,
+                tuple(turn.model_dump(mode="json") for turn in turns),
+                if_version,
+                idempotency_key,
+                time.time(),
+            )
+        )
+        return {
+            "namespace": namespace,
+            "id": session_id,
+            "version": result["version"],
+            "turn_count": result["turn_count"],
+            "first_seq": result["first_seq"],
+            "replayed": result.get("replayed", False),
+        }
 
     async def batch(self, namespace: str, batch: BatchIn) -> dict[str, Any]:
         check_namespace(namespace)
@@ -148,18 +175,26 @@ class ContextService:
         result = await self._write(commands.Expire(tuple(due), now))
         return int(result["expired"])
 
-    async def create_token(self, scopes: dict[str, Scope], description: str,
-                           rate_limit: float | None = None) -> dict[str, Any]:
+    async def create_token(
+        self, scopes: dict[str, Scope], description: str, rate_limit: float | None = None
+    ) -> dict[str, Any]:
         """Mint a scoped token; the secret is in the answer only, the store keeps its hash."""
         for namespace in scopes:
             if namespace != ALL_NAMESPACES:
                 check_namespace(namespace)
         token, token_id, digest = new_token()
-        stored = commands.TokenSpec(token_id, digest, description, rate_limit,
-                                    {namespace: scope.value for namespace, scope in scopes.items()})
+        stored = commands.TokenSpec(
+            token_id, digest, description, rate_limit, {namespace: scope.value for namespace, scope in scopes.items()}
+        )
         result = await self._write(commands.CreateToken(stored, time.time()))
-        return {"token": token, "id": token_id, "scopes": stored.scopes, "description": description,
-                "rate_limit": rate_limit, "version": result["version"]}
+        return {
+            "token": token,
+            "id": token_id,
+            "scopes": stored.scopes,
+            "description": description,
+            "rate_limit": rate_limit,
+            "version": result["version"],
+        }
 
     async def revoke_token(self, token_id: str) -> dict[str, Any]:
         result = await self._write(commands.RevokeToken(token_id))

@@ -17,9 +17,23 @@ def chromium() -> str | None:
 def _run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     binary = chromium()
     assert binary is not None
-    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--window-size=1280,900", "--virtual-time-budget=6000", *args, url],
-                          capture_output=True, text=True, timeout=120, check=True)
+    return subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,900",
+            "--virtual-time-budget=6000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
 
 
 def rendered_dom(url: str, *args: str) -> str:
@@ -36,5 +50,5 @@ def screenshot(url: str, path: Path) -> np.ndarray:
 
 def pixels_of(pixels: np.ndarray, hex_color: str, tolerance: int = 12) -> int:
     """How many pixels are within ``tolerance`` of the colour (per channel)."""
-    target = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)])
+    target = np.array([int(hex_color[i : i + 2], 16) for i in (1, 3, 5)])
     return int((np.abs(pixels - target) <= tolerance).all(axis=2).sum())

@@ -14,9 +14,14 @@ import pytest
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
 
-def start_cluster(tmp_path: Path, size: int = 3, extra_args: list[str] | None = None,
-                  token: str | None = None, inference: bool = False,
-                  env: dict[str, str] | None = None) -> LocalCluster:
+def start_cluster(
+    tmp_path: Path,
+    size: int = 3,
+    extra_args: list[str] | None = None,
+    token: str | None = None,
+    inference: bool = False,
+    env: dict[str, str] | None = None,
+) -> LocalCluster:
     """Store-only nodes unless ``inference``: loading a model per node is for the tests about it."""
     layout = ClusterLayout.fresh(size)
     layout.extra_args = (extra_args or []) + ([] if inference else ["--no-inference"])

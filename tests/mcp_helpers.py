@@ -28,8 +28,13 @@ def relay_parameters(url: str, token: str | None = None) -> StdioServerParameter
 
 
 @contextlib.asynccontextmanager
-async def mcp_session(url: str, token: str | None = None, transport: str = "http", mode: str = "legacy",
-                      notifications: asyncio.Queue[Any] | None = None) -> AsyncIterator[Client]:
+async def mcp_session(
+    url: str,
+    token: str | None = None,
+    transport: str = "http",
+    mode: str = "legacy",
+    notifications: asyncio.Queue[Any] | None = None,
+) -> AsyncIterator[Client]:
     """An initialized client session; server notifications go to ``notifications``."""
 
     async def on_message(message: Any) -> None:

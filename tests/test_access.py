@@ -41,7 +41,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="module")
 def tokens(cluster: LocalCluster) -> dict[str, str]:
     with Client(cluster.urls(), token=ROOT_TOKEN) as root:
-        return {scope: root.create_token({"a": scope}, f"{scope} on a")["token"] for scope in ("read", "write", "admin")}
+        return {
+            scope: root.create_token({"a": scope}, f"{scope} on a")["token"] for scope in ("read", "write", "admin")
+        }
 
 
 def _rest_calls(ns: str) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -55,8 +57,19 @@ def _rest_calls(ns: str) -> list[tuple[str, str, str, dict[str, Any]]]:
         ("append", "POST", f"{base}/sessions/s/turns", {"json": {"role": "user", "content": "x"}}),
         ("batch", "POST", f"{base}/batch", {"json": {"ops": [{"op": "put", "id": "z", "context": TASK}]}}),
         ("delete", "DELETE", f"{base}/contexts/y", {}),
-        ("chat", "POST", "/v1/chat/completions",
-         {"json": {"model": "m", "messages": [{"role": "user", "content": "x"}], "namespace": ns, "session_id": "s"}}),
+        (
+            "chat",
+            "POST",
+            "/v1/chat/completions",
+            {
+                "json": {
+                    "model": "m",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "namespace": ns,
+                    "session_id": "s",
+                }
+            },
+        ),
     ]
 
 
@@ -90,13 +103,22 @@ def test_rest_access_matrix(cluster: LocalCluster, tokens: dict[str, str]) -> No
         existing = httpx.get(f"{url}/v1/namespaces/b/contexts/x", headers={"Authorization": f"Bearer {token}"})
         absent = httpx.get(f"{url}/v1/namespaces/zz/contexts/x", headers={"Authorization": f"Bearer {token}"})
         assert existing.json()["message"].replace("b", "?") == absent.json()["message"].replace("zz", "?")
-        for method, path in (("POST", "/v1/cluster/members"), ("POST", "/v1/internal/assign"),
-                             ("DELETE", "/v1/cluster/members/127.0.0.1:1")):
-            assert httpx.request(method, url + path, json={}, headers={"Authorization": f"Bearer {token}"}
-                                 ).status_code == 403
+        for method, path in (
+            ("POST", "/v1/cluster/members"),
+            ("POST", "/v1/internal/assign"),
+            ("DELETE", "/v1/cluster/members/127.0.0.1:1"),
+        ):
+            assert (
+                httpx.request(method, url + path, json={}, headers={"Authorization": f"Bearer {token}"}).status_code
+                == 403
+            )
     assert httpx.get(f"{url}/v1/namespaces/a/contexts/x").status_code == 401
-    assert httpx.get(f"{url}/v1/namespaces/a/contexts/x",
-                     headers={"Authorization": "Bearer mcpdb_0123456789abcdef_" + "x" * 43}).status_code == 401
+    assert (
+        httpx.get(
+            f"{url}/v1/namespaces/a/contexts/x", headers={"Authorization": "Bearer mcpdb_0123456789abcdef_" + "x" * 43}
+        ).status_code
+        == 401
+    )
 
 
 def test_token_management_is_limited_to_ones_own_namespaces(cluster: LocalCluster, tokens: dict[str, str]) -> None:
@@ -108,14 +130,16 @@ def test_token_management_is_limited_to_ones_own_namespaces(cluster: LocalCluste
         assert made["id"] in listed and on_b["id"] not in listed
         assert all("hash" not in item for item in admin.tokens())
         for forbidden in ({"b": "read"}, {"*": "read"}):
-            response = httpx.post(f"{url}/v1/tokens", json={"scopes": forbidden},
-                                  headers={"Authorization": f"Bearer {tokens['admin']}"})
+            response = httpx.post(
+                f"{url}/v1/tokens", json={"scopes": forbidden}, headers={"Authorization": f"Bearer {tokens['admin']}"}
+            )
             assert response.status_code == 403
         gone = httpx.delete(f"{url}/v1/tokens/{on_b['id']}", headers={"Authorization": f"Bearer {tokens['admin']}"})
         assert gone.status_code == 404
     for scope in ("read", "write"):
-        response = httpx.post(f"{url}/v1/tokens", json={"scopes": {"a": "read"}},
-                              headers={"Authorization": f"Bearer {tokens[scope]}"})
+        response = httpx.post(
+            f"{url}/v1/tokens", json={"scopes": {"a": "read"}}, headers={"Authorization": f"Bearer {tokens[scope]}"}
+        )
         assert response.status_code == 403
 
 
@@ -125,12 +149,15 @@ def test_creation_and_revocation_take_effect_on_every_node_at_commit(cluster: Lo
         for _ in range(5):
             made = root.create_token({"a": "write"})
             for url in urls:  # no waiting: the other nodes check after a read barrier
-                read = httpx.get(f"{url}/v1/namespaces/a/contexts/x", headers={"Authorization": f"Bearer {made['token']}"})
+                read = httpx.get(
+                    f"{url}/v1/namespaces/a/contexts/x", headers={"Authorization": f"Bearer {made['token']}"}
+                )
                 assert read.status_code == 200, read.text
             root.revoke_token(made["id"])
             for url in urls:
-                refused = httpx.get(f"{url}/v1/namespaces/a/contexts/x",
-                                    headers={"Authorization": f"Bearer {made['token']}"})
+                refused = httpx.get(
+                    f"{url}/v1/namespaces/a/contexts/x", headers={"Authorization": f"Bearer {made['token']}"}
+                )
                 assert refused.status_code == 401
 
 
@@ -138,8 +165,10 @@ def test_rate_limit_per_token(cluster: LocalCluster) -> None:
     url = cluster.urls()[0]
     with Client([url], token=ROOT_TOKEN) as root:
         limited = root.create_token({"a": "read"}, rate_limit=2)["token"]
-    statuses = [httpx.get(f"{url}/v1/namespaces/a/contexts/x", headers={"Authorization": f"Bearer {limited}"})
-                for _ in range(12)]
+    statuses = [
+        httpx.get(f"{url}/v1/namespaces/a/contexts/x", headers={"Authorization": f"Bearer {limited}"})
+        for _ in range(12)
+    ]
     refused = [r for r in statuses if r.status_code == 429]
     assert 4 <= 12 - len(refused) <= 6  # a burst of 2 s at 2/s, and the little the time adds
     assert refused and int(refused[0].headers["Retry-After"]) >= 1
@@ -162,7 +191,11 @@ def test_mcp_access_matrix(cluster: LocalCluster, tokens: dict[str, str]) -> Non
                         result = await client.call_tool(tool, {"namespace": ns, **arguments})
                         body = orjson.loads(result.content[0].text)
                         if ns == "b":
-                            assert result.is_error and body["status"] == 404 and body["error"] == "not_found", (scope, tool, body)
+                            assert result.is_error and body["status"] == 404 and body["error"] == "not_found", (
+                                scope,
+                                tool,
+                                body,
+                            )
                         elif scope == "read" and writes:
                             assert result.is_error and body["status"] == 403, (scope, tool, body)
                         else:
@@ -181,6 +214,9 @@ def test_mcp_access_matrix(cluster: LocalCluster, tokens: dict[str, str]) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # resources/subscribe is deprecated in the 2026 protocol; still served
         asyncio.run(run())
-    forged = httpx.post(cluster.urls()[0] + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                        headers={"Authorization": "Bearer mcpdb_0123456789abcdef_" + "x" * 43})
+    forged = httpx.post(
+        cluster.urls()[0] + "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Authorization": "Bearer mcpdb_0123456789abcdef_" + "x" * 43},
+    )
     assert forged.status_code == 401

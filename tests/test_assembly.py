@@ -27,8 +27,9 @@ def stored_contexts(draw: st.DrawFn, min_turns: int = 0) -> StoredContext:
     roles = draw(st.lists(st.sampled_from(["user", "assistant", "tool"]), min_size=min_turns, max_size=30))
     turns = [{"role": role, "content": draw(words)} for role in roles]
     return StoredContext(
-        instructions=[{"role": draw(words), "text": draw(words), "domains": []}
-                      for _ in range(draw(st.integers(1, 2)))],
+        instructions=[
+            {"role": draw(words), "text": draw(words), "domains": []} for _ in range(draw(st.integers(1, 2)))
+        ],
         guardrails=[{"rules": draw(st.lists(words, min_size=1, max_size=3))} for _ in range(draw(st.integers(0, 2)))],
         task=draw(st.none() | st.builds(lambda g: {"domain": "law", "goal": g}, words)),
         profile=draw(st.none() | st.builds(lambda n: {"name": n, "preferences": {"tone": "dry"}, "goals": []}, words)),
@@ -44,13 +45,16 @@ def _assemble(stored: StoredContext, new: str, budget: int, chat_format=FORMATS[
 @settings(max_examples=300, deadline=None)
 @given(stored=stored_contexts(), new=words, budget=st.integers(20, 2000), fmt=st.sampled_from(FORMATS))
 def test_never_over_budget_and_instructions_guardrails_and_new_message_always_kept(
-        stored: StoredContext, new: str, budget: int, fmt) -> None:
+    stored: StoredContext, new: str, budget: int, fmt
+) -> None:
     try:
         result = _assemble(stored, new, budget, fmt)
     except ContextTooLarge:
         bare = StoredContext(instructions=stored.instructions, guardrails=stored.guardrails)
-        assert count_tokens(fmt.render(assemble(bare, [{"role": "user", "content": new}], fmt,
-                                                tokenize, 10**9).messages)) > budget
+        assert (
+            count_tokens(fmt.render(assemble(bare, [{"role": "user", "content": new}], fmt, tokenize, 10**9).messages))
+            > budget
+        )
         return
     assert result.prompt_tokens == count_tokens(result.prompt) <= budget
     for instruction in stored.instructions:
@@ -64,13 +68,14 @@ def test_never_over_budget_and_instructions_guardrails_and_new_message_always_ke
 @settings(max_examples=300, deadline=None)
 @given(stored=stored_contexts(), new=words, budget=st.integers(20, 2000))
 def test_kept_turns_are_the_newest_in_their_order_and_omissions_are_reported(
-        stored: StoredContext, new: str, budget: int) -> None:
+    stored: StoredContext, new: str, budget: int
+) -> None:
     try:
         result = _assemble(stored, new, budget)
     except ContextTooLarge:
         return
     turn_messages = result.messages[1:-1]
-    kept = stored.turns[len(stored.turns) - result.kept_turns:]
+    kept = stored.turns[len(stored.turns) - result.kept_turns :]
     assert [m["content"].removeprefix("[tool] ") for m in turn_messages] == [t["content"] for t in kept]
     assert result.omitted["turns"] == len(stored.turns) - result.kept_turns
     if result.omitted["memories"] or result.omitted["profile"] or result.omitted["task"]:
@@ -78,10 +83,14 @@ def test_kept_turns_are_the_newest_in_their_order_and_omissions_are_reported(
 
 
 @settings(max_examples=200, deadline=None)
-@given(stored=stored_contexts(), exchanges=st.lists(st.tuples(words, words), min_size=1, max_size=8),
-       fmt=st.sampled_from(FORMATS))
-def test_prompt_prefix_is_stable_as_a_session_grows(stored: StoredContext, exchanges: list[tuple[str, str]],
-                                                    fmt) -> None:
+@given(
+    stored=stored_contexts(),
+    exchanges=st.lists(st.tuples(words, words), min_size=1, max_size=8),
+    fmt=st.sampled_from(FORMATS),
+)
+def test_prompt_prefix_is_stable_as_a_session_grows(
+    stored: StoredContext, exchanges: list[tuple[str, str]], fmt
+) -> None:
     """Turn k's prompt followed by its reply is a prefix of turn k+1's prompt (what KV reuse needs)."""
     turns = list(stored.turns)
     previous: str | None = None
@@ -94,17 +103,21 @@ def test_prompt_prefix_is_stable_as_a_session_grows(stored: StoredContext, excha
 
 
 @settings(max_examples=150, deadline=None)
-@given(stored=stored_contexts(min_turns=8), new=words, answer=words, follow_up=words,
-       fraction=st.floats(0.0, 1.0))
+@given(stored=stored_contexts(min_turns=8), new=words, answer=words, follow_up=words, fraction=st.floats(0.0, 1.0))
 def test_turns_are_dropped_in_chunks_so_the_prefix_survives_the_next_turn(
-        stored: StoredContext, new: str, answer: str, follow_up: str, fraction: float) -> None:
+    stored: StoredContext, new: str, answer: str, follow_up: str, fraction: float
+) -> None:
     full = _assemble(stored, new, 10**9).prompt_tokens
     bare = _assemble(StoredContext(**{**stored.__dict__, "turns": []}), new, 10**9).prompt_tokens
     budget = bare + int(fraction * (full - bare))
     first = _assemble(stored, new, budget)
     assert first.omitted["turns"] % 4 == 0 or first.kept_turns == 0
-    grown = StoredContext(**{**stored.__dict__, "turns": stored.turns + [
-        {"role": "user", "content": new}, {"role": "assistant", "content": answer}]})
+    grown = StoredContext(
+        **{
+            **stored.__dict__,
+            "turns": stored.turns + [{"role": "user", "content": new}, {"role": "assistant", "content": answer}],
+        }
+    )
     try:
         second = _assemble(grown, follow_up, budget)
     except ContextTooLarge:  # a longer follow-up alone may not fit the same budget
@@ -114,8 +127,10 @@ def test_turns_are_dropped_in_chunks_so_the_prefix_survives_the_next_turn(
 
 
 def test_template_format_renders_a_gguf_template_without_a_second_bos() -> None:
-    template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}"
-                "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
     fmt = TemplateFormat(template, "<s>", "</s>")
     text = fmt.render([{"role": "user", "content": "hi"}])
     assert text == "<|user|>hi</s><|assistant|>"

@@ -13,13 +13,18 @@ from mcpdb.inference.autoscale_policy import Autoscaler, Observation, ScalePolic
 
 policies = st.builds(
     ScalePolicy,
-    min_workers=st.integers(0, 3), max_workers=st.integers(3, 8),
-    target_per_slot=st.sampled_from([0.8, 1.0, 2.0]), scale_down_below=st.sampled_from([0.1, 0.3]),
-    cooldown_s=st.sampled_from([0.0, 5.0, 15.0]), window=st.integers(1, 6))
+    min_workers=st.integers(0, 3),
+    max_workers=st.integers(3, 8),
+    target_per_slot=st.sampled_from([0.8, 1.0, 2.0]),
+    scale_down_below=st.sampled_from([0.1, 0.3]),
+    cooldown_s=st.sampled_from([0.0, 5.0, 15.0]),
+    window=st.integers(1, 6),
+)
 
 
-def _run(policy: ScalePolicy, demands: list[float], slots_per_worker: int = 1, start_workers: int = 1,
-         interval: float = 1.0) -> list[int]:
+def _run(
+    policy: ScalePolicy, demands: list[float], slots_per_worker: int = 1, start_workers: int = 1, interval: float = 1.0
+) -> list[int]:
     """Feed the policy, letting the worker count follow its decisions at once (an ideal provisioner)."""
     scaler = Autoscaler(policy)
     workers, counts = start_workers, []
@@ -93,8 +98,9 @@ def test_kubernetes_provisioner_reads_and_patches_the_deployments_scale() -> Non
             replicas["value"] = json.loads(request.content)["spec"]["replicas"]
         return httpx.Response(200, json={"kind": "Scale", "spec": {"replicas": replicas["value"]}})
 
-    provisioner = KubernetesProvisioner("mcpdb-worker", namespace="ai", api_url="https://api",
-                                        http=httpx.Client(transport=httpx.MockTransport(api)))
+    provisioner = KubernetesProvisioner(
+        "mcpdb-worker", namespace="ai", api_url="https://api", http=httpx.Client(transport=httpx.MockTransport(api))
+    )
     assert provisioner.running() == 1
     assert "replicas to 3" in provisioner.scale_to(3)
     assert provisioner.running() == 3
@@ -108,21 +114,38 @@ def test_autoscale_benchmark_summary_and_plot(tmp_path) -> None:  # noqa: ANN001
 
     settings = AutoscaleSettings(phases=AutoscaleSettings.parse_phases("1x10,4x20,0x10"))
     assert [offered(settings.phases, t) for t in (0, 9.9, 10, 29.9, 30, 45)] == [1, 1, 4, 4, 0, 0]
-    timeline = [{"at": float(t), "offered": offered(settings.phases, t), "running": 1 if t < 11 or t >= 34 else 2,
-                 "live": 1 if t < 16 or t >= 34 else 2, "desired": 1 if t < 11 or t >= 33 else 2}
-                for t in range(40)]
-    scaled = {"bounds": "1:2", "timeline": timeline,
-              "requests": [{"at": t / 2, "latency_s": 4.0 if 10 <= t / 2 < 16 else 2.0, "status": 200}
-                           for t in range(60)]}
-    fixed = {"bounds": "1:1", "timeline": timeline,
-             "requests": [{"at": t / 2, "latency_s": 4.0 if t / 2 >= 10 else 1.0, "status": 200} for t in range(60)]}
+    timeline = [
+        {
+            "at": float(t),
+            "offered": offered(settings.phases, t),
+            "running": 1 if t < 11 or t >= 34 else 2,
+            "live": 1 if t < 16 or t >= 34 else 2,
+            "desired": 1 if t < 11 or t >= 33 else 2,
+        }
+        for t in range(40)
+    ]
+    scaled = {
+        "bounds": "1:2",
+        "timeline": timeline,
+        "requests": [{"at": t / 2, "latency_s": 4.0 if 10 <= t / 2 < 16 else 2.0, "status": 200} for t in range(60)],
+    }
+    fixed = {
+        "bounds": "1:1",
+        "timeline": timeline,
+        "requests": [{"at": t / 2, "latency_s": 4.0 if t / 2 >= 10 else 1.0, "status": 200} for t in range(60)],
+    }
     summary = summarise(settings, scaled, fixed)
     assert (summary["scale_up_decision_s"], summary["scale_up_serving_s"]) == (1.0, 6.0)
     assert summary["p95_step_until_serving_s"] == 4.0
     assert (summary["p95_peak_s"], summary["fixed_p95_peak_s"]) == (4.0, 4.0)
     assert summary["scale_down_after_idle_s"] == 4.0 and summary["failed_requests"] == 0
-    results = {"command": settings.command(), "settings": {"phases": settings.phases}, "summary": summary,
-               "autoscaled": scaled, "fixed": fixed}
+    results = {
+        "command": settings.command(),
+        "settings": {"phases": settings.phases},
+        "summary": summary,
+        "autoscaled": scaled,
+        "fixed": fixed,
+    }
     assert rows(results)[3][3] == "1.00x"
     plot(results, tmp_path / "autoscale.png")
     assert (tmp_path / "autoscale.png").stat().st_size > 10_000
@@ -140,7 +163,8 @@ def test_controller_reports_a_failing_provisioner_and_carries_on() -> None:
         def autoscale(self) -> dict:
             return {"desired": 2, "reason": "up", "utilisation": 2.0}
 
-    provisioner = KubernetesProvisioner("w", namespace="ns", api_url="https://api",
-                                        http=httpx.Client(transport=httpx.MockTransport(api)))
+    provisioner = KubernetesProvisioner(
+        "w", namespace="ns", api_url="https://api", http=httpx.Client(transport=httpx.MockTransport(api))
+    )
     controller = ScaleController(Decisions(), provisioner)  # type: ignore[arg-type]
     assert "could not read the worker count: HTTPStatusError" in controller.step()

@@ -18,9 +18,16 @@ pytestmark = pytest.mark.integration
 
 
 def _chat(url: str, model: str, max_tokens: int) -> int:
-    response = httpx.post(url + "/v1/chat/completions", timeout=120, json={
-        "model": model, "max_tokens": max_tokens, "temperature": 0,
-        "messages": [{"role": "user", "content": "Count from one to a hundred."}]})
+    response = httpx.post(
+        url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from one to a hundred."}],
+        },
+    )
     return response.status_code
 
 
@@ -36,6 +43,7 @@ def test_workers_follow_the_load_and_leave_after_draining(tmp_path: Path) -> Non
             def control() -> None:
                 while not stop.wait(0.5):
                     controller.step()
+
             threading.Thread(target=control, daemon=True).start()
 
             deadline = time.monotonic() + 90
@@ -51,6 +59,7 @@ def test_workers_follow_the_load_and_leave_after_draining(tmp_path: Path) -> Non
             def load() -> None:
                 while not load_stop.is_set():
                     statuses.append(_chat(voters[0], model, 24))
+
             clients = [threading.Thread(target=load) for _ in range(4)]
             for thread in clients:
                 thread.start()
@@ -79,8 +88,12 @@ def test_workers_follow_the_load_and_leave_after_draining(tmp_path: Path) -> Non
             long_call.join(timeout=60)
             assert long_status == [200]
             assert statuses and set(statuses) == {200}, sorted(set(statuses))
-            assert {n["id"] for n in httpx.get(voters[0] + "/v1/cluster").json()["nodes"]} == \
-                {"n1", "n2", "n3", "w1"}  # the drained worker left the registry
+            assert {n["id"] for n in httpx.get(voters[0] + "/v1/cluster").json()["nodes"]} == {
+                "n1",
+                "n2",
+                "n3",
+                "w1",
+            }  # the drained worker left the registry
             while client.autoscale()["workers"] != 1:  # the leader observes once a second
                 assert time.monotonic() < deadline
                 time.sleep(0.2)

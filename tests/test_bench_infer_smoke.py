@@ -18,10 +18,27 @@ pytestmark = [
 
 
 def test_infer_benchmark_smoke(tmp_path: Path) -> None:
-    args = ["--requests", "2", "--max-tokens", "4", "--sessions", "2", "--turns", "2", "--weighted-requests", "4",
-            "--out", str(tmp_path)]
-    done = subprocess.run([sys.executable, "-m", "mcpdb.cli", "bench", "infer", *args], capture_output=True, text=True,
-                          timeout=420, check=False)
+    args = [
+        "--requests",
+        "2",
+        "--max-tokens",
+        "4",
+        "--sessions",
+        "2",
+        "--turns",
+        "2",
+        "--weighted-requests",
+        "4",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpdb.cli", "bench", "infer", *args],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert f"command: {results['command']}" in done.stdout

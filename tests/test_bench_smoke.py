@@ -19,19 +19,31 @@ pytestmark = [
 
 def test_kv_benchmark_smoke(tmp_path: Path) -> None:
     args = ["--duration", "2", "--connections", "6", "--trials", "1", "--out", str(tmp_path)]
-    done = subprocess.run([sys.executable, "-m", "mcpdb.cli", "bench", "kv", *args], capture_output=True, text=True,
-                          timeout=240, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpdb.cli", "bench", "kv", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["command"] == f"mcpdb bench kv --duration 2 --connections 6 --trials 1 --durability durable " \
-                                 f"--out {tmp_path}"
+    assert (
+        results["command"] == f"mcpdb bench kv --duration 2 --connections 6 --trials 1 --durability durable "
+        f"--out {tmp_path}"
+    )
     assert f"command: {results['command']}" in done.stdout
     for system in ("mcpdb", "etcd"):
         assert results[system]["writes"]["ok_per_s"] > 0
         assert results[system]["reads"]["ok_per_s"] > 0
         assert results[system]["failover_s"][0] is not None
     assert results["mcpdb"]["findings"]["critical_truncations"] == 0
-    assert {row["metric"] for row in results["rows"]} >= {"writes/s (2xx)", "linearizable reads/s (2xx)",
-                                                         "write p99 ms", "read p99 ms", "failover s (max of 1)"}
+    assert {row["metric"] for row in results["rows"]} >= {
+        "writes/s (2xx)",
+        "linearizable reads/s (2xx)",
+        "write p99 ms",
+        "read p99 ms",
+        "failover s (max of 1)",
+    }
     assert (tmp_path / "kv.png").stat().st_size > 0 and (tmp_path / "results.md").exists()

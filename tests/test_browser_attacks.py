@@ -18,8 +18,10 @@ import pytest
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster, free_port
 from tests.browser import chromium, rendered_dom
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (scripts/setup installs it)")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (scripts/setup installs it)"),
+]
 
 TASK = {"kind": "task", "domain": "d", "goal": "g"}
 ATTACK_PAGE = """<!doctype html><html><body><p id="state">running</p><script>

@@ -72,8 +72,11 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
 
 
 def test_a_process_reusing_its_id_after_crashing_left_an_indeterminate_op() -> None:
-    ops = [Op(0, 1, "invoke", "write", "k", 1, 0.0), Op(1, 1, "invoke", "write", "k", 2, 1.0),
-           Op(2, 1, "ok", "write", "k", 2, 2.0)]
+    ops = [
+        Op(0, 1, "invoke", "write", "k", 1, 0.0),
+        Op(1, 1, "invoke", "write", "k", 2, 1.0),
+        Op(2, 1, "ok", "write", "k", 2, 2.0),
+    ]
     (first, crashed), (second, done) = pairs(ops)
     assert (first.value, crashed.type, second.value, done.type) == (1, "info", 2, "ok")
 
@@ -98,8 +101,12 @@ def linearizable(history: H) -> Any:
 
 
 def test_sequential_history_is_linearizable() -> None:
-    assert linearizable(H().inv(1, "write", 1).ok(1).inv(1, "read").ok(1, 1).inv(2, "cas", [1, 2]).ok(2)
-                        .inv(2, "read").ok(2, 2)) is True
+    assert (
+        linearizable(
+            H().inv(1, "write", 1).ok(1).inv(1, "read").ok(1, 1).inv(2, "cas", [1, 2]).ok(2).inv(2, "read").ok(2, 2)
+        )
+        is True
+    )
 
 
 def test_read_of_absent_register_is_none() -> None:
@@ -123,14 +130,11 @@ def test_stale_read_after_a_completed_write() -> None:
 
 def test_new_then_old_with_an_overlapping_write() -> None:
     """The classic: a write is in flight; one read sees the new value, a later read the old one."""
-    history = (H().inv(1, "write", 0).ok(1)
-               .inv(1, "write", 1)
-               .inv(2, "read").ok(2, 1)
-               .inv(3, "read").ok(3, 0)
-               .ok(1))
+    history = H().inv(1, "write", 0).ok(1).inv(1, "write", 1).inv(2, "read").ok(2, 1).inv(3, "read").ok(3, 0).ok(1)
     assert linearizable(history) is False
-    overlapping_reads = (H().inv(1, "write", 0).ok(1).inv(1, "write", 1)
-                         .inv(2, "read").inv(3, "read").ok(2, 1).ok(3, 0).ok(1))
+    overlapping_reads = (
+        H().inv(1, "write", 0).ok(1).inv(1, "write", 1).inv(2, "read").inv(3, "read").ok(2, 1).ok(3, 0).ok(1)
+    )
     assert linearizable(overlapping_reads) is True  # the reads overlap: 0 then 1 is a valid order
 
 
@@ -157,8 +161,19 @@ def test_a_crashed_client_write_may_take_effect_later() -> None:
 
 
 def test_cas_chains() -> None:
-    good = (H().inv(1, "write", 0).ok(1).inv(1, "cas", [0, 1]).ok(1).inv(2, "cas", [0, 2]).fail(2)
-            .inv(2, "cas", [1, 2]).ok(2).inv(3, "read").ok(3, 2))
+    good = (
+        H()
+        .inv(1, "write", 0)
+        .ok(1)
+        .inv(1, "cas", [0, 1])
+        .ok(1)
+        .inv(2, "cas", [0, 2])
+        .fail(2)
+        .inv(2, "cas", [1, 2])
+        .ok(2)
+        .inv(3, "read")
+        .ok(3, 2)
+    )
     assert linearizable(good) is True
     bad = H().inv(1, "write", 0).ok(1).inv(1, "cas", [5, 1]).ok(1)  # succeeded against the wrong value
     assert linearizable(bad) is False
@@ -170,20 +185,42 @@ def test_cas_chains() -> None:
     assert linearizable(failed_cas) is False  # a conflict is certain not to have applied
     info_cas = H().inv(1, "write", 0).ok(1).inv(2, "cas", [0, 9]).info(2).inv(3, "read").ok(3, 9)
     assert linearizable(info_cas) is True
-    info_chain = (H().inv(1, "write", 0).ok(1).inv(2, "write", 5).info(2).inv(3, "cas", [5, 6]).info(3)
-                  .inv(4, "read").ok(4, 6))
+    info_chain = (
+        H().inv(1, "write", 0).ok(1).inv(2, "write", 5).info(2).inv(3, "cas", [5, 6]).info(3).inv(4, "read").ok(4, 6)
+    )
     assert linearizable(info_chain) is True  # two indeterminate operations, one after the other, both applied
 
 
 def test_keys_are_checked_independently() -> None:
-    history = (H().inv(1, "write", 1, key="a").inv(2, "write", 1, key="b").ok(1).ok(2)
-               .inv(1, "read", key="a").ok(1, 1).inv(2, "read", key="b").ok(2, 1))
+    history = (
+        H()
+        .inv(1, "write", 1, key="a")
+        .inv(2, "write", 1, key="b")
+        .ok(1)
+        .ok(2)
+        .inv(1, "read", key="a")
+        .ok(1, 1)
+        .inv(2, "read", key="b")
+        .ok(2, 1)
+    )
     result = linearizability.check(history.ops)
     assert result["valid"] is True and result["keys"] == {"a": "ok", "b": "ok"}
     # Each key alone is linearizable; a checker mixing the registers up would find no order for both.
-    crossed = (H().inv(1, "write", 1, key="a").inv(2, "write", 1, key="b")
-               .inv(3, "read", key="a").ok(3, None).inv(4, "read", key="b").ok(4, None)
-               .inv(3, "read", key="b").ok(3, 1).inv(4, "read", key="a").ok(4, 1).ok(1).ok(2))
+    crossed = (
+        H()
+        .inv(1, "write", 1, key="a")
+        .inv(2, "write", 1, key="b")
+        .inv(3, "read", key="a")
+        .ok(3, None)
+        .inv(4, "read", key="b")
+        .ok(4, None)
+        .inv(3, "read", key="b")
+        .ok(3, 1)
+        .inv(4, "read", key="a")
+        .ok(4, 1)
+        .ok(1)
+        .ok(2)
+    )
     assert linearizability.check(crossed.ops)["valid"] is True
     broken = H().inv(1, "write", 1, key="a").ok(1).inv(2, "read", key="b").ok(2, 1)
     result = linearizability.check(broken.ops)
@@ -191,9 +228,8 @@ def test_keys_are_checked_independently() -> None:
 
 
 def test_violation_names_the_operation_and_its_context() -> None:
-    history = (H().inv(1, "write", 0).ok(1).inv(1, "write", 1)
-               .inv(2, "read").ok(2, 1).inv(3, "read").ok(3, 0).ok(1))
-    anomaly, = linearizability.check(history.ops)["anomalies"]
+    history = H().inv(1, "write", 0).ok(1).inv(1, "write", 1).inv(2, "read").ok(2, 1).inv(3, "read").ok(3, 0).ok(1)
+    (anomaly,) = linearizability.check(history.ops)["anomalies"]
     assert anomaly["kind"] == "nonlinearizable" and anomaly["key"] == "k"
     assert anomaly["cannot_linearize"] == anomaly["ops"][0]
     assert anomaly["cannot_linearize"]["f"] == "read" and anomaly["cannot_linearize"]["output"] == 0
@@ -241,9 +277,15 @@ class Planned:
     result: Any = None
 
 
-def plan(rng: random.Random, operations: int, processes: int, keys: int,
-         choose: Callable[[random.Random], tuple[str, Any]],
-         info_rate: float = 0.03, fail_rate: float = 0.03) -> list[Planned]:
+def plan(
+    rng: random.Random,
+    operations: int,
+    processes: int,
+    keys: int,
+    choose: Callable[[random.Random], tuple[str, Any]],
+    info_rate: float = 0.03,
+    fail_rate: float = 0.03,
+) -> list[Planned]:
     """Clients issuing operations back to back, each taking effect at one instant inside its window.
 
     A client whose operation went indeterminate moves on under a new process
@@ -314,8 +356,9 @@ def run_register(planned: list[Planned]) -> None:
 
 def simulated(processes: int = 8) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """The property tests' inputs: a seeded random source, and how many operations, clients and keys to simulate."""
-    return lambda test: settings(max_examples=60, deadline=None)(given(
-        st.randoms(use_true_random=False), st.integers(1, 60), st.integers(1, processes), st.integers(1, 3))(test))
+    return lambda test: settings(max_examples=60, deadline=None)(
+        given(st.randoms(use_true_random=False), st.integers(1, 60), st.integers(1, processes), st.integers(1, 3))(test)
+    )
 
 
 def register_history(rng: random.Random, operations: int, processes: int, keys: int) -> list[Planned]:
@@ -326,7 +369,8 @@ def register_history(rng: random.Random, operations: int, processes: int, keys: 
 
 @simulated()
 def test_simulated_register_histories_are_valid_and_a_corrupted_read_is_caught(
-        rng: random.Random, operations: int, processes: int, keys: int) -> None:
+    rng: random.Random, operations: int, processes: int, keys: int
+) -> None:
     planned = register_history(rng, operations, processes, keys)
     assert linearizability.check(record(planned), time_budget=10)["valid"] is True
     reads = [op for op in planned if op.f == "read" and op.outcome == "ok"]
@@ -338,8 +382,11 @@ def test_simulated_register_histories_are_valid_and_a_corrupted_read_is_caught(
 def brute_force_linearizable(ops: list[Op]) -> bool:
     """The definition, tried exhaustively on one key: some order of the operations that respects real time, takes
     in every ok operation and any of the info ones, and that the register accepts step by step."""
-    operations = [(i.index, c.index if c.type == "ok" else float("inf"), i.f, i.value, c.value)
-                  for i, c in pairs(ops) if c.type == "ok" or (c.type == "info" and i.f != "read")]
+    operations = [
+        (i.index, c.index if c.type == "ok" else float("inf"), i.f, i.value, c.value)
+        for i, c in pairs(ops)
+        if c.type == "ok" or (c.type == "info" and i.f != "read")
+    ]
 
     def search(left: frozenset[int], state: Any) -> bool:
         if all(operations[n][1] == float("inf") for n in left):
@@ -390,8 +437,9 @@ def test_widened_sequential_register_history() -> None:
     for position in range(400):
         f, value = register_op(rng)
         # Windows reach at most 3 positions either way, so a process's (every 9th) operations never overlap.
-        planned.append(Planned(position % 9, f, "k", value, position - rng.random() * 3, position,
-                               position + rng.random() * 3))
+        planned.append(
+            Planned(position % 9, f, "k", value, position - rng.random() * 3, position, position + rng.random() * 3)
+        )
     run_register(planned)
     assert linearizability.check(record(planned), time_budget=10)["valid"] is True
     read = next(op for op in reversed(planned) if op.f == "read" and op.outcome == "ok")
@@ -414,8 +462,21 @@ def anomalies(history: H) -> list[str]:
 
 
 def test_valid_concurrent_appends_and_reads() -> None:
-    history = (H().inv(1, "append", 1).inv(2, "append", 2).inv(3, "read").ok(3, [2]).ok(1).ok(2)
-               .inv(3, "read").ok(3, [2, 1]).inv(1, "append", 3).info(1).inv(3, "read").ok(3, [2, 1, 3]))
+    history = (
+        H()
+        .inv(1, "append", 1)
+        .inv(2, "append", 2)
+        .inv(3, "read")
+        .ok(3, [2])
+        .ok(1)
+        .ok(2)
+        .inv(3, "read")
+        .ok(3, [2, 1])
+        .inv(1, "append", 3)
+        .info(1)
+        .inv(3, "read")
+        .ok(3, [2, 1, 3])
+    )
     assert anomalies(history) == []
     info_never_applied = H().inv(1, "append", 1).info(1).inv(2, "read").ok(2, []).inv(2, "read").ok(2, [])
     assert anomalies(info_never_applied) == []
@@ -442,8 +503,17 @@ def test_lost_and_stale_appends() -> None:
 def test_duplicates_reorders_and_phantoms() -> None:
     assert anomalies(H().inv(1, "append", 1).ok(1).inv(2, "read").ok(2, [1, 1])) == ["duplicate"]
     assert anomalies(H().inv(1, "append", 1).info(1).inv(2, "read").ok(2, [1, 1])) == ["duplicate"]
-    reordered = (H().inv(1, "append", 1).inv(2, "append", 2).ok(1).ok(2)
-                 .inv(3, "read").ok(3, [1, 2]).inv(3, "read").ok(3, [2, 1]))
+    reordered = (
+        H()
+        .inv(1, "append", 1)
+        .inv(2, "append", 2)
+        .ok(1)
+        .ok(2)
+        .inv(3, "read")
+        .ok(3, [1, 2])
+        .inv(3, "read")
+        .ok(3, [2, 1])
+    )
     assert anomalies(reordered) == ["reordered"]
     assert anomalies(H().inv(2, "read").ok(2, [7])) == ["phantom"]
     assert anomalies(H().inv(2, "read").ok(2, [7]).inv(1, "append", 7).ok(1)) == ["phantom"]  # from the future
@@ -462,7 +532,9 @@ def test_final_state_on_every_node() -> None:
     found = list_append.check_final(acknowledged, {"n1": {"s": [1, 2]}, "n2": {"s": [1]}, "n3": {}})
     assert sorted(a["kind"] for a in found) == ["lost_on_node", "lost_on_node", "replicas_differ"]
     assert {a["details"]["node"]: a["details"]["missing"] for a in found if a["kind"] == "lost_on_node"} == {
-        "n2": [2], "n3": [1, 2]}
+        "n2": [2],
+        "n3": [1, 2],
+    }
     duplicated = list_append.check_final(acknowledged, {"n1": {"s": [1, 2, 2]}})
     assert [a["kind"] for a in duplicated] == ["duplicate_on_node"]
 
@@ -490,8 +562,9 @@ def corruptions(planned: list[Planned], read: Planned) -> dict[str, list[Any]]:
     options: dict[str, list[Any]] = {"phantom": [*read.result, -1]}
     if read.result:
         options["duplicate"] = [*read.result, read.result[-1]]
-    acknowledged = {op.value for op in planned if op.f == "append" and op.outcome == "ok"
-                    and op.completed < read.invoked}
+    acknowledged = {
+        op.value for op in planned if op.f == "append" and op.outcome == "ok" and op.completed < read.invoked
+    }
     dropped = [value for value in read.result if value in acknowledged]
     if dropped:
         options["lost|stale_read"] = [value for value in read.result if value != dropped[0]]
@@ -500,7 +573,8 @@ def corruptions(planned: list[Planned], read: Planned) -> dict[str, list[Any]]:
 
 @simulated()
 def test_simulated_list_histories_are_valid_and_a_corrupted_read_is_caught(
-        rng: random.Random, operations: int, processes: int, keys: int) -> None:
+    rng: random.Random, operations: int, processes: int, keys: int
+) -> None:
     planned = list_history(rng, operations, processes, keys)
     result = list_append.check(record(planned))
     assert result["valid"] is True, result["anomalies"]
@@ -546,9 +620,13 @@ def naive_list_anomalies(ops: list[Op]) -> set[tuple[Any, ...]]:
             if list(completion.value) != longest[: len(completion.value)]:
                 per_read.add(("reordered", key, invocation.index))
         for i, first in enumerate(longest):
-            for later in longest[i + 1:]:
-                if first in appends and later in appends and appends[later][1].type == "ok" \
-                        and appends[later][1].index < appends[first][0].index:
+            for later in longest[i + 1 :]:
+                if (
+                    first in appends
+                    and later in appends
+                    and appends[later][1].type == "ok"
+                    and appends[later][1].index < appends[first][0].index
+                ):
                     per_read.add(("reordered", key, "real time"))
         for invocation, completion in reads:
             missing = [v for v, index in known_at.items() if index < invocation.index and v not in completion.value]
@@ -600,8 +678,9 @@ def mangle(rng: random.Random, planned: list[Planned], read: Planned) -> list[An
 
 
 @simulated(processes=6)
-def test_list_checker_agrees_with_the_naive_rules(rng: random.Random, operations: int, processes: int,
-                                                  keys: int) -> None:
+def test_list_checker_agrees_with_the_naive_rules(
+    rng: random.Random, operations: int, processes: int, keys: int
+) -> None:
     planned = list_history(rng, operations, processes, keys)
     for op in planned:
         if op.f == "read" and op.outcome == "ok" and rng.random() < 0.3:
@@ -613,10 +692,19 @@ def test_list_checker_agrees_with_the_naive_rules(rng: random.Random, operations
 # --------------------------------------------------------------------- chat
 def _exchange(value: int, context_turns: int, read_index: int = 5, context_index: int = 5) -> list[dict[str, Any]]:
     key = f"jepsen-{value}"
-    return [{"role": "user", "content": f"message {value}", "metadata": {"idempotency_key": key}},
-            {"role": "assistant", "content": "...", "metadata": {
-                "idempotency_key": key, "read_index": read_index, "context_index": context_index,
-                "context_turns": context_turns}}]
+    return [
+        {"role": "user", "content": f"message {value}", "metadata": {"idempotency_key": key}},
+        {
+            "role": "assistant",
+            "content": "...",
+            "metadata": {
+                "idempotency_key": key,
+                "read_index": read_index,
+                "context_index": context_index,
+                "context_turns": context_turns,
+            },
+        },
+    ]
 
 
 def _two_chats_in_sequence() -> list[Op]:

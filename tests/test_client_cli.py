@@ -85,14 +85,30 @@ def test_async_client(cluster: LocalCluster) -> None:
 
 
 def _cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mcpdb.cli", *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "mcpdb.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def test_cli_commands_and_one_line_errors(cluster: LocalCluster, tmp_path: Path) -> None:
     env = {"MCPDB_URL": ",".join(cluster.urls()), "COLUMNS": "200"}
-    put = _cli("ctx", "put", "demo", "tutor", "--kind", "instruction", "--file", "-",
-               stdin='{"role": "tutor", "text": "Be clear."}', env=env)
+    put = _cli(
+        "ctx",
+        "put",
+        "demo",
+        "tutor",
+        "--kind",
+        "instruction",
+        "--file",
+        "-",
+        stdin='{"role": "tutor", "text": "Be clear."}',
+        env=env,
+    )
     assert put.returncode == 0 and "created demo/tutor" in put.stdout
     got = _cli("ctx", "get", "demo", "tutor", env=env)
     assert got.returncode == 0 and '"role": "tutor"' in got.stdout
@@ -138,12 +154,23 @@ def test_up_serves_until_ctrl_c_and_brings_the_data_back(tmp_path: Path) -> None
     base = free_port()
     while any(_busy(base + offset) for offset in (0, 1, 2, 100, 101, 102)):
         base = free_port()
-    args = [sys.executable, "-m", "mcpdb.cli", "up", "--nodes", "3", "--data-dir", str(tmp_path / "data"),
-            "--base-port", str(base)]
+    args = [
+        sys.executable,
+        "-m",
+        "mcpdb.cli",
+        "up",
+        "--nodes",
+        "3",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--base-port",
+        str(base),
+    ]
     env = {**os.environ, "COLUMNS": "200"}
     for attempt in range(2):
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
         try:
             printed = _wait_for_line(process, "serving")
             assert f"http://127.0.0.1:{base}" in printed and "leader:" in printed

@@ -75,8 +75,7 @@ def test_leader_kill_keeps_every_acknowledged_write_and_the_node_catches_up(clus
         # Writes during the election: retried on the survivors until acknowledged.
         for i in range(200, 230):
             while True:
-                response = http.put(_ctx(cluster.spec(followers[i % 2]).url, context_id=f"w{i}"),
-                                    json=_memory(str(i)))
+                response = http.put(_ctx(cluster.spec(followers[i % 2]).url, context_id=f"w{i}"), json=_memory(str(i)))
                 if response.status_code in (200, 201):
                     acknowledged[f"w{i}"] = str(i)
                     break

@@ -22,8 +22,10 @@ SECRET = {"MCPDB_CLUSTER_SECRET": "the-real-cluster-secret"}
 def _intruders(cluster: LocalCluster, data_dir: Path) -> LocalCluster:
     """A voter with no secret, a voter with a wrong one, and a replica with a wrong one, each
     pointed at the real voters (only the intruders are started)."""
-    specs = [NodeSpec(f"x{i}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", voter=voter)
-             for i, voter in enumerate((True, True, False))]
+    specs = [
+        NodeSpec(f"x{i}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", voter=voter)
+        for i, voter in enumerate((True, True, False))
+    ]
     specs[1].args = specs[2].args = []
     layout = ClusterLayout([*cluster.layout.nodes, *specs], ["--no-inference"])
     return LocalCluster(layout, data_dir)

@@ -57,13 +57,14 @@ TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)  # JSON 
 INT = st.integers(-(2**63), 2**63 - 1)
 OPTIONAL_INT = st.none() | st.integers(0, 2**53)
 NOW = st.floats(allow_nan=False, allow_infinity=False)
-JSON = st.recursive(st.none() | st.booleans() | INT | NOW | TEXT,
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
-                    max_leaves=8)
+JSON = st.recursive(
+    st.none() | st.booleans() | INT | NOW | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=8,
+)
 OBJECT = st.dictionaries(TEXT, JSON, max_size=4)
 CONTEXT = st.builds(lambda kind, fields: {**fields, "kind": kind}, TEXT, OBJECT)
-BATCH_OP = (st.builds(BatchPut, TEXT, CONTEXT, OPTIONAL_INT, OPTIONAL_INT)
-            | st.builds(BatchDelete, TEXT, OPTIONAL_INT))
+BATCH_OP = st.builds(BatchPut, TEXT, CONTEXT, OPTIONAL_INT, OPTIONAL_INT) | st.builds(BatchDelete, TEXT, OPTIONAL_INT)
 COMMANDS: st.SearchStrategy[Command] = st.one_of(
     st.builds(Put, TEXT, TEXT, CONTEXT, OPTIONAL_INT, OPTIONAL_INT, NOW),
     st.builds(Delete, TEXT, TEXT, OPTIONAL_INT),
@@ -72,8 +73,18 @@ COMMANDS: st.SearchStrategy[Command] = st.one_of(
     st.builds(Expire, st.lists(st.tuples(TEXT, TEXT, st.integers(0, 2**63 - 1)), max_size=3).map(tuple), NOW),
     st.builds(RegisterNode, OBJECT.map(lambda node: {**node, "id": "n1"})),
     st.builds(DeregisterNode, TEXT),
-    st.builds(CreateToken, st.builds(TokenSpec, TEXT, TEXT, TEXT, st.none() | NOW,
-                                     st.dictionaries(TEXT, st.sampled_from(["read", "write", "admin"]))), NOW),
+    st.builds(
+        CreateToken,
+        st.builds(
+            TokenSpec,
+            TEXT,
+            TEXT,
+            TEXT,
+            st.none() | NOW,
+            st.dictionaries(TEXT, st.sampled_from(["read", "write", "admin"])),
+        ),
+        NOW,
+    ),
     st.builds(RevokeToken, TEXT),
 )
 
@@ -83,18 +94,34 @@ def _release_01_entry(command: Command, now: float) -> dict[str, Any]:
     entry: dict[str, Any]
     match command:
         case Put():
-            entry = {"op": "put", "ns": command.ns, "id": command.id, "context": command.context,
-                     "ttl": command.ttl, "if_version": command.if_version, "now": command.now}
+            entry = {
+                "op": "put",
+                "ns": command.ns,
+                "id": command.id,
+                "context": command.context,
+                "ttl": command.ttl,
+                "if_version": command.if_version,
+                "now": command.now,
+            }
         case Delete():
             entry = {"op": "delete", "ns": command.ns, "id": command.id, "if_version": command.if_version}
         case Append():
-            entry = {"op": "append", "ns": command.ns, "id": command.id, "turns": list(command.turns),
-                     "if_version": command.if_version, "idempotency_key": command.idempotency_key,
-                     "now": command.now}
+            entry = {
+                "op": "append",
+                "ns": command.ns,
+                "id": command.id,
+                "turns": list(command.turns),
+                "if_version": command.if_version,
+                "idempotency_key": command.idempotency_key,
+                "now": command.now,
+            }
         case Batch():
-            ops = [{"op": "put", "id": op.id, "if_version": op.if_version, "context": op.context, "ttl": op.ttl}
-                   if isinstance(op, BatchPut) else {"op": "delete", "id": op.id, "if_version": op.if_version}
-                   for op in command.ops]
+            ops = [
+                {"op": "put", "id": op.id, "if_version": op.if_version, "context": op.context, "ttl": op.ttl}
+                if isinstance(op, BatchPut)
+                else {"op": "delete", "id": op.id, "if_version": op.if_version}
+                for op in command.ops
+            ]
             entry = {"op": "batch", "ns": command.ns, "ops": ops, "now": command.now}
         case Expire():
             entry = {"op": "expire", "items": [list(item) for item in command.items], "now": command.now}
@@ -104,9 +131,17 @@ def _release_01_entry(command: Command, now: float) -> dict[str, Any]:
             entry = {"op": "deregister_node", "id": command.id}
         case CreateToken():
             t = command.token
-            entry = {"op": "create_token", "token": {"id": t.id, "hash": t.hash, "description": t.description,
-                                                     "rate_limit": t.rate_limit, "scopes": t.scopes},
-                     "now": command.now}
+            entry = {
+                "op": "create_token",
+                "token": {
+                    "id": t.id,
+                    "hash": t.hash,
+                    "description": t.description,
+                    "rate_limit": t.rate_limit,
+                    "scopes": t.scopes,
+                },
+                "now": command.now,
+            }
         case RevokeToken():
             entry = {"op": "revoke_token", "id": command.id}
     return {"now": now, **entry}
@@ -138,21 +173,34 @@ def test_release_01_reads_a_version_1_entry_as_the_same_command(command: Command
 
 
 def test_optional_keys_release_01_read_with_get_default_to_none() -> None:
-    assert from_entry({"op": "put", "ns": "a", "id": "x", "context": {"kind": "task"}, "now": 1.0}) == \
-        Put("a", "x", {"kind": "task"}, None, None, 1.0)
-    assert from_entry({"op": "batch", "ns": "a", "now": 1.0, "ops": [{"op": "put", "id": "x", "context": {}}]}) \
-        == Batch("a", (BatchPut("x", {}, None, None),), 1.0)
+    assert from_entry({"op": "put", "ns": "a", "id": "x", "context": {"kind": "task"}, "now": 1.0}) == Put(
+        "a", "x", {"kind": "task"}, None, None, 1.0
+    )
+    assert from_entry(
+        {"op": "batch", "ns": "a", "now": 1.0, "ops": [{"op": "put", "id": "x", "context": {}}]}
+    ) == Batch("a", (BatchPut("x", {}, None, None),), 1.0)
 
 
 def test_a_newer_entry_is_refused_by_name() -> None:
-    with pytest.raises(NewerFormat, match=r"^log entry format v2 is newer than this node understands "
-                                          r"\(max v1\): upgrade this node$"):
+    with pytest.raises(
+        NewerFormat,
+        match=r"^log entry format v2 is newer than this node understands "
+        r"\(max v1\): upgrade this node$",
+    ):
         decode(b'{"v": 2, "op": "put"}')
 
 
-@pytest.mark.parametrize("payload", [b"not json", b"[1]", b'{"op": "rename"}', b'{"op": "put", "ns": "a"}',
-                                     b'{"v": "1", "op": "revoke_token", "id": "t"}',
-                                     b'{"op": "expire", "items": [["a", "b"]], "now": 1}'])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"[1]",
+        b'{"op": "rename"}',
+        b'{"op": "put", "ns": "a"}',
+        b'{"v": "1", "op": "revoke_token", "id": "t"}',
+        b'{"op": "expire", "items": [["a", "b"]], "now": 1}',
+    ],
+)
 def test_a_malformed_entry_is_refused_but_counts_as_applied(tmp_path: Path, payload: bytes) -> None:
     command = decode(payload)
     assert isinstance(command, Unreadable)
@@ -168,8 +216,9 @@ def _node_on_fixture(tmp_path: Path) -> tuple[LocalCluster, dict[str, Any]]:
     """A one-node cluster of this code on release 0.1's journal and snapshot, with no LMDB store."""
     expected = json.loads((FIXTURE / "expected.json").read_text())
     host = expected["raft_addr"].split(":")[0]  # the snapshot names this member: same address
-    layout = ClusterLayout([NodeSpec("n1", f"{host}:{free_port(host)}", expected["raft_addr"])],
-                           extra_args=["--no-inference"])
+    layout = ClusterLayout(
+        [NodeSpec("n1", f"{host}:{free_port(host)}", expected["raft_addr"])], extra_args=["--no-inference"]
+    )
     cluster = LocalCluster(layout, tmp_path / "cluster", token=expected["admin_token"])
     (tmp_path / "cluster" / "n1").mkdir(parents=True)
     with tarfile.open(FIXTURE / "data.tar.gz") as tar:
@@ -183,8 +232,9 @@ def test_release_01_journal_and_snapshot_replay_to_the_state_it_served(tmp_path:
     cluster.start_all()
     try:
         cluster.wait_ready(timeout=60)
-        with httpx.Client(base_url=cluster.spec("n1").url, timeout=10,
-                          headers={"Authorization": f"Bearer {expected['admin_token']}"}) as client:
+        with httpx.Client(
+            base_url=cluster.spec("n1").url, timeout=10, headers={"Authorization": f"Bearer {expected['admin_token']}"}
+        ) as client:
             for ns, recorded in expected["contexts"].items():
                 listed = client.get(f"/v1/namespaces/{ns}/contexts", params={"limit": 1000}).json()
                 assert [item["id"] for item in listed["items"]] == [item["id"] for item in recorded]
@@ -194,9 +244,11 @@ def test_release_01_journal_and_snapshot_replay_to_the_state_it_served(tmp_path:
             status = client.get("/v1/node").json()
             assert status["store_applied_index"] >= expected["commit_index"]
             # The idempotency keys replayed too: a retry of release 0.1's append appends nothing.
-            retry = client.post("/v1/namespaces/acme/sessions/chat-1/turns", headers={"Idempotency-Key": "req-1"},
-                                json={"turns": [{"role": "user", "content": "What is 2+2?"},
-                                                {"role": "assistant", "content": "4"}]})
+            retry = client.post(
+                "/v1/namespaces/acme/sessions/chat-1/turns",
+                headers={"Idempotency-Key": "req-1"},
+                json={"turns": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]},
+            )
             assert retry.json()["replayed"] is True
             assert client.get("/v1/namespaces/acme/contexts/chat-1").json()["turn_count"] == 5
     finally:
@@ -220,7 +272,9 @@ def test_an_entry_newer_than_the_node_stops_it(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert process.poll() == EXIT_NEWER_LOG_FORMAT
         log = (tmp_path / "cluster" / "n1" / "node.log").read_text()
-        assert (f"entry {index + 1}: log entry format v{COMMAND_VERSION + 1} is newer than this node "
-                f"understands (max v{COMMAND_VERSION}): upgrade this node") in log
+        assert (
+            f"entry {index + 1}: log entry format v{COMMAND_VERSION + 1} is newer than this node "
+            f"understands (max v{COMMAND_VERSION}): upgrade this node"
+        ) in log
     finally:
         cluster.stop_all(graceful=False)

@@ -23,8 +23,11 @@ BODY_TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = start_cluster(Path(tmp_path_factory.mktemp("hardening")), size=1,
-                            extra_args=["--body-timeout", str(BODY_TIMEOUT_S), "--max-body-bytes", "65536"])
+    running = start_cluster(
+        Path(tmp_path_factory.mktemp("hardening")),
+        size=1,
+        extra_args=["--body-timeout", str(BODY_TIMEOUT_S), "--max-body-bytes", "65536"],
+    )
     try:
         yield running
     finally:
@@ -38,30 +41,37 @@ def _contexts(url: str, ns: str = "h") -> list[str]:
 TASK = '{"kind": "task", "domain": "d", "goal": "g", "data": %s}'
 
 
-@pytest.mark.parametrize("body, status, error", [
-    (TASK % ('{"a":' * 5000 + "1" + "}" * 5000), 400, "invalid_json"),   # deeper than the decoder goes
-    (TASK % ('{"a":' * 40 + "1" + "}" * 40), 422, "invalid_request"),     # deeper than stored documents may
-    ((TASK % "{}").replace('"g"', '"\xff\xfe"').encode("latin-1"), 400, "invalid_json"),  # not UTF-8
-    (TASK % '{"n": 123456789012345678901234567890}', 422, "invalid_value"),  # beyond 64-bit integers
-    (TASK % '{"s": "\\udc00"}', 422, "invalid_value"),                       # a lone surrogate
-    ("[1, 2", 400, "invalid_json"),
-    ("null", 422, "invalid_request"),
-])
-def test_hostile_bodies_get_clean_errors_and_store_nothing(node: LocalCluster, body: str | bytes, status: int,
-                                                           error: str) -> None:
+@pytest.mark.parametrize(
+    "body, status, error",
+    [
+        (TASK % ('{"a":' * 5000 + "1" + "}" * 5000), 400, "invalid_json"),  # deeper than the decoder goes
+        (TASK % ('{"a":' * 40 + "1" + "}" * 40), 422, "invalid_request"),  # deeper than stored documents may
+        ((TASK % "{}").replace('"g"', '"\xff\xfe"').encode("latin-1"), 400, "invalid_json"),  # not UTF-8
+        (TASK % '{"n": 123456789012345678901234567890}', 422, "invalid_value"),  # beyond 64-bit integers
+        (TASK % '{"s": "\\udc00"}', 422, "invalid_value"),  # a lone surrogate
+        ("[1, 2", 400, "invalid_json"),
+        ("null", 422, "invalid_request"),
+    ],
+)
+def test_hostile_bodies_get_clean_errors_and_store_nothing(
+    node: LocalCluster, body: str | bytes, status: int, error: str
+) -> None:
     url = node.urls()[0]
-    response = httpx.put(f"{url}/v1/namespaces/h/contexts/c", content=body,
-                         headers={"content-type": "application/json"})
+    response = httpx.put(
+        f"{url}/v1/namespaces/h/contexts/c", content=body, headers={"content-type": "application/json"}
+    )
     assert (response.status_code, response.json()["error"]) == (status, error), response.text
     assert "c" not in _contexts(url)
 
 
-@pytest.mark.parametrize("context_id", ["a%2Fb", "a%00b", "a%0Ab", "x" * 129, "%E2%80%AE", "a%20b", "%FF", ".hidden",
-                                        "-x", "a\\b"])
+@pytest.mark.parametrize(
+    "context_id", ["a%2Fb", "a%00b", "a%0Ab", "x" * 129, "%E2%80%AE", "a%20b", "%FF", ".hidden", "-x", "a\\b"]
+)
 def test_odd_ids_are_refused(node: LocalCluster, context_id: str) -> None:
     url = node.urls()[0]
-    response = httpx.put(f"{url}/v1/namespaces/h/contexts/{context_id}",
-                         json={"kind": "task", "domain": "d", "goal": "g"})
+    response = httpx.put(
+        f"{url}/v1/namespaces/h/contexts/{context_id}", json={"kind": "task", "domain": "d", "goal": "g"}
+    )
     assert response.status_code in (400, 404), response.text
     assert response.json()["error"] in ("invalid_name", "not_found")
     assert _contexts(url) == []
@@ -72,8 +82,9 @@ def test_oversized_bodies_get_413_whether_declared_or_streamed(node: LocalCluste
     big = b'{"kind": "task", "domain": "d", "goal": "' + b"g" * 70_000 + b'"}'
     json_body = {"content-type": "application/json"}
     declared = httpx.put(f"{url}/v1/namespaces/h/contexts/big", content=big, headers=json_body)
-    streamed = httpx.put(f"{url}/v1/namespaces/h/contexts/big", content=iter([big[:40_000], big[40_000:]]),
-                         headers=json_body)
+    streamed = httpx.put(
+        f"{url}/v1/namespaces/h/contexts/big", content=iter([big[:40_000], big[40_000:]]), headers=json_body
+    )
     assert declared.status_code == streamed.status_code == 413
     assert _contexts(url) == []
 
@@ -82,8 +93,10 @@ def test_a_client_trickling_its_body_gets_408_and_writes_nothing(node: LocalClus
     host, port = node.urls()[0].removeprefix("http://").split(":")
     body = b'{"kind": "task", "domain": "d", "goal": "slow"}'
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"PUT /v1/namespaces/h/contexts/slow HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % (host.encode(), len(body)) + body[:10])
+        sock.sendall(
+            b"PUT /v1/namespaces/h/contexts/slow HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (host.encode(), len(body)) + body[:10]
+        )
         started = time.monotonic()
         answer = sock.recv(4096)
         assert b" 408 " in answer.split(b"\r\n")[0] and b"request_timeout" in answer
@@ -99,12 +112,27 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(node: LocalC
     """The property-based run the README's security section summarises (more examples there)."""
     url = node.urls()[0]
     run = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
-         "--checks", "not_a_server_error,response_schema_conformance", "--max-examples", "15",
-         # Endless streams (watch) and cluster membership (adding members takes the quorum away:
-         # its 503s are right, and test_membership covers it) are left out.
-         "--exclude-path-regex", "/watch$|/v1/cluster/members",
-         "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache goes in the cwd, not the repo
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "not_a_server_error,response_schema_conformance",
+            "--max-examples",
+            "15",
+            # Endless streams (watch) and cluster membership (adding members takes the quorum away:
+            # its 503s are right, and test_membership covers it) are left out.
+            "--exclude-path-regex",
+            "/watch$|/v1/cluster/members",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )  # its cache goes in the cwd, not the repo
     assert run.returncode == 0, run.stdout[-4000:]
     assert " passed" in run.stdout and "failures" not in run.stdout.split("SUMMARY")[-1].lower()

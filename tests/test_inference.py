@@ -35,10 +35,14 @@ def llm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
     try:
         cluster.wait_models(timeout=120)
         http = httpx.Client(timeout=5)
-        http.put(f"{cluster.urls()[0]}/v1/namespaces/{NS}/contexts/helper", json={
-            "kind": "instruction", "role": "a terse assistant", "text": "Answer in one short sentence."})
-        http.put(f"{cluster.urls()[0]}/v1/namespaces/{NS}/contexts/ada", json={
-            "kind": "profile", "name": "Ada", "preferences": {"tone": "plain"}, "goals": ["learn Raft"]})
+        http.put(
+            f"{cluster.urls()[0]}/v1/namespaces/{NS}/contexts/helper",
+            json={"kind": "instruction", "role": "a terse assistant", "text": "Answer in one short sentence."},
+        )
+        http.put(
+            f"{cluster.urls()[0]}/v1/namespaces/{NS}/contexts/ada",
+            json={"kind": "profile", "name": "Ada", "preferences": {"tone": "plain"}, "goals": ["learn Raft"]},
+        )
         yield cluster
     finally:
         cluster.stop_all(graceful=False)
@@ -49,11 +53,18 @@ def _model(cluster: LocalCluster) -> str:
     return next(iter(_models(running)))
 
 
-def _chat(url: str, model: str, session: str, text: str, key: str | None = None,
-          **extra: object) -> httpx.Response:
+def _chat(url: str, model: str, session: str, text: str, key: str | None = None, **extra: object) -> httpx.Response:
     headers = {"Idempotency-Key": key} if key else {}
-    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8,
-            "temperature": 0, "namespace": NS, "session_id": session, "user_id": "ada", **extra}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "namespace": NS,
+        "session_id": session,
+        "user_id": "ada",
+        **extra,
+    }
     return httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
 
 
@@ -80,7 +91,11 @@ def test_a_sessions_turns_persist_and_read_back_from_every_node(llm_cluster: Loc
     for url in urls:
         turns = _turns(url, session)
         assert [(t["role"], t["content"]) for t in turns] == [
-            ("user", "What is Raft?"), ("assistant", replies[0]), ("user", "And a leader?"), ("assistant", replies[1])]
+            ("user", "What is Raft?"),
+            ("assistant", replies[0]),
+            ("user", "And a leader?"),
+            ("assistant", replies[1]),
+        ]
 
 
 def test_a_retried_request_with_the_same_idempotency_key_adds_no_turn(llm_cluster: LocalCluster) -> None:
@@ -97,14 +112,23 @@ def test_the_official_openai_client_works_streaming_and_not(llm_cluster: LocalCl
     model, session = _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
     api = openai.OpenAI(base_url=llm_cluster.urls()[1] + "/v1", api_key="unused", max_retries=0)
     extra = {"namespace": NS, "session_id": session}
-    whole = api.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
-                                        max_tokens=8, temperature=0, extra_body=extra)
+    whole = api.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, extra_body=extra
+    )
     assert whole.choices[0].message.role == "assistant"
     assert whole.usage is not None and whole.usage.completion_tokens >= 1
     listed = [m.id for m in api.models.list()]
     assert model in listed
-    chunks = list(api.chat.completions.create(model=model, messages=[{"role": "user", "content": "More?"}],
-                                              max_tokens=8, temperature=0, stream=True, extra_body=extra))
+    chunks = list(
+        api.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "More?"}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            extra_body=extra,
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage is not None
     assert _turns(llm_cluster.urls()[0], session)[-1]["content"] == streamed
@@ -120,31 +144,40 @@ def test_bad_requests_get_clear_errors(llm_cluster: LocalCluster) -> None:
     assert post({"model": model, "messages": []}).status_code == 422
     huge = post({"model": model, "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8})
     assert huge.status_code == 413 and "window" in huge.json()["message"]
-    streamed_huge = post({"model": model, "messages": [{"role": "user", "content": "word " * 3000}],
-                          "max_tokens": 8, "stream": True})
+    streamed_huge = post(
+        {"model": model, "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8, "stream": True}
+    )
     assert streamed_huge.status_code == 413  # the status is decided before the stream starts
     missing_task = post({"model": model, "messages": hi, "namespace": NS, "task_id": "nope"})
     assert missing_task.status_code == 404
 
 
 def test_killing_the_serving_node_mid_stream_retries_elsewhere_without_a_duplicate_turn(
-        llm_cluster: LocalCluster) -> None:
+    llm_cluster: LocalCluster,
+) -> None:
     urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
     opening = _chat(urls[0], model, session, "Hello.").json()
     holder = opening["mcpdb"]["node"]  # affinity sends the session's next turn here again
     entry = next(spec for spec in llm_cluster.layout.nodes if spec.node_id != holder)
-    body = {"model": model, "stream": True, "max_tokens": 120, "temperature": 0, "namespace": NS,
-            "session_id": session,
-            "messages": [{"role": "user", "content": "Count from one to one hundred in words, one per line."}]}
+    body = {
+        "model": model,
+        "stream": True,
+        "max_tokens": 120,
+        "temperature": 0,
+        "namespace": NS,
+        "session_id": session,
+        "messages": [{"role": "user", "content": "Count from one to one hundred in words, one per line."}],
+    }
     streamed, final, killed = "", None, False
-    with httpx.stream("POST", entry.url + "/v1/chat/completions", json=body, timeout=60,
-                      headers={"Idempotency-Key": "kill-1"}) as response:
+    with httpx.stream(
+        "POST", entry.url + "/v1/chat/completions", json=body, timeout=60, headers={"Idempotency-Key": "kill-1"}
+    ) as response:
         assert response.status_code == 200
         assert response.headers["x-mcpdb-node"] == holder
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            chunk = json.loads(line[len("data: "):])
+            chunk = json.loads(line[len("data: ") :])
             assert "error" not in chunk, chunk
             streamed += chunk["choices"][0]["delta"].get("content") or ""
             if streamed and not killed:
@@ -176,9 +209,11 @@ def test_metrics_show_raft_store_and_inference_with_sane_values(llm_cluster: Loc
     for url in running:
         response = httpx.get(url + "/metrics", timeout=5)
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-        scraped[url] = {sample.name + str(sorted(sample.labels.items())): sample.value
-                                 for family in text_string_to_metric_families(response.text)
-                                 for sample in family.samples}
+        scraped[url] = {
+            sample.name + str(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
     for samples in scraped.values():
         assert samples["mcpdb_raft_term[]"] >= 1
         assert samples["mcpdb_raft_applied_index[]"] <= samples["mcpdb_raft_commit_index[]"]
@@ -222,8 +257,8 @@ def test_dashboard_renders_the_cluster_in_a_browser(llm_cluster: LocalCluster, t
     assert _chat(url, model, session, "Again?").status_code == 200  # an assignment for the bars' interval
     pixels = screenshot(url + "/ui", tmp_path / "dashboard.png")
     assert pixels.shape == (900, 1280, 3)
-    assert pixels_of(pixels, "#4ade80") > 50   # the leader's badge (and the tokens/s line)
-    assert pixels_of(pixels, "#38bdf8") > 50   # the requests/s line and the title
+    assert pixels_of(pixels, "#4ade80") > 50  # the leader's badge (and the tokens/s line)
+    assert pixels_of(pixels, "#38bdf8") > 50  # the requests/s line and the title
     assert pixels_of(pixels, "#a78bfa") > 200  # assignment bars: the leader assigned the chats
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # a page, not a blank or error screen
 
@@ -238,8 +273,9 @@ def test_mcp_chat_tool_generates_through_the_scheduler_and_records_the_turns(llm
 
     async def run() -> dict:
         async with mcp_session(running[-1]) as client:
-            result = await client.call_tool("chat", {"namespace": NS, "session_id": session,
-                                                     "message": "Say hello.", "max_tokens": 8})
+            result = await client.call_tool(
+                "chat", {"namespace": NS, "session_id": session, "message": "Say hello.", "max_tokens": 8}
+            )
             assert not result.is_error, result.content
             return result.structured_content
 

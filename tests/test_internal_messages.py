@@ -11,10 +11,13 @@ from mcpdb.node.internal.messages import Assignment, AssignRequest, LoadReport, 
 
 MESSAGES = [
     AssignRequest(model="m", session_key="acme/s1", namespace="acme", exclude=["n2"]),
-    Assignment(node_id="n1", http_url="http://127.0.0.1:7700", read_index=42, reason="affinity",
-               domain_matched=False),
-    WorkOrder(request=ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], namespace="acme",
-                                  session_id="s1"), read_index=42, idempotency_key="k", seed=7),
+    Assignment(node_id="n1", http_url="http://127.0.0.1:7700", read_index=42, reason="affinity", domain_matched=False),
+    WorkOrder(
+        request=ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], namespace="acme", session_id="s1"),
+        read_index=42,
+        idempotency_key="k",
+        seed=7,
+    ),
     LoadReport(node_id="n1", load={"in_flight": 1, "queued": 0, "slots": 1, "tokens_per_s": 41.5}),
 ]
 

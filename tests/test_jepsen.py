@@ -24,8 +24,16 @@ NO_NETWORK = availability()
 
 
 def _config(tmp_path: Path, nemesis: str, **overrides) -> RunConfig:
-    base = dict(nemeses=[nemesis], workloads=["register", "list-append"], time_s=20, concurrency=6,
-                fault_s=4, heal_s=3, out=tmp_path / "run", seed=7)
+    base = dict(
+        nemeses=[nemesis],
+        workloads=["register", "list-append"],
+        time_s=20,
+        concurrency=6,
+        fault_s=4,
+        heal_s=3,
+        out=tmp_path / "run",
+        seed=7,
+    )
     base.update(overrides)
     return RunConfig(**base)
 
@@ -46,8 +54,9 @@ def test_short_pass_finds_no_anomaly(tmp_path: Path, nemesis: str) -> None:
 
 def test_unsafe_stale_reads_are_caught(tmp_path: Path) -> None:
     nemesis = "partition-leader" if not NO_NETWORK else "pause"
-    result = run(_config(tmp_path, nemesis, workloads=["register"], unsafe_stale_reads=True, concurrency=8,
-                         fault_s=6, heal_s=2))
+    result = run(
+        _config(tmp_path, nemesis, workloads=["register"], unsafe_stale_reads=True, concurrency=8, fault_s=6, heal_s=2)
+    )
     assert not result.valid, "stale reads went unnoticed"
     assert result.checks["register"]["valid"] is False
 
@@ -56,8 +65,7 @@ def test_unsafe_stale_reads_are_caught(tmp_path: Path) -> None:
 def test_membership_changes_during_partitions(tmp_path: Path) -> None:
     """Voters removed (and re-added wiped) while partitions come and go: pysyncobj's
     membership changes, including ones proposed on the cut-off side, keep every promise."""
-    result = run(_config(tmp_path, "partition", nemeses=["partition", "membership"], combined=True,
-                         time_s=24, seed=3))
+    result = run(_config(tmp_path, "partition", nemeses=["partition", "membership"], combined=True, time_s=24, seed=3))
     assert any(w.nemesis == "membership" for w in result.windows)
     assert result.valid, result.checks
 

@@ -21,14 +21,45 @@ SCANNED = ("mcpdb", "benchmarks", "jepsen_like")
 
 # Importer (module or package) -> mcpdb packages it must not import.
 FORBIDDEN = {
-    "mcpdb.model": ("mcpdb.store", "mcpdb.raft", "mcpdb.inference", "mcpdb.node", "mcpdb.client", "mcpdb.ops",
-                    "mcpdb.cli", "mcpdb.service"),
-    "mcpdb.auth": ("mcpdb.store", "mcpdb.raft", "mcpdb.inference", "mcpdb.node", "mcpdb.client", "mcpdb.ops",
-                   "mcpdb.cli", "mcpdb.service"),
-    "mcpdb.fsutil": ("mcpdb.store", "mcpdb.raft", "mcpdb.inference", "mcpdb.node", "mcpdb.client", "mcpdb.ops",
-                     "mcpdb.cli", "mcpdb.service"),
-    "mcpdb.store": ("mcpdb.raft", "mcpdb.inference", "mcpdb.node", "mcpdb.client", "mcpdb.cli", "mcpdb.ops",
-                    "mcpdb.service"),
+    "mcpdb.model": (
+        "mcpdb.store",
+        "mcpdb.raft",
+        "mcpdb.inference",
+        "mcpdb.node",
+        "mcpdb.client",
+        "mcpdb.ops",
+        "mcpdb.cli",
+        "mcpdb.service",
+    ),
+    "mcpdb.auth": (
+        "mcpdb.store",
+        "mcpdb.raft",
+        "mcpdb.inference",
+        "mcpdb.node",
+        "mcpdb.client",
+        "mcpdb.ops",
+        "mcpdb.cli",
+        "mcpdb.service",
+    ),
+    "mcpdb.fsutil": (
+        "mcpdb.store",
+        "mcpdb.raft",
+        "mcpdb.inference",
+        "mcpdb.node",
+        "mcpdb.client",
+        "mcpdb.ops",
+        "mcpdb.cli",
+        "mcpdb.service",
+    ),
+    "mcpdb.store": (
+        "mcpdb.raft",
+        "mcpdb.inference",
+        "mcpdb.node",
+        "mcpdb.client",
+        "mcpdb.cli",
+        "mcpdb.ops",
+        "mcpdb.service",
+    ),
     "mcpdb.raft": ("mcpdb.inference", "mcpdb.node", "mcpdb.client", "mcpdb.cli", "mcpdb.ops", "mcpdb.service"),
     "mcpdb.service": ("mcpdb.inference", "mcpdb.node", "mcpdb.client", "mcpdb.cli", "mcpdb.ops"),
     "mcpdb.inference": ("mcpdb.node", "mcpdb.client", "mcpdb.cli", "mcpdb.ops"),
@@ -80,22 +111,35 @@ def _within(name: str, package: str) -> bool:
 
 def _violations(importers: list[str], refused: Callable[[str, str], bool]) -> list[str]:
     """'importer -> imported' for each import ``refused(importer, imported)`` flags, unless ALLOWED."""
-    return [f"{importer} -> {imported}" for importer in importers for imported in sorted(set(_imports(
-        importer, MODULES[importer]))) if refused(importer, imported) and (importer, imported) not in ALLOWED]
+    return [
+        f"{importer} -> {imported}"
+        for importer in importers
+        for imported in sorted(set(_imports(importer, MODULES[importer])))
+        if refused(importer, imported) and (importer, imported) not in ALLOWED
+    ]
 
 
 def test_every_package_is_scanned() -> None:
     """A guard for the guard: the walk finds each layer, so a rule cannot pass on an empty set."""
-    for package in ("mcpdb.store", "mcpdb.raft", "mcpdb.inference", "mcpdb.node", "mcpdb.node.http",
-                    "mcpdb.client", "mcpdb.ops", "mcpdb.cli", "benchmarks", "jepsen_like"):
+    for package in (
+        "mcpdb.store",
+        "mcpdb.raft",
+        "mcpdb.inference",
+        "mcpdb.node",
+        "mcpdb.node.http",
+        "mcpdb.client",
+        "mcpdb.ops",
+        "mcpdb.cli",
+        "benchmarks",
+        "jepsen_like",
+    ):
         assert any(_within(name, package) for name in MODULES if name != package), package
 
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_lower_layers_do_not_import_upper_ones(layer: str) -> None:
     importers = [name for name in MODULES if _within(name, layer)]
-    assert not _violations(importers, lambda _, imported: any(
-        _within(imported, upper) for upper in FORBIDDEN[layer]))
+    assert not _violations(importers, lambda _, imported: any(_within(imported, upper) for upper in FORBIDDEN[layer]))
 
 
 def test_the_client_imports_httpx_and_the_stdlib_only() -> None:
@@ -123,8 +167,7 @@ def test_the_cli_imports_only_the_node_command_and_its_config() -> None:
     when it runs."""
     importers = [name for name in MODULES if _within(name, "mcpdb.cli")]
     allowed = ("mcpdb.node", "mcpdb.node.command", "mcpdb.node.config")
-    assert not _violations(importers, lambda _, imported: _within(imported, "mcpdb.node")
-                           and imported not in allowed)
+    assert not _violations(importers, lambda _, imported: _within(imported, "mcpdb.node") and imported not in allowed)
 
 
 def test_nothing_imports_the_cli() -> None:

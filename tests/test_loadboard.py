@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from mcpdb.inference.loadboard import DEAD_AFTER_S, LoadBoard
 
-REGISTRY = [{"id": "n1", "model": "m", "slots": 2, "weight": 30.0, "domains": ["law"]},
-            {"id": "n2", "model": "m", "slots": 1, "weight": 10.0},
-            {"id": "n3"}]  # a store-only node: never scheduled
+REGISTRY = [
+    {"id": "n1", "model": "m", "slots": 2, "weight": 30.0, "domains": ["law"]},
+    {"id": "n2", "model": "m", "slots": 1, "weight": 10.0},
+    {"id": "n3"},
+]  # a store-only node: never scheduled
 
 
 class Clock:

@@ -42,8 +42,10 @@ def _require_suite() -> None:
     """The suite is a test dependency: missing in CI is a failure, on a developer's machine a skip."""
     missing = [str(path) for path in (NODE, SUITE) if not path.exists()]
     if missing:
-        message = (f"the MCP conformance suite is not installed ({', '.join(missing)} missing): "
-                   "run scripts/setup, or `npm ci --prefix tests/conformance`")
+        message = (
+            f"the MCP conformance suite is not installed ({', '.join(missing)} missing): "
+            "run scripts/setup, or `npm ci --prefix tests/conformance`"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -56,8 +58,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     running = start_cluster(Path(tmp_path_factory.mktemp("conformance")), size=1)
     try:
         with running.client(10) as http:
-            put = http.put(f"{running.urls()[0]}/v1/namespaces/conformance/contexts/tutor",
-                           json={"kind": "instruction", "role": "tutor", "text": "Explain {{topic}} simply."})
+            put = http.put(
+                f"{running.urls()[0]}/v1/namespaces/conformance/contexts/tutor",
+                json={"kind": "instruction", "role": "tutor", "text": "Explain {{topic}} simply."},
+            )
             assert put.status_code == 201, put.text
         yield running
     finally:
@@ -66,8 +70,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 def _run_suite(url: str, out: Path) -> dict[str, Outcome]:
     """Every server scenario (`--suite all`) in one run of the suite, each scenario's outcome by name."""
-    proc = subprocess.Popen([str(NODE), str(SUITE), "server", "--url", url, "--suite", "all", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(NODE), str(SUITE), "server", "--url", url, "--suite", "all", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=SUITE_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -89,8 +98,9 @@ def _run_suite(url: str, out: Path) -> dict[str, Outcome]:
             outcomes[scenario] = Outcome(False, ["the scenario crashed (see the suite's output)"])
             continue
         failed = [c for c in checks[scenario] if c["status"] == "FAILURE"]
-        outcomes[scenario] = Outcome(not failed, [f"{c['name']}: {c.get('errorMessage', c['description'])}"
-                                                  for c in failed])
+        outcomes[scenario] = Outcome(
+            not failed, [f"{c['name']}: {c.get('errorMessage', c['description'])}" for c in failed]
+        )
     assert outcomes, f"the conformance suite ran no scenario:\n{output[-4000:]}"
     return outcomes
 

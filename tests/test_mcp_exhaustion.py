@@ -36,8 +36,19 @@ ACCEPT = "application/json, text/event-stream"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = start_cluster(Path(tmp_path_factory.mktemp("exhaustion")), size=1, token=ROOT, extra_args=[
-        "--mcp-sessions-per-token", str(PER_TOKEN), "--mcp-max-sessions", "20", "--mcp-idle-timeout", str(IDLE_S)])
+    running = start_cluster(
+        Path(tmp_path_factory.mktemp("exhaustion")),
+        size=1,
+        token=ROOT,
+        extra_args=[
+            "--mcp-sessions-per-token",
+            str(PER_TOKEN),
+            "--mcp-max-sessions",
+            "20",
+            "--mcp-idle-timeout",
+            str(IDLE_S),
+        ],
+    )
     try:
         yield running
     finally:
@@ -71,19 +82,41 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
 
 def _open(http: httpx.Client, url: str, token: str) -> dict[str, str]:
     """A new session of ``token``; the headers its requests carry."""
-    opened = http.post(url + "/mcp", headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT}, json={
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "probe", "version": "0"}}})
+    opened = http.post(
+        url + "/mcp",
+        headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT},
+        json={
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "probe", "version": "0"}},
+        },
+    )
     assert opened.status_code == 200, opened.text
-    session = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json",
-               "Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": VERSION}
-    assert http.post(url + "/mcp", headers=session,
-                     json={"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+    session = {
+        "Authorization": f"Bearer {token}",
+        "Accept": ACCEPT,
+        "Content-Type": "application/json",
+        "Mcp-Session-Id": opened.headers["mcp-session-id"],
+        "Mcp-Protocol-Version": VERSION,
+    }
+    assert (
+        http.post(
+            url + "/mcp", headers=session, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+        ).status_code
+        == 202
+    )
     return session
 
 
-def _call(http: httpx.Client, url: str, session: dict[str, str], request_id: int, method: str,
-          params: dict[str, Any] | None = None) -> list[dict[str, str]]:
+def _call(
+    http: httpx.Client,
+    url: str,
+    session: dict[str, str],
+    request_id: int,
+    method: str,
+    params: dict[str, Any] | None = None,
+) -> list[dict[str, str]]:
     """A request's whole SSE stream (priming event first)."""
     body = {"jsonrpc": "2.0", "id": request_id, "method": method, **({"params": params} if params else {})}
     with http.stream("POST", url + "/mcp", headers=session, json=body) as stream:
@@ -106,8 +139,7 @@ class _Held:
         assert self._answered.wait(10), "the GET was not answered"
 
     def _run(self, url: str, headers: dict[str, str]) -> None:
-        with contextlib.suppress(httpx.HTTPError), \
-                self._http.stream("GET", url + "/mcp", headers=headers) as stream:
+        with contextlib.suppress(httpx.HTTPError), self._http.stream("GET", url + "/mcp", headers=headers) as stream:
             self.status = stream.status_code
             self._answered.set()
             for chunk in stream.iter_text():
@@ -167,8 +199,11 @@ class _Stalled:
         self._socket = socket.socket()
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self._socket.connect((parts.host, parts.port))
-        lines = ["GET /mcp HTTP/1.1", f"Host: {parts.host}:{parts.port}",
-                 *(f"{name}: {value}" for name, value in headers.items())]
+        lines = [
+            "GET /mcp HTTP/1.1",
+            f"Host: {parts.host}:{parts.port}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
         self._socket.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         self.status = int(self._socket.recv(12).split()[1])
 
@@ -182,8 +217,10 @@ STALLED_IDS = [f"stalled-{n}-" + "x" * 100 for n in range(250)]
 
 @pytest.fixture(scope="module")
 def stalled_ops(node: LocalCluster) -> list[dict[str, Any]]:
-    ops = [{"op": "put", "id": context_id, "context": {"kind": "task", "domain": "d", "goal": "g"}}
-           for context_id in STALLED_IDS]
+    ops = [
+        {"op": "put", "id": context_id, "context": {"kind": "task", "domain": "d", "goal": "g"}}
+        for context_id in STALLED_IDS
+    ]
     with Client(node.urls(), token=ROOT) as root:
         root.batch("acme", ops)
     return ops
@@ -210,7 +247,8 @@ def _stall(url: str, http: httpx.Client, sessions: list[dict[str, str]], ops: li
 
 
 def test_a_subscriber_that_stops_reading_holds_one_pending_notification_per_resource(
-        node: LocalCluster, stalled_ops: list[dict[str, Any]]) -> None:
+    node: LocalCluster, stalled_ops: list[dict[str, Any]]
+) -> None:
     """Every change used to start a task of its own for a stalled client, each waiting forever."""
     url = node.urls()[0]
     with httpx.Client(timeout=10) as http:
@@ -229,14 +267,19 @@ def test_a_subscriber_that_stops_reading_holds_one_pending_notification_per_reso
 
 def _pending_request(url: str, session: dict[str, str]) -> str:
     """A ping on a stalled session (its reply waits behind the stalled stream): its priming event's id."""
-    with httpx.Client(timeout=10) as http, http.stream(
-            "POST", url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}) as stream:
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream(
+            "POST", url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        ) as stream,
+    ):
         assert stream.status_code == 200
         return next(_events(stream.iter_lines()))["id"]
 
 
-def test_get_streams_are_bounded_per_session_and_per_token(node: LocalCluster,
-                                                           stalled_ops: list[dict[str, Any]]) -> None:
+def test_get_streams_are_bounded_per_session_and_per_token(
+    node: LocalCluster, stalled_ops: list[dict[str, Any]]
+) -> None:
     url = node.urls()[0]
     token = _token(node)["token"]
     held: list[_Stalled | _Held] = []
@@ -277,11 +320,14 @@ def test_listen_streams_are_bounded_per_token(node: LocalCluster) -> None:
                 async with client.listen(resource_subscriptions=["mcpdb://acme/task/x"]):
                     pass
             assert _gauge(url, "mcpdb_mcp_listen_streams") == PER_TOKEN
-            async with mcp_session(url, token=other, mode="auto") as neighbour, \
-                    neighbour.listen(resource_subscriptions=["mcpdb://acme/task/x"]):
+            async with (
+                mcp_session(url, token=other, mode="auto") as neighbour,
+                neighbour.listen(resource_subscriptions=["mcpdb://acme/task/x"]),
+            ):
                 assert _gauge(url, "mcpdb_mcp_listen_streams") == PER_TOKEN + 1  # the greedy token's share only
         await asyncio.sleep(0.5)
         assert _gauge(url, "mcpdb_mcp_listen_streams") == 0
+
     asyncio.run(run())
 
 
@@ -330,6 +376,7 @@ def test_revoking_a_token_ends_its_sessions_and_streams(node: LocalCluster) -> N
             root.revoke_token(doomed["id"])
         await asyncio.wait_for(listening, 10)
         assert lost, "the revoked token's listen stream went on"  # ended by an error (the SDK: SubscriptionLost)
+
     try:
         asyncio.run(run())
         assert notifications.ended.wait(10), "the revoked token's GET stream stayed open"

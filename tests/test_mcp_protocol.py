@@ -31,16 +31,23 @@ HANDSHAKE = "2025-11-25"  # the first handshake version whose SSE streams open w
 
 # For each kind: a context the server stores, the fields of its own it requires, and a field of another kind.
 EXAMPLES: dict[str, tuple[dict[str, Any], tuple[str, ...], dict[str, Any]]] = {
-    "instruction": ({"role": "tutor", "text": "Explain {{topic}}.", "domains": ["teaching"], "style": "brief"},
-                    ("role", "text"), {"facts": ["x"]}),
-    "profile": ({"name": "Ada", "preferences": {"tone": "plain"}, "goals": ["learn Raft"]}, (),
-                {"rules": ["be kind"]}),
-    "session": ({"user_id": "ada", "turns": [{"role": "user", "content": "hi"}]}, (),
-                {"content": "hi", "timestamp": 1.0}),
-    "guardrail": ({"rules": ["no legal advice"], "deny_topics": ["tax"], "max_output_tokens": 50}, ("rules",),
-                  {"goal": "x"}),
-    "task": ({"domain": "legal", "goal": "review the NDA", "status": "in_progress"}, ("domain", "goal"),
-             {"turns": []}),
+    "instruction": (
+        {"role": "tutor", "text": "Explain {{topic}}.", "domains": ["teaching"], "style": "brief"},
+        ("role", "text"),
+        {"facts": ["x"]},
+    ),
+    "profile": ({"name": "Ada", "preferences": {"tone": "plain"}, "goals": ["learn Raft"]}, (), {"rules": ["be kind"]}),
+    "session": (
+        {"user_id": "ada", "turns": [{"role": "user", "content": "hi"}]},
+        (),
+        {"content": "hi", "timestamp": 1.0},
+    ),
+    "guardrail": (
+        {"rules": ["no legal advice"], "deny_topics": ["tax"], "max_output_tokens": 50},
+        ("rules",),
+        {"goal": "x"},
+    ),
+    "task": ({"domain": "legal", "goal": "review the NDA", "status": "in_progress"}, ("domain", "goal"), {"turns": []}),
     "memory": ({"facts": ["likes tea"], "user_id": "ada", "tags": ["food"]}, ("facts",), {"role": "x"}),
 }
 
@@ -84,18 +91,21 @@ def test_tools_declare_hints_and_output_schemas_their_results_meet(node: LocalCl
             calls: list[tuple[str, dict[str, Any]]] = []
             for kind, (fields, _, _) in EXAMPLES.items():
                 calls += [(f"put_{kind}", {"id": f"ex-{kind}", **fields}), ("get_context", {"id": f"ex-{kind}"})]
-            calls += [("append_turn", {"id": "ex-session", "role": "assistant", "content": "hello"}),
-                      ("append_turn", {"id": "ex-new", "role": "user", "content": "first"}),
-                      ("get_context", {"id": "ex-new"}),
-                      ("search_contexts", {"prefix": "ex-"}),
-                      ("put_memory", {"id": "ex-ttl", "facts": ["short-lived"], "ttl": 3600}),
-                      ("get_context", {"id": "ex-ttl", "consistency": "stale"})]
+            calls += [
+                ("append_turn", {"id": "ex-session", "role": "assistant", "content": "hello"}),
+                ("append_turn", {"id": "ex-new", "role": "user", "content": "first"}),
+                ("get_context", {"id": "ex-new"}),
+                ("search_contexts", {"prefix": "ex-"}),
+                ("put_memory", {"id": "ex-ttl", "facts": ["short-lived"], "ttl": 3600}),
+                ("get_context", {"id": "ex-ttl", "consistency": "stale"}),
+            ]
             for name, arguments in calls:
                 result = await client.call_tool(name, {"namespace": NS, **arguments})  # the SDK checks it too
                 assert not result.is_error, (name, result.content)
                 jsonschema.validate(result.structured_content, tools[name].output_schema)
             found = await client.call_tool("search_contexts", {"namespace": NS, "prefix": "ex-"})
             assert {item["kind"] for item in found.structured_content["items"]} == set(EXAMPLES)
+
     asyncio.run(run())
 
 
@@ -120,18 +130,30 @@ def test_each_kinds_put_schema_is_what_the_server_accepts(node: LocalCluster) ->
                     assert not _valid(schema, arguments), (kind, arguments)
                     result = await client.call_tool(tool.name, arguments)
                     assert result.is_error and "422" in result.content[0].text, (kind, arguments, result.content)
+
     asyncio.run(run())
 
 
 def _initialize(http: httpx.Client, url: str, version: str = HANDSHAKE) -> dict[str, str]:
     """Open a session by hand; the headers its later requests carry."""
-    response = http.post(url + "/mcp", headers=HEADERS, json={
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+    response = http.post(
+        url + "/mcp",
+        headers=HEADERS,
+        json={
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+        },
+    )
     assert response.status_code == 200, response.text
     session = {**HEADERS, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": version}
-    assert http.post(url + "/mcp", headers=session,
-                     json={"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+    assert (
+        http.post(
+            url + "/mcp", headers=session, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+        ).status_code
+        == 202
+    )
     return session
 
 
@@ -140,10 +162,12 @@ def test_malformed_json_rpc_is_an_invalid_request(node: LocalCluster) -> None:
     with httpx.Client(timeout=10) as http:
         session = _initialize(http, url)
         for headers in (HEADERS, session):  # the request that would open a session, and one inside a session
-            for body, problem in (({"jsonrpc": "2.0", "id": 7}, "needs a method"),
-                                  ({"jsonrpc": "1.0", "id": 7, "method": "tools/list"}, '"2.0"'),
-                                  ([{"jsonrpc": "2.0", "id": 7, "method": "tools/list"}], "batch"),
-                                  ({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": [1]}, "object")):
+            for body, problem in (
+                ({"jsonrpc": "2.0", "id": 7}, "needs a method"),
+                ({"jsonrpc": "1.0", "id": 7, "method": "tools/list"}, '"2.0"'),
+                ([{"jsonrpc": "2.0", "id": 7, "method": "tools/list"}], "batch"),
+                ({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": [1]}, "object"),
+            ):
                 response = http.post(url + "/mcp", headers=headers, json=body)
                 assert response.status_code == 400, response.text
                 error = response.json()["error"]
@@ -158,14 +182,19 @@ def test_malformed_json_rpc_is_an_invalid_request(node: LocalCluster) -> None:
 def test_missing_resources_and_unknown_tools_are_protocol_errors(node: LocalCluster) -> None:
     async def run(mode: str, code: int) -> None:
         async with mcp_session(node.urls()[0], mode=mode) as client:
-            for uri in (f"mcpdb://{NS}/memory/none", "file:///etc/passwd", f"mcpdb://{NS}/memory/bad!id",
-                        "mcpdb://hidden-to-nobody-but-empty/task/x"):
+            for uri in (
+                f"mcpdb://{NS}/memory/none",
+                "file:///etc/passwd",
+                f"mcpdb://{NS}/memory/bad!id",
+                "mcpdb://hidden-to-nobody-but-empty/task/x",
+            ):
                 with pytest.raises(MCPError) as missing:
                     await client.read_resource(uri)
                 assert missing.value.code == code and missing.value.data == {"uri": uri}, (mode, uri)
             with pytest.raises(MCPError) as unknown:
                 await client.call_tool("no_such_tool", {})
             assert unknown.value.code == types.INVALID_PARAMS and "no_such_tool" in unknown.value.message
+
     asyncio.run(run("legacy", -32002))  # the handshake era: -32002 Resource not found
     asyncio.run(run("auto", types.INVALID_PARAMS))  # 2026-07-28 (SEP-2164): -32602
 
@@ -185,8 +214,12 @@ def _sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
 
 def test_a_dropped_stream_resumes_from_its_last_event_id(node: LocalCluster) -> None:
     url = node.urls()[0]
-    call = {"jsonrpc": "2.0", "id": 42, "method": "tools/call",
-            "params": {"name": "search_contexts", "arguments": {"namespace": NS}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 42,
+        "method": "tools/call",
+        "params": {"name": "search_contexts", "arguments": {"namespace": NS}},
+    }
     with httpx.Client(timeout=10) as http:
         session = _initialize(http, url)
         with http.stream("POST", url + "/mcp", headers=session, json=call) as stream:
@@ -196,9 +229,15 @@ def test_a_dropped_stream_resumes_from_its_last_event_id(node: LocalCluster) -> 
         def resumed(headers: dict[str, str]) -> list[dict[str, str]]:
             """What a GET with the priming event's id replays (the stream then stays open: read until quiet)."""
             events = []
-            with contextlib.suppress(httpx.ReadTimeout), \
-                    http.stream("GET", url + "/mcp", headers={**headers, "Last-Event-ID": priming["id"]},
-                                timeout=httpx.Timeout(10, read=2)) as replay:
+            with (
+                contextlib.suppress(httpx.ReadTimeout),
+                http.stream(
+                    "GET",
+                    url + "/mcp",
+                    headers={**headers, "Last-Event-ID": priming["id"]},
+                    timeout=httpx.Timeout(10, read=2),
+                ) as replay,
+            ):
                 assert replay.status_code == 200
                 for event in _sse(replay.iter_lines()):
                     events += [event] if event.get("data") else []
@@ -213,8 +252,11 @@ def test_a_dropped_stream_resumes_from_its_last_event_id(node: LocalCluster) -> 
 
 
 def _note(n: int, size: int = 100) -> types.JSONRPCNotification:
-    return types.JSONRPCNotification(jsonrpc="2.0", method="notifications/progress",
-                                     params={"progressToken": 1, "progress": n, "message": "x" * size})
+    return types.JSONRPCNotification(
+        jsonrpc="2.0",
+        method="notifications/progress",
+        params={"progressToken": 1, "progress": n, "message": "x" * size},
+    )
 
 
 def _reply(request_id: int) -> types.JSONRPCResponse:
@@ -265,6 +307,7 @@ def test_event_log_streams_end_with_their_request_and_ids_are_per_session() -> N
         assert await asyncio.wait_for(waiting, 5) is None
         assert await a.replay_events_after(first, _Collected()) is None and await a.store_event("1", None) == "0"
         assert await b.replay_events_after("not-an-id", _Collected()) is None
+
     asyncio.run(run())
 
 
@@ -279,6 +322,7 @@ def test_event_log_keeps_get_stream_events_only_once_it_was_opened() -> None:
         await view.store_event(GET_STREAM_KEY, _note(3))
         sent = _Collected()
         assert await view.replay_events_after(kept, sent) == GET_STREAM_KEY and sent.progress() == [3]
+
     asyncio.run(run())
 
 
@@ -303,13 +347,15 @@ def test_event_log_bounds_per_session_and_per_node() -> None:
         for n in range(10):  # big events: the byte bounds hold too
             await loud.store_event("3", _note(n, size=6_000))
         assert log.bytes <= 50_000
+
     asyncio.run(run())
 
 
 @pytest.fixture(scope="module")
 def llm_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = start_cluster(Path(tmp_path_factory.mktemp("mcp-progress")), size=1, inference=True,
-                            extra_args=["--n-ctx", "2048"])
+    running = start_cluster(
+        Path(tmp_path_factory.mktemp("mcp-progress")), size=1, inference=True, extra_args=["--n-ctx", "2048"]
+    )
     try:
         running.wait_models(timeout=120)
         yield running
@@ -323,14 +369,19 @@ def test_chat_reports_progress_as_the_reply_streams(llm_node: LocalCluster) -> N
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             reports.append((progress, message))
+
         async with mcp_session(llm_node.urls()[0]) as client:
             tools = _tools((await client.list_tools()).tools)
-            result = await client.call_tool("chat", {"namespace": NS, "message": "Say hello.", "max_tokens": 8,
-                                                     "session_id": "progress"}, progress_callback=on_progress)
+            result = await client.call_tool(
+                "chat",
+                {"namespace": NS, "message": "Say hello.", "max_tokens": 8, "session_id": "progress"},
+                progress_callback=on_progress,
+            )
             assert not result.is_error, result.content
             jsonschema.validate(result.structured_content, tools["chat"].output_schema)
             done = [progress for progress, _ in reports]
             assert done and done == sorted(set(done)) and all(float(n).is_integer() for n in done)  # pieces so far
             reply = result.structured_content["reply"]  # each report has the pieces since the one before
             assert "".join(message or "" for _, message in reports).strip() == reply.strip() != ""
+
     asyncio.run(run())

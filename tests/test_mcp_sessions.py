@@ -24,17 +24,30 @@ pytestmark = pytest.mark.integration
 
 ROOT_TOKEN = "root-bootstrap-token-for-session-tests"
 PER_TOKEN, PER_NODE, IDLE_S = 3, 5, 2
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                         "clientInfo": {"name": "probe", "version": "0"}}}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "probe", "version": "0"}},
+}
 ACCEPT = "application/json, text/event-stream"
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = start_cluster(Path(tmp_path_factory.mktemp("sessions")), size=1, token=ROOT_TOKEN, extra_args=[
-        "--mcp-sessions-per-token", str(PER_TOKEN), "--mcp-max-sessions", str(PER_NODE),
-        "--mcp-idle-timeout", str(IDLE_S)])
+    running = start_cluster(
+        Path(tmp_path_factory.mktemp("sessions")),
+        size=1,
+        token=ROOT_TOKEN,
+        extra_args=[
+            "--mcp-sessions-per-token",
+            str(PER_TOKEN),
+            "--mcp-max-sessions",
+            str(PER_NODE),
+            "--mcp-idle-timeout",
+            str(IDLE_S),
+        ],
+    )
     try:
         yield running
     finally:
@@ -52,8 +65,9 @@ def _open(url: str, token: str) -> httpx.Response:
 
 
 def _close(url: str, token: str, session_id: str) -> int:
-    return httpx.delete(url + "/mcp", headers={"Authorization": f"Bearer {token}",
-                                               "Mcp-Session-Id": session_id}).status_code
+    return httpx.delete(
+        url + "/mcp", headers={"Authorization": f"Bearer {token}", "Mcp-Session-Id": session_id}
+    ).status_code
 
 
 def _gauge(url: str, name: str) -> float:
@@ -71,16 +85,20 @@ def test_a_session_belongs_to_the_token_that_opened_it(node: LocalCluster, token
     intruder = {"Authorization": f"Bearer {tokens['beta']}", "Mcp-Session-Id": session_id, "Accept": ACCEPT}
     with httpx.stream("GET", url + "/mcp", headers=intruder, timeout=5) as stream:
         assert stream.status_code == 404  # the notification stream of acme's session stays closed to beta
-    listed = httpx.post(url + "/mcp", headers={**intruder, "Mcp-Protocol-Version": "2025-06-18"},
-                        json={"jsonrpc": "2.0", "id": 2, "method": "resources/list"})
+    listed = httpx.post(
+        url + "/mcp",
+        headers={**intruder, "Mcp-Protocol-Version": "2025-06-18"},
+        json={"jsonrpc": "2.0", "id": 2, "method": "resources/list"},
+    )
     assert listed.status_code == 404
     assert _close(url, tokens["beta"], session_id) == 404
     assert _close(url, ROOT_TOKEN, session_id) == 404  # even root did not open it
     assert _close(url, tokens["acme"], session_id) == 200
 
 
-def test_sessions_are_bounded_per_token_and_per_node_and_expire_when_idle(node: LocalCluster,
-                                                                          tokens: dict[str, str]) -> None:
+def test_sessions_are_bounded_per_token_and_per_node_and_expire_when_idle(
+    node: LocalCluster, tokens: dict[str, str]
+) -> None:
     url = node.urls()[0]
     time.sleep(IDLE_S + 1)  # sessions of other tests have expired
     mine = [_open(url, tokens["acme"]) for _ in range(PER_TOKEN)]

@@ -83,12 +83,16 @@ def test_relay_exits_by_itself_when_the_client_closes(node: str, tmp_path: Path)
     assert "Traceback" not in stderr, stderr
 
 
-@pytest.mark.parametrize(("token", "says"), [
-    (None, "needs a bearer token: pass --token or set MCPDB_TOKEN"),
-    ("wrong-token", "refused the bearer token (wrong or revoked): check --token or MCPDB_TOKEN"),
-])
-def test_a_missing_or_wrong_token_is_named_in_the_error(node: str, tmp_path: Path, token: str | None,
-                                                        says: str) -> None:
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        (None, "needs a bearer token: pass --token or set MCPDB_TOKEN"),
+        ("wrong-token", "refused the bearer token (wrong or revoked): check --token or MCPDB_TOKEN"),
+    ],
+)
+def test_a_missing_or_wrong_token_is_named_in_the_error(
+    node: str, tmp_path: Path, token: str | None, says: str
+) -> None:
     error, seconds, stderr = _through_relay(node, token, tmp_path)
     assert error is not None and error.code == INTERNAL_ERROR
     assert error.message == f"the node at {node} {says}"
@@ -100,13 +104,23 @@ def _refused_case(node: str, case: str) -> tuple[str, str, int, str]:
     """(--url, --token, status, what the message says) of a request the node refuses."""
     with McpdbClient([node], token=ROOT_TOKEN) as root:
         if case == "forbidden":  # a namespace token on a cluster administrator's path
-            return (f"{node}/v1/cluster/members", root.create_token({"a": "read"})["token"], 403,
-                    "answered 403 Forbidden: this needs an admin token for every namespace (admin on '*')")
+            return (
+                f"{node}/v1/cluster/members",
+                root.create_token({"a": "read"})["token"],
+                403,
+                "answered 403 Forbidden: this needs an admin token for every namespace (admin on '*')",
+            )
         if case == "not_found":  # a URL with a path, a likely slip
-            return f"{node}/ui", ROOT_TOKEN, 404, "answered 404 Not Found (is --url the node's address, without a path?)"
+            return (
+                f"{node}/ui",
+                ROOT_TOKEN,
+                404,
+                "answered 404 Not Found (is --url the node's address, without a path?)",
+            )
         limited = root.create_token({"a": "read"}, rate_limit=0.001)["token"]
-    assert httpx.get(f"{node}/v1/namespaces/a/contexts", headers={"Authorization": f"Bearer {limited}"}).status_code \
-        in (200, 404)  # spends the one request its bucket holds
+    assert httpx.get(
+        f"{node}/v1/namespaces/a/contexts", headers={"Authorization": f"Bearer {limited}"}
+    ).status_code in (200, 404)  # spends the one request its bucket holds
     return node, limited, 429, "answered 429 Too Many Requests: this token is limited to 0.001 requests/s per node"
 
 
@@ -137,8 +151,9 @@ async def _two_requests(server: StdioServerParameters, stderr_file: Path) -> lis
 def _two_errors(url: str, token: str | None, tmp_path: Path) -> tuple[list[JSONRPCError], float, str]:
     """The answers to two requests, the seconds from the relay's start to its exit, and its stderr."""
     started = time.monotonic()
-    answers = asyncio.run(asyncio.wait_for(_two_requests(relay_parameters(url, token), tmp_path / "stderr"),
-                                           DEADLINE_S))
+    answers = asyncio.run(
+        asyncio.wait_for(_two_requests(relay_parameters(url, token), tmp_path / "stderr"), DEADLINE_S)
+    )
     return answers, time.monotonic() - started, (tmp_path / "stderr").read_text()
 
 
@@ -163,7 +178,13 @@ def test_the_nodes_own_json_rpc_errors_pass_unchanged(node: str, tmp_path: Path)
 
 @pytest.mark.parametrize(("url", "says"), [("http://", "names no host"), ("http://[::1", "is not a URL")])
 def test_a_malformed_url_is_refused_in_one_line(url: str, says: str) -> None:
-    ran = subprocess.run([mcpdb_command(), "mcp", "--url", url], input="", capture_output=True, text=True,
-                         timeout=DEADLINE_S, check=False)
+    ran = subprocess.run(
+        [mcpdb_command(), "mcp", "--url", url],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+    )
     assert ran.returncode == 1 and says in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
     assert len(ran.stderr.strip().splitlines()) == 1

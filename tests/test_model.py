@@ -67,6 +67,7 @@ def test_turns_and_batch_limits() -> None:
         TurnsIn.model_validate({"turns": []})
     with pytest.raises(ValidationError):
         BatchIn.model_validate({"ops": [{"op": "rename", "id": "x"}]})
-    batch = BatchIn.model_validate({"ops": [{"op": "put", "id": "x", "context": VALID[5]},
-                                            {"op": "delete", "id": "y", "if_version": 3}]})
+    batch = BatchIn.model_validate(
+        {"ops": [{"op": "put", "id": "x", "context": VALID[5]}, {"op": "delete", "id": "y", "if_version": 3}]}
+    )
     assert [op.op for op in batch.ops] == ["put", "delete"]

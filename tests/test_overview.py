@@ -15,9 +15,12 @@ SCRAPE_ROUTE = (("method", "GET"), ("route", "/metrics"), ("status", "200"))
 
 def _scrape(at: float, fast: float, slow: float, scrapes: float, assigned: float) -> Scrape:
     samples = {
-        ("mcpdb_raft_role", (("role", "leader"),)): 1.0, ("mcpdb_raft_role", (("role", "follower"),)): 0.0,
-        ("mcpdb_raft_term", ()): 3.0, ("mcpdb_inference_tokens_per_s", ()): 12.5,
-        (HTTP + "_count", ROUTE): fast + slow, (HTTP + "_count", SCRAPE_ROUTE): scrapes,
+        ("mcpdb_raft_role", (("role", "leader"),)): 1.0,
+        ("mcpdb_raft_role", (("role", "follower"),)): 0.0,
+        ("mcpdb_raft_term", ()): 3.0,
+        ("mcpdb_inference_tokens_per_s", ()): 12.5,
+        (HTTP + "_count", ROUTE): fast + slow,
+        (HTTP + "_count", SCRAPE_ROUTE): scrapes,
         (HTTP + "_bucket", (("le", "0.01"),) + ROUTE): fast,
         (HTTP + "_bucket", (("le", "0.1"),) + ROUTE): fast + slow,
         (HTTP + "_bucket", (("le", "+Inf"),) + ROUTE): fast + slow,
@@ -44,7 +47,7 @@ def test_rates_and_p95_over_the_interval_leave_out_the_overviews_own_scrapes() -
 
 @given(st.lists(st.floats(min_value=0, max_value=1000), min_size=1, max_size=8), st.floats(min_value=0.01, max_value=1))
 def test_quantile_lies_within_the_buckets(increments: list[float], q: float) -> None:
-    bounds = [0.001 * 2 ** i for i in range(len(increments))]
+    bounds = [0.001 * 2**i for i in range(len(increments))]
     cumulative, total = [], 0.0
     for bound, count in zip(bounds, increments, strict=True):
         total += count

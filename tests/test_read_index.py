@@ -50,6 +50,7 @@ class Network:
         def send(target: FakeRaft, message: dict[str, Any]) -> bool:
             self.queue.append((source, target, message))
             return True
+
         return send
 
     def elect(self, name: str, term: int | None = None) -> None:
@@ -95,6 +96,7 @@ def test_no_majority_no_answer_then_timeout(monkeypatch) -> None:
     net.tick("a")
     assert net.results["a"] == []
     import mcpdb.raft.read_index as module
+
     real = module.time.monotonic
     monkeypatch.setattr(module.time, "monotonic", lambda: real() + ROUND_TIMEOUT_S + 1)
     net.tick("a")

@@ -20,9 +20,11 @@ def test_histogram_is_cumulative_with_sum_and_count() -> None:
 
     registry = CollectorRegistry()
     registry.register(Collector())
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(generate_latest(registry).decode())
-               for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
     get = (("method", "GET"), ("route", "/v1/namespaces/{ns}/contexts/{id}"), ("status", "200"))
     assert samples[("mcpdb_http_request_duration_seconds_count", get)] == 5
     assert samples[("mcpdb_http_request_duration_seconds_sum", get)] == sum((0.0004, 0.002, 0.002, 3.0, 60.0))

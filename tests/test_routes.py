@@ -43,24 +43,34 @@ _DECLARED = textwrap.dedent("""
 
 
 def test_the_table_is_exactly_the_routes_the_app_declares(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _DECLARED, str(tmp_path), str(free_port()), str(free_port())],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _DECLARED, str(tmp_path), str(free_port()), str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     declared = set(json.loads(done.stdout.strip().splitlines()[-1]))
     declared -= {"/docs/oauth2-redirect"}  # FastAPI's own, unused: the docs are served offline
     assert declared == {route.template for route in ROUTES}
 
 
-@pytest.mark.parametrize("path, label", [
-    ("/v1/namespaces/acme/contexts/x1", "/v1/namespaces/{ns}/contexts/{id}"),
-    ("/v1/namespaces/acme/contexts", "/v1/namespaces/{ns}/contexts"),
-    ("/v1/namespaces/acme/sessions/s1/turns", "/v1/namespaces/{ns}/sessions/{id}/turns"),
-    ("/v1/namespaces/acme/watch", "/v1/namespaces/{ns}/watch"), ("/mcp", "/mcp"),
-    ("/v1/tokens/abc", "/v1/tokens/{id}"),
-    ("/v1/cluster/members/127.0.0.1:7800", "/v1/cluster/members/{raft_addr}"),
-    ("/v1/autoscale", "/v1/autoscale"), ("/v1/node/drain", "/v1/node/drain"),  # once counted as "other"
-    ("/v1/namespaces/acme/contexts/x/extra", OTHER), ("/nowhere", OTHER),
-])
+@pytest.mark.parametrize(
+    "path, label",
+    [
+        ("/v1/namespaces/acme/contexts/x1", "/v1/namespaces/{ns}/contexts/{id}"),
+        ("/v1/namespaces/acme/contexts", "/v1/namespaces/{ns}/contexts"),
+        ("/v1/namespaces/acme/sessions/s1/turns", "/v1/namespaces/{ns}/sessions/{id}/turns"),
+        ("/v1/namespaces/acme/watch", "/v1/namespaces/{ns}/watch"),
+        ("/mcp", "/mcp"),
+        ("/v1/tokens/abc", "/v1/tokens/{id}"),
+        ("/v1/cluster/members/127.0.0.1:7800", "/v1/cluster/members/{raft_addr}"),
+        ("/v1/autoscale", "/v1/autoscale"),
+        ("/v1/node/drain", "/v1/node/drain"),  # once counted as "other"
+        ("/v1/namespaces/acme/contexts/x/extra", OTHER),
+        ("/nowhere", OTHER),
+    ],
+)
 def test_metric_labels_are_route_templates(path: str, label: str) -> None:
     assert label_of(path) == label
 

@@ -24,11 +24,18 @@ node_ids = st.sampled_from(["n1", "n2", "n3", "n4", "n5"])
 @st.composite
 def worker_sets(draw: st.DrawFn, min_size: int = 1) -> list[Worker]:
     ids = draw(st.lists(node_ids, min_size=min_size, max_size=5, unique=True))
-    return [Worker(node_id=i, weight=draw(st.integers(1, 10)), slots=draw(st.integers(1, 4)),
-                   domains=frozenset(draw(st.lists(st.sampled_from(["law", "code", "med"]), max_size=2))),
-                   in_flight=draw(st.integers(0, 6)), queued=draw(st.integers(0, 3)),
-                   alive=draw(st.booleans()))
-            for i in ids]
+    return [
+        Worker(
+            node_id=i,
+            weight=draw(st.integers(1, 10)),
+            slots=draw(st.integers(1, 4)),
+            domains=frozenset(draw(st.lists(st.sampled_from(["law", "code", "med"]), max_size=2))),
+            in_flight=draw(st.integers(0, 6)),
+            queued=draw(st.integers(0, 3)),
+            alive=draw(st.booleans()),
+        )
+        for i in ids
+    ]
 
 
 @settings(max_examples=60, deadline=None)
@@ -44,8 +51,11 @@ def test_weighted_shares_are_within_ten_percent_of_the_weights_over_1000_picks(w
 
 
 @settings(max_examples=200, deadline=None)
-@given(workers=worker_sets(), policy=st.sampled_from(list(Policy)),
-       sessions=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=1, max_size=30))
+@given(
+    workers=worker_sets(),
+    policy=st.sampled_from(list(Policy)),
+    sessions=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=1, max_size=30),
+)
 def test_a_dead_node_is_never_picked(workers: list[Worker], policy: Policy, sessions: list[str | None]) -> None:
     state = SchedulerState()
     alive = {w.node_id for w in workers if w.alive}
@@ -58,10 +68,10 @@ def test_a_dead_node_is_never_picked(workers: list[Worker], policy: Policy, sess
 
 
 @settings(max_examples=200, deadline=None)
-@given(workers=worker_sets(), policy=st.sampled_from(list(Policy)),
-       domain=st.sampled_from(["law", "code", "med"]))
+@given(workers=worker_sets(), policy=st.sampled_from(list(Policy)), domain=st.sampled_from(["law", "code", "med"]))
 def test_the_domain_filter_is_honoured_while_a_specialised_node_is_alive(
-        workers: list[Worker], policy: Policy, domain: str) -> None:
+    workers: list[Worker], policy: Policy, domain: str
+) -> None:
     state = SchedulerState()
     alive = [w for w in workers if w.alive]
     specialised = {w.node_id for w in alive if domain in w.domains}
@@ -80,8 +90,7 @@ def test_the_domain_filter_is_honoured_while_a_specialised_node_is_alive(
 @settings(max_examples=100, deadline=None)
 @given(workers=worker_sets(min_size=2), turns=st.integers(2, 20))
 def test_affinity_sticks_to_the_first_node_while_load_is_balanced(workers: list[Worker], turns: int) -> None:
-    balanced = [Worker(node_id=w.node_id, weight=w.weight, slots=w.slots, in_flight=0, queued=0)
-                for w in workers]
+    balanced = [Worker(node_id=w.node_id, weight=w.weight, slots=w.slots, in_flight=0, queued=0) for w in workers]
     state = SchedulerState()
     first = choose(Policy.affinity, Request(session_key="s"), balanced, state)
     for _ in range(turns):
@@ -92,12 +101,20 @@ def test_affinity_sticks_to_the_first_node_while_load_is_balanced(workers: list[
 @settings(max_examples=100, deadline=None)
 @given(workers=worker_sets(min_size=2), overload=st.integers(2, 20), threshold=st.sampled_from([0.5, 1.0, 2.0]))
 def test_affinity_sheds_an_overloaded_holder_to_a_less_loaded_node(
-        workers: list[Worker], overload: int, threshold: float) -> None:
+    workers: list[Worker], overload: int, threshold: float
+) -> None:
     idle = [Worker(node_id=w.node_id, weight=w.weight, slots=1) for w in workers]
     state = SchedulerState()
     holder = choose(Policy.affinity, Request(session_key="s"), idle, state).node_id
-    loaded = [Worker(node_id=w.node_id, weight=w.weight, slots=1,
-                     in_flight=int(threshold) + overload if w.node_id == holder else 0) for w in idle]
+    loaded = [
+        Worker(
+            node_id=w.node_id,
+            weight=w.weight,
+            slots=1,
+            in_flight=int(threshold) + overload if w.node_id == holder else 0,
+        )
+        for w in idle
+    ]
     decision = choose(Policy.affinity, Request(session_key="s"), loaded, state)
     assert decision.node_id != holder and decision.reason == "spare_capacity"
     # The session now lives on its new node.
@@ -108,8 +125,7 @@ def test_affinity_sheds_an_overloaded_holder_to_a_less_loaded_node(
 def test_new_sessions_spread_by_weight_under_affinity() -> None:
     workers = [Worker(node_id="small", weight=1.0), Worker(node_id="big", weight=2.0)]
     state = SchedulerState()
-    picks = Counter(choose(Policy.affinity, Request(session_key=f"s{i}"), workers, state).node_id
-                    for i in range(300))
+    picks = Counter(choose(Policy.affinity, Request(session_key=f"s{i}"), workers, state).node_id for i in range(300))
     assert picks == {"small": 100, "big": 200}
 
 
@@ -120,9 +136,11 @@ def test_round_robin_cycles_in_id_order() -> None:
 
 
 def test_least_connections_picks_the_least_busy_slot() -> None:
-    workers = [Worker(node_id="a", weight=1.0, slots=1, in_flight=1),
-               Worker(node_id="b", weight=1.0, slots=4, in_flight=2),
-               Worker(node_id="c", weight=1.0, slots=1, in_flight=1, queued=1)]
+    workers = [
+        Worker(node_id="a", weight=1.0, slots=1, in_flight=1),
+        Worker(node_id="b", weight=1.0, slots=4, in_flight=2),
+        Worker(node_id="c", weight=1.0, slots=1, in_flight=1, queued=1),
+    ]
     assert choose(Policy.least_connections, Request(), workers, SchedulerState()).node_id == "b"
 
 

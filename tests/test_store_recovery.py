@@ -53,8 +53,9 @@ def test_node_rebuilds_from_its_journal_after_an_unclean_reboot(tmp_path: Path) 
         victim = next(n.node_id for n in cluster.layout.nodes if n.node_id != cluster.leader())
         with httpx.Client(timeout=5) as http:
             for i in range(100):
-                http.put(f"{cluster.urls()[i % 3]}/v1/namespaces/r/contexts/k{i}",
-                         json={"kind": "memory", "facts": [str(i)]}).raise_for_status()
+                http.put(
+                    f"{cluster.urls()[i % 3]}/v1/namespaces/r/contexts/k{i}", json={"kind": "memory", "facts": [str(i)]}
+                ).raise_for_status()
             # pysyncobj persists the commit index once a second; alone, a node
             # replays its journal only up to the last persisted commit index.
             time.sleep(1.5)

@@ -35,9 +35,14 @@ class ParkedPickle:
 
 
 def _put(store: ContextStore, index: int, context_id: str) -> None:
-    command = Put(ns="a", id=context_id, context={"kind": "memory", "facts": [context_id], "data": {},
-                                                  "user_id": None, "tags": []},
-                  ttl=None, if_version=None, now=1_000.0)
+    command = Put(
+        ns="a",
+        id=context_id,
+        context={"kind": "memory", "facts": [context_id], "data": {}, "user_id": None, "tags": []},
+        ttl=None,
+        if_version=None,
+        now=1_000.0,
+    )
     assert store.apply(index, command)["ok"]
 
 
@@ -92,8 +97,7 @@ def test_reads_and_commits_proceed_while_a_snapshot_is_written(store: ContextSto
         fresh.close()
 
 
-def test_a_read_open_across_a_snapshot_install_finishes_on_the_old_state(store: ContextStore,
-                                                                          tmp_path: Path) -> None:
+def test_a_read_open_across_a_snapshot_install_finishes_on_the_old_state(store: ContextStore, tmp_path: Path) -> None:
     """Installing a snapshot replaces the environment without closing it under an open read.
 
     The read is held open the way every store read runs: on the generation it took at its start.

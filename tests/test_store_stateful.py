@@ -30,15 +30,19 @@ from mcpdb.store.state_machine import ContextStore
 
 NAMESPACES = ["a", "b"]
 IDS = ["x", "y", "z", "s1", "s2"]
-CONTEXTS = st.sampled_from([
-    {"kind": "memory", "facts": ["likes tea"], "data": {}, "user_id": None, "tags": []},
-    {"kind": "task", "domain": "maths", "goal": "tutor", "status": "open", "data": {}},
-    {"kind": "profile", "name": "Ada", "preferences": {"tone": "warm"}, "goals": ["learn"], "data": {}},
-    {"kind": "instruction", "role": "tutor", "domains": ["maths"], "text": "Be clear.", "style": None,
-     "data": {}},
-])
-TURN = st.builds(lambda role, content: {"role": role, "content": content, "metadata": {}},
-                 st.sampled_from(["user", "assistant"]), st.text(max_size=20))
+CONTEXTS = st.sampled_from(
+    [
+        {"kind": "memory", "facts": ["likes tea"], "data": {}, "user_id": None, "tags": []},
+        {"kind": "task", "domain": "maths", "goal": "tutor", "status": "open", "data": {}},
+        {"kind": "profile", "name": "Ada", "preferences": {"tone": "warm"}, "goals": ["learn"], "data": {}},
+        {"kind": "instruction", "role": "tutor", "domains": ["maths"], "text": "Be clear.", "style": None, "data": {}},
+    ]
+)
+TURN = st.builds(
+    lambda role, content: {"role": role, "content": content, "metadata": {}},
+    st.sampled_from(["user", "assistant"]),
+    st.text(max_size=20),
+)
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -76,13 +80,18 @@ class StoreMachine(RuleBasedStateMachine):
     def _model_put(self, ns: str, context_id: str, context: dict[str, Any], ttl: int | None) -> None:
         old = self.model.get((ns, context_id))
         fields = {k: v for k, v in context.items() if k != "turns"}
-        turns = [dict(t, timestamp=self.now) for t in context.get("turns", [])] \
-            if context["kind"] == "session" else None
+        turns = (
+            [dict(t, timestamp=self.now) for t in context.get("turns", [])] if context["kind"] == "session" else None
+        )
         if old is not None and old["record"]["kind"] == "session":
             self._forget_idempotency(ns, context_id)
         self.model[(ns, context_id)] = {
-            "record": fields, "version": self.index, "created_at": old["created_at"] if old else self.now,
-            "updated_at": self.now, "ttl": ttl, "expires_at": self.now + ttl if ttl else None,
+            "record": fields,
+            "version": self.index,
+            "created_at": old["created_at"] if old else self.now,
+            "updated_at": self.now,
+            "ttl": ttl,
+            "expires_at": self.now + ttl if ttl else None,
             "turns": turns,
         }
 
@@ -99,26 +108,39 @@ class StoreMachine(RuleBasedStateMachine):
     def start(self) -> None:
         assert self.store.applied_index() == 0
 
-    @rule(ns=st.sampled_from(NAMESPACES), context_id=st.sampled_from(IDS), context=CONTEXTS,
-          ttl=st.one_of(st.none(), st.integers(1, 5)), cas=st.sampled_from(["none", "right", "wrong", "create"]))
+    @rule(
+        ns=st.sampled_from(NAMESPACES),
+        context_id=st.sampled_from(IDS),
+        context=CONTEXTS,
+        ttl=st.one_of(st.none(), st.integers(1, 5)),
+        cas=st.sampled_from(["none", "right", "wrong", "create"]),
+    )
     def put(self, ns: str, context_id: str, context: dict[str, Any], ttl: int | None, cas: str) -> None:
         current = self._version(ns, context_id)
         expected = {"none": None, "right": current, "wrong": current + 1000, "create": 0}[cas]
-        result = self._apply({"op": "put", "ns": ns, "id": context_id, "context": context, "ttl": ttl,
-                              "if_version": expected})
+        result = self._apply(
+            {"op": "put", "ns": ns, "id": context_id, "context": context, "ttl": ttl, "if_version": expected}
+        )
         if expected is not None and expected != current:
-            assert result == {"ok": False, "error": "version_conflict", "message": result["message"],
-                              "current_version": current}
+            assert result == {
+                "ok": False,
+                "error": "version_conflict",
+                "message": result["message"],
+                "current_version": current,
+            }
             return
         assert result["ok"] and result["version"] == self.index
         assert result["created"] == (current == 0)
         self._model_put(ns, context_id, context, ttl)
 
-    @rule(ns=st.sampled_from(NAMESPACES), context_id=st.sampled_from(IDS), turns=st.lists(TURN, min_size=1,
-          max_size=3), key=st.one_of(st.none(), st.sampled_from(["k1", "k2"])))
+    @rule(
+        ns=st.sampled_from(NAMESPACES),
+        context_id=st.sampled_from(IDS),
+        turns=st.lists(TURN, min_size=1, max_size=3),
+        key=st.one_of(st.none(), st.sampled_from(["k1", "k2"])),
+    )
     def append(self, ns: str, context_id: str, turns: list[dict[str, Any]], key: str | None) -> None:
-        result = self._apply({"op": "append", "ns": ns, "id": context_id, "turns": turns,
-                              "idempotency_key": key})
+        result = self._apply({"op": "append", "ns": ns, "id": context_id, "turns": turns, "idempotency_key": key})
         entry = self.model.get((ns, context_id))
         if key is not None and (ns, context_id, key) in self.idempotency:
             first = self.idempotency[(ns, context_id, key)]
@@ -128,38 +150,53 @@ class StoreMachine(RuleBasedStateMachine):
             assert result["error"] == "wrong_kind" and result["current_version"] == entry["version"]
             return
         if entry is None:
-            entry = {"record": {"kind": "session", "data": {}, "user_id": None}, "version": self.index,
-                     "created_at": self.now, "updated_at": self.now, "ttl": None, "expires_at": None,
-                     "turns": []}
+            entry = {
+                "record": {"kind": "session", "data": {}, "user_id": None},
+                "version": self.index,
+                "created_at": self.now,
+                "updated_at": self.now,
+                "ttl": None,
+                "expires_at": None,
+                "turns": [],
+            }
             self.model[(ns, context_id)] = entry
         first_seq = len(entry["turns"])
         entry["turns"].extend(dict(t, timestamp=self.now) for t in turns)
         entry["version"] = self.index
         entry["updated_at"] = self.now
-        assert result == {"ok": True, "version": self.index, "turn_count": len(entry["turns"]),
-                          "first_seq": first_seq}
+        assert result == {"ok": True, "version": self.index, "turn_count": len(entry["turns"]), "first_seq": first_seq}
         if key is not None:
             self.idempotency[(ns, context_id, key)] = result
 
     @rule(ns=st.sampled_from(NAMESPACES), context_id=st.sampled_from(IDS), cas=st.booleans())
     def delete(self, ns: str, context_id: str, cas: bool) -> None:
         current = self._version(ns, context_id)
-        result = self._apply({"op": "delete", "ns": ns, "id": context_id,
-                              "if_version": current if cas else None})
+        result = self._apply({"op": "delete", "ns": ns, "id": context_id, "if_version": current if cas else None})
         if current == 0:
             assert result["error"] == "not_found"
             return
         assert result == {"ok": True, "version": self.index}
         self._model_delete(ns, context_id)
 
-    @rule(ns=st.sampled_from(NAMESPACES), puts=st.lists(st.tuples(st.sampled_from(IDS), CONTEXTS), max_size=3),
-          doomed=st.booleans())
+    @rule(
+        ns=st.sampled_from(NAMESPACES),
+        puts=st.lists(st.tuples(st.sampled_from(IDS), CONTEXTS), max_size=3),
+        doomed=st.booleans(),
+    )
     def batch(self, ns: str, puts: list[tuple[str, dict[str, Any]]], doomed: bool) -> None:
-        ops: list[dict[str, Any]] = [{"op": "put", "id": i, "context": c, "ttl": None, "if_version": None}
-                                     for i, c in puts]
+        ops: list[dict[str, Any]] = [
+            {"op": "put", "id": i, "context": c, "ttl": None, "if_version": None} for i, c in puts
+        ]
         if doomed:  # a CAS that cannot hold: nothing in the batch may apply
-            ops.append({"op": "put", "id": "x", "context": {"kind": "memory", "facts": ["f"]}, "ttl": None,
-                        "if_version": self._version(ns, "x") + 1000})
+            ops.append(
+                {
+                    "op": "put",
+                    "id": "x",
+                    "context": {"kind": "memory", "facts": ["f"]},
+                    "ttl": None,
+                    "if_version": self._version(ns, "x") + 1000,
+                }
+            )
         if not ops:
             return
         before = self._snapshot_reads()
@@ -176,8 +213,11 @@ class StoreMachine(RuleBasedStateMachine):
     def expire(self, advance: int, renew: bool) -> None:
         self.now += advance
         due = self.store.expired(self.now + 1)
-        expected_due = sorted((ns, i, e["version"]) for (ns, i), e in self.model.items()
-                              if e["expires_at"] is not None and e["expires_at"] <= self.now + 1)
+        expected_due = sorted(
+            (ns, i, e["version"])
+            for (ns, i), e in self.model.items()
+            if e["expires_at"] is not None and e["expires_at"] <= self.now + 1
+        )
         assert sorted(due) == expected_due
         if renew and due:
             # A write lands between the leader's scan and its expiry entry:
@@ -186,12 +226,14 @@ class StoreMachine(RuleBasedStateMachine):
             context = {"kind": "memory", "facts": ["renewed"], "data": {}, "user_id": None, "tags": []}
             # Its new TTL is due too by the time the expiry entry applies:
             # only the version tells the two writes apart.
-            self._apply({"op": "put", "ns": ns, "id": context_id, "context": context, "ttl": 1,
-                         "if_version": None})
+            self._apply({"op": "put", "ns": ns, "id": context_id, "context": context, "ttl": 1, "if_version": None})
             self._model_put(ns, context_id, context, 1)
         result = self._apply({"op": "expire", "items": [list(item) for item in due]})
-        gone = [(ns, i) for ns, i, v in due
-                if self.model[(ns, i)]["version"] == v and self.model[(ns, i)]["expires_at"] <= self.now]
+        gone = [
+            (ns, i)
+            for ns, i, v in due
+            if self.model[(ns, i)]["version"] == v and self.model[(ns, i)]["expires_at"] <= self.now
+        ]
         assert result["expired"] == len(gone)
         for ns, context_id in gone:
             self._model_delete(ns, context_id)
@@ -229,9 +271,16 @@ class StoreMachine(RuleBasedStateMachine):
     def store_equals_model(self) -> None:
         expected = {}
         for (ns, context_id), entry in self.model.items():
-            record = {"namespace": ns, "id": context_id, **entry["record"], "version": entry["version"],
-                      "created_at": entry["created_at"], "updated_at": entry["updated_at"],
-                      "ttl": entry["ttl"], "expires_at": entry["expires_at"]}
+            record = {
+                "namespace": ns,
+                "id": context_id,
+                **entry["record"],
+                "version": entry["version"],
+                "created_at": entry["created_at"],
+                "updated_at": entry["updated_at"],
+                "ttl": entry["ttl"],
+                "expires_at": entry["expires_at"],
+            }
             if entry["record"]["kind"] == "session":
                 record["turn_count"] = len(entry["turns"])
                 record["turns"] = entry["turns"]
@@ -262,6 +311,7 @@ def _reads(store: ContextStore) -> dict[Any, Any]:
     return out
 
 
-StoreMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
-                                          suppress_health_check=[HealthCheck.too_slow])
+StoreMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestStore = StoreMachine.TestCase

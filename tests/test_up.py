@@ -59,9 +59,14 @@ def run_up(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def _up(run_up: list[subprocess.Popen[str]], args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    process = subprocess.Popen([sys.executable, "-m", "mcpdb.cli", "up", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env={**env, "COLUMNS": "80"},
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcpdb.cli", "up", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "COLUMNS": "80"},
+        start_new_session=True,
+    )
     run_up.append(process)
     return process
 
@@ -85,11 +90,15 @@ def _stop_with_ctrl_c(process: subprocess.Popen[str], data_dir: Path) -> str:
     return rest
 
 
-def test_up_with_mcpdb_token_serves_the_demo_and_prints_whole_urls(tmp_path: Path,
-                                                                   run_up: list[subprocess.Popen[str]]) -> None:
+def test_up_with_mcpdb_token_serves_the_demo_and_prints_whole_urls(
+    tmp_path: Path, run_up: list[subprocess.Popen[str]]
+) -> None:
     base, data_dir = _free_base(), tmp_path / "data"
-    process = _up(run_up, ["--nodes", "3", "--data-dir", str(data_dir), "--base-port", str(base), "--demo"],
-                  {**os.environ, "MCPDB_TOKEN": TOKEN})
+    process = _up(
+        run_up,
+        ["--nodes", "3", "--data-dir", str(data_dir), "--base-port", str(base), "--demo"],
+        {**os.environ, "MCPDB_TOKEN": TOKEN},
+    )
     printed = _wait_for_line(process, "serving", timeout=150)
     _assert_urls_whole(printed, base, 3)
     assert "the session now holds 6 turns" in printed  # the demo ran with the token
@@ -102,14 +111,29 @@ def test_up_with_mcpdb_token_serves_the_demo_and_prints_whole_urls(tmp_path: Pat
     _stop_with_ctrl_c(process, data_dir)
 
 
-def test_up_with_a_token_file_autoscales_and_never_prints_the_secret(tmp_path: Path,
-                                                                     run_up: list[subprocess.Popen[str]]) -> None:
+def test_up_with_a_token_file_autoscales_and_never_prints_the_secret(
+    tmp_path: Path, run_up: list[subprocess.Popen[str]]
+) -> None:
     base, data_dir = _free_base(), tmp_path / "data"
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     env = {key: value for key, value in os.environ.items() if key != "MCPDB_TOKEN"}
-    process = _up(run_up, ["--nodes", "1", "--data-dir", str(data_dir), "--base-port", str(base),
-                           "--token-file", str(token_file), "--autoscale", "1:1"], env)
+    process = _up(
+        run_up,
+        [
+            "--nodes",
+            "1",
+            "--data-dir",
+            str(data_dir),
+            "--base-port",
+            str(base),
+            "--token-file",
+            str(token_file),
+            "--autoscale",
+            "1:1",
+        ],
+        env,
+    )
     # The controller reads the leader's decision with the token, then starts the worker.
     printed = _wait_for_line(process, "started w1", timeout=60)
     _assert_urls_whole(printed, base, 1)
@@ -120,9 +144,22 @@ def test_up_with_a_token_file_autoscales_and_never_prints_the_secret(tmp_path: P
 
 
 def test_up_with_an_unreadable_token_file_says_so(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "mcpdb.cli", "up", "--data-dir", str(tmp_path / "data"),
-                             "--token-file", str(tmp_path / "missing")],
-                            check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcpdb.cli",
+            "up",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--token-file",
+            str(tmp_path / "missing"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert f"cannot read {tmp_path / 'missing'}" in result.stderr
     assert "Traceback" not in result.stderr

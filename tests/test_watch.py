@@ -18,8 +18,11 @@ from mcpdb.store.commands import from_entry
 from mcpdb.store.state_machine import ContextStore, HistoryTrimmed
 from tests.conftest import start_cluster
 
-_OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "append", "batch"]),
-                          st.sampled_from(["a", "b", "c"])), min_size=1, max_size=40)
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["put", "delete", "append", "batch"]), st.sampled_from(["a", "b", "c"])),
+    min_size=1,
+    max_size=40,
+)
 
 
 def _command(op: str, context_id: str) -> dict[str, Any]:
@@ -28,18 +31,29 @@ def _command(op: str, context_id: str) -> dict[str, Any]:
     if op == "delete":
         return {"op": "delete", "ns": "n", "id": context_id, "now": 1.0}
     if op == "append":
-        return {"op": "append", "ns": "n", "id": "s-" + context_id, "now": 1.0,
-                "turns": [{"role": "user", "content": "x"}]}
-    return {"op": "batch", "ns": "n", "now": 1.0, "ops": [
-        {"op": "put", "id": context_id, "context": {"kind": "memory", "facts": []}},
-        {"op": "put", "id": context_id + "2", "context": {"kind": "task", "data": {}}}]}
+        return {
+            "op": "append",
+            "ns": "n",
+            "id": "s-" + context_id,
+            "now": 1.0,
+            "turns": [{"role": "user", "content": "x"}],
+        }
+    return {
+        "op": "batch",
+        "ns": "n",
+        "now": 1.0,
+        "ops": [
+            {"op": "put", "id": context_id, "context": {"kind": "memory", "facts": []}},
+            {"op": "put", "id": context_id + "2", "context": {"kind": "task", "data": {}}},
+        ],
+    }
 
 
 @settings(max_examples=40, deadline=None)
 @given(ops=_OPS, history=st.integers(min_value=1, max_value=30))
-def test_history_holds_exactly_the_newest_changes_in_commit_order(tmp_path_factory: pytest.TempPathFactory,
-                                                                   ops: list[tuple[str, str]],
-                                                                   history: int) -> None:
+def test_history_holds_exactly_the_newest_changes_in_commit_order(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str]], history: int
+) -> None:
     store = ContextStore(str(tmp_path_factory.mktemp("store")), change_history=history)
     expected = []  # every change that applied, as (version, id, action)
     for index, (op, context_id) in enumerate(ops, start=1):
@@ -61,8 +75,9 @@ def test_history_holds_exactly_the_newest_changes_in_commit_order(tmp_path_facto
     got = [(c.version, c.id, c.action) for c in store.changes_after(oldest)]
     assert got == kept
     for version in {v for v, _, _ in kept}:  # resuming from any version gives exactly what follows it
-        assert [(c.version, c.id, c.action) for c in store.changes_after(version)] == \
-            [change for change in kept if change[0] > version]
+        assert [(c.version, c.id, c.action) for c in store.changes_after(version)] == [
+            change for change in kept if change[0] > version
+        ]
     if oldest:
         with pytest.raises(HistoryTrimmed):
             store.changes_after(oldest - 1)
@@ -103,8 +118,12 @@ def test_watch_on_a_follower_misses_nothing_across_a_leader_failover(tmp_path: P
                 if i % 3 == 2:
                     acknowledged[context_id] = writer.append("w", context_id, "user", "hi")["version"]
                 else:
-                    acknowledged[context_id] = writer.put("w", context_id, {"kind": "task", "domain": "d", "goal": f"g{i}"})["version"]
-                writer.put("other", context_id, {"kind": "task", "domain": "d", "goal": "g"})  # another namespace: not seen
+                    acknowledged[context_id] = writer.put(
+                        "w", context_id, {"kind": "task", "domain": "d", "goal": f"g{i}"}
+                    )["version"]
+                writer.put(
+                    "other", context_id, {"kind": "task", "domain": "d", "goal": "g"}
+                )  # another namespace: not seen
         thread.join(timeout=20)
         assert not thread.is_alive(), f"watcher saw {len(seen)} of 60 changes"
         assert [(c["id"], c["version"]) for c in seen] == sorted(acknowledged.items(), key=lambda item: item[1])
@@ -130,8 +149,13 @@ def test_watch_on_a_follower_misses_nothing_across_a_leader_failover(tmp_path: P
         assert sessions == [cid for cid in sorted(acknowledged, key=acknowledged.get) if int(cid[1:]) % 3 == 2]
         # A trimmed history: 410 naming the oldest version one can resume from.
         with Client(cluster.urls(), deadline=20) as writer:
-            writer.batch("other", [{"op": "put", "id": f"b{i}", "context": {"kind": "task", "domain": "d", "goal": "g"}}
-                                   for i in range(40)])
+            writer.batch(
+                "other",
+                [
+                    {"op": "put", "id": f"b{i}", "context": {"kind": "task", "domain": "d", "goal": "g"}}
+                    for i in range(40)
+                ],
+            )
         response = httpx.get(f"{cluster.spec(other).url}/v1/namespaces/w/watch", params={"since": "0"})
         assert response.status_code == 410 and response.json()["error"] == "compacted"
         assert response.json()["oldest_version"] > 0
@@ -143,12 +167,20 @@ def test_watch_on_a_follower_misses_nothing_across_a_leader_failover(tmp_path: P
 
 def test_expiry_and_batch_deletes_are_recorded_with_their_kind(tmp_path: Path) -> None:
     store = ContextStore(str(tmp_path / "s"))
-    for index, entry in enumerate([
+    for index, entry in enumerate(
+        [
             {"op": "put", "ns": "n", "id": "t", "context": {"kind": "memory", "facts": ["f"]}, "ttl": 1, "now": 100.0},
             {"op": "expire", "items": [["n", "t", 1]], "now": 102.0},
             {"op": "put", "ns": "n", "id": "u", "context": {"kind": "task"}, "now": 103.0},
-            {"op": "batch", "ns": "n", "now": 104.0, "ops": [{"op": "delete", "id": "u"}]}], start=1):
+            {"op": "batch", "ns": "n", "now": 104.0, "ops": [{"op": "delete", "id": "u"}]},
+        ],
+        start=1,
+    ):
         store.apply(index, from_entry(entry))
     assert [(c.version, c.id, c.kind, c.action) for c in store.changes_after(0)] == [
-        (1, "t", "memory", "put"), (2, "t", "memory", "expire"), (3, "u", "task", "put"), (4, "u", "task", "delete")]
+        (1, "t", "memory", "put"),
+        (2, "t", "memory", "expire"),
+        (3, "u", "task", "put"),
+        (4, "u", "task", "delete"),
+    ]
     store.close()

@@ -35,8 +35,9 @@ def _anomaly(kind: str, key: str, **details: Any) -> dict[str, Any]:
     return {"kind": kind, "key": key, "details": details}
 
 
-def _check_structure(key: str, turns: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int],
-                                                                     dict[str, int]]:
+def _check_structure(
+    key: str, turns: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, int]]:
     """Anomalies of one session's turns; where each message is and how many turns its reply saw."""
     anomalies = []
     position: dict[str, int] = {}
@@ -58,8 +59,15 @@ def _check_structure(key: str, turns: list[dict[str, Any]]) -> tuple[list[dict[s
         if previous is None or previous["metadata"].get("idempotency_key") != idem:
             anomalies.append(_anomaly("unpaired_turn", key, position=index, idempotency_key=idem))
         if meta.get("context_index") is None or meta["context_index"] < meta["read_index"]:
-            anomalies.append(_anomaly("context_older_than_read_index", key, position=index,
-                                      read_index=meta.get("read_index"), context_index=meta.get("context_index")))
+            anomalies.append(
+                _anomaly(
+                    "context_older_than_read_index",
+                    key,
+                    position=index,
+                    read_index=meta.get("read_index"),
+                    context_index=meta.get("context_index"),
+                )
+            )
         context_turns[idem] = meta.get("context_turns", 0)
     return anomalies, position, context_turns
 
@@ -71,8 +79,9 @@ def check(ops: Iterable[Op], final_turns: dict[str, list[dict[str, Any]]]) -> di
         structure, position, context_turns = _check_structure(key, final_turns.get(key, []))
         anomalies += structure
         chats = [(invoke, done) for invoke, done in pairs(key_ops) if invoke.f == "chat"]
-        acknowledged = sorted((done.index, f"{KEY_PREFIX}{invoke.value}") for invoke, done in chats
-                              if done.type == "ok")
+        acknowledged = sorted(
+            (done.index, f"{KEY_PREFIX}{invoke.value}") for invoke, done in chats if done.type == "ok"
+        )
         for invoke, done in chats:
             idem = f"{KEY_PREFIX}{invoke.value}"
             if done.type != "ok" or idem not in context_turns:
@@ -82,6 +91,14 @@ def check(ops: Iterable[Op], final_turns: dict[str, list[dict[str, Any]]]) -> di
                 if acked_at > invoke.index:
                     break
                 if earlier in position and position[earlier] + 1 >= seen:
-                    anomalies.append(_anomaly("stale_context", key, chat=idem, context_turns=seen,
-                                              missing=earlier, missing_position=position[earlier]))
+                    anomalies.append(
+                        _anomaly(
+                            "stale_context",
+                            key,
+                            chat=idem,
+                            context_turns=seen,
+                            missing=earlier,
+                            missing_position=position[earlier],
+                        )
+                    )
     return {"valid": not anomalies, "anomalies": anomalies, "counts": dict(Counter(a["kind"] for a in anomalies))}

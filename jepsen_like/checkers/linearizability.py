@@ -217,12 +217,18 @@ class _Indeterminate:
             elif event.op.f == "cas":
                 wanted.add(event.op.argument[0])
             event = event.next
-        return [group for group in self.twins[:invoked] if group.leaves in wanted
-                and group.placed < len(group.ops) and group.ops[group.placed].invocation.index < bound]
+        return [
+            group
+            for group in self.twins[:invoked]
+            if group.leaves in wanted
+            and group.placed < len(group.ops)
+            and group.ops[group.placed].invocation.index < bound
+        ]
 
 
-def _explored(cache: dict[tuple[int, Any, bool], list[int]], placed_ok: int, state: Any, after_info: bool,
-              placed_info: int) -> bool:
+def _explored(
+    cache: dict[tuple[int, Any, bool], list[int]], placed_ok: int, state: Any, after_info: bool, placed_info: int
+) -> bool:
     """Lowe's cache, with subsumption: has this configuration, or one at least as capable, been explored?
 
     Configurations with the same ``ok`` operations placed, the same state and
@@ -324,25 +330,38 @@ def _search(ok_ops: list[_Operation], info: _Indeterminate, deadline: float) -> 
 
 def _summary(op: _Operation) -> dict[str, Any]:
     completed = None if op.completion.index == NEVER_INDEX else round(op.completion.time, 6)
-    return {"index": op.invocation.index, "process": op.invocation.process, "f": op.f,
-            "value": op.invocation.value, "output": op.completion.value if op.f == "read" else None,
-            "outcome": op.completion.type, "node": op.invocation.node,
-            "invoked": round(op.invocation.time, 6), "completed": completed}
+    return {
+        "index": op.invocation.index,
+        "process": op.invocation.process,
+        "f": op.f,
+        "value": op.invocation.value,
+        "output": op.completion.value if op.f == "read" else None,
+        "outcome": op.completion.type,
+        "node": op.invocation.node,
+        "invoked": round(op.invocation.time, 6),
+        "completed": completed,
+    }
 
 
 def _anomaly(key: str, stuck: _Stuck, operations: list[_Operation]) -> dict[str, Any]:
     """The operation no linearization could place, the operations running at the same time, and the tail of
     the longest linearization found: enough to replay the contradiction by hand."""
     start, end = stuck.blocker.invocation.index, stuck.blocker.completion.index
-    concurrent = [op for op in operations if op is not stuck.blocker
-                  and op.invocation.index < end and (op.info or op.completion.index > start)]
+    concurrent = [
+        op
+        for op in operations
+        if op is not stuck.blocker and op.invocation.index < end and (op.info or op.completion.index > start)
+    ]
     concurrent.sort(key=lambda op: abs(op.invocation.index - start))
     blocker = _summary(stuck.blocker)
-    return {"key": key, "kind": "nonlinearizable",
-            "ops": [blocker, *(_summary(op) for op in concurrent[:_CONCURRENT])],
-            "cannot_linearize": blocker,
-            "state": stuck.state,
-            "linearized_before": [_summary(op) for op in stuck.tail]}
+    return {
+        "key": key,
+        "kind": "nonlinearizable",
+        "ops": [blocker, *(_summary(op) for op in concurrent[:_CONCURRENT])],
+        "cannot_linearize": blocker,
+        "state": stuck.state,
+        "linearized_before": [_summary(op) for op in stuck.tail],
+    }
 
 
 def check(ops: Iterable[Op], time_budget: float = 60.0) -> dict[str, Any]:

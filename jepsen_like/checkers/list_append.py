@@ -49,9 +49,14 @@ _Read = tuple[Op, Op]
 
 def _describe(read: _Read) -> dict[str, Any]:
     invocation, completion = read
-    return {"index": invocation.index, "process": invocation.process, "node": invocation.node,
-            "invoked": round(invocation.time, 6), "completed": round(completion.time, 6),
-            "length": len(completion.value)}
+    return {
+        "index": invocation.index,
+        "process": invocation.process,
+        "node": invocation.node,
+        "invoked": round(invocation.time, 6),
+        "completed": round(completion.time, 6),
+        "length": len(completion.value),
+    }
 
 
 class _Findings:
@@ -99,8 +104,10 @@ def _check_key(key: str, operations: list[_Read]) -> list[dict[str, Any]]:
     for invocation, completion in operations:
         if invocation.f == "append":
             if invocation.value in appends:
-                raise ValueError(f"op {invocation.index}: {invocation.value!r} appended to {key} twice; "
-                                 "the checker needs unique values")
+                raise ValueError(
+                    f"op {invocation.index}: {invocation.value!r} appended to {key} twice; "
+                    "the checker needs unique values"
+                )
             appends[invocation.value] = (invocation, completion)
     reads = [(i, c) for i, c in operations if i.f == "read" and c.type == "ok"]
     longest = list(max((c.value for _, c in reads), key=len, default=[]))
@@ -193,8 +200,9 @@ def _check_order(state: _Key, odd: list[_Read]) -> None:
             continue  # a prefix, odd only for a value appended after it completed
         at = next(i for i, (a, b) in enumerate(zip(values, state.longest, strict=False)) if a != b)
         window = slice(max(at - 2, 0), at + 3)
-        state.found.add("reordered", read=_describe(read), position=at, got=values[window],
-                        longest=state.longest[window])
+        state.found.add(
+            "reordered", read=_describe(read), position=at, got=values[window], longest=state.longest[window]
+        )
     # Scanning from the end: the earliest acknowledgement among the values after the current one.
     earliest_ack, acked_value = NEVER_INDEX, None
     for value in reversed(state.longest):
@@ -203,8 +211,12 @@ def _check_order(state: _Key, odd: list[_Read]) -> None:
             continue
         invocation, completion = append
         if earliest_ack < invocation.index:
-            state.found.add("reordered", reason="an append acknowledged before another began comes after it",
-                            before=value, after=acked_value)
+            state.found.add(
+                "reordered",
+                reason="an append acknowledged before another began comes after it",
+                before=value,
+                after=acked_value,
+            )
             return
         if completion.type == "ok" and completion.index < earliest_ack:
             earliest_ack, acked_value = completion.index, value
@@ -241,13 +253,13 @@ def _check_missing(state: _Key, clean: list[_Read], odd: list[_Read]) -> None:
 
 def check(ops: Iterable[Op]) -> dict[str, Any]:
     """Check every key of a list-append history."""
-    anomalies = [anomaly for key, key_ops in sorted(by_key(ops).items())
-                 for anomaly in _check_key(key, pairs(key_ops))]
+    anomalies = [anomaly for key, key_ops in sorted(by_key(ops).items()) for anomaly in _check_key(key, pairs(key_ops))]
     return {"valid": not anomalies, "anomalies": anomalies, "counts": dict(Counter(a["kind"] for a in anomalies))}
 
 
-def check_final(acknowledged: dict[str, list[Any]],
-                final_reads: dict[str, dict[str, Sequence[Any]]]) -> list[dict[str, Any]]:
+def check_final(
+    acknowledged: dict[str, list[Any]], final_reads: dict[str, dict[str, Sequence[Any]]]
+) -> list[dict[str, Any]]:
     """After healing: every acknowledged append on every node, once, and all nodes holding the same lists.
 
     ``final_reads`` maps node to key to the list that node holds; a key a node
@@ -270,6 +282,9 @@ def check_final(acknowledged: dict[str, list[Any]],
                 anomaly("duplicate_on_node", key, node=node, values=duplicated[:_SHOWN])
     for key in sorted({key for lists in final_reads.values() for key in lists} | set(acknowledged)):
         if len({tuple(lists.get(key) or []) for lists in final_reads.values()}) > 1:
-            anomaly("replicas_differ", key, lengths={node: len(lists.get(key) or []) for node, lists in
-                                                     sorted(final_reads.items())})
+            anomaly(
+                "replicas_differ",
+                key,
+                lengths={node: len(lists.get(key) or []) for node, lists in sorted(final_reads.items())},
+            )
     return anomalies

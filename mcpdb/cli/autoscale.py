@@ -15,11 +15,13 @@ from mcpdb.cli.common import TokenOption, UrlOption, client, console
 from mcpdb.ops.provisioning import KubernetesProvisioner, ScaleController
 
 
-def autoscale(deployment: Annotated[str, typer.Option(help="The workers' Deployment.")] = "mcpdb-worker",
-              namespace: Annotated[str | None, typer.Option(
-                  help="Its namespace (default: this pod's).")] = None,
-              interval: Annotated[float, typer.Option(help="Seconds between looks at the decision.")] = 2.0,
-              url: UrlOption = None, token: TokenOption = None) -> None:
+def autoscale(
+    deployment: Annotated[str, typer.Option(help="The workers' Deployment.")] = "mcpdb-worker",
+    namespace: Annotated[str | None, typer.Option(help="Its namespace (default: this pod's).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between looks at the decision.")] = 2.0,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """Keep a Kubernetes Deployment of workers at the count the leader's autoscaler decides (runs in the
     cluster with the pod's service account; see deploy/README.md)."""
     provisioner = KubernetesProvisioner(deployment, namespace)

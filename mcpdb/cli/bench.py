@@ -35,13 +35,17 @@ def raft(seconds: float = typer.Option(8.0, help="Seconds per configuration.")) 
 
 
 @app.command("kv")
-def kv(duration: Annotated[float, typer.Option(help="Seconds of wrk load per scenario and system.")] = 20.0,
-       connections: Annotated[int, typer.Option(
-           help="wrk connections (one wrk thread each), spread over the 3 nodes.")] = 32,
-       trials: Annotated[int, typer.Option(help="Leader kills per system for the failover figure.")] = 3,
-       durability: Annotated[str, typer.Option(help="mcpdb nodes' --durability: durable or fast.")] = "durable",
-       out: Annotated[Path | None, typer.Option(
-           help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
+def kv(
+    duration: Annotated[float, typer.Option(help="Seconds of wrk load per scenario and system.")] = 20.0,
+    connections: Annotated[
+        int, typer.Option(help="wrk connections (one wrk thread each), spread over the 3 nodes.")
+    ] = 32,
+    trials: Annotated[int, typer.Option(help="Leader kills per system for the failover figure.")] = 3,
+    durability: Annotated[str, typer.Option(help="mcpdb nodes' --durability: durable or fast.")] = "durable",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
+    ] = None,
+) -> None:
     """mcpdb vs etcd 3.4 on loopback, loaded by wrk: writes, linearizable reads, failover."""
     with source_checkout("mcpdb bench", "benchmarks"):
         from benchmarks import kv as kv_bench
@@ -65,13 +69,16 @@ def kv(duration: Annotated[float, typer.Option(help="Seconds of wrk load per sce
 
 
 @app.command("infer")
-def infer(requests: Annotated[int, typer.Option(help="Requests per side of the throughput comparison.")] = 16,
-          max_tokens: Annotated[int, typer.Option(help="Completion tokens per throughput request.")] = 64,
-          sessions: Annotated[int, typer.Option(help="Sessions in the affinity comparison.")] = 8,
-          turns: Annotated[int, typer.Option(help="Turns per session in the affinity comparison.")] = 6,
-          weighted_requests: Annotated[int, typer.Option(help="Requests per policy in the weighted run.")] = 48,
-          out: Annotated[Path | None, typer.Option(
-              help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
+def infer(
+    requests: Annotated[int, typer.Option(help="Requests per side of the throughput comparison.")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Completion tokens per throughput request.")] = 64,
+    sessions: Annotated[int, typer.Option(help="Sessions in the affinity comparison.")] = 8,
+    turns: Annotated[int, typer.Option(help="Turns per session in the affinity comparison.")] = 6,
+    weighted_requests: Annotated[int, typer.Option(help="Requests per policy in the weighted run.")] = 48,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
+    ] = None,
+) -> None:
     """Chat through mcpdb vs raw llama-cpp-python; affinity vs round robin; weighted capacity 1:2."""
     with source_checkout("mcpdb bench", "benchmarks"):
         from benchmarks import infer as infer_bench
@@ -82,20 +89,27 @@ def infer(requests: Annotated[int, typer.Option(help="Requests per side of the t
     folder = settings.folder()
     results = _run_with_progress(settings, infer_bench.run)
     infer_bench.save(results, folder)
-    _report("mcpdb inference: anchors measured in the same run",
-            ("metric", "mcpdb", "anchor", "ratio", "target", "met"), infer_bench.rows(results), results,
-            folder / "infer.png")
+    _report(
+        "mcpdb inference: anchors measured in the same run",
+        ("metric", "mcpdb", "anchor", "ratio", "target", "met"),
+        infer_bench.rows(results),
+        results,
+        folder / "infer.png",
+    )
 
 
 @app.command("autoscale")
-def autoscale(max_workers: Annotated[int, typer.Option(help="Most workers the autoscaler may run.")] = 2,
-              cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 10.0,
-              phases: Annotated[str, typer.Option(
-                  help="Load schedule: CLIENTSxSECONDS,... (concurrent chat clients per phase).")
-              ] = "1x30,2x30,4x60,2x30,0x40",
-              max_tokens: Annotated[int, typer.Option(help="Completion tokens per request.")] = 24,
-              out: Annotated[Path | None, typer.Option(
-                  help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)] = None) -> None:
+def autoscale(
+    max_workers: Annotated[int, typer.Option(help="Most workers the autoscaler may run.")] = 2,
+    cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 10.0,
+    phases: Annotated[
+        str, typer.Option(help="Load schedule: CLIENTSxSECONDS,... (concurrent chat clients per phase).")
+    ] = "1x30,2x30,4x60,2x30,0x40",
+    max_tokens: Annotated[int, typer.Option(help="Completion tokens per request.")] = 24,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
+    ] = None,
+) -> None:
     """A load ramp against autoscaled workers, beside the same ramp on one fixed worker."""
     with source_checkout("mcpdb bench", "benchmarks"):
         from benchmarks import autoscale as autoscale_bench
@@ -110,13 +124,16 @@ def autoscale(max_workers: Annotated[int, typer.Option(help="Most workers the au
     folder = settings.folder()
     results = _run_with_progress(settings, autoscale_bench.run)
     autoscale_bench.save(results, folder)
-    _report("mcpdb autoscaling: a load ramp, autoscaled beside one fixed worker in the same run",
-            ("metric", "autoscaled", "anchor (fixed)", "ratio"), autoscale_bench.rows(results), results,
-            folder / "autoscale.png")
+    _report(
+        "mcpdb autoscaling: a load ramp, autoscaled beside one fixed worker in the same run",
+        ("metric", "autoscaled", "anchor (fixed)", "ratio"),
+        autoscale_bench.rows(results),
+        results,
+        folder / "autoscale.png",
+    )
 
 
-def _report(title: str, columns: tuple[str, ...], rows: list[list[str]], results: dict[str, Any],
-            figure: Path) -> None:
+def _report(title: str, columns: tuple[str, ...], rows: list[list[str]], results: dict[str, Any], figure: Path) -> None:
     """A finished run: its table, the command that produced it, and where the files went."""
     table = Table(title=title)
     for column in columns:
@@ -128,13 +145,15 @@ def _report(title: str, columns: tuple[str, ...], rows: list[list[str]], results
     console.print(f"saved {figure.parent}/results.json, results.md, {figure.name}")
 
 
-def _run_with_progress(settings: Any, run: Callable[[Any, Callable[[str, float], None]], dict[str, Any]]
-                       ) -> dict[str, Any]:
+def _run_with_progress(
+    settings: Any, run: Callable[[Any, Callable[[str, float], None]], dict[str, Any]]
+) -> dict[str, Any]:
     """Print the command, run the benchmark under a progress bar; its failures become one line."""
     console.print(f"command: {settings.command()}", soft_wrap=True, highlight=False)
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
             steps = _Steps(progress, settings.expected_s())
             results = run(settings, steps)
             steps("done", 0)
@@ -165,6 +184,12 @@ def _table(results: dict[str, Any]) -> Table:
     colors = {True: "green", False: "bold red", None: ""}
     for row in results["rows"]:
         met = verdict(row["pass"])
-        table.add_row(row["metric"], cell(row["mcpdb"]), cell(row["etcd"]), cell(row["ratio"]), row["target"],
-                      f"[{colors[row['pass']]}]{met}[/]" if met else "")
+        table.add_row(
+            row["metric"],
+            cell(row["mcpdb"]),
+            cell(row["etcd"]),
+            cell(row["ratio"]),
+            row["target"],
+            f"[{colors[row['pass']]}]{met}[/]" if met else "",
+        )
     return table

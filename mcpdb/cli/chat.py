@@ -16,10 +16,12 @@ def describe_reply(final: dict[str, Any]) -> str:
     meta, usage = final.get("mcpdb") or {}, final.get("usage") or {}
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     ttft = meta.get("ttft_s")
-    parts = [f"node {meta.get('node')}",
-             f"first token {ttft:.3f} s" if ttft is not None else "replayed",
-             f"{usage.get('completion_tokens', 0)} tokens",
-             f"prompt {usage.get('prompt_tokens', 0)} ({cached} cached)"]
+    parts = [
+        f"node {meta.get('node')}",
+        f"first token {ttft:.3f} s" if ttft is not None else "replayed",
+        f"{usage.get('completion_tokens', 0)} tokens",
+        f"prompt {usage.get('prompt_tokens', 0)} ({cached} cached)",
+    ]
     omitted = {k: v for k, v in (meta.get("omitted") or {}).items() if v}
     if omitted:
         parts.append("left out: " + ", ".join(f"{v} {k}" for k, v in omitted.items()))
@@ -28,13 +30,18 @@ def describe_reply(final: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def chat(namespace: str, session_id: Annotated[str, typer.Argument(metavar="SESSION")], message: str,
-         user: Annotated[str | None, typer.Option(help="User id whose profile applies.")] = None,
-         task: Annotated[str | None, typer.Option(help="Task id (its domain routes the request).")] = None,
-         model: Annotated[str | None, typer.Option(help="Model (default: the first the cluster serves).")] = None,
-         max_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,
-         temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.7,
-         url: UrlOption = None, token: TokenOption = None) -> None:
+def chat(
+    namespace: str,
+    session_id: Annotated[str, typer.Argument(metavar="SESSION")],
+    message: str,
+    user: Annotated[str | None, typer.Option(help="User id whose profile applies.")] = None,
+    task: Annotated[str | None, typer.Option(help="Task id (its domain routes the request).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (default: the first the cluster serves).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.7,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """Send MESSAGE to SESSION in NAMESPACE and stream the reply; both are appended to the session."""
     if max_tokens < 1:
         raise CliError("--max-tokens must be at least 1")
@@ -46,14 +53,22 @@ def chat(namespace: str, session_id: Annotated[str, typer.Argument(metavar="SESS
             if not served:
                 raise CliError("no node serves a model yet (still loading, or started with --no-inference)")
             model = served[0]
-        body = chat_body([{"role": "user", "content": message}], model, namespace=namespace,
-                         session_id=session_id, user_id=user, task_id=task, max_tokens=max_tokens,
-                         temperature=temperature)
+        body = chat_body(
+            [{"role": "user", "content": message}],
+            model,
+            namespace=namespace,
+            session_id=session_id,
+            user_id=user,
+            task_id=task,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
         final: dict[str, Any] = {}
         for chunk in http.chat_stream(body):
             for choice in chunk.get("choices", []):
-                console.print(choice.get("delta", {}).get("content") or "", end="", markup=False,
-                              highlight=False, soft_wrap=True)
+                console.print(
+                    choice.get("delta", {}).get("content") or "", end="", markup=False, highlight=False, soft_wrap=True
+                )
             if "usage" in chunk:
                 final = chunk
     console.print()

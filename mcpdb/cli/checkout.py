@@ -30,8 +30,10 @@ def source_checkout(command: str, package: str, package_dir: Path = PACKAGE_DIR)
     """
     root = package_dir.parent
     if not ((root / "pyproject.toml").is_file() and (root / package / "__init__.py").is_file()):
-        raise CliError(f"`{command}` needs a source checkout: clone the mcpdb repository and "
-                       f"pip install -e '.[node,bench]' in it ({package}/ is not installed with mcpdb)")
+        raise CliError(
+            f"`{command}` needs a source checkout: clone the mcpdb repository and "
+            f"pip install -e '.[node,bench]' in it ({package}/ is not installed with mcpdb)"
+        )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
@@ -39,5 +41,7 @@ def source_checkout(command: str, package: str, package_dir: Path = PACKAGE_DIR)
     except ModuleNotFoundError as error:
         if (error.name or "").partition(".")[0] in (package, "mcpdb"):
             raise
-        raise CliError(f"`{command}` needs the node and benchmark dependencies: pip install -e "
-                       f"'.[node,bench]' in {root} (no module {error.name!r})") from None
+        raise CliError(
+            f"`{command}` needs the node and benchmark dependencies: pip install -e "
+            f"'.[node,bench]' in {root} (no module {error.name!r})"
+        ) from None

@@ -16,10 +16,13 @@ from mcpdb.client import DEFAULT_URL, Client, McpdbError
 
 console = Console()
 
-UrlOption = Annotated[list[str] | None, typer.Option(
-    "--url", help="Node URL (repeatable; else MCPDB_URL, comma-separated; else " + DEFAULT_URL + ").")]
-TokenOption = Annotated[str | None, typer.Option(
-    "--token", help="Bearer token (else MCPDB_TOKEN).", show_default=False)]
+UrlOption = Annotated[
+    list[str] | None,
+    typer.Option("--url", help="Node URL (repeatable; else MCPDB_URL, comma-separated; else " + DEFAULT_URL + ")."),
+]
+TokenOption = Annotated[
+    str | None, typer.Option("--token", help="Bearer token (else MCPDB_TOKEN).", show_default=False)
+]
 
 
 def node_urls(urls: list[str] | None) -> list[str]:

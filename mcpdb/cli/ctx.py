@@ -25,20 +25,26 @@ def _read_body(file: str) -> dict:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as error:
-        raise CliError(f"{'stdin' if file == '-' else file} is not valid JSON: {error.msg} "
-                       f"(line {error.lineno}, column {error.colno})") from None
+        raise CliError(
+            f"{'stdin' if file == '-' else file} is not valid JSON: {error.msg} "
+            f"(line {error.lineno}, column {error.colno})"
+        ) from None
     if not isinstance(body, dict):
         raise CliError("the context must be a JSON object of the kind's fields")
     return body
 
 
 @app.command("put")
-def put(namespace: str, context_id: Annotated[str, typer.Argument(metavar="ID")],
-        kind: Annotated[str, typer.Option(help=f"One of: {', '.join(KINDS)}.")],
-        file: Annotated[str, typer.Option(help="JSON file with the kind's fields, or - for stdin.")],
-        if_version: Annotated[int | None, typer.Option(help="Only if the current version is this (CAS).")] = None,
-        ttl: Annotated[int | None, typer.Option(help="Expire after this many seconds.")] = None,
-        url: UrlOption = None, token: TokenOption = None) -> None:
+def put(
+    namespace: str,
+    context_id: Annotated[str, typer.Argument(metavar="ID")],
+    kind: Annotated[str, typer.Option(help=f"One of: {', '.join(KINDS)}.")],
+    file: Annotated[str, typer.Option(help="JSON file with the kind's fields, or - for stdin.")],
+    if_version: Annotated[int | None, typer.Option(help="Only if the current version is this (CAS).")] = None,
+    ttl: Annotated[int | None, typer.Option(help="Expire after this many seconds.")] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """Create or replace a context."""
     if kind not in KINDS:
         raise CliError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -52,20 +58,27 @@ def put(namespace: str, context_id: Annotated[str, typer.Argument(metavar="ID")]
 
 
 @app.command("get")
-def get(namespace: str, context_id: Annotated[str, typer.Argument(metavar="ID")],
-        stale: Annotated[bool, typer.Option(help="Read this node's state without a read index.")] = False,
-        url: UrlOption = None, token: TokenOption = None) -> None:
+def get(
+    namespace: str,
+    context_id: Annotated[str, typer.Argument(metavar="ID")],
+    stale: Annotated[bool, typer.Option(help="Read this node's state without a read index.")] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """Print a context as JSON (linearizable unless --stale)."""
     with client(url, token) as http:
         print_json(http.get(namespace, context_id, "stale" if stale else "linearizable"))
 
 
 @app.command("ls")
-def ls(namespace: str,
-       kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
-       prefix: Annotated[str, typer.Option(help="Only ids starting with this.")] = "",
-       limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
-       url: UrlOption = None, token: TokenOption = None) -> None:
+def ls(
+    namespace: str,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    prefix: Annotated[str, typer.Option(help="Only ids starting with this.")] = "",
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """List contexts in id order."""
     if kind is not None and kind not in KINDS:
         raise CliError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -75,8 +88,9 @@ def ls(namespace: str,
     shown = 0
     with client(url, token) as http:
         for item in http.iter_contexts(namespace, kind, prefix, page_size=min(limit, 1000)):
-            table.add_row(item["id"], item["kind"], str(item["version"]),
-                          f"{item['updated_at']:.0f}", str(item["ttl"] or ""))
+            table.add_row(
+                item["id"], item["kind"], str(item["version"]), f"{item['updated_at']:.0f}", str(item["ttl"] or "")
+            )
             shown += 1
             if shown == limit:
                 break
@@ -84,9 +98,13 @@ def ls(namespace: str,
 
 
 @app.command("rm")
-def rm(namespace: str, context_id: Annotated[str, typer.Argument(metavar="ID")],
-       if_version: Annotated[int | None, typer.Option(help="Only if the current version is this.")] = None,
-       url: UrlOption = None, token: TokenOption = None) -> None:
+def rm(
+    namespace: str,
+    context_id: Annotated[str, typer.Argument(metavar="ID")],
+    if_version: Annotated[int | None, typer.Option(help="Only if the current version is this.")] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """Delete a context."""
     with client(url, token) as http:
         result = http.delete(namespace, context_id, if_version=if_version)

@@ -23,28 +23,64 @@ QUESTIONS = ("What is a context database?", "Why replicate it with Raft?", "Summ
 def run_demo(urls: list[str], token: str | None = None, max_tokens: int = 48) -> None:
     session = f"demo-{uuid.uuid4().hex[:6]}"
     with Client(urls, token=token, deadline=60.0) as http:
-        http.put(NAMESPACE, "assistant", {
-            "kind": "instruction", "role": "a concise assistant for engineers",
-            "domains": ["databases"], "text": "Answer plainly, in at most two sentences."})
-        http.put(NAMESPACE, "ada", {
-            "kind": "profile", "name": "Ada", "preferences": {"tone": "direct"},
-            "goals": ["understand distributed systems"]})
+        http.put(
+            NAMESPACE,
+            "assistant",
+            {
+                "kind": "instruction",
+                "role": "a concise assistant for engineers",
+                "domains": ["databases"],
+                "text": "Answer plainly, in at most two sentences.",
+            },
+        )
+        http.put(
+            NAMESPACE,
+            "ada",
+            {
+                "kind": "profile",
+                "name": "Ada",
+                "preferences": {"tone": "direct"},
+                "goals": ["understand distributed systems"],
+            },
+        )
         model = http.models()[0]
-        table = Table("turn", "entry node", "served by", "first token", "cached prompt", "reply",
-                      title=f"demo: session {NAMESPACE}/{session} on {model}")
+        table = Table(
+            "turn",
+            "entry node",
+            "served by",
+            "first token",
+            "cached prompt",
+            "reply",
+            title=f"demo: session {NAMESPACE}/{session} on {model}",
+        )
         for turn, question in enumerate(QUESTIONS, start=1):
             entry = urls[(turn - 1) % len(urls)]
             with Client(entry, token=token, deadline=60.0) as via_entry:
-                reply = via_entry.chat(chat_body([{"role": "user", "content": question}], model,
-                                                 namespace=NAMESPACE, session_id=session, user_id="ada",
-                                                 max_tokens=max_tokens, temperature=0.7))
+                reply = via_entry.chat(
+                    chat_body(
+                        [{"role": "user", "content": question}],
+                        model,
+                        namespace=NAMESPACE,
+                        session_id=session,
+                        user_id="ada",
+                        max_tokens=max_tokens,
+                        temperature=0.7,
+                    )
+                )
             meta, usage = reply["mcpdb"], reply["usage"]
             console.print(f"[bold]you:[/] {question}")
             console.print(f"[bold]{meta['node']}:[/] {reply['choices'][0]['message']['content'].strip()}")
-            table.add_row(str(turn), entry, meta["node"], f"{meta['ttft_s']:.3f} s",
-                          f"{usage['prompt_tokens_details']['cached_tokens']}/{usage['prompt_tokens']}",
-                          f"{usage['completion_tokens']} tokens")
+            table.add_row(
+                str(turn),
+                entry,
+                meta["node"],
+                f"{meta['ttft_s']:.3f} s",
+                f"{usage['prompt_tokens_details']['cached_tokens']}/{usage['prompt_tokens']}",
+                f"{usage['completion_tokens']} tokens",
+            )
         console.print(table)
         stored = http.get(NAMESPACE, session)
-        console.print(f"the session now holds {stored['turn_count']} turns (version {stored['version']}); "
-                      f"read it back with: mcpdb ctx get {NAMESPACE} {session}")
+        console.print(
+            f"the session now holds {stored['turn_count']} turns (version {stored['version']}); "
+            f"read it back with: mcpdb ctx get {NAMESPACE} {session}"
+        )

@@ -21,10 +21,12 @@ console = Console()
 
 
 def jepsen(
-    nemesis: Annotated[str, typer.Option(
-        help="Comma-separated: partition, partition-leader, bridge, kill, pause, crash, slow, lossy.")] = "partition,kill,pause",
-    workload: Annotated[str, typer.Option(
-        help="Comma-separated: register, list-append, chat (chat loads the model on every node).")] = "register",
+    nemesis: Annotated[
+        str, typer.Option(help="Comma-separated: partition, partition-leader, bridge, kill, pause, crash, slow, lossy.")
+    ] = "partition,kill,pause",
+    workload: Annotated[
+        str, typer.Option(help="Comma-separated: register, list-append, chat (chat loads the model on every node).")
+    ] = "register",
     time_s: Annotated[float, typer.Option("--time", help="Seconds of load.")] = 60.0,
     concurrency: Annotated[int, typer.Option(help="Concurrent clients.")] = 10,
     nodes: Annotated[int, typer.Option(help="Voters in the cluster under test.")] = 3,
@@ -34,8 +36,9 @@ def jepsen(
     combined: Annotated[bool, typer.Option(help="Inject every listed nemesis at once in each window.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed for the schedule and the clients.")] = 0,
     loopback: Annotated[bool, typer.Option(help="Run on loopback even if namespaces are available.")] = False,
-    unsafe_stale_reads: Annotated[bool, typer.Option(
-        help="Start every node with --unsafe-stale-reads: the checkers must catch it.")] = False,
+    unsafe_stale_reads: Annotated[
+        bool, typer.Option(help="Start every node with --unsafe-stale-reads: the checkers must catch it.")
+    ] = False,
 ) -> None:
     """Run workloads against a real cluster under faults; exit non-zero on any anomaly."""
     with source_checkout("mcpdb jepsen", "jepsen_like"):
@@ -48,12 +51,25 @@ def jepsen(
     config = RunConfig(
         nemeses=[n.strip() for n in nemesis.split(",") if n.strip()],
         workloads=[w.strip() for w in workload.split(",") if w.strip()],
-        time_s=time_s, concurrency=concurrency, nodes=nodes, out=folder,
-        unsafe_stale_reads=unsafe_stale_reads, fault_s=fault_s, heal_s=heal_s, combined=combined,
-        seed=seed, use_namespaces=not loopback,
+        time_s=time_s,
+        concurrency=concurrency,
+        nodes=nodes,
+        out=folder,
+        unsafe_stale_reads=unsafe_stale_reads,
+        fault_s=fault_s,
+        heal_s=heal_s,
+        combined=combined,
+        seed=seed,
+        use_namespaces=not loopback,
     )
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[ops]} ops"),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[ops]} ops"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("starting cluster", total=time_s, ops=0)
 
         def on_progress(elapsed: float, ops: int) -> None:

@@ -22,8 +22,12 @@ from mcpdb.cli.errors import CliError, fail
 from mcpdb.node import command as node_command
 from mcpdb.node.config import ConfigError
 
-app = typer.Typer(help="mcpdb: a Raft-replicated context database for LLM applications.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="mcpdb: a Raft-replicated context database for LLM applications.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 app.add_typer(node_command.app, name="node")
 app.add_typer(ctx.app, name="ctx")
 app.add_typer(session.app, name="session")

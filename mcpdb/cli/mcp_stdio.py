@@ -68,12 +68,14 @@ class NodeErrors(httpx2.AsyncBaseTransport):
                 return response
             body = await response.aread()
         except httpx2.TransportError as error:
-            return self._failed(request, BAD_GATEWAY,
-                                f"cannot reach the node at {self.node_url}: {unreachable_reason(error)}", {})
+            return self._failed(
+                request, BAD_GATEWAY, f"cannot reach the node at {self.node_url}: {unreachable_reason(error)}", {}
+            )
         try:
             if isinstance(jsonrpc_message_adapter.validate_json(body, by_name=False), JSONRPCError):
-                return httpx2.Response(response.status_code, headers={"content-type": "application/json"},
-                                       content=body, request=request)  # the node's own JSON-RPC error
+                return httpx2.Response(
+                    response.status_code, headers={"content-type": "application/json"}, content=body, request=request
+                )  # the node's own JSON-RPC error
         except ValidationError:
             pass
         message, code = self._refusal(response.status_code, body)
@@ -93,8 +95,9 @@ class NodeErrors(httpx2.AsyncBaseTransport):
         if status == 401:
             if not self.has_token:
                 return f"the node at {self.node_url} needs a bearer token: pass --token or set MCPDB_TOKEN", code
-            return (f"the node at {self.node_url} refused the bearer token (wrong or revoked): "
-                    "check --token or MCPDB_TOKEN"), code
+            return (
+                f"the node at {self.node_url} refused the bearer token (wrong or revoked): check --token or MCPDB_TOKEN"
+            ), code
         reason = httpx2.codes.get_reason_phrase(status) or "error"
         sentence = f"the node at {self.node_url} answered {status} {reason}"
         if said and said != reason:
@@ -112,20 +115,26 @@ class NodeErrors(httpx2.AsyncBaseTransport):
         if not (isinstance(sent, dict) and "method" in sent and "id" in sent):
             print(f"mcpdb mcp: {message} (a notification or response was not delivered)", file=sys.stderr)
             return httpx2.Response(status, request=request)
-        error = JSONRPCError(jsonrpc="2.0", id=sent["id"],
-                             error=ErrorData(code=INTERNAL_ERROR, message=message, data=data or None))
-        return httpx2.Response(status, request=request,
-                               json=error.model_dump(by_alias=True, mode="json", exclude_none=True))
+        error = JSONRPCError(
+            jsonrpc="2.0", id=sent["id"], error=ErrorData(code=INTERNAL_ERROR, message=message, data=data or None)
+        )
+        return httpx2.Response(
+            status, request=request, json=error.model_dump(by_alias=True, mode="json", exclude_none=True)
+        )
 
 
 async def relay(url: str, token: str | None) -> None:
     """Relay stdin to the node and the node to stdout until either side closes."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=READ_TIMEOUT_S),
-                              transport=NodeErrors(url, bool(token)))
-    async with http, stdio_server() as (from_client, to_client), \
-            streamable_http_client(url.rstrip("/") + "/mcp", http_client=http) as (from_node, to_node), \
-            anyio.create_task_group() as relays:
+    http = httpx2.AsyncClient(
+        headers=headers, timeout=httpx2.Timeout(30.0, read=READ_TIMEOUT_S), transport=NodeErrors(url, bool(token))
+    )
+    async with (
+        http,
+        stdio_server() as (from_client, to_client),
+        streamable_http_client(url.rstrip("/") + "/mcp", http_client=http) as (from_node, to_node),
+        anyio.create_task_group() as relays,
+    ):
 
         async def pump(source: Any, sink: Any, source_name: str) -> None:
             # Closing the sink is what ends its reader: stdio_server's stdout writer, or the transport's
@@ -142,10 +151,12 @@ async def relay(url: str, token: str | None) -> None:
         relays.start_soon(pump, from_node, to_client, "node")
 
 
-def mcp(url: Annotated[str | None, typer.Option(
-            help="Node URL (else the first of MCPDB_URL, else http://127.0.0.1:7700).")] = None,
-        token: Annotated[str | None, typer.Option(help="Bearer token (else MCPDB_TOKEN).",
-                                                     show_default=False)] = None) -> None:
+def mcp(
+    url: Annotated[
+        str | None, typer.Option(help="Node URL (else the first of MCPDB_URL, else http://127.0.0.1:7700).")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token (else MCPDB_TOKEN).", show_default=False)] = None,
+) -> None:
     """Serve the Model Context Protocol on stdin/stdout, backed by a node (for desktop MCP clients)."""
     target = url or (os.environ.get("MCPDB_URL", "").split(",")[0].strip() or "http://127.0.0.1:7700")
     if not target.startswith(("http://", "https://")):

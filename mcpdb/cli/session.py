@@ -14,9 +14,14 @@ ROLES = ("system", "user", "assistant", "tool")
 
 
 @app.command("append")
-def append(namespace: str, session_id: Annotated[str, typer.Argument(metavar="ID")], text: str,
-           role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}.")] = "user",
-           url: UrlOption = None, token: TokenOption = None) -> None:
+def append(
+    namespace: str,
+    session_id: Annotated[str, typer.Argument(metavar="ID")],
+    text: str,
+    role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}.")] = "user",
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """Append one turn (the session is created if missing)."""
     if role not in ROLES:
         raise CliError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")

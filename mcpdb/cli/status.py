@@ -10,8 +10,11 @@ from rich.table import Table
 from mcpdb.cli.common import TokenOption, UrlOption, client, console, print_json
 
 
-def status(json_output: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
-           url: UrlOption = None, token: TokenOption = None) -> None:
+def status(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """Members, roles, leader, term and indexes per node."""
     with client(url, token) as http:
         cluster = http.cluster()
@@ -21,8 +24,14 @@ def status(json_output: Annotated[bool, typer.Option("--json", help="Print the r
     table = Table("node", "url", "role", "term", "commit", "applied", "reachable")
     for node in cluster["nodes"]:
         reachable = node.get("reachable", False)
-        table.add_row(node["id"], node["http_url"], node.get("role", "?"), str(node.get("term", "")),
-                      str(node.get("commit_index", "")), str(node.get("applied_index", "")),
-                      "[green]yes[/]" if reachable else "[red]no[/]")
+        table.add_row(
+            node["id"],
+            node["http_url"],
+            node.get("role", "?"),
+            str(node.get("term", "")),
+            str(node.get("commit_index", "")),
+            str(node.get("applied_index", "")),
+            "[green]yes[/]" if reachable else "[red]no[/]",
+        )
     console.print(table)
     console.print(f"leader: [bold]{cluster['leader'] or 'none'}[/] (term {cluster['term']})")

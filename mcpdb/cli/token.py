@@ -15,11 +15,14 @@ app = typer.Typer(help="Scoped access tokens.", no_args_is_help=True)
 
 
 @app.command("create")
-def create(ns: Annotated[list[str], typer.Option("--ns", help="Namespace the token may use ('*' for all); repeat.")],
-           scope: Annotated[str, typer.Option(help="read, write or admin (in every --ns).")] = "read",
-           description: Annotated[str, typer.Option(help="What the token is for.")] = "",
-           rate_limit: Annotated[float | None, typer.Option(help="Requests per second on each node.")] = None,
-           url: UrlOption = None, token: TokenOption = None) -> None:
+def create(
+    ns: Annotated[list[str], typer.Option("--ns", help="Namespace the token may use ('*' for all); repeat.")],
+    scope: Annotated[str, typer.Option(help="read, write or admin (in every --ns).")] = "read",
+    description: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    rate_limit: Annotated[float | None, typer.Option(help="Requests per second on each node.")] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
     """Create a token; it is printed once and cannot be shown again."""
     if scope not in Scope.__members__:
         raise CliError(f"unknown scope {scope!r}; use read, write or admin")
@@ -37,13 +40,16 @@ def list_tokens(url: UrlOption = None, token: TokenOption = None) -> None:
     table = Table("id", "scopes", "rate limit", "description")
     for item in items:
         scopes = ", ".join(f"{ns}:{scope}" for ns, scope in sorted(item["scopes"].items()))
-        table.add_row(item["id"], scopes, f"{item['rate_limit']:g}/s" if item["rate_limit"] else "", item["description"])
+        table.add_row(
+            item["id"], scopes, f"{item['rate_limit']:g}/s" if item["rate_limit"] else "", item["description"]
+        )
     console.print(table if items else "no tokens")
 
 
 @app.command("revoke")
-def revoke(token_id: Annotated[str, typer.Argument(metavar="ID")], url: UrlOption = None,
-           token: TokenOption = None) -> None:
+def revoke(
+    token_id: Annotated[str, typer.Argument(metavar="ID")], url: UrlOption = None, token: TokenOption = None
+) -> None:
     """Revoke a token: every node refuses it from the moment the revocation commits."""
     with client(url, token) as http:
         result = http.revoke_token(token_id)

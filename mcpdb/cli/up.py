@@ -31,24 +31,33 @@ def _check_free(address: str) -> None:
         try:
             sock.bind((host, int(port)))
         except OSError:
-            raise CliError(f"{address} is already in use; choose another --base-port "
-                           "or stop what is listening there") from None
+            raise CliError(
+                f"{address} is already in use; choose another --base-port or stop what is listening there"
+            ) from None
 
 
-def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate 1 or 2 failures).")] = 3,
-       data_dir: Annotated[Path, typer.Option(help="Where the nodes keep their data.")] = Path("mcpdb-data"),
-       base_port: Annotated[int, typer.Option(help="HTTP on base+i, Raft on base+100+i.")] = 7700,
-       demo: Annotated[bool, typer.Option(
-           help="Once up, run a short conversation showing which node served each turn.")] = False,
-       model: Annotated[Path | None, typer.Option(
-           help="GGUF model for every node (default: the bundled Gemma 3 270M).")] = None,
-       autoscale: Annotated[str | None, typer.Option(
-           help="MIN:MAX: the voters keep the store only, and inference runs on 1..N worker replicas "
-                "started and stopped as the leader's autoscaler decides.")] = None,
-       autoscale_cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 15.0,
-       token_file: Annotated[Path | None, typer.Option(
-           help="File holding the bootstrap token every node requires (else MCPDB_TOKEN).")] = None,
-       ) -> None:
+def up(
+    nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate 1 or 2 failures).")] = 3,
+    data_dir: Annotated[Path, typer.Option(help="Where the nodes keep their data.")] = Path("mcpdb-data"),
+    base_port: Annotated[int, typer.Option(help="HTTP on base+i, Raft on base+100+i.")] = 7700,
+    demo: Annotated[
+        bool, typer.Option(help="Once up, run a short conversation showing which node served each turn.")
+    ] = False,
+    model: Annotated[
+        Path | None, typer.Option(help="GGUF model for every node (default: the bundled Gemma 3 270M).")
+    ] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            help="MIN:MAX: the voters keep the store only, and inference runs on 1..N worker replicas "
+            "started and stopped as the leader's autoscaler decides."
+        ),
+    ] = None,
+    autoscale_cooldown: Annotated[float, typer.Option(help="Seconds between scaling changes.")] = 15.0,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding the bootstrap token every node requires (else MCPDB_TOKEN).")
+    ] = None,
+) -> None:
     """Start a local cluster, load the model on every node, print each node's URL and the leader,
     and serve until Ctrl-C.
 
@@ -65,8 +74,10 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
             raise CliError("--base-port must be between 1024 and 65335")
         layout = ClusterLayout.fresh(nodes, base_port=base_port)
     elif len(layout.nodes) != nodes:
-        raise CliError(f"{data_dir} holds a {len(layout.nodes)}-node cluster; run with --nodes "
-                       f"{len(layout.nodes)} or use another --data-dir")
+        raise CliError(
+            f"{data_dir} holds a {len(layout.nodes)}-node cluster; run with --nodes "
+            f"{len(layout.nodes)} or use another --data-dir"
+        )
     for spec in layout.nodes:
         _check_free(spec.http_addr)
         if spec.raft_addr:
@@ -76,8 +87,13 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
     layout.extra_args = list(model_args)
     policy = _autoscale_policy(autoscale, autoscale_cooldown, demo)
     if policy is not None:
-        layout.extra_args += ["--no-inference", "--autoscale", f"{policy.min_workers}:{policy.max_workers}",
-                              "--autoscale-cooldown", str(autoscale_cooldown)]
+        layout.extra_args += [
+            "--no-inference",
+            "--autoscale",
+            f"{policy.min_workers}:{policy.max_workers}",
+            "--autoscale-cooldown",
+            str(autoscale_cooldown),
+        ]
     # The cluster's own checks, the demo and the autoscaler send the token the nodes get.
     cluster = LocalCluster(layout, data_dir, token=token)
     stop = threading.Event()
@@ -101,8 +117,9 @@ def up(nodes: Annotated[int, typer.Option(help="Voters to start (3 or 5 tolerate
     console.print(f"stopped; data kept in {data_dir}")
 
 
-def _serve_until(cluster: LocalCluster, leader: str, token_file: Path | None, demo: bool,
-                 stop: threading.Event) -> None:
+def _serve_until(
+    cluster: LocalCluster, leader: str, token_file: Path | None, demo: bool, stop: threading.Event
+) -> None:
     """Load the model on every node, print them (and run the demo), then report nodes that exit
     until ``stop``."""
     with console.status("loading the model on every node ..."):
@@ -140,31 +157,33 @@ def autoscale_until(cluster: LocalCluster, max_workers: int, model_args: list[st
     """Run worker replicas as the leader's autoscaler decides, printing each change, until ``stop``."""
     threads = threads_per_worker(max_workers)
     provisioner = LocalProvisioner(cluster, [*model_args, "--inference", "--threads", str(threads)])
-    console.print(f"autoscaling inference workers ({threads} thread(s) each); watch it with "
-                  f"`mcpdb top --url {cluster.layout.nodes[0].url}`; press Ctrl-C to stop")
-    with Client([spec.url for spec in cluster.layout.nodes if spec.voter], token=cluster.token,
-                deadline=5) as client:
+    console.print(
+        f"autoscaling inference workers ({threads} thread(s) each); watch it with "
+        f"`mcpdb top --url {cluster.layout.nodes[0].url}`; press Ctrl-C to stop"
+    )
+    with Client([spec.url for spec in cluster.layout.nodes if spec.voter], token=cluster.token, deadline=5) as client:
         controller = ScaleController(client, provisioner)
         try:
             while not stop.wait(1.0):
                 change = controller.step()
                 if change:
-                    console.print(f"{time.strftime('%H:%M:%S')} {change}; workers: "
-                                  f"{', '.join(provisioner.workers()) or 'none'}")
+                    console.print(
+                        f"{time.strftime('%H:%M:%S')} {change}; workers: {', '.join(provisioner.workers()) or 'none'}"
+                    )
         finally:
             provisioner.scale_to(0)
 
 
-def _print_nodes(cluster: LocalCluster, leader: str, inference: dict[str, dict[str, Any]],
-                 token_file: Path | None) -> None:
+def _print_nodes(
+    cluster: LocalCluster, leader: str, inference: dict[str, dict[str, Any]], token_file: Path | None
+) -> None:
     """The table fits the terminal, so its cells may be cut; the URLs, what a newcomer copies, go
     below it as plain lines that are never wrapped or cut, whatever the width (or no terminal)."""
     table = Table("node", "role", "Raft", "model", "weight")
     for spec in cluster.layout.nodes:
         role = "[bold green]leader[/]" if spec.node_id == leader else "follower"
         info = inference.get(spec.node_id, {})
-        table.add_row(spec.node_id, role, spec.raft_addr or "-", info.get("model", "-"),
-                      str(info.get("weight", "-")))
+        table.add_row(spec.node_id, role, spec.raft_addr or "-", info.get("model", "-"), str(info.get("weight", "-")))
     console.print(table)
     _plain("URLs (pass any with --url):")
     for spec in cluster.layout.nodes:
@@ -172,8 +191,10 @@ def _print_nodes(cluster: LocalCluster, leader: str, inference: dict[str, dict[s
     if token_file is not None:
         # The secret itself is never printed: this output ends up in scrollback and logs.
         path = shlex.quote(str(token_file.resolve()))
-        _plain(f"every node requires the token in {path}; for clients: "
-               f'export MCPDB_TOKEN="$(head -n1 {path})" (or --token)')
+        _plain(
+            f"every node requires the token in {path}; for clients: "
+            f'export MCPDB_TOKEN="$(head -n1 {path})" (or --token)'
+        )
     elif cluster.token:
         _plain("every node requires the token in MCPDB_TOKEN; clients read it from there too (or --token)")
     _plain(f"leader: {leader} at {cluster.spec(leader).url}")

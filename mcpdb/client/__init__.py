@@ -19,5 +19,16 @@ from mcpdb.client._client import (
     chat_body,
 )
 
-__all__ = ["DEFAULT_URL", "AsyncClient", "Client", "Conflict", "Forbidden", "InvalidRequest", "McpdbError",
-           "NotFound", "Unauthorized", "Unavailable", "chat_body"]
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncClient",
+    "Client",
+    "Conflict",
+    "Forbidden",
+    "InvalidRequest",
+    "McpdbError",
+    "NotFound",
+    "Unauthorized",
+    "Unavailable",
+    "chat_body",
+]

@@ -76,8 +76,15 @@ class Unavailable(McpdbError):
         return str(self.body.get("applied", "unknown"))
 
 
-_ERRORS: dict[int, type[McpdbError]] = {400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                        409: Conflict, 413: InvalidRequest, 422: InvalidRequest}
+_ERRORS: dict[int, type[McpdbError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: InvalidRequest,
+    422: InvalidRequest,
+}
 
 
 @dataclass
@@ -98,11 +105,10 @@ class _Retry(Exception):
 
 def _decide(call: _Call, response: httpx.Response | None, error: Exception | None, attempt: int) -> Any:
     """The retry policy: return the decoded body, or raise ``_Retry`` or a final ``McpdbError``."""
-    backoff = min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random())
+    backoff = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
     if error is not None:
         sent = not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
-        failure = Unavailable(f"{type(error).__name__}: {error}", None,
-                              {"applied": "unknown" if sent else "no"})
+        failure = Unavailable(f"{type(error).__name__}: {error}", None, {"applied": "unknown" if sent else "no"})
         if not sent or call.idempotent:
             # Unreachable: move on to the next URL almost at once.
             raise _Retry(backoff / 4 if not sent else backoff, failure)
@@ -124,16 +130,16 @@ def _decide(call: _Call, response: httpx.Response | None, error: Exception | Non
             retry_after = response.headers.get("Retry-After", "")
             raise _Retry(max(backoff, float(retry_after)) if retry_after.isdigit() else backoff, failure)
         raise failure
-    raise _ERRORS.get(response.status_code, McpdbError)(f"{response.status_code}: {message}",
-                                                       response.status_code, body)
+    raise _ERRORS.get(response.status_code, McpdbError)(
+        f"{response.status_code}: {message}", response.status_code, body
+    )
 
 
 class _CallBuilder:
     """How each API call is spelled; shared by both clients."""
 
     @staticmethod
-    def put(ns: str, context_id: str, context: dict[str, Any], if_version: int | None,
-            create_only: bool) -> _Call:
+    def put(ns: str, context_id: str, context: dict[str, Any], if_version: int | None, create_only: bool) -> _Call:
         headers = {}
         if if_version is not None:
             headers["If-Match"] = str(if_version)
@@ -141,23 +147,19 @@ class _CallBuilder:
             headers["If-None-Match"] = "*"
         # A conditional write retried after an unknown outcome could report a
         # false conflict (its own first attempt changed the version).
-        return _Call("PUT", f"/v1/namespaces/{ns}/contexts/{context_id}", not headers, json=context,
-                     headers=headers)
+        return _Call("PUT", f"/v1/namespaces/{ns}/contexts/{context_id}", not headers, json=context, headers=headers)
 
     @staticmethod
     def get(ns: str, context_id: str, consistency: str) -> _Call:
-        return _Call("GET", f"/v1/namespaces/{ns}/contexts/{context_id}", True,
-                     params={"consistency": consistency})
+        return _Call("GET", f"/v1/namespaces/{ns}/contexts/{context_id}", True, params={"consistency": consistency})
 
     @staticmethod
     def delete(ns: str, context_id: str, if_version: int | None) -> _Call:
         headers = {"If-Match": str(if_version)} if if_version is not None else {}
-        return _Call("DELETE", f"/v1/namespaces/{ns}/contexts/{context_id}", if_version is None,
-                     headers=headers)
+        return _Call("DELETE", f"/v1/namespaces/{ns}/contexts/{context_id}", if_version is None, headers=headers)
 
     @staticmethod
-    def list(ns: str, kind: str | None, prefix: str, limit: int, cursor: str | None,
-             consistency: str) -> _Call:
+    def list(ns: str, kind: str | None, prefix: str, limit: int, cursor: str | None, consistency: str) -> _Call:
         params: dict[str, Any] = {"prefix": prefix, "limit": limit, "consistency": consistency}
         if kind:
             params["kind"] = kind
@@ -167,8 +169,13 @@ class _CallBuilder:
 
     @staticmethod
     def append(ns: str, session_id: str, turns: builtins.list[dict[str, Any]], idempotency_key: str | None) -> _Call:
-        return _Call("POST", f"/v1/namespaces/{ns}/sessions/{session_id}/turns", True,
-                     json={"turns": turns}, headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
+        return _Call(
+            "POST",
+            f"/v1/namespaces/{ns}/sessions/{session_id}/turns",
+            True,
+            json={"turns": turns},
+            headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+        )
 
     @staticmethod
     def batch(ns: str, ops: builtins.list[dict[str, Any]]) -> _Call:
@@ -177,24 +184,50 @@ class _CallBuilder:
     @staticmethod
     def chat(body: dict[str, Any], idempotency_key: str | None) -> _Call:
         # Safe to retry: the key makes the server replay a reply it already recorded.
-        return _Call("POST", "/v1/chat/completions", True, json=body,
-                     headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
+        return _Call(
+            "POST",
+            "/v1/chat/completions",
+            True,
+            json=body,
+            headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+        )
 
 
-def chat_body(messages: list[dict[str, str]], model: str, *, namespace: str | None = None,
-              session_id: str | None = None, user_id: str | None = None, task_id: str | None = None,
-              max_tokens: int | None = None, temperature: float | None = None,
-              stream: bool = False) -> dict[str, Any]:
+def chat_body(
+    messages: list[dict[str, str]],
+    model: str,
+    *,
+    namespace: str | None = None,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    task_id: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    stream: bool = False,
+) -> dict[str, Any]:
     """A /v1/chat/completions body with mcpdb's context fields; unset fields are left out."""
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream, "namespace": namespace,
-                            "session_id": session_id, "user_id": user_id, "task_id": task_id,
-                            "max_tokens": max_tokens, "temperature": temperature}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "stream": stream,
+        "namespace": namespace,
+        "session_id": session_id,
+        "user_id": user_id,
+        "task_id": task_id,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
     return {key: value for key, value in body.items() if value is not None}
 
 
 class _Base:
-    def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, token: str | None = None,
-                 timeout: float = 10.0, deadline: float = 30.0) -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str] = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 10.0,
+        deadline: float = 30.0,
+    ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("at least one node URL is needed")
@@ -260,8 +293,9 @@ def _sse_chunks(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         chunk = json.loads(data)
         if "error" in chunk:
             error = chunk["error"]
-            raise _ERRORS.get(error.get("code"), McpdbError)(f"{error.get('code')}: {error.get('message')}",
-                                                              error.get("code"), chunk)
+            raise _ERRORS.get(error.get("code"), McpdbError)(
+                f"{error.get('code')}: {error.get('message')}", error.get("code"), chunk
+            )
         yield chunk
 
 
@@ -272,8 +306,13 @@ def _turn(role: str, content: str, metadata: dict[str, Any] | None) -> dict[str,
 class Client(_Base):
     """Synchronous client. ``Client(["http://n1:7700", "http://n2:7700"], token=...)``."""
 
-    def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, token: str | None = None,
-                 timeout: float = 10.0, deadline: float = 30.0) -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str] = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 10.0,
+        deadline: float = 30.0,
+    ) -> None:
         super().__init__(urls, token, timeout, deadline)
         self._http = httpx.Client(headers=self._headers, timeout=timeout)
 
@@ -283,8 +322,12 @@ class Client(_Base):
         while True:
             if isinstance(action, str):
                 try:
-                    outcome: Any = (self._http.request(call.method, action + call.path, json=call.json,
-                                                       params=call.params, headers=call.headers), None)
+                    outcome: Any = (
+                        self._http.request(
+                            call.method, action + call.path, json=call.json, params=call.params, headers=call.headers
+                        ),
+                        None,
+                    )
                 except httpx.HTTPError as error:
                     outcome = (None, error)
             else:
@@ -295,8 +338,14 @@ class Client(_Base):
             except StopIteration as done:
                 return done.value
 
-    def put(self, ns: str, context_id: str, context: dict[str, Any], if_version: int | None = None,
-            create_only: bool = False) -> dict[str, Any]:
+    def put(
+        self,
+        ns: str,
+        context_id: str,
+        context: dict[str, Any],
+        if_version: int | None = None,
+        create_only: bool = False,
+    ) -> dict[str, Any]:
         return self._send(_CallBuilder.put(ns, context_id, context, if_version, create_only))
 
     def get(self, ns: str, context_id: str, consistency: str = "linearizable") -> dict[str, Any]:
@@ -305,12 +354,20 @@ class Client(_Base):
     def delete(self, ns: str, context_id: str, if_version: int | None = None) -> dict[str, Any]:
         return self._send(_CallBuilder.delete(ns, context_id, if_version))
 
-    def list(self, ns: str, kind: str | None = None, prefix: str = "", limit: int = 100,
-             cursor: str | None = None, consistency: str = "linearizable") -> dict[str, Any]:
+    def list(
+        self,
+        ns: str,
+        kind: str | None = None,
+        prefix: str = "",
+        limit: int = 100,
+        cursor: str | None = None,
+        consistency: str = "linearizable",
+    ) -> dict[str, Any]:
         return self._send(_CallBuilder.list(ns, kind, prefix, limit, cursor, consistency))
 
-    def iter_contexts(self, ns: str, kind: str | None = None, prefix: str = "",
-                      page_size: int = 100) -> Iterator[dict[str, Any]]:
+    def iter_contexts(
+        self, ns: str, kind: str | None = None, prefix: str = "", page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
         """Every matching context, following ``next_cursor`` page by page."""
         cursor = None
         while True:
@@ -320,12 +377,20 @@ class Client(_Base):
             if cursor is None:
                 return
 
-    def append(self, ns: str, session_id: str, role: str, content: str,
-               metadata: dict[str, Any] | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+    def append(
+        self,
+        ns: str,
+        session_id: str,
+        role: str,
+        content: str,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         return self.append_turns(ns, session_id, [_turn(role, content, metadata)], idempotency_key)
 
-    def append_turns(self, ns: str, session_id: str, turns: builtins.list[dict[str, Any]],
-                     idempotency_key: str | None = None) -> dict[str, Any]:
+    def append_turns(
+        self, ns: str, session_id: str, turns: builtins.list[dict[str, Any]], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         return self._send(_CallBuilder.append(ns, session_id, turns, idempotency_key))
 
     def batch(self, ns: str, ops: builtins.list[dict[str, Any]]) -> dict[str, Any]:
@@ -348,8 +413,13 @@ class Client(_Base):
         call = _CallBuilder.chat({**body, "stream": True}, idempotency_key)
         for attempt, url in self._attempts():
             try:
-                with self._http.stream("POST", url + call.path, json=call.json, headers=call.headers,
-                                       timeout=httpx.Timeout(self._timeout, read=None)) as response:
+                with self._http.stream(
+                    "POST",
+                    url + call.path,
+                    json=call.json,
+                    headers=call.headers,
+                    timeout=httpx.Timeout(self._timeout, read=None),
+                ) as response:
                     if response.status_code != 200:
                         response.read()
                         _decide(call, response, None, attempt)
@@ -360,12 +430,14 @@ class Client(_Base):
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 continue
             except httpx.HTTPError as error:
-                raise Unavailable(f"stream broken: {type(error).__name__}: {error}", None,
-                                  {"applied": "unknown"}) from None
+                raise Unavailable(
+                    f"stream broken: {type(error).__name__}: {error}", None, {"applied": "unknown"}
+                ) from None
         raise Unavailable(f"no node answered within {self.deadline} s", None, {"applied": "no"})
 
-    def watch(self, ns: str, prefix: str = "", kind: str | None = None,
-              since: str | None = None) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, ns: str, prefix: str = "", kind: str | None = None, since: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Every change to the namespace (``{"event_id", "version", "id", "kind", "action", ...}``), in
         commit order, for as long as the caller iterates. A broken stream is resumed on the next node
         from the last event id, so nothing is missed or repeated; ``deadline`` bounds the time without
@@ -376,11 +448,13 @@ class Client(_Base):
         attempt = 0
         while True:
             url = self.urls[(self._current + attempt) % len(self.urls)]
-            call = _Call("GET", f"/v1/namespaces/{ns}/watch", True,
-                         params={**params, **({"since": last_id} if last_id else {})})
+            call = _Call(
+                "GET", f"/v1/namespaces/{ns}/watch", True, params={**params, **({"since": last_id} if last_id else {})}
+            )
             try:
-                with self._http.stream("GET", url + call.path, params=call.params,
-                                       timeout=httpx.Timeout(self._timeout, read=None)) as response:
+                with self._http.stream(
+                    "GET", url + call.path, params=call.params, timeout=httpx.Timeout(self._timeout, read=None)
+                ) as response:
                     if response.status_code != 200:
                         response.read()
                         _decide(call, response, None, attempt)
@@ -410,12 +484,19 @@ class Client(_Base):
         """The leader's autoscaling decision (desired and live workers, utilisation, reason)."""
         return self._send(_Call("GET", "/v1/autoscale", True))
 
-    def create_token(self, scopes: dict[str, str], description: str = "",
-                     rate_limit: float | None = None) -> dict[str, Any]:
+    def create_token(
+        self, scopes: dict[str, str], description: str = "", rate_limit: float | None = None
+    ) -> dict[str, Any]:
         """A new token (``{"token", "id", "scopes", ...}``); not retried after an unknown outcome,
         since a retry would mint a second token."""
-        return self._send(_Call("POST", "/v1/tokens", False,
-                                json={"scopes": scopes, "description": description, "rate_limit": rate_limit}))
+        return self._send(
+            _Call(
+                "POST",
+                "/v1/tokens",
+                False,
+                json={"scopes": scopes, "description": description, "rate_limit": rate_limit},
+            )
+        )
 
     def tokens(self) -> builtins.list[dict[str, Any]]:
         return self._send(_Call("GET", "/v1/tokens", True))["items"]
@@ -436,8 +517,13 @@ class Client(_Base):
 class AsyncClient(_Base):
     """asyncio client with the same methods as ``Client``, awaited."""
 
-    def __init__(self, urls: str | Sequence[str] = DEFAULT_URL, token: str | None = None,
-                 timeout: float = 10.0, deadline: float = 30.0) -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str] = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 10.0,
+        deadline: float = 30.0,
+    ) -> None:
         super().__init__(urls, token, timeout, deadline)
         self._http = httpx.AsyncClient(headers=self._headers, timeout=timeout)
 
@@ -447,8 +533,12 @@ class AsyncClient(_Base):
         while True:
             if isinstance(action, str):
                 try:
-                    outcome: Any = (await self._http.request(call.method, action + call.path, json=call.json,
-                                                             params=call.params, headers=call.headers), None)
+                    outcome: Any = (
+                        await self._http.request(
+                            call.method, action + call.path, json=call.json, params=call.params, headers=call.headers
+                        ),
+                        None,
+                    )
                 except httpx.HTTPError as error:
                     outcome = (None, error)
             else:
@@ -459,8 +549,14 @@ class AsyncClient(_Base):
             except StopIteration as done:
                 return done.value
 
-    async def put(self, ns: str, context_id: str, context: dict[str, Any], if_version: int | None = None,
-                  create_only: bool = False) -> dict[str, Any]:
+    async def put(
+        self,
+        ns: str,
+        context_id: str,
+        context: dict[str, Any],
+        if_version: int | None = None,
+        create_only: bool = False,
+    ) -> dict[str, Any]:
         return await self._send(_CallBuilder.put(ns, context_id, context, if_version, create_only))
 
     async def get(self, ns: str, context_id: str, consistency: str = "linearizable") -> dict[str, Any]:
@@ -469,12 +565,20 @@ class AsyncClient(_Base):
     async def delete(self, ns: str, context_id: str, if_version: int | None = None) -> dict[str, Any]:
         return await self._send(_CallBuilder.delete(ns, context_id, if_version))
 
-    async def list(self, ns: str, kind: str | None = None, prefix: str = "", limit: int = 100,
-                   cursor: str | None = None, consistency: str = "linearizable") -> dict[str, Any]:
+    async def list(
+        self,
+        ns: str,
+        kind: str | None = None,
+        prefix: str = "",
+        limit: int = 100,
+        cursor: str | None = None,
+        consistency: str = "linearizable",
+    ) -> dict[str, Any]:
         return await self._send(_CallBuilder.list(ns, kind, prefix, limit, cursor, consistency))
 
-    async def iter_contexts(self, ns: str, kind: str | None = None, prefix: str = "",
-                            page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
+    async def iter_contexts(
+        self, ns: str, kind: str | None = None, prefix: str = "", page_size: int = 100
+    ) -> AsyncIterator[dict[str, Any]]:
         cursor = None
         while True:
             page = await self.list(ns, kind, prefix, page_size, cursor)
@@ -484,13 +588,20 @@ class AsyncClient(_Base):
             if cursor is None:
                 return
 
-    async def append(self, ns: str, session_id: str, role: str, content: str,
-                     metadata: dict[str, Any] | None = None,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
+    async def append(
+        self,
+        ns: str,
+        session_id: str,
+        role: str,
+        content: str,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         return await self.append_turns(ns, session_id, [_turn(role, content, metadata)], idempotency_key)
 
-    async def append_turns(self, ns: str, session_id: str, turns: builtins.list[dict[str, Any]],
-                           idempotency_key: str | None = None) -> dict[str, Any]:
+    async def append_turns(
+        self, ns: str, session_id: str, turns: builtins.list[dict[str, Any]], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         return await self._send(_CallBuilder.append(ns, session_id, turns, idempotency_key))
 
     async def batch(self, ns: str, ops: builtins.list[dict[str, Any]]) -> dict[str, Any]:

@@ -96,8 +96,14 @@ def _turn_message(turn: dict[str, Any]) -> dict[str, str]:
     return {"role": "user", "content": f"[{turn['role']}] {turn['content']}"}
 
 
-def _messages(stored: StoredContext, new_messages: list[dict[str, str]], drop_turns: int,
-              with_memory: bool, with_profile: bool, with_task: bool) -> list[dict[str, str]]:
+def _messages(
+    stored: StoredContext,
+    new_messages: list[dict[str, str]],
+    drop_turns: int,
+    with_memory: bool,
+    with_profile: bool,
+    with_task: bool,
+) -> list[dict[str, str]]:
     sections = [_instruction_text(i) for i in stored.instructions]
     sections += [_guardrail_text(g) for g in stored.guardrails]
     if with_task and stored.task:
@@ -113,8 +119,14 @@ def _messages(stored: StoredContext, new_messages: list[dict[str, str]], drop_tu
     return messages
 
 
-def assemble(stored: StoredContext, new_messages: list[dict[str, str]], chat_format: ChatFormat,
-             tokenize: Callable[[str], list[int]], budget: int, turn_chunk: int = 4) -> Assembled:
+def assemble(
+    stored: StoredContext,
+    new_messages: list[dict[str, str]],
+    chat_format: ChatFormat,
+    tokenize: Callable[[str], list[int]],
+    budget: int,
+    turn_chunk: int = 4,
+) -> Assembled:
     """The fullest prompt within ``budget`` tokens; raises ContextTooLarge when even the minimum
     (instructions, guardrails, new messages) does not fit."""
     turn_count = len(stored.turns)
@@ -126,10 +138,14 @@ def assemble(stored: StoredContext, new_messages: list[dict[str, str]], chat_for
         prompt = chat_format.render(messages)
         tokens = tokenize(prompt)
         if len(tokens) <= budget:
-            omitted = {"turns": drop,
-                       "memories": 0 if with_memory else len(stored.memories),
-                       "profile": int(stored.profile is not None and not with_profile),
-                       "task": int(stored.task is not None and not with_task)}
+            omitted = {
+                "turns": drop,
+                "memories": 0 if with_memory else len(stored.memories),
+                "profile": int(stored.profile is not None and not with_profile),
+                "task": int(stored.task is not None and not with_task),
+            }
             return Assembled(messages, prompt, tokens, omitted, turn_count - drop)
-    raise ContextTooLarge(f"instructions, guardrails and the new messages take {len(tokens)} tokens, "
-                          f"more than the {budget} the model's window leaves after max_tokens")
+    raise ContextTooLarge(
+        f"instructions, guardrails and the new messages take {len(tokens)} tokens, "
+        f"more than the {budget} the model's window leaves after max_tokens"
+    )

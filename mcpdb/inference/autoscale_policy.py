@@ -37,12 +37,16 @@ class ScalePolicy:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_workers <= self.max_workers or self.max_workers < 1:
-            raise ValueError(f"autoscale bounds must be 0 <= MIN <= MAX, MAX >= 1; got {self.min_workers}:{self.max_workers}")
+            raise ValueError(
+                f"autoscale bounds must be 0 <= MIN <= MAX, MAX >= 1; got {self.min_workers}:{self.max_workers}"
+            )
         if self.target_per_slot <= 0 or self.cooldown_s < 0 or self.window < 1:
             raise ValueError("target per slot must be positive, cooldown non-negative, window at least 1")
         if not 0 <= 2 * self.scale_down_below < self.target_per_slot:
-            raise ValueError("scale-down threshold must be below half the target (else a scale-down could "
-                             "push utilisation over the target and the count would flap)")
+            raise ValueError(
+                "scale-down threshold must be below half the target (else a scale-down could "
+                "push utilisation over the target and the count would flap)"
+            )
 
     @staticmethod
     def parse_bounds(text: str) -> tuple[int, int]:
@@ -112,7 +116,6 @@ class Autoscaler:
             return self._set(min(policy.max_workers, needed), observation.at, "up", utilisation)
         # To zero workers only when idle: any demand needs a worker (else it would return at once).
         floor = max(policy.min_workers, 1 if demand > 0 else 0)
-        if utilisation < policy.scale_down_below and self.desired > floor \
-                and observation.workers >= self.desired:
+        if utilisation < policy.scale_down_below and self.desired > floor and observation.workers >= self.desired:
             return self._set(self.desired - 1, observation.at, "down", utilisation)
         return Decision(self.desired, "hold", utilisation)

@@ -16,8 +16,9 @@ def main() -> int:
     from llama_cpp import Llama
 
     llm = Llama(model_path=default_model_path(), n_ctx=256, n_threads=1, verbose=False)
-    out = llm.create_completion("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", max_tokens=4,
-                                temperature=0.0)
+    out = llm.create_completion(
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", max_tokens=4, temperature=0.0
+    )
     assert isinstance(out, dict), "a completion without stream=True is one response"
     tokens = out["usage"]["completion_tokens"]
     print(f"setup: llama-cpp-python decoded {tokens} tokens with the bundled model")

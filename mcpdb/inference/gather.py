@@ -48,13 +48,21 @@ def _shared_contexts(store: ContextStore, namespace: str) -> dict[str, list[dict
 
 def _of_kind(record: dict[str, Any] | None, kind: str, what: str) -> dict[str, Any] | None:
     if record is not None and record["kind"] != kind:
-        raise Refused("wrong_kind", f"{record['namespace']}/{record['id']} is a {record['kind']}, "
-                                    f"not a {kind} ({what})")
+        raise Refused(
+            "wrong_kind", f"{record['namespace']}/{record['id']} is a {record['kind']}, not a {kind} ({what})"
+        )
     return record
 
 
-def gather(store: ContextStore, namespace: str, *, applied_at_least: int, session_id: str | None,
-           user_id: str | None, task_id: str | None) -> Gathered:
+def gather(
+    store: ContextStore,
+    namespace: str,
+    *,
+    applied_at_least: int,
+    session_id: str | None,
+    user_id: str | None,
+    task_id: str | None,
+) -> Gathered:
     context_index = max(applied_at_least, store.applied_index())
     task = None
     if task_id is not None:
@@ -63,8 +71,9 @@ def gather(store: ContextStore, namespace: str, *, applied_at_least: int, sessio
             raise NotFound(f"task {namespace}/{task_id} does not exist")
     domain = task["domain"] if task else None
     shared = _shared_contexts(store, namespace)
-    instructions = [i for i in shared["instruction"]
-                    if domain is None or not i.get("domains") or domain in i["domains"]]
+    instructions = [
+        i for i in shared["instruction"] if domain is None or not i.get("domains") or domain in i["domains"]
+    ]
     profile = _of_kind(store.get(namespace, user_id), "profile", "user_id") if user_id else None
     memories = [m for m in shared["memory"] if m.get("user_id") in (None, user_id)]
     session = _of_kind(store.get(namespace, session_id), "session", "session_id") if session_id else None

@@ -139,14 +139,20 @@ class Worker:
         from llama_cpp import Llama
 
         for index in range(self.settings.slots):
-            llm = Llama(model_path=self.settings.model_path, n_ctx=self.settings.n_ctx,
-                        n_threads=self.settings.threads, n_threads_batch=self.settings.threads,
-                        n_batch=256, verbose=False)
+            llm = Llama(
+                model_path=self.settings.model_path,
+                n_ctx=self.settings.n_ctx,
+                n_threads=self.settings.threads,
+                n_threads_batch=self.settings.threads,
+                n_batch=256,
+                verbose=False,
+            )
             self._slots.append(_Slot(index, llm))
         llm = self._slots[0].llm
         metadata = {str(k): str(v) for k, v in llm.metadata.items()}
         self.chat_format = choose_format(
-            metadata, lambda token: llm.detokenize([token], special=True).decode(errors="replace"))
+            metadata, lambda token: llm.detokenize([token], special=True).decode(errors="replace")
+        )
         self.measured_tokens_per_s = self._measure()
         if self.settings.weight is None:
             self.weight = round(self.measured_tokens_per_s, 1)
@@ -179,24 +185,43 @@ class Worker:
 
     # ------------------------------------------------------------ load
     def load_report(self) -> dict[str, Any]:
-        return {"in_flight": self._in_flight, "queued": self._queued, "slots": self.settings.slots,
-                "tokens_per_s": round(self._recent.tokens_per_s(), 1), "sessions_recent": self._recent.sessions()}
+        return {
+            "in_flight": self._in_flight,
+            "queued": self._queued,
+            "slots": self.settings.slots,
+            "tokens_per_s": round(self._recent.tokens_per_s(), 1),
+            "sessions_recent": self._recent.sessions(),
+        }
 
     # ------------------------------------------------------------ generation
-    async def generate(self, tokens: list[int], *, max_tokens: int, temperature: float, stop: list[str],
-                       seed: int | None, session: str | None = None) -> AsyncIterator[str | Generation]:
+    async def generate(
+        self,
+        tokens: list[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: list[str],
+        seed: int | None,
+        session: str | None = None,
+    ) -> AsyncIterator[str | Generation]:
         """Stream text deltas, then the finished ``Generation``.
 
         Closing the iterator early (the caller went away) stops the model
         after its current token and frees the slot.
         """
         if len(tokens) + max_tokens > self.settings.n_ctx:
-            raise PromptTooLong(f"prompt of {len(tokens)} tokens plus max_tokens {max_tokens} exceeds "
-                                f"the context window of {self.settings.n_ctx}")
+            raise PromptTooLong(
+                f"prompt of {len(tokens)} tokens plus max_tokens {max_tokens} exceeds "
+                f"the context window of {self.settings.n_ctx}"
+            )
         arrived = time.perf_counter()
         slot = await self._acquire(tokens)
-        result = Generation(prompt_tokens=len(tokens), cached_tokens=slot.shared_prefix(tokens),
-                            queued_s=time.perf_counter() - arrived, slot=slot.index)
+        result = Generation(
+            prompt_tokens=len(tokens),
+            cached_tokens=slot.shared_prefix(tokens),
+            queued_s=time.perf_counter() - arrived,
+            slot=slot.index,
+        )
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancelled = threading.Event()
@@ -204,9 +229,15 @@ class Worker:
 
         def run() -> None:
             try:
-                stream = slot.llm.create_completion(tokens, max_tokens=max_tokens, temperature=temperature,
-                                                    stop=stop, seed=seed, stream=True,
-                                                    stopping_criteria=_criteria(counter))
+                stream = slot.llm.create_completion(
+                    tokens,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    stop=stop,
+                    seed=seed,
+                    stream=True,
+                    stopping_criteria=_criteria(counter),
+                )
                 for chunk in stream:
                     choice = chunk["choices"][0]
                     if choice["text"]:

@@ -64,20 +64,28 @@ class LoadBoard:
                 continue
             seen = self._seen.get(node["id"])
             load = seen.load if seen else {}
-            workers.append(Worker(
-                node_id=node["id"],
-                weight=max(float(node.get("weight") or 1.0), 1e-6),
-                slots=max(int(node.get("slots") or 1), 1),
-                domains=frozenset(node.get("domains") or ()),
-                in_flight=int(load.get("in_flight", 0)) + (seen.assigned_since if seen else 0),
-                queued=int(load.get("queued", 0)),
-                alive=self.alive(node["id"]) and not node.get("draining", False),
-            ))
+            workers.append(
+                Worker(
+                    node_id=node["id"],
+                    weight=max(float(node.get("weight") or 1.0), 1e-6),
+                    slots=max(int(node.get("slots") or 1), 1),
+                    domains=frozenset(node.get("domains") or ()),
+                    in_flight=int(load.get("in_flight", 0)) + (seen.assigned_since if seen else 0),
+                    queued=int(load.get("queued", 0)),
+                    alive=self.alive(node["id"]) and not node.get("draining", False),
+                )
+            )
         return workers
 
     def snapshot(self) -> dict[str, Any]:
         """Per node: last reported load, seconds since the report, alive or not (for /v1/cluster)."""
         now = self.clock()
-        return {node_id: {**seen.load, "assigned_since_report": seen.assigned_since,
-                          "report_age_s": round(now - seen.at, 3), "alive": now - seen.at <= DEAD_AFTER_S}
-                for node_id, seen in self._seen.items()}
+        return {
+            node_id: {
+                **seen.load,
+                "assigned_since_report": seen.assigned_since,
+                "report_age_s": round(now - seen.at, 3),
+                "alive": now - seen.at <= DEAD_AFTER_S,
+            }
+            for node_id, seen in self._seen.items()
+        }

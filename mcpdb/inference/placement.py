@@ -117,8 +117,7 @@ def _least_connections(pool: list[Worker]) -> Worker:
     return min(pool, key=lambda w: (w.load, -w.weight, w.node_id))
 
 
-def _affinity(pool: list[Worker], request: Request, state: SchedulerState,
-              shed_threshold: float) -> tuple[Worker, str]:
+def _affinity(pool: list[Worker], request: Request, state: SchedulerState, shed_threshold: float) -> tuple[Worker, str]:
     lightest = min(w.load for w in pool)
     if request.session_key is not None:
         holder_id = state.affinity.get(request.session_key)
@@ -129,8 +128,9 @@ def _affinity(pool: list[Worker], request: Request, state: SchedulerState,
     return _smooth_weighted(spare, state), "spare_capacity"
 
 
-def choose(policy: Policy, request: Request, workers: list[Worker], state: SchedulerState,
-           shed_threshold: float = 1.0) -> Decision:
+def choose(
+    policy: Policy, request: Request, workers: list[Worker], state: SchedulerState, shed_threshold: float = 1.0
+) -> Decision:
     """Pick the node for ``request``; raises NoWorkerAvailable when no alive worker exists."""
     pool, domain_matched = candidates(request, workers)
     if policy is Policy.round_robin:

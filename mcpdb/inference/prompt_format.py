@@ -74,10 +74,11 @@ class TemplateFormat:
         self.stop = [eos_token] if eos_token else []
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     bos_token=self._bos, eos_token=self._eos)
+        text = self._template.render(
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=self._bos, eos_token=self._eos
+        )
         if self._bos and text.startswith(self._bos):
-            text = text[len(self._bos):]  # the tokenizer adds BOS itself
+            text = text[len(self._bos) :]  # the tokenizer adds BOS itself
         return text
 
 
@@ -113,8 +114,11 @@ def choose_format(metadata: dict[str, str], token_text: Callable[[int], str]) ->
     """
     template = metadata.get("tokenizer.chat_template")
     if template:
-        return TemplateFormat(template, _special_token(metadata, "tokenizer.ggml.bos_token_id", token_text),
-                              _special_token(metadata, "tokenizer.ggml.eos_token_id", token_text))
+        return TemplateFormat(
+            template,
+            _special_token(metadata, "tokenizer.ggml.bos_token_id", token_text),
+            _special_token(metadata, "tokenizer.ggml.eos_token_id", token_text),
+        )
     if metadata.get("general.architecture", "").startswith("gemma"):
         return GemmaFormat()
     return ChatMLFormat()

@@ -84,8 +84,9 @@ class AutoscaleDuty:
     def observe(self) -> Observation:
         board = self._runtime.scheduler.board
         live = [w for w in board.workers(self._runtime.store.nodes()) if w.alive]  # nodes serving a model
-        return Observation(time.monotonic(), len(live), sum(w.slots for w in live),
-                           sum(board.reported_demand(w.node_id) for w in live))
+        return Observation(
+            time.monotonic(), len(live), sum(w.slots for w in live), sum(board.reported_demand(w.node_id) for w in live)
+        )
 
     async def run(self) -> None:
         while True:
@@ -103,11 +104,17 @@ class AutoscaleDuty:
             return {"enabled": False}
         observation, decision = self.observation, self.decision
         return {
-            "enabled": True, "leader": self._runtime.config.node_id,
-            "policy": {"min": self.policy.min_workers, "max": self.policy.max_workers,
-                       "target_per_slot": self.policy.target_per_slot,
-                       "scale_down_below": self.policy.scale_down_below, "cooldown_s": self.policy.cooldown_s},
-            "desired": decision.desired if decision else None, "reason": decision.reason if decision else "starting",
+            "enabled": True,
+            "leader": self._runtime.config.node_id,
+            "policy": {
+                "min": self.policy.min_workers,
+                "max": self.policy.max_workers,
+                "target_per_slot": self.policy.target_per_slot,
+                "scale_down_below": self.policy.scale_down_below,
+                "cooldown_s": self.policy.cooldown_s,
+            },
+            "desired": decision.desired if decision else None,
+            "reason": decision.reason if decision else "starting",
             "utilisation": decision.utilisation if decision else None,
             "workers": observation.workers if observation else None,
             "demand": observation.demand if observation else None,
@@ -143,7 +150,10 @@ def add_autoscale_routes(app: FastAPI, runtime: DrainableNode) -> None:
             load = worker.load_report() if worker is not None and worker.ready else {"in_flight": 0, "queued": 0}
             idle = load["in_flight"] + load["queued"] == 0
             if marked and idle:
-                return {"node": runtime.config.node_id, "drained": True,
-                        "waited_s": round(time.monotonic() - started, 3)}
+                return {
+                    "node": runtime.config.node_id,
+                    "drained": True,
+                    "waited_s": round(time.monotonic() - started, 3),
+                }
             await asyncio.sleep(0.1)
         return {"node": runtime.config.node_id, "drained": False, "waited_s": round(time.monotonic() - started, 3)}

@@ -96,15 +96,18 @@ class NodeConfig:
         if self.raft_addr is not None:
             raft_host, _ = split_host_port(self.raft_addr, "--raft-addr")
             if not is_loopback(raft_host) and not self.cluster_secret:
-                raise ConfigError("refusing Raft on a non-loopback address without a cluster secret "
-                                  "(--cluster-secret-file or MCPDB_CLUSTER_SECRET)")
+                raise ConfigError(
+                    "refusing Raft on a non-loopback address without a cluster secret "
+                    "(--cluster-secret-file or MCPDB_CLUSTER_SECRET)"
+                )
         for peer in self.peers:
             split_host_port(peer, "--peer")
         if not self.peers and self.raft_addr is None:
             raise ConfigError("a non-voting replica needs --peer addresses of the voters")
         if not is_loopback(http_host) and not self.token:
-            raise ConfigError("refusing to serve HTTP on a non-loopback address without a token "
-                              "(--token-file or MCPDB_TOKEN)")
+            raise ConfigError(
+                "refusing to serve HTTP on a non-loopback address without a token (--token-file or MCPDB_TOKEN)"
+            )
         for name in self.allowed_hosts:
             if not _ALLOWED_HOST_RE.match(name):
                 raise ConfigError(f"--allowed-host {name!r}: give a host name or IP address, without scheme or port")
@@ -131,11 +134,15 @@ class NodeConfig:
 
         for origin in self.allowed_origins:
             if parse_origin(origin) is None:
-                raise ConfigError(f"--allowed-origin {origin!r}: give an origin such as https://mcpdb.example.com "
-                                  "or http://10.0.0.5:8080 (scheme, host, optional port; no path)")
+                raise ConfigError(
+                    f"--allowed-origin {origin!r}: give an origin such as https://mcpdb.example.com "
+                    "or http://10.0.0.5:8080 (scheme, host, optional port; no path)"
+                )
         if self.advertise_url and parse_origin(self.advertise_url.rstrip("/")) is None:
-            raise ConfigError(f"--advertise-url {self.advertise_url!r}: give http:// or https:// with a host and "
-                              "optional port, e.g. http://node1.internal:7700 (no path)")
+            raise ConfigError(
+                f"--advertise-url {self.advertise_url!r}: give http:// or https:// with a host and "
+                "optional port, e.g. http://node1.internal:7700 (no path)"
+            )
 
     def autoscale_policy(self) -> ScalePolicy | None:
         """The autoscaling policy the flags ask for (None without --autoscale); ConfigError if invalid."""
@@ -144,8 +151,9 @@ class NodeConfig:
         if self.autoscale is None:
             return None
         try:
-            return ScalePolicy.from_flags(self.autoscale, target_per_slot=self.autoscale_target,
-                                          cooldown_s=self.autoscale_cooldown)
+            return ScalePolicy.from_flags(
+                self.autoscale, target_per_slot=self.autoscale_target, cooldown_s=self.autoscale_cooldown
+            )
         except ValueError as error:
             raise ConfigError(f"--autoscale: {error}") from None
 

@@ -99,8 +99,12 @@ class NodeMetrics:
 
     def __init__(self, runtime: MetricsSource) -> None:
         self.registry = CollectorRegistry()
-        self.ttft = Histogram("mcpdb_inference_ttft_seconds", "Time from a request reaching its worker to "
-                              "its first generated token.", buckets=TTFT_BUCKETS, registry=self.registry)
+        self.ttft = Histogram(
+            "mcpdb_inference_ttft_seconds",
+            "Time from a request reaching its worker to its first generated token.",
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
         self.requests = RequestStats()
         self._runtime = runtime
         self._sources: list[Callable[[], Iterator[Metric]]] = []
@@ -126,26 +130,48 @@ class NodeMetrics:
         yield roles
         yield gauge("mcpdb_raft_commit_index", "Highest log index known committed.", raft["commit_index"])
         yield gauge("mcpdb_raft_applied_index", "Highest log index applied to the store.", raft["applied_index"])
-        yield gauge("mcpdb_raft_apply_lag", "Committed entries not yet applied here.",
-                     max(0, raft["commit_index"] - raft["applied_index"]))
-        yield gauge("mcpdb_raft_log_entries", "Entries in the in-memory Raft log (since the last snapshot).",
-                     raft["log_entries"])
-        yield gauge("mcpdb_raft_has_quorum", "1 if this node, as leader, hears from a majority.",
-                     1.0 if raft["has_quorum"] else 0.0)
-        yield CounterMetricFamily("mcpdb_raft_leader_changes", "Times the leader this node knows changed "
-                                  "(sampled every 0.1 s).", value=runtime.replication.leader_changes())
+        yield gauge(
+            "mcpdb_raft_apply_lag",
+            "Committed entries not yet applied here.",
+            max(0, raft["commit_index"] - raft["applied_index"]),
+        )
+        yield gauge(
+            "mcpdb_raft_log_entries",
+            "Entries in the in-memory Raft log (since the last snapshot).",
+            raft["log_entries"],
+        )
+        yield gauge(
+            "mcpdb_raft_has_quorum",
+            "1 if this node, as leader, hears from a majority.",
+            1.0 if raft["has_quorum"] else 0.0,
+        )
+        yield CounterMetricFamily(
+            "mcpdb_raft_leader_changes",
+            "Times the leader this node knows changed (sampled every 0.1 s).",
+            value=runtime.replication.leader_changes(),
+        )
         store = runtime.store
-        yield CounterMetricFamily("mcpdb_raft_snapshots_written", "Snapshots (log compactions) this node wrote.",
-                                  value=store.snapshots_written)
-        yield CounterMetricFamily("mcpdb_raft_snapshots_installed", "Snapshots this node installed from the "
-                                  "leader (it was too far behind for the log).", value=store.snapshots_installed)
+        yield CounterMetricFamily(
+            "mcpdb_raft_snapshots_written",
+            "Snapshots (log compactions) this node wrote.",
+            value=store.snapshots_written,
+        )
+        yield CounterMetricFamily(
+            "mcpdb_raft_snapshots_installed",
+            "Snapshots this node installed from the leader (it was too far behind for the log).",
+            value=store.snapshots_installed,
+        )
         yield from self.requests.families()
         yield from self._store(runtime)
         barrier = runtime.barrier
-        yield CounterMetricFamily("mcpdb_read_barrier_batches", "Read-index confirmations requested.",
-                                  value=barrier.batches)
-        yield CounterMetricFamily("mcpdb_read_barrier_reads", "Linearizable reads served through a barrier "
-                                  "(reads / batches = mean batch size).", value=barrier.reads)
+        yield CounterMetricFamily(
+            "mcpdb_read_barrier_batches", "Read-index confirmations requested.", value=barrier.batches
+        )
+        yield CounterMetricFamily(
+            "mcpdb_read_barrier_reads",
+            "Linearizable reads served through a barrier (reads / batches = mean batch size).",
+            value=barrier.reads,
+        )
         yield from self._inference(runtime)
         for source in self._sources:
             yield from source()
@@ -165,23 +191,31 @@ class NodeMetrics:
         worker = runtime.worker
         if worker is not None and worker.ready:
             load = worker.load_report()
-            for key, help_text in (("in_flight", "Generations running."), ("queued", "Requests waiting for a slot."),
-                                   ("slots", "KV slots (concurrent generations)."),
-                                   ("tokens_per_s", "Tokens generated per second, last 10 s."),
-                                   ("sessions_recent", "Distinct sessions served, last 10 s.")):
+            for key, help_text in (
+                ("in_flight", "Generations running."),
+                ("queued", "Requests waiting for a slot."),
+                ("slots", "KV slots (concurrent generations)."),
+                ("tokens_per_s", "Tokens generated per second, last 10 s."),
+                ("sessions_recent", "Distinct sessions served, last 10 s."),
+            ):
                 yield gauge(f"mcpdb_inference_{key}", help_text, load[key])
             yield gauge("mcpdb_inference_weight", "Scheduling weight this node registered.", worker.weight)
         scheduler = runtime.scheduler
-        assigned = CounterMetricFamily("mcpdb_scheduler_assignments", "Requests this node assigned as leader, "
-                                       "by worker.", labels=["node"])
+        assigned = CounterMetricFamily(
+            "mcpdb_scheduler_assignments", "Requests this node assigned as leader, by worker.", labels=["node"]
+        )
         for node, count in sorted(scheduler.decisions.items()):
             assigned.add_metric([node], count)
         yield assigned
         total = sum(scheduler.reasons.values())
-        yield gauge("mcpdb_scheduler_affinity_hit_ratio", "Share of assignments sent to the worker already "
-                     "holding the session (reason=affinity).", scheduler.reasons["affinity"] / total if total else 0.0)
-        reasons = CounterMetricFamily("mcpdb_scheduler_decisions", "Assignments by reason (affinity hits are "
-                                      "reason=affinity).", labels=["reason"])
+        yield gauge(
+            "mcpdb_scheduler_affinity_hit_ratio",
+            "Share of assignments sent to the worker already holding the session (reason=affinity).",
+            scheduler.reasons["affinity"] / total if total else 0.0,
+        )
+        reasons = CounterMetricFamily(
+            "mcpdb_scheduler_decisions", "Assignments by reason (affinity hits are reason=affinity).", labels=["reason"]
+        )
         for reason, count in sorted(scheduler.reasons.items()):
             reasons.add_metric([reason], count)
         yield reasons
@@ -194,6 +228,9 @@ class NodeMetrics:
         if autoscale.decision is None or autoscale.observation is None or not runtime.replication.is_leader():
             return
         yield gauge("mcpdb_autoscale_desired_workers", "Workers the autoscaler wants.", autoscale.decision.desired)
-        yield gauge("mcpdb_autoscale_utilisation", "Requests in flight or queued per slot, averaged over "
-                     "the policy's window.", min(autoscale.decision.utilisation, 1e9))
+        yield gauge(
+            "mcpdb_autoscale_utilisation",
+            "Requests in flight or queued per slot, averaged over the policy's window.",
+            min(autoscale.decision.utilisation, 1e9),
+        )
         yield gauge("mcpdb_autoscale_live_workers", "Workers alive and not draining.", autoscale.observation.workers)

@@ -64,24 +64,47 @@ class NodeRuntime:
         self.change_feed = ChangeFeed(self.store)
         self.replication.on_commit(self.change_feed.on_commit)
         self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
-        self.service = ContextService(self.replication, self.barrier, config.request_timeout,
-                                      unsafe_stale_reads=config.unsafe_stale_reads)
-        self.authenticator = Authenticator(config.token, self.store,
-                                           lambda: self.service.read_index(Consistency.linearizable))
+        self.service = ContextService(
+            self.replication, self.barrier, config.request_timeout, unsafe_stale_reads=config.unsafe_stale_reads
+        )
+        self.authenticator = Authenticator(
+            config.token, self.store, lambda: self.service.read_index(Consistency.linearizable)
+        )
         self.metrics = NodeMetrics(self)
         self.worker: Worker | None = None
         self.chat_worker: ChatWorker | None = None
         self.inference_state = "disabled"  # disabled | loading | ready | failed: <reason>
         if config.inference:
-            self.worker = Worker(WorkerSettings(
-                model_path=config.model_path or default_model_path(), n_ctx=config.n_ctx,
-                threads=config.threads, slots=config.slots, weight=config.weight, domains=tuple(config.domains)))
-            self.chat_worker = ChatWorker(config.node_id, self.service, self.replication, self.worker,
-                                          config.request_timeout, on_first_token=self.metrics.ttft.observe)
-        self.scheduler = LeaderScheduler(self.replication, self.store, self.barrier, Policy(config.policy),
-                                         config.shed_threshold)
-        self.front = ChatFront(config.node_id, self.replication, self.store, self.scheduler, self.chat_worker,
-                               self._stream_client, config.request_timeout)
+            self.worker = Worker(
+                WorkerSettings(
+                    model_path=config.model_path or default_model_path(),
+                    n_ctx=config.n_ctx,
+                    threads=config.threads,
+                    slots=config.slots,
+                    weight=config.weight,
+                    domains=tuple(config.domains),
+                )
+            )
+            self.chat_worker = ChatWorker(
+                config.node_id,
+                self.service,
+                self.replication,
+                self.worker,
+                config.request_timeout,
+                on_first_token=self.metrics.ttft.observe,
+            )
+        self.scheduler = LeaderScheduler(
+            self.replication, self.store, self.barrier, Policy(config.policy), config.shed_threshold
+        )
+        self.front = ChatFront(
+            config.node_id,
+            self.replication,
+            self.store,
+            self.scheduler,
+            self.chat_worker,
+            self._stream_client,
+            config.request_timeout,
+        )
         self.draining = False  # set by POST /v1/node/drain: no new inference work, then leave
         self.autoscale = AutoscaleDuty(self, config.autoscale_policy())
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,8 +115,7 @@ class NodeRuntime:
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
         self._http = httpx.AsyncClient(timeout=0.5, headers=headers)
         # Node-to-node chat traffic: long streams, per-call timeouts.
-        self._stream_http = httpx.AsyncClient(timeout=None, headers=headers,
-                                              limits=httpx.Limits(max_connections=256))
+        self._stream_http = httpx.AsyncClient(timeout=None, headers=headers, limits=httpx.Limits(max_connections=256))
         self._tasks = [
             asyncio.create_task(self._register_loop()),
             asyncio.create_task(self._expiry_loop()),
@@ -147,9 +169,13 @@ class NodeRuntime:
         }
         worker = self.worker
         if worker is not None and worker.ready:
-            entry.update(model=worker.settings.model_name, n_ctx=worker.settings.n_ctx,
-                         slots=worker.settings.slots, weight=worker.weight,
-                         domains=list(worker.settings.domains))
+            entry.update(
+                model=worker.settings.model_name,
+                n_ctx=worker.settings.n_ctx,
+                slots=worker.settings.slots,
+                weight=worker.weight,
+                domains=list(worker.settings.domains),
+            )
         if self.draining:
             entry["draining"] = True
         return entry
@@ -194,8 +220,9 @@ class NodeRuntime:
                 continue
             with contextlib.suppress(httpx.HTTPError):
                 report = LoadReport(node_id=self.config.node_id, load=load)
-                await self._http.post(url + LOAD_PATH, content=report.model_dump_json(),
-                                      headers={"content-type": "application/json"})
+                await self._http.post(
+                    url + LOAD_PATH, content=report.model_dump_json(), headers={"content-type": "application/json"}
+                )
 
     async def _expiry_loop(self) -> None:
         while True:
@@ -244,12 +271,21 @@ class NodeRuntime:
         status: dict[str, Any] = {"state": self.inference_state, "policy": self.scheduler.policy.value}
         worker = self.worker
         if worker is not None:
-            status.update(model=worker.settings.model_name, n_ctx=worker.settings.n_ctx, slots=worker.settings.slots,
-                          threads=worker.settings.threads, domains=list(worker.settings.domains))
+            status.update(
+                model=worker.settings.model_name,
+                n_ctx=worker.settings.n_ctx,
+                slots=worker.settings.slots,
+                threads=worker.settings.threads,
+                domains=list(worker.settings.domains),
+            )
         if worker is not None and worker.ready:
             assert worker.chat_format is not None
-            status.update(weight=worker.weight, measured_tokens_per_s=worker.measured_tokens_per_s,
-                          chat_format=worker.chat_format.name, load=worker.load_report())
+            status.update(
+                weight=worker.weight,
+                measured_tokens_per_s=worker.measured_tokens_per_s,
+                chat_format=worker.chat_format.name,
+                load=worker.load_report(),
+            )
         if self.replication.is_leader():
             status["scheduler"] = {"assigned": self.scheduler.decisions, "board": self.scheduler.board.snapshot()}
         return status

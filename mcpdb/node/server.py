@@ -41,15 +41,27 @@ def serve(config: NodeConfig) -> None:
     # thread. Every request crosses between them; with the default 5 ms switch
     # interval a woken thread can wait that long for the GIL on each hop.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    logging.basicConfig(level=logging.WARNING,
-                        format=f"%(asctime)s {config.node_id} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format=f"%(asctime)s {config.node_id} %(name)s %(levelname)s %(message)s"
+    )
     runtime = NodeRuntime(config)
     host, port = split_host_port(config.http_addr, "--http-addr")
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
-        # ws="none": the node serves no WebSocket, so an upgrade request is answered as plain HTTP, by the gate.
-        loop="uvloop", http=AbsoluteFormHost, ws="none", lifespan="on", timeout_graceful_shutdown=5,
-        timeout_keep_alive=30, proxy_headers=False,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(runtime),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            # ws="none": the node serves no WebSocket, so an upgrade request is answered as plain HTTP, by the gate.
+            loop="uvloop",
+            http=AbsoluteFormHost,
+            ws="none",
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=30,
+            proxy_headers=False,
+        )
+    )
     tune_garbage_collector()  # after start-up: the journal pysyncobj loaded is frozen too
     server.run()

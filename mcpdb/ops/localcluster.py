@@ -94,8 +94,9 @@ class ClusterLayout:
 
     def save(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / LAYOUT_FILE).write_text(json.dumps(
-            {"nodes": [asdict(n) for n in self.nodes], "extra_args": self.extra_args}, indent=2))
+        (data_dir / LAYOUT_FILE).write_text(
+            json.dumps({"nodes": [asdict(n) for n in self.nodes], "extra_args": self.extra_args}, indent=2)
+        )
 
     @classmethod
     def load(cls, data_dir: Path) -> ClusterLayout | None:
@@ -109,9 +110,14 @@ class ClusterLayout:
 class LocalCluster:
     """Node processes of one layout under one data directory."""
 
-    def __init__(self, layout: ClusterLayout, data_dir: Path, env: dict[str, str] | None = None,
-                 token: str | None = None,
-                 wrap_command: Callable[[str, list[str]], list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        layout: ClusterLayout,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        token: str | None = None,
+        wrap_command: Callable[[str, list[str]], list[str]] | None = None,
+    ) -> None:
         """``wrap_command(node_id, argv)`` may prefix a node's command (e.g. ``ip netns exec``)."""
         self.layout = layout
         self.data_dir = data_dir
@@ -127,8 +133,18 @@ class LocalCluster:
 
     def command(self, spec: NodeSpec) -> list[str]:
         voters = [n.raft_addr for n in self.layout.nodes if n.voter and n.raft_addr]
-        args = [sys.executable, "-m", "mcpdb.node", "start", "--id", spec.node_id,
-                "--data-dir", str(self.data_dir / spec.node_id), "--http-addr", spec.http_addr]
+        args = [
+            sys.executable,
+            "-m",
+            "mcpdb.node",
+            "start",
+            "--id",
+            spec.node_id,
+            "--data-dir",
+            str(self.data_dir / spec.node_id),
+            "--http-addr",
+            spec.http_addr,
+        ]
         if spec.voter:
             args += ["--raft-addr", str(spec.raft_addr)]
         else:
@@ -161,8 +177,8 @@ class LocalCluster:
         if self.wrap_command is not None:
             argv = self.wrap_command(node_id, argv)
         self.processes[node_id] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True)
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
 
     def start_all(self) -> None:
         self.layout.save(self.data_dir)
@@ -231,8 +247,7 @@ class LocalCluster:
 
     def leader(self) -> str | None:
         """Id of the highest-term node that says it leads, if a majority of voters follow it."""
-        statuses = {n.node_id: self.node_status(n.node_id) for n in self.layout.nodes
-                    if self.running(n.node_id)}
+        statuses = {n.node_id: self.node_status(n.node_id) for n in self.layout.nodes if self.running(n.node_id)}
         claims = [(s["term"], node_id) for node_id, s in statuses.items() if s and s["role"] == "leader"]
         if not claims:
             return None
@@ -262,8 +277,9 @@ class LocalCluster:
         failed to load raises RuntimeError at once."""
         deadline = time.monotonic() + timeout
         while True:
-            status = {spec.node_id: (self.node_status(spec.node_id) or {}).get("inference", {})
-                      for spec in self.layout.nodes}
+            status = {
+                spec.node_id: (self.node_status(spec.node_id) or {}).get("inference", {}) for spec in self.layout.nodes
+            }
             states = {node: info.get("state", "unreachable") for node, info in status.items()}
             failed = [f"{node}: {state}" for node, state in states.items() if state.startswith("failed")]
             if failed:

@@ -74,8 +74,9 @@ class LocalProvisioner:
         taken = {spec.node_id for spec in self._cluster.layout.nodes}
         while f"w{self._serial}" in taken:
             self._serial += 1
-        spec = NodeSpec(f"w{self._serial}", f"{self._host}:{free_port(self._host)}", None, voter=False,
-                        args=list(self._worker_args))
+        spec = NodeSpec(
+            f"w{self._serial}", f"{self._host}:{free_port(self._host)}", None, voter=False, args=list(self._worker_args)
+        )
         self._cluster.layout.nodes.append(spec)
         self._cluster.start(spec.node_id)
         self._started.append(spec.node_id)
@@ -86,8 +87,11 @@ class LocalProvisioner:
         try:
             with self._cluster.client(timeout=DRAIN_TIMEOUT_S + 5) as http:
                 # A bodyless POST declares JSON (the node's guard against cross-site form posts).
-                http.post(spec.url + "/v1/node/drain", params={"timeout": DRAIN_TIMEOUT_S},
-                          headers={"Content-Type": "application/json"})
+                http.post(
+                    spec.url + "/v1/node/drain",
+                    params={"timeout": DRAIN_TIMEOUT_S},
+                    headers={"Content-Type": "application/json"},
+                )
         except httpx.HTTPError:
             pass  # unreachable: nothing to drain from it
         self._cluster.stop(node_id)
@@ -118,7 +122,11 @@ class ScaleController:
         if desired is None or desired == running:
             return None
         utilisation = status.get("utilisation")
-        why = f"{status.get('reason')}, utilisation {utilisation:.2f}" if utilisation is not None else status.get("reason")
+        why = (
+            f"{status.get('reason')}, utilisation {utilisation:.2f}"
+            if utilisation is not None
+            else status.get("reason")
+        )
         try:
             return f"{self._provisioner.scale_to(desired if desired > running else running - 1)} ({why})"
         except (httpx.HTTPError, OSError) as error:  # the next step tries again
@@ -135,13 +143,20 @@ class KubernetesProvisioner:
 
     SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
-    def __init__(self, deployment: str, namespace: str | None = None,
-                 api_url: str = "https://kubernetes.default.svc", http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        deployment: str,
+        namespace: str | None = None,
+        api_url: str = "https://kubernetes.default.svc",
+        http: httpx.Client | None = None,
+    ) -> None:
         self._namespace = namespace or (self.SERVICE_ACCOUNT / "namespace").read_text().strip()
         self._url = f"{api_url}/apis/apps/v1/namespaces/{self._namespace}/deployments/{deployment}/scale"
         self._http = http or httpx.Client(
-            verify=str(self.SERVICE_ACCOUNT / "ca.crt"), timeout=10,
-            headers={"Authorization": f"Bearer {(self.SERVICE_ACCOUNT / 'token').read_text().strip()}"})
+            verify=str(self.SERVICE_ACCOUNT / "ca.crt"),
+            timeout=10,
+            headers={"Authorization": f"Bearer {(self.SERVICE_ACCOUNT / 'token').read_text().strip()}"},
+        )
 
     def running(self) -> int:
         response = self._http.get(self._url)
@@ -149,7 +164,10 @@ class KubernetesProvisioner:
         return int(response.json()["spec"].get("replicas", 0))
 
     def scale_to(self, count: int) -> str:
-        response = self._http.patch(self._url, content=json.dumps({"spec": {"replicas": count}}),
-                                    headers={"Content-Type": "application/merge-patch+json"})
+        response = self._http.patch(
+            self._url,
+            content=json.dumps({"spec": {"replicas": count}}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
         response.raise_for_status()
         return f"set {self._url.rsplit('/', 2)[-2]} replicas to {count}"

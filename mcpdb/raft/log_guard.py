@@ -47,15 +47,20 @@ class Reconciled:
     ack_through: int | None = None
 
 
-def reconcile(message: dict[str, Any], current_term: int, first_index: int, last_index: int,
-              term_at: Callable[[int], int]) -> Reconciled:
+def reconcile(
+    message: dict[str, Any], current_term: int, first_index: int, last_index: int, term_at: Callable[[int], int]
+) -> Reconciled:
     """Rewrite one AppendEntries so that matching entries are never truncated.
 
     ``first_index``/``last_index`` bound the follower's log; ``term_at(i)``
     is the term of its entry ``i`` for ``first_index <= i <= last_index``.
     """
-    if (message.get("type") != "append_entries" or "prevLogIdx" not in message
-            or "transmission" in message or message["term"] < current_term):
+    if (
+        message.get("type") != "append_entries"
+        or "prevLogIdx" not in message
+        or "transmission" in message
+        or message["term"] < current_term
+    ):
         return Reconciled(message)
     prev_index, prev_term = message["prevLogIdx"], message["prevLogTerm"]
     if not first_index <= prev_index <= last_index or term_at(prev_index) != prev_term:
@@ -67,16 +72,17 @@ def reconcile(message: dict[str, Any], current_term: int, first_index: int, last
         if index > last_index:
             if position == 0:
                 return Reconciled(message)
-            return Reconciled({**message, "prevLogIdx": verified_index, "prevLogTerm": verified_term,
-                               "entries": entries[position:]})
+            return Reconciled(
+                {**message, "prevLogIdx": verified_index, "prevLogTerm": verified_term, "entries": entries[position:]}
+            )
         if term_at(index) != term:
-            return Reconciled({**message, "prevLogIdx": verified_index, "prevLogTerm": verified_term,
-                               "entries": entries[position:]})
+            return Reconciled(
+                {**message, "prevLogIdx": verified_index, "prevLogTerm": verified_term, "entries": entries[position:]}
+            )
         verified_index, verified_term = index, term
 
     if verified_index == last_index or term_at(verified_index + 1) == message["term"]:
-        return Reconciled({**message, "prevLogIdx": last_index, "prevLogTerm": term_at(last_index),
-                           "entries": []})
+        return Reconciled({**message, "prevLogIdx": last_index, "prevLogTerm": term_at(last_index), "entries": []})
     stripped = {key: value for key, value in message.items() if key not in _LOG_KEYS}
     stripped["commit_index"] = min(message["commit_index"], verified_index)
     return Reconciled(stripped, ack_through=verified_index)

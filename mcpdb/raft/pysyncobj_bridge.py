@@ -260,14 +260,17 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             return
         log = self._syncObj._SyncObj__raftLog
         first_index = log[0][1]
-        result = reconcile(message, self._syncObj.raftCurrentTerm, first_index, log[-1][1],
-                           lambda index: log[index - first_index][2])
+        result = reconcile(
+            message, self._syncObj.raftCurrentTerm, first_index, log[-1][1], lambda index: log[index - first_index][2]
+        )
         if result.message is not message:
             self.reconciled_messages += 1
         super()._onMessageReceived(node, result.message)
         if result.ack_through is not None:
-            self.send(node, {"type": "next_node_idx", "next_node_idx": result.ack_through + 1,
-                             "reset": False, "success": True})
+            self.send(
+                node,
+                {"type": "next_node_idx", "next_node_idx": result.ack_through + 1, "reset": False, "success": True},
+            )
 
     def send(self, node: Node, message: Any) -> bool:
         if self.journal is None:
@@ -293,11 +296,11 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             super().send(node, message)
 
 
-def transport_class(durable: bool, guard_log: bool = True,
-                    read_index: ReadIndex | None = None) -> type[McpdbTransport]:
+def transport_class(durable: bool, guard_log: bool = True, read_index: ReadIndex | None = None) -> type[McpdbTransport]:
     """A transport class with the settings baked in (pysyncobj instantiates it itself)."""
-    return type("McpdbTransport", (McpdbTransport,),
-                {"durable": durable, "guard_log": guard_log, "read_index": read_index})
+    return type(
+        "McpdbTransport", (McpdbTransport,), {"durable": durable, "guard_log": guard_log, "read_index": read_index}
+    )
 
 
 class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
@@ -324,8 +327,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._status_taken = 0.0
         self.leader_changes = 0  # times a leader other than the last one known was seen (the first counts)
         self._last_leader: Any = None
-        super().__init__(settings.self_addr, settings.peers, _syncobj_conf(settings, store),
-                         transportClass=transport_class(settings.durable, read_index=self.read_index))
+        super().__init__(
+            settings.self_addr,
+            settings.peers,
+            _syncobj_conf(settings, store),
+            transportClass=transport_class(settings.durable, read_index=self.read_index),
+        )
         self._transport: McpdbTransport = self._SyncObj__transport
         self._wrap_poll()
         self.addOnTickCallback(self._commit_and_notify)
@@ -437,9 +444,19 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         """This node's view of Raft: role, term, indexes, log size, peers' match index."""
         raw = self._status_sample
         if not raw:
-            return {"role": "starting", "leader": None, "term": 0, "commit_index": 0, "applied_index": 0,
-                    "leader_commit_index": None, "log_entries": 0, "log_first_index": 0,
-                    "has_quorum": False, "ready": False, "match_index": {}}
+            return {
+                "role": "starting",
+                "leader": None,
+                "term": 0,
+                "commit_index": 0,
+                "applied_index": 0,
+                "leader_commit_index": None,
+                "log_entries": 0,
+                "log_first_index": 0,
+                "has_quorum": False,
+                "ready": False,
+                "match_index": {},
+            }
         role = "replica" if self._settings.self_addr is None else _ROLES.get(raw["state"], "unknown")
         journal = self._transport.journal
         return {
@@ -453,8 +470,11 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "log_first_index": raw["log_first_index"],
             "has_quorum": raw["has_quorum"],
             "ready": self.isReady(),
-            "match_index": {key[len("match_idx_server_"):]: value for key, value in raw.items()
-                            if key.startswith("match_idx_server_")},
+            "match_index": {
+                key[len("match_idx_server_") :]: value
+                for key, value in raw.items()
+                if key.startswith("match_idx_server_")
+            },
             "read_index_rounds": self.read_index.rounds,
             "journal_syncs": journal.syncs if journal is not None else None,
             "reconciled_append_entries": self._transport.reconciled_messages,

@@ -59,9 +59,11 @@ class RaftView(Protocol):
     @property
     def own_term_noop_index(self) -> int | None:
         """Index of the no-op this leader appended on election (None before it did)."""
+
     @property
     def voting_peers(self) -> Collection[Peer]:
         """The other voters."""
+
     def is_leader(self) -> bool: ...
     def known_leader(self) -> Peer | None: ...
 
@@ -86,8 +88,7 @@ class _Forwarded:
 class ReadIndex:
     """Confirms read indexes for one node; see the module docstring for the protocol."""
 
-    def __init__(self, raft: RaftView, send: Callable[[Peer, dict[str, Any]], bool],
-                 wake: Callable[[], None]) -> None:
+    def __init__(self, raft: RaftView, send: Callable[[Peer, dict[str, Any]], bool], wake: Callable[[], None]) -> None:
         self._raft = raft
         self._send = send
         self._wake = wake
@@ -179,15 +180,15 @@ class ReadIndex:
         local, self._queued = self._queued, []
         remote, self._remote = self._remote, []
         self.rounds += 1
-        current = _Round(next(self._seq), self._raft.current_term, self._raft.commit_index, now,
-                         local, remote)
+        current = _Round(next(self._seq), self._raft.current_term, self._raft.commit_index, now, local, remote)
         self._rounds[current.seq] = current
         for node in self._raft.voting_peers:
             self._send(node, {"type": PING, "seq": current.seq, "term": current.term})
 
     def _confirmed(self, current: _Round) -> bool:
-        answered = sum(1 for node in self._raft.voting_peers
-                       if self._answered.get(node, (0, 0)) >= (current.term, current.seq))
+        answered = sum(
+            1 for node in self._raft.voting_peers if self._answered.get(node, (0, 0)) >= (current.term, current.seq)
+        )
         return (answered + 1) * 2 > len(self._raft.voting_peers) + 1
 
     def _own_term_committed(self) -> bool:
@@ -259,4 +260,3 @@ class ReadIndex:
             else:
                 waiting.append((index, done))
         self._applied_waiters = waiting
-

@@ -62,8 +62,9 @@ def _settle(future: asyncio.Future[Any], result: Any, refusal: Refusal | None) -
     elif refusal is not None and refusal.reason is not None:
         future.set_exception(NotApplied(refusal.reason))
     else:
-        future.set_exception(Indeterminate(
-            "the leader changed while the entry was in flight; it may or may not have been applied"))
+        future.set_exception(
+            Indeterminate("the leader changed while the entry was in flight; it may or may not have been applied")
+        )
 
 
 def _settle_read(future: asyncio.Future[int], index: int | None, error: str | None) -> None:
@@ -119,8 +120,9 @@ class Replication:
 
     async def read_index(self, timeout: float) -> int:
         """A confirmed read index (Raft ReadIndex), once this node has applied it."""
-        return await self._index_when_applied(self._raft.read_index.request, timeout,
-                                              f"could not confirm the leader within {timeout:g} s (no quorum?)")
+        return await self._index_when_applied(
+            self._raft.read_index.request, timeout, f"could not confirm the leader within {timeout:g} s (no quorum?)"
+        )
 
     async def wait_applied(self, index: int, timeout: float) -> None:
         """Return once this node's store reflects Raft index ``index`` (including entries, like the
@@ -128,10 +130,11 @@ class Replication:
         read_index = self._raft.read_index
         await self._index_when_applied(
             lambda done: self._raft.call_in_raft_thread(lambda: read_index.wait_applied(index, done)),
-            timeout, f"this node has not applied index {index} within {timeout:g} s")
+            timeout,
+            f"this node has not applied index {index} within {timeout:g} s",
+        )
 
-    async def _index_when_applied(self, register: Callable[[Done], None],
-                                  timeout: float, timeout_message: str) -> int:
+    async def _index_when_applied(self, register: Callable[[Done], None], timeout: float, timeout_message: str) -> int:
         """Bridge a ReadIndex callback (run in the Raft thread once this node applied an index) to asyncio."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()

@@ -56,8 +56,11 @@ class WatchFilter:
     kind: str | None = None
 
     def matches(self, change: Change) -> bool:
-        return (change.namespace == self.namespace and change.id.startswith(self.prefix)
-                and (self.kind is None or change.kind == self.kind))
+        return (
+            change.namespace == self.namespace
+            and change.id.startswith(self.prefix)
+            and (self.kind is None or change.kind == self.kind)
+        )
 
 
 class ChangeFeed:

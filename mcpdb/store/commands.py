@@ -51,8 +51,10 @@ class NewerFormat(Exception):
     """The entry was written by newer code in a format this node cannot apply."""
 
     def __init__(self, version: object) -> None:
-        super().__init__(f"log entry format v{version} is newer than this node understands "
-                         f"(max v{COMMAND_VERSION}): upgrade this node")
+        super().__init__(
+            f"log entry format v{version} is newer than this node understands "
+            f"(max v{COMMAND_VERSION}): upgrade this node"
+        )
         self.version = version
 
 
@@ -168,8 +170,7 @@ class RevokeToken(_Entry):
     op: Literal["revoke_token"] = field(default="revoke_token", kw_only=True)
 
 
-Command: TypeAlias = (Put | Delete | Append | Batch | Expire | RegisterNode | DeregisterNode
-                      | CreateToken | RevokeToken)
+Command: TypeAlias = Put | Delete | Append | Batch | Expire | RegisterNode | DeregisterNode | CreateToken | RevokeToken
 
 
 @dataclass(frozen=True)
@@ -223,11 +224,11 @@ def _token(token: Mapping[str, Any]) -> TokenSpec:
 _READERS: dict[str, Callable[[Mapping[str, Any]], Command]] = {
     "put": lambda e: Put(e["ns"], e["id"], e["context"], e.get("ttl"), e.get("if_version"), e["now"]),
     "delete": lambda e: Delete(e["ns"], e["id"], e.get("if_version")),
-    "append": lambda e: Append(e["ns"], e["id"], tuple(e["turns"]), e.get("if_version"),
-                               e.get("idempotency_key"), e["now"]),
+    "append": lambda e: Append(
+        e["ns"], e["id"], tuple(e["turns"]), e.get("if_version"), e.get("idempotency_key"), e["now"]
+    ),
     "batch": lambda e: Batch(e["ns"], tuple(_batch_op(op) for op in e["ops"]), e["now"]),
-    "expire": lambda e: Expire(tuple((ns, context_id, version) for ns, context_id, version in e["items"]),
-                               e["now"]),
+    "expire": lambda e: Expire(tuple((ns, context_id, version) for ns, context_id, version in e["items"]), e["now"]),
     "register_node": lambda e: RegisterNode(e["node"]),
     "deregister_node": lambda e: DeregisterNode(e["id"]),
     "create_token": lambda e: CreateToken(_token(e["token"]), e["now"]),

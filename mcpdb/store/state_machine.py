@@ -141,8 +141,10 @@ class HistoryTrimmed(Exception):
     """The changes after the requested version were trimmed from the history."""
 
     def __init__(self, since: int, oldest: int) -> None:
-        super().__init__(f"changes after version {since} are no longer in the history; "
-                         f"the oldest version a watch can resume from is {oldest}")
+        super().__init__(
+            f"changes after version {since} are no longer in the history; "
+            f"the oldest version a watch can resume from is {oldest}"
+        )
         self.oldest = oldest
 
 
@@ -184,8 +186,7 @@ class _Generation:
 class ContextStore:
     """One LMDB environment per node; safe for one writer thread and many reader threads."""
 
-    def __init__(self, directory: str, map_size: int = 8 << 30,
-                 change_history: int = DEFAULT_CHANGE_HISTORY) -> None:
+    def __init__(self, directory: str, map_size: int = 8 << 30, change_history: int = DEFAULT_CHANGE_HISTORY) -> None:
         self._directory = directory
         self._map_size = map_size
         self._change_history = change_history
@@ -239,8 +240,15 @@ class ContextStore:
         path = os.path.join(self._directory, generation)
         os.makedirs(path, exist_ok=True)
         # NOSYNC: see the module docstring for why the journal, not LMDB, is durable.
-        env = lmdb.open(path, map_size=self._map_size, max_dbs=len(_DB_NAMES), sync=False,
-                        metasync=False, readahead=False, max_readers=512)
+        env = lmdb.open(
+            path,
+            map_size=self._map_size,
+            max_dbs=len(_DB_NAMES),
+            sync=False,
+            metasync=False,
+            readahead=False,
+            max_readers=512,
+        )
         return _Generation(env, {name: env.open_db(name) for name in _DB_NAMES})
 
     def close(self) -> None:
@@ -342,8 +350,9 @@ class ContextStore:
         group.commit()
         return True
 
-    def _record_change(self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str,
-                       kind: str, action: str) -> None:
+    def _record_change(
+        self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str, kind: str, action: str
+    ) -> None:
         key = _U64.pack(index) + _U32.pack(self._change_position)
         txn.put(key, orjson.dumps([namespace, context_id, kind, action]), db=self._dbs[b"changes"])
         self._change_position += 1
@@ -374,12 +383,14 @@ class ContextStore:
             return
         current = record["version"] if record else 0
         if current != expected:
-            raise _Abort(_fail(
-                "version_conflict",
-                f"{label}: expected version {expected}, current version is {current}"
-                + (" (does not exist)" if record is None else ""),
-                current_version=current,
-            ))
+            raise _Abort(
+                _fail(
+                    "version_conflict",
+                    f"{label}: expected version {expected}, current version is {current}"
+                    + (" (does not exist)" if record is None else ""),
+                    current_version=current,
+                )
+            )
 
     def _drop_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str) -> None:
         prefix = _turn_prefix(namespace, context_id)
@@ -394,9 +405,18 @@ class ContextStore:
         if record and record.get("expires_at") is not None:
             txn.delete(_U64.pack(int(record["expires_at"] * 1000)) + key, db=self._dbs[b"expiry"])
 
-    def _put(self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str,
-             context: dict[str, Any], ttl: int | None, expected: int | None, now: float,
-             label: str) -> bool:
+    def _put(
+        self,
+        txn: lmdb.Transaction,
+        index: int,
+        namespace: str,
+        context_id: str,
+        context: dict[str, Any],
+        ttl: int | None,
+        expected: int | None,
+        now: float,
+        label: str,
+    ) -> bool:
         key = _key(namespace, context_id)
         old = self._get_record(txn, self._dbs, key)
         self._check_version(old, expected, label)
@@ -425,8 +445,15 @@ class ContextStore:
         self._record_change(txn, index, namespace, context_id, kind, "put")
         return old is None
 
-    def _write_turns(self, txn: lmdb.Transaction, namespace: str, context_id: str,
-                     record: dict[str, Any], turns: Sequence[dict[str, Any]], now: float) -> int:
+    def _write_turns(
+        self,
+        txn: lmdb.Transaction,
+        namespace: str,
+        context_id: str,
+        record: dict[str, Any],
+        turns: Sequence[dict[str, Any]],
+        now: float,
+    ) -> int:
         prefix = _turn_prefix(namespace, context_id)
         first: int = record["turn_count"]
         for offset, turn in enumerate(turns):
@@ -438,8 +465,16 @@ class ContextStore:
         record["turn_count"] = first + len(turns)
         return first
 
-    def _delete(self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str,
-                expected: int | None, label: str, action: str = "delete") -> None:
+    def _delete(
+        self,
+        txn: lmdb.Transaction,
+        index: int,
+        namespace: str,
+        context_id: str,
+        expected: int | None,
+        label: str,
+        action: str = "delete",
+    ) -> None:
         key = _key(namespace, context_id)
         old = self._get_record(txn, self._dbs, key)
         if old is None and expected in (None, 0):
@@ -471,13 +506,24 @@ class ContextStore:
         record = self._get_record(txn, self._dbs, key)
         self._check_version(record, c.if_version, context_id)
         if record is None:
-            record = {"kind": "session", "fields": {"data": {}, "user_id": None}, "version": index,
-                      "created_at": now, "updated_at": now, "ttl": None, "expires_at": None,
-                      "turn_count": 0}
+            record = {
+                "kind": "session",
+                "fields": {"data": {}, "user_id": None},
+                "version": index,
+                "created_at": now,
+                "updated_at": now,
+                "ttl": None,
+                "expires_at": None,
+                "turn_count": 0,
+            }
         elif record["kind"] != "session":
-            raise _Abort(_fail("wrong_kind",
-                               f"{namespace}/{context_id} is a {record['kind']}, not a session",
-                               current_version=record["version"]))
+            raise _Abort(
+                _fail(
+                    "wrong_kind",
+                    f"{namespace}/{context_id} is a {record['kind']}, not a session",
+                    current_version=record["version"],
+                )
+            )
         first = self._write_turns(txn, namespace, context_id, record, c.turns, now)
         record["version"] = index
         record["updated_at"] = now
@@ -485,8 +531,9 @@ class ContextStore:
         self._record_change(txn, index, namespace, context_id, "session", "append")
         result = _ok(index, turn_count=record["turn_count"], first_seq=first)
         if idem_key:
-            txn.put(_turn_prefix(namespace, context_id) + idem_key.encode(), orjson.dumps(result),
-                    db=self._dbs[b"idem"])
+            txn.put(
+                _turn_prefix(namespace, context_id) + idem_key.encode(), orjson.dumps(result), db=self._dbs[b"idem"]
+            )
         return result
 
     def _apply_batch(self, txn: lmdb.Transaction, index: int, c: Batch) -> dict[str, Any]:
@@ -527,8 +574,15 @@ class ContextStore:
 
     def _apply_create_token(self, txn: lmdb.Transaction, index: int, c: CreateToken) -> dict[str, Any]:
         t = c.token
-        record = {"id": t.id, "hash": t.hash, "description": t.description, "rate_limit": t.rate_limit,
-                  "scopes": t.scopes, "created_at": c.now, "version": index}
+        record = {
+            "id": t.id,
+            "hash": t.hash,
+            "description": t.description,
+            "rate_limit": t.rate_limit,
+            "scopes": t.scopes,
+            "created_at": c.now,
+            "version": index,
+        }
         if not txn.put(t.id.encode(), orjson.dumps(record), db=self._dbs[b"tokens"], overwrite=False):
             raise _Abort(_fail("conflict", f"token {t.id} already exists"))
         return _ok(index)
@@ -539,8 +593,15 @@ class ContextStore:
         return _ok(index)
 
     # ------------------------------------------------------------------ reads
-    def _materialise(self, txn: lmdb.Transaction, dbs: _Dbs, namespace: str, context_id: str,
-                     record: dict[str, Any], with_turns: bool) -> dict[str, Any]:
+    def _materialise(
+        self,
+        txn: lmdb.Transaction,
+        dbs: _Dbs,
+        namespace: str,
+        context_id: str,
+        record: dict[str, Any],
+        with_turns: bool,
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"namespace": namespace, "id": context_id, "kind": record["kind"]}
         out.update(record["fields"])
         if record["kind"] == "session":
@@ -590,8 +651,9 @@ class ContextStore:
                     turns.append(orjson.loads(value))
             return turns
 
-    def list(self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100,
-             cursor: str | None = None) -> Page:
+    def list(
+        self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100, cursor: str | None = None
+    ) -> Page:
         """Contexts of a namespace in id order; sessions come without their turns."""
         ns_prefix = namespace.encode() + _SEP
         start = ns_prefix + (cursor.encode() + _SEP if cursor else prefix.encode())
@@ -605,7 +667,7 @@ class ContextStore:
             for key, value in cur:
                 if not key.startswith(ns_prefix + prefix.encode()):
                     break
-                context_id = key[len(ns_prefix):].decode()
+                context_id = key[len(ns_prefix) :].decode()
                 if cursor is not None and context_id <= cursor:
                     continue
                 record = orjson.loads(value)
@@ -617,8 +679,9 @@ class ContextStore:
                 items.append(self._materialise(txn, generation.dbs, namespace, context_id, record, with_turns=False))
         return Page(items, next_cursor)
 
-    def scan(self, after: tuple[str, str] | None = None, kind: str | None = None,
-             limit: int = 100) -> builtins.list[dict[str, Any]]:
+    def scan(
+        self, after: tuple[str, str] | None = None, kind: str | None = None, limit: int = 100
+    ) -> builtins.list[dict[str, Any]]:
         """Contexts of every namespace in (namespace, id) order after ``after``; without turns."""
         items: builtins.list[dict[str, Any]] = []
         generation = self._generation
@@ -675,8 +738,9 @@ class ContextStore:
                 if len(found) == limit:
                     break
                 namespace, context_id, kind, action = orjson.loads(value)
-                found.append(Change(_U64.unpack(key[:8])[0], _U32.unpack(key[8:])[0], namespace,
-                                    context_id, kind, action))
+                found.append(
+                    Change(_U64.unpack(key[:8])[0], _U32.unpack(key[8:])[0], namespace, context_id, kind, action)
+                )
         return found
 
     def _all(self, db: bytes) -> builtins.list[dict[str, Any]]:

@@ -42,8 +42,9 @@ def principal_of(request: Any) -> Principal:
 
 
 class Authenticator:
-    def __init__(self, bootstrap_token: str | None, store: ContextStore,
-                 fresh: Callable[[], Awaitable[object]]) -> None:
+    def __init__(
+        self, bootstrap_token: str | None, store: ContextStore, fresh: Callable[[], Awaitable[object]]
+    ) -> None:
         self.enabled = bootstrap_token is not None
         self._bootstrap = f"Bearer {bootstrap_token}".encode() if bootstrap_token else b""
         self._store = store

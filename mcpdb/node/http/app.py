@@ -88,12 +88,18 @@ def create_app(runtime: NodeView) -> Any:
             yield
         await runtime.stop()
 
-    app = FastAPI(title="mcpdb", version=__version__, default_response_class=FastJSON,
-                  lifespan=lifespan, docs_url=None, redoc_url=None,
-                  # OpenTelemetry hooks look up providers and the environment on
-                  # every request; mcpdb's metrics are Prometheus.
-                  telemetry={"tracing": False, "metrics": False, "logs": False},
-                  description="Raft-replicated context database for LLM applications.")
+    app = FastAPI(
+        title="mcpdb",
+        version=__version__,
+        default_response_class=FastJSON,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # OpenTelemetry hooks look up providers and the environment on
+        # every request; mcpdb's metrics are Prometheus.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+        description="Raft-replicated context database for LLM applications.",
+    )
     service = runtime.service
     mount_offline_docs(app)
 
@@ -108,15 +114,19 @@ def create_app(runtime: NodeView) -> Any:
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             parts.append(f"{where or 'body'}: {e.get('msg')}")
         # Echoing "input" back could return a megabyte body; type, place and message suffice.
-        detail = [{"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")}
-                  for e in errors]
+        detail = [
+            {"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")} for e in errors
+        ]
         return _error(422, "invalid_request", "; ".join(parts), detail=detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> FastJSON:
         if exc.status_code == 400:  # the body could not be decoded at all
-            return _error(400, "invalid_json", "request body is not valid JSON: not UTF-8, malformed, "
-                          "or nested deeper than the decoder allows")
+            return _error(
+                400,
+                "invalid_json",
+                "request body is not valid JSON: not UTF-8, malformed, or nested deeper than the decoder allows",
+            )
         name = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, name, str(exc.detail))
 
@@ -137,8 +147,7 @@ def create_app(runtime: NodeView) -> Any:
         """Readiness: a leader is known and this node has applied what it knows is committed."""
         ready, reason = runtime.ready()
         body = {"ready": ready, "reason": reason, "node": runtime.config.node_id}
-        return FastJSON(body, status_code=200 if ready else 503,
-                        headers=None if ready else {"Retry-After": "1"})
+        return FastJSON(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "1"})
 
     @app.get("/metrics", tags=["operations"])
     async def metrics() -> Response:
@@ -176,10 +185,13 @@ def create_app(runtime: NodeView) -> Any:
     ns_path = "/v1/namespaces/{namespace}"
 
     @app.put(ns_path + "/contexts/{context_id}", tags=["contexts"])
-    async def put_context(namespace: NamespacePath, context_id: ContextIdPath,
-                          context: Annotated[ContextIn, Body()],
-                          if_match: Annotated[str | None, Header()] = None,
-                          if_none_match: Annotated[str | None, Header()] = None) -> FastJSON:
+    async def put_context(
+        namespace: NamespacePath,
+        context_id: ContextIdPath,
+        context: Annotated[ContextIn, Body()],
+        if_match: Annotated[str | None, Header()] = None,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> FastJSON:
         """Create or replace a context. ``If-Match: <version>`` makes it a compare-and-set
         (409 with the current version on mismatch); ``If-None-Match: *`` creates only."""
         expected = _version_header(if_match, if_none_match)
@@ -187,41 +199,46 @@ def create_app(runtime: NodeView) -> Any:
         return _versioned(result, result["version"], 201 if result["created"] else 200)
 
     @app.get(ns_path + "/contexts/{context_id}", tags=["contexts"])
-    async def get_context(namespace: NamespacePath, context_id: ContextIdPath,
-                          consistency: Consistency = Consistency.linearizable) -> FastJSON:
+    async def get_context(
+        namespace: NamespacePath, context_id: ContextIdPath, consistency: Consistency = Consistency.linearizable
+    ) -> FastJSON:
         """Read a context; linearizable by default, ``stale`` reads local state without a barrier."""
         record = await service.get(namespace, context_id, consistency)
         return _versioned(record, record["version"])
 
     @app.delete(ns_path + "/contexts/{context_id}", tags=["contexts"])
-    async def delete_context(namespace: NamespacePath, context_id: ContextIdPath,
-                             if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    async def delete_context(
+        namespace: NamespacePath, context_id: ContextIdPath, if_match: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
         """Delete a context (404 if missing); ``If-Match`` makes it conditional."""
         return await service.delete(namespace, context_id, _version_header(if_match, None))
 
     @app.get(ns_path + "/contexts", tags=["contexts"])
-    async def list_contexts(namespace: NamespacePath,
-                            kind: Kind | None = None,
-                            prefix: Annotated[str, Query(max_length=128)] = "",
-                            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                            cursor: Annotated[str | None, Query(max_length=128)] = None,
-                            consistency: Consistency = Consistency.linearizable) -> dict[str, Any]:
+    async def list_contexts(
+        namespace: NamespacePath,
+        kind: Kind | None = None,
+        prefix: Annotated[str, Query(max_length=128)] = "",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Query(max_length=128)] = None,
+        consistency: Consistency = Consistency.linearizable,
+    ) -> dict[str, Any]:
         """Contexts in id order, filtered by kind and id prefix; follow ``next_cursor`` for more.
         Sessions are listed without their turns (``turn_count`` says how many)."""
         page = await service.list(namespace, kind, prefix, limit, cursor, consistency)
         return {"items": page.items, "next_cursor": page.next_cursor}
 
     @app.post(ns_path + "/sessions/{session_id}/turns", tags=["sessions"])
-    async def append_turns(namespace: NamespacePath, session_id: ContextIdPath,
-                           body: Annotated[TurnsIn | Turn, Body()],
-                           if_match: Annotated[str | None, Header()] = None,
-                           idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
-                           ) -> dict[str, Any]:
+    async def append_turns(
+        namespace: NamespacePath,
+        session_id: ContextIdPath,
+        body: Annotated[TurnsIn | Turn, Body()],
+        if_match: Annotated[str | None, Header()] = None,
+        idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    ) -> dict[str, Any]:
         """Append one turn (``{"role", "content"}``) or several (``{"turns": [...]}``) atomically.
         Creates the session if missing. With ``Idempotency-Key``, a retry returns the first result."""
         turns = body.turns if isinstance(body, TurnsIn) else [body]
-        return await service.append(namespace, session_id, turns, _version_header(if_match, None),
-                                    idempotency_key)
+        return await service.append(namespace, session_id, turns, _version_header(if_match, None), idempotency_key)
 
     @app.post(ns_path + "/batch", tags=["contexts"])
     async def batch(namespace: NamespacePath, body: BatchIn) -> dict[str, Any]:
@@ -236,7 +253,17 @@ def create_app(runtime: NodeView) -> Any:
     # The MCP endpoint is the SDK's own ASGI app (streamable HTTP: POST, GET stream, DELETE).
     app.router.routes.append(Route("/mcp", endpoint=mcp.asgi, methods=["GET", "POST", "DELETE"]))
     stats = runtime.metrics.requests
-    guard = HostGuard(runtime.config.http_addr, runtime.config.advertise_url, runtime.config.allowed_hosts,
-                      runtime.config.allowed_origins)
-    return RequestGate(FastContextReads(TimedApp(app, stats), service, stats), guard, runtime.authenticator,
-                       runtime.config.max_body_bytes, runtime.config.body_timeout, stats)
+    guard = HostGuard(
+        runtime.config.http_addr,
+        runtime.config.advertise_url,
+        runtime.config.allowed_hosts,
+        runtime.config.allowed_origins,
+    )
+    return RequestGate(
+        FastContextReads(TimedApp(app, stats), service, stats),
+        guard,
+        runtime.authenticator,
+        runtime.config.max_body_bytes,
+        runtime.config.body_timeout,
+        stats,
+    )

@@ -66,7 +66,6 @@ class ChatNode(Protocol):
     def chat_worker(self) -> ChatWorker | None: ...
 
 
-
 def _idempotency_key(header: str | None) -> str:
     if header is None:
         return uuid.uuid4().hex
@@ -77,14 +76,29 @@ def _idempotency_key(header: str | None) -> str:
 
 def _usage(done: dict[str, Any]) -> dict[str, Any]:
     usage = done["usage"]
-    return {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-            "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
-            "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]}}
+    return {
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+        "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]},
+    }
 
 
 def _provenance(done: dict[str, Any]) -> dict[str, Any]:
-    keys = ("node", "attempts", "ttft_s", "queued_s", "seconds", "read_index", "context_index", "omitted",
-            "replayed", "diverged", "session_version", "turn_count")
+    keys = (
+        "node",
+        "attempts",
+        "ttft_s",
+        "queued_s",
+        "seconds",
+        "read_index",
+        "context_index",
+        "omitted",
+        "replayed",
+        "diverged",
+        "session_version",
+        "turn_count",
+    )
     return {key: done.get(key) for key in keys}
 
 
@@ -111,14 +125,24 @@ def add_chat_routes(app: FastAPI, runtime: ChatNode) -> None:
     async def models() -> dict[str, Any]:
         """Models the cluster serves, with the nodes serving each (OpenAI's list shape)."""
         nodes = runtime.store.nodes()
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "mcpdb",
-             "nodes": sorted(n["id"] for n in nodes if n.get("model") == name)}
-            for name in runtime.scheduler.served_models()]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "mcpdb",
+                    "nodes": sorted(n["id"] for n in nodes if n.get("model") == name),
+                }
+                for name in runtime.scheduler.served_models()
+            ],
+        }
 
     @app.post("/v1/chat/completions", tags=["inference"])
-    async def chat_completions(request: ChatRequest, http: Request,
-                               idempotency_key: Annotated[str | None, Header()] = None) -> Any:
+    async def chat_completions(
+        request: ChatRequest, http: Request, idempotency_key: Annotated[str | None, Header()] = None
+    ) -> Any:
         """OpenAI-compatible chat. With ``namespace`` + ``session_id`` the stored context is assembled
         and the new user message and the reply are appended to the session exactly once
         (``Idempotency-Key`` makes a retry return the first reply instead of a second)."""
@@ -144,21 +168,30 @@ def add_chat_routes(app: FastAPI, runtime: ChatNode) -> None:
         head = {"id": f"chatcmpl-{key}", "created": int(time.time()), "model": request.model}
         headers = {"x-mcpdb-node": first.get("node", node), "x-mcpdb-idempotency-key": key}
         if request.stream:
-            return StreamingResponse(_stream(_chain(first, events), head), media_type="text/event-stream",
-                                     headers=headers)
+            return StreamingResponse(
+                _stream(_chain(first, events), head), media_type="text/event-stream", headers=headers
+            )
         return await _whole(_chain(first, events), head, headers)
 
     async def _stream(events: AsyncIterator[dict[str, Any]], head: dict[str, Any]) -> AsyncIterator[bytes]:
         base = {**head, "object": "chat.completion.chunk"}
-        yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                         "finish_reason": None}]})
+        yield _sse(
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        )
         async for event in events:
             if event["type"] == "delta":
-                yield _sse({**base, "choices": [{"index": 0, "delta": {"content": event["text"]},
-                                                 "finish_reason": None}]})
+                yield _sse(
+                    {**base, "choices": [{"index": 0, "delta": {"content": event["text"]}, "finish_reason": None}]}
+                )
             elif event["type"] == "done":
-                yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(event)}],
-                            "usage": _usage(event), "mcpdb": _provenance(event)})
+                yield _sse(
+                    {
+                        **base,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(event)}],
+                        "usage": _usage(event),
+                        "mcpdb": _provenance(event),
+                    }
+                )
             elif event["type"] == "error":
                 yield _sse(_error_payload(event))
         yield b"data: [DONE]\n\n"
@@ -167,10 +200,20 @@ def add_chat_routes(app: FastAPI, runtime: ChatNode) -> None:
         async for event in events:
             if event["type"] == "done":
                 headers["x-mcpdb-node"] = event["node"]
-                body = {**head, "object": "chat.completion",
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": event["text"]},
-                                     "finish_reason": _finish_reason(event), "logprobs": None}],
-                        "usage": _usage(event), "mcpdb": _provenance(event)}
+                body = {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": event["text"]},
+                            "finish_reason": _finish_reason(event),
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": _usage(event),
+                    "mcpdb": _provenance(event),
+                }
                 return FastJSON(body, headers=headers)
             if event["type"] == "error":
                 retry = {"retry_after": 1} if event["status"] == 503 else {}

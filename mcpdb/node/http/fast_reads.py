@@ -21,8 +21,11 @@ from mcpdb.node.http.responses import DOMAIN_ERRORS, FastJSON, error_for
 from mcpdb.service import Consistency, ContextService
 
 _CONTEXT_PATH = re.compile(r"^/v1/namespaces/([^/]+)/contexts/([^/]+)$")
-_QUERIES = {b"": Consistency.linearizable, b"consistency=linearizable": Consistency.linearizable,
-            b"consistency=stale": Consistency.stale}
+_QUERIES = {
+    b"": Consistency.linearizable,
+    b"consistency=linearizable": Consistency.linearizable,
+    b"consistency=stale": Consistency.stale,
+}
 
 
 class FastContextReads:

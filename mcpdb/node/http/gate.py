@@ -28,13 +28,22 @@ from mcpdb.raft.replication import Unavailable
 ASGIApp = Any
 
 
-async def _send_error(send: Any, status: int, error: str, message: str,
-                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_error(
+    send: Any, status: int, error: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """A JSON error answer, sent before (or instead of) the application's."""
     body = orjson.dumps({"error": error, "message": message})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -61,8 +70,15 @@ class RequestGate:
       a route, so nothing is written.
     """
 
-    def __init__(self, app: ASGIApp, guard: HostGuard, authenticator: Authenticator, max_body_bytes: int,
-                 body_timeout: float, stats: RequestStats) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        guard: HostGuard,
+        authenticator: Authenticator,
+        max_body_bytes: int,
+        body_timeout: float,
+        stats: RequestStats,
+    ) -> None:
         self.app = app
         self.guard = guard
         self.stats = stats
@@ -102,12 +118,24 @@ class RequestGate:
         try:
             principal = await self.authenticator.principal(headers.get(b"authorization"))
         except Unavailable as error:
-            await self._answer(scope, send, 503, "unavailable", f"cannot check the token now: {error}",
-                              [(b"retry-after", str(error.retry_after).encode())])
+            await self._answer(
+                scope,
+                send,
+                503,
+                "unavailable",
+                f"cannot check the token now: {error}",
+                [(b"retry-after", str(error.retry_after).encode())],
+            )
             return False
         if principal is None:
-            await self._answer(scope, send, 401, "unauthorized", "missing, wrong or revoked bearer token",
-                              [(b"www-authenticate", b'Bearer realm="mcpdb"')])
+            await self._answer(
+                scope,
+                send,
+                401,
+                "unauthorized",
+                "missing, wrong or revoked bearer token",
+                [(b"www-authenticate", b'Bearer realm="mcpdb"')],
+            )
             return False
         refusal = None if principal is ROOT else path_refusal(principal, scope["method"], scope["path"])
         if refusal is not None:
@@ -116,9 +144,14 @@ class RequestGate:
         if principal.rate_limit is not None and principal.token_id is not None:
             wait = self.buckets.take(principal.token_id, principal.rate_limit)
             if wait:
-                await self._answer(scope, send, 429, "rate_limited",
-                                  f"this token is limited to {principal.rate_limit:g} requests/s per node",
-                                  [(b"retry-after", str(max(1, round(wait))).encode())])
+                await self._answer(
+                    scope,
+                    send,
+                    429,
+                    "rate_limited",
+                    f"this token is limited to {principal.rate_limit:g} requests/s per node",
+                    [(b"retry-after", str(max(1, round(wait))).encode())],
+                )
                 return False
         scope[PRINCIPAL_KEY] = principal
         return True
@@ -146,8 +179,9 @@ class RequestGate:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                return await refuse(408, "request_timeout",
-                                    f"the request body did not arrive within {self.body_timeout:g} s")
+                return await refuse(
+                    408, "request_timeout", f"the request body did not arrive within {self.body_timeout:g} s"
+                )
             if message["type"] == "http.request":
                 body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
@@ -164,8 +198,15 @@ class RequestGate:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _answer(self, scope: dict[str, Any], send: Any, status: int, error: str, message: str,
-                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _answer(
+        self,
+        scope: dict[str, Any],
+        send: Any,
+        status: int,
+        error: str,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.stats.answered(scope, status)
         await _send_error(send, status, error, message, headers)
 

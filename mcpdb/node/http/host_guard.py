@@ -69,7 +69,7 @@ def parse_authority(authority: str) -> tuple[str, int | None] | None:
             return None
     else:
         host = text.partition(":")[0]
-        rest = text[len(host):]
+        rest = text[len(host) :]
         if not _NAME_RE.fullmatch(host):
             return None
     if not rest:
@@ -103,8 +103,9 @@ def _is_ip(name: str) -> bool:
 class HostGuard:
     """The header, Host, Origin and Content-Type rules of one node (see the module docstring)."""
 
-    def __init__(self, http_addr: str, advertise_url: str | None, allowed_hosts: Iterable[str],
-                 allowed_origins: Iterable[str]) -> None:
+    def __init__(
+        self, http_addr: str, advertise_url: str | None, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]
+    ) -> None:
         bound, _ = split_host_port(http_addr, "--http-addr")
         self._any_ip = bound.lower() in _WILDCARDS
         names = {name.strip().lower().strip("[]") for name in allowed_hosts if name.strip()}
@@ -129,32 +130,41 @@ class HostGuard:
         for name, value in raw_headers:
             if name in _READ_HEADERS:
                 if name in headers and name in _SINGLE_HEADERS:
-                    return HostRefusal(400, "repeated_header",
-                                       f"the {name.decode()} header may appear only once")
+                    return HostRefusal(400, "repeated_header", f"the {name.decode()} header may appear only once")
                 headers[name] = value
         host = headers.get(b"host", b"").decode("latin-1")
         authority = parse_authority(host)
         if authority is None or not self.allows_host(authority[0]):
-            return HostRefusal(421, "misdirected_request",
-                               f"Host {host!r} does not name this node; a reverse proxy's name must be allowed "
-                               "with --allowed-host (requests from a page that rebound its DNS name are refused)")
+            return HostRefusal(
+                421,
+                "misdirected_request",
+                f"Host {host!r} does not name this node; a reverse proxy's name must be allowed "
+                "with --allowed-host (requests from a page that rebound its DNS name are refused)",
+            )
         origin = headers.get(b"origin")
         if origin is not None and not self._allows_origin(origin.decode("latin-1"), authority):
-            return HostRefusal(403, "cross_origin_refused",
-                               f"requests from a page on {origin.decode('latin-1')!r} are refused: only this "
-                               "node's own pages (same origin), its --advertise-url and origins allowed with "
-                               "--allowed-origin may send them")
+            return HostRefusal(
+                403,
+                "cross_origin_refused",
+                f"requests from a page on {origin.decode('latin-1')!r} are refused: only this "
+                "node's own pages (same origin), its --advertise-url and origins allowed with "
+                "--allowed-origin may send them",
+            )
         if method not in WRITE_METHODS:
             return None
         content_type = headers.get(b"content-type")
         if _has_body(headers):
             if not _is_json(content_type):
-                return HostRefusal(415, "unsupported_media_type",
-                                   "a request body must be sent as Content-Type: application/json")
+                return HostRefusal(
+                    415, "unsupported_media_type", "a request body must be sent as Content-Type: application/json"
+                )
         elif method == "POST" and not _is_json(content_type) and not _is_bearer(headers.get(b"authorization")):
-            return HostRefusal(415, "unsupported_media_type",
-                               "a POST without a body must carry Content-Type: application/json or a bearer "
-                               "token (a cross-site form can send neither), e.g. curl --json ''")
+            return HostRefusal(
+                415,
+                "unsupported_media_type",
+                "a POST without a body must carry Content-Type: application/json or a bearer "
+                "token (a cross-site form can send neither), e.g. curl --json ''",
+            )
         return None
 
     def _allows_origin(self, origin: str, authority: tuple[str, int | None]) -> bool:

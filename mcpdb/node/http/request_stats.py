@@ -58,9 +58,11 @@ class RequestStats:
         return series
 
     def families(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily("mcpdb_http_request_duration_seconds",
-                                       "HTTP requests by route and status: time to the response's status line.",
-                                       labels=["method", "route", "status"])
+        family = HistogramMetricFamily(
+            "mcpdb_http_request_duration_seconds",
+            "HTTP requests by route and status: time to the response's status line.",
+            labels=["method", "route", "status"],
+        )
         for key, series in sorted(self._series.items()):
             cumulative, buckets = 0.0, []
             for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), series[:-1], strict=True):

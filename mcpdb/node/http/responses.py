@@ -17,9 +17,12 @@ from mcpdb.store.state_machine import HistoryTrimmed
 
 # Path parameters as documented in OpenAPI. The pattern is documentation only: the service checks
 # names itself and answers 400 invalid_name (a 422 from FastAPI would say less).
-NamespacePath = Annotated[str, Path(description="1-63 of a-z 0-9 _ -", json_schema_extra={"pattern": NAMESPACE_PATTERN})]
-ContextIdPath = Annotated[str, Path(description="1-128 of A-Z a-z 0-9 _ . : @ -",
-                                    json_schema_extra={"pattern": CONTEXT_ID_PATTERN})]
+NamespacePath = Annotated[
+    str, Path(description="1-63 of a-z 0-9 _ -", json_schema_extra={"pattern": NAMESPACE_PATTERN})
+]
+ContextIdPath = Annotated[
+    str, Path(description="1-128 of A-Z a-z 0-9 _ . : @ -", json_schema_extra={"pattern": CONTEXT_ID_PATTERN})
+]
 
 
 class FastJSON(JSONResponse):
@@ -40,8 +43,18 @@ class InvalidHeader(ValueError):
 
 
 # The request-level failures every route may raise, each with its status.
-DOMAIN_ERRORS = (InvalidName, InvalidHeader, InvalidCursor, NotFound, Refused, Unavailable, HistoryTrimmed,
-                 Hidden, Forbidden, Unserializable)
+DOMAIN_ERRORS = (
+    InvalidName,
+    InvalidHeader,
+    InvalidCursor,
+    NotFound,
+    Refused,
+    Unavailable,
+    HistoryTrimmed,
+    Hidden,
+    Forbidden,
+    Unserializable,
+)
 
 
 def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, Any]]:
@@ -67,8 +80,12 @@ def error_parts(exc: Exception) -> tuple[int, str, str, dict[str, Any]]:
     if isinstance(exc, Forbidden):
         return 403, "forbidden", str(exc), {}
     if isinstance(exc, Refused):
-        return (400 if exc.error == "invalid_command" else 409), exc.error, exc.message, \
-            {"current_version": exc.current_version}
+        return (
+            (400 if exc.error == "invalid_command" else 409),
+            exc.error,
+            exc.message,
+            {"current_version": exc.current_version},
+        )
     if isinstance(exc, Unavailable):
         applied = "unknown" if isinstance(exc, Indeterminate) else "no"
         return 503, "unavailable", str(exc), {"applied": applied, "retry_after": exc.retry_after}

@@ -42,7 +42,8 @@ class TokenNode(Protocol):
 
 class TokenIn(BaseModel):
     scopes: dict[Annotated[str, Field(min_length=1, max_length=128)], Scope] = Field(
-        min_length=1, max_length=100, description="namespace (or '*') -> read | write | admin")
+        min_length=1, max_length=100, description="namespace (or '*') -> read | write | admin"
+    )
     description: str = Field(default="", max_length=200)
     rate_limit: float | None = Field(default=None, gt=0, le=1_000_000, description="requests/s on each node")
 
@@ -61,8 +62,12 @@ def add_token_routes(app: FastAPI, runtime: TokenNode) -> None:
         """Mint a token with the given scopes; needs admin in each of them. The token is in this
         answer only (the cluster stores its hash)."""
         if not runtime.authenticator.enabled:
-            return error(400, "auth_disabled", "this cluster runs without a bootstrap token, so tokens would "
-                         "not be enforced: start the nodes with --token-file (or MCPDB_TOKEN)")
+            return error(
+                400,
+                "auth_disabled",
+                "this cluster runs without a bootstrap token, so tokens would "
+                "not be enforced: start the nodes with --token-file (or MCPDB_TOKEN)",
+            )
         if not principal_of(request).may_manage(body.scopes):
             return error(403, "forbidden", "creating this token needs admin scope in each of its namespaces")
         result = await runtime.service.create_token(body.scopes, body.description, body.rate_limit)
@@ -76,8 +81,9 @@ def add_token_routes(app: FastAPI, runtime: TokenNode) -> None:
         return {"items": [_public(record) for record in runtime.store.tokens() if _managed(principal, record)]}
 
     @app.delete("/v1/tokens/{token_id}", tags=["tokens"])
-    async def revoke_token(token_id: Annotated[str, Path(pattern=r"^[a-f0-9]{16}$")],
-                           request: Request) -> dict[str, Any]:
+    async def revoke_token(
+        token_id: Annotated[str, Path(pattern=r"^[a-f0-9]{16}$")], request: Request
+    ) -> dict[str, Any]:
         """Revoke a token; refused on every node from the moment the revocation commits."""
         await runtime.service.read_index(Consistency.linearizable)
         record = runtime.store.token(token_id)

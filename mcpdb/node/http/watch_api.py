@@ -47,21 +47,35 @@ class WatchNode(Protocol):
 
 
 def change_event(change: Change, event_id: str) -> bytes:
-    data = orjson.dumps({"version": change.version, "namespace": change.namespace, "id": change.id,
-                         "kind": change.kind, "action": change.action})
+    data = orjson.dumps(
+        {
+            "version": change.version,
+            "namespace": change.namespace,
+            "id": change.id,
+            "kind": change.kind,
+            "action": change.action,
+        }
+    )
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), change.action.encode(), data)
 
 
 def add_watch_routes(app: FastAPI, runtime: WatchNode) -> None:
-    @app.get("/v1/namespaces/{namespace}/watch", tags=["watch"],
-             response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": {}}},
-                        410: {"description": "the history no longer reaches back to `since`"}})
-    async def watch(namespace: NamespacePath,
-                    prefix: Annotated[str, Query(max_length=128)] = "",
-                    kind: Kind | None = None,
-                    since: Annotated[str | None, Query(max_length=32, pattern=r"^\d+(\.\d+)?$")] = None,
-                    last_event_id: Annotated[str | None, Header(max_length=32)] = None) -> StreamingResponse:
+    @app.get(
+        "/v1/namespaces/{namespace}/watch",
+        tags=["watch"],
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}},
+            410: {"description": "the history no longer reaches back to `since`"},
+        },
+    )
+    async def watch(
+        namespace: NamespacePath,
+        prefix: Annotated[str, Query(max_length=128)] = "",
+        kind: Kind | None = None,
+        since: Annotated[str | None, Query(max_length=32, pattern=r"^\d+(\.\d+)?$")] = None,
+        last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    ) -> StreamingResponse:
         """Stream the namespace's changes in commit order from any node; resumable from any event id.
         410 ``compacted`` (with ``oldest_version``) when the history was trimmed past ``since``."""
         check_namespace(namespace)
@@ -77,8 +91,9 @@ def add_watch_routes(app: FastAPI, runtime: WatchNode) -> None:
             yield b": watching %s after %s\n\n" % (namespace.encode(), str(cursor.version).encode())
             try:
                 async for batch in runtime.change_feed.follow(cursor, KEEPALIVE_S):
-                    chunk = b"".join(change_event(change, event_id) for change, event_id in batch
-                                     if wanted.matches(change))
+                    chunk = b"".join(
+                        change_event(change, event_id) for change, event_id in batch if wanted.matches(change)
+                    )
                     if chunk:
                         yield chunk
                     elif not batch:
@@ -87,5 +102,6 @@ def add_watch_routes(app: FastAPI, runtime: WatchNode) -> None:
                 error = {"error": "compacted", "message": str(trimmed), "oldest_version": trimmed.oldest}
                 yield b"event: error\ndata: %s\n\n" % orjson.dumps(error)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )

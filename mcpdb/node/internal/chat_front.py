@@ -46,9 +46,16 @@ class WorkerLost(Exception):
 
 
 class ChatFront:
-    def __init__(self, node_id: str, replication: Replication, store: ContextStore, scheduler: LeaderScheduler,
-                 chat_worker: ChatWorker | None, http: Callable[[], httpx.AsyncClient],
-                 assign_timeout: float) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        replication: Replication,
+        store: ContextStore,
+        scheduler: LeaderScheduler,
+        chat_worker: ChatWorker | None,
+        http: Callable[[], httpx.AsyncClient],
+        assign_timeout: float,
+    ) -> None:
         self._node_id = node_id
         self._replication = replication
         self._store = store
@@ -69,8 +76,12 @@ class ChatFront:
         if url is None:
             raise Unavailable("no leader known")
         try:
-            response = await self._http().post(url + ASSIGN_PATH, content=body.model_dump_json(),
-                                               headers={"content-type": "application/json"}, timeout=5.0)
+            response = await self._http().post(
+                url + ASSIGN_PATH,
+                content=body.model_dump_json(),
+                headers={"content-type": "application/json"},
+                timeout=5.0,
+            )
         except httpx.HTTPError as error:
             raise Unavailable(f"leader unreachable: {error!r}") from None
         if response.status_code == 404:
@@ -87,8 +98,9 @@ class ChatFront:
                 return await self._assign_once(body)
             except (Unavailable, NotLeader) as error:
                 if time.monotonic() + ASSIGN_RETRY_S > deadline:
-                    raise Unavailable(f"no worker assigned within {self._assign_timeout + FAILOVER_GRACE_S:g} s: "
-                                      f"{error}") from None
+                    raise Unavailable(
+                        f"no worker assigned within {self._assign_timeout + FAILOVER_GRACE_S:g} s: {error}"
+                    ) from None
                 await asyncio.sleep(ASSIGN_RETRY_S)
 
     # ------------------------------------------------------------ one attempt
@@ -99,8 +111,13 @@ class ChatFront:
             return
         timeout = httpx.Timeout(STREAM_IDLE_TIMEOUT_S, connect=2.0)
         try:
-            async with self._http().stream("POST", assignment.http_url + GENERATE_PATH, content=order.model_dump_json(),
-                                           headers={"content-type": "application/json"}, timeout=timeout) as response:
+            async with self._http().stream(
+                "POST",
+                assignment.http_url + GENERATE_PATH,
+                content=order.model_dump_json(),
+                headers={"content-type": "application/json"},
+                timeout=timeout,
+            ) as response:
                 if response.status_code != 200:
                     raise WorkerLost(f"worker {assignment.node_id} answered HTTP {response.status_code}")
                 async for line in response.aiter_lines():
@@ -114,8 +131,9 @@ class ChatFront:
         """Events for the caller: ``assigned`` per attempt, ``delta`` (only new text), then ``done`` or
         ``error``. Raises ModelNotServed or Unavailable before the first event if nothing can serve it."""
         seed = request.seed_for(idempotency_key)
-        body = AssignRequest(model=request.model, session_key=request.session_key(), namespace=request.namespace,
-                        task_id=request.task_id)
+        body = AssignRequest(
+            model=request.model, session_key=request.session_key(), namespace=request.namespace, task_id=request.task_id
+        )
         sent = ""  # text the caller has already received, over all attempts
         last_failure = "no attempt made"
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -127,15 +145,16 @@ class ChatFront:
                 last_failure = str(error)
                 break
             yield {"type": "assigned", "attempt": attempt, **assignment.model_dump()}
-            order = WorkOrder(request=request, read_index=assignment.read_index, idempotency_key=idempotency_key,
-                              seed=seed)
+            order = WorkOrder(
+                request=request, read_index=assignment.read_index, idempotency_key=idempotency_key, seed=seed
+            )
             text = ""
             try:
                 async for event in self._events_from(assignment, order):
                     if event["type"] == "delta":
                         text += event["text"]
                         if len(text) > len(sent) and text.startswith(sent):
-                            yield {"type": "delta", "text": text[len(sent):]}
+                            yield {"type": "delta", "text": text[len(sent) :]}
                             sent = text
                     elif event["type"] == "done":
                         yield {**event, "attempts": attempt, "diverged": not event["text"].startswith(sent)}
@@ -149,5 +168,9 @@ class ChatFront:
             except WorkerLost as lost:
                 last_failure = str(lost)
                 body = body.model_copy(update={"exclude": [*body.exclude, assignment.node_id]})
-        yield {"type": "error", "status": 503, "error": "unavailable",
-               "message": f"no node completed the request after {MAX_ATTEMPTS} attempts: {last_failure}"}
+        yield {
+            "type": "error",
+            "status": 503,
+            "error": "unavailable",
+            "message": f"no node completed the request after {MAX_ATTEMPTS} attempts: {last_failure}",
+        }

@@ -47,8 +47,15 @@ def _error_event(status: int, error: str, message: str) -> dict[str, Any]:
 
 
 class ChatWorker:
-    def __init__(self, node_id: str, service: ContextService, replication: Replication, worker: Worker,
-                 wait_timeout: float, on_first_token: Callable[[float], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        service: ContextService,
+        replication: Replication,
+        worker: Worker,
+        wait_timeout: float,
+        on_first_token: Callable[[float], None] = lambda _: None,
+    ) -> None:
         self._on_first_token = on_first_token  # receives each generated reply's time to first token
         self._node_id = node_id
         self._service = service
@@ -84,20 +91,38 @@ class ChatWorker:
                 for event in self._replay(order, replayed):
                     yield event
                 return
-        gathered = gather(store, request.namespace, applied_at_least=order.read_index,
-                          session_id=request.session_id, user_id=request.user_id,
-                          task_id=request.task_id) if request.namespace else None
+        gathered = (
+            gather(
+                store,
+                request.namespace,
+                applied_at_least=order.read_index,
+                session_id=request.session_id,
+                user_id=request.user_id,
+                task_id=request.task_id,
+            )
+            if request.namespace
+            else None
+        )
         stored = gathered.stored if gathered else None
         guardrails = stored.guardrails if stored else []
         max_tokens = self._max_tokens(request, guardrails)
         new_messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        assembled = assemble(stored or StoredContext(), new_messages, worker.chat_format, worker.tokenize,
-                             budget=worker.settings.n_ctx - max_tokens)
+        assembled = assemble(
+            stored or StoredContext(),
+            new_messages,
+            worker.chat_format,
+            worker.tokenize,
+            budget=worker.settings.n_ctx - max_tokens,
+        )
         generation = Generation()
-        async for item in worker.generate(assembled.tokens, max_tokens=max_tokens,
-                                          temperature=request.temperature,
-                                          stop=request.stop_list() + worker.chat_format.stop,
-                                          seed=order.seed, session=request.session_key()):
+        async for item in worker.generate(
+            assembled.tokens,
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            stop=request.stop_list() + worker.chat_format.stop,
+            seed=order.seed,
+            session=request.session_key(),
+        ):
             if isinstance(item, Generation):
                 generation = item
             else:
@@ -105,14 +130,24 @@ class ChatWorker:
         if generation.ttft_s is not None:
             self._on_first_token(generation.ttft_s)
         done: dict[str, Any] = {
-            "type": "done", "node": self._node_id, "model": worker.settings.model_name,
-            "text": generation.text, "finish_reason": generation.finish_reason,
-            "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
-                      "cached_tokens": generation.cached_tokens},
-            "ttft_s": generation.ttft_s, "queued_s": generation.queued_s, "seconds": generation.seconds,
-            "read_index": order.read_index, "context_index": gathered.context_index if gathered else None,
+            "type": "done",
+            "node": self._node_id,
+            "model": worker.settings.model_name,
+            "text": generation.text,
+            "finish_reason": generation.finish_reason,
+            "usage": {
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": generation.completion_tokens,
+                "cached_tokens": generation.cached_tokens,
+            },
+            "ttft_s": generation.ttft_s,
+            "queued_s": generation.queued_s,
+            "seconds": generation.seconds,
+            "read_index": order.read_index,
+            "context_index": gathered.context_index if gathered else None,
             "context_turns": len(stored.turns) if stored else 0,
-            "omitted": assembled.omitted, "replayed": False,
+            "omitted": assembled.omitted,
+            "replayed": False,
         }
         if request.session_id is not None:
             done.update(await self._record(order, generation, done))
@@ -125,15 +160,28 @@ class ChatWorker:
         assert namespace is not None and session_id is not None, "only a request with a session is recorded"
         # What the reply was generated from, kept with the turns: the jepsen chat checker verifies
         # that every turn acknowledged before this request began is within context_turns.
-        provenance = {"idempotency_key": order.idempotency_key, "read_index": order.read_index,
-                      "context_index": done["context_index"], "context_turns": done["context_turns"]}
-        turns = [Turn(role=m.role, content=m.content, metadata=provenance)
-                 for m in request.messages if m.role != "system"]
-        turns.append(Turn(role="assistant", content=generation.text,
-                          metadata={**provenance, "node": self._node_id, "model": done["model"],
-                                    "completion_tokens": generation.completion_tokens}))
-        result = await self._service.append(namespace, session_id, turns,
-                                            idempotency_key=order.idempotency_key)
+        provenance = {
+            "idempotency_key": order.idempotency_key,
+            "read_index": order.read_index,
+            "context_index": done["context_index"],
+            "context_turns": done["context_turns"],
+        }
+        turns = [
+            Turn(role=m.role, content=m.content, metadata=provenance) for m in request.messages if m.role != "system"
+        ]
+        turns.append(
+            Turn(
+                role="assistant",
+                content=generation.text,
+                metadata={
+                    **provenance,
+                    "node": self._node_id,
+                    "model": done["model"],
+                    "completion_tokens": generation.completion_tokens,
+                },
+            )
+        )
+        result = await self._service.append(namespace, session_id, turns, idempotency_key=order.idempotency_key)
         recorded: dict[str, Any] = {"session_version": result["version"], "turn_count": result["turn_count"]}
         if result["replayed"]:
             stored = self._service.store.appended_with(namespace, session_id, order.idempotency_key)
@@ -145,10 +193,23 @@ class ChatWorker:
         metadata = reply.get("metadata", {})
         return [
             {"type": "delta", "text": reply["content"]},
-            {"type": "done", "node": metadata.get("node", self._node_id), "model": metadata.get("model"),
-             "text": reply["content"], "finish_reason": "stop",
-             "usage": {"prompt_tokens": 0, "completion_tokens": metadata.get("completion_tokens", 0),
-                       "cached_tokens": 0},
-             "ttft_s": None, "queued_s": 0.0, "seconds": 0.0, "read_index": order.read_index,
-             "context_index": metadata.get("context_index"), "omitted": {}, "replayed": True},
+            {
+                "type": "done",
+                "node": metadata.get("node", self._node_id),
+                "model": metadata.get("model"),
+                "text": reply["content"],
+                "finish_reason": "stop",
+                "usage": {
+                    "prompt_tokens": 0,
+                    "completion_tokens": metadata.get("completion_tokens", 0),
+                    "cached_tokens": 0,
+                },
+                "ttft_s": None,
+                "queued_s": 0.0,
+                "seconds": 0.0,
+                "read_index": order.read_index,
+                "context_index": metadata.get("context_index"),
+                "omitted": {},
+                "replayed": True,
+            },
         ]

@@ -29,8 +29,9 @@ class ModelNotServed(LookupError):
 
 
 class LeaderScheduler:
-    def __init__(self, replication: Replication, store: ContextStore, barrier: ReadBarrier, policy: Policy,
-                 shed_threshold: float) -> None:
+    def __init__(
+        self, replication: Replication, store: ContextStore, barrier: ReadBarrier, policy: Policy, shed_threshold: float
+    ) -> None:
         self._replication = replication
         self._store = store
         self._barrier = barrier
@@ -57,18 +58,32 @@ class LeaderScheduler:
         registry = {node["id"]: node for node in self._store.nodes()}
         for gone in {w for w in self.state.smooth_current} - set(registry):
             forget_node(self.state, gone)
-        workers = [dataclasses.replace(w, alive=w.alive and w.node_id not in body.exclude)
-                   for w in self.board.workers([n for n in registry.values() if n.get("model") == body.model])]
+        workers = [
+            dataclasses.replace(w, alive=w.alive and w.node_id not in body.exclude)
+            for w in self.board.workers([n for n in registry.values() if n.get("model") == body.model])
+        ]
         try:
-            decision = choose(self.policy, Request(body.session_key, self._domain(body.namespace, body.task_id)),
-                              workers, self.state, self.shed_threshold)
+            decision = choose(
+                self.policy,
+                Request(body.session_key, self._domain(body.namespace, body.task_id)),
+                workers,
+                self.state,
+                self.shed_threshold,
+            )
         except NoWorkerAvailable as error:
             served = self.served_models()
             if body.model not in served:
-                raise ModelNotServed(f"model {body.model!r} is not served here; served: {', '.join(served) or 'none'}") from None
+                raise ModelNotServed(
+                    f"model {body.model!r} is not served here; served: {', '.join(served) or 'none'}"
+                ) from None
             raise Unavailable(f"{error} for model {body.model!r}") from None
         self.board.assigned(decision.node_id)
         self.decisions[decision.node_id] += 1
         self.reasons[decision.reason] += 1
-        return Assignment(node_id=decision.node_id, http_url=registry[decision.node_id]["http_url"],
-                          read_index=read_index, reason=decision.reason, domain_matched=decision.domain_matched)
+        return Assignment(
+            node_id=decision.node_id,
+            http_url=registry[decision.node_id]["http_url"],
+            read_index=read_index,
+            reason=decision.reason,
+            domain_matched=decision.domain_matched,
+        )

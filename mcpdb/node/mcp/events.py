@@ -96,8 +96,13 @@ class _SessionLog:
 class EventLog:
     """Every session's events on this node, within the node's and each session's bounds."""
 
-    def __init__(self, max_events: int = MAX_EVENTS, max_bytes: int = MAX_BYTES,
-                 session_events: int = SESSION_EVENTS, session_bytes: int = SESSION_BYTES) -> None:
+    def __init__(
+        self,
+        max_events: int = MAX_EVENTS,
+        max_bytes: int = MAX_BYTES,
+        session_events: int = SESSION_EVENTS,
+        session_bytes: int = SESSION_BYTES,
+    ) -> None:
         self._max_events, self._max_bytes = max_events, max_bytes
         self._session_events, self._session_bytes = session_events, session_bytes
         self._sessions: dict[str, _SessionLog] = {}
@@ -144,8 +149,7 @@ class EventLog:
             self._drop_oldest(log)
         while self._count > self._max_events or self._bytes > self._max_bytes:
             by_bytes = self._bytes > self._max_bytes
-            self._drop_oldest(max(self._sessions.values(),
-                                  key=lambda s: s.bytes if by_bytes else len(s.events)))
+            self._drop_oldest(max(self._sessions.values(), key=lambda s: s.bytes if by_bytes else len(s.events)))
         log.wake()
         return str(number)
 

@@ -74,11 +74,20 @@ class EnvelopeCheck:
             problem = envelope_problem(decoded)
         if problem is not None:
             request_id = decoded.get("id") if isinstance(decoded, dict) and _is_id(decoded.get("id")) else None
-            answer = orjson.dumps({"jsonrpc": "2.0", "id": request_id,
-                                   "error": {"code": INVALID_REQUEST, "message": f"Invalid Request: {problem}"}})
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(answer)).encode())]})
+            answer = orjson.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "error": {"code": INVALID_REQUEST, "message": f"Invalid Request: {problem}"},
+                }
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": answer})
             return
         replayed = False

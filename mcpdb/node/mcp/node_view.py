@@ -51,11 +51,13 @@ class McpStore(AppliedIndex, Protocol):
 
     def token(self, token_id: str) -> dict[str, Any] | None: ...
 
-    def scan(self, after: tuple[str, str] | None = None, kind: str | None = None,
-             limit: int = 100) -> builtins.list[dict[str, Any]]: ...
+    def scan(
+        self, after: tuple[str, str] | None = None, kind: str | None = None, limit: int = 100
+    ) -> builtins.list[dict[str, Any]]: ...
 
-    def list(self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100,
-             cursor: str | None = None) -> Page: ...
+    def list(
+        self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100, cursor: str | None = None
+    ) -> Page: ...
 
 
 class McpNode(ToolsNode, FeedNode, Protocol):

@@ -103,8 +103,10 @@ def _progress(ctx: ServerRequestContext[Any, Any]) -> Progress | None:
         return None
 
     async def report(pieces: int, text: str) -> None:
-        await ctx.session.send_progress_notification(token, pieces, message=text,
-                                                     related_request_id=str(ctx.request_id))
+        await ctx.session.send_progress_notification(
+            token, pieces, message=text, related_request_id=str(ctx.request_id)
+        )
+
     return report
 
 
@@ -121,20 +123,27 @@ class McpServer:
         self._listening: dict[str | None, set[anyio.CancelScope]] = {}  # open listen streams by token id
         self.subscriptions = HandshakeSubscriptions(self._bus)
         self.server: Server[Any] = Server(
-            "mcpdb", version=__version__,
+            "mcpdb",
+            version=__version__,
             instructions="Structured context for LLM applications: instructions, profiles, sessions, guardrails, "
-                         "tasks and memories per namespace, replicated by Raft; reads are linearizable.",
-            on_list_tools=self._list_tools, on_call_tool=self._call_tool,
-            on_list_resources=self._list_resources, on_list_resource_templates=self._list_templates,
+            "tasks and memories per namespace, replicated by Raft; reads are linearizable.",
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource,
-            on_subscribe_resource=self._subscribe, on_unsubscribe_resource=self._unsubscribe,
+            on_subscribe_resource=self._subscribe,
+            on_unsubscribe_resource=self._unsubscribe,
             on_subscriptions_listen=self._listen_checked,
-            on_list_prompts=self._list_prompts, on_get_prompt=self._get_prompt,
+            on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
         )
         self.sessions = ResumableSessions(
-            app=self.server, events=EventLog(),
+            app=self.server,
+            events=EventLog(),
             max_request_body_size=config.max_body_bytes,
-            max_sessions=config.mcp_max_sessions, max_sessions_per_owner=config.mcp_sessions_per_token,
+            max_sessions=config.mcp_max_sessions,
+            max_sessions_per_owner=config.mcp_sessions_per_token,
             streams_per_owner=2 * config.mcp_sessions_per_token,
             session_idle_timeout=config.mcp_idle_timeout,
             # The request gate checks Host and Origin for every path, /mcp included (mcpdb.node.http.host_guard),
@@ -146,14 +155,27 @@ class McpServer:
 
     def metrics(self) -> Iterator[Metric]:
         yield gauge("mcpdb_mcp_sessions", "MCP sessions open on this node.", self.sessions.open_sessions)
-        yield gauge("mcpdb_mcp_subscriptions", "Resources watched by this node's MCP sessions "
-                    "(resources/subscribe).", len(self.subscriptions))
-        yield gauge("mcpdb_mcp_notifications_pending", "resources/subscribe notifications waiting for their "
-                    "session's client to read on (at most one per subscribed resource).", self.subscriptions.pending)
-        yield gauge("mcpdb_mcp_listen_streams", "subscriptions/listen streams open on this node.",
-                    sum(len(streams) for streams in self._listening.values()))
-        yield gauge("mcpdb_mcp_change_listeners", "Listeners on this node's MCP change bus (one per "
-                    "subscribed session or listen stream).", self._bus.listeners)
+        yield gauge(
+            "mcpdb_mcp_subscriptions",
+            "Resources watched by this node's MCP sessions (resources/subscribe).",
+            len(self.subscriptions),
+        )
+        yield gauge(
+            "mcpdb_mcp_notifications_pending",
+            "resources/subscribe notifications waiting for their "
+            "session's client to read on (at most one per subscribed resource).",
+            self.subscriptions.pending,
+        )
+        yield gauge(
+            "mcpdb_mcp_listen_streams",
+            "subscriptions/listen streams open on this node.",
+            sum(len(streams) for streams in self._listening.values()),
+        )
+        yield gauge(
+            "mcpdb_mcp_change_listeners",
+            "Listeners on this node's MCP change bus (one per subscribed session or listen stream).",
+            self._bus.listeners,
+        )
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -178,16 +200,20 @@ class McpServer:
                         stream.cancel()
 
     # ------------------------------------------------------------------ tools
-    async def _list_tools(self, ctx: ServerRequestContext[Any, Any],
-                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=self._tools.list())
 
-    async def _call_tool(self, ctx: ServerRequestContext[Any, Any],
-                         params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         return await self._tools.call(Caller(_principal(ctx), _progress(ctx)), params.name, params.arguments)
 
     # -------------------------------------------------------------- resources
-    async def _readable(self, principal: Principal, cursor: str | None, kind: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    async def _readable(
+        self, principal: Principal, cursor: str | None, kind: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of the contexts ``principal`` may read, in (namespace, id) order, after ``cursor``."""
         await self._runtime.service.read_index(Consistency.linearizable)
         after: tuple[str, str] | None = None
@@ -214,26 +240,43 @@ class McpServer:
         next_cursor = f"{items[-1]['namespace']}/{items[-1]['id']}" if len(items) == PAGE_SIZE else None
         return items, next_cursor
 
-    async def _list_resources(self, ctx: ServerRequestContext[Any, Any],
-                              params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+    async def _list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
         items, next_cursor = await self._readable(_principal(ctx), params.cursor if params else None, None)
-        resources = [types.Resource(uri=context_uri(item["namespace"], item["kind"], item["id"]),
-                                    name=f"{item['namespace']}/{item['id']}", title=f"{item['kind']} {item['id']}",
-                                    mime_type="application/json") for item in items]
+        resources = [
+            types.Resource(
+                uri=context_uri(item["namespace"], item["kind"], item["id"]),
+                name=f"{item['namespace']}/{item['id']}",
+                title=f"{item['kind']} {item['id']}",
+                mime_type="application/json",
+            )
+            for item in items
+        ]
         return types.ListResourcesResult(resources=resources, next_cursor=next_cursor)
 
-    async def _list_templates(self, ctx: ServerRequestContext[Any, Any],
-                              params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
-        return types.ListResourceTemplatesResult(resource_templates=[types.ResourceTemplate(
-            uri_template="mcpdb://{namespace}/{kind}/{id}", name="context", mime_type="application/json",
-            description=f"one stored context; kind is one of {', '.join(KINDS)}")])
+    async def _list_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(
+            resource_templates=[
+                types.ResourceTemplate(
+                    uri_template="mcpdb://{namespace}/{kind}/{id}",
+                    name="context",
+                    mime_type="application/json",
+                    description=f"one stored context; kind is one of {', '.join(KINDS)}",
+                )
+            ]
+        )
 
-    async def _read_resource(self, ctx: ServerRequestContext[Any, Any],
-                             params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+    async def _read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
         parts = _match_uri(params.uri)
         if parts is None:
-            raise _no_resource(ctx, params.uri, f"no resource {params.uri!r}: mcpdb's resources are "
-                                                "mcpdb://namespace/kind/id")
+            raise _no_resource(
+                ctx, params.uri, f"no resource {params.uri!r}: mcpdb's resources are mcpdb://namespace/kind/id"
+            )
         namespace, kind, context_id = parts
         try:
             _principal(ctx).check(namespace, Scope.read)  # a namespace hidden from the caller looks missing
@@ -242,23 +285,31 @@ class McpServer:
             record = None
         if record is None or record["kind"] != kind:
             raise _no_resource(ctx, params.uri, f"resource {params.uri} does not exist")
-        return types.ReadResourceResult(contents=[types.TextResourceContents(
-            uri=params.uri, mime_type="application/json", text=orjson.dumps(record).decode())])
+        return types.ReadResourceResult(
+            contents=[
+                types.TextResourceContents(
+                    uri=params.uri, mime_type="application/json", text=orjson.dumps(record).decode()
+                )
+            ]
+        )
 
-    async def _subscribe(self, ctx: ServerRequestContext[Any, Any],
-                         params: types.SubscribeRequestParams) -> types.EmptyResult:
+    async def _subscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
         namespace, _, _ = _parse_uri(params.uri)
         _checked(_principal(ctx), namespace)
         await self.subscriptions.subscribe(ctx, params.uri)
         return types.EmptyResult()
 
-    async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any],
-                           params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+    async def _unsubscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
         await self.subscriptions.unsubscribe(ctx, params.uri)
         return types.EmptyResult()
 
-    async def _listen_checked(self, ctx: ServerRequestContext[Any, Any],
-                              params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
+    async def _listen_checked(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
         principal = _principal(ctx)
         uris = params.notifications.resource_subscriptions or ()
         if len(uris) > MAX_SUBSCRIPTIONS:
@@ -268,8 +319,11 @@ class McpServer:
         # Listen streams of the 2026 era belong to no session, so the session bounds do not reach them.
         streams = self._listening.setdefault(principal.token_id, set())
         if len(streams) >= self._listen_per_owner:
-            raise MCPError(INVALID_REQUEST, f"this token has {len(streams)} listen streams open on this node, "
-                                            "the most it may (--mcp-sessions-per-token); close one first")
+            raise MCPError(
+                INVALID_REQUEST,
+                f"this token has {len(streams)} listen streams open on this node, "
+                "the most it may (--mcp-sessions-per-token); close one first",
+            )
         with anyio.CancelScope() as stream:
             streams.add(stream)
             try:
@@ -281,8 +335,9 @@ class McpServer:
         raise MCPError(INVALID_REQUEST, "the token of this listen stream was revoked")
 
     # ---------------------------------------------------------------- prompts
-    async def _list_prompts(self, ctx: ServerRequestContext[Any, Any],
-                            params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+    async def _list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
         items, next_cursor = await self._readable(_principal(ctx), params.cursor if params else None, "instruction")
         prompts = []
         for item in items:
@@ -290,12 +345,19 @@ class McpServer:
             arguments = [types.PromptArgument(name=name, required=True) for name in names]
             arguments.append(types.PromptArgument(name="message", description="the user's message", required=False))
             domains = f" ({', '.join(item['domains'])})" if item["domains"] else ""
-            prompts.append(types.Prompt(name=f"{item['namespace']}/{item['id']}", title=item["role"],
-                                        description=f"{item['role']}{domains}", arguments=arguments))
+            prompts.append(
+                types.Prompt(
+                    name=f"{item['namespace']}/{item['id']}",
+                    title=item["role"],
+                    description=f"{item['role']}{domains}",
+                    arguments=arguments,
+                )
+            )
         return types.ListPromptsResult(prompts=prompts, next_cursor=next_cursor)
 
-    async def _get_prompt(self, ctx: ServerRequestContext[Any, Any],
-                          params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    async def _get_prompt(
+        self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
         namespace, _, context_id = params.name.partition("/")
         _checked(_principal(ctx), namespace)
         try:
@@ -311,6 +373,7 @@ class McpServer:
         text = _PLACEHOLDER.sub(lambda m: str(arguments[m[1]]), record["text"])
         messages = [types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))]
         if arguments.get("message"):
-            messages.append(types.PromptMessage(role="user", content=types.TextContent(
-                type="text", text=arguments["message"])))
+            messages.append(
+                types.PromptMessage(role="user", content=types.TextContent(type="text", text=arguments["message"]))
+            )
         return types.GetPromptResult(description=record["role"], messages=messages)

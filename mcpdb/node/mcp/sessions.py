@@ -97,8 +97,9 @@ class OwnedSessions(StreamableHTTPSessionManager):
     exact however many sessions are opened at once.
     """
 
-    def __init__(self, app: Server[Any], *, max_sessions: int, max_sessions_per_owner: int,
-                 streams_per_owner: int, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Server[Any], *, max_sessions: int, max_sessions_per_owner: int, streams_per_owner: int, **kwargs: Any
+    ) -> None:
         super().__init__(app, max_sessions=max_sessions, **kwargs)
         self._per_owner = max_sessions_per_owner
         self._streams_per_owner = streams_per_owner
@@ -106,12 +107,16 @@ class OwnedSessions(StreamableHTTPSessionManager):
 
     def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
-            raise TooMany(f"this node has {self.max_sessions} MCP sessions open (--mcp-max-sessions); "
-                          "close one (DELETE /mcp) or wait for idle ones to expire")
+            raise TooMany(
+                f"this node has {self.max_sessions} MCP sessions open (--mcp-max-sessions); "
+                "close one (DELETE /mcp) or wait for idle ones to expire"
+            )
         owned = sum(1 for owner in self._session_owners.values() if owner == requestor)
         if owned >= self._per_owner:
-            raise TooMany(f"this token has {owned} MCP sessions open on this node, the most it may "
-                          "(--mcp-sessions-per-token); close one (DELETE /mcp) or wait for idle ones to expire")
+            raise TooMany(
+                f"this token has {owned} MCP sessions open on this node, the most it may "
+                "(--mcp-sessions-per-token); close one (DELETE /mcp) or wait for idle ones to expire"
+            )
         return super()._admit_session(requestor)
 
     async def handle_request(self, scope: Any, receive: Any, send: Any) -> None:
@@ -120,18 +125,25 @@ class OwnedSessions(StreamableHTTPSessionManager):
         session_id = _header(scope, b"mcp-session-id")
         user = scope.get("user")
         owner = self._session_owners.get(session_id or "")
-        if scope.get("method") != "GET" or owner is None or not isinstance(user, AuthenticatedUser) \
-                or authorization_context(user) != owner:
+        if (
+            scope.get("method") != "GET"
+            or owner is None
+            or not isinstance(user, AuthenticatedUser)
+            or authorization_context(user) != owner
+        ):
             await super().handle_request(scope, receive, send)  # the SDK answers, 404 for someone else's
             return
         assert session_id is not None
         if self._streams.get(session_id, 0) >= MAX_STREAMS_PER_SESSION:
-            raise TooMany(f"this session has {MAX_STREAMS_PER_SESSION} GET streams open, the most it may; "
-                          "close one first")
+            raise TooMany(
+                f"this session has {MAX_STREAMS_PER_SESSION} GET streams open, the most it may; close one first"
+            )
         owned = sum(count for sid, count in self._streams.items() if self._session_owners.get(sid) == owner)
         if owned >= self._streams_per_owner:
-            raise TooMany(f"this token has {owned} MCP GET streams open on this node, the most it may "
-                          "(twice --mcp-sessions-per-token); close one first")
+            raise TooMany(
+                f"this token has {owned} MCP GET streams open on this node, the most it may "
+                "(twice --mcp-sessions-per-token); close one first"
+            )
         self._streams[session_id] = self._streams.get(session_id, 0) + 1
         self._stream_opened(session_id)
         try:
@@ -149,8 +161,11 @@ class OwnedSessions(StreamableHTTPSessionManager):
         for session_id, owner in list(self._session_owners.items()):
             client_id = owner["client_id"]
             transport = self._server_instances.get(session_id)
-            if transport is not None and client_id.startswith(_TOKEN_OWNER) \
-                    and revoked(client_id.removeprefix(_TOKEN_OWNER)):
+            if (
+                transport is not None
+                and client_id.startswith(_TOKEN_OWNER)
+                and revoked(client_id.removeprefix(_TOKEN_OWNER))
+            ):
                 await self._discard_session(session_id, transport)
 
     @property
@@ -175,12 +190,20 @@ class SessionEndpoint:
         try:
             await self._sessions.handle_request(scope, receive, send)
         except TooMany as refused:
-            body = orjson.dumps({"jsonrpc": "2.0", "id": None,
-                                 "error": {"code": types.INVALID_REQUEST, "message": refused.message}})
-            await send({"type": "http.response.start", "status": 429,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"retry-after", str(SESSION_LIMIT_RETRY_S).encode()),
-                                    (b"content-length", str(len(body)).encode())]})
+            body = orjson.dumps(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message": refused.message}}
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"retry-after", str(SESSION_LIMIT_RETRY_S).encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
 
@@ -211,6 +234,7 @@ class ChangeBus:
             if not self._listeners and self._pump is not None:
                 self._pump.cancel()
                 self._pump = None
+
         return unsubscribe
 
     @property
@@ -290,12 +314,16 @@ class HandshakeSubscriptions:
         connection = _connection_of(ctx)
         watch = self._watches.get(connection)
         if watch is None:
-            watch = self._watches[connection] = _SessionWatch(connection, self._bus,
-                                                              functools.partial(self._forget, connection))
+            watch = self._watches[connection] = _SessionWatch(
+                connection, self._bus, functools.partial(self._forget, connection)
+            )
             connection.exit_stack.callback(self._forget, connection)
         if uri not in watch.uris and len(watch.uris) >= MAX_SUBSCRIPTIONS:
-            raise MCPError(INVALID_PARAMS, f"this session already watches {MAX_SUBSCRIPTIONS} resources, the most "
-                                           "it may; unsubscribe from one first")
+            raise MCPError(
+                INVALID_PARAMS,
+                f"this session already watches {MAX_SUBSCRIPTIONS} resources, the most "
+                "it may; unsubscribe from one first",
+            )
         watch.uris.add(uri)
 
     async def unsubscribe(self, ctx: ServerRequestContext[Any, Any], uri: str) -> None:

@@ -71,25 +71,30 @@ class Caller:
 # ------------------------------------------------------------------ arguments
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    namespace: str = Field(pattern=NAMESPACE_PATTERN,
-                           description="the namespace (an application): 1-63 of a-z 0-9 _ -")
+    namespace: str = Field(pattern=NAMESPACE_PATTERN, description="the namespace (an application): 1-63 of a-z 0-9 _ -")
 
 
-_ContextId = Annotated[str, Field(pattern=CONTEXT_ID_PATTERN,
-                                  description="the context's id: 1-128 of A-Z a-z 0-9 _ . : @ -")]
+_ContextId = Annotated[
+    str, Field(pattern=CONTEXT_ID_PATTERN, description="the context's id: 1-128 of A-Z a-z 0-9 _ . : @ -")
+]
 
 
 class GetContextArgs(_Args):
     id: _ContextId
-    consistency: Consistency = Field(default=Consistency.linearizable,
-                                     description="linearizable (default) or stale (this node's replica, faster)")
+    consistency: Consistency = Field(
+        default=Consistency.linearizable, description="linearizable (default) or stale (this node's replica, faster)"
+    )
 
 
 class _PutArgs(_Args):
     model_config = ConfigDict(extra="forbid", str_max_length=256 * 1024)
     id: _ContextId
-    expected_version: int | None = Field(default=None, ge=0, description="compare-and-set: the version the "
-                                         "context must have now (0 = it must not exist yet); omit to overwrite")
+    expected_version: int | None = Field(
+        default=None,
+        ge=0,
+        description="compare-and-set: the version the "
+        "context must have now (0 = it must not exist yet); omit to overwrite",
+    )
 
 
 class AppendTurnArgs(_Args):
@@ -98,8 +103,9 @@ class AppendTurnArgs(_Args):
     content: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     expected_version: int | None = Field(default=None, ge=0)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128,
-                                        description="a retry with the same key appends nothing more")
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=128, description="a retry with the same key appends nothing more"
+    )
 
 
 class SearchArgs(_Args):
@@ -129,8 +135,9 @@ KIND_MODELS = _kind_models()
 
 def put_arguments(kind: str) -> type[BaseModel]:
     """``put_<kind>``'s arguments: where to write, then the kind's own fields (its ``kind`` is the tool's)."""
-    fields: dict[str, Any] = {name: (field.annotation, field)
-                              for name, field in KIND_MODELS[kind].model_fields.items() if name != "kind"}
+    fields: dict[str, Any] = {
+        name: (field.annotation, field) for name, field in KIND_MODELS[kind].model_fields.items() if name != "kind"
+    }
     return create_model(f"Put{kind.capitalize()}Args", __base__=_PutArgs, **fields)
 
 
@@ -157,8 +164,9 @@ def _record(kind: str, model: type[BaseModel]) -> type[BaseModel]:
     return create_model(f"{kind.capitalize()}Record", __base__=(model, _Stored), **extra)
 
 
-ContextRecord: Any = Annotated[functools.reduce(operator.or_, (_record(k, m) for k, m in KIND_MODELS.items())),
-                               Field(discriminator="kind")]
+ContextRecord: Any = Annotated[
+    functools.reduce(operator.or_, (_record(k, m) for k, m in KIND_MODELS.items())), Field(discriminator="kind")
+]
 """A stored context as get_context and search_contexts return it, by kind."""
 
 
@@ -221,20 +229,32 @@ class _Tool:
     annotations: types.ToolAnnotations
 
     def definition(self, name: str) -> types.Tool:
-        return types.Tool(name=name, description=self.description, input_schema=self.arguments.model_json_schema(),
-                          output_schema=_object_schema(self.result), annotations=self.annotations)
+        return types.Tool(
+            name=name,
+            description=self.description,
+            input_schema=self.arguments.model_json_schema(),
+            output_schema=_object_schema(self.result),
+            annotations=self.annotations,
+        )
 
 
-def _hints(title: str, *, read_only: bool, destructive: bool = False,
-           idempotent: bool = False) -> types.ToolAnnotations:
+def _hints(
+    title: str, *, read_only: bool, destructive: bool = False, idempotent: bool = False
+) -> types.ToolAnnotations:
     """A closed world: every tool acts on this cluster's own store and model, nothing outside it."""
-    return types.ToolAnnotations(title=title, read_only_hint=read_only, destructive_hint=destructive,
-                                 idempotent_hint=idempotent, open_world_hint=False)
+    return types.ToolAnnotations(
+        title=title,
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=False,
+    )
 
 
 def _result(value: dict[str, Any]) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=orjson.dumps(value).decode())],
-                                structured_content=value)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=orjson.dumps(value).decode())], structured_content=value
+    )
 
 
 class _ProgressFeed:
@@ -286,8 +306,9 @@ class _ProgressFeed:
 
 def tool_error(status: int, error: str, message: str) -> types.CallToolResult:
     body = {"status": status, "error": error, "message": message}
-    return types.CallToolResult(content=[types.TextContent(type="text", text=orjson.dumps(body).decode())],
-                                is_error=True)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=orjson.dumps(body).decode())], is_error=True
+    )
 
 
 class ContextTools:
@@ -297,27 +318,48 @@ class ContextTools:
         self._runtime = runtime
         self._service = runtime.service
         self._tools: dict[str, _Tool] = {
-            "get_context": _Tool(GetContextArgs, ContextRecord, self._get,
-                                 "Read a context (linearizable by default).",
-                                 _hints("Read a context", read_only=True, idempotent=True)),
-            **{f"put_{kind}": _Tool(put_arguments(kind), PutResult, self._putter(kind, model),
-                                    f"Create or replace the {kind} `id` in `namespace`, whole (fields left out "
-                                    f"take their defaults); `expected_version` makes it a compare-and-set. "
-                                    f"{model.__doc__}",
-                                    _hints(f"Write {kind}", read_only=False, destructive=True, idempotent=True))
-               for kind, model in KIND_MODELS.items()},
-            "append_turn": _Tool(AppendTurnArgs, AppendResult, self._append,
-                                 "Append one turn to a session (created if missing).",
-                                 _hints("Append a turn", read_only=False)),
-            "search_contexts": _Tool(SearchArgs, SearchResult, self._search,
-                                     "Find contexts by kind, id prefix and text (sessions are matched on their "
-                                     "fields, not their turns).",
-                                     _hints("Search contexts", read_only=True, idempotent=True)),
-            "chat": _Tool(ChatArgs, ChatResult, self._chat,
-                          "Ask the cluster's model, with the stored context of the session, user and task "
-                          "assembled into the prompt; the reply is appended to the session. With a progress "
-                          "token, the reply is reported as it streams (the pieces of each moment together).",
-                          _hints("Chat with the cluster's model", read_only=False)),
+            "get_context": _Tool(
+                GetContextArgs,
+                ContextRecord,
+                self._get,
+                "Read a context (linearizable by default).",
+                _hints("Read a context", read_only=True, idempotent=True),
+            ),
+            **{
+                f"put_{kind}": _Tool(
+                    put_arguments(kind),
+                    PutResult,
+                    self._putter(kind, model),
+                    f"Create or replace the {kind} `id` in `namespace`, whole (fields left out "
+                    f"take their defaults); `expected_version` makes it a compare-and-set. "
+                    f"{model.__doc__}",
+                    _hints(f"Write {kind}", read_only=False, destructive=True, idempotent=True),
+                )
+                for kind, model in KIND_MODELS.items()
+            },
+            "append_turn": _Tool(
+                AppendTurnArgs,
+                AppendResult,
+                self._append,
+                "Append one turn to a session (created if missing).",
+                _hints("Append a turn", read_only=False),
+            ),
+            "search_contexts": _Tool(
+                SearchArgs,
+                SearchResult,
+                self._search,
+                "Find contexts by kind, id prefix and text (sessions are matched on their fields, not their turns).",
+                _hints("Search contexts", read_only=True, idempotent=True),
+            ),
+            "chat": _Tool(
+                ChatArgs,
+                ChatResult,
+                self._chat,
+                "Ask the cluster's model, with the stored context of the session, user and task "
+                "assembled into the prompt; the reply is appended to the session. With a progress "
+                "token, the reply is reported as it streams (the pieces of each moment together).",
+                _hints("Chat with the cluster's model", read_only=False),
+            ),
         }
 
     def list(self) -> list[types.Tool]:
@@ -331,8 +373,11 @@ class ContextTools:
             args = tool.arguments.model_validate(arguments or {})
             return _result(await tool.run(caller, args))
         except ValidationError as invalid:
-            return tool_error(422, "invalid_arguments", "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in invalid.errors()))
+            return tool_error(
+                422,
+                "invalid_arguments",
+                "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in invalid.errors()),
+            )
         except ModelNotServed as missing:
             return tool_error(404, "model_not_found", str(missing))
         except ToolFailure as failure:
@@ -350,13 +395,15 @@ class ContextTools:
             caller.principal.check(args.namespace, Scope.write)
             context = model.model_validate({"kind": kind, **args.model_dump(exclude=set(_PutArgs.model_fields))})
             return await self._service.put(args.namespace, args.id, context, args.expected_version)
+
         return put
 
     async def _append(self, caller: Caller, args: AppendTurnArgs) -> dict[str, Any]:
         caller.principal.check(args.namespace, Scope.write)
         turn = Turn(role=args.role, content=args.content, metadata=args.metadata)
-        return await self._service.append(args.namespace, args.id, [turn], args.expected_version,
-                                          args.idempotency_key or uuid.uuid4().hex)
+        return await self._service.append(
+            args.namespace, args.id, [turn], args.expected_version, args.idempotency_key or uuid.uuid4().hex
+        )
 
     async def _search(self, caller: Caller, args: SearchArgs) -> dict[str, Any]:
         caller.principal.check(args.namespace, Scope.read)
@@ -365,14 +412,15 @@ class ContextTools:
         cursor = None
         consistency = Consistency.linearizable
         while len(found) < args.limit:
-            page = await self._service.list(args.namespace, args.kind, args.prefix, SEARCH_SCAN_PAGE, cursor,
-                                            consistency)
+            page = await self._service.list(
+                args.namespace, args.kind, args.prefix, SEARCH_SCAN_PAGE, cursor, consistency
+            )
             consistency = Consistency.stale  # one read index covers the whole scan
             found += [item for item in page.items if needle in orjson.dumps(item).decode().lower()]
             cursor = page.next_cursor
             if cursor is None:
                 break
-        return {"items": found[:args.limit]}
+        return {"items": found[: args.limit]}
 
     async def _chat(self, caller: Caller, args: ChatArgs) -> dict[str, Any]:
         caller.principal.check(args.namespace, Scope.write if args.session_id else Scope.read)
@@ -380,9 +428,15 @@ class ContextTools:
         model = args.model or (served[0] if served else None)
         if model is None:
             raise ModelNotServed("no node serves a model yet")
-        request = ChatRequest(model=model, messages=[ChatMessage(role="user", content=args.message)],
-                              max_tokens=args.max_tokens, namespace=args.namespace, session_id=args.session_id,
-                              user_id=args.user_id, task_id=args.task_id)
+        request = ChatRequest(
+            model=model,
+            messages=[ChatMessage(role="user", content=args.message)],
+            max_tokens=args.max_tokens,
+            namespace=args.namespace,
+            session_id=args.session_id,
+            user_id=args.user_id,
+            task_id=args.task_id,
+        )
         feed = None if caller.progress is None else _ProgressFeed(caller.progress)
         try:
             async with contextlib.aclosing(self._runtime.front.complete(request, uuid.uuid4().hex)) as events:
@@ -400,6 +454,10 @@ class ContextTools:
         finally:
             if feed is not None:
                 feed.cancel()
-        return {"reply": event["text"], "node": event["node"], "finish_reason": event["finish_reason"],
-                "usage": event["usage"], "session_version": event.get("session_version")}
-
+        return {
+            "reply": event["text"],
+            "node": event["node"],
+            "finish_reason": event["finish_reason"],
+            "usage": event["usage"],
+            "session_version": event.get("session_version"),
+        }
