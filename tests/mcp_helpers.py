@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -48,3 +49,24 @@ async def mcp_session(
         server = relay_parameters(url, token)
     async with Client(server, mode=mode, message_handler=on_message) as client:
         yield client
+
+
+def gauge(url: str, name: str, token: str) -> float:
+    """One unlabelled gauge from the node's /metrics."""
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}).text
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    assert values, f"{name} not in /metrics"
+    return float(values[0])
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """The events of a server-sent-event stream, each as its fields."""
+    event: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+            continue
+        name, _, value = line.partition(":")
+        event[name] = event.get(name, "") + value.removeprefix(" ")

@@ -24,7 +24,7 @@ from mcpdb.client import Client
 from mcpdb.node.mcp.sessions import MAX_STREAMS_PER_SESSION
 from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
-from tests.mcp_helpers import mcp_session
+from tests.mcp_helpers import gauge, mcp_session, sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -58,26 +58,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def _token(node: LocalCluster, scope: str = "read", namespace: str = "acme") -> dict[str, Any]:
     with Client(node.urls(), token=ROOT) as root:
         return root.create_token({namespace: scope}, "exhaustion test")
-
-
-def _gauge(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {ROOT}"}).text
-    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
-    assert values, f"{name} not in /metrics"
-    return float(values[0])
-
-
-def _events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
-    """The events of a server-sent-event stream, each as its fields."""
-    event: dict[str, str] = {}
-    for line in lines:
-        if not line:
-            if event:
-                yield event
-            event = {}
-            continue
-        name, _, value = line.partition(":")
-        event[name] = event.get(name, "") + value.removeprefix(" ")
 
 
 def _open(http: httpx.Client, url: str, token: str) -> dict[str, str]:
@@ -121,7 +101,7 @@ def _call(
     body = {"jsonrpc": "2.0", "id": request_id, "method": method, **({"params": params} if params else {})}
     with http.stream("POST", url + "/mcp", headers=session, json=body) as stream:
         assert stream.status_code == 200
-        return list(_events(stream.iter_lines()))
+        return list(sse_events(stream.iter_lines()))
 
 
 class _Held:
@@ -240,7 +220,7 @@ def _stall(url: str, http: httpx.Client, sessions: list[dict[str, str]], ops: li
         while True:
             root.batch("acme", ops)
             time.sleep(0.5)  # a session still read from catches up meanwhile
-            if _gauge(url, "mcpdb_mcp_notifications_pending") >= stalled:
+            if gauge(url, "mcpdb_mcp_notifications_pending", ROOT) >= stalled:
                 break
             assert time.monotonic() < deadline, "the stalled streams never filled"
     return streams
@@ -257,12 +237,12 @@ def test_a_subscriber_that_stops_reading_holds_one_pending_notification_per_reso
         with Client(node.urls(), token=ROOT) as root:
             for _ in range(20):
                 root.batch("acme", stalled_ops)
-        assert _gauge(url, "mcpdb_mcp_notifications_pending") <= len(STALLED_IDS)  # one per resource at most
+        assert gauge(url, "mcpdb_mcp_notifications_pending", ROOT) <= len(STALLED_IDS)  # one per resource at most
         streams[0].close()
         assert http.delete(url + "/mcp", headers=session).status_code == 200
     time.sleep(1)
-    assert _gauge(url, "mcpdb_mcp_notifications_pending") == 0
-    assert _gauge(url, "mcpdb_mcp_change_listeners") == 0
+    assert gauge(url, "mcpdb_mcp_notifications_pending", ROOT) == 0
+    assert gauge(url, "mcpdb_mcp_change_listeners", ROOT) == 0
 
 
 def _pending_request(url: str, session: dict[str, str]) -> str:
@@ -274,7 +254,7 @@ def _pending_request(url: str, session: dict[str, str]) -> str:
         ) as stream,
     ):
         assert stream.status_code == 200
-        return next(_events(stream.iter_lines()))["id"]
+        return next(sse_events(stream.iter_lines()))["id"]
 
 
 def test_get_streams_are_bounded_per_session_and_per_token(
@@ -319,14 +299,14 @@ def test_listen_streams_are_bounded_per_token(node: LocalCluster) -> None:
             with pytest.raises(MCPError, match="--mcp-sessions-per-token"):
                 async with client.listen(resource_subscriptions=["mcpdb://acme/task/x"]):
                     pass
-            assert _gauge(url, "mcpdb_mcp_listen_streams") == PER_TOKEN
+            assert gauge(url, "mcpdb_mcp_listen_streams", ROOT) == PER_TOKEN
             async with (
                 mcp_session(url, token=other, mode="auto") as neighbour,
                 neighbour.listen(resource_subscriptions=["mcpdb://acme/task/x"]),
             ):
-                assert _gauge(url, "mcpdb_mcp_listen_streams") == PER_TOKEN + 1  # the greedy token's share only
+                assert gauge(url, "mcpdb_mcp_listen_streams", ROOT) == PER_TOKEN + 1  # the greedy token's share only
         await asyncio.sleep(0.5)
-        assert _gauge(url, "mcpdb_mcp_listen_streams") == 0
+        assert gauge(url, "mcpdb_mcp_listen_streams", ROOT) == 0
 
     asyncio.run(run())
 

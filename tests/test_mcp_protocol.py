@@ -21,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 from mcpdb.node.mcp.events import RETRY_MS, EventLog
 from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
-from tests.mcp_helpers import mcp_session
+from tests.mcp_helpers import mcp_session, sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -199,19 +199,6 @@ def test_missing_resources_and_unknown_tools_are_protocol_errors(node: LocalClus
     asyncio.run(run("auto", types.INVALID_PARAMS))  # 2026-07-28 (SEP-2164): -32602
 
 
-def _sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
-    """The events of a server-sent-event stream, each as its fields."""
-    event: dict[str, str] = {}
-    for line in lines:
-        if not line:
-            if event:
-                yield event
-            event = {}
-            continue
-        name, _, value = line.partition(":")
-        event[name] = event.get(name, "") + value.removeprefix(" ")
-
-
 def test_a_dropped_stream_resumes_from_its_last_event_id(node: LocalCluster) -> None:
     url = node.urls()[0]
     call = {
@@ -223,7 +210,7 @@ def test_a_dropped_stream_resumes_from_its_last_event_id(node: LocalCluster) -> 
     with httpx.Client(timeout=10) as http:
         session = _initialize(http, url)
         with http.stream("POST", url + "/mcp", headers=session, json=call) as stream:
-            priming = next(_sse(stream.iter_lines()))  # then the connection drops, the reply unread
+            priming = next(sse_events(stream.iter_lines()))  # then the connection drops, the reply unread
         assert priming["id"] and priming["retry"] == str(RETRY_MS) and priming["data"] == ""
 
         def resumed(headers: dict[str, str]) -> list[dict[str, str]]:
@@ -239,7 +226,7 @@ def test_a_dropped_stream_resumes_from_its_last_event_id(node: LocalCluster) -> 
                 ) as replay,
             ):
                 assert replay.status_code == 200
-                for event in _sse(replay.iter_lines()):
+                for event in sse_events(replay.iter_lines()):
                     events += [event] if event.get("data") else []
             return events
 

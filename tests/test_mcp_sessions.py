@@ -18,7 +18,7 @@ from mcpdb.client import Client
 from mcpdb.node.mcp.sessions import MAX_SUBSCRIPTIONS
 from mcpdb.ops.localcluster import LocalCluster
 from tests.conftest import start_cluster
-from tests.mcp_helpers import mcp_session
+from tests.mcp_helpers import gauge, mcp_session
 
 pytestmark = pytest.mark.integration
 
@@ -70,13 +70,6 @@ def _close(url: str, token: str, session_id: str) -> int:
     ).status_code
 
 
-def _gauge(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {ROOT_TOKEN}"}).text
-    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
-    assert values, f"{name} not in /metrics"
-    return float(values[0])
-
-
 def test_a_session_belongs_to_the_token_that_opened_it(node: LocalCluster, tokens: dict[str, str]) -> None:
     url = node.urls()[0]
     opened = _open(url, tokens["acme"])
@@ -110,9 +103,9 @@ def test_sessions_are_bounded_per_token_and_per_node_and_expire_when_idle(
     assert [r.status_code for r in others] == [200] * (PER_NODE - PER_TOKEN)  # acme's share left room
     full = _open(url, tokens["gamma"])
     assert full.status_code == 429 and "--mcp-max-sessions" in full.json()["error"]["message"]
-    assert _gauge(url, "mcpdb_mcp_sessions") == PER_NODE
+    assert gauge(url, "mcpdb_mcp_sessions", ROOT_TOKEN) == PER_NODE
     time.sleep(IDLE_S + 2)  # nothing in flight and no stream open: every session expires
-    assert _gauge(url, "mcpdb_mcp_sessions") == 0
+    assert gauge(url, "mcpdb_mcp_sessions", ROOT_TOKEN) == 0
     again = _open(url, tokens["acme"])
     assert again.status_code == 200
     assert _close(url, tokens["acme"], again.headers["mcp-session-id"]) == 200
@@ -132,11 +125,11 @@ def test_subscribe_is_idempotent_bounded_and_undone_by_unsubscribe(node: LocalCl
                 watched, dropped = "mcpdb://acme/task/watched", "mcpdb://acme/task/dropped"
                 for _ in range(300):  # the probe's flood, on one URI
                     await client.subscribe_resource(watched)
-                assert _gauge(url, "mcpdb_mcp_subscriptions") == 1
-                assert _gauge(url, "mcpdb_mcp_change_listeners") == 1
+                assert gauge(url, "mcpdb_mcp_subscriptions", ROOT_TOKEN) == 1
+                assert gauge(url, "mcpdb_mcp_change_listeners", ROOT_TOKEN) == 1
                 await client.subscribe_resource(dropped)
                 await client.unsubscribe_resource(dropped)
-                assert _gauge(url, "mcpdb_mcp_subscriptions") == 1
+                assert gauge(url, "mcpdb_mcp_subscriptions", ROOT_TOKEN) == 1
                 with Client(node.urls(), token=ROOT_TOKEN) as root:
                     root.put("acme", "dropped", {"kind": "task", "domain": "d", "goal": "changed"})
                     root.put("acme", "watched", {"kind": "task", "domain": "d", "goal": "changed"})
@@ -147,9 +140,9 @@ def test_subscribe_is_idempotent_bounded_and_undone_by_unsubscribe(node: LocalCl
                 with pytest.raises(MCPError, match="unsubscribe from one first"):
                     await client.subscribe_resource("mcpdb://acme/task/one-too-many")
                 await client.subscribe_resource(watched)  # already watched: still fine at the bound
-                assert _gauge(url, "mcpdb_mcp_subscriptions") == MAX_SUBSCRIPTIONS
+                assert gauge(url, "mcpdb_mcp_subscriptions", ROOT_TOKEN) == MAX_SUBSCRIPTIONS
         await asyncio.sleep(0.5)
-        assert _gauge(url, "mcpdb_mcp_subscriptions") == 0  # the session ended: its subscriptions with it
-        assert _gauge(url, "mcpdb_mcp_change_listeners") == 0
+        assert gauge(url, "mcpdb_mcp_subscriptions", ROOT_TOKEN) == 0  # the session ended: its subscriptions with it
+        assert gauge(url, "mcpdb_mcp_change_listeners", ROOT_TOKEN) == 0
 
     asyncio.run(run())
