@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from mcpdb.errors import Forbidden, Hidden
+
 ALL_NAMESPACES = "*"
 _TOKEN = re.compile(r"^mcpdb_([a-f0-9]{16})_([A-Za-z0-9_-]{43})$")
 
@@ -38,14 +40,6 @@ class Scope(str, Enum):
 
 
 _RANK = {Scope.read: 1, Scope.write: 2, Scope.admin: 3}
-
-
-class Forbidden(Exception):
-    """The principal can see the namespace but its scope there is too weak (403)."""
-
-
-class Hidden(Exception):
-    """The principal holds no scope in the namespace: answer as if it did not exist (404)."""
 
 
 @dataclass(frozen=True)

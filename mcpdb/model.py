@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
+from mcpdb.errors import InvalidName
+
 NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 CONTEXT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 _NAMESPACE_RE = re.compile(NAMESPACE_PATTERN)
@@ -41,10 +43,6 @@ def _depth_checked(value: dict[str, Any]) -> dict[str, Any]:
 
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(_depth_checked)]
-
-
-class InvalidName(ValueError):
-    """A namespace or context id outside the allowed charset or length."""
 
 
 def check_namespace(namespace: str) -> str:

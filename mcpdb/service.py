@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
+from mcpdb.errors import NotFound, Refused
 from mcpdb.model import BatchIn, Turn, check_context_id, check_namespace, context_fields
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
@@ -27,21 +28,6 @@ from mcpdb.store.state_machine import ContextStore, Page
 class Consistency(str, Enum):
     linearizable = "linearizable"
     stale = "stale"
-
-
-class Refused(Exception):
-    """The state machine refused the command; nothing was changed."""
-
-    def __init__(self, error: str, message: str, current_version: int | None = None) -> None:
-        super().__init__(message)
-        self.error = error
-        self.message = message
-        self.current_version = current_version
-
-
-class NotFound(Refused):
-    def __init__(self, message: str) -> None:
-        super().__init__("not_found", message)
 
 
 def _checked(result: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpdb.inference.assembly import Assembled, ContextTooLarge, StoredContext, assemble
+from mcpdb.errors import ContextTooLarge
+from mcpdb.inference.assembly import Assembled, StoredContext, assemble
 from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, TemplateFormat
 
 FORMATS = [GemmaFormat(), ChatMLFormat()]

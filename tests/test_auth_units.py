@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcpdb.auth import ROOT, Forbidden, Hidden, Principal, Scope, new_token, principal_for, token_id_of
+from mcpdb.auth import ROOT, Principal, Scope, new_token, principal_for, token_id_of
+from mcpdb.errors import Forbidden, Hidden
 from mcpdb.node.http.access import path_refusal
 from mcpdb.node.http.rate_limit import TokenBuckets
 

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pysyncobj.journal import FileJournal
 
+from mcpdb.errors import NewerFormat
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster, NodeSpec, free_port
 from mcpdb.raft.replication import EXIT_NEWER_LOG_FORMAT
 from mcpdb.store.commands import (
@@ -38,7 +39,6 @@ from mcpdb.store.commands import (
     Delete,
     DeregisterNode,
     Expire,
-    NewerFormat,
     Put,
     RegisterNode,
     RevokeToken,

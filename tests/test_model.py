@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from mcpdb.model import CONTEXT_IN_ADAPTER, BatchIn, InvalidName, TurnsIn, check_context_id, check_namespace
+from mcpdb.errors import InvalidName
+from mcpdb.model import CONTEXT_IN_ADAPTER, BatchIn, TurnsIn, check_context_id, check_namespace
 
 VALID = [
     {"kind": "instruction", "role": "tutor", "text": "Be clear.", "domains": ["maths"], "style": "brief"},

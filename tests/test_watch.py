@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcpdb.client import Client
-from mcpdb.store.changes import Cursor, InvalidCursor
+from mcpdb.errors import HistoryTrimmed, InvalidCursor
+from mcpdb.store.changes import Cursor
 from mcpdb.store.commands import from_entry
-from mcpdb.store.state_machine import ContextStore, HistoryTrimmed
+from mcpdb.store.state_machine import ContextStore
 from tests.conftest import start_cluster
 
 _OPS = st.lists(

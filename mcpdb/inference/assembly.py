@@ -22,11 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcpdb.errors import ContextTooLarge
 from mcpdb.inference.prompt_format import ChatFormat
-
-
-class ContextTooLarge(ValueError):
-    """Instructions, guardrails and the new messages alone exceed the budget."""
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mcpdb.errors import NotFound, Refused
 from mcpdb.inference.assembly import StoredContext
-from mcpdb.service import NotFound, Refused
 from mcpdb.store.state_machine import ContextStore
 
 

@@ -30,15 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcpdb.errors import PromptTooLong
 from mcpdb.inference.prompt_format import ChatFormat, choose_format
 
 MEASURE_LOCK = os.path.join(tempfile.gettempdir(), "mcpdb-measure.lock")
 RECENT_WINDOW_S = 10.0  # recent tokens/s and sessions served are measured over this window
 _WARMUP_PROMPT = "<start_of_turn>user\nCount from one to twenty.<end_of_turn>\n<start_of_turn>model\n"
-
-
-class PromptTooLong(ValueError):
-    """The prompt and the requested completion do not fit the model's context window."""
 
 
 def default_model_path() -> str:

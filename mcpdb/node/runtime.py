@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from mcpdb import __version__
+from mcpdb.errors import Unavailable
 from mcpdb.inference.llama_worker import Worker, WorkerSettings, default_model_path
 from mcpdb.inference.loadboard import HEARTBEAT_S
 from mcpdb.inference.placement import Policy
@@ -33,7 +34,7 @@ from mcpdb.node.internal.leader_scheduler import LeaderScheduler
 from mcpdb.node.internal.messages import LOAD_PATH, LoadReport
 from mcpdb.node.metrics import NodeMetrics
 from mcpdb.raft.barrier import ReadBarrier
-from mcpdb.raft.replication import Replication, Unavailable
+from mcpdb.raft.replication import Replication
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.service import Consistency, ContextService
 from mcpdb.store.changes import ChangeFeed

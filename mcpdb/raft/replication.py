@@ -21,10 +21,11 @@ from typing import Any
 import lmdb
 import orjson
 
+from mcpdb.errors import Indeterminate, NewerFormat, NotApplied, Unserializable
 from mcpdb.raft.pysyncobj_bridge import RaftNode, Refusal
 from mcpdb.raft.read_index import Done
 from mcpdb.raft.settings import RaftSettings
-from mcpdb.store.commands import Command, NewerFormat, decode, encode
+from mcpdb.store.commands import Command, decode, encode
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -34,24 +35,6 @@ _log = logging.getLogger(__name__)
 EXIT_NEWER_LOG_FORMAT = 78
 # Exit status of a node whose LMDB failed while applying (EX_SOFTWARE).
 EXIT_STORE_FAILED = 70
-
-
-class Unserializable(ValueError):
-    """A command holding a value JSON cannot carry (an integer beyond 64 bits, a lone surrogate)."""
-
-
-class Unavailable(Exception):
-    """The cluster could not take the request now; ``retry_after`` is a hint in seconds."""
-
-    retry_after = 1
-
-
-class NotApplied(Unavailable):
-    """The entry is certainly not in the log: retrying cannot duplicate it."""
-
-
-class Indeterminate(Unavailable):
-    """The entry may or may not commit later: only an idempotent retry is safe."""
 
 
 def _settle(future: asyncio.Future[Any], result: Any, refusal: Refusal | None) -> None:

@@ -16,14 +16,11 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from mcpdb.errors import InvalidCursor
 from mcpdb.store.state_machine import Change, ContextStore
 
 _CURSOR = re.compile(r"^(\d{1,19})(?:\.(\d{1,9}))?$")
 READ_LIMIT = 1000
-
-
-class InvalidCursor(ValueError):
-    """A ``since`` / Last-Event-ID that is not ``VERSION`` or ``VERSION.POSITION``."""
 
 
 @dataclass(frozen=True)

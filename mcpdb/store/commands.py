@@ -43,19 +43,10 @@ from typing import Any, Literal, TypeAlias
 
 import orjson
 
+from mcpdb.errors import NewerFormat
+
 COMMAND_VERSION = 1
 """The format this code writes, and the newest it can apply."""
-
-
-class NewerFormat(Exception):
-    """The entry was written by newer code in a format this node cannot apply."""
-
-    def __init__(self, version: object) -> None:
-        super().__init__(
-            f"log entry format v{version} is newer than this node understands "
-            f"(max v{COMMAND_VERSION}): upgrade this node"
-        )
-        self.version = version
 
 
 @dataclass(frozen=True)
@@ -206,7 +197,7 @@ def from_entry(entry: Mapping[str, Any]) -> Command:
     if type(version) is not int or version < 0:
         raise ValueError(f"format version {version!r} is not a version")
     if version > COMMAND_VERSION:
-        raise NewerFormat(version)
+        raise NewerFormat(version, COMMAND_VERSION)
     # Versions 0 and 1 share one shape (see the module docstring).
     return _READERS[entry["op"]](entry)
 

@@ -61,6 +61,7 @@ from typing import Any, assert_never, cast
 import lmdb
 import orjson
 
+from mcpdb.errors import HistoryTrimmed
 from mcpdb.fsutil import fsync_path
 from mcpdb.store.commands import (
     Append,
@@ -135,17 +136,6 @@ class Change:
     id: str
     kind: str
     action: str  # put | append | delete | expire
-
-
-class HistoryTrimmed(Exception):
-    """The changes after the requested version were trimmed from the history."""
-
-    def __init__(self, since: int, oldest: int) -> None:
-        super().__init__(
-            f"changes after version {since} are no longer in the history; "
-            f"the oldest version a watch can resume from is {oldest}"
-        )
-        self.oldest = oldest
 
 
 @dataclass(frozen=True)

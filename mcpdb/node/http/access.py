@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mcpdb.auth import ROOT, Forbidden, Hidden, Principal, Scope, principal_for, token_id_of
+from mcpdb.auth import ROOT, Principal, Scope, principal_for, token_id_of
+from mcpdb.errors import Forbidden, Hidden
 from mcpdb.node.http.routes import PUBLIC_PATHS, Access, route_for
 from mcpdb.store.state_machine import ContextStore
 

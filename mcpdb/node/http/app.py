@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from mcpdb import __version__
+from mcpdb.errors import InvalidHeader, McpdbServerError, NotFound
 from mcpdb.model import BatchIn, ContextIn, Kind, Turn, TurnsIn
 from mcpdb.node.autoscaling import add_autoscale_routes
 from mcpdb.node.config import ConfigError, split_host_port
@@ -33,12 +34,12 @@ from mcpdb.node.http.host_guard import HostGuard
 from mcpdb.node.http.node_view import NodeView
 from mcpdb.node.http.overview_api import add_overview_routes
 from mcpdb.node.http.request_stats import TimedApp
-from mcpdb.node.http.responses import DOMAIN_ERRORS, ContextIdPath, FastJSON, InvalidHeader, NamespacePath, error_for
+from mcpdb.node.http.responses import ContextIdPath, FastJSON, NamespacePath, error_for
 from mcpdb.node.http.responses import error_response as _error
 from mcpdb.node.http.token_api import add_token_routes
 from mcpdb.node.http.watch_api import add_watch_routes
 from mcpdb.node.mcp.server import McpServer
-from mcpdb.service import Consistency, NotFound
+from mcpdb.service import Consistency
 
 
 def _version_header(if_match: str | None, if_none_match: str | None) -> int | None:
@@ -131,10 +132,10 @@ def create_app(runtime: NodeView) -> Any:
         return _error(exc.status_code, name, str(exc.detail))
 
     async def domain_error(_: Request, exc: Exception) -> FastJSON:
+        assert isinstance(exc, McpdbServerError)  # registered for that tree only
         return error_for(exc)
 
-    for error_type in DOMAIN_ERRORS:
-        app.add_exception_handler(error_type, domain_error)
+    app.add_exception_handler(McpdbServerError, domain_error)
 
     # ------------------------------------------------------------ health
     @app.get("/healthz", tags=["operations"])

@@ -23,11 +23,12 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import StreamingResponse
 
 from mcpdb.auth import Scope
+from mcpdb.errors import InvalidHeader
 from mcpdb.inference.request import ChatRequest
 from mcpdb.node.http.access import principal_of
-from mcpdb.node.http.responses import FastJSON, InvalidHeader
+from mcpdb.node.http.responses import FastJSON
 from mcpdb.node.http.responses import error_response as error
-from mcpdb.node.internal.leader_scheduler import LeaderScheduler, ModelNotServed
+from mcpdb.node.internal.leader_scheduler import LeaderScheduler
 from mcpdb.node.internal.messages import (
     ASSIGN_PATH,
     GENERATE_PATH,
@@ -116,10 +117,6 @@ def _error_payload(event: dict[str, Any]) -> dict[str, Any]:
 
 def add_chat_routes(app: FastAPI, runtime: ChatNode) -> None:
     """Register the chat endpoints on ``app``."""
-
-    @app.exception_handler(ModelNotServed)
-    async def model_not_served(_: Any, exc: ModelNotServed) -> Any:
-        return error(404, "model_not_found", str(exc))
 
     @app.get("/v1/models", tags=["inference"])
     async def models() -> dict[str, Any]:

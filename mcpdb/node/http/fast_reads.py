@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mcpdb.errors import McpdbServerError
 from mcpdb.node.http.request_stats import RequestStats
-from mcpdb.node.http.responses import DOMAIN_ERRORS, FastJSON, error_for
+from mcpdb.node.http.responses import FastJSON, error_for
 from mcpdb.service import Consistency, ContextService
 
 _CONTEXT_PATH = re.compile(r"^/v1/namespaces/([^/]+)/contexts/([^/]+)$")
@@ -42,7 +43,7 @@ class FastContextReads:
             return
         try:
             record = await self.service.get(match[1], match[2], consistency)
-        except DOMAIN_ERRORS as error:
+        except McpdbServerError as error:
             response = error_for(error)
         else:
             response = FastJSON(record, headers={"ETag": f'"{record["version"]}"'})

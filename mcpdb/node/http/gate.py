@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from mcpdb.auth import ROOT
+from mcpdb.errors import Unavailable
 from mcpdb.node.http.access import (
     PRINCIPAL_KEY,
     PUBLIC_PATHS,
@@ -23,7 +24,6 @@ from mcpdb.node.http.access import (
 from mcpdb.node.http.host_guard import WRITE_METHODS, HostGuard
 from mcpdb.node.http.rate_limit import TokenBuckets
 from mcpdb.node.http.request_stats import STARTED_KEY, RequestStats
-from mcpdb.raft.replication import Unavailable
 
 ASGIApp = Any
 

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Protocol
 from fastapi import FastAPI, Path, Request
 from pydantic import BaseModel, Field
 
-from mcpdb.auth import Hidden, Principal, Scope
+from mcpdb.auth import Principal, Scope
+from mcpdb.errors import Hidden
 from mcpdb.node.http.access import Authenticator, principal_of
 from mcpdb.node.http.responses import FastJSON
 from mcpdb.node.http.responses import error_response as error

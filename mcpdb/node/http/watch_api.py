@@ -18,11 +18,12 @@ import orjson
 from fastapi import FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
 
+from mcpdb.errors import HistoryTrimmed
 from mcpdb.model import Kind, check_namespace
 from mcpdb.node.http.responses import NamespacePath
 from mcpdb.service import Consistency, ContextService
 from mcpdb.store.changes import ChangeFeed, Cursor, WatchFilter
-from mcpdb.store.state_machine import Change, HistoryTrimmed
+from mcpdb.store.state_machine import Change
 
 KEEPALIVE_S = 15.0
 

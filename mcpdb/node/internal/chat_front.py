@@ -25,11 +25,12 @@ from typing import Any
 import httpx
 import orjson
 
+from mcpdb.errors import ModelNotServed, NotLeader, Unavailable
 from mcpdb.inference.request import ChatRequest
 from mcpdb.node.internal.chat_worker import ChatWorker
-from mcpdb.node.internal.leader_scheduler import LeaderScheduler, ModelNotServed, NotLeader
+from mcpdb.node.internal.leader_scheduler import LeaderScheduler
 from mcpdb.node.internal.messages import ASSIGN_PATH, GENERATE_PATH, Assignment, AssignRequest, WorkOrder
-from mcpdb.raft.replication import Replication, Unavailable
+from mcpdb.raft.replication import Replication
 from mcpdb.store.state_machine import ContextStore
 
 MAX_ATTEMPTS = 3

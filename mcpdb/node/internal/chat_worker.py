@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mcpdb.inference.assembly import ContextTooLarge, StoredContext, assemble
+from mcpdb.errors import McpdbServerError
+from mcpdb.inference.assembly import StoredContext, assemble
 from mcpdb.inference.gather import gather
-from mcpdb.inference.llama_worker import Generation, PromptTooLong, Worker
+from mcpdb.inference.llama_worker import Generation, Worker
 from mcpdb.inference.request import ChatRequest
 from mcpdb.model import Turn
-from mcpdb.node.http.responses import DOMAIN_ERRORS, error_parts
+from mcpdb.node.http.responses import error_parts
 from mcpdb.node.internal.messages import WorkOrder
 from mcpdb.raft.replication import Replication
 from mcpdb.service import ContextService
@@ -74,9 +75,7 @@ class ChatWorker:
                 yield event
         except ChatFailed as failure:
             yield _error_event(failure.status, failure.error, failure.message)
-        except (ContextTooLarge, PromptTooLong) as error:
-            yield _error_event(413, "context_too_large", str(error))
-        except DOMAIN_ERRORS as error:
+        except McpdbServerError as error:
             status, code, message, _ = error_parts(error)
             yield _error_event(status, code, message)
 

@@ -12,20 +12,13 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
+from mcpdb.errors import ModelNotServed, NotLeader, Unavailable
 from mcpdb.inference.loadboard import LoadBoard
 from mcpdb.inference.placement import NoWorkerAvailable, Policy, Request, SchedulerState, choose, forget_node
 from mcpdb.node.internal.messages import Assignment, AssignRequest
 from mcpdb.raft.barrier import ReadBarrier
-from mcpdb.raft.replication import Replication, Unavailable
+from mcpdb.raft.replication import Replication
 from mcpdb.store.state_machine import ContextStore
-
-
-class NotLeader(Unavailable):
-    """Assignments are made by the leader; the caller should ask the current one."""
-
-
-class ModelNotServed(LookupError):
-    """No registered node serves the requested model (404, as OpenAI answers)."""
 
 
 class LeaderScheduler:

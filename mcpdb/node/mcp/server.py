@@ -37,8 +37,9 @@ from mcp_types.version import is_version_at_least
 from prometheus_client.core import Metric
 
 from mcpdb import __version__
-from mcpdb.auth import ALL_NAMESPACES, Forbidden, Hidden, Principal, Scope
-from mcpdb.model import KINDS, InvalidName
+from mcpdb.auth import ALL_NAMESPACES, Principal, Scope
+from mcpdb.errors import Forbidden, Hidden, InvalidName, NotFound
+from mcpdb.model import KINDS
 from mcpdb.node.http.access import principal_of
 from mcpdb.node.mcp.events import EventLog, ResumableSessions
 from mcpdb.node.mcp.jsonrpc import EnvelopeCheck
@@ -53,7 +54,7 @@ from mcpdb.node.mcp.sessions import (
 )
 from mcpdb.node.mcp.tools import Caller, ContextTools, Progress
 from mcpdb.node.metrics import gauge
-from mcpdb.service import Consistency, NotFound
+from mcpdb.service import Consistency
 
 _URI = re.compile(r"^mcpdb://([^/]+)/([a-z]+)/([^/]+)$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")

@@ -54,10 +54,10 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from mcpdb.auth import Principal
+from mcpdb.errors import HistoryTrimmed
 from mcpdb.node.http.access import PRINCIPAL_KEY
 from mcpdb.node.mcp.node_view import FeedNode
 from mcpdb.store.changes import Cursor
-from mcpdb.store.state_machine import HistoryTrimmed
 
 _log = logging.getLogger(__name__)
 

@@ -44,10 +44,10 @@ from pydantic import (
 )
 
 from mcpdb.auth import Principal, Scope
+from mcpdb.errors import McpdbServerError, ModelNotServed
 from mcpdb.inference.request import ChatMessage, ChatRequest
 from mcpdb.model import CONTEXT_ID_PATTERN, NAMESPACE_PATTERN, ContextIn, Kind, Turn
-from mcpdb.node.http.responses import DOMAIN_ERRORS, error_parts
-from mcpdb.node.internal.leader_scheduler import ModelNotServed
+from mcpdb.node.http.responses import error_parts
 from mcpdb.node.mcp.node_view import ToolsNode
 from mcpdb.service import Consistency
 
@@ -378,11 +378,9 @@ class ContextTools:
                 "invalid_arguments",
                 "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in invalid.errors()),
             )
-        except ModelNotServed as missing:
-            return tool_error(404, "model_not_found", str(missing))
         except ToolFailure as failure:
             return tool_error(failure.status, failure.error, failure.message)
-        except DOMAIN_ERRORS as failure:
+        except McpdbServerError as failure:
             status, error, message, _ = error_parts(failure)
             return tool_error(status, error, message)
 
