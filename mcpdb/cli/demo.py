@@ -20,8 +20,12 @@ NAMESPACE = "demo"
 QUESTIONS = ("What is a context database?", "Why replicate it with Raft?", "Summarise that in one line.")
 
 
-def run_demo(urls: list[str], token: str | None = None, max_tokens: int = 48) -> None:
+def run_demo(nodes: dict[str, str], token: str | None = None, max_tokens: int = 48) -> None:
+    """Three turns, each entering through the next node (``nodes``: node id -> URL), named by id in the table
+    so it reads whole at any terminal width (the URLs are printed above it)."""
     session = f"demo-{uuid.uuid4().hex[:6]}"
+    urls = list(nodes.values())
+    names = {url: node_id for node_id, url in nodes.items()}
     with Client(urls, token=token, deadline=60.0) as http:
         http.put(
             NAMESPACE,
@@ -72,7 +76,7 @@ def run_demo(urls: list[str], token: str | None = None, max_tokens: int = 48) ->
             console.print(f"[bold]{meta['node']}:[/] {reply['choices'][0]['message']['content'].strip()}")
             table.add_row(
                 str(turn),
-                entry,
+                names[entry],
                 meta["node"],
                 f"{meta['ttft_s']:.3f} s",
                 f"{usage['prompt_tokens_details']['cached_tokens']}/{usage['prompt_tokens']}",

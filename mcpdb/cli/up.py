@@ -130,7 +130,7 @@ def _serve_until(
     _print_nodes(cluster, leader, inference, token_file)
     if demo:
         try:
-            run_demo([spec.url for spec in cluster.layout.nodes], cluster.token)
+            run_demo({spec.node_id: spec.url for spec in cluster.layout.nodes}, cluster.token)
         except McpdbError as error:
             raise CliError(f"demo failed: {error.message}") from None
     console.print("serving; press Ctrl-C to stop")
