@@ -15,6 +15,9 @@ import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from mcpdb.ops.localcluster import LocalCluster
+from tests.conftest import start_cluster
+
 
 def mcpdb_command() -> str:
     found = shutil.which("mcpdb", path=str(Path(sys.executable).parent))
@@ -70,3 +73,14 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
             continue
         name, _, value = line.partition(":")
         event[name] = event.get(name, "") + value.removeprefix(" ")
+
+
+def bounded_mcp_node(path: Path, token: str, per_token: int, per_node: int, idle_s: int) -> Iterator[LocalCluster]:
+    """One node with a bootstrap token and small MCP bounds (sessions per token and per node, idle
+    timeout), stopped however the tests using it end."""
+    limits = ["--mcp-sessions-per-token", str(per_token), "--mcp-max-sessions", str(per_node)]
+    running = start_cluster(path, size=1, token=token, extra_args=[*limits, "--mcp-idle-timeout", str(idle_s)])
+    try:
+        yield running
+    finally:
+        running.stop_all(graceful=False)

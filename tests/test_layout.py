@@ -19,38 +19,24 @@ ROOT = Path(__file__).resolve().parent.parent
 # The checkout's tools import mcpdb like any application does: they are held to the same rules.
 SCANNED = ("mcpdb", "benchmarks", "jepsen_like")
 
+# The shared contracts (model, auth, fsutil, errors) import none of the packages nor the service.
+_LEAF_FORBIDDEN = (
+    "mcpdb.store",
+    "mcpdb.raft",
+    "mcpdb.inference",
+    "mcpdb.node",
+    "mcpdb.client",
+    "mcpdb.ops",
+    "mcpdb.cli",
+    "mcpdb.service",
+)
+
 # Importer (module or package) -> mcpdb packages it must not import.
 FORBIDDEN = {
-    "mcpdb.model": (
-        "mcpdb.store",
-        "mcpdb.raft",
-        "mcpdb.inference",
-        "mcpdb.node",
-        "mcpdb.client",
-        "mcpdb.ops",
-        "mcpdb.cli",
-        "mcpdb.service",
-    ),
-    "mcpdb.auth": (
-        "mcpdb.store",
-        "mcpdb.raft",
-        "mcpdb.inference",
-        "mcpdb.node",
-        "mcpdb.client",
-        "mcpdb.ops",
-        "mcpdb.cli",
-        "mcpdb.service",
-    ),
-    "mcpdb.fsutil": (
-        "mcpdb.store",
-        "mcpdb.raft",
-        "mcpdb.inference",
-        "mcpdb.node",
-        "mcpdb.client",
-        "mcpdb.ops",
-        "mcpdb.cli",
-        "mcpdb.service",
-    ),
+    "mcpdb.model": _LEAF_FORBIDDEN,
+    "mcpdb.auth": _LEAF_FORBIDDEN,
+    "mcpdb.fsutil": _LEAF_FORBIDDEN,
+    "mcpdb.errors": _LEAF_FORBIDDEN,
     "mcpdb.store": (
         "mcpdb.raft",
         "mcpdb.inference",

@@ -23,8 +23,7 @@ from mcp.shared.exceptions import MCPError
 from mcpdb.client import Client
 from mcpdb.node.mcp.sessions import MAX_STREAMS_PER_SESSION
 from mcpdb.ops.localcluster import LocalCluster
-from tests.conftest import start_cluster
-from tests.mcp_helpers import gauge, mcp_session, sse_events
+from tests.mcp_helpers import bounded_mcp_node, gauge, mcp_session, sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +35,7 @@ ACCEPT = "application/json, text/event-stream"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = start_cluster(
-        Path(tmp_path_factory.mktemp("exhaustion")),
-        size=1,
-        token=ROOT,
-        extra_args=[
-            "--mcp-sessions-per-token",
-            str(PER_TOKEN),
-            "--mcp-max-sessions",
-            "20",
-            "--mcp-idle-timeout",
-            str(IDLE_S),
-        ],
-    )
-    try:
-        yield running
-    finally:
-        running.stop_all(graceful=False)
+    yield from bounded_mcp_node(Path(tmp_path_factory.mktemp("exhaustion")), ROOT, PER_TOKEN, 20, IDLE_S)
 
 
 def _token(node: LocalCluster, scope: str = "read", namespace: str = "acme") -> dict[str, Any]:

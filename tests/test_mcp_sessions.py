@@ -17,8 +17,7 @@ from mcp.shared.exceptions import MCPError
 from mcpdb.client import Client
 from mcpdb.node.mcp.sessions import MAX_SUBSCRIPTIONS
 from mcpdb.ops.localcluster import LocalCluster
-from tests.conftest import start_cluster
-from tests.mcp_helpers import gauge, mcp_session
+from tests.mcp_helpers import bounded_mcp_node, gauge, mcp_session
 
 pytestmark = pytest.mark.integration
 
@@ -35,23 +34,7 @@ ACCEPT = "application/json, text/event-stream"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = start_cluster(
-        Path(tmp_path_factory.mktemp("sessions")),
-        size=1,
-        token=ROOT_TOKEN,
-        extra_args=[
-            "--mcp-sessions-per-token",
-            str(PER_TOKEN),
-            "--mcp-max-sessions",
-            str(PER_NODE),
-            "--mcp-idle-timeout",
-            str(IDLE_S),
-        ],
-    )
-    try:
-        yield running
-    finally:
-        running.stop_all(graceful=False)
+    yield from bounded_mcp_node(Path(tmp_path_factory.mktemp("sessions")), ROOT_TOKEN, PER_TOKEN, PER_NODE, IDLE_S)
 
 
 @pytest.fixture(scope="module")
