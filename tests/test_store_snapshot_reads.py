@@ -1,8 +1,8 @@
 """Reads and commits proceed while the store writes a snapshot, and the snapshot stays its index's state.
 
 The snapshot thread is parked at a known point, by design rather than by timing:
-``write_snapshot`` pickles pysyncobj's bookkeeping after it pinned the LMDB version
-it copies and before the copy, and the bookkeeping here holds an object whose
+``snapshot.write`` pickles pysyncobj's bookkeeping after the LMDB version it copies
+was pinned and before the copy, and the bookkeeping here holds an object whose
 pickling waits for the test. Everything else is real: LMDB, the store, threads.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mcpdb.store import snapshot
 from mcpdb.store.commands import Put
 from mcpdb.store.state_machine import ContextStore
 
@@ -64,7 +65,8 @@ def _in_thread(action: Callable[[], Any]) -> threading.Thread:
 def test_reads_and_commits_proceed_while_a_snapshot_is_written(store: ContextStore, tmp_path: Path) -> None:
     parked = ParkedPickle()
     path = str(tmp_path / "snap.tar")
-    snapshot = _in_thread(lambda: store.write_snapshot(path, (("cmd", 50, 1), ("cmd", 49, 1), parked)))
+    pinned = store.pin_snapshot()
+    writer = _in_thread(lambda: snapshot.write(path, pinned, (("cmd", 50, 1), ("cmd", 49, 1), parked)))
     try:
         assert parked.parked.wait(WAIT_S)
         reads: dict[str, Any] = {}
@@ -83,8 +85,8 @@ def test_reads_and_commits_proceed_while_a_snapshot_is_written(store: ContextSto
         assert reads["after"]["facts"] == ["late"] and reads["applied"] == 51
     finally:
         parked.release.set()
-        snapshot.join(WAIT_S)
-    assert not snapshot.is_alive() and store.snapshots_written == 1
+        writer.join(WAIT_S)
+    assert not writer.is_alive()
 
     # The snapshot is the state at index 50, pinned before the commit of 51.
     fresh = ContextStore(str(tmp_path / "fresh"))
@@ -107,7 +109,7 @@ def test_a_read_open_across_a_snapshot_install_finishes_on_the_old_state(store: 
     try:
         for index in range(1, 101):
             _put(source, index, f"s{index}")
-        source.write_snapshot(path, (("cmd", 100, 1), ("cmd", 99, 1), None))
+        snapshot.write(path, source.pin_snapshot(), (("cmd", 100, 1), ("cmd", 99, 1), None))
     finally:
         source.close()
     generation = store._generation

@@ -4,7 +4,9 @@ Every rule applies one log entry to the real ``ContextStore`` and the same
 operation to a dict-based model; after every step the store's reads equal
 the model. Rules cover puts (each kind), compare-and-set with right and wrong
 versions, appends with and without idempotency keys, deletes, atomic batches,
-leader-proposed TTL expiry, snapshot-and-install into a fresh store, and the
+leader-proposed TTL expiry, snapshots pinned at one index and written (on
+another thread) after later entries were applied, installed into a fresh
+store, and the
 same entries applied again (journal replay after a crash).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
+import threading
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -25,7 +28,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from mcpdb.store import snapshot
 from mcpdb.store.commands import Command, from_entry
+from mcpdb.store.snapshot import PinnedVersion
 from mcpdb.store.state_machine import ContextStore
 
 NAMESPACES = ["a", "b"]
@@ -57,8 +62,11 @@ class StoreMachine(RuleBasedStateMachine):
         self.index = 1
         self.now = 1_000.0
         self.applied: list[tuple[int, Command]] = []
+        self.pinned: tuple[PinnedVersion, int, dict[Any, Any]] | None = None
 
     def teardown(self) -> None:
+        if self.pinned is not None:
+            self.pinned[0].txn.abort()
         self.store.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -248,22 +256,36 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.applied_index() == self.index
         assert self._snapshot_reads() == before
 
+    @precondition(lambda self: self.pinned is None)
     @rule()
-    def snapshot_into_fresh_store(self) -> None:
+    def pin_snapshot(self) -> None:
+        """Pin a snapshot's version; other rules keep applying entries before it is written."""
+        self.pinned = (self.store.pin_snapshot(), self.store.applied_index(), self._snapshot_reads())
+
+    @precondition(lambda self: self.pinned is not None)
+    @rule()
+    def write_pinned_snapshot_into_fresh_store(self) -> None:
+        """The snapshot written from the pin is the state at the pinned index, whatever was applied
+        since (the copy runs on another thread, as in a node)."""
+        assert self.pinned is not None
+        pinned, index, reads_at_pin = self.pinned
+        self.pinned = None
+        assert pinned.index == index
         path = self.directory + "/snap.tar"
-        raft_data = (("cmd", self.index, 1), ("cmd", self.index - 1, 1), None)
-        self.store.write_snapshot(path, raft_data)
+        raft_data = (("cmd", index, 1), ("cmd", index - 1, 1), None)
+        writer = threading.Thread(target=snapshot.write, args=(path, pinned, raft_data))
+        writer.start()
+        writer.join()
         fresh_dir = tempfile.mkdtemp()
         fresh = ContextStore(fresh_dir + "/store")
         try:
             assert fresh.install_snapshot(path) == raft_data
-            assert fresh.applied_index() == self.store.applied_index()
-            assert _reads(fresh) == self._snapshot_reads()
+            assert fresh.applied_index() == index
+            assert _reads(fresh) == reads_at_pin
         finally:
             fresh.close()
             shutil.rmtree(fresh_dir, ignore_errors=True)
 
-    # ------------------------------------------------------------ invariants
     def _snapshot_reads(self) -> dict[Any, Any]:
         return _reads(self.store)
 

@@ -40,9 +40,6 @@ class StoreGauges(Protocol):
     """What metrics read of the store."""
 
     @property
-    def snapshots_written(self) -> int: ...
-
-    @property
     def snapshots_installed(self) -> int: ...
 
     def stats(self) -> dict[str, int]: ...
@@ -154,7 +151,12 @@ class NodeMetrics:
         yield CounterMetricFamily(
             "mcpdb_raft_snapshots_written",
             "Snapshots (log compactions) this node wrote.",
-            value=store.snapshots_written,
+            value=raft.get("snapshots_written", 0),
+        )
+        yield CounterMetricFamily(
+            "mcpdb_raft_snapshot_failures",
+            "Snapshots this node failed to write (it keeps its journal and retries).",
+            value=raft.get("snapshot_failures", 0),
         )
         yield CounterMetricFamily(
             "mcpdb_raft_snapshots_installed",

@@ -44,6 +44,9 @@ def serve(config: NodeConfig) -> None:
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s {config.node_id} %(name)s %(levelname)s %(message)s"
     )
+    # The node's own events (elections, leader changes, snapshots, disk alarms) are one INFO line
+    # each, rare by design; libraries stay at WARNING.
+    logging.getLogger("mcpdb").setLevel(logging.INFO)
     runtime = NodeRuntime(config)
     host, port = split_host_port(config.http_addr, "--http-addr")
     server = uvicorn.Server(

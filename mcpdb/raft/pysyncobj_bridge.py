@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
-from pysyncobj.config import FAIL_REASON
+from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.journal import FileJournal
 from pysyncobj.node import Node
 from pysyncobj.transport import TCPTransport
@@ -45,6 +45,7 @@ from mcpdb.fsutil import fsync_path
 from mcpdb.raft.log_guard import reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
+from mcpdb.raft.snapshotter import CHUNK_BYTES, Snapshotter
 from mcpdb.store.state_machine import ContextStore
 
 PYSYNCOBJ_VERSION = "0.3.17"
@@ -88,16 +89,21 @@ def _refusal(error: int) -> Refusal | None:
     return None if error == FAIL_REASON.SUCCESS else Refusal(_NOT_APPLIED.get(error))
 
 
+def _snapshot_path(settings: RaftSettings) -> str:
+    return os.path.join(settings.data_dir, "raft.snapshot")
+
+
 def _syncobj_conf(settings: RaftSettings, store: ContextStore) -> Any:
     os.makedirs(settings.data_dir, exist_ok=True)
     return SyncObjConf(
         password=settings.password,
         journalFile=os.path.join(settings.data_dir, "raft.journal"),
-        fullDumpFile=os.path.join(settings.data_dir, "raft.snapshot"),
-        # A serializer of our own also means pysyncobj does not fork: the
-        # snapshot is written in the Raft thread (see ContextStore.write_snapshot).
-        serializer=store.write_snapshot,
-        deserializer=store.install_snapshot,
+        fullDumpFile=_snapshot_path(settings),
+        # Replaced by SnapshotSerializer when the transport is built; given here
+        # so that pysyncobj neither forks nor pickles its own state.
+        serializer=_unused_serializer,
+        deserializer=_unused_serializer,
+        logCompactionBatchSize=CHUNK_BYTES,
         appendEntriesUseBatch=settings.batch_append_entries,
         appendEntriesPeriod=settings.heartbeat_period,
         # Above this size pysyncobj splits an entry into a chunked
@@ -120,6 +126,50 @@ def _syncobj_conf(settings: RaftSettings, store: ContextStore) -> Any:
         recvBufferSize=1 << 20,
         onStateChanged=settings.on_state_changed,
     )
+
+
+def _unused_serializer(*_: Any) -> Any:
+    raise AssertionError("pysyncobj's serializer was replaced by SnapshotSerializer")
+
+
+class SnapshotSerializer:
+    """pysyncobj's ``Serializer`` interface (its names) over ``Snapshotter``.
+
+    pysyncobj calls ``serialize`` for its last applied entry and polls ``checkSerializing`` every
+    tick; on success it drops the journal up to the id given to ``serialize``, as after its own
+    forked child. Installed in place of ``SyncObj.__serializer`` from the transport's constructor,
+    before the Raft thread starts (the journal is swapped the same way).
+    """
+
+    def __init__(self, snapshots: Snapshotter, backlog: Callable[[Node], int], after_install: Callable[[], None]):
+        self._snapshots = snapshots
+        self._backlog = backlog
+        self._after_install = after_install
+        self._id: int | None = None
+
+    def checkSerializing(self) -> tuple[int, int | None]:  # noqa: N802 - pysyncobj's names
+        if not self._snapshots.busy:
+            return SERIALIZER_STATE.NOT_SERIALIZING, None
+        done = self._snapshots.finished()
+        if done is None:
+            return SERIALIZER_STATE.SERIALIZING, self._id
+        return (SERIALIZER_STATE.SUCCESS if done.error is None else SERIALIZER_STATE.FAILED), self._id
+
+    def serialize(self, data: tuple[Any, ...], id: int) -> None:  # noqa: A002 - pysyncobj's name
+        self._id = id
+        self._snapshots.start(data[1:])  # data[0] is pysyncobj's own state: None with a serializer
+
+    def deserialize(self) -> tuple[Any, ...]:
+        return (None, *self._snapshots.install(self._after_install))
+
+    def getTransmissionData(self, node: Node) -> tuple[bytes, bool, bool] | None:  # noqa: N802
+        return self._snapshots.chunk(node, self._backlog(node))
+
+    def setTransmissionData(self, data: tuple[bytes, bool, bool] | None) -> bool:  # noqa: N802
+        return self._snapshots.receive(data)
+
+    def cancelTransmisstion(self, node: Node) -> None:  # noqa: N802 - pysyncobj's spelling
+        self._snapshots.cancel(node)
 
 
 class SyncedJournal:
@@ -231,6 +281,10 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         self._held_acks: dict[Node, dict[str, Any]] = {}
         self._next_keepalive = 0.0
         syncObj.addOnTickCallback(self._send_keepalives)
+        if isinstance(syncObj, RaftNode):
+            syncObj._SyncObj__serializer = SnapshotSerializer(
+                syncObj.snapshots, self._backlog, syncObj.reset_election_timer
+            )
         if self.durable and journal_path is not None:
             if not isinstance(syncObj, RaftNode):
                 raise TypeError("a durable transport needs RaftNode, whose poll releases held acknowledgements")
@@ -239,6 +293,11 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             self.journal = SyncedJournal(syncObj._SyncObj__raftLog, journal_path)
             syncObj._SyncObj__raftLog = self.journal
             syncObj.addOnTickCallback(self.journal.sync)
+
+    def _backlog(self, node: Node) -> int:
+        """Bytes queued on the connection to ``node`` and not yet sent."""
+        connection = self._connections.get(node)
+        return int(connection.getSendBufferSize()) if connection is not None else 0
 
     def _send_keepalives(self) -> None:
         now = time.monotonic()
@@ -327,6 +386,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._status_taken = 0.0
         self.leader_changes = 0  # times a leader other than the last one known was seen (the first counts)
         self._last_leader: Any = None
+        self.snapshots = Snapshotter(_snapshot_path(settings), store)
         super().__init__(
             settings.self_addr,
             settings.peers,
@@ -400,7 +460,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         # LMDB transaction; commit it, then release the waiters (writes and
         # reads whose read index is now applied), so nobody is told "done"
         # before a read on this node can see the result.
-        if self._store.commit():
+        self._store.commit()
+        if self._store.take_commits():
             for listener in self._commit_listeners:
                 listener()
         self.read_index.on_tick()
@@ -478,11 +539,20 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "read_index_rounds": self.read_index.rounds,
             "journal_syncs": journal.syncs if journal is not None else None,
             "reconciled_append_entries": self._transport.reconciled_messages,
+            "snapshots_written": self.snapshots.written,
+            "snapshot_failures": self.snapshots.failed,
+            "snapshot_in_progress": self.snapshots.busy,
         }
 
+    def reset_election_timer(self) -> None:
+        """Restart the election timeout (Raft thread): installing a large snapshot kept this
+        follower from ticking, and its leader is alive (it just sent the snapshot)."""
+        self._SyncObj__raftElectionDeadline = time.monotonic() + self._SyncObj__generateRaftTimeout()
+
     def close(self) -> None:
-        """Stop the Raft thread and wait for it."""
+        """Stop the Raft thread and wait for it, then for a snapshot being written."""
         self.destroy_synchronous()
+        self.snapshots.close()
 
     # --------------------------------------------- read_index.RaftView (Raft thread)
     def is_leader(self) -> bool:

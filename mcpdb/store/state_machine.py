@@ -22,10 +22,12 @@ Layout (named LMDB databases, keys are bytes):
               (JSON: namespace, id, kind, action), the history watches read;
               the oldest versions are trimmed past ``change_history`` changes
 
-Snapshots are tar files holding pysyncobj's bookkeeping and a compacted LMDB
-copy taken inside the Raft thread, so they are exactly the state at their index.
+Snapshots (``mcpdb.store.snapshot``) are tar files holding pysyncobj's
+bookkeeping and a compacted LMDB copy of a version the Raft thread pinned
+(``pin_snapshot``), so they are exactly the state at their index; the copy
+itself runs on another thread.
 
-Threads: one writer, the Raft thread (``apply``, ``commit``, ``write_snapshot``,
+Threads: one writer, the Raft thread (``apply``, ``commit``, ``pin_snapshot``,
 ``install_snapshot``), and any number of readers. LMDB read transactions are
 MVCC snapshots that never wait for the writer, so readers take no lock: each
 read takes the current ``_Generation`` (environment and its databases) once and
@@ -45,14 +47,10 @@ is rebuilt from the snapshot and the journal replay.
 from __future__ import annotations
 
 import builtins
-import io
 import logging
 import os
-import pickle
 import shutil
 import struct
-import tarfile
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -63,6 +61,7 @@ import orjson
 
 from mcpdb.errors import HistoryTrimmed
 from mcpdb.fsutil import fsync_path
+from mcpdb.store import snapshot
 from mcpdb.store.commands import (
     Append,
     Batch,
@@ -78,6 +77,7 @@ from mcpdb.store.commands import (
     Unreadable,
 )
 from mcpdb.store.defaults import DEFAULT_CHANGE_HISTORY
+from mcpdb.store.snapshot import PinnedVersion
 
 _log = logging.getLogger(__name__)
 
@@ -91,8 +91,6 @@ _CURRENT = "CURRENT"
 _CLEAN_MARKER = "CLEAN"
 _BOOT_ID_FILE = "BOOT_ID"
 _KERNEL_BOOT_ID = "/proc/sys/kernel/random/boot_id"
-_SNAPSHOT_RAFT_MEMBER = "raft.pickle"
-_SNAPSHOT_DATA_MEMBER = "data.mdb"
 
 
 def _read_text(path: str) -> str | None:
@@ -181,9 +179,9 @@ class ContextStore:
         self._map_size = map_size
         self._change_history = change_history
         self._change_position = 0
-        self.snapshots_written = 0
         self.snapshots_installed = 0
         self._group: lmdb.Transaction | None = None
+        self._committed_unannounced = False
         os.makedirs(directory, exist_ok=True)
         self.rebuilt_after_unclean_reboot = self._discard_if_untrusted()
         # Excludes the two operations that end a generation: install_snapshot's
@@ -331,14 +329,19 @@ class ContextStore:
             case _:
                 assert_never(command)
 
-    def commit(self) -> bool:
-        """Commit the group transaction: its entries become visible to readers and durable.
-        Returns whether there was anything to commit."""
+    def commit(self) -> None:
+        """Commit the group transaction: its entries become visible to readers."""
         if self._group is None:
-            return False
+            return
         group, self._group = self._group, None
         group.commit()
-        return True
+        self._committed_unannounced = True
+
+    def take_commits(self) -> bool:
+        """Whether anything was committed since the last call (by ``commit``, or by a snapshot's pin
+        in the middle of a tick): the Raft thread announces commits once per tick."""
+        committed, self._committed_unannounced = self._committed_unannounced, False
+        return committed
 
     def _record_change(
         self, txn: lmdb.Transaction, index: int, namespace: str, context_id: str, kind: str, action: str
@@ -770,33 +773,22 @@ class ContextStore:
             }
 
     # -------------------------------------------------------------- snapshots
-    def write_snapshot(self, path: str, raft_data: Any) -> None:
-        """Write a tar of pysyncobj's bookkeeping and a compacted copy of LMDB, holding no lock.
+    def pin_snapshot(self) -> PinnedVersion:
+        """Commit what is applied and pin that version for a snapshot (the writer thread only).
 
         Exactly the state at the snapshot's index, by this argument: pysyncobj
-        calls this in the Raft thread (with a serializer of our own it does not
-        fork), the only writer, for its last applied entry; every applied entry
-        is in the group transaction, so once it is committed LMDB's latest
-        version is that index. The read transaction begun right after pins that
-        version (LMDB is MVCC): the copy reads it however long the copy, tar and
-        fsync take and whatever commits meanwhile, and readers are never
-        blocked by any of it.
+        asks for a snapshot in the Raft thread, the only writer, for its last
+        applied entry; every applied entry is in the group transaction, so once
+        it is committed LMDB's latest version is that index, and the read
+        transaction begun right after pins it (LMDB is MVCC). ``snapshot.write``
+        copies it on another thread however long that takes and whatever
+        commits meanwhile; readers and the writer are never blocked by it.
         """
         self.commit()
         generation = self._generation
-        with generation.env.begin() as version:
-            raft_bytes = pickle.dumps(raft_data)
-            with tempfile.TemporaryDirectory(dir=self._directory) as tmp:
-                generation.env.copy(tmp, compact=True, txn=version)
-                with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-                    info = tarfile.TarInfo(_SNAPSHOT_RAFT_MEMBER)
-                    info.size = len(raft_bytes)
-                    tar.addfile(info, io.BytesIO(raft_bytes))
-                    tar.add(os.path.join(tmp, _SNAPSHOT_DATA_MEMBER), arcname=_SNAPSHOT_DATA_MEMBER)
-                    tar.close()
-                    raw.flush()
-                    os.fsync(raw.fileno())
-        self.snapshots_written += 1
+        txn = generation.env.begin()
+        raw = txn.get(_APPLIED, db=generation.dbs[b"meta"])
+        return PinnedVersion(generation.env, txn, int(_U64.unpack(raw)[0]) if raw else 0)
 
     def install_snapshot(self, path: str, snapshot_index: int | None = None) -> Any:
         """Load a snapshot; returns pysyncobj's bookkeeping stored in it.
@@ -808,25 +800,17 @@ class ContextStore:
         in one assignment: reads before it see the old state, reads after it
         the snapshot's, and none waits (see the module docstring).
         """
-        with tarfile.open(path, "r") as tar:
-            member = tar.extractfile(_SNAPSHOT_RAFT_MEMBER)
-            assert member is not None
-            raft_data = pickle.loads(member.read())
-            index = snapshot_index if snapshot_index is not None else raft_data[0][1]
-            self.commit()
-            if self.applied_index() >= index:
-                return raft_data
-            old_generation = self._current_generation()
-            generation = f"gen-{int(old_generation.split('-')[1]) + 1}"
-            target = os.path.join(self._directory, generation)
-            shutil.rmtree(target, ignore_errors=True)
-            os.makedirs(target)
-            data = tar.extractfile(_SNAPSHOT_DATA_MEMBER)
-            assert data is not None
-            with open(os.path.join(target, _SNAPSHOT_DATA_MEMBER), "wb") as out:
-                shutil.copyfileobj(data, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
+        raft_data = snapshot.read_raft_data(path)
+        index = snapshot_index if snapshot_index is not None else raft_data[0][1]
+        self.commit()
+        if self.applied_index() >= index:
+            return raft_data
+        old_generation = self._current_generation()
+        generation = f"gen-{int(old_generation.split('-')[1]) + 1}"
+        target = os.path.join(self._directory, generation)
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
+        snapshot.extract_data(path, os.path.join(target, snapshot.DATA_MEMBER))
         opened = self._open(generation)
         with self._swap_lock:
             self._set_current(generation)

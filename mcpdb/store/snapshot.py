@@ -1,0 +1,115 @@
+"""Snapshot files: pysyncobj's bookkeeping and a compacted LMDB copy of one pinned version, in one tar.
+
+A snapshot is written from a ``PinnedVersion``: a read transaction the Raft thread began right after
+committing everything it applied, so the copy is exactly the state at the snapshot's index however
+long the copy takes and whatever commits meanwhile (LMDB is MVCC; a read transaction may move to
+another thread, py-lmdb opens every environment with ``MDB_NOTLS``). That is what lets the copy run
+on a thread of its own while the Raft thread keeps heartbeating and applying (``write`` is the part
+that runs there).
+
+The file is a plain tar (release 0.1 wrote and reads the same members): ``raft.pickle`` then
+``data.mdb``. LMDB streams the compacted copy straight into the tar (``copyfd``), so a snapshot
+needs its own size of disk once, not twice (copy, then tar of the copy); the data member's header is
+written last, when its size is known. Reading one back streams the member out with
+``copy_file_range`` (the kernel copies, nothing passes through the heap).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+RAFT_MEMBER = "raft.pickle"
+DATA_MEMBER = "data.mdb"
+_BLOCK = tarfile.BLOCKSIZE
+_COPY_CHUNK = 64 << 20  # per copy_file_range call
+_SYNC_EVERY = 256 << 20  # flush while extracting, so the final fsync does not wait for gigabytes
+
+
+@dataclass
+class PinnedVersion:
+    """A read transaction on one environment, at applied index ``index``; ``write`` ends it."""
+
+    env: lmdb.Environment
+    txn: lmdb.Transaction
+    index: int
+
+
+def _pad(out: io.BufferedWriter, size: int) -> None:
+    remainder = size % _BLOCK
+    if remainder:
+        out.write(b"\0" * (_BLOCK - remainder))
+
+
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o600
+    # GNU format: sizes past 8 GiB are stored base-256 in the same 512-byte header.
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def write(path: str, pinned: PinnedVersion, raft_data: Any) -> int:
+    """Write the snapshot of ``pinned`` to ``path`` (fsynced) and end the read transaction.
+
+    Returns the file's size. Any thread: it only reads the pinned version.
+    """
+    try:
+        raft_bytes = pickle.dumps(raft_data)
+        with open(path, "wb") as out:
+            out.write(_header(RAFT_MEMBER, len(raft_bytes)))
+            out.write(raft_bytes)
+            _pad(out, len(raft_bytes))
+            data_header = out.tell()
+            out.write(b"\0" * _BLOCK)
+            out.flush()
+            data_start = out.tell()
+            # LMDB writes the copy with write(2) from the descriptor's current offset.
+            pinned.env.copyfd(out.fileno(), compact=True, txn=pinned.txn)
+            data_end = os.lseek(out.fileno(), 0, os.SEEK_END)
+            out.seek(data_end)
+            _pad(out, data_end - data_start)
+            out.write(b"\0" * (2 * _BLOCK))  # end of archive
+            size = out.tell()
+            out.seek(data_header)
+            out.write(_header(DATA_MEMBER, data_end - data_start))
+            out.flush()
+            os.fsync(out.fileno())
+        return size
+    finally:
+        pinned.txn.abort()
+
+
+def read_raft_data(path: str) -> Any:
+    """pysyncobj's bookkeeping stored in the snapshot at ``path``."""
+    with tarfile.open(path, "r") as tar:
+        member = tar.extractfile(RAFT_MEMBER)
+        if member is None:
+            raise ValueError(f"{path}: no {RAFT_MEMBER} in the snapshot")
+        return pickle.loads(member.read())
+
+
+def extract_data(path: str, target: str) -> None:
+    """Copy the snapshot's LMDB file to ``target`` (fsynced), in the kernel."""
+    with tarfile.open(path, "r") as tar:
+        member = tar.getmember(DATA_MEMBER)
+        offset, remaining = member.offset_data, member.size
+    with open(path, "rb") as source, open(target, "wb") as out:
+        unsynced = 0
+        while remaining:
+            copied = os.copy_file_range(source.fileno(), out.fileno(), min(remaining, _COPY_CHUNK), offset)
+            if copied == 0:
+                raise ValueError(f"{path}: the snapshot ends inside {DATA_MEMBER}")
+            offset += copied
+            remaining -= copied
+            unsynced += copied
+            if unsynced >= _SYNC_EVERY:
+                os.fdatasync(out.fileno())
+                unsynced = 0
+        os.fsync(out.fileno())
