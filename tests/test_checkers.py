@@ -23,8 +23,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jepsen_like import runner
 from jepsen_like.checkers import chat, linearizability, list_append
 from jepsen_like.history import History, Op, Recorder, by_key, pairs
+from jepsen_like.workloads import ListAppendWorkload, RegisterWorkload
 
 
 class H:
@@ -526,8 +528,23 @@ def test_log_order_must_respect_real_time() -> None:
     assert anomalies(history) == ["reordered"]
 
 
+def test_a_read_showing_a_value_holds_everything_logged_before_that_value_was_appended() -> None:
+    """The read began before 1 was acknowledged, but it shows 2, whose append began only after: 1 precedes 2 in
+    the log, so a read holding 2 holds 1."""
+    history = H().inv(3, "read").inv(1, "append", 1).ok(1).inv(1, "append", 2).ok(1).ok(3, [2])
+    assert anomalies(history) == ["lost"]
+    chain = H().inv(3, "read").inv(1, "append", 1).ok(1).inv(1, "append", 2).ok(1).inv(1, "append", 3).ok(1)
+    result = list_append.check(chain.ok(3, [3]).ops)
+    assert result["counts"] == {"lost": 2}
+    assert {a["details"]["value"]: a["details"]["because_it_shows"] for a in result["anomalies"]} == {1: 3, 2: 3}
+    behind = H().inv(3, "read").inv(1, "append", 1).ok(1).inv(1, "append", 2).ok(1).ok(3, [2])
+    assert anomalies(behind.inv(3, "read").ok(3, [1, 2])) == ["reordered", "stale_read"]  # 1 was there all along
+    concurrent = H().inv(3, "read").inv(1, "append", 1).inv(2, "append", 2).ok(2).ok(3, [2]).ok(1)
+    assert anomalies(concurrent) == []  # 2 began before 1 was acknowledged: 2 may come first
+
+
 def test_final_state_on_every_node() -> None:
-    acknowledged = {"s": [1, 2]}
+    acknowledged = H().inv(1, "append", 1, key="s").ok(1).inv(1, "append", 2, key="s").ok(1).ops
     assert list_append.check_final(acknowledged, {"n1": {"s": [1, 2]}, "n2": {"s": [1, 2]}}) == []
     found = list_append.check_final(acknowledged, {"n1": {"s": [1, 2]}, "n2": {"s": [1]}, "n3": {}})
     assert sorted(a["kind"] for a in found) == ["lost_on_node", "lost_on_node", "replicas_differ"]
@@ -629,7 +646,10 @@ def naive_list_anomalies(ops: list[Op]) -> set[tuple[Any, ...]]:
                 ):
                     per_read.add(("reordered", key, "real time"))
         for invocation, completion in reads:
-            missing = [v for v, index in known_at.items() if index < invocation.index and v not in completion.value]
+            # A read begins no earlier than the latest append among the (not phantom) values it shows.
+            shown = [appends[v][0].index for v in completion.value if v in appends]
+            began = max([invocation.index, *(index for index in shown if index < completion.index)])
+            missing = [v for v, index in known_at.items() if index < began and v not in completion.value]
             stale = [v for v in missing if last_seen.get(v, -1) > completion.index]
             if stale:
                 per_read.add(("stale_read", key, invocation.index, len(stale)))
@@ -735,3 +755,57 @@ def test_chat_checker_ignores_concurrent_chats() -> None:
     """Chat 2 began before chat 1 was acknowledged: its reply may or may not have seen chat 1."""
     ops = H().inv(1, "chat", 1).inv(2, "chat", 2).ok(1, 1).ok(2, 2).ops
     assert chat.check(ops, {"k": _exchange(1, 0) + _exchange(2, 0)})["valid"]
+
+
+# --------------------------------------------------------------------- final reads after healing
+def final_verdict(workload: Any, history: H, *finals: Any) -> dict[str, Any]:
+    """What the harness's checks say of key k's final reads (node n1's first, then n2's...) after ``history``."""
+    workload.keys = ["k"]
+    checks = runner._check(history.recorder, [workload], {f"n{n}": {"k": final} for n, final in enumerate(finals, 1)})
+    return checks[f"{workload.name}-final"]
+
+
+def test_final_register_value_is_one_the_acknowledged_writes_allow() -> None:
+    """After healing, the register holds the last acknowledged write's value, or one written concurrently with it
+    or after it: never an older one, even if every replica agrees on it."""
+    sequential = H().inv(1, "write", 1).ok(1).inv(1, "write", 2).ok(1)
+    assert final_verdict(RegisterWorkload(), sequential, 2, 2, 2) == {"valid": True, "anomalies": []}
+    lost = final_verdict(RegisterWorkload(), sequential, 1, 1, 1)
+    assert lost["valid"] is False  # 2 was acknowledged, and began after 1 was: it is lost on every node
+    (anomaly,) = lost["anomalies"]
+    assert (anomaly["kind"], anomaly["key"]) == ("impossible_final", "k")
+    details = anomaly["details"]
+    assert (details["value"], details["nodes"], details["reason"]) == (1, ["n1", "n2", "n3"], "superseded")
+    assert (details["possible"], details["last_acknowledged"]["value"]) == ([2], 2)
+    never = final_verdict(RegisterWorkload(), sequential, 9)
+    assert never["anomalies"][0]["details"]["reason"] == "never written"
+    concurrent = H().inv(1, "write", 1).inv(2, "write", 2).ok(1).ok(2)
+    assert final_verdict(RegisterWorkload(), concurrent, 1)["valid"] is True
+    assert final_verdict(RegisterWorkload(), concurrent, 2)["valid"] is True
+    unsure = H().inv(1, "write", 1).ok(1).inv(2, "write", 3).info(2).inv(1, "write", 2).ok(1).inv(3, "write", 4)
+    unsure.fail(3)
+    assert final_verdict(RegisterWorkload(), unsure, 3)["valid"] is True  # it may have taken effect after 2
+    assert final_verdict(RegisterWorkload(), unsure, 4)["valid"] is False  # certainly never applied
+    assert final_verdict(RegisterWorkload(), unsure, 1)["valid"] is False
+    cas = H().inv(1, "write", 1).ok(1).inv(1, "cas", [1, 5]).ok(1)
+    assert final_verdict(RegisterWorkload(), cas, 5)["valid"] is True
+    assert final_verdict(RegisterWorkload(), cas, 1)["valid"] is False
+    assert final_verdict(RegisterWorkload(), H(), None)["valid"] is True  # never written: absent
+    only_info = H().inv(1, "write", 1).info(1)
+    assert final_verdict(RegisterWorkload(), only_info, None, 1)["anomalies"][0]["kind"] == "replicas_differ"
+    assert final_verdict(RegisterWorkload(), only_info, 1)["valid"] is True
+    assert final_verdict(RegisterWorkload(), only_info, None)["valid"] is True
+
+
+def test_final_lists_keep_the_real_time_order_of_acknowledged_appends() -> None:
+    """1 was acknowledged before 2 was sent, so every node must hold 1 before 2, even if all agree otherwise."""
+    history = H().inv(1, "append", 1).ok(1).inv(1, "append", 2).ok(1)
+    assert final_verdict(ListAppendWorkload(), history, [1, 2], [1, 2]) == {"valid": True, "anomalies": []}
+    assert final_verdict(ListAppendWorkload(), history, [2, 1], [2, 1])["valid"] is False
+    swapped = final_verdict(ListAppendWorkload(), history, [1, 2], [2, 1])["anomalies"]
+    assert [a["kind"] for a in swapped] == ["reordered_on_node", "replicas_differ"]
+    assert {k: swapped[0]["details"][k] for k in ("node", "before", "after")} == {"node": "n2", "before": 2, "after": 1}
+    concurrent = H().inv(1, "append", 1).inv(2, "append", 2).ok(1).ok(2)
+    assert final_verdict(ListAppendWorkload(), concurrent, [2, 1])["valid"] is True
+    late = H().inv(1, "append", 1).info(1).inv(2, "append", 2).ok(2)
+    assert final_verdict(ListAppendWorkload(), late, [2, 1])["valid"] is True  # 1 took effect after its timeout

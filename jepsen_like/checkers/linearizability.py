@@ -51,6 +51,17 @@ used a subset of the ``info`` operations of an explored one, with the same
 The time budget covers the whole check. A key whose search outlives it is
 "unknown", never a guessed verdict; a key whose search is short still gets
 its verdict, since the clock is only read every ``_CLOCK_EVERY`` steps.
+
+After healing, ``check_final`` holds every node's final value of a register
+to the writes (and cas operations, which write their new value): replicas
+agreeing is not enough, since a write lost before it was replicated leaves
+them agreeing on an older value. The register ends with the value of the
+last write linearized, so a write that completed before some acknowledged
+write began cannot have left the final value; any other (acknowledged,
+indeterminate, or never completed) can. Comparing against the acknowledged
+write that began last is enough: every write superseded by some
+acknowledged write completed before that one began. Absent is possible only
+if no write was acknowledged.
 """
 
 from __future__ import annotations
@@ -384,3 +395,47 @@ def check(ops: Iterable[Op], time_budget: float = 60.0) -> dict[str, Any]:
     elif UNKNOWN in verdicts.values():
         valid = UNKNOWN
     return {"valid": valid, "keys": verdicts, "anomalies": anomalies}
+
+
+def _finals(ok_ops: list[_Operation], twins: list[_Twins]) -> tuple[list[Any], _Operation | None, set[Any]]:
+    """The values a key may hold after all its operations, the acknowledged write that began last, and every
+    value any write or cas that did not fail may have left."""
+    writes = [op for op in ok_ops if op.f != "read"] + [op for group in twins for op in group.ops]
+    last = max((op for op in writes if not op.info), key=lambda op: op.invocation.index, default=None)
+    begun = last.invocation.index if last is not None else -1
+    leaves = [op.argument if op.f == "write" else op.argument[1] for op in writes]
+    possible = [value for op, value in zip(writes, leaves, strict=True) if op.info or op.completion.index > begun]
+    if last is None:
+        possible.append(None)
+    return list(dict.fromkeys(possible)), last, set(leaves)
+
+
+def check_final(ops: Iterable[Op], final_reads: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """After healing: each node's value of each register one the writes allow (see the module docstring), and
+    every node holding the same value.
+
+    ``final_reads`` maps node to key to the value that node holds (None:
+    absent); a key a node did not report counts as absent.
+    """
+    anomalies: list[dict[str, Any]] = []
+    operations = by_key(ops)
+    for key in sorted({key for values in final_reads.values() for key in values} | set(operations)):
+        held = {node: values.get(key) for node, values in sorted(final_reads.items())}
+        possible, last, written = _finals(*_operations(operations.get(key, [])))
+        nodes_by_value: dict[Any, list[str]] = {}
+        for node, value in held.items():
+            nodes_by_value.setdefault(value, []).append(node)
+        for value, nodes in nodes_by_value.items():
+            if _freeze(value) in possible:
+                continue
+            details = {
+                "value": value,
+                "nodes": nodes,
+                "reason": "superseded" if _freeze(value) in written else "never written",
+                "possible": possible[:_CONCURRENT],
+                "last_acknowledged": _summary(last) if last is not None else None,
+            }
+            anomalies.append({"key": key, "kind": "impossible_final", "details": details})
+        if len(nodes_by_value) > 1:
+            anomalies.append({"key": key, "kind": "replicas_differ", "details": {"values": held}})
+    return anomalies

@@ -6,6 +6,13 @@ every read of a key must be a prefix of one sequence, and a read must hold
 every value that was certainly in the log when it began: values whose append
 was acknowledged before, and values an earlier completed read already showed.
 
+A read also begins, as far as the log is concerned, no earlier than the
+latest append among the values it shows: each of those was added to the log
+after its append began, behind everything certainly there by then. So a read
+showing B must hold A if A was certainly in the log when B's append began,
+even if the read itself began earlier (transitively too: whatever had to
+precede A was certainly in the log before A's append began, so before B's).
+
 Anomalies (one per value, with the number of reads it concerns, or one per
 read where the read is the culprit):
 
@@ -22,20 +29,30 @@ read where the read is the culprit):
 - ``lost``: a value that was certainly in the log, missing from a read that
   began afterwards and from every read that began after that one: it is
   gone, as far as the history can tell (``check_final`` asks every node).
+  Both name, as ``because_it_shows``, the value the read shows that
+  required the missing one, when the read's own start did not.
 
 Sessions grow long, and every read returns all of one, so checking each read
 value by value costs reads x length. In a healthy history every read is a
 prefix of the longest one, so a "clean" read (a prefix, showing nothing
 appended after it completed) is checked in constant time against arrays
 indexed by position in the longest read; only the other reads, anomalous by
-definition, are checked value by value.
+definition, are checked value by value. The latest append among a clean
+read's values is one more look-up, in an array of running maxima over the
+longest read.
+
+After healing, ``check_final`` holds every node's lists to the acknowledged
+appends: each one present, once, and in an order real time allows (an
+append acknowledged before another began comes first), the same on every
+node. Being the same on every node is not enough: a leader that reordered
+or dropped an entry before replicating it leaves the replicas in agreement.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -89,6 +106,7 @@ class _Key:
     appends: dict[Any, _Read]
     reads: list[_Read]  # ok reads, in invocation order
     longest: list[Any]
+    latest: list[int] = field(default_factory=list)  # n -> latest invocation among the first n values' appends
     first: dict[Any, int] = field(default_factory=dict)  # value -> first position in the longest read
     known_at: dict[Any, int] = field(default_factory=dict)  # value -> event index from which it was surely logged
     last_seen: dict[Any, int] = field(default_factory=dict)  # value -> invocation index of the last read showing it
@@ -99,7 +117,8 @@ class _Key:
         return append is not None and append[1].type != "fail"
 
 
-def _check_key(key: str, operations: list[_Read]) -> list[dict[str, Any]]:
+def _appends(key: str, operations: list[_Read]) -> dict[Any, _Read]:
+    """Each appended value's operation; values must be unique per key, or a read could not say which it shows."""
     appends: dict[Any, _Read] = {}
     for invocation, completion in operations:
         if invocation.f == "append":
@@ -109,6 +128,11 @@ def _check_key(key: str, operations: list[_Read]) -> list[dict[str, Any]]:
                     "the checker needs unique values"
                 )
             appends[invocation.value] = (invocation, completion)
+    return appends
+
+
+def _check_key(key: str, operations: list[_Read]) -> list[dict[str, Any]]:
+    appends = _appends(key, operations)
     reads = [(i, c) for i, c in operations if i.f == "read" and c.type == "ok"]
     longest = list(max((c.value for _, c in reads), key=len, default=[]))
     state = _Key(_Findings(key), appends, reads, longest)
@@ -126,14 +150,14 @@ def _check_key(key: str, operations: list[_Read]) -> list[dict[str, Any]]:
 
 def _split(state: _Key) -> tuple[list[_Read], list[_Read]]:
     """Clean reads (prefixes of the longest, showing nothing appended after they completed) and the others."""
-    # latest[n]: the latest invocation among the appends of the first n values of the longest read.
     invoked = (state.appends[v][0].index if v in state.appends else -1 for v in state.longest)
-    latest = [-1, *accumulate(invoked, max)]
-    clean, odd = [], []
+    state.latest = [-1, *accumulate(invoked, max)]
+    clean: list[_Read] = []
+    odd: list[_Read] = []
     for read in state.reads:
         values = read[1].value
         is_prefix = list(values) == state.longest[: len(values)]
-        (clean if is_prefix and latest[len(values)] < read[1].index else odd).append(read)
+        (clean if is_prefix and state.latest[len(values)] < read[1].index else odd).append(read)
     return clean, odd
 
 
@@ -203,32 +227,54 @@ def _check_order(state: _Key, odd: list[_Read]) -> None:
         state.found.add(
             "reordered", read=_describe(read), position=at, got=values[window], longest=state.longest[window]
         )
-    # Scanning from the end: the earliest acknowledgement among the values after the current one.
+    inversion = _real_time_inversion(state.longest, state.appends)
+    if inversion is not None:
+        state.found.add("reordered", reason=_INVERSION, before=inversion[0], after=inversion[1])
+
+
+_INVERSION = "an append acknowledged before another began comes after it"
+
+
+def _real_time_inversion(values: Sequence[Any], appends: dict[Any, _Read]) -> tuple[Any, Any] | None:
+    """The first pair (earlier in ``values``, later) whose later value's append was acknowledged before the
+    earlier one's began, if any: one pass from the end, keeping the earliest acknowledgement seen so far."""
     earliest_ack, acked_value = NEVER_INDEX, None
-    for value in reversed(state.longest):
-        append = state.appends.get(value)
+    for value in reversed(values):
+        append = appends.get(value)
         if append is None:
             continue
         invocation, completion = append
         if earliest_ack < invocation.index:
-            state.found.add(
-                "reordered",
-                reason="an append acknowledged before another began comes after it",
-                before=value,
-                after=acked_value,
-            )
-            return
+            return value, acked_value
         if completion.type == "ok" and completion.index < earliest_ack:
             earliest_ack, acked_value = completion.index, value
+    return None
+
+
+def _horizon(state: _Key, read: _Read) -> tuple[int, Any]:
+    """When ``read`` began as far as the log is concerned, and the value that says so (None: its invocation).
+
+    That is the latest invocation among the appends of the values it shows
+    (those appended before it completed: a phantom proves nothing), if later
+    than the read's own.
+    """
+    invocation, completion = read
+    horizon, shown = invocation.index, None
+    for value in completion.value:
+        append = state.appends.get(value)
+        if append is not None and horizon < append[0].index < completion.index:
+            horizon, shown = append[0].index, value
+    return horizon, shown
 
 
 def _check_missing(state: _Key, clean: list[_Read], odd: list[_Read]) -> None:
     """Stale reads and lost values: what was certainly in the log when a read began must be in it.
 
-    A clean read of length n misses something iff some value not among the
-    first n of the longest read was known before it began: one look-up in
-    ``unseen_from``, the earliest a value first at position n or later (or
-    nowhere) became known.
+    "Began" is the read's horizon (see ``_horizon``). A clean read of length n
+    misses something iff some value not among the first n of the longest read
+    was known before its horizon: one look-up in ``unseen_from``, the earliest
+    a value first at position n or later (or nowhere) became known, against
+    the later of its invocation and ``latest[n]``.
     """
     end = len(state.longest)
     unseen_from = [NEVER_INDEX] * (end + 1)
@@ -238,17 +284,26 @@ def _check_missing(state: _Key, clean: list[_Read], odd: list[_Read]) -> None:
     unseen_from = list(accumulate(reversed(unseen_from), min))[::-1]
     known = sorted((index, value) for value, index in state.known_at.items())
     known_indices = [index for index, _ in known]
-    suspects = [read for read in clean if unseen_from[len(read[1].value)] < read[0].index] + odd
+    suspects = [
+        read for read in clean if unseen_from[len(read[1].value)] < max(read[0].index, state.latest[len(read[1].value)])
+    ] + odd
     for read in sorted(suspects, key=lambda r: r[0].index):
         invocation, completion = read
+        horizon, shown = _horizon(state, read)
         present = set(completion.value)
-        missing = [v for _, v in known[: bisect_left(known_indices, invocation.index)] if v not in present]
+        missing = [v for _, v in known[: bisect_left(known_indices, horizon)] if v not in present]
+        # Values the read's own invocation would not have required: only what it shows does.
+        implied = {value for value in missing if state.known_at[value] >= invocation.index}
         stale = [value for value in missing if state.last_seen.get(value, -1) > completion.index]
         if stale:
-            state.found.add("stale_read", read=_describe(read), missing=stale[:_SHOWN], missing_count=len(stale))
+            because = {"because_it_shows": shown} if implied.intersection(stale) else {}
+            state.found.add(
+                "stale_read", read=_describe(read), missing=stale[:_SHOWN], missing_count=len(stale), **because
+            )
         for value in missing:
             if state.last_seen.get(value, -1) <= completion.index:
-                state.found.per_value("lost", value, read, known_since_index=state.known_at[value])
+                because = {"because_it_shows": shown} if value in implied else {}
+                state.found.per_value("lost", value, read, known_since_index=state.known_at[value], **because)
 
 
 def check(ops: Iterable[Op]) -> dict[str, Any]:
@@ -257,30 +312,35 @@ def check(ops: Iterable[Op]) -> dict[str, Any]:
     return {"valid": not anomalies, "anomalies": anomalies, "counts": dict(Counter(a["kind"] for a in anomalies))}
 
 
-def check_final(
-    acknowledged: dict[str, list[Any]], final_reads: dict[str, dict[str, Sequence[Any]]]
-) -> list[dict[str, Any]]:
-    """After healing: every acknowledged append on every node, once, and all nodes holding the same lists.
+def check_final(ops: Iterable[Op], final_reads: Mapping[str, Mapping[str, Sequence[Any]]]) -> list[dict[str, Any]]:
+    """After healing: every acknowledged append on every node, once, in an order real time allows, and all nodes
+    holding the same lists.
 
-    ``final_reads`` maps node to key to the list that node holds; a key a node
-    did not report counts as an empty list.
+    ``ops`` is the history; ``final_reads`` maps node to key to the list that
+    node holds; a key a node did not report counts as an empty list.
     """
     anomalies = []
 
     def anomaly(kind: str, key: str, **details: Any) -> None:
         anomalies.append({"kind": kind, "key": key, "details": details})
 
+    appends = {key: _appends(key, pairs(key_ops)) for key, key_ops in by_key(ops).items()}
+    keys = sorted({key for lists in final_reads.values() for key in lists} | set(appends))
     for node, lists in sorted(final_reads.items()):
-        for key, values in sorted(acknowledged.items()):
+        for key in keys:
             present = lists.get(key) or []
             held = set(present)
-            missing = [value for value in values if value not in held]
+            key_appends = appends.get(key, {})
+            missing = [value for value, (_, done) in key_appends.items() if done.type == "ok" and value not in held]
             if missing:
                 anomaly("lost_on_node", key, node=node, missing=missing[:_SHOWN], missing_count=len(missing))
             duplicated = [value for value, copies in Counter(present).items() if copies > 1]
             if duplicated:
                 anomaly("duplicate_on_node", key, node=node, values=duplicated[:_SHOWN])
-    for key in sorted({key for lists in final_reads.values() for key in lists} | set(acknowledged)):
+            inversion = _real_time_inversion(present, key_appends)
+            if inversion is not None:
+                anomaly("reordered_on_node", key, node=node, reason=_INVERSION, before=inversion[0], after=inversion[1])
+    for key in keys:
         if len({tuple(lists.get(key) or []) for lists in final_reads.values()}) > 1:
             anomaly(
                 "replicas_differ",
