@@ -47,11 +47,13 @@ is rebuilt from the snapshot and the journal replay.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import logging
 import os
 import shutil
 import struct
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never, cast
@@ -83,9 +85,27 @@ _log = logging.getLogger(__name__)
 
 _U64 = struct.Struct(">Q")
 _SEP = b"\x00"
-_DB_NAMES = (b"meta", b"ctx", b"turns", b"expiry", b"idem", b"nodes", b"tokens", b"changes")
+_DB_NAMES = (
+    b"meta",
+    b"ctx",
+    b"turns",
+    b"expiry",
+    b"idem",
+    b"nodes",
+    b"tokens",
+    b"changes",
+    b"by_kind",
+    b"by_owner",
+)
+_INDEXES = (b"by_kind", b"by_owner")
 _APPLIED = b"applied"
 _TRIMMED = b"changes_trimmed"
+_INDEX_FORMAT = b"index_format"  # -> _INDEX_MARK: the indexes' format and the applied index they are current at
+_INDEX_MARK = struct.Struct(">IQ")
+_INDEX_VERSION = 1  # what ``by_kind``, ``by_owner`` and the kind counts hold; another value rebuilds them
+_KIND_COUNT = b"kind_count\x00"  # + kind -> contexts of that kind (8 bytes); absent when none
+_NOBODY = b"-"  # by_owner's owner of a memory with no user_id; a user's owner starts with _USER
+_USER = b"u"
 _U32 = struct.Struct(">I")
 _CURRENT = "CURRENT"
 _CLEAN_MARKER = "CLEAN"
@@ -112,12 +132,80 @@ def _write_durably(path: str, text: str) -> None:
     fsync_path(os.path.dirname(path) or ".")
 
 
+_Dbs = dict[bytes, Any]  # name -> LMDB database handle (``lmdb._Database``, private in py-lmdb)
+
+
 def _key(namespace: str, context_id: str) -> bytes:
     return namespace.encode() + _SEP + context_id.encode()
 
 
 def _turn_prefix(namespace: str, context_id: str) -> bytes:
     return _key(namespace, context_id) + _SEP
+
+
+def _owner(user_id: Any) -> bytes:
+    """A memory's owner as ``by_owner`` keys it: ``_NOBODY``, or ``_USER`` and the SHA-256 of the user_id's
+    JSON. Digested because a user_id is any string (up to 256 KiB, NULs allowed) and an LMDB key at most
+    511 bytes; the two lengths differ, so no user's entries fall inside nobody's key range."""
+    return _NOBODY if user_id is None else _USER + hashlib.sha256(orjson.dumps(user_id)).digest()
+
+
+def _index_entries(key: bytes, record: dict[str, Any]) -> builtins.list[tuple[bytes, bytes]]:
+    """The (index database, key) pairs of the context stored at ctx ``key``: a function of its record alone,
+    so maintaining them write by write and building them from ``ctx`` give the same indexes."""
+    kind = record["kind"]
+    entries = [(b"by_kind", kind.encode() + _SEP + key)]
+    if kind == "memory":
+        namespace, context_id = key.split(_SEP, 1)
+        owner = _owner(record["fields"].get("user_id"))
+        entries.append((b"by_owner", namespace + _SEP + owner + _SEP + context_id))
+    return entries
+
+
+def _add_count(txn: lmdb.Transaction, dbs: _Dbs, kind: str, delta: int) -> None:
+    key = _KIND_COUNT + kind.encode()
+    raw = txn.get(key, db=dbs[b"meta"])
+    count = (_U64.unpack(raw)[0] if raw else 0) + delta
+    if count:
+        txn.put(key, _U64.pack(count), db=dbs[b"meta"])
+    elif raw:  # absent rather than zero: the counts a rebuild derives from ctx have no zeros
+        txn.delete(key, db=dbs[b"meta"])
+
+
+def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
+    """Build the indexes and kind counts from ``ctx`` unless they are ``_INDEX_VERSION``'s and current at
+    the applied index: a store or snapshot written before them has none, and a release without them
+    (0.1, in a mixed cluster) applies entries to a snapshot that has them without updating them.
+    Derived from the data alone, so every replica that opens the same data holds the same indexes.
+    One write transaction: a crash midway leaves the old mark, and the next open starts again."""
+    with env.begin(write=True) as txn:
+        raw = txn.get(_APPLIED, db=dbs[b"meta"])
+        applied = _U64.unpack(raw)[0] if raw else 0
+        if txn.get(_INDEX_FORMAT, db=dbs[b"meta"]) == _INDEX_MARK.pack(_INDEX_VERSION, applied):
+            return
+        started = time.monotonic()
+        for name in _INDEXES:
+            txn.drop(dbs[name], delete=False)
+        meta = txn.cursor(db=dbs[b"meta"])
+        if meta.set_range(_KIND_COUNT):
+            while meta.key().startswith(_KIND_COUNT):
+                if not meta.delete():
+                    break
+        counts: dict[str, int] = {}
+        for key, value in txn.cursor(db=dbs[b"ctx"]):
+            record = orjson.loads(value)
+            for name, index_key in _index_entries(key, record):
+                txn.put(index_key, b"", db=dbs[name])
+            counts[record["kind"]] = counts.get(record["kind"], 0) + 1
+        for kind, count in counts.items():
+            _add_count(txn, dbs, kind, count)
+        txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, applied), db=dbs[b"meta"])
+    _log.info(
+        "built the store's indexes (format %d) over %d contexts in %.1f s",
+        _INDEX_VERSION,
+        sum(counts.values()),
+        time.monotonic() - started,
+    )
 
 
 @dataclass(frozen=True)
@@ -160,9 +248,6 @@ class _Abort(Exception):
         self.result = result
 
 
-_Dbs = dict[bytes, Any]  # name -> LMDB database handle (``lmdb._Database``, private in py-lmdb)
-
-
 @dataclass(frozen=True)
 class _Generation:
     """One LMDB environment and its database handles (which belong to that environment only)."""
@@ -179,6 +264,7 @@ class ContextStore:
         self._map_size = map_size
         self._change_history = change_history
         self._change_position = 0
+        self._kind_deltas: dict[str, int] = {}  # of the command being applied (see _apply_in)
         self.snapshots_installed = 0
         self._group: lmdb.Transaction | None = None
         self._committed_unannounced = False
@@ -237,7 +323,9 @@ class ContextStore:
             readahead=False,
             max_readers=512,
         )
-        return _Generation(env, {name: env.open_db(name) for name in _DB_NAMES})
+        dbs = {name: env.open_db(name) for name in _DB_NAMES}
+        _ensure_indexes(env, dbs)
+        return _Generation(env, dbs)
 
     def close(self) -> None:
         """Flush and close; the clean-shutdown marker tells the next open it can trust the files."""
@@ -275,6 +363,7 @@ class ContextStore:
             self._change_position = 0
             result = self._apply_in(txn, index, command)
             txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
+            txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, index), db=self._dbs[b"meta"])
             if self._change_position:
                 self._trim_history(txn)
         if commit:
@@ -287,9 +376,13 @@ class ContextStore:
         # entry itself still counts as applied. LMDB errors (disk full, I/O)
         # propagate: a replica that cannot apply deterministically must stop,
         # not diverge.
+        # Kind counts change by the command's sum, written once before it commits.
         child = self._generation.env.begin(write=True, parent=txn)
+        self._kind_deltas.clear()
         try:
             result = self._dispatch(child, index, command)
+            for kind, delta in self._kind_deltas.items():
+                _add_count(child, self._dbs, kind, delta)
             child.commit()
             return result
         except _Abort as abort:
@@ -394,6 +487,27 @@ class ContextStore:
                     if not cursor.delete():
                         break
 
+    def _reindex(
+        self, txn: lmdb.Transaction, key: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None
+    ) -> None:
+        """Move the context at ``key`` in the indexes and kind counts from record ``old`` to ``new``
+        (None: absent), in the transaction of the write itself."""
+        before = _index_entries(key, old) if old else []
+        after = _index_entries(key, new) if new else []
+        if before == after:  # an overwrite keeping kind and owner, the common one
+            return
+        dbs = self._dbs
+        for entry in before:
+            if entry not in after:
+                txn.delete(entry[1], db=dbs[entry[0]])
+        for entry in after:
+            if entry not in before:
+                txn.put(entry[1], b"", db=dbs[entry[0]])
+        if old and (not new or new["kind"] != old["kind"]):
+            self._kind_deltas[old["kind"]] = self._kind_deltas.get(old["kind"], 0) - 1
+        if new and (not old or old["kind"] != new["kind"]):
+            self._kind_deltas[new["kind"]] = self._kind_deltas.get(new["kind"], 0) + 1
+
     def _drop_expiry(self, txn: lmdb.Transaction, record: dict[str, Any] | None, key: bytes) -> None:
         if record and record.get("expires_at") is not None:
             txn.delete(_U64.pack(int(record["expires_at"] * 1000)) + key, db=self._dbs[b"expiry"])
@@ -433,6 +547,7 @@ class ContextStore:
             if turns:
                 self._write_turns(txn, namespace, context_id, record, turns, now)
         txn.put(key, orjson.dumps(record), db=self._dbs[b"ctx"])
+        self._reindex(txn, key, old, record)
         if record["expires_at"] is not None:
             txn.put(_U64.pack(int(record["expires_at"] * 1000)) + key, b"", db=self._dbs[b"expiry"])
         self._record_change(txn, index, namespace, context_id, kind, "put")
@@ -478,6 +593,7 @@ class ContextStore:
         if old["kind"] == "session":
             self._drop_turns(txn, namespace, context_id)
         txn.delete(key, db=self._dbs[b"ctx"])
+        self._reindex(txn, key, old, None)
         self._record_change(txn, index, namespace, context_id, old["kind"], action)
 
     def _apply_put(self, txn: lmdb.Transaction, index: int, c: Put) -> dict[str, Any]:
@@ -509,6 +625,7 @@ class ContextStore:
                 "expires_at": None,
                 "turn_count": 0,
             }
+            self._reindex(txn, key, None, record)
         elif record["kind"] != "session":
             raise _Abort(
                 _fail(
@@ -644,6 +761,25 @@ class ContextStore:
                     turns.append(orjson.loads(value))
             return turns
 
+    @staticmethod
+    def _contexts(
+        txn: lmdb.Transaction[bytes], dbs: _Dbs, kind: str | None, within: bytes, start: bytes
+    ) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """(ctx key, record) of the contexts, of ``kind`` if given, whose ctx keys start with ``within``,
+        from ctx key ``start`` on, in key order. With a kind they come from ``by_kind``, whose keys are
+        the kind and the ctx key: what is read follows the contexts of that kind, not all of them."""
+        strip = b"" if kind is None else kind.encode() + _SEP
+        cur = txn.cursor(db=dbs[b"ctx" if kind is None else b"by_kind"])
+        if not cur.set_range(strip + start):
+            return
+        for key, value in cur:
+            if not key.startswith(strip + within):
+                break
+            ctx_key = key[len(strip) :]
+            raw = value if kind is None else txn.get(ctx_key, db=dbs[b"ctx"])
+            assert raw is not None, "by_kind and ctx are written in the same transactions"
+            yield ctx_key, orjson.loads(raw)
+
     def list(
         self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100, cursor: str | None = None
     ) -> Page:
@@ -654,17 +790,9 @@ class ContextStore:
         next_cursor = None
         generation = self._generation
         with generation.env.begin() as txn:
-            cur = txn.cursor(db=generation.dbs[b"ctx"])
-            if not cur.set_range(start):
-                return Page(items, None)
-            for key, value in cur:
-                if not key.startswith(ns_prefix + prefix.encode()):
-                    break
+            for key, record in self._contexts(txn, generation.dbs, kind, ns_prefix + prefix.encode(), start):
                 context_id = key[len(ns_prefix) :].decode()
                 if cursor is not None and context_id <= cursor:
-                    continue
-                record = orjson.loads(value)
-                if kind is not None and record["kind"] != kind:
                     continue
                 if len(items) == limit:
                     next_cursor = items[-1]["id"]
@@ -679,19 +807,39 @@ class ContextStore:
         items: builtins.list[dict[str, Any]] = []
         generation = self._generation
         with generation.env.begin() as txn:
-            cur = txn.cursor(db=generation.dbs[b"ctx"])
-            positioned = cur.set_range(_key(*after) + _SEP) if after else cur.first()
-            if not positioned:
-                return items
-            for key, value in cur:
-                record = orjson.loads(value)
-                if kind is not None and record["kind"] != kind:
-                    continue
+            start = _key(*after) + _SEP if after else b""
+            for key, record in self._contexts(txn, generation.dbs, kind, b"", start):
                 namespace, context_id = key.decode().split("\x00", 1)
                 items.append(self._materialise(txn, generation.dbs, namespace, context_id, record, with_turns=False))
                 if len(items) == limit:
                     break
         return items
+
+    def memories(self, namespace: str, user_ids: Sequence[str | None]) -> builtins.list[dict[str, Any]]:
+        """The namespace's memories whose user_id is one of ``user_ids`` (None: a memory of nobody), in id
+        order, found through ``by_owner``: what is read follows those users' memories, not the namespace.
+        The owner's digest only narrows; the stored user_id decides."""
+        ns_prefix = namespace.encode() + _SEP
+        generation = self._generation
+        with generation.env.begin() as txn:
+            found: builtins.list[bytes] = []
+            cur = txn.cursor(db=generation.dbs[b"by_owner"])
+            for owner in sorted({_owner(user_id) for user_id in user_ids}):
+                owned = ns_prefix + owner + _SEP
+                if not cur.set_range(owned):
+                    continue
+                for key in cur.iternext(values=False):
+                    if not key.startswith(owned):
+                        break
+                    found.append(key[len(owned) :])
+            items = []
+            for context_id in sorted(found):  # ctx's order: the ids' bytes
+                record = self._get_record(txn, generation.dbs, ns_prefix + context_id)
+                if record is not None and record["fields"].get("user_id") in user_ids:
+                    items.append(
+                        self._materialise(txn, generation.dbs, namespace, context_id.decode(), record, with_turns=False)
+                    )
+            return items
 
     def expired(self, now: float, limit: int = 1000) -> builtins.list[tuple[str, str, int]]:
         """Contexts whose TTL ran out by ``now``; the leader proposes their expiry."""
@@ -754,13 +902,17 @@ class ContextStore:
         return self._all(b"tokens")
 
     def count_by_kind(self) -> dict[str, int]:
-        """Contexts per kind, by a scan of every context (metrics scrapes; O(contexts))."""
+        """Contexts per kind (every metrics scrape): the counts each write keeps in ``meta``, one key a kind."""
         counts: dict[str, int] = {}
         generation = self._generation
-        with generation.env.begin() as txn:
-            for _, value in txn.cursor(db=generation.dbs[b"ctx"]):
-                kind = orjson.loads(value)["kind"]
-                counts[kind] = counts.get(kind, 0) + 1
+        with generation.env.begin(db=generation.dbs[b"meta"]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(_KIND_COUNT):
+                return counts
+            for key, value in cur:
+                if not key.startswith(_KIND_COUNT):
+                    break
+                counts[key[len(_KIND_COUNT) :].decode()] = _U64.unpack(value)[0]
         return counts
 
     def stats(self) -> dict[str, int]:
@@ -773,6 +925,10 @@ class ContextStore:
             }
 
     # -------------------------------------------------------------- snapshots
+    def data_file(self) -> str:
+        """The current generation's LMDB data file (the disk alarm keeps space reserved past it)."""
+        return os.path.join(self._generation.env.path(), snapshot.DATA_MEMBER)
+
     def pin_snapshot(self) -> PinnedVersion:
         """Commit what is applied and pin that version for a snapshot (the writer thread only).
 
