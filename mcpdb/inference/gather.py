@@ -5,6 +5,10 @@ applies, except instructions specialised in domains other than the task's.
 The profile is the context whose id is the request's ``user_id``; memories
 are the namespace's memory contexts that belong to that user or to nobody.
 
+Every read is by key or through one of the store's indexes (instructions
+and guardrails by kind, memories by owner), so what a chat reads follows
+what it uses, not how many other contexts the namespace holds.
+
 The caller has already waited for the replica to apply the request's read
 index (``applied_at_least``), so everything read here is at least that new;
 ``context_index`` is a lower bound on the Raft index of the state the reply
@@ -29,18 +33,13 @@ class Gathered:
     context_index: int
 
 
-_SHARED_KINDS = ("instruction", "guardrail", "memory")  # read from the whole namespace for every request
-
-
-def _shared_contexts(store: ContextStore, namespace: str) -> dict[str, list[dict[str, Any]]]:
-    """The namespace's instructions, guardrails and memories in id order, in one pass over it."""
-    found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _SHARED_KINDS}
+def _every(store: ContextStore, namespace: str, kind: str) -> list[dict[str, Any]]:
+    """The namespace's contexts of ``kind`` in id order (listing by kind reads the kind's index)."""
+    found: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
-        page = store.list(namespace, limit=1000, cursor=cursor)
-        for item in page.items:
-            if item["kind"] in found:
-                found[item["kind"]].append(item)
+        page = store.list(namespace, kind=kind, limit=1000, cursor=cursor)
+        found += page.items
         if page.next_cursor is None:
             return found
         cursor = page.next_cursor
@@ -70,16 +69,17 @@ def gather(
         if task is None:
             raise NotFound(f"task {namespace}/{task_id} does not exist")
     domain = task["domain"] if task else None
-    shared = _shared_contexts(store, namespace)
     instructions = [
-        i for i in shared["instruction"] if domain is None or not i.get("domains") or domain in i["domains"]
+        i
+        for i in _every(store, namespace, "instruction")
+        if domain is None or not i.get("domains") or domain in i["domains"]
     ]
     profile = _of_kind(store.get(namespace, user_id), "profile", "user_id") if user_id else None
-    memories = [m for m in shared["memory"] if m.get("user_id") in (None, user_id)]
+    memories = store.memories(namespace, (None, user_id))
     session = _of_kind(store.get(namespace, session_id), "session", "session_id") if session_id else None
     stored = StoredContext(
         instructions=instructions,
-        guardrails=shared["guardrail"],
+        guardrails=_every(store, namespace, "guardrail"),
         task=task,
         profile=profile,
         memories=memories,
