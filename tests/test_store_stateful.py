@@ -7,7 +7,11 @@ versions, appends with and without idempotency keys, deletes, atomic batches,
 leader-proposed TTL expiry, snapshots pinned at one index and written (on
 another thread) after later entries were applied, installed into a fresh
 store, and the
-same entries applied again (journal replay after a crash).
+same entries applied again (journal replay after a crash). After every step
+the secondary indexes (by kind, memories by owner) and the per-kind counts
+are what the model's contexts derive, so overwrites that change a kind or a
+memory's user, deletes, expiry, batches and appends that create sessions
+all keep them in step, and a snapshot carries them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import copy
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -31,13 +36,17 @@ from hypothesis.stateful import (
 from mcpdb.store import snapshot
 from mcpdb.store.commands import Command, from_entry
 from mcpdb.store.snapshot import PinnedVersion
-from mcpdb.store.state_machine import ContextStore
+from mcpdb.store.state_machine import ContextStore, _index_entries, _key
 
 NAMESPACES = ["a", "b"]
 IDS = ["x", "y", "z", "s1", "s2"]
+USERS = [None, "u1", "u2"]
 CONTEXTS = st.sampled_from(
     [
         {"kind": "memory", "facts": ["likes tea"], "data": {}, "user_id": None, "tags": []},
+        {"kind": "memory", "facts": ["likes maths"], "data": {}, "user_id": "u1", "tags": []},
+        {"kind": "memory", "facts": ["likes chess"], "data": {}, "user_id": "u2", "tags": []},
+        {"kind": "session", "data": {}, "user_id": "u1", "turns": [{"role": "user", "content": "hi", "metadata": {}}]},
         {"kind": "task", "domain": "maths", "goal": "tutor", "status": "open", "data": {}},
         {"kind": "profile", "name": "Ada", "preferences": {"tone": "warm"}, "goals": ["learn"], "data": {}},
         {"kind": "instruction", "role": "tutor", "domains": ["maths"], "text": "Be clear.", "style": None, "data": {}},
@@ -62,7 +71,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.index = 1
         self.now = 1_000.0
         self.applied: list[tuple[int, Command]] = []
-        self.pinned: tuple[PinnedVersion, int, dict[Any, Any]] | None = None
+        self.pinned: tuple[PinnedVersion, int, dict[Any, Any], dict[str, Any]] | None = None
 
     def teardown(self) -> None:
         if self.pinned is not None:
@@ -260,7 +269,12 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def pin_snapshot(self) -> None:
         """Pin a snapshot's version; other rules keep applying entries before it is written."""
-        self.pinned = (self.store.pin_snapshot(), self.store.applied_index(), self._snapshot_reads())
+        self.pinned = (
+            self.store.pin_snapshot(),
+            self.store.applied_index(),
+            self._snapshot_reads(),
+            _indexes(self.store),
+        )
 
     @precondition(lambda self: self.pinned is not None)
     @rule()
@@ -268,7 +282,7 @@ class StoreMachine(RuleBasedStateMachine):
         """The snapshot written from the pin is the state at the pinned index, whatever was applied
         since (the copy runs on another thread, as in a node)."""
         assert self.pinned is not None
-        pinned, index, reads_at_pin = self.pinned
+        pinned, index, reads_at_pin, indexes_at_pin = self.pinned
         self.pinned = None
         assert pinned.index == index
         path = self.directory + "/snap.tar"
@@ -282,6 +296,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert fresh.install_snapshot(path) == raft_data
             assert fresh.applied_index() == index
             assert _reads(fresh) == reads_at_pin
+            assert _indexes(fresh) == indexes_at_pin
         finally:
             fresh.close()
             shutil.rmtree(fresh_dir, ignore_errors=True)
@@ -311,6 +326,33 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.applied_index() == (self.index if self.index > 1 else 0)
 
     @invariant()
+    def indexes_and_counts_follow_the_model(self) -> None:
+        """The index databases hold exactly the entries the model's contexts derive (no stale entry
+        of an overwritten kind or user, none missing), and reading through them gives the model's."""
+        model = {key: entry["record"] for key, entry in self.model.items()}
+        derived = [
+            entry for (ns, i), record in model.items() for entry in _index_entries(_key(ns, i), _as_stored(record))
+        ]
+        assert _indexes(self.store) == {
+            "by_kind": sorted(key for name, key in derived if name == b"by_kind"),
+            "by_owner": sorted(key for name, key in derived if name == b"by_owner"),
+            "counts": dict(Counter(record["kind"] for record in model.values())),
+        }
+        for kind in ("memory", "task", "profile", "instruction", "session"):
+            of_kind = sorted((ns, i) for (ns, i), record in model.items() if record["kind"] == kind)
+            assert [(c["namespace"], c["id"]) for c in self.store.scan(kind=kind, limit=1000)] == of_kind
+            for ns in NAMESPACES:
+                listed = [c["id"] for c in self.store.list(ns, kind=kind, limit=1000).items]
+                assert listed == [i for n, i in of_kind if n == ns]
+        for ns in NAMESPACES:
+            for owners in ([None], ["u1"], [None, "u2"], USERS):
+                assert [m["id"] for m in self.store.memories(ns, owners)] == sorted(
+                    i
+                    for (n, i), record in model.items()
+                    if n == ns and record["kind"] == "memory" and record.get("user_id") in owners
+                )
+
+    @invariant()
     def listing_is_ordered_and_paged(self) -> None:
         for ns in NAMESPACES:
             ids, cursor = [], None
@@ -321,6 +363,22 @@ class StoreMachine(RuleBasedStateMachine):
                 if cursor is None:
                     break
             assert ids == sorted(i for (n, i) in self.model if n == ns)
+
+
+def _as_stored(record: dict[str, Any]) -> dict[str, Any]:
+    """A model record in the shape ctx stores (kind, and the other fields apart)."""
+    return {"kind": record["kind"], "fields": {k: v for k, v in record.items() if k != "kind"}}
+
+
+def _indexes(store: ContextStore) -> dict[str, Any]:
+    """The index databases' keys and the per-kind counts, as the store holds them."""
+    generation = store._generation
+    with generation.env.begin() as txn:
+        return {
+            "by_kind": [key for key, _ in txn.cursor(db=generation.dbs[b"by_kind"])],
+            "by_owner": [key for key, _ in txn.cursor(db=generation.dbs[b"by_owner"])],
+            "counts": store.count_by_kind(),
+        }
 
 
 def _reads(store: ContextStore) -> dict[Any, Any]:
