@@ -19,7 +19,8 @@
     ├── Unavailable                503  unavailable, with Retry-After
     │   ├── NotApplied                  applied: no (certainly not in the log; a retry is safe)
     │   ├── Indeterminate               applied: unknown (may still commit)
-    │   └── NotLeader                   asked a follower for what the leader does
+    │   ├── NotLeader                   asked a follower for what the leader does
+    │   └── InsufficientStorage    507  insufficient_storage: this node's disk alarm is raised
     └── NewerFormat                     a log entry from newer code: the node stops (never an answer)
 
 Each class carries its ``status`` and ``code``; ``fields()`` adds what a response says beside the message
@@ -157,6 +158,14 @@ class Indeterminate(Unavailable):
 
 class NotLeader(Unavailable):
     """Assignments are made by the leader; the caller should ask the current one."""
+
+
+class InsufficientStorage(Unavailable):
+    """This node cannot reserve disk space (its disk alarm, ``mcpdb.raft.disk``): it takes no writes
+    until space returns; nothing was proposed, so a retry is safe. Reads keep working."""
+
+    status, code = 507, "insufficient_storage"
+    retry_after = 10
 
 
 class NewerFormat(McpdbServerError):

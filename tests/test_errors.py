@@ -30,6 +30,12 @@ CASES = [
     (errors.NotApplied("no leader"), 503, "unavailable", {"applied": "no", "retry_after": 1}),
     (errors.Indeterminate("timeout"), 503, "unavailable", {"applied": "unknown", "retry_after": 1}),
     (errors.NotLeader("follower"), 503, "unavailable", {"applied": "no", "retry_after": 1}),
+    (
+        errors.InsufficientStorage("disk full"),
+        507,
+        "insufficient_storage",
+        {"applied": "no", "retry_after": 10},
+    ),
 ]
 
 

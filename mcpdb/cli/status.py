@@ -21,9 +21,12 @@ def status(
     if json_output:
         print_json(cluster)
         return
-    table = Table("node", "url", "role", "term", "commit", "applied", "reachable")
+    table = Table("node", "url", "role", "term", "commit", "applied", "reachable", "disk")
+    alarms = []
     for node in cluster["nodes"]:
         reachable = node.get("reachable", False)
+        if node.get("disk_alarm"):
+            alarms.append(f"[red]disk alarm on {node['id']}[/]: {'; '.join(node.get('disk_alarm_reasons', []))}")
         table.add_row(
             node["id"],
             node["http_url"],
@@ -32,6 +35,9 @@ def status(
             str(node.get("commit_index", "")),
             str(node.get("applied_index", "")),
             "[green]yes[/]" if reachable else "[red]no[/]",
+            "[red]FULL: writes refused[/]" if node.get("disk_alarm") else ("ok" if reachable else ""),
         )
     console.print(table)
+    for alarm in alarms:
+        console.print(alarm)
     console.print(f"leader: [bold]{cluster['leader'] or 'none'}[/] (term {cluster['term']})")

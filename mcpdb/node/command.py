@@ -64,6 +64,15 @@ def start(
     compaction_entries: Annotated[int, typer.Option(help="Log entries that trigger a snapshot.")] = default(
         "compaction_min_entries"
     ),
+    compaction_bytes: Annotated[
+        int, typer.Option(help="Journal bytes that also trigger a snapshot (bounds the journal in memory).")
+    ] = default("compaction_bytes"),
+    disk_reserve_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Disk kept reserved ahead of the journal and the store; failing to reserve it raises the disk alarm."
+        ),
+    ] = default("disk_reserve_bytes"),
     change_history: Annotated[
         int, typer.Option(help="Changes kept for watches to resume from (oldest trimmed first).")
     ] = default("change_history"),
@@ -168,6 +177,8 @@ def start(
         max_body_bytes=max_body_bytes,
         body_timeout=body_timeout,
         compaction_min_entries=compaction_entries,
+        compaction_bytes=compaction_bytes,
+        disk_reserve_bytes=disk_reserve_bytes,
         change_history=change_history,
         advertise_url=advertise_url,
         allowed_hosts=list(allowed_host or []),

@@ -65,6 +65,8 @@ class NodeConfig:
     max_body_bytes: int = 1 << 20
     body_timeout: float = 10.0
     compaction_min_entries: int = 50_000
+    compaction_bytes: int = 256 << 20
+    disk_reserve_bytes: int = 64 << 20
     change_history: int = DEFAULT_CHANGE_HISTORY
     unsafe_stale_reads: bool = False
     # MCP sessions: bounded per node and per token, closed after this many idle seconds.

@@ -153,6 +153,15 @@ class NodeMetrics:
             "Snapshots (log compactions) this node wrote.",
             value=raft.get("snapshots_written", 0),
         )
+        yield gauge(
+            "mcpdb_disk_alarm",
+            "1 while this node cannot reserve disk space and refuses writes (507).",
+            1.0 if raft.get("disk_alarm") else 0.0,
+        )
+        yield gauge(
+            "mcpdb_disk_free_bytes", "Free space on the data directory's file system.", raft.get("disk_free_bytes", 0)
+        )
+        yield gauge("mcpdb_raft_journal_bytes", "Bytes of entries in the Raft journal.", raft.get("journal_bytes", 0))
         yield CounterMetricFamily(
             "mcpdb_raft_snapshot_failures",
             "Snapshots this node failed to write (it keeps its journal and retries).",

@@ -59,6 +59,8 @@ class NodeRuntime:
             password=config.cluster_secret,
             durable=config.durable,
             compaction_min_entries=config.compaction_min_entries,
+            compaction_bytes=config.compaction_bytes,
+            disk_reserve_bytes=config.disk_reserve_bytes,
             max_entry_bytes=config.max_body_bytes,
         )
         self.replication = Replication(settings, self.store)
@@ -241,6 +243,8 @@ class NodeRuntime:
     def ready(self) -> tuple[bool, str]:
         """Ready = a leader is known and this node applied everything it knows is committed."""
         status = self.replication.status()
+        if status.get("disk_alarm"):
+            return False, "disk alarm: " + "; ".join(status["disk_alarm_reasons"])
         if status["leader"] is None:
             return False, "no leader known"
         if not status["ready"]:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-_LOG_KEYS = ("prevLogIdx", "prevLogTerm", "entries")
+LOG_KEYS = ("prevLogIdx", "prevLogTerm", "entries")
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,6 @@ def reconcile(
 
     if verified_index == last_index or term_at(verified_index + 1) == message["term"]:
         return Reconciled({**message, "prevLogIdx": last_index, "prevLogTerm": term_at(last_index), "entries": []})
-    stripped = {key: value for key, value in message.items() if key not in _LOG_KEYS}
+    stripped = {key: value for key, value in message.items() if key not in LOG_KEYS}
     stripped["commit_index"] = min(message["commit_index"], verified_index)
     return Reconciled(stripped, ack_through=verified_index)

@@ -13,8 +13,12 @@ The seams, each the narrowest one available in 0.3.17:
 - The transport class, which pysyncobj instantiates itself inside ``SyncObj.__init__`` before its
   thread starts (``McpdbTransport``): the log guard, ReadIndex messages, durable acknowledgements
   and keepalives; see its docstring.
-- ``_SyncObj__raftLog``, the journal: read by the log guard and for the log's first index, and
-  replaced by ``SyncedJournal`` when durable (from the transport's constructor, so before the thread).
+- ``_SyncObj__raftLog``, the journal: replaced by ``mcpdb.raft.journal.Journal`` (same file format)
+  from the transport's constructor, before the thread, with the term, vote and commit index
+  pysyncobj read re-read from it; read by the log guard and for the log's first index.
+- ``_SyncObj__serializer``: replaced by ``SnapshotSerializer`` the same way (snapshots written off
+  the Raft thread, ``mcpdb.raft.snapshotter``); ``_SyncObj__raftElectionDeadline`` is restarted
+  after a snapshot install.
 - ``_poller.poll``, wrapped once (``RaftNode._wrap_poll``): skip the wait when work is queued, then
   release the acknowledgements the transport held until the journal was fsynced.
 - ``_SyncObj__pipeNotifier.notify`` (replaced by ``RaftNode.wake``) and
@@ -36,13 +40,14 @@ from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
-from pysyncobj.journal import FileJournal
+from pysyncobj.journal import APP_VERSION
 from pysyncobj.node import Node
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
-from mcpdb.fsutil import fsync_path
-from mcpdb.raft.log_guard import reconcile
+from mcpdb.raft.disk import DiskAlarm
+from mcpdb.raft.journal import Journal
+from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, Snapshotter
@@ -59,7 +64,7 @@ _NOT_APPLIED = {
     FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
     FAIL_REASON.DISCARDED: "a new leader replaced the entry before it committed",
     FAIL_REASON.NOT_LEADER: "the node it was sent to is no longer the leader",
-    FAIL_REASON.REQUEST_DENIED: "the leader refused the request",
+    FAIL_REASON.REQUEST_DENIED: "the leader refused the request (its disk alarm is raised?)",
 }
 
 
@@ -172,82 +177,18 @@ class SnapshotSerializer:
         self._snapshots.cancel(node)
 
 
-class SyncedJournal:
-    """Wraps a pysyncobj FileJournal and fsyncs it on demand when it changed.
-
-    pysyncobj's FileJournal writes entries into an mmap and never flushes them
-    before they are acknowledged: a process crash loses nothing (the page cache
-    survives), a power loss can lose acknowledged entries. Raft's safety argument
-    assumes a node that acknowledged an entry still has it after a restart, so in
-    ``durable`` mode:
-
-    - a follower fsyncs its journal before it sends a successful AppendEntries
-      reply (``next_node_idx`` with success) - see ``McpdbTransport``;
-    - the leader fsyncs its journal at the end of every tick, after new entries
-      were appended and before the next tick counts its own copy towards commit;
-    - term and vote are fsynced before the message that reflects them is sent;
-    - a snapshot's rename is made durable before the journal is compacted.
-
-    Measured on this machine an fsync costs about 0.1 ms, which is why durable is
-    the default. Everything else is delegated to the real journal.
-    """
-
-    def __init__(self, journal: FileJournal, path: str) -> None:
-        self._journal = journal
-        self._path = path
-        # Any fd of the inode works: fsync flushes the file's dirty pages,
-        # including those written through pysyncobj's shared mmap.
-        self._fd = os.open(path, os.O_RDONLY)
-        self._dirty = True
-        self.syncs = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._journal, name)
-
-    def __getitem__(self, item: Any) -> Any:
-        return self._journal[item]
-
-    def __len__(self) -> int:
-        return len(self._journal)
-
-    def add(self, command: bytes, idx: int, term: int) -> None:
-        self._journal.add(command, idx, term)
-        self._dirty = True
-
-    def clear(self) -> None:
-        self._journal.clear()
-        self._dirty = True
-
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 - pysyncobj's names
-        self._journal.deleteEntriesFrom(entryFrom)
-        self._dirty = True
-
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 - pysyncobj's names
-        # Compaction follows a snapshot that pysyncobj renamed into place
-        # without an fsync of the directory: make the rename durable before
-        # the entries it replaces leave the journal.
-        fsync_path(os.path.dirname(os.path.abspath(self._path)))
-        self._journal.deleteEntriesTo(entryTo)
-        self._dirty = True
-        self.sync()
-
-    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802,N803
-        self._journal.setCurrentTerm(term, votedForNodeId)
-        meta_path = self._path + ".meta"
-        fsync_path(meta_path)
-        fsync_path(os.path.dirname(os.path.abspath(meta_path)))
-
-    def sync(self) -> None:
-        """fsync the journal file if anything was written since the last sync."""
-        if self._dirty:
-            self._dirty = False
-            os.fsync(self._fd)
-            self.syncs += 1
-
-    def _destroy(self) -> None:
-        self.sync()
-        os.close(self._fd)
-        self._journal._destroy()
+def _swap_journal(node: Any, durable: bool) -> Journal:
+    """Replace pysyncobj's FileJournal with ``Journal`` on the same file, and re-read the term, vote
+    and commit index pysyncobj took from it (once the meta file is in Journal's format, FileJournal
+    cannot read it and would have reported term 0 and no vote)."""
+    old = node._SyncObj__raftLog
+    old._destroy()
+    journal = Journal(node.conf.journalFile, APP_VERSION, durable, node._settings.disk_reserve_bytes)
+    node._SyncObj__raftLog = journal
+    node._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])
+    node._SyncObj__votedForNodeId = journal.getVotedForNodeId()
+    node._SyncObj__raftCommitIndex = journal.getRaftCommitIndex()
+    return journal
 
 
 class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untyped
@@ -276,22 +217,18 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
 
     def __init__(self, syncObj: Any, selfNode: Node | None, otherNodes: Any) -> None:  # noqa: N803
         super().__init__(syncObj, selfNode, otherNodes)
-        self.journal: SyncedJournal | None = None
-        journal_path = syncObj.conf.journalFile
         self._held_acks: dict[Node, dict[str, Any]] = {}
         self._next_keepalive = 0.0
+        self.journal: Journal | None = None
         syncObj.addOnTickCallback(self._send_keepalives)
         if isinstance(syncObj, RaftNode):
+            # The transport is built inside SyncObj.__init__ after the journal and the serializer
+            # and before the Raft thread starts, so these swaps race nothing. (A bare SyncObj keeps
+            # pysyncobj's parts: the log guard's tests drive one without a thread or files.)
             syncObj._SyncObj__serializer = SnapshotSerializer(
                 syncObj.snapshots, self._backlog, syncObj.reset_election_timer
             )
-        if self.durable and journal_path is not None:
-            if not isinstance(syncObj, RaftNode):
-                raise TypeError("a durable transport needs RaftNode, whose poll releases held acknowledgements")
-            # The transport is built inside SyncObj.__init__ after the journal
-            # and before the Raft thread starts, so this swap races nothing.
-            self.journal = SyncedJournal(syncObj._SyncObj__raftLog, journal_path)
-            syncObj._SyncObj__raftLog = self.journal
+            self.journal = _swap_journal(syncObj, self.durable)
             syncObj.addOnTickCallback(self.journal.sync)
 
     def _backlog(self, node: Node) -> int:
@@ -314,6 +251,18 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             if self.read_index is not None:
                 self.read_index.on_message(node, message)
             return
+        if isinstance(message, dict) and message.get("type") == "apply_command" and self._disk_alarm():
+            # A proposal forwarded to this node as leader: it cannot store it.
+            if "request_id" in message:
+                self.send(
+                    node,
+                    {
+                        "type": "apply_command_response",
+                        "request_id": message["request_id"],
+                        "error": FAIL_REASON.REQUEST_DENIED,
+                    },
+                )
+            return
         if not self.guard_log or not isinstance(message, dict) or message.get("type") != "append_entries":
             super()._onMessageReceived(node, message)
             return
@@ -324,6 +273,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         )
         if result.message is not message:
             self.reconciled_messages += 1
+        result = self._within_reserved_room(result, first_index, log[-1][1], lambda index: log[index - first_index][2])
         super()._onMessageReceived(node, result.message)
         if result.ack_through is not None:
             self.send(
@@ -331,8 +281,34 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
                 {"type": "next_node_idx", "next_node_idx": result.ack_through + 1, "reset": False, "success": True},
             )
 
+    def _disk_alarm(self) -> bool:
+        return isinstance(self._syncObj, RaftNode) and self._syncObj.disk.raised
+
+    def _within_reserved_room(
+        self, result: Reconciled, first_index: int, last_index: int, term_at: Callable[[int], int]
+    ) -> Reconciled:
+        """Entries the journal has no reserved room for are not taken (nor acknowledged): the
+        message still counts as the leader's heartbeat, and commits only what this log already
+        verifiably shares with the leader. The leader re-sends them once space returns."""
+        entries = result.message.get("entries")
+        journal = self.journal
+        if not entries or journal is None or not journal.low_space:
+            return result
+        if sum(len(command) + 24 for command, _, _ in entries) <= journal.room:
+            return result
+        message = result.message
+        prev_index, prev_term = message.get("prevLogIdx"), message.get("prevLogTerm")
+        shared = (
+            prev_index
+            if prev_index is not None and first_index <= prev_index <= last_index and term_at(prev_index) == prev_term
+            else self._syncObj.raftCommitIndex
+        )
+        stripped = {key: value for key, value in message.items() if key not in LOG_KEYS}
+        stripped["commit_index"] = min(message["commit_index"], shared)
+        return Reconciled(stripped)
+
     def send(self, node: Node, message: Any) -> bool:
-        if self.journal is None:
+        if not self.durable or self.journal is None:
             return bool(super().send(node, message))
         if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
             # Hold the acknowledgement until the entries it covers are on disk.
@@ -348,7 +324,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         """fsync the journal, then send the acknowledgements held since the last release."""
         if not self._held_acks:
             return
-        assert self.journal is not None
+        assert self.journal is not None  # acknowledgements are only held with a journal
         self.journal.sync()
         held, self._held_acks = self._held_acks, {}
         for node, message in held.items():
@@ -386,7 +362,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._status_taken = 0.0
         self.leader_changes = 0  # times a leader other than the last one known was seen (the first counts)
         self._last_leader: Any = None
-        self.snapshots = Snapshotter(_snapshot_path(settings), store)
+        self.disk = DiskAlarm(
+            settings.data_dir,
+            lambda: self._transport.journal,
+            lambda: (store.data_file(), store.stats()["size_bytes"]),
+            settings.disk_reserve_bytes,
+        )
+        self.snapshots = Snapshotter(_snapshot_path(settings), store, self.disk.snapshot_fits)
         super().__init__(
             settings.self_addr,
             settings.peers,
@@ -396,6 +378,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._transport: McpdbTransport = self._SyncObj__transport
         self._wrap_poll()
         self.addOnTickCallback(self._commit_and_notify)
+        self.addOnTickCallback(self.disk.check)
+        self.addOnTickCallback(self._compact_when_large)
 
     @replicated  # type: ignore[untyped-decorator]  # pysyncobj is untyped
     def _apply_entry(self, payload: bytes) -> dict[str, Any] | None:
@@ -454,6 +438,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         """pysyncobj is not thread-safe beyond its command queue: run ``action`` on its thread."""
         self._deferred.append(action)
         self.wake()
+
+    def _compact_when_large(self) -> None:
+        # pysyncobj compacts by entry count and age; entries of a batch load are large, so the
+        # journal (kept in memory too) is also bounded by bytes.
+        journal = self._transport.journal
+        if journal is not None and journal.bytes > self._settings.compaction_bytes and not self.snapshots.busy:
+            self.forceLogCompaction()
 
     def _commit_and_notify(self) -> None:
         # Group commit: pysyncobj applied this tick's entries into one open
@@ -520,6 +511,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             }
         role = "replica" if self._settings.self_addr is None else _ROLES.get(raw["state"], "unknown")
         journal = self._transport.journal
+        assert journal is not None  # the transport always swaps one in for a RaftNode
         return {
             "role": role,
             "leader": raw["leader"].id if raw["leader"] is not None else None,
@@ -537,11 +529,15 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 if key.startswith("match_idx_server_")
             },
             "read_index_rounds": self.read_index.rounds,
-            "journal_syncs": journal.syncs if journal is not None else None,
+            "journal_syncs": journal.syncs,
+            "journal_bytes": journal.bytes,
             "reconciled_append_entries": self._transport.reconciled_messages,
             "snapshots_written": self.snapshots.written,
             "snapshot_failures": self.snapshots.failed,
             "snapshot_in_progress": self.snapshots.busy,
+            "disk_alarm": self.disk.state.alarm,
+            "disk_alarm_reasons": list(self.disk.state.reasons),
+            "disk_free_bytes": self.disk.state.free_bytes,
         }
 
     def reset_election_timer(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from mcpdb.errors import Indeterminate, NewerFormat, NotApplied, Unserializable
+from mcpdb.errors import Indeterminate, InsufficientStorage, NewerFormat, NotApplied, Unserializable
 from mcpdb.raft.pysyncobj_bridge import RaftNode, Refusal
 from mcpdb.raft.read_index import Done
 from mcpdb.raft.settings import RaftSettings
@@ -88,6 +88,11 @@ class Replication:
         def done(result: Any, refusal: Refusal | None) -> None:
             self._raft.defer(lambda: loop.call_soon_threadsafe(_settle, future, result, refusal))
 
+        disk = self._raft.disk.state
+        if disk.alarm:
+            raise InsufficientStorage(
+                f"this node cannot reserve disk space and takes no writes until it can: {'; '.join(disk.reasons)}"
+            )
         try:
             payload = encode(command)
         except orjson.JSONEncodeError as error:  # refused before anything enters the log

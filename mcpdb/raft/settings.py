@@ -24,6 +24,8 @@ class RaftSettings:
     durable: bool
     compaction_min_entries: int
     max_entry_bytes: int
+    compaction_bytes: int  # journal size that also triggers a snapshot
+    disk_reserve_bytes: int  # kept allocated ahead of the journal and the store
     # Unbatched AppendEntries (one message per new entry, sent at once) is the
     # fast path: ~1 ms commits. It is only safe with the transport's log guard
     # (see log_guard); batching trades latency for fewer messages.

@@ -37,6 +37,7 @@ _log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 MAX_BACKLOG = 4 << 20
+RETRY_AFTER_FAILURE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,11 @@ class Snapshotter:
     """Writes snapshots on a worker thread and serves the current one in chunks. Raft thread only,
     except the worker, which touches nothing but its own result."""
 
-    def __init__(self, path: str, store: ContextStore) -> None:
+    def __init__(self, path: str, store: ContextStore, fits: Callable[[int], bool]) -> None:
         self._path = path
         self._store = store
+        self._fits = fits
+        self._not_before = 0.0  # after a failure, the next attempt waits (pysyncobj asks every tick)
         self._worker: threading.Thread | None = None
         self._result: Written | None = None
         self._outgoing: dict[Hashable, BinaryIO] = {}
@@ -71,7 +74,10 @@ class Snapshotter:
 
     def start(self, raft_data: Any) -> None:
         """Pin the applied state and write it in the background (no-op while one is being written)."""
-        if self._worker is not None:
+        if self._worker is not None or time.monotonic() < self._not_before:
+            return
+        if not self._fits(self._store.stats()["size_bytes"]):
+            self._not_before = time.monotonic() + RETRY_AFTER_FAILURE_S
             return
         pinned = self._store.pin_snapshot()
         _log.info("snapshot at index %d started", pinned.index)
@@ -114,6 +120,7 @@ class Snapshotter:
             self._drop_outgoing()  # transfers restart from the new file
         else:
             self.failed += 1
+            self._not_before = time.monotonic() + RETRY_AFTER_FAILURE_S
             _log.error("snapshot at index %d failed: %s", result.index, result.error)
         return result
 

@@ -1,0 +1,136 @@
+"""A full disk raises the disk alarm: writes get 507, reads keep working, nothing acknowledged is lost,
+no node dies, and writes resume by themselves once space returns.
+
+Three real node processes keep their data on one small tmpfs this test mounts (root only, as CI
+runs); a filler file takes the free space, so the nodes run out while they take writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mcpdb.ops.localcluster import LocalCluster
+from tests.conftest import start_cluster
+
+pytestmark = pytest.mark.integration
+
+RESERVE = 8 << 20
+DEADLINE_S = 60.0  # bounds a failure only
+
+
+@contextlib.contextmanager
+def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    filler = disk / "filler"
+    stats = os.statvfs(disk)
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - leave))
+    return filler
+
+
+def _batch(start: int) -> dict:
+    ops = [
+        {"op": "put", "id": f"m{start + i}", "context": {"kind": "memory", "facts": ["x" * 1000]}} for i in range(50)
+    ]
+    return {"ops": ops}
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _write_until_refused(cluster: LocalCluster, acknowledged: list[str]) -> httpx.Response:
+    urls = cluster.urls()
+    began, position = time.monotonic(), 0
+    with httpx.Client(timeout=10) as http:
+        while time.monotonic() - began < DEADLINE_S:
+            url = urls[position % len(urls)]
+            response = http.post(f"{url}/v1/namespaces/d/batch", json=_batch(position * 50))
+            if response.status_code == 200:
+                acknowledged.extend(op["id"] for op in _batch(position * 50)["ops"])
+            elif response.status_code == 507:
+                return response
+            else:
+                assert response.status_code == 503, response.text  # forwarded to a leader that refused
+            position += 1
+    raise AssertionError("no 507 within the deadline")
+
+
+def test_a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "disk", "160m") as disk:
+        cluster = start_cluster(disk, extra_args=["--disk-reserve-bytes", str(RESERVE)])
+        try:
+            filler = _fill(disk, leave=4 << 20)
+            acknowledged: list[str] = []
+            refused = _write_until_refused(cluster, acknowledged)
+            body = refused.json()
+            assert body["error"] == "insufficient_storage" and "disk" in body["message"]
+            assert refused.headers["Retry-After"].isdigit()
+
+            alarmed = [
+                n.node_id for n in cluster.layout.nodes if (cluster.node_status(n.node_id) or {}).get("disk_alarm")
+            ]
+            assert alarmed, "no node reports its disk alarm"
+            url = cluster.spec(alarmed[0]).url
+            ready = httpx.get(f"{url}/readyz")
+            assert ready.status_code == 503 and "disk alarm" in ready.json()["reason"]
+            assert _metric(url, "mcpdb_disk_alarm") == 1.0
+            shown = subprocess.run(
+                [sys.executable, "-m", "mcpdb.cli", "status", "--url", url],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "COLUMNS": "200"},
+                timeout=30,
+            )
+            assert shown.returncode == 0 and f"disk alarm on {alarmed[0]}" in shown.stdout, shown.stdout
+            # Reads keep working, linearizable ones included, and see every acknowledged write.
+            for context_id in acknowledged[:: max(1, len(acknowledged) // 20)]:
+                read = httpx.get(f"{url}/v1/namespaces/d/contexts/{context_id}", timeout=10)
+                assert read.status_code == 200, read.text
+            assert all(cluster.running(n.node_id) for n in cluster.layout.nodes), "a node died of the full disk"
+
+            filler.unlink()
+            began = time.monotonic()
+            while True:
+                statuses = [cluster.node_status(n.node_id) or {} for n in cluster.layout.nodes]
+                if all(s.get("disk_alarm") is False for s in statuses):
+                    break
+                assert time.monotonic() - began < DEADLINE_S, statuses
+                time.sleep(0.2)
+            for spec in cluster.layout.nodes:
+                written = httpx.post(f"{spec.url}/v1/namespaces/d/batch", json=_batch(10_000_000), timeout=10)
+                assert written.status_code == 200, written.text
+            listed = 0
+            cursor = None
+            while True:
+                params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+                page = httpx.get(f"{url}/v1/namespaces/d/contexts", params=params, timeout=10).json()
+                listed += len(page["items"])
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert listed >= len(acknowledged) + 50  # nothing acknowledged was lost
+        finally:
+            cluster.stop_all(graceful=False)

@@ -1,0 +1,150 @@
+"""The Raft journal: pysyncobj's FileJournal semantics and file format, space reserved ahead, compaction
+that gives space back, and term/vote slots that survive a torn write.
+
+Compared with pysyncobj's own FileJournal as the oracle (hypothesis), on real files; the disk-full
+cases run on a small tmpfs this test mounts (root only, as in CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pysyncobj.journal import APP_VERSION, FileJournal
+
+from mcpdb.raft.journal import Journal, JournalFull
+
+RESERVE_BYTES = 64 << 20
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.binary(max_size=64)),
+        st.tuples(st.just("from"), st.integers(0, 12)),
+        st.tuples(st.just("to"), st.integers(0, 12)),
+        st.tuples(st.just("clear"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+def _apply(journal: FileJournal | Journal, ops: list[tuple[str, object]], counter: list[int]) -> None:
+    for op, arg in ops:
+        if op == "add":
+            counter[0] += 1
+            assert isinstance(arg, bytes)
+            journal.add(arg, counter[0], counter[0] // 3)
+        elif op == "from":
+            assert isinstance(arg, int)
+            journal.deleteEntriesFrom(arg)
+        elif op == "to":
+            assert isinstance(arg, int)
+            journal.deleteEntriesTo(arg)
+        else:
+            journal.clear()
+
+
+def _entries(journal: FileJournal | Journal) -> list[tuple[bytes, int, int]]:
+    return [tuple(journal[i]) for i in range(len(journal))]  # type: ignore[misc]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_same_entries_as_pysyncobj_filejournal_and_the_same_file_after_reopening(tmp_path: Path, ops: list) -> None:
+    directory = tmp_path / str(abs(hash(str(ops))))
+    directory.mkdir()
+    oracle = FileJournal(str(directory / "oracle"))
+    ours = Journal(str(directory / "ours"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    _apply(oracle, ops, [0])
+    _apply(ours, ops, [0])
+    expected = _entries(oracle)
+    assert _entries(ours) == expected
+    oracle._destroy()
+    ours._destroy()
+    # Our file reads back in both journals; pysyncobj's reads back in ours.
+    assert _entries(Journal(str(directory / "ours"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)) == expected
+    assert _entries(FileJournal(str(directory / "ours"))) == expected
+    assert _entries(Journal(str(directory / "oracle"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)) == expected
+
+
+def test_compaction_gives_the_space_back(tmp_path: Path) -> None:
+    path = str(tmp_path / "journal")
+    journal = Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    for index in range(1, 2001):
+        journal.add(os.urandom(64 << 10), index, 1)  # 128 MB of entries
+    grown = os.stat(path).st_blocks * 512
+    journal.deleteEntriesTo(1999)
+    shrunk = os.stat(path).st_blocks * 512
+    assert grown > 128e6 and shrunk <= 2 * (64 << 10) + RESERVE_BYTES + (1 << 20)
+    assert [entry[1] for entry in _entries(journal)] == [2000]
+    journal._destroy()
+    assert [entry[1] for entry in _entries(Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES))] == [2000]
+
+
+def test_term_and_vote_survive_reopening_a_torn_slot_and_the_upgrade_from_pysyncobj_meta(tmp_path: Path) -> None:
+    path = str(tmp_path / "journal")
+    with open(path + ".meta", "wb") as legacy:  # what pysyncobj's MetaStorer writes
+        legacy.write(pickle.dumps({"currentTerm": 7, "votedForNodeId": "127.0.0.1:1", "raftCommitIndex": 40}))
+    journal = Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    assert (journal.getCurrentTerm(), journal.getVotedForNodeId(), journal.getRaftCommitIndex()) == (
+        7,
+        "127.0.0.1:1",
+        40,
+    )
+    journal.setCurrentTerm(8, None)
+    journal.setCurrentTerm(9, "127.0.0.1:2")
+    journal._destroy()
+    reopened = Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    assert (reopened.getCurrentTerm(), reopened.getVotedForNodeId()) == (9, "127.0.0.1:2")
+    reopened._destroy()
+    # Tear the newest slot (term 9, sequence 3 -> slot 1): the older slot (term 8) is used.
+    with open(path + ".meta", "r+b") as meta:
+        meta.seek(256 + 30)
+        meta.write(b"\xff\xff")
+    torn = Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    assert (torn.getCurrentTerm(), torn.getVotedForNodeId()) == (8, None)
+
+
+@contextlib.contextmanager
+def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def test_a_full_disk_is_a_flag_then_a_refused_entry_never_a_crash_and_space_returning_clears_it(
+    tmp_path: Path,
+) -> None:
+    with _tmpfs(tmp_path / "small", "160m") as disk:
+        journal = Journal(str(disk / "journal"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+        filler = disk / "filler"
+        with open(filler, "wb") as f:  # leave less than one reservation free
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * (1 << 20))
+        index = 0
+        with pytest.raises(JournalFull):
+            while True:
+                index += 1
+                journal.add(b"x" * (256 << 10), index, 1)
+        assert journal.low_space and journal.room < 256 << 10
+        entries = len(journal)
+        journal._destroy()
+        assert (
+            len(Journal(str(disk / "journal"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)) == entries
+        )  # nothing half-written
+        filler.unlink()
+        reopened = Journal(str(disk / "journal"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+        assert reopened.retry_reserve() and not reopened.low_space
+        reopened.add(b"after", index, 1)
