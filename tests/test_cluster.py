@@ -144,6 +144,23 @@ def test_a_node_behind_a_compacted_log_catches_up_through_a_snapshot(tmp_path: P
         cluster.stop_all(graceful=False)
 
 
+def test_a_forced_snapshot_is_written_beside_the_running_node_and_compacts_its_journal(cluster: LocalCluster) -> None:
+    with httpx.Client(timeout=10) as http:
+        for spec in cluster.layout.nodes:
+            for i in range(100):
+                http.put(_ctx(spec.url, context_id=f"{spec.node_id}-{i}"), json=_memory(str(i))).raise_for_status()
+        for spec in cluster.layout.nodes:
+            before = cluster.node_status(spec.node_id) or {}
+            written = http.post(f"{spec.url}/v1/node/snapshot", headers={"Content-Type": "application/json"})
+            assert written.status_code == 200, written.text
+            body = written.json()
+            assert body["written"] and body["index"] >= before["applied_index"] and body["bytes"] > 0
+            _wait_for(lambda: (cluster.node_status(spec.node_id) or {}).get("log_first_index", 0) >= body["index"] - 1)
+            assert (cluster.data_dir / spec.node_id / "raft" / "raft.snapshot").stat().st_size == body["bytes"]
+        read = http.get(_ctx(cluster.urls()[0], context_id="n3-99"))
+        assert read.status_code == 200 and read.json()["facts"] == ["99"]
+
+
 def test_without_a_quorum_writes_and_reads_get_503_in_bounded_time(cluster: LocalCluster) -> None:
     survivor = cluster.layout.nodes[0].node_id
     for spec in cluster.layout.nodes[1:]:

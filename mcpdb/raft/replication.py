@@ -21,7 +21,14 @@ from typing import Any
 import lmdb
 import orjson
 
-from mcpdb.errors import Indeterminate, InsufficientStorage, NewerFormat, NotApplied, Unserializable
+from mcpdb.errors import (
+    Indeterminate,
+    InsufficientStorage,
+    NewerFormat,
+    NotApplied,
+    Unavailable,
+    Unserializable,
+)
 from mcpdb.raft.pysyncobj_bridge import RaftNode, Refusal
 from mcpdb.raft.read_index import Done
 from mcpdb.raft.settings import RaftSettings
@@ -29,6 +36,7 @@ from mcpdb.store.commands import Command, decode, encode
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
+START_GRACE_S = 1.0  # a forced snapshot starts within a tick or two, unless nothing is new
 
 # Exit status of a node that met a log entry newer than its code (EX_CONFIG):
 # it must be upgraded, and restarting it unchanged stops at the same entry.
@@ -153,6 +161,27 @@ class Replication:
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` in the Raft thread each time applied entries were committed to the store."""
         self._raft.on_commit(listener)
+
+    async def snapshot(self, timeout: float) -> dict[str, Any]:
+        """Write a snapshot now (log compaction), off the Raft thread as always; returns its index,
+        size and duration, or says why none was written."""
+        snapshots = self._raft.snapshots
+        before = (snapshots.written, snapshots.failed)
+        self._raft.call_in_raft_thread(self._raft.forceLogCompaction)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while (snapshots.written, snapshots.failed) == before:
+            elapsed = loop.time() - started
+            if elapsed > timeout:
+                raise Indeterminate(f"the snapshot did not finish within {timeout:g} s; it may still")
+            if elapsed > START_GRACE_S and not snapshots.busy:
+                return {"written": False, "reason": "nothing was applied since the last snapshot"}
+            await asyncio.sleep(0.05)
+        last = snapshots.last
+        assert last is not None
+        if last.error is not None:
+            raise Unavailable(f"the snapshot at index {last.index} failed: {last.error}")
+        return {"written": True, "index": last.index, "bytes": last.size, "seconds": round(last.seconds, 3)}
 
     def transfer_leadership(self) -> None:
         """Hand leadership to a caught-up voter (used on graceful shutdown of the leader)."""

@@ -41,6 +41,8 @@ from mcpdb.node.http.watch_api import add_watch_routes
 from mcpdb.node.mcp.server import McpServer
 from mcpdb.service import Consistency
 
+SNAPSHOT_TIMEOUT_S = 600.0  # a snapshot of a large store takes a while; the node serves meanwhile
+
 
 def _version_header(if_match: str | None, if_none_match: str | None) -> int | None:
     """``If-Match: <version>`` (quoted or bare) for CAS; ``If-None-Match: *`` for create-only."""
@@ -159,6 +161,12 @@ def create_app(runtime: NodeView) -> Any:
     async def node_status() -> dict[str, Any]:
         """This node's own view: role, term, commit and applied index, store size."""
         return runtime.local_status()
+
+    @app.post("/v1/node/snapshot", tags=["cluster"])
+    async def snapshot() -> dict[str, Any]:
+        """Compact this node's log now: a snapshot written beside the running node (it keeps
+        serving and replicating meanwhile). Answers once it is on disk, with its index and size."""
+        return await runtime.replication.snapshot(SNAPSHOT_TIMEOUT_S)
 
     @app.get("/v1/cluster", tags=["cluster"])
     async def cluster_status() -> dict[str, Any]:

@@ -31,9 +31,11 @@ class NodeStore(NodeRegistry, TokenRecords, ChangeHistory, McpStore, Protocol):
 
 
 class Membership(LeaderRole, Protocol):
-    """What the HTTP surface uses of replication: the voters, and changing them."""
+    """What the HTTP surface uses of replication: the voters, changing them, and compacting the log."""
 
     async def change_membership(self, action: str, raft_addr: str, timeout: float) -> None: ...
+
+    async def snapshot(self, timeout: float) -> dict[str, Any]: ...
 
     def voters(self) -> list[str]: ...
 

@@ -57,6 +57,7 @@ ROUTES = (
     Route("/v1/cluster", Access.token, client_load=False),
     Route("/v1/autoscale", Access.token, client_load=False),
     Route("/v1/node/drain", Access.cluster_admin, client_load=False),
+    Route("/v1/node/snapshot", Access.cluster_admin, client_load=False),
     Route("/v1/cluster/members", Access.cluster_admin),
     Route("/v1/cluster/members/{raft_addr}", Access.cluster_admin),
     Route(ASSIGN_PATH, Access.cluster_admin, client_load=False),
