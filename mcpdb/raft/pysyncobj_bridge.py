@@ -32,6 +32,7 @@ pysyncobj has no type information: its classes are ``Any`` here, at this one bou
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import time
 from collections.abc import Callable, Hashable
@@ -52,6 +53,8 @@ from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, Snapshotter
 from mcpdb.store.state_machine import ContextStore
+
+_log = logging.getLogger(__name__)
 
 PYSYNCOBJ_VERSION = "0.3.17"
 STATUS_PERIOD_S = 0.1
@@ -98,7 +101,7 @@ def _snapshot_path(settings: RaftSettings) -> str:
     return os.path.join(settings.data_dir, "raft.snapshot")
 
 
-def _syncobj_conf(settings: RaftSettings, store: ContextStore) -> Any:
+def _syncobj_conf(settings: RaftSettings, on_state_changed: Callable[[int, int], None]) -> Any:
     os.makedirs(settings.data_dir, exist_ok=True)
     return SyncObjConf(
         password=settings.password,
@@ -129,7 +132,7 @@ def _syncobj_conf(settings: RaftSettings, store: ContextStore) -> Any:
         logCompactionMinTime=settings.compaction_min_seconds,
         sendBufferSize=1 << 20,
         recvBufferSize=1 << 20,
-        onStateChanged=settings.on_state_changed,
+        onStateChanged=on_state_changed,
     )
 
 
@@ -372,7 +375,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         super().__init__(
             settings.self_addr,
             settings.peers,
-            _syncobj_conf(settings, store),
+            _syncobj_conf(settings, self._on_state_changed),
             transportClass=transport_class(settings.durable, read_index=self.read_index),
         )
         self._transport: McpdbTransport = self._SyncObj__transport
@@ -380,6 +383,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self.addOnTickCallback(self._commit_and_notify)
         self.addOnTickCallback(self.disk.check)
         self.addOnTickCallback(self._compact_when_large)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        # Raft thread; pysyncobj calls it before it raises the term for an election.
+        if _ROLES.get(new) == "candidate":
+            _log.info("election timeout: standing for term %d", self.raftCurrentTerm + 1)
+        else:
+            _log.info("raft role %s -> %s (term %d)", _ROLES.get(old, old), _ROLES.get(new, new), self.raftCurrentTerm)
 
     @replicated  # type: ignore[untyped-decorator]  # pysyncobj is untyped
     def _apply_entry(self, payload: bytes) -> dict[str, Any] | None:
@@ -466,6 +476,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             if leader is not None and leader != self._last_leader:
                 self._last_leader = leader
                 self.leader_changes += 1
+                _log.info("leader is now %s (term %d)", leader.id, self.raftCurrentTerm)
 
     # ------------------------------------------------------------ any thread
     def propose(self, payload: bytes, done: Proposed) -> None:

@@ -6,8 +6,7 @@ Plain data, so that the node can hold them without importing pysyncobj; the brid
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -34,4 +33,3 @@ class RaftSettings:
     tick_period: float = 0.05
     election_timeout: tuple[float, float] = (0.5, 1.0)
     compaction_min_seconds: int = 300
-    on_state_changed: Callable[[int, int], None] | None = field(default=None, repr=False)
