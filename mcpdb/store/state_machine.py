@@ -783,17 +783,17 @@ class ContextStore:
     def list(
         self, namespace: str, kind: str | None = None, prefix: str = "", limit: int = 100, cursor: str | None = None
     ) -> Page:
-        """Contexts of a namespace in id order; sessions come without their turns."""
+        """Contexts of a namespace in id order, those after ``cursor`` if given; sessions come without
+        their turns."""
         ns_prefix = namespace.encode() + _SEP
-        start = ns_prefix + (cursor.encode() + _SEP if cursor else prefix.encode())
+        # Past the cursor (the smallest id above it is the cursor and a NUL) or at the prefix, whichever is later.
+        start = ns_prefix + max(prefix.encode(), cursor.encode() + _SEP if cursor else b"")
         items: builtins.list[dict[str, Any]] = []
         next_cursor = None
         generation = self._generation
         with generation.env.begin() as txn:
             for key, record in self._contexts(txn, generation.dbs, kind, ns_prefix + prefix.encode(), start):
                 context_id = key[len(ns_prefix) :].decode()
-                if cursor is not None and context_id <= cursor:
-                    continue
                 if len(items) == limit:
                     next_cursor = items[-1]["id"]
                     break
