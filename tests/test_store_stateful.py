@@ -20,7 +20,6 @@ import copy
 import shutil
 import tempfile
 import threading
-from collections import Counter
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -36,7 +35,8 @@ from hypothesis.stateful import (
 from mcpdb.store import snapshot
 from mcpdb.store.commands import Command, from_entry
 from mcpdb.store.snapshot import PinnedVersion
-from mcpdb.store.state_machine import ContextStore, _index_entries, _key
+from mcpdb.store.state_machine import ContextStore, _key
+from tests.store_helpers import derived_index_state, index_state
 
 NAMESPACES = ["a", "b"]
 IDS = ["x", "y", "z", "s1", "s2"]
@@ -273,7 +273,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.store.pin_snapshot(),
             self.store.applied_index(),
             self._snapshot_reads(),
-            _indexes(self.store),
+            index_state(self.store),
         )
 
     @precondition(lambda self: self.pinned is not None)
@@ -296,7 +296,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert fresh.install_snapshot(path) == raft_data
             assert fresh.applied_index() == index
             assert _reads(fresh) == reads_at_pin
-            assert _indexes(fresh) == indexes_at_pin
+            assert index_state(fresh) == indexes_at_pin
         finally:
             fresh.close()
             shutil.rmtree(fresh_dir, ignore_errors=True)
@@ -330,14 +330,8 @@ class StoreMachine(RuleBasedStateMachine):
         """The index databases hold exactly the entries the model's contexts derive (no stale entry
         of an overwritten kind or user, none missing), and reading through them gives the model's."""
         model = {key: entry["record"] for key, entry in self.model.items()}
-        derived = [
-            entry for (ns, i), record in model.items() for entry in _index_entries(_key(ns, i), _as_stored(record))
-        ]
-        assert _indexes(self.store) == {
-            "by_kind": sorted(key for name, key in derived if name == b"by_kind"),
-            "by_owner": sorted(key for name, key in derived if name == b"by_owner"),
-            "counts": dict(Counter(record["kind"] for record in model.values())),
-        }
+        stored = {_key(ns, i): _as_stored(record) for (ns, i), record in model.items()}
+        assert index_state(self.store) == derived_index_state(stored)
         for kind in ("memory", "task", "profile", "instruction", "session"):
             of_kind = sorted((ns, i) for (ns, i), record in model.items() if record["kind"] == kind)
             assert [(c["namespace"], c["id"]) for c in self.store.scan(kind=kind, limit=1000)] == of_kind
@@ -368,17 +362,6 @@ class StoreMachine(RuleBasedStateMachine):
 def _as_stored(record: dict[str, Any]) -> dict[str, Any]:
     """A model record in the shape ctx stores (kind, and the other fields apart)."""
     return {"kind": record["kind"], "fields": {k: v for k, v in record.items() if k != "kind"}}
-
-
-def _indexes(store: ContextStore) -> dict[str, Any]:
-    """The index databases' keys and the per-kind counts, as the store holds them."""
-    generation = store._generation
-    with generation.env.begin() as txn:
-        return {
-            "by_kind": [key for key, _ in txn.cursor(db=generation.dbs[b"by_kind"])],
-            "by_owner": [key for key, _ in txn.cursor(db=generation.dbs[b"by_owner"])],
-            "counts": store.count_by_kind(),
-        }
 
 
 def _reads(store: ContextStore) -> dict[Any, Any]:
