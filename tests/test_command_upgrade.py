@@ -1,7 +1,8 @@
 """The Raft log entry format survives an upgrade.
 
 - A journal and snapshot written by release 0.1 (tests/fixtures/release-0.1, see
-  make_release_fixture.py) replay on this code to exactly the state that release served.
+  make_release_fixture.py) replay on this code to exactly the state that release served, and the
+  snapshot, which has no secondary indexes, gets them built from its contexts when installed.
 - Every command round-trips through encode/decode; release 0.1's entries (no version) decode to the
   same commands as this code's; a version-1 entry read the way release 0.1 reads entries (by key,
   ignoring ``v``) is the same command, so a cluster mixing both releases applies one log identically.
@@ -12,8 +13,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,7 @@ from mcpdb.store.commands import (
     from_entry,
 )
 from mcpdb.store.state_machine import ContextStore
+from tests.store_helpers import ctx_records, derived_index_state, index_state
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1"
 
@@ -227,7 +232,9 @@ def _node_on_fixture(tmp_path: Path) -> tuple[LocalCluster, dict[str, Any]]:
     return cluster, expected
 
 
-def test_release_01_journal_and_snapshot_replay_to_the_state_it_served(tmp_path: Path) -> None:
+def test_release_01_journal_and_snapshot_replay_to_the_state_it_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cluster, expected = _node_on_fixture(tmp_path)
     cluster.start_all()
     try:
@@ -240,6 +247,11 @@ def test_release_01_journal_and_snapshot_replay_to_the_state_it_served(tmp_path:
                 assert [item["id"] for item in listed["items"]] == [item["id"] for item in recorded]
                 for item in recorded:
                     assert client.get(f"/v1/namespaces/{ns}/contexts/{item['id']}").json() == item
+                for kind in {item["kind"] for item in recorded}:  # through by_kind
+                    of_kind = client.get(f"/v1/namespaces/{ns}/contexts", params={"kind": kind, "limit": 1000})
+                    assert of_kind.json()["items"] == [  # listed without turns
+                        {k: v for k, v in item.items() if k != "turns"} for item in recorded if item["kind"] == kind
+                    ]
             assert client.get("/v1/tokens").json()["items"] == expected["tokens"]
             status = client.get("/v1/node").json()
             assert status["store_applied_index"] >= expected["commit_index"]
@@ -253,6 +265,24 @@ def test_release_01_journal_and_snapshot_replay_to_the_state_it_served(tmp_path:
             assert client.get("/v1/namespaces/acme/contexts/chat-1").json()["turn_count"] == 5
     finally:
         cluster.stop_all(graceful=False)
+    # Installing 0.1's snapshot built them (a new, empty store logs no build).
+    node_log = (tmp_path / "cluster" / "n1" / "node.log").read_text()
+    assert re.search(r"built the store's indexes \(format \d+\) over [1-9]\d* contexts", node_log)
+    with caplog.at_level(logging.INFO, logger="mcpdb.store"):
+        store = ContextStore(str(tmp_path / "cluster" / "n1" / "store"))
+    try:
+        assert "built the store's indexes" not in caplog.text  # the node kept them current as it applied
+        assert index_state(store) == derived_index_state(ctx_records(store))
+        assert store.count_by_kind() == Counter(
+            item["kind"] for items in expected["contexts"].values() for item in items
+        )
+        for ns, recorded in expected["contexts"].items():
+            for owner in (None, "ada"):
+                assert [m["id"] for m in store.memories(ns, [owner])] == [
+                    item["id"] for item in recorded if item["kind"] == "memory" and item["user_id"] == owner
+                ]
+    finally:
+        store.close()
 
 
 def test_an_entry_newer_than_the_node_stops_it(tmp_path: Path) -> None:

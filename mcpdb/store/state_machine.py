@@ -200,12 +200,13 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
         for kind, count in counts.items():
             _add_count(txn, dbs, kind, count)
         txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, applied), db=dbs[b"meta"])
-    _log.info(
-        "built the store's indexes (format %d) over %d contexts in %.1f s",
-        _INDEX_VERSION,
-        sum(counts.values()),
-        time.monotonic() - started,
-    )
+    if counts:  # a new, empty store has nothing to report
+        _log.info(
+            "built the store's indexes (format %d) over %d contexts in %.1f s",
+            _INDEX_VERSION,
+            sum(counts.values()),
+            time.monotonic() - started,
+        )
 
 
 @dataclass(frozen=True)
