@@ -10,7 +10,11 @@ that apply the same log hold byte-identical records.
 
 Layout (named LMDB databases, keys are bytes):
 
-- ``meta``:   ``applied`` -> last applied Raft index (8 bytes, big-endian)
+- ``meta``:   ``applied`` -> last applied Raft index (8 bytes, big-endian);
+              ``changes_trimmed`` -> the last trimmed history version;
+              ``kind_count \0 kind`` -> contexts of that kind (8 bytes, absent at 0);
+              ``index_format`` -> the indexes' format (4 bytes) and the applied index
+              they are current at (8 bytes)
 - ``ctx``:    ``ns \\0 id`` -> record (JSON): kind, fields, version, times, TTL
 - ``turns``:  ``ns \\0 id \\0 seq(8 bytes)`` -> one session turn (JSON); turns are
               separate keys so an append writes one small value, not the session
@@ -21,6 +25,24 @@ Layout (named LMDB databases, keys are bytes):
 - ``changes``: ``version(8 bytes) position(4 bytes)`` -> one change to a context
               (JSON: namespace, id, kind, action), the history watches read;
               the oldest versions are trimmed past ``change_history`` changes
+- ``by_kind``: ``kind \0 ns \0 id`` -> b"", every context: a namespace's contexts
+              of one kind (a listing by kind, a chat's instructions and
+              guardrails) and one kind across namespaces are each one key range
+- ``by_owner``: ``ns \0 owner \0 id`` -> b"", every memory; the owner is ``-``
+              for a memory of nobody (user_id None), else ``u`` and the SHA-256
+              of the user_id's JSON (a user_id is any string, an LMDB key at most
+              511 bytes): a chat reads its user's memories and nobody's, not the
+              namespace's
+
+Secondary indexes and counts. ``by_kind``, ``by_owner`` and the per-kind
+counts are a function of ``ctx`` alone, written in the transaction of the
+write that changes ``ctx`` (put, delete, expiry, batch, an append that
+creates a session), so every replica holds the same indexes at the same
+applied index, a snapshot carries them, and a chat's reads do not grow with
+the namespace. ``apply`` stamps ``index_format`` with the applied index; a
+store opened (or a snapshot installed) whose stamp is missing, of another
+format, or behind its applied index (written by a release without indexes,
+or applied to by one) gets them rebuilt from ``ctx`` before anyone reads it.
 
 Snapshots (``mcpdb.store.snapshot``) are tar files holding pysyncobj's
 bookkeeping and a compacted LMDB copy of a version the Raft thread pinned
