@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -28,11 +29,14 @@ def b64(text: str) -> str:
 
 
 class EtcdCluster:
-    def __init__(self, data_dir: Path, size: int = 3) -> None:
+    def __init__(self, data_dir: Path, size: int = 3, extra_args: list[str] | None = None) -> None:
+        """``extra_args`` are given to every member (quota, snapshot count, txn size)."""
         self.data_dir = data_dir
+        self.extra_args = extra_args or []
         self.names = [f"e{i}" for i in range(1, size + 1)]
         self.client_ports = {n: free_port() for n in self.names}
         self.peer_ports = {n: free_port() for n in self.names}
+        self.metrics_ports = {n: free_port() for n in self.names}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def url(self, name: str) -> str:
@@ -41,10 +45,22 @@ class EtcdCluster:
     def urls(self) -> list[str]:
         return [self.url(n) for n in self.names]
 
-    def start(self, name: str) -> None:
-        initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_ports[n]}" for n in self.names)
-        member_dir = self.data_dir / name
-        state = "existing" if member_dir.exists() else "new"
+    def peer_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.peer_ports[name]}"
+
+    def metrics_url(self, name: str) -> str:
+        """/metrics and /health on a listener of their own, served from the start: a member that is
+        still joining serves no client requests (its client URL opens once it has published itself)."""
+        return f"http://127.0.0.1:{self.metrics_ports[name]}"
+
+    def member_dir(self, name: str) -> Path:
+        return self.data_dir / name
+
+    def start(self, name: str, state: str | None = None) -> None:
+        """Start a member; ``state`` is its --initial-cluster-state (default: existing once it has data)."""
+        initial = ",".join(f"{n}={self.peer_url(n)}" for n in self.names)
+        member_dir = self.member_dir(name)
+        state = state or ("existing" if member_dir.exists() else "new")
         log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open while it runs
         self.processes[name] = subprocess.Popen(
             [
@@ -67,10 +83,13 @@ class EtcdCluster:
                 state,
                 "--initial-cluster-token",
                 "mcpdb-bench",
+                "--listen-metrics-urls",
+                self.metrics_url(name),
                 "--logger",
                 "zap",
                 "--log-outputs",
                 "stderr",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=log,
@@ -117,6 +136,41 @@ class EtcdCluster:
     def kill(self, name: str) -> None:
         os.killpg(self.processes[name].pid, signal.SIGKILL)
         self.processes[name].wait(10)
+
+    def stop(self, name: str, timeout: float = 15) -> None:
+        """Graceful stop (SIGTERM); escalates to SIGKILL after ``timeout``."""
+        os.killpg(self.processes[name].pid, signal.SIGTERM)
+        try:
+            self.processes[name].wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(name)
+
+    def replace(self, name: str) -> None:
+        """Stop a member, wipe its data and bring it back empty under a new member id.
+
+        etcd takes a wiped member back only as a new member: one restarted with
+        its old id and no log panics when the leader's commit index is beyond
+        its empty log. So, as etcd's runbook says: member remove, member add,
+        start with ``--initial-cluster-state existing``.
+        """
+        survivor = self.url(next(n for n in self.names if n != name))
+        members = httpx.post(survivor + "/v3/cluster/member/list", json={}, timeout=5).json()["members"]
+        member_id = next(m["ID"] for m in members if self.peer_url(name) in m.get("peerURLs", []))
+        self.stop(name)
+        httpx.post(survivor + "/v3/cluster/member/remove", json={"ID": member_id}, timeout=10).raise_for_status()
+        shutil.rmtree(self.member_dir(name))
+        # Right after a removal etcd refuses to add a voter (503 "unhealthy cluster") until every member
+        # has been connected for its health interval (5 s).
+        deadline = time.monotonic() + 30
+        while True:
+            added = httpx.post(
+                survivor + "/v3/cluster/member/add", json={"peerURLs": [self.peer_url(name)]}, timeout=10
+            )
+            if added.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        added.raise_for_status()
+        self.start(name, state="existing")
 
     def stop_all(self) -> None:
         for process in self.processes.values():

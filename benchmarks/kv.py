@@ -19,23 +19,21 @@ linearizable reads >= 1.0x, p99 within 2x etcd's, failover <= 2 s.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import etcd_cluster, failover, plots, wrk
+from benchmarks import compare, failover, plots, wrk
+from benchmarks.compare import ratio, relative, row
 from benchmarks.systems import Etcd, Mcpdb, System
 
 INSTALL = "apt-get update && apt-get install -y etcd-server etcd-client wrk"
 WRITE_TARGET, READ_TARGET, P99_TARGET, FAILOVER_TARGET_S = 0.5, 1.0, 2.0, 2.0
 SCENARIOS = (("writes", "write_scenario"), ("reads", "read_scenario"))
 START_S, TRIAL_S = 8.0, 9.0  # rough seconds for starting both clusters and for one failover trial (progress only)
-REPO = Path(__file__).resolve().parent.parent
 
 # A step of the run: its label and roughly how many seconds it takes.
 Step = Callable[[str, float], None]
@@ -110,20 +108,7 @@ def run(settings: KvSettings, step: Step) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """What the figures depend on besides the code: versions, cores, and how busy the machine was."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:  # no git
-        commit = ""
-    return {
-        "cpus": os.cpu_count(),
-        "loadavg_before": os.getloadavg(),
-        "python": platform.python_version(),
-        "etcd": etcd_cluster.version(),
-        "wrk": wrk.version(),
-        "mcpdb_commit": commit or "unknown",
-    }
+    return {**compare.environment(), "wrk": wrk.version()}
 
 
 def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
@@ -141,59 +126,22 @@ def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
     failover_max = tuple(None if None in s["failover_s"] else max(s["failover_s"]) for s in (mcpdb, etcd))
     mine = failover_max[0]
     return [
-        _relative("writes/s (2xx)", *pair("writes", "ok_per_s"), WRITE_TARGET),
-        _relative("write p50 ms", *latency("writes", "p50")),
-        _relative("write p99 ms", *latency("writes", "p99"), P99_TARGET, higher=False),
-        _row("write failures", *pair("writes", "failed")),
-        _relative("linearizable reads/s (2xx)", *pair("reads", "ok_per_s"), READ_TARGET),
-        _relative("read p50 ms", *latency("reads", "p50")),
-        _relative("read p99 ms", *latency("reads", "p99"), P99_TARGET, higher=False),
-        _row("read failures", *pair("reads", "failed")),
-        _row(
+        relative("writes/s (2xx)", *pair("writes", "ok_per_s"), WRITE_TARGET),
+        relative("write p50 ms", *latency("writes", "p50")),
+        relative("write p99 ms", *latency("writes", "p99"), P99_TARGET, higher=False),
+        row("write failures", *pair("writes", "failed")),
+        relative("linearizable reads/s (2xx)", *pair("reads", "ok_per_s"), READ_TARGET),
+        relative("read p50 ms", *latency("reads", "p50")),
+        relative("read p99 ms", *latency("reads", "p99"), P99_TARGET, higher=False),
+        row("read failures", *pair("reads", "failed")),
+        row(
             f"failover s (max of {len(mcpdb['failover_s'])})",
             *failover_max,
-            _ratio(*failover_max),
+            ratio(*failover_max),
             f"<= {FAILOVER_TARGET_S:g} s",
             mine is not None and mine <= FAILOVER_TARGET_S,
         ),
     ]
-
-
-def _ratio(mine: float | None, anchor: float | None) -> float | None:
-    return mine / anchor if mine is not None and anchor else None
-
-
-def _relative(
-    metric: str, mine: float, anchor: float, target: float | None = None, higher: bool = True
-) -> dict[str, Any]:
-    """A row judged by the ratio mcpdb/etcd (``higher``: the ratio must reach the target, else stay under)."""
-    ratio = _ratio(mine, anchor)
-    if target is None:
-        return _row(metric, mine, anchor, ratio)
-    passed = ratio is not None and (ratio >= target if higher else ratio <= target)
-    return _row(metric, mine, anchor, ratio, f"{'>=' if higher else '<='} {target:g}x", passed)
-
-
-def _row(
-    metric: str,
-    mine: float | None,
-    anchor: float | None,
-    ratio: float | None = None,
-    target: str = "",
-    passed: bool | None = None,
-) -> dict[str, Any]:
-    return {"metric": metric, "mcpdb": mine, "etcd": anchor, "ratio": ratio, "target": target, "pass": passed}
-
-
-def cell(value: float | None) -> str:
-    """A figure as the tables show it."""
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if isinstance(value, int) or abs(value) >= 100 else f"{value:,.2f}"
-
-
-def verdict(passed: bool | None) -> str:
-    return {True: "yes", False: "NO", None: ""}[passed]
 
 
 def details(results: dict[str, Any]) -> str:
@@ -220,17 +168,7 @@ def details(results: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """The table for benchmarks/RESULTS.md, with the command that produced it."""
-    lines = [
-        f"Command: `{results['command']}`",
-        "",
-        "| metric | mcpdb | etcd 3.4 | mcpdb/etcd | target | met |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['metric']} | {cell(r['mcpdb'])} | {cell(r['etcd'])} | {cell(r['ratio'])} | {r['target']} | "
-        f"{verdict(r['pass'])} |"
-        for r in results["rows"]
-    ]
+    lines = [f"Command: `{results['command']}`", "", *compare.markdown_table(results["rows"])]
     return "\n".join([*lines, "", details(results)])
 
 

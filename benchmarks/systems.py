@@ -72,9 +72,10 @@ class Mcpdb(_Adapter):
 
     name, write_scenario, read_scenario = "mcpdb", "mcpdb_put", "mcpdb_get"
 
-    def __init__(self, data_dir: Path, durability: str) -> None:
+    def __init__(self, data_dir: Path, durability: str, extra_args: list[str] | None = None) -> None:
+        """``extra_args``: more flags for every node."""
         layout = ClusterLayout.fresh(3)
-        layout.extra_args = ["--durability", durability, "--no-inference"]
+        layout.extra_args = ["--durability", durability, "--no-inference", *(extra_args or [])]
         self.cluster = LocalCluster(layout, data_dir)
 
     def _start(self) -> None:
@@ -111,8 +112,9 @@ class Etcd(_Adapter):
 
     name, write_scenario, read_scenario = "etcd", "etcd_put", "etcd_get"
 
-    def __init__(self, data_dir: Path) -> None:
-        self.cluster = EtcdCluster(data_dir)
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
+        """``extra_args``: more flags for every member."""
+        self.cluster = EtcdCluster(data_dir, extra_args=extra_args)
 
     def _start(self) -> None:
         self.cluster.start_all()

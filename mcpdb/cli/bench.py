@@ -133,14 +133,61 @@ def autoscale(
     )
 
 
-def _report(title: str, columns: tuple[str, ...], rows: list[list[str]], results: dict[str, Any], figure: Path) -> None:
-    """A finished run: its table, the command that produced it, and where the files went."""
+@app.command("scale")
+def scale(
+    contexts: Annotated[int, typer.Option(help="Records to load into each system (mcpdb contexts, etcd keys).")] = (
+        1_000_000
+    ),
+    batch: Annotated[int, typer.Option(help="Records per batch (mcpdb: one batch request; etcd: one txn).")] = 500,
+    loaders: Annotated[int, typer.Option(help="Client processes loading at once.")] = 3,
+    compaction_entries: Annotated[
+        int, typer.Option(help="Log entries between compactions, both systems (0: contexts/batch/2, at least 100).")
+    ] = 0,
+    phase_seconds: Annotated[
+        float, typer.Option(help="Seconds the probe runs alone at the start and after each phase's action.")
+    ] = 10.0,
+    gather_runs: Annotated[int, typer.Option(help="Most timed gather() calls per namespace.")] = 30,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
+    ] = None,
+) -> None:
+    """N 1 KiB contexts in mcpdb vs N 1 KiB keys in etcd 3.4: load, compaction, wiped follower, restart, gather."""
+    with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import scale as scale_bench
+
+    if contexts < 100 or not 1 <= batch <= 1000 or loaders < 1 or compaction_entries < 0:
+        raise CliError(
+            "--contexts must be at least 100, --batch 1-1000, --loaders at least 1, --compaction-entries >= 0"
+        )
+    if phase_seconds < 0 or gather_runs < 3:
+        raise CliError("--phase-seconds must be non-negative, --gather-runs at least 3")
+    settings = scale_bench.ScaleSettings(contexts, batch, loaders, compaction_entries, phase_seconds, gather_runs, out)
+    folder = settings.folder()
+    try:
+        scale_bench.require_tools()
+    except RuntimeError as error:
+        raise CliError(str(error)) from None
+    results = _run_with_progress(settings, scale_bench.run)
+    scale_bench.save(results, folder)
+    console.print(_simple_table("probe per phase", scale_bench.PHASE_COLUMNS, scale_bench.phase_rows(results)))
+    console.print(_table(results))
+    console.print(scale_bench.details(results), highlight=False)
+    console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
+    console.print(f"saved {folder}/results.json, results.md, scale.png")
+
+
+def _simple_table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> Table:
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    return table
+
+
+def _report(title: str, columns: tuple[str, ...], rows: list[list[str]], results: dict[str, Any], figure: Path) -> None:
+    """A finished run: its table, the command that produced it, and where the files went."""
+    console.print(_simple_table(title, columns, rows))
     console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
     console.print(f"saved {figure.parent}/results.json, results.md, {figure.name}")
 
@@ -176,7 +223,7 @@ class _Steps:
 
 
 def _table(results: dict[str, Any]) -> Table:
-    from benchmarks.kv import cell, verdict  # loaded by kv() from the checkout
+    from benchmarks.compare import cell, verdict  # loaded by kv() and scale() from the checkout
 
     table = Table(title="mcpdb vs etcd 3.4, 3 nodes each on loopback")
     for column in ("metric", "mcpdb", "etcd", "mcpdb/etcd", "target", "met"):
