@@ -28,9 +28,9 @@ it covers, not as one long wait), and only sends to the members meant to
 be up; the phases' windows are end to end, so none of its operations falls
 outside them. A monitor thread reads every member's status four times a
 second: leader changes (the leader a member names changing), compactions
-(mcpdb: its Raft log's first index moving; etcd: its snapshot counter).
-Not mcpdb's /metrics: a scrape counts contexts by kind with a scan of the
-whole store, which at a million contexts would disturb what is measured.
+(mcpdb: its Raft log's first index moving; etcd: its snapshot counter),
+seen the same way for both and across restarts (a restarted member's own
+counters, such as /metrics' leader changes, start again from zero).
 Disk (allocated blocks of each data directory), data size (mcpdb: the LMDB
 environment's ``size_bytes``; etcd: ``dbSizeInUse``) and RSS (VmRSS,
 RssAnon, RssFile from /proc) are read at the end of each phase.
