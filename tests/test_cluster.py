@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +145,10 @@ def test_a_node_behind_a_compacted_log_catches_up_through_a_snapshot(tmp_path: P
         cluster.stop_all(graceful=False)
 
 
+def _log_starts_at_or_after(cluster: LocalCluster, node_id: str, index: int) -> bool:
+    return bool((cluster.node_status(node_id) or {}).get("log_first_index", 0) >= index)
+
+
 def test_a_forced_snapshot_is_written_beside_the_running_node_and_compacts_its_journal(cluster: LocalCluster) -> None:
     with httpx.Client(timeout=10) as http:
         for spec in cluster.layout.nodes:
@@ -155,7 +160,7 @@ def test_a_forced_snapshot_is_written_beside_the_running_node_and_compacts_its_j
             assert written.status_code == 200, written.text
             body = written.json()
             assert body["written"] and body["index"] >= before["applied_index"] and body["bytes"] > 0
-            _wait_for(lambda: (cluster.node_status(spec.node_id) or {}).get("log_first_index", 0) >= body["index"] - 1)
+            _wait_for(functools.partial(_log_starts_at_or_after, cluster, spec.node_id, body["index"] - 1))
             assert (cluster.data_dir / spec.node_id / "raft" / "raft.snapshot").stat().st_size == body["bytes"]
         read = http.get(_ctx(cluster.urls()[0], context_id="n3-99"))
         assert read.status_code == 200 and read.json()["facts"] == ["99"]
