@@ -36,6 +36,7 @@ from typing import Any
 from mcpdb.fsutil import fsync_path
 
 Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
+RECORD_OVERHEAD = 24  # bytes a record adds to its command: two lengths, index and term
 
 _APP_NAME = b"PYSYNCOBJ"
 _NAME_SIZE = 24
@@ -70,7 +71,7 @@ def _record(entry: Entry) -> bytes:
     command, index, term = entry
     body = _INDEX_TERM.pack(index, term) + command
     size = _U32.pack(len(body))
-    return size + body + size
+    return size + body + size  # RECORD_OVERHEAD + len(command) bytes
 
 
 class Journal:
@@ -117,15 +118,19 @@ class Journal:
     def _reserve(self, needed: int = 0) -> bool:
         """Keep the reserve allocated past the end (and ``needed`` at least); False if the disk
         refused (``low_space`` is set; the room already reserved stays usable)."""
+        if self._end + needed > _MAX_FILE:
+            self.low_space = True  # the format's 32-bit end offset: only compaction makes room
+            return False
         want = min(self._end + needed + self._reserve_bytes, _MAX_FILE)
         if self._allocated >= want - self._reserve_bytes // 2 and self._allocated >= self._end + needed:
+            self.low_space = False
             return True
         try:
             os.posix_fallocate(self._fd, self._allocated, want - self._allocated)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            self._allocated = os.fstat(self._fd).st_size  # a failed fallocate may leave part of it
+            # Whatever part a failed fallocate left is not counted: only what it reported.
             self.low_space = True
             return False
         self._allocated = want
@@ -135,6 +140,12 @@ class Journal:
     def retry_reserve(self) -> bool:
         """Try the reservation again (the disk alarm's periodic check); True once it holds."""
         return self._reserve()
+
+    def make_room(self, needed: int) -> bool:
+        """Whether entries of ``needed`` bytes (records included) can be written now, reserving
+        space for them if it can; the transport asks before it lets pysyncobj append a leader's
+        entries, so an append never fails half way."""
+        return self._reserve(needed) or self.room >= needed
 
     @property
     def room(self) -> int:
@@ -153,7 +164,7 @@ class Journal:
     # ---------------------------------------------------- pysyncobj's interface
     def add(self, command: bytes, idx: int, term: int) -> None:
         record = _record((command, idx, term))
-        if not self._reserve(len(record)) and self.room < len(record):
+        if not self.make_room(len(record)):
             raise JournalFull(len(record), self.room)
         self._write(record, self._end)
         self._entries.append((command, idx, term))
@@ -188,7 +199,6 @@ class Journal:
             os.pwrite(fd, _U32.pack(end), _LAST_RECORD_OFFSET_AT)
             os.fsync(fd)
             os.replace(tmp, self._path)
-            fsync_path(os.path.dirname(os.path.abspath(self._path)))
         except BaseException:
             os.close(fd)
             try:
@@ -196,6 +206,7 @@ class Journal:
             except OSError:
                 pass
             raise
+        # The new file is the journal from here on, whatever happens to the directory fsync.
         os.close(self._fd)
         self._fd = fd
         self._entries = kept
@@ -208,6 +219,7 @@ class Journal:
         self.bytes = end - _FIRST_RECORD_OFFSET
         self._allocated = os.fstat(fd).st_size
         self._dirty = False
+        fsync_path(os.path.dirname(os.path.abspath(self._path)))
         self._reserve()
 
     def __getitem__(self, item: Any) -> Any:
@@ -273,17 +285,24 @@ class _MetaSlots:
         self._stored = (0, None, 1)
         legacy = self._read(path)
         created = not os.path.exists(path)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if legacy is not None:
-            os.ftruncate(self._fd, 0)
-        os.posix_fallocate(self._fd, 0, 2 * _SLOT)
-        if created and durable:
-            fsync_path(os.path.dirname(os.path.abspath(path)))
-        if legacy is not None:
+            # pysyncobj's format: write ours beside it, then rename over it, so a crash leaves one
+            # of the two whole (never a file with neither term nor vote).
             self.term = int(legacy.get("currentTerm", 0))
             self.voted_for = legacy.get("votedForNodeId")
             self.commit_index = int(legacy.get("raftCommitIndex", 1))
+            self._fd = os.open(path + ".new", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.posix_fallocate(self._fd, 0, 2 * _SLOT)
+            self._durable = True  # the migration itself is always made durable
             self.store()
+            self._durable = durable
+            os.replace(path + ".new", path)
+            fsync_path(os.path.dirname(os.path.abspath(path)))
+            return
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.posix_fallocate(self._fd, 0, 2 * _SLOT)
+        if created and durable:
+            fsync_path(os.path.dirname(os.path.abspath(path)))
 
     def _read(self, path: str) -> dict[str, Any] | None:
         """Load the newest valid slot; returns pysyncobj's legacy meta if the file is in its format."""
@@ -293,7 +312,10 @@ class _MetaSlots:
         except FileNotFoundError:
             return None
         if raw[:1] == _PICKLE_PROTO:
-            legacy = pickle.loads(raw)
+            try:
+                legacy = pickle.loads(raw)
+            except Exception:  # noqa: BLE001 - pysyncobj too starts from empty meta when its file is unreadable
+                return {}
             return legacy if isinstance(legacy, dict) else {}
         best: tuple[int, dict[str, Any]] | None = None
         for slot in (0, 1):

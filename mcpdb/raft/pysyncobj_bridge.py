@@ -47,11 +47,12 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft.disk import DiskAlarm
-from mcpdb.raft.journal import Journal
+from mcpdb.raft.journal import RECORD_OVERHEAD, Journal
 from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, Snapshotter
+from mcpdb.store import snapshot
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -180,6 +181,27 @@ class SnapshotSerializer:
         self._snapshots.cancel(node)
 
 
+def align_with_snapshot(journal: Journal, snapshot_path: str) -> None:
+    """Compact the journal to the snapshot if a stop came between the two.
+
+    At start-up pysyncobj keeps the journal only if it begins exactly with the snapshot's last two
+    entries, and otherwise replaces it with just those two: entries after the snapshot, which this
+    node may have acknowledged, would be dropped. The snapshot's rename and the journal's
+    compaction happen in one Raft tick, but a crash can fall between them.
+    """
+    if not os.path.exists(snapshot_path) or len(journal) < 2:
+        return
+    last, previous = snapshot.read_raft_data(snapshot_path)[:2]
+    position = previous[1] - journal[0][1]
+    if (
+        0 < position < len(journal) - 1
+        and tuple(journal[position]) == tuple(previous)
+        and tuple(journal[position + 1]) == tuple(last)
+    ):
+        _log.warning("journal compacted to the snapshot at index %d at start-up (stopped in between)", last[1])
+        journal.deleteEntriesTo(position)
+
+
 def _swap_journal(node: Any, durable: bool) -> Journal:
     """Replace pysyncobj's FileJournal with ``Journal`` on the same file, and re-read the term, vote
     and commit index pysyncobj took from it (once the meta file is in Journal's format, FileJournal
@@ -187,6 +209,7 @@ def _swap_journal(node: Any, durable: bool) -> Journal:
     old = node._SyncObj__raftLog
     old._destroy()
     journal = Journal(node.conf.journalFile, APP_VERSION, durable, node._settings.disk_reserve_bytes)
+    align_with_snapshot(journal, node.conf.fullDumpFile)
     node._SyncObj__raftLog = journal
     node._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])
     node._SyncObj__votedForNodeId = journal.getVotedForNodeId()
@@ -295,9 +318,9 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         verifiably shares with the leader. The leader re-sends them once space returns."""
         entries = result.message.get("entries")
         journal = self.journal
-        if not entries or journal is None or not journal.low_space:
+        if not entries or journal is None:
             return result
-        if sum(len(command) + 24 for command, _, _ in entries) <= journal.room:
+        if journal.make_room(sum(len(command) + RECORD_OVERHEAD for command, _, _ in entries)):
             return result
         message = result.message
         prev_index, prev_term = message.get("prevLogIdx"), message.get("prevLogTerm")
@@ -386,6 +409,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def _on_state_changed(self, old: int, new: int) -> None:
         # Raft thread; pysyncobj calls it before it raises the term for an election.
+        if _ROLES.get(old) == "leader":
+            self.snapshots.drop_transfers()
+        if _ROLES.get(new) == "leader":
+            # pysyncobj sets the new no-op's index only after appending it: until then (or if the
+            # append fails on a full disk) ReadIndex must not count an earlier term's no-op.
+            self._SyncObj__noopIDx = None
         if _ROLES.get(new) == "candidate":
             _log.info("election timeout: standing for term %d", self.raftCurrentTerm + 1)
         else:

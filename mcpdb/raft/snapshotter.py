@@ -63,6 +63,10 @@ class Snapshotter:
         self._result: Written | None = None
         self._outgoing: dict[Hashable, BinaryIO] = {}
         self._incoming: BinaryIO | None = None
+        self._writing = path + ".writing"
+        self._receiving = path + ".receiving"
+        self._installs = 0  # snapshots received from a leader and renamed into place
+        self._installs_at_start = 0
         self.written = 0
         self.failed = 0
         self.last: Written | None = None
@@ -80,6 +84,7 @@ class Snapshotter:
             self._not_before = time.monotonic() + RETRY_AFTER_FAILURE_S
             return
         pinned = self._store.pin_snapshot()
+        self._installs_at_start = self._installs
         _log.info("snapshot at index %d started", pinned.index)
         self._worker = threading.Thread(
             target=self._write, args=(pinned, raft_data), name=f"snapshot-{pinned.index}", daemon=True
@@ -88,27 +93,44 @@ class Snapshotter:
 
     def _write(self, pinned: snapshot.PinnedVersion, raft_data: Any) -> None:
         started = time.monotonic()
-        tmp = self._path + ".writing"
-        index = pinned.index
         try:
-            size = snapshot.write(tmp, pinned, raft_data)
-            os.replace(tmp, self._path)
-            fsync_path(os.path.dirname(os.path.abspath(self._path)))
-            self._result = Written(index, size, time.monotonic() - started, None)
+            size = snapshot.write(self._writing, pinned, raft_data)
+            self._result = Written(pinned.index, size, time.monotonic() - started, None)
         except BaseException as error:  # noqa: BLE001 - reported to the Raft thread, which retries later
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            self._result = Written(index, 0, time.monotonic() - started, error)
+            self._discard(self._writing)
+            self._result = Written(pinned.index, 0, time.monotonic() - started, error)
+
+    @staticmethod
+    def _discard(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def finished(self) -> Written | None:
-        """The snapshot that finished since the last call, if any (Raft thread)."""
+        """The snapshot that finished since the last call, if any (Raft thread).
+
+        The file is renamed into place here, in the Raft thread, in the same tick as pysyncobj then
+        drops the journal entries it covers: a rename on the worker could be followed by a stop
+        before that tick (and at start-up pysyncobj keeps a journal only if it begins exactly at
+        the snapshot; ``align_journal`` covers a crash between the two), or could replace a newer
+        snapshot installed from the leader meanwhile, which is discarded instead.
+        """
         worker, result = self._worker, self._result
         if worker is None or result is None:
             return None
         worker.join()
-        self._worker, self._result, self.last = None, None, result
+        self._worker, self._result = None, None
+        if result.error is None and self._installs != self._installs_at_start:
+            self._discard(self._writing)
+            result = Written(result.index, 0, result.seconds, RuntimeError("a newer snapshot was installed meanwhile"))
+        if result.error is None:
+            try:
+                os.replace(self._writing, self._path)
+                fsync_path(os.path.dirname(os.path.abspath(self._path)))
+            except OSError as error:
+                result = Written(result.index, 0, result.seconds, error)
+        self.last = result
         if result.error is None:
             self.written += 1
             _log.info(
@@ -117,11 +139,11 @@ class Snapshotter:
                 result.size / 1e6,
                 result.seconds,
             )
-            self._drop_outgoing()  # transfers restart from the new file
+            self.drop_transfers()  # transfers restart from the new file
         else:
             self.failed += 1
             self._not_before = time.monotonic() + RETRY_AFTER_FAILURE_S
-            _log.error("snapshot at index %d failed: %s", result.index, result.error)
+            _log.error("snapshot at index %d not written: %s", result.index, result.error)
         return result
 
     # ----------------------------------------------------------------- sending
@@ -145,38 +167,57 @@ class Snapshotter:
         return data, first, last
 
     def cancel(self, node: Hashable) -> None:
+        """Stop the transfer to ``node`` (pysyncobj: it disconnected)."""
         source = self._outgoing.pop(node, None)
         if source is not None:
             source.close()
 
-    def _drop_outgoing(self) -> None:
+    def drop_transfers(self) -> None:
+        """Forget every transfer to a follower (a new snapshot, or this node stopped leading: another
+        leader may have started the follower on a different file meanwhile)."""
         for node in list(self._outgoing):
             self.cancel(node)
 
     # --------------------------------------------------------------- receiving
     def receive(self, chunk: tuple[bytes, bool, bool] | None) -> bool:
-        """Take one chunk from the leader; True once the whole snapshot is in place."""
+        """Take one chunk from the leader; True once the whole snapshot is in place.
+
+        A chunk that cannot be written (a full disk) abandons the transfer, as pysyncobj's own
+        serializer does: later chunks are ignored until the leader starts over, so a file with a gap
+        is never installed. A complete file is checked (its members and sizes) before it replaces
+        the snapshot this node has."""
         if chunk is None:
             return False
         data, first, last = chunk
-        tmp = self._path + ".receiving"
-        if first:
-            if self._incoming is not None:
-                self._incoming.close()
-            self._incoming = open(tmp, "wb")
-            _log.info("receiving a snapshot from the leader")
-        if self._incoming is None:
-            return False  # a transfer that began before this node started: wait for the next one
-        self._incoming.write(data)
-        if not last:
+        try:
+            if first:
+                self._abandon_incoming()
+                self._incoming = open(self._receiving, "wb")
+                _log.info("receiving a snapshot from the leader")
+            if self._incoming is None:
+                return False  # a transfer that began before this node started, or was abandoned
+            self._incoming.write(data)
+            if not last:
+                return False
+            self._incoming.flush()
+            os.fsync(self._incoming.fileno())
+            self._incoming.close()
+            self._incoming = None
+            snapshot.check(self._receiving)
+            os.replace(self._receiving, self._path)
+            fsync_path(os.path.dirname(os.path.abspath(self._path)))
+        except (OSError, ValueError) as error:
+            _log.error("snapshot from the leader abandoned: %s", error)
+            self._abandon_incoming()
             return False
-        self._incoming.flush()
-        os.fsync(self._incoming.fileno())
-        self._incoming.close()
-        self._incoming = None
-        os.replace(tmp, self._path)
-        fsync_path(os.path.dirname(os.path.abspath(self._path)))
+        self._installs += 1
         return True
+
+    def _abandon_incoming(self) -> None:
+        if self._incoming is not None:
+            self._incoming.close()
+            self._incoming = None
+        self._discard(self._receiving)
 
     def install(self, after: Callable[[], None]) -> Any:
         """Install the snapshot file into the store; ``after`` runs once it is in place."""
@@ -189,11 +230,12 @@ class Snapshotter:
         return raft_data
 
     def close(self) -> None:
-        """Wait for a snapshot being written; close open transfers."""
+        """Wait for a snapshot being written and drop it (the Raft thread has stopped, so the journal
+        will not be compacted for it); close open transfers."""
         worker = self._worker
         if worker is not None:
             worker.join()
-        self._drop_outgoing()
-        if self._incoming is not None:
-            self._incoming.close()
-            self._incoming = None
+            self._worker = None
+            self._discard(self._writing)
+        self.drop_transfers()
+        self._abandon_incoming()

@@ -86,6 +86,21 @@ def write(path: str, pinned: PinnedVersion, raft_data: Any) -> int:
         pinned.txn.abort()
 
 
+def check(path: str) -> None:
+    """Raise ValueError unless ``path`` holds both members, whole (a received file is checked
+    before it replaces the node's snapshot)."""
+    size = os.path.getsize(path)
+    try:
+        with tarfile.open(path, "r") as tar:
+            members = {member.name: member for member in tar.getmembers()}
+    except tarfile.TarError as error:
+        raise ValueError(f"{path}: not a snapshot ({error})") from None
+    for name in (RAFT_MEMBER, DATA_MEMBER):
+        member = members.get(name)
+        if member is None or member.offset_data + member.size > size:
+            raise ValueError(f"{path}: {name} is missing or cut short")
+
+
 def read_raft_data(path: str) -> Any:
     """pysyncobj's bookkeeping stored in the snapshot at ``path``."""
     with tarfile.open(path, "r") as tar:

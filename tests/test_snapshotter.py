@@ -1,0 +1,118 @@
+"""The snapshotter's hand-offs between its worker and the Raft thread, and what a follower accepts.
+
+Real LMDB stores and real snapshot files; each case is one the raft review found by reading:
+a snapshot renamed by the worker could outlive a stop before the journal was compacted (at
+start-up pysyncobj then dropped every entry after it), or replace a newer one installed from the
+leader; a received file with a gap could be installed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pysyncobj.journal import APP_VERSION
+
+from mcpdb.raft.journal import Journal
+from mcpdb.raft.pysyncobj_bridge import align_with_snapshot
+from mcpdb.raft.snapshotter import Snapshotter
+from mcpdb.store import snapshot
+from mcpdb.store.commands import Put
+from mcpdb.store.state_machine import ContextStore
+
+WAIT_S = 30.0  # bounds a failure only
+
+
+def _store(directory: Path, entries: int) -> ContextStore:
+    store = ContextStore(str(directory))
+    for index in range(1, entries + 1):
+        context = {"kind": "memory", "facts": [str(index)], "data": {}, "user_id": None, "tags": []}
+        store.apply(index, Put(ns="a", id=f"c{index}", context=context, ttl=None, if_version=None, now=1.0))
+    return store
+
+
+def _raft_data(index: int) -> tuple[tuple[bytes, int, int], tuple[bytes, int, int], None]:
+    return ((b"cmd", index, 1), (b"cmd", index - 1, 1), None)
+
+
+def _wait_written(snapshots: Snapshotter) -> None:
+    began = time.monotonic()
+    while snapshots._result is None:
+        assert time.monotonic() - began < WAIT_S
+        time.sleep(0.01)
+
+
+def test_the_snapshot_is_renamed_into_place_by_the_raft_thread_not_the_worker(tmp_path: Path) -> None:
+    store = _store(tmp_path / "store", 20)
+    path = str(tmp_path / "raft.snapshot")
+    snapshots = Snapshotter(path, store, lambda size: True)
+    snapshots.start(_raft_data(20))
+    _wait_written(snapshots)
+    assert not os.path.exists(path), "the worker renamed it: a stop now would leave the journal uncompacted"
+    done = snapshots.finished()
+    assert done is not None and done.error is None and os.path.exists(path)
+    assert snapshot.read_raft_data(path)[0][1] == 20
+    # A stop while one is being written drops it: the journal was not compacted for it.
+    snapshots.start(_raft_data(20))
+    snapshots.close()
+    assert not os.path.exists(path + ".writing")
+    store.close()
+
+
+def test_a_local_snapshot_finished_after_one_from_the_leader_was_installed_is_discarded(tmp_path: Path) -> None:
+    store = _store(tmp_path / "store", 20)
+    leader = _store(tmp_path / "leader", 40)
+    leaders_file = str(tmp_path / "leader.snapshot")
+    snapshot.write(leaders_file, leader.pin_snapshot(), _raft_data(40))
+    path = str(tmp_path / "raft.snapshot")
+    snapshots = Snapshotter(path, store, lambda size: True)
+    snapshots.start(_raft_data(20))
+    _wait_written(snapshots)
+    with open(leaders_file, "rb") as f:
+        data = f.read()
+    assert snapshots.receive((data, True, False)) is False
+    assert snapshots.receive((b"", False, True)) is True
+    done = snapshots.finished()
+    assert done is not None and done.error is not None
+    assert snapshot.read_raft_data(path)[0][1] == 40, "the older local snapshot replaced the leader's"
+    store.close()
+    leader.close()
+
+
+def test_a_received_snapshot_with_a_gap_is_never_installed(tmp_path: Path) -> None:
+    source = _store(tmp_path / "source", 30)
+    good = str(tmp_path / "good.snapshot")
+    snapshot.write(good, source.pin_snapshot(), _raft_data(30))
+    with open(good, "rb") as f:
+        data = f.read()
+    store = _store(tmp_path / "store", 5)
+    path = str(tmp_path / "raft.snapshot")
+    snapshots = Snapshotter(path, store, lambda size: True)
+    # Chunks arriving without the first one (the transfer began before this node listened) are ignored.
+    assert snapshots.receive((data[1024:], False, False)) is False
+    assert snapshots.receive((b"", False, True)) is False and not os.path.exists(path)
+    # A transfer that lost a chunk in the middle is refused whole.
+    assert snapshots.receive((data[:1024], True, False)) is False
+    assert snapshots.receive((data[-4096:], False, False)) is False
+    assert snapshots.receive((b"", False, True)) is False
+    assert not os.path.exists(path) and not os.path.exists(path + ".receiving")
+    # The whole file is accepted.
+    assert snapshots.receive((data, True, False)) is False and snapshots.receive((b"", False, True)) is True
+    store.close()
+    source.close()
+
+
+def test_a_journal_left_uncompacted_by_a_stop_is_aligned_with_the_snapshot_at_start_up(tmp_path: Path) -> None:
+    journal = Journal(str(tmp_path / "raft.journal"), APP_VERSION, durable=True, reserve=1 << 20)
+    for index in range(1, 11):
+        journal.add(b"cmd", index, 1)
+    store = _store(tmp_path / "store", 6)
+    path = str(tmp_path / "raft.snapshot")
+    snapshot.write(path, store.pin_snapshot(), _raft_data(6))
+    align_with_snapshot(journal, path)
+    # pysyncobj keeps a journal that begins with the snapshot's last two entries, and then replays the rest.
+    assert [entry[1] for entry in journal] == [5, 6, 7, 8, 9, 10]
+    align_with_snapshot(journal, path)  # already aligned: nothing changes
+    assert [entry[1] for entry in journal] == [5, 6, 7, 8, 9, 10]
+    store.close()
