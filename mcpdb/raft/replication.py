@@ -36,6 +36,7 @@ from mcpdb.store.commands import Command, decode, encode
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
+CATCHING_UP_ENTRIES = 1000  # committed entries a follower may still have to apply and serve
 START_GRACE_S = 1.0  # a forced snapshot starts within a tick or two, unless nothing is new
 
 # Exit status of a node that met a log entry newer than its code (EX_CONFIG):
@@ -96,6 +97,7 @@ class Replication:
         def done(result: Any, refusal: Refusal | None) -> None:
             self._raft.defer(lambda: loop.call_soon_threadsafe(_settle, future, result, refusal))
 
+        self._refuse_while_catching_up()
         disk = self._raft.disk.state
         if disk.alarm:
             raise InsufficientStorage(
@@ -114,8 +116,25 @@ class Replication:
                 f"not committed within {timeout:g} s (no quorum?); it may or may not be applied later"
             ) from None
 
+    def _refuse_while_catching_up(self) -> None:
+        """Fail at once on a node far behind its leader (a wiped or new node installing a snapshot,
+        a follower back from a partition): its reads and writes would wait the whole timeout for
+        entries it has yet to apply. As etcd, which does not serve clients until it caught up; the
+        client tries another node (``/readyz`` says the same)."""
+        status = self._raft.status()
+        leader_commit = status["leader_commit_index"]
+        if status["role"] != "follower" or status["leader"] is None or leader_commit is None:
+            return
+        behind = leader_commit - status["applied_index"]
+        if not status["ready"] or behind > CATCHING_UP_ENTRIES:
+            raise NotApplied(
+                f"this node is catching up with the leader ({behind} committed entries still to apply); "
+                "retry, or ask another node"
+            )
+
     async def read_index(self, timeout: float) -> int:
         """A confirmed read index (Raft ReadIndex), once this node has applied it."""
+        self._refuse_while_catching_up()
         return await self._index_when_applied(
             self._raft.read_index.request, timeout, f"could not confirm the leader within {timeout:g} s (no quorum?)"
         )

@@ -64,6 +64,7 @@ class Snapshotter:
         self._outgoing: dict[Hashable, BinaryIO] = {}
         self._incoming: BinaryIO | None = None
         self._writing = path + ".writing"
+        self._unflushed = 0
         self._receiving = path + ".receiving"
         self._installs = 0  # snapshots received from a leader and renamed into place
         self._installs_at_start = 0
@@ -197,6 +198,11 @@ class Snapshotter:
             if self._incoming is None:
                 return False  # a transfer that began before this node started, or was abandoned
             self._incoming.write(data)
+            self._unflushed += len(data)
+            if self._unflushed >= snapshot.FLUSH_EVERY:  # see snapshot._copy_paced: the disk is shared
+                self._incoming.flush()
+                os.fdatasync(self._incoming.fileno())
+                self._unflushed = 0
             if not last:
                 return False
             self._incoming.flush()
