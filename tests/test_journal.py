@@ -55,43 +55,54 @@ def _entries(journal: FileJournal | Journal) -> list[tuple[bytes, int, int]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=OPS)
-def test_same_entries_as_pysyncobj_filejournal_and_the_same_file_after_reopening(tmp_path: Path, ops: list) -> None:
-    directory = tmp_path / str(abs(hash(str(ops))))
+@given(ops=OPS, segment_bytes=st.sampled_from([200, 1000, 64 << 20]))
+def test_same_entries_as_pysyncobj_filejournal_across_segments_and_after_reopening(
+    tmp_path: Path, ops: list, segment_bytes: int
+) -> None:
+    directory = tmp_path / f"{abs(hash(str(ops)))}-{segment_bytes}"
     directory.mkdir()
     oracle = FileJournal(str(directory / "oracle"))
-    ours = Journal(str(directory / "ours"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    ours = Journal(str(directory / "ours"), APP_VERSION, True, RESERVE_BYTES, segment_bytes)
     _apply(oracle, ops, [0])
     _apply(ours, ops, [0])
     expected = _entries(oracle)
     assert _entries(ours) == expected
     oracle._destroy()
     ours._destroy()
-    # Our file reads back in both journals; pysyncobj's reads back in ours.
-    assert _entries(Journal(str(directory / "ours"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)) == expected
-    assert _entries(FileJournal(str(directory / "ours"))) == expected
-    assert _entries(Journal(str(directory / "oracle"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)) == expected
+    assert _entries(Journal(str(directory / "ours"), APP_VERSION, True, RESERVE_BYTES, segment_bytes)) == expected
+    # pysyncobj's (and release 0.1's) single file moves into the first segment on the first open.
+    migrated = Journal(str(directory / "oracle"), APP_VERSION, True, RESERVE_BYTES, segment_bytes)
+    assert _entries(migrated) == expected
+    assert _entries(FileJournal(str(directory / "oracle"))) == []  # emptied once moved
 
 
-def test_compaction_gives_the_space_back(tmp_path: Path) -> None:
+def _disk_bytes(directory: Path) -> int:
+    return sum(path.stat().st_blocks * 512 for path in directory.iterdir())
+
+
+def test_compaction_deletes_whole_segments_and_rewrites_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "journal")
-    journal = Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    journal = Journal(path, APP_VERSION, True, RESERVE_BYTES)
     for index in range(1, 2001):
-        journal.add(os.urandom(64 << 10), index, 1)  # 128 MB of entries
-    grown = os.stat(path).st_blocks * 512
+        journal.add(os.urandom(64 << 10), index, 1)  # 128 MB of entries: three segments
+    segments = tmp_path / "journal.d"
+    grown = _disk_bytes(segments)
+    last = sorted(segments.iterdir())[-1]
+    inode = last.stat().st_ino
     journal.deleteEntriesTo(1999)
-    shrunk = os.stat(path).st_blocks * 512
-    assert grown > 128e6 and shrunk <= 2 * (64 << 10) + RESERVE_BYTES + (1 << 20)
     assert [entry[1] for entry in _entries(journal)] == [2000]
+    assert grown > 128e6 and _disk_bytes(segments) <= (64 << 20) + RESERVE_BYTES + (1 << 20)
+    assert sorted(segments.iterdir())[-1] == last and last.stat().st_ino == inode, "the kept segment was rewritten"
+    journal.add(b"after", 2001, 1)
     journal._destroy()
-    assert [entry[1] for entry in _entries(Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES))] == [2000]
+    assert [entry[1] for entry in _entries(Journal(path, APP_VERSION, True, RESERVE_BYTES))] == [2000, 2001]
 
 
 def test_term_and_vote_survive_reopening_a_torn_slot_and_the_upgrade_from_pysyncobj_meta(tmp_path: Path) -> None:
     path = str(tmp_path / "journal")
     with open(path + ".meta", "wb") as legacy:  # what pysyncobj's MetaStorer writes
         legacy.write(pickle.dumps({"currentTerm": 7, "votedForNodeId": "127.0.0.1:1", "raftCommitIndex": 40}))
-    journal = Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    journal = Journal(path, APP_VERSION, True, RESERVE_BYTES)
     assert (journal.getCurrentTerm(), journal.getVotedForNodeId(), journal.getRaftCommitIndex()) == (
         7,
         "127.0.0.1:1",
@@ -100,14 +111,14 @@ def test_term_and_vote_survive_reopening_a_torn_slot_and_the_upgrade_from_pysync
     journal.setCurrentTerm(8, None)
     journal.setCurrentTerm(9, "127.0.0.1:2")
     journal._destroy()
-    reopened = Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    reopened = Journal(path, APP_VERSION, True, RESERVE_BYTES)
     assert (reopened.getCurrentTerm(), reopened.getVotedForNodeId()) == (9, "127.0.0.1:2")
     reopened._destroy()
     # Tear the newest slot (term 9, sequence 3 -> slot 1): the older slot (term 8) is used.
     with open(path + ".meta", "r+b") as meta:
         meta.seek(256 + 30)
         meta.write(b"\xff\xff")
-    torn = Journal(path, APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+    torn = Journal(path, APP_VERSION, True, RESERVE_BYTES)
     assert (torn.getCurrentTerm(), torn.getVotedForNodeId()) == (8, None)
 
 
@@ -127,7 +138,7 @@ def test_a_full_disk_is_a_flag_then_a_refused_entry_never_a_crash_and_space_retu
     tmp_path: Path,
 ) -> None:
     with _tmpfs(tmp_path / "small", "160m") as disk:
-        journal = Journal(str(disk / "journal"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+        journal = Journal(str(disk / "journal"), APP_VERSION, True, RESERVE_BYTES)
         filler = disk / "filler"
         with open(filler, "wb") as f:  # leave less than one reservation free
             with contextlib.suppress(OSError):
@@ -141,10 +152,8 @@ def test_a_full_disk_is_a_flag_then_a_refused_entry_never_a_crash_and_space_retu
         assert journal.low_space and journal.room < 256 << 10
         entries = len(journal)
         journal._destroy()
-        assert (
-            len(Journal(str(disk / "journal"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)) == entries
-        )  # nothing half-written
+        assert len(Journal(str(disk / "journal"), APP_VERSION, True, RESERVE_BYTES)) == entries  # nothing half-written
         filler.unlink()
-        reopened = Journal(str(disk / "journal"), APP_VERSION, durable=True, reserve=RESERVE_BYTES)
+        reopened = Journal(str(disk / "journal"), APP_VERSION, True, RESERVE_BYTES)
         assert reopened.retry_reserve() and not reopened.low_space
         reopened.add(b"after", index, 1)

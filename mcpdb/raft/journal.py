@@ -1,22 +1,29 @@
-"""The Raft journal: pysyncobj's journal interface on plain file writes, with space reserved ahead.
+"""The Raft journal: pysyncobj's journal interface in segment files, with space reserved ahead.
 
-pysyncobj's ``FileJournal`` writes through an mmap: on a full disk the write into a page the file
-system cannot back kills the process with SIGBUS (measured on a 120 MB tmpfs). Its file only grows
-(compaction rewrites the kept entries at the front, in place, so a crash in the middle of it
-loses the tail), and its term/vote file is written by temp file and rename, which fails with
-ENOSPC in the middle of an election. This journal keeps the same file format (a journal written by
-pysyncobj or by release 0.1 opens as is) and:
+pysyncobj's ``FileJournal`` is one file written through an mmap: on a full disk the write into a
+page the file system cannot back kills the process with SIGBUS (measured on a 120 MB tmpfs). Its
+file only grows, and compaction rewrites every kept entry at the front, in place: a crash in the
+middle loses the tail, and at 1 M contexts the rewrite of the entries appended while a snapshot
+was written (hundreds of MB) stopped the Raft thread for seconds. Its term/vote file is written by
+temp file and rename, which fails with ENOSPC in the middle of an election. This journal:
 
-- writes with ``pwrite`` into space ``posix_fallocate`` reserved ahead (``--disk-reserve-bytes``): a
-  full disk shows up as a failed reservation, while there is still reserved room to finish what is in
-  flight; ``low_space`` is then set and the node raises its disk alarm (``mcpdb.raft.disk``);
-- compacts by writing the kept entries to a new file, fsynced, renamed over the old one: the disk
-  space of the dropped entries is returned at once, and a crash leaves the old or the new journal;
-- keeps term, vote and commit index in two fixed 256-byte slots of a preallocated file (sequence
-  number and CRC each, written alternately, fsynced in durable mode): an update never needs new
-  disk space, and a torn write leaves the other slot.
+- keeps entries in segment files (``raft.journal.d/segment-NNNNNNNN``, each in pysyncobj's record
+  format) of about ``SEGMENT_BYTES``; compaction deletes the segments whose entries are all covered
+  by the snapshot and records the first index kept, so nothing is ever rewritten and the space of
+  compacted entries comes back segment by segment (a crash leaves at most entries that are skipped
+  on the next open);
+- writes with ``pwrite`` into space ``posix_fallocate`` reserved ahead (``--disk-reserve-bytes``):
+  a full disk shows up as a failed reservation, while there is still reserved room to finish what
+  is in flight; ``low_space`` is then set and the node raises its disk alarm (``mcpdb.raft.disk``);
+- keeps term, vote, commit index and the first kept index in two fixed 256-byte slots of a
+  preallocated file (sequence number and CRC each, written alternately, fsynced in durable mode):
+  an update never needs new disk space, and a torn write leaves the other slot.
 
-Durable mode (``durable=True``): ``sync`` fsyncs the file if it changed since the last sync; the
+A journal written by pysyncobj or release 0.1 (``raft.journal``) is moved into the first segment
+on the first open (made durable, then the old file is emptied; pysyncobj keeps opening that path
+itself before mcpdb swaps its journal in, and finds it empty).
+
+Durable mode (``durable=True``): ``sync`` fsyncs the segments written since the last sync; the
 transport calls it before a follower acknowledges and at the end of every leader tick (see
 ``pysyncobj_bridge.McpdbTransport``). Entries also stay in memory, as in pysyncobj; compaction
 bounds them by entries, seconds and bytes (``RaftSettings``).
@@ -28,16 +35,18 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from mcpdb.fsutil import fsync_path
 
 Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
 RECORD_OVERHEAD = 24  # bytes a record adds to its command: two lengths, index and term
-
+SEGMENT_BYTES = 64 << 20
 _APP_NAME = b"PYSYNCOBJ"
 _NAME_SIZE = 24
 _VERSION_SIZE = 8
@@ -47,6 +56,7 @@ _FIRST_RECORD_OFFSET = _LAST_RECORD_OFFSET_AT + 4
 _U32 = struct.Struct("<I")
 _INDEX_TERM = struct.Struct("<QQ")
 _MAX_FILE = (1 << 32) - 1  # the format stores the end offset in 32 bits
+_SEGMENT_NAME = "segment-{:08d}"
 
 _META_MAGIC = b"MCPDBMT1"
 _SLOT = 256
@@ -74,66 +84,181 @@ def _record(entry: Entry) -> bytes:
     return size + body + size  # RECORD_OVERHEAD + len(command) bytes
 
 
+def _read_records(fd: int) -> tuple[list[tuple[Entry, int]], int]:
+    """The (entry, offset) pairs of one file in pysyncobj's format, and its end offset."""
+    if os.fstat(fd).st_size < _FIRST_RECORD_OFFSET:
+        return [], _FIRST_RECORD_OFFSET
+    (end,) = _U32.unpack(os.pread(fd, 4, _LAST_RECORD_OFFSET_AT))
+    data = os.pread(fd, end - _FIRST_RECORD_OFFSET, _FIRST_RECORD_OFFSET)
+    found, position = [], 0
+    while position < len(data):
+        (length,) = _U32.unpack_from(data, position)
+        index, term = _INDEX_TERM.unpack_from(data, position + 4)
+        command = bytes(data[position + 4 + 16 : position + 4 + length])
+        found.append(((command, index, term), _FIRST_RECORD_OFFSET + position))
+        position += length + 8
+    return found, end
+
+
+@dataclass(eq=False)
+class _Segment:
+    path: str
+    fd: int
+    end: int
+    allocated: int
+    dirty: bool = False
+
+
 class Journal:
     """pysyncobj's journal interface (``add``, ``clear``, ``deleteEntriesFrom``/``To``, term and vote,
     commit index), one writer: the Raft thread."""
 
-    def __init__(self, path: str, app_version: bytes, durable: bool, reserve: int) -> None:
-        self._path = path
-        self._reserve_bytes = reserve
+    def __init__(
+        self, path: str, app_version: bytes, durable: bool, reserve: int, segment_bytes: int = SEGMENT_BYTES
+    ) -> None:
+        self._directory = path + ".d"
         self._app_version = app_version
         self._durable = durable
+        self._reserve_bytes = reserve
+        self._segment_bytes = segment_bytes
+        self._meta = _MetaSlots(path + ".meta", durable)
+        if not os.path.isdir(self._directory):
+            self._migrate(path)
         self._entries: list[Entry] = []
-        self._offsets: list[int] = []  # start of each entry's record
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._end = _FIRST_RECORD_OFFSET
-        self._load()
-        # What lies past the end may be sparse (pysyncobj grew its file with ftruncate): only
-        # space this journal reserved itself counts.
-        self._allocated = self._end
-        self._dirty = False
-        self.bytes = self._end - _FIRST_RECORD_OFFSET  # of entries on disk, for size-triggered compaction
+        self._places: list[_Segment] = []  # the segment of each entry
+        self._offsets: list[int] = []  # each entry's record offset in its segment
+        self._segments: list[_Segment] = []
+        self.bytes = 0  # of kept entries' records, for size-triggered compaction
         self.syncs = 0
         self.low_space = False  # a reservation failed: the disk is (nearly) full
-        self._meta = _MetaSlots(path + ".meta", durable)
+        self._load()
         self._reserve()
 
-    # ------------------------------------------------------------------ file
+    # ------------------------------------------------------------ segments
+    def _segment_numbers(self) -> list[int]:
+        names = (name for name in os.listdir(self._directory) if name.startswith("segment-"))
+        return sorted(int(name.split("-", 1)[1]) for name in names)
+
     def _load(self) -> None:
-        size = os.fstat(self._fd).st_size
-        if size < _FIRST_RECORD_OFFSET:
-            os.pwrite(self._fd, _header(self._app_version), 0)
+        numbers = self._segment_numbers() or [1]
+        for number in numbers:
+            segment = self._open_segment(number)
+            found, segment.end = _read_records(segment.fd)
+            # Only space this journal reserved itself counts (the tail may be sparse).
+            segment.allocated = segment.end
+            for entry, offset in found:
+                if entry[1] < self._meta.first_index:
+                    continue  # compacted: a snapshot covers it
+                self._append_place(entry, segment, offset)
+
+    def _open_segment(self, number: int) -> _Segment:
+        path = os.path.join(self._directory, _SEGMENT_NAME.format(number))
+        created = not os.path.exists(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        segment = _Segment(path, fd, _FIRST_RECORD_OFFSET, _FIRST_RECORD_OFFSET)
+        if created:
+            try:
+                os.pwrite(fd, _header(self._app_version), 0)
+            except OSError:
+                os.close(fd)
+                raise
+            segment.dirty = True
+            if self._durable:
+                fsync_path(self._directory)
+        self._segments.append(segment)
+        return segment
+
+    def _migrate(self, legacy: str) -> None:
+        """Move a single-file journal (pysyncobj's, release 0.1's) into the first segment."""
+        building = self._directory + ".new"
+        shutil.rmtree(building, ignore_errors=True)
+        os.makedirs(building)
+        records = b""
+        if os.path.exists(legacy):
+            fd = os.open(legacy, os.O_RDONLY)
+            try:
+                (end,) = _U32.unpack(os.pread(fd, 4, _LAST_RECORD_OFFSET_AT)) if os.fstat(fd).st_size else (0,)
+                if end > _FIRST_RECORD_OFFSET:
+                    records = os.pread(fd, end - _FIRST_RECORD_OFFSET, _FIRST_RECORD_OFFSET)
+            finally:
+                os.close(fd)
+        segment = os.path.join(building, _SEGMENT_NAME.format(1))
+        with open(segment, "wb") as out:
+            out.write(_header(self._app_version))
+            out.write(records)
+            out.flush()
+            os.pwrite(out.fileno(), _U32.pack(_FIRST_RECORD_OFFSET + len(records)), _LAST_RECORD_OFFSET_AT)
+            os.fsync(out.fileno())
+        fsync_path(building)
+        os.replace(building, self._directory)
+        fsync_path(os.path.dirname(os.path.abspath(self._directory)))
+        if os.path.exists(legacy):
+            with open(legacy, "r+b") as old:  # emptied: its entries live in the segment now
+                old.truncate(_FIRST_RECORD_OFFSET)
+                old.seek(_LAST_RECORD_OFFSET_AT)
+                old.write(_U32.pack(_FIRST_RECORD_OFFSET))
+
+    def _append_place(self, entry: Entry, segment: _Segment, offset: int) -> None:
+        self._entries.append(entry)
+        self._places.append(segment)
+        self._offsets.append(offset)
+        self.bytes += len(entry[0]) + RECORD_OVERHEAD
+
+    def _forget(self, start: int, stop: int) -> None:
+        for position in range(start, stop):
+            self.bytes -= len(self._entries[position][0]) + RECORD_OVERHEAD
+        del self._entries[start:stop]
+        del self._places[start:stop]
+        del self._offsets[start:stop]
+
+    def _drop_segment(self, segment: _Segment) -> None:
+        os.close(segment.fd)
+        os.unlink(segment.path)
+        self._segments.remove(segment)
+
+    @property
+    def _active(self) -> _Segment:
+        return self._segments[-1]
+
+    def _roll(self) -> None:
+        """Start a new segment, if the disk lets it have its reservation."""
+        number = int(os.path.basename(self._active.path).split("-", 1)[1]) + 1
+        try:
+            segment = self._open_segment(number)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.low_space = True  # the file could not even take its header: keep the current one
+            os.unlink(os.path.join(self._directory, _SEGMENT_NAME.format(number)))
             return
-        (end,) = _U32.unpack(os.pread(self._fd, 4, _LAST_RECORD_OFFSET_AT))
-        data = os.pread(self._fd, end - _FIRST_RECORD_OFFSET, _FIRST_RECORD_OFFSET)
-        position = 0
-        while position < len(data):
-            (length,) = _U32.unpack_from(data, position)
-            index, term = _INDEX_TERM.unpack_from(data, position + 4)
-            self._offsets.append(_FIRST_RECORD_OFFSET + position)
-            self._entries.append((bytes(data[position + 4 + 16 : position + 4 + length]), index, term))
-            position += length + 8
-        self._end = end
+        if not self._reserve():
+            self._drop_segment(segment)
+
+    def _set_end(self, segment: _Segment, end: int) -> None:
+        segment.end = end
+        os.pwrite(segment.fd, _U32.pack(end), _LAST_RECORD_OFFSET_AT)
+        segment.dirty = True
 
     def _reserve(self, needed: int = 0) -> bool:
-        """Keep the reserve allocated past the end (and ``needed`` at least); False if the disk
-        refused (``low_space`` is set; the room already reserved stays usable)."""
-        if self._end + needed > _MAX_FILE:
-            self.low_space = True  # the format's 32-bit end offset: only compaction makes room
+        """Keep the reserve allocated past the active segment's end (and ``needed`` at least); False
+        if the disk refused (``low_space`` is set; the room already reserved stays usable)."""
+        segment = self._active
+        if segment.end + needed > _MAX_FILE:
+            self.low_space = True  # the format's 32-bit end offset
             return False
-        want = min(self._end + needed + self._reserve_bytes, _MAX_FILE)
-        if self._allocated >= want - self._reserve_bytes // 2 and self._allocated >= self._end + needed:
+        want = min(segment.end + needed + self._reserve_bytes, _MAX_FILE)
+        if segment.allocated >= want - self._reserve_bytes // 2 and segment.allocated >= segment.end + needed:
             self.low_space = False
             return True
         try:
-            os.posix_fallocate(self._fd, self._allocated, want - self._allocated)
+            os.posix_fallocate(segment.fd, segment.allocated, want - segment.allocated)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             # Whatever part a failed fallocate left is not counted: only what it reported.
             self.low_space = True
             return False
-        self._allocated = want
+        segment.allocated = want
         self.low_space = False
         return True
 
@@ -150,77 +275,60 @@ class Journal:
     @property
     def room(self) -> int:
         """Bytes of entries that can still be written without new disk space."""
-        return self._allocated - self._end
-
-    def _write(self, data: bytes, offset: int) -> None:
-        os.pwrite(self._fd, data, offset)
-        self._dirty = True
-
-    def _set_end(self, end: int) -> None:
-        self._end = end
-        self._write(_U32.pack(end), _LAST_RECORD_OFFSET_AT)
-        self.bytes = end - _FIRST_RECORD_OFFSET
+        return self._active.allocated - self._active.end
 
     # ---------------------------------------------------- pysyncobj's interface
     def add(self, command: bytes, idx: int, term: int) -> None:
         record = _record((command, idx, term))
+        if self._active.end + len(record) > self._segment_bytes and self._active.end > _FIRST_RECORD_OFFSET:
+            self._roll()
         if not self.make_room(len(record)):
             raise JournalFull(len(record), self.room)
-        self._write(record, self._end)
-        self._entries.append((command, idx, term))
-        self._offsets.append(self._end)
-        self._set_end(self._end + len(record))
+        segment = self._active
+        os.pwrite(segment.fd, record, segment.end)
+        self._append_place((command, idx, term), segment, segment.end)
+        self._set_end(segment, segment.end + len(record))
 
     def clear(self) -> None:
-        self._entries, self._offsets = [], []
-        self._set_end(_FIRST_RECORD_OFFSET)
+        """Drop every entry (pysyncobj installs a snapshot from the leader): a new, empty segment."""
+        active = self._active
+        self._forget(0, len(self._entries))
+        self._meta.first_index = 0
+        self._meta.store()
+        number = int(os.path.basename(active.path).split("-", 1)[1]) + 1
+        for segment in list(self._segments):
+            self._drop_segment(segment)
+        self._open_segment(number)
+        self._reserve()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 - pysyncobj's names
+        """Drop the entries from position ``entryFrom`` on (a conflict with the leader's log)."""
         if entryFrom >= len(self._entries):
             return
-        end = self._offsets[entryFrom]
-        del self._entries[entryFrom:]
-        del self._offsets[entryFrom:]
-        self._set_end(end)
+        segment, offset = self._places[entryFrom], self._offsets[entryFrom]
+        self._forget(entryFrom, len(self._entries))
+        later = self._segments[self._segments.index(segment) + 1 :]
+        for dropped in later:
+            self._drop_segment(dropped)
+        if later and self._durable:
+            fsync_path(self._directory)
+        self._set_end(segment, offset)
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 - pysyncobj's names
-        """Drop the entries before position ``entryTo`` (a snapshot covers them) by writing the rest
-        to a new file and renaming it over this one: the space comes back, and a crash leaves either
-        journal whole. The snapshot's own rename was made durable before (``Snapshotter``)."""
-        kept = self._entries[entryTo:]
-        records = [_record(entry) for entry in kept]
-        tmp = self._path + ".compacting"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            body = b"".join(records)
-            os.pwrite(fd, _header(self._app_version), 0)
-            os.pwrite(fd, body, _FIRST_RECORD_OFFSET)
-            end = _FIRST_RECORD_OFFSET + len(body)
-            os.pwrite(fd, _U32.pack(end), _LAST_RECORD_OFFSET_AT)
-            os.fsync(fd)
-            os.replace(tmp, self._path)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        # The new file is the journal from here on, whatever happens to the directory fsync.
-        os.close(self._fd)
-        self._fd = fd
-        self._entries = kept
-        self._offsets = []
-        offset = _FIRST_RECORD_OFFSET
-        for record in records:
-            self._offsets.append(offset)
-            offset += len(record)
-        self._end = end
-        self.bytes = end - _FIRST_RECORD_OFFSET
-        self._allocated = os.fstat(fd).st_size
-        self._dirty = False
-        fsync_path(os.path.dirname(os.path.abspath(self._path)))
-        self._reserve()
+        """Drop the entries before position ``entryTo`` (a snapshot covers them): record the first
+        index kept, then delete the segments holding only dropped entries. Nothing is rewritten;
+        dropped entries left in the first segment are skipped on the next open. The snapshot's own
+        rename was made durable before (``Snapshotter.finished``)."""
+        if entryTo <= 0 or not self._entries:
+            return
+        entryTo = min(entryTo, len(self._entries))
+        first_index = self._entries[entryTo][1] if entryTo < len(self._entries) else self._entries[-1][1] + 1
+        self._forget(0, entryTo)
+        self._meta.first_index = first_index
+        self._meta.store()
+        keep_from = self._places[0] if self._places else self._active
+        for segment in self._segments[: self._segments.index(keep_from)]:
+            self._drop_segment(segment)
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]
@@ -255,16 +363,19 @@ class Journal:
         self.sync()
 
     def sync(self) -> None:
-        """fsync the journal if anything was written since the last sync (durable mode)."""
-        if self._dirty and self._durable:
-            os.fsync(self._fd)
-            self.syncs += 1
-        self._dirty = False
+        """fsync the segments written since the last sync (durable mode)."""
+        for segment in self._segments:
+            if segment.dirty:
+                segment.dirty = False
+                if self._durable:
+                    os.fsync(segment.fd)
+                    self.syncs += 1
 
     def _destroy(self) -> None:
-        if self._dirty:
-            os.fsync(self._fd)
-        os.close(self._fd)
+        for segment in self._segments:
+            if segment.dirty:
+                os.fsync(segment.fd)
+            os.close(segment.fd)
         self._meta.store_if_changed()
         self._meta.close()
 
@@ -281,8 +392,9 @@ class _MetaSlots:
         self.term = 0
         self.voted_for: Any = None
         self.commit_index = 1
+        self.first_index = 0  # entries below it were compacted away (see Journal.deleteEntriesTo)
         self._sequence = 0
-        self._stored = (0, None, 1)
+        self._stored: tuple[Any, ...] = (0, None, 1, 0)
         legacy = self._read(path)
         created = not os.path.exists(path)
         if legacy is not None:
@@ -331,11 +443,14 @@ class _MetaSlots:
         if best is not None:
             self._sequence, values = best
             self.term, self.voted_for, self.commit_index = values["term"], values["voted_for"], values["commit"]
-            self._stored = (self.term, self.voted_for, self.commit_index)
+            self.first_index = values.get("first", 0)
+            self._stored = self._values()
         return None
 
     def store(self) -> None:
-        payload = json.dumps({"term": self.term, "voted_for": self.voted_for, "commit": self.commit_index}).encode()
+        payload = json.dumps(
+            {"term": self.term, "voted_for": self.voted_for, "commit": self.commit_index, "first": self.first_index}
+        ).encode()
         if _SLOT_HEAD.size + len(payload) > _SLOT:
             raise ValueError(f"Raft meta of {len(payload)} bytes does not fit a {_SLOT}-byte slot")
         self._sequence += 1
@@ -344,10 +459,13 @@ class _MetaSlots:
         os.pwrite(self._fd, (head + payload).ljust(_SLOT, b"\0"), slot * _SLOT)
         if self._durable:
             os.fsync(self._fd)
-        self._stored = (self.term, self.voted_for, self.commit_index)
+        self._stored = self._values()
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.term, self.voted_for, self.commit_index, self.first_index)
 
     def store_if_changed(self) -> None:
-        if (self.term, self.voted_for, self.commit_index) != self._stored:
+        if self._values() != self._stored:
             self.store()
 
     def close(self) -> None:
