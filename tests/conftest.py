@@ -6,8 +6,14 @@ node runs in its own process group, so nothing outlives the suite.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +49,29 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield running
     finally:
         running.stop_all(graceful=False)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``directory`` (a small disk to fill); skips unless root, as CI runs."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def run_bench(name: str, args: list[str], out: Path, timeout: float) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run ``mcpdb bench NAME ARGS --out OUT`` as a user would; returns the process and its results.json."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpdb.cli", "bench", name, *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done, json.loads((out / "results.json").read_text())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.infer import CpuQuotas
+from tests.conftest import run_bench
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,18 +27,8 @@ def test_infer_benchmark_smoke(tmp_path: Path) -> None:
         "2",
         "--weighted-requests",
         "4",
-        "--out",
-        str(tmp_path),
     ]
-    done = subprocess.run(
-        [sys.executable, "-m", "mcpdb.cli", "bench", "infer", *args],
-        capture_output=True,
-        text=True,
-        timeout=420,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads((tmp_path / "results.json").read_text())
+    done, results = run_bench("infer", args, tmp_path, timeout=420)
     assert f"command: {results['command']}" in done.stdout
     assert results["throughput"]["raw_tokens"] > 0 and results["throughput"]["mcpdb_tokens"] > 0
     for policy in ("affinity", "round_robin"):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import scale
+from tests.conftest import run_bench
 
 pytestmark = [
     pytest.mark.integration,
@@ -20,17 +18,8 @@ CONTEXTS = 2000
 
 
 def test_scale_benchmark_smoke(tmp_path: Path) -> None:
-    args = ["--contexts", str(CONTEXTS), "--phase-seconds", "1", "--gather-runs", "3", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "mcpdb.cli", "bench", "scale", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    results = json.loads((tmp_path / "results.json").read_text())
+    args = ["--contexts", str(CONTEXTS), "--phase-seconds", "1", "--gather-runs", "3"]
+    done, results = run_bench("scale", args, tmp_path, timeout=240)
     assert results["command"] == (
         f"mcpdb bench scale --contexts {CONTEXTS} --batch 500 --loaders 3 --compaction-entries 0 "
         f"--phase-seconds 1 --gather-runs 3 --out {tmp_path}"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import kv
+from tests.conftest import run_bench
 
 pytestmark = [
     pytest.mark.integration,
@@ -18,17 +16,8 @@ pytestmark = [
 
 
 def test_kv_benchmark_smoke(tmp_path: Path) -> None:
-    args = ["--duration", "2", "--connections", "6", "--trials", "1", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "mcpdb.cli", "bench", "kv", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    results = json.loads((tmp_path / "results.json").read_text())
+    args = ["--duration", "2", "--connections", "6", "--trials", "1"]
+    done, results = run_bench("kv", args, tmp_path, timeout=240)
     assert (
         results["command"] == f"mcpdb bench kv --duration 2 --connections 6 --trials 1 --durability durable "
         f"--out {tmp_path}"

@@ -7,36 +7,22 @@ runs); a filler file takes the free space, so the nodes run out while they take 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from mcpdb.ops.localcluster import LocalCluster
-from tests.conftest import start_cluster
+from tests.conftest import mounted_tmpfs, start_cluster
 
 pytestmark = pytest.mark.integration
 
 RESERVE = 8 << 20
 DEADLINE_S = 60.0  # bounds a failure only
-
-
-@contextlib.contextmanager
-def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    directory.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True)
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
 def _fill(disk: Path, leave: int) -> Path:
@@ -79,7 +65,7 @@ def _write_until_refused(cluster: LocalCluster, acknowledged: list[str]) -> http
 
 
 def test_a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself(tmp_path: Path) -> None:
-    with _tmpfs(tmp_path / "disk", "160m") as disk:
+    with mounted_tmpfs(tmp_path / "disk", "160m") as disk:
         cluster = start_cluster(disk, extra_args=["--disk-reserve-bytes", str(RESERVE)])
         try:
             filler = _fill(disk, leave=4 << 20)

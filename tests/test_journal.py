@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from hypothesis import strategies as st
 from pysyncobj.journal import APP_VERSION, FileJournal
 
 from mcpdb.raft.journal import Journal, JournalFull
+from tests.conftest import mounted_tmpfs
 
 RESERVE_BYTES = 64 << 20
 
@@ -122,22 +121,10 @@ def test_term_and_vote_survive_reopening_a_torn_slot_and_the_upgrade_from_pysync
     assert (torn.getCurrentTerm(), torn.getVotedForNodeId()) == (8, None)
 
 
-@contextlib.contextmanager
-def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    directory.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True)
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
-
-
 def test_a_full_disk_is_a_flag_then_a_refused_entry_never_a_crash_and_space_returning_clears_it(
     tmp_path: Path,
 ) -> None:
-    with _tmpfs(tmp_path / "small", "160m") as disk:
+    with mounted_tmpfs(tmp_path / "small", "160m") as disk:
         journal = Journal(str(disk / "journal"), APP_VERSION, True, RESERVE_BYTES)
         filler = disk / "filler"
         with open(filler, "wb") as f:  # leave less than one reservation free
