@@ -532,6 +532,17 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             members.add(self.selfNode.id)
         return sorted(members)
 
+    def follower_lag(self) -> tuple[bool, int] | None:
+        """(caught up once since it started, committed entries still to apply) for a voting
+        follower with a known leader, else None. Read from the Raft thread's status sample without
+        building ``status()``: it is asked on every read and write."""
+        raw = self._status_sample
+        if not raw or self._settings.self_addr is None or _ROLES.get(raw["state"]) != "follower":
+            return None
+        if raw["leader"] is None or raw["leader_commit_idx"] is None:
+            return None
+        return self.isReady(), raw["leader_commit_idx"] - raw["last_applied"]
+
     def status(self) -> dict[str, Any]:
         """This node's view of Raft: role, term, indexes, log size, peers' match index."""
         raw = self._status_sample

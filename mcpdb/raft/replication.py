@@ -121,12 +121,11 @@ class Replication:
         a follower back from a partition): its reads and writes would wait the whole timeout for
         entries it has yet to apply. As etcd, which does not serve clients until it caught up; the
         client tries another node (``/readyz`` says the same)."""
-        status = self._raft.status()
-        leader_commit = status["leader_commit_index"]
-        if status["role"] != "follower" or status["leader"] is None or leader_commit is None:
+        lag = self._raft.follower_lag()
+        if lag is None:
             return
-        behind = leader_commit - status["applied_index"]
-        if not status["ready"] or behind > CATCHING_UP_ENTRIES:
+        ready, behind = lag
+        if not ready or behind > CATCHING_UP_ENTRIES:
             raise NotApplied(
                 f"this node is catching up with the leader ({behind} committed entries still to apply); "
                 "retry, or ask another node"
