@@ -16,14 +16,13 @@ journal then keeps its entries, still within its reservation), and the alarm nam
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mcpdb.raft.journal import Journal
+from mcpdb.raft.journal import NO_SPACE, Journal
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def reserve_file(path: str, used: int, reserve: int) -> bool:
         finally:
             os.close(fd)
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if error.errno in NO_SPACE:
             return False
         raise
     return True

@@ -45,6 +45,7 @@ from typing import Any
 from mcpdb.fsutil import fsync_path
 
 Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # the errors that mean "the disk is full" here
 RECORD_OVERHEAD = 24  # bytes a record adds to its command: two lengths, index and term
 SEGMENT_BYTES = 64 << 20
 _APP_NAME = b"PYSYNCOBJ"
@@ -226,7 +227,7 @@ class Journal:
         try:
             segment = self._open_segment(number)
         except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if error.errno not in NO_SPACE:
                 raise
             self.low_space = True  # the file could not even take its header: keep the current one
             os.unlink(os.path.join(self._directory, _SEGMENT_NAME.format(number)))
@@ -253,7 +254,7 @@ class Journal:
         try:
             os.posix_fallocate(segment.fd, segment.allocated, want - segment.allocated)
         except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if error.errno not in NO_SPACE:
                 raise
             # Whatever part a failed fallocate left is not counted: only what it reported.
             self.low_space = True
@@ -358,9 +359,6 @@ class Journal:
 
     def onOneSecondTimer(self) -> None:  # noqa: N802
         self._meta.store_if_changed()
-
-    def flush(self) -> None:
-        self.sync()
 
     def sync(self) -> None:
         """fsync the segments written since the last sync (durable mode)."""
