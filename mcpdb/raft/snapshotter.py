@@ -114,7 +114,7 @@ class Snapshotter:
         The file is renamed into place here, in the Raft thread, in the same tick as pysyncobj then
         drops the journal entries it covers: a rename on the worker could be followed by a stop
         before that tick (and at start-up pysyncobj keeps a journal only if it begins exactly at
-        the snapshot; ``align_journal`` covers a crash between the two), or could replace a newer
+        the snapshot; ``align_with_snapshot`` covers a crash between the two), or could replace a newer
         snapshot installed from the leader meanwhile, which is discarded instead.
         """
         worker, result = self._worker, self._result
