@@ -19,6 +19,11 @@ import pytest
 
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
+# Every node the suite starts (clusters, jepsen runs, `mcpdb up`) inherits this: the default 64 MiB
+# reserved ahead of each journal and store is real allocated disk, about 25 GB over the whole suite.
+# The disk-full tests pass their own --disk-reserve-bytes.
+os.environ.setdefault("MCPDB_DISK_RESERVE_BYTES", str(4 << 20))
+
 
 def start_cluster(
     tmp_path: Path,

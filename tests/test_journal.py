@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from pysyncobj.journal import APP_VERSION, FileJournal
 from mcpdb.raft.journal import Journal, JournalFull
 from tests.conftest import mounted_tmpfs
 
-RESERVE_BYTES = 64 << 20
+RESERVE_BYTES = 1 << 20  # small, as SEGMENT: the suite must fit on a small disk
+SEGMENT = 8 << 20
 
 OPS = st.lists(
     st.one_of(
@@ -60,6 +62,13 @@ def test_same_entries_as_pysyncobj_filejournal_across_segments_and_after_reopeni
 ) -> None:
     directory = tmp_path / f"{abs(hash(str(ops)))}-{segment_bytes}"
     directory.mkdir()
+    try:
+        _compare_with_the_oracle(directory, ops, segment_bytes)
+    finally:
+        shutil.rmtree(directory)  # sixty examples' reserves would otherwise stay on disk to the session's end
+
+
+def _compare_with_the_oracle(directory: Path, ops: list, segment_bytes: int) -> None:
     oracle = FileJournal(str(directory / "oracle"))
     ours = Journal(str(directory / "ours"), APP_VERSION, True, RESERVE_BYTES, segment_bytes)
     _apply(oracle, ops, [0])
@@ -81,20 +90,20 @@ def _disk_bytes(directory: Path) -> int:
 
 def test_compaction_deletes_whole_segments_and_rewrites_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "journal")
-    journal = Journal(path, APP_VERSION, True, RESERVE_BYTES)
+    journal = Journal(path, APP_VERSION, True, RESERVE_BYTES, SEGMENT)
     for index in range(1, 2001):
-        journal.add(os.urandom(64 << 10), index, 1)  # 128 MB of entries: three segments
+        journal.add(os.urandom(SEGMENT // 1024), index, 1)  # two segments' worth of entries: three segments
     segments = tmp_path / "journal.d"
     grown = _disk_bytes(segments)
     last = sorted(segments.iterdir())[-1]
     inode = last.stat().st_ino
     journal.deleteEntriesTo(1999)
     assert [entry[1] for entry in _entries(journal)] == [2000]
-    assert grown > 128e6 and _disk_bytes(segments) <= (64 << 20) + RESERVE_BYTES + (1 << 20)
+    assert grown > 2 * SEGMENT and _disk_bytes(segments) <= SEGMENT + RESERVE_BYTES + (1 << 20)
     assert sorted(segments.iterdir())[-1] == last and last.stat().st_ino == inode, "the kept segment was rewritten"
     journal.add(b"after", 2001, 1)
     journal._destroy()
-    assert [entry[1] for entry in _entries(Journal(path, APP_VERSION, True, RESERVE_BYTES))] == [2000, 2001]
+    assert [entry[1] for entry in _entries(Journal(path, APP_VERSION, True, RESERVE_BYTES, SEGMENT))] == [2000, 2001]
 
 
 def test_term_and_vote_survive_reopening_a_torn_slot_and_the_upgrade_from_pysyncobj_meta(tmp_path: Path) -> None:

@@ -70,7 +70,8 @@ def start(
     disk_reserve_bytes: Annotated[
         int,
         typer.Option(
-            help="Disk kept reserved ahead of the journal and the store; failing to reserve it raises the disk alarm."
+            help="Disk kept reserved ahead of the journal and the store; failing to reserve it raises the disk alarm.",
+            envvar="MCPDB_DISK_RESERVE_BYTES",
         ),
     ] = default("disk_reserve_bytes"),
     change_history: Annotated[
