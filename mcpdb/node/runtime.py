@@ -37,6 +37,7 @@ from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.service import Consistency, ContextService
+from mcpdb.store.background_io import Writeback
 from mcpdb.store.changes import ChangeFeed
 from mcpdb.store.state_machine import ContextStore
 
@@ -64,6 +65,7 @@ class NodeRuntime:
             max_entry_bytes=config.max_body_bytes,
         )
         self.replication = Replication(settings, self.store)
+        self.writeback = Writeback(self.store.data_file)
         self.change_feed = ChangeFeed(self.store)
         self.replication.on_commit(self.change_feed.on_commit)
         self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
@@ -119,6 +121,7 @@ class NodeRuntime:
         self._http = httpx.AsyncClient(timeout=0.5, headers=headers)
         # Node-to-node chat traffic: long streams, per-call timeouts.
         self._stream_http = httpx.AsyncClient(timeout=None, headers=headers, limits=httpx.Limits(max_connections=256))
+        self.writeback.start()
         self._tasks = [
             asyncio.create_task(self._register_loop()),
             asyncio.create_task(self._expiry_loop()),
@@ -157,6 +160,7 @@ class NodeRuntime:
             if client is not None:
                 await client.aclose()
         await asyncio.to_thread(self.replication.close)
+        await asyncio.to_thread(self.writeback.stop)
         if self.worker is not None:
             self.worker.close()
         self.store.close()
