@@ -61,6 +61,12 @@ PYSYNCOBJ_VERSION = "0.3.17"
 STATUS_PERIOD_S = 0.1
 KEEPALIVE = "mcpdb_keepalive"
 KEEPALIVE_INTERVAL_S = 1.0  # well inside the connection timeout ``_syncobj_conf`` sets
+CONNECTION_RETRY_S = 0.5  # pysyncobj reconnects to an unreachable peer this often
+# A node that has just started waits this much longer before its first election: of two peers only
+# the one with the greater address connects, so a restarted follower may hear from its leader only
+# at the leader's next retry, and pysyncobj has no PreVote: a wiped follower standing at once bumped
+# the term and deposed a healthy leader (measured in `mcpdb bench scale`'s catch-up phase).
+STARTUP_ELECTION_GRACE_S = 2 * CONNECTION_RETRY_S
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _NOT_APPLIED = {
@@ -126,7 +132,7 @@ def _syncobj_conf(settings: RaftSettings, on_state_changed: Callable[[int, int],
         # (pysyncobj's default is 30 s, during which writes only time out).
         leaderFallbackTimeout=settings.election_timeout[1],
         connectionTimeout=max(3.5, settings.election_timeout[1]),
-        connectionRetryTime=0.5,
+        connectionRetryTime=CONNECTION_RETRY_S,
         commandsWaitLeader=False,
         dynamicMembershipChange=True,
         logCompactionMinEntries=settings.compaction_min_entries,
@@ -256,6 +262,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             )
             self.journal = _swap_journal(syncObj, self.durable)
             syncObj.addOnTickCallback(self.journal.sync)
+            syncObj.reset_election_timer(grace=STARTUP_ELECTION_GRACE_S)
 
     def _backlog(self, node: Node) -> int:
         """Bytes queued on the connection to ``node`` and not yet sent."""
@@ -591,10 +598,11 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "disk_free_bytes": self.disk.state.free_bytes,
         }
 
-    def reset_election_timer(self) -> None:
-        """Restart the election timeout (Raft thread): installing a large snapshot kept this
-        follower from ticking, and its leader is alive (it just sent the snapshot)."""
-        self._SyncObj__raftElectionDeadline = time.monotonic() + self._SyncObj__generateRaftTimeout()
+    def reset_election_timer(self, grace: float = 0.0) -> None:
+        """Restart the election timeout, ``grace`` seconds later than usual (Raft thread, or before
+        it starts): installing a large snapshot kept this follower from ticking, and its leader is
+        alive (it just sent the snapshot)."""
+        self._SyncObj__raftElectionDeadline = time.monotonic() + grace + self._SyncObj__generateRaftTimeout()
 
     def close(self) -> None:
         """Stop the Raft thread and wait for it, then for a snapshot being written."""
