@@ -31,7 +31,6 @@ from typing import Any, BinaryIO
 
 from mcpdb.fsutil import fsync_path
 from mcpdb.store import snapshot
-from mcpdb.store.background_io import lower_priority
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -94,7 +93,6 @@ class Snapshotter:
         self._worker.start()
 
     def _write(self, pinned: snapshot.PinnedVersion, raft_data: Any) -> None:
-        lower_priority()  # this thread only: see mcpdb/store/background_io.py
         started = time.monotonic()
         try:
             size = snapshot.write(self._writing, pinned, raft_data)

@@ -28,8 +28,6 @@ from typing import Any
 
 import lmdb
 
-from mcpdb.store.background_io import lower_priority
-
 RAFT_MEMBER = "raft.pickle"
 DATA_MEMBER = "data.mdb"
 _BLOCK = tarfile.BLOCKSIZE
@@ -76,7 +74,6 @@ def _copy_paced(pinned: PinnedVersion, fd: int) -> None:
     failure: list[BaseException] = []
 
     def produce() -> None:
-        lower_priority()
         try:
             pinned.env.copyfd(writer, compact=True, txn=pinned.txn)
         except BaseException as error:  # noqa: BLE001 - re-raised by the consumer
