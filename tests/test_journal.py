@@ -8,9 +8,11 @@ cases run on a small tmpfs this test mounts (root only, as in CI).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -56,30 +58,38 @@ def _entries(journal: FileJournal | Journal) -> list[tuple[bytes, int, int]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=OPS, segment_bytes=st.sampled_from([200, 1000, 64 << 20]))
+@given(
+    ops=OPS,
+    segment_bytes=st.sampled_from([200, 1000, 64 << 20]),
+    cache_bytes=st.sampled_from([0, 150, 32 << 20]),  # commands past the cache are read back from disk
+)
 def test_same_entries_as_pysyncobj_filejournal_across_segments_and_after_reopening(
-    tmp_path: Path, ops: list, segment_bytes: int
+    tmp_path: Path, ops: list, segment_bytes: int, cache_bytes: int
 ) -> None:
-    directory = tmp_path / f"{abs(hash(str(ops)))}-{segment_bytes}"
+    directory = tmp_path / f"{abs(hash(str(ops)))}-{segment_bytes}-{cache_bytes}"
     directory.mkdir()
     try:
-        _compare_with_the_oracle(directory, ops, segment_bytes)
+        _compare_with_the_oracle(directory, ops, segment_bytes, cache_bytes)
     finally:
         shutil.rmtree(directory)  # sixty examples' reserves would otherwise stay on disk to the session's end
 
 
-def _compare_with_the_oracle(directory: Path, ops: list, segment_bytes: int) -> None:
+def _compare_with_the_oracle(directory: Path, ops: list, segment_bytes: int, cache_bytes: int) -> None:
     oracle = FileJournal(str(directory / "oracle"))
-    ours = Journal(str(directory / "ours"), APP_VERSION, True, RESERVE_BYTES, segment_bytes)
+    ours = Journal(str(directory / "ours"), APP_VERSION, True, RESERVE_BYTES, segment_bytes, cache_bytes)
     _apply(oracle, ops, [0])
     _apply(ours, ops, [0])
     expected = _entries(oracle)
     assert _entries(ours) == expected
+    assert list(ours) == expected and ours[1:-1] == expected[1:-1] and ours[::2] == expected[::2]
+    if expected:
+        assert ours[-1] == expected[-1] and ours[0] == expected[0]
     oracle._destroy()
     ours._destroy()
-    assert _entries(Journal(str(directory / "ours"), APP_VERSION, True, RESERVE_BYTES, segment_bytes)) == expected
+    reopened = Journal(str(directory / "ours"), APP_VERSION, True, RESERVE_BYTES, segment_bytes, cache_bytes)
+    assert _entries(reopened) == expected
     # pysyncobj's (and release 0.1's) single file moves into the first segment on the first open.
-    migrated = Journal(str(directory / "oracle"), APP_VERSION, True, RESERVE_BYTES, segment_bytes)
+    migrated = Journal(str(directory / "oracle"), APP_VERSION, True, RESERVE_BYTES, segment_bytes, cache_bytes)
     assert _entries(migrated) == expected
     assert _entries(FileJournal(str(directory / "oracle"))) == []  # emptied once moved
 
@@ -153,3 +163,22 @@ def test_a_full_disk_is_a_flag_then_a_refused_entry_never_a_crash_and_space_retu
         reopened = Journal(str(disk / "journal"), APP_VERSION, True, RESERVE_BYTES)
         assert reopened.retry_reserve() and not reopened.low_space
         reopened.add(b"after", index, 1)
+
+
+def _command(index: int) -> bytes:
+    return hashlib.sha256(str(index).encode()).digest() * 2048  # 64 KiB, made again to compare
+
+
+def test_only_the_newest_commands_stay_in_memory_and_older_ones_read_back_intact(tmp_path: Path) -> None:
+    tracemalloc.start()
+    try:
+        journal = Journal(str(tmp_path / "journal"), APP_VERSION, False, RESERVE_BYTES, SEGMENT, cache_bytes=1 << 20)
+        baseline = tracemalloc.get_traced_memory()[0]
+        for index in range(1, 201):  # 12.8 MB of entries, none kept by the test
+            journal.add(_command(index), index, 1)
+        held = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    assert held < 2 << 20, f"{held} bytes held for 1 MiB of cache"
+    assert [entry[0] for entry in journal] == [_command(index) for index in range(1, 201)]
+    assert journal[3] == (_command(4), 4, 1) and journal[-1] == (_command(200), 200, 1)

@@ -25,8 +25,11 @@ itself before mcpdb swaps its journal in, and finds it empty).
 
 Durable mode (``durable=True``): ``sync`` fsyncs the segments written since the last sync; the
 transport calls it before a follower acknowledges and at the end of every leader tick (see
-``pysyncobj_bridge.McpdbTransport``). Entries also stay in memory, as in pysyncobj; compaction
-bounds them by entries, seconds and bytes (``RaftSettings``).
+``pysyncobj_bridge.McpdbTransport``). pysyncobj kept every entry in memory; this journal keeps
+each entry's index, term and place, but only the newest ``CACHE_BYTES`` of commands: older ones
+(what a follower far behind asks for, or a restart replays) are read back from their segment, so
+the heap does not grow with the journal (at 1 M contexts, entries appended during one snapshot
+were hundreds of MB).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # the errors that mean "the disk is full" here
 RECORD_OVERHEAD = 24  # bytes a record adds to its command: two lengths, index and term
 SEGMENT_BYTES = 64 << 20
+CACHE_BYTES = 32 << 20  # commands kept in memory, the newest: a leader sends the tail, applies it
 _APP_NAME = b"PYSYNCOBJ"
 _NAME_SIZE = 24
 _VERSION_SIZE = 8
@@ -115,7 +119,13 @@ class Journal:
     commit index), one writer: the Raft thread."""
 
     def __init__(
-        self, path: str, app_version: bytes, durable: bool, reserve: int, segment_bytes: int = SEGMENT_BYTES
+        self,
+        path: str,
+        app_version: bytes,
+        durable: bool,
+        reserve: int,
+        segment_bytes: int = SEGMENT_BYTES,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self._directory = path + ".d"
         self._app_version = app_version
@@ -125,7 +135,11 @@ class Journal:
         self._meta = _MetaSlots(path + ".meta", durable)
         if not os.path.isdir(self._directory):
             self._migrate(path)
-        self._entries: list[Entry] = []
+        self._cache_bytes = cache_bytes
+        self._index_terms: list[tuple[int, int, int]] = []  # (index, term, command length) of each entry
+        self._commands: list[bytes | None] = []  # None before ``_cached_from``: read back when asked
+        self._cached_from = 0
+        self._cached = 0  # bytes of commands held
         self._places: list[_Segment] = []  # the segment of each entry
         self._offsets: list[int] = []  # each entry's record offset in its segment
         self._segments: list[_Segment] = []
@@ -200,17 +214,37 @@ class Journal:
                 old.write(_U32.pack(_FIRST_RECORD_OFFSET))
 
     def _append_place(self, entry: Entry, segment: _Segment, offset: int) -> None:
-        self._entries.append(entry)
+        command, index, term = entry
+        self._index_terms.append((index, term, len(command)))
+        self._commands.append(command)
         self._places.append(segment)
         self._offsets.append(offset)
-        self.bytes += len(entry[0]) + RECORD_OVERHEAD
+        self.bytes += len(command) + RECORD_OVERHEAD
+        self._cached += len(command)
+        while self._cached > self._cache_bytes and self._cached_from < len(self._commands):
+            self._cached -= self._index_terms[self._cached_from][2]
+            self._commands[self._cached_from] = None
+            self._cached_from += 1
 
     def _forget(self, start: int, stop: int) -> None:
         for position in range(start, stop):
-            self.bytes -= len(self._entries[position][0]) + RECORD_OVERHEAD
-        del self._entries[start:stop]
+            length = self._index_terms[position][2]
+            self.bytes -= length + RECORD_OVERHEAD
+            if position >= self._cached_from:
+                self._cached -= length
+        self._cached_from -= max(0, min(stop, self._cached_from) - start)
+        del self._index_terms[start:stop]
+        del self._commands[start:stop]
         del self._places[start:stop]
         del self._offsets[start:stop]
+        self._cached_from = min(self._cached_from, len(self._commands))
+
+    def _entry(self, position: int) -> Entry:
+        index, term, length = self._index_terms[position]
+        command = self._commands[position]
+        if command is None:  # past the cache: read back (records are never rewritten in place)
+            command = os.pread(self._places[position].fd, length, self._offsets[position] + 4 + _INDEX_TERM.size)
+        return command, index, term
 
     def _drop_segment(self, segment: _Segment) -> None:
         os.close(segment.fd)
@@ -293,7 +327,7 @@ class Journal:
     def clear(self) -> None:
         """Drop every entry (pysyncobj installs a snapshot from the leader): a new, empty segment."""
         active = self._active
-        self._forget(0, len(self._entries))
+        self._forget(0, len(self._index_terms))
         self._meta.first_index = 0
         self._meta.store()
         number = int(os.path.basename(active.path).split("-", 1)[1]) + 1
@@ -304,10 +338,10 @@ class Journal:
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 - pysyncobj's names
         """Drop the entries from position ``entryFrom`` on (a conflict with the leader's log)."""
-        if entryFrom >= len(self._entries):
+        if entryFrom >= len(self._index_terms):
             return
         segment, offset = self._places[entryFrom], self._offsets[entryFrom]
-        self._forget(entryFrom, len(self._entries))
+        self._forget(entryFrom, len(self._index_terms))
         later = self._segments[self._segments.index(segment) + 1 :]
         for dropped in later:
             self._drop_segment(dropped)
@@ -320,10 +354,11 @@ class Journal:
         index kept, then delete the segments holding only dropped entries. Nothing is rewritten;
         dropped entries left in the first segment are skipped on the next open. The snapshot's own
         rename was made durable before (``Snapshotter.finished``)."""
-        if entryTo <= 0 or not self._entries:
+        kept = self._index_terms
+        if entryTo <= 0 or not kept:
             return
-        entryTo = min(entryTo, len(self._entries))
-        first_index = self._entries[entryTo][1] if entryTo < len(self._entries) else self._entries[-1][1] + 1
+        entryTo = min(entryTo, len(kept))
+        first_index = kept[entryTo][0] if entryTo < len(kept) else kept[-1][0] + 1
         self._forget(0, entryTo)
         self._meta.first_index = first_index
         self._meta.store()
@@ -331,14 +366,20 @@ class Journal:
         for segment in self._segments[: self._segments.index(keep_from)]:
             self._drop_segment(segment)
 
-    def __getitem__(self, item: Any) -> Any:
-        return self._entries[item]
+    def __getitem__(self, item: int | slice) -> Any:
+        if isinstance(item, slice):
+            return [self._entry(position) for position in range(*item.indices(len(self._index_terms)))]
+        if item < 0:
+            item += len(self._index_terms)
+        if not 0 <= item < len(self._index_terms):
+            raise IndexError("journal index out of range")
+        return self._entry(item)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._index_terms)
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries)
+        return (self._entry(position) for position in range(len(self._index_terms)))
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802,N803
         self._meta.commit_index = raftCommitIndex  # volatile in Raft: stored with the next term change or tick
