@@ -1,4 +1,5 @@
-"""The store's background I/O helpers: writeback started without waiting, niceness per thread."""
+"""The store's background I/O helpers: writeback started without waiting, niceness per thread,
+large files freed a step at a time off the caller's thread."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import os
 import threading
 from pathlib import Path
 
-from mcpdb.store.background_io import BACKGROUND_NICE, Writeback, lower_priority, start_writeback
+from mcpdb.store.background_io import (
+    BACKGROUND_NICE,
+    DELETE_STEP,
+    TRASH_PREFIX,
+    Writeback,
+    delete_leftover_trash,
+    free_later,
+    link_aside,
+    lower_priority,
+    retire,
+    start_writeback,
+)
 
 
 def test_writeback_of_a_file_with_dirty_pages_is_started_and_the_data_is_intact(tmp_path: Path) -> None:
@@ -51,3 +63,47 @@ def test_the_writeback_thread_follows_the_current_file_and_stops(tmp_path: Path)
         threading.Event().wait(0.05)
     writeback.stop()
     assert asked and not any(t.name == "store-writeback" for t in threading.enumerate())
+
+
+def _gone(path: Path, timeout: float = 10.0) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if not path.exists():
+            return True
+        threading.Event().wait(0.05)
+    return False
+
+
+def test_a_replaced_file_is_freed_in_the_background_and_the_new_one_is_untouched(tmp_path: Path) -> None:
+    path, new = tmp_path / "snapshot", tmp_path / "snapshot.writing"
+    with open(path, "wb") as old:
+        old.truncate(3 * DELETE_STEP + 5)  # sparse: several truncation steps, no real writes
+    new.write_bytes(b"new")
+    trash = link_aside(str(path))
+    assert trash is not None and Path(trash).name.startswith(TRASH_PREFIX)
+    os.replace(new, path)
+    free_later(trash)
+    assert _gone(Path(trash))
+    assert path.read_bytes() == b"new"
+    assert link_aside(str(tmp_path / "missing")) is None
+
+
+def test_a_retired_directory_goes_at_once_from_its_name_and_then_from_the_disk(tmp_path: Path) -> None:
+    generation = tmp_path / "gen-1"
+    generation.mkdir()
+    (generation / "data.mdb").write_bytes(os.urandom(1 << 20))
+    retire(str(generation))
+    assert not generation.exists()
+    for _ in range(200):
+        if not any(tmp_path.iterdir()):
+            break
+        threading.Event().wait(0.05)
+    assert not any(tmp_path.iterdir())
+
+
+def test_trash_a_stopped_process_left_is_freed_at_start_and_nothing_else(tmp_path: Path) -> None:
+    left = tmp_path / f"{TRASH_PREFIX}123-0-segment-00000001"
+    left.write_bytes(b"x" * 4096)
+    kept = tmp_path / "segment-00000002"
+    kept.write_bytes(b"y")
+    delete_leftover_trash(str(tmp_path))
+    assert _gone(left) and kept.read_bytes() == b"y"

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcpdb.fsutil import fsync_path
+from mcpdb.store import background_io
 
 Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # the errors that mean "the disk is full" here
@@ -135,6 +136,7 @@ class Journal:
         self._meta = _MetaSlots(path + ".meta", durable)
         if not os.path.isdir(self._directory):
             self._migrate(path)
+        background_io.delete_leftover_trash(self._directory)
         self._cache_bytes = cache_bytes
         self._index_terms: list[tuple[int, int, int]] = []  # (index, term, command length) of each entry
         self._commands: list[bytes | None] = []  # None before ``_cached_from``: read back when asked
@@ -248,7 +250,7 @@ class Journal:
 
     def _drop_segment(self, segment: _Segment) -> None:
         os.close(segment.fd)
-        os.unlink(segment.path)
+        background_io.retire(segment.path)  # renamed now (no longer a segment), freed off this thread
         self._segments.remove(segment)
 
     @property

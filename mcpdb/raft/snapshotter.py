@@ -21,6 +21,7 @@ arrives; the store then installs it (``ContextStore.install_snapshot``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from mcpdb.fsutil import fsync_path
-from mcpdb.store import snapshot
+from mcpdb.store import background_io, snapshot
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Snapshotter:
         self._unflushed = 0
         self._receiving = path + ".receiving"
         self._installs = 0  # snapshots received from a leader and renamed into place
+        background_io.delete_leftover_trash(os.path.dirname(os.path.abspath(path)))
         self._installs_at_start = 0
         self.written = 0
         self.failed = 0
@@ -125,12 +127,16 @@ class Snapshotter:
         if result.error is None and self._installs != self._installs_at_start:
             self._discard(self._writing)
             result = Written(result.index, 0, result.seconds, RuntimeError("a newer snapshot was installed meanwhile"))
+        previous = None  # the replaced snapshot, freed gradually (see background_io)
         if result.error is None:
             try:
+                previous = background_io.link_aside(self._path)
                 os.replace(self._writing, self._path)
                 fsync_path(os.path.dirname(os.path.abspath(self._path)))
             except OSError as error:
                 result = Written(result.index, 0, result.seconds, error)
+                self._unlink_aside(previous)
+                previous = None
         self.last = result
         if result.error is None:
             self.written += 1
@@ -141,6 +147,7 @@ class Snapshotter:
                 result.seconds,
             )
             self.drop_transfers()  # transfers restart from the new file
+            background_io.free_later(previous)  # nothing reads the old one now
         else:
             self.failed += 1
             self._not_before = time.monotonic() + RETRY_AFTER_FAILURE_S
@@ -210,14 +217,28 @@ class Snapshotter:
             self._incoming.close()
             self._incoming = None
             snapshot.check(self._receiving)
-            os.replace(self._receiving, self._path)
-            fsync_path(os.path.dirname(os.path.abspath(self._path)))
+            previous = background_io.link_aside(self._path)
+            try:
+                os.replace(self._receiving, self._path)
+                fsync_path(os.path.dirname(os.path.abspath(self._path)))
+            except OSError:
+                self._unlink_aside(previous)
+                raise
         except (OSError, ValueError) as error:
             _log.error("snapshot from the leader abandoned: %s", error)
             self._abandon_incoming()
             return False
+        self.drop_transfers()
+        background_io.free_later(previous)
         self._installs += 1
         return True
+
+    @staticmethod
+    def _unlink_aside(trash: str | None) -> None:
+        """The replace failed: the old file is still in place, so its second name only goes."""
+        if trash is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(trash)
 
     def _abandon_incoming(self) -> None:
         if self._incoming is not None:
