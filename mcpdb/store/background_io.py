@@ -168,7 +168,11 @@ def link_aside(path: str) -> str | None:
     if not os.path.exists(path):
         return None
     trash = _deleter.trash_path(path)
-    os.link(path, trash)
+    try:
+        os.link(path, trash)
+    except OSError as error:  # a file system without hard links: the replace frees it, as before
+        _log.debug("no second name for %s: %s", path, error)
+        return None
     return trash
 
 
