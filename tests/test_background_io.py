@@ -16,7 +16,6 @@ from mcpdb.store.background_io import (
     free_later,
     link_aside,
     lower_priority,
-    retire,
     start_writeback,
 )
 
@@ -85,19 +84,6 @@ def test_a_replaced_file_is_freed_in_the_background_and_the_new_one_is_untouched
     assert _gone(Path(trash))
     assert path.read_bytes() == b"new"
     assert link_aside(str(tmp_path / "missing")) is None
-
-
-def test_a_retired_directory_goes_at_once_from_its_name_and_then_from_the_disk(tmp_path: Path) -> None:
-    generation = tmp_path / "gen-1"
-    generation.mkdir()
-    (generation / "data.mdb").write_bytes(os.urandom(1 << 20))
-    retire(str(generation))
-    assert not generation.exists()
-    for _ in range(200):
-        if not any(tmp_path.iterdir()):
-            break
-        threading.Event().wait(0.05)
-    assert not any(tmp_path.iterdir())
 
 
 def test_trash_a_stopped_process_left_is_freed_at_start_and_nothing_else(tmp_path: Path) -> None:

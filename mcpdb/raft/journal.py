@@ -61,6 +61,7 @@ _LAST_RECORD_OFFSET_AT = _NAME_SIZE + _VERSION_SIZE + 4
 _FIRST_RECORD_OFFSET = _LAST_RECORD_OFFSET_AT + 4
 _U32 = struct.Struct("<I")
 _INDEX_TERM = struct.Struct("<QQ")
+_COMMAND_AT = _U32.size + _INDEX_TERM.size  # a command's offset in its record (after length, index, term)
 _MAX_FILE = (1 << 32) - 1  # the format stores the end offset in 32 bits
 _SEGMENT_NAME = "segment-{:08d}"
 
@@ -99,8 +100,8 @@ def _read_records(fd: int) -> tuple[list[tuple[Entry, int]], int]:
     found, position = [], 0
     while position < len(data):
         (length,) = _U32.unpack_from(data, position)
-        index, term = _INDEX_TERM.unpack_from(data, position + 4)
-        command = bytes(data[position + 4 + 16 : position + 4 + length])
+        index, term = _INDEX_TERM.unpack_from(data, position + _U32.size)
+        command = bytes(data[position + _COMMAND_AT : position + _U32.size + length])
         found.append(((command, index, term), _FIRST_RECORD_OFFSET + position))
         position += length + 8
     return found, end
@@ -245,7 +246,7 @@ class Journal:
         index, term, length = self._index_terms[position]
         command = self._commands[position]
         if command is None:  # past the cache: read back (records are never rewritten in place)
-            command = os.pread(self._places[position].fd, length, self._offsets[position] + 4 + _INDEX_TERM.size)
+            command = os.pread(self._places[position].fd, length, self._offsets[position] + _COMMAND_AT)
         return command, index, term
 
     def _drop_segment(self, segment: _Segment) -> None:

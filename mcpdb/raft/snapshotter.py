@@ -130,13 +130,9 @@ class Snapshotter:
         previous = None  # the replaced snapshot, freed gradually (see background_io)
         if result.error is None:
             try:
-                previous = background_io.link_aside(self._path)
-                os.replace(self._writing, self._path)
-                fsync_path(os.path.dirname(os.path.abspath(self._path)))
+                previous = self._replace_snapshot(self._writing)
             except OSError as error:
                 result = Written(result.index, 0, result.seconds, error)
-                self._unlink_aside(previous)
-                previous = None
         self.last = result
         if result.error is None:
             self.written += 1
@@ -217,13 +213,7 @@ class Snapshotter:
             self._incoming.close()
             self._incoming = None
             snapshot.check(self._receiving)
-            previous = background_io.link_aside(self._path)
-            try:
-                os.replace(self._receiving, self._path)
-                fsync_path(os.path.dirname(os.path.abspath(self._path)))
-            except OSError:
-                self._unlink_aside(previous)
-                raise
+            previous = self._replace_snapshot(self._receiving)
         except (OSError, ValueError) as error:
             _log.error("snapshot from the leader abandoned: %s", error)
             self._abandon_incoming()
@@ -233,12 +223,20 @@ class Snapshotter:
         self._installs += 1
         return True
 
-    @staticmethod
-    def _unlink_aside(trash: str | None) -> None:
-        """The replace failed: the old file is still in place, so its second name only goes."""
-        if trash is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(trash)
+    def _replace_snapshot(self, source: str) -> str | None:
+        """Rename ``source`` over the snapshot, durably; the old snapshot's second name (for
+        ``background_io.free_later`` once its transfers are dropped), or None. If the rename fails
+        the old file is still in place, so only its second name goes."""
+        previous = background_io.link_aside(self._path)
+        try:
+            os.replace(source, self._path)
+            fsync_path(os.path.dirname(os.path.abspath(self._path)))
+        except OSError:
+            if previous is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(previous)
+            raise
+        return previous
 
     def _abandon_incoming(self) -> None:
         if self._incoming is not None:

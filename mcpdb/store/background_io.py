@@ -1,4 +1,4 @@
-"""Keeping the store's background I/O out of the Raft thread's way: niceness and paced writeback.
+"""Keeping the store's background I/O out of the Raft thread's way: paced writeback, gradual deletion.
 
 LMDB runs NOSYNC (the Raft journal is the durable record), so every commit leaves dirty pages in
 the page cache until the kernel's background threshold (``vm.dirty_background_ratio``, 10% of RAM:
@@ -13,11 +13,12 @@ the device flush, and commits stop behind it. Python's os module has no sync_fil
 is called through ctypes; where it is missing the thread does nothing.
 
 Large files are deleted gradually, by one thread (``retire``, as RocksDB's DeleteScheduler does):
-freeing a 2 GB snapshot or LMDB generation in one unlink (``os.replace`` over the old snapshot
-is one) held the Raft thread, and ext4's journal commit behind it held every fsync on the disk,
-for longer than an election timeout: at 1 M contexts nearly every finished snapshot was followed
-by an election. A retired path is renamed (or linked) aside at once, and the thread truncates it
-``DELETE_STEP`` bytes at a time, so each journal commit frees a little.
+freeing a 2 GB snapshot in one unlink (``os.replace`` over the old snapshot is one) held the Raft
+thread, and ext4's journal commit behind it held every fsync on the disk, for longer than an
+election timeout: at 1 M contexts nearly every finished snapshot was followed by an election. A
+retired file is renamed (or linked) aside at once, and the thread truncates it ``DELETE_STEP``
+bytes at a time, so each journal commit frees a little. (The LMDB generation a snapshot install
+replaces is still removed where it is replaced: a read may still map it, so it must not shrink.)
 
 The writeback thread runs at a lower CPU priority than the Raft and HTTP threads. The snapshot
 copy does not: at nice 10 it took 2-4x longer under load (at 1 M contexts, 40-60 s instead of 15),
@@ -35,6 +36,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 _log = logging.getLogger(__name__)
@@ -135,18 +137,12 @@ class _Deleter:
 
 
 def _free_gradually(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        for name in os.listdir(path):
-            _free_gradually(os.path.join(path, name))
-        os.rmdir(path)
-        return
-    size = os.lstat(path).st_size
-    if not os.path.islink(path):
-        with open(path, "r+b") as file:
-            while size > DELETE_STEP:
-                size -= DELETE_STEP
-                file.truncate(size)
-                threading.Event().wait(DELETE_PAUSE_S)
+    with open(path, "r+b") as file:
+        size = os.fstat(file.fileno()).st_size
+        while size > DELETE_STEP:
+            size -= DELETE_STEP
+            file.truncate(size)
+            time.sleep(DELETE_PAUSE_S)
     os.unlink(path)
 
 
@@ -154,7 +150,7 @@ _deleter = _Deleter()
 
 
 def retire(path: str) -> None:
-    """Take ``path`` (a file or a directory) out of the way now and free its space gradually in the
+    """Take the file at ``path`` out of the way now and free its space gradually in the
     background. The rename is not made durable here: the caller fsyncs the directory when it must."""
     trash = _deleter.trash_path(path)
     os.rename(path, trash)
