@@ -14,16 +14,18 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
 
+from benchmarks.scale import NS, _load_share
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
 CGROUPS = Path("/sys/fs/cgroup/memory")
 BATCH = 500
 USERS = 100_000
+LOADERS = 3
 
 
 @contextlib.contextmanager
@@ -39,24 +41,6 @@ def memory_cgroup(name: str, limit: int) -> Iterator[Path]:
                 group.rmdir()
                 break
             time.sleep(0.1)
-
-
-def _load(url: str, first_batch: int, contexts: int, step: int) -> int:
-    retried = 0
-    with httpx.Client(timeout=60) as http:
-        for batch in range(first_batch, contexts // BATCH, step):
-            ops = [
-                {
-                    "op": "put",
-                    "id": f"m{batch * BATCH + i}",
-                    "context": {"kind": "memory", "facts": ["x" * 1000], "user_id": f"u{(batch * BATCH + i) % USERS}"},
-                }
-                for i in range(BATCH)
-            ]
-            while http.post(f"{url}/v1/namespaces/big/batch", json={"ops": ops}).status_code != 200:
-                retried += 1
-                time.sleep(1)
-    return retried
 
 
 def main() -> None:
@@ -80,16 +64,29 @@ def main() -> None:
             (group / "cgroup.procs").write_text(str(cluster.processes[node_id].pid))
         urls = cluster.urls()
         started = time.monotonic()
-        with ThreadPoolExecutor(3) as pool:
-            retried = sum(pool.map(lambda k: _load(urls[k], k, args.contexts, 3), range(3)))
+        # `mcpdb bench scale`'s loader and records (1 KiB memory contexts), from three processes.
+        shares = [(k * args.contexts // LOADERS, (k + 1) * args.contexts // LOADERS) for k in range(LOADERS)]
+        with ProcessPoolExecutor(LOADERS) as pool:
+            results = list(
+                pool.map(
+                    _load_share,
+                    ["mcpdb"] * LOADERS,
+                    [urls] * LOADERS,
+                    *zip(*shares, strict=True),
+                    [BATCH] * LOADERS,
+                    [USERS] * LOADERS,
+                    range(LOADERS),
+                )
+            )
         seconds = time.monotonic() - started
-        rate = args.contexts / seconds
-        print(f"loaded {args.contexts:,} contexts in {seconds:.1f} s ({rate:,.0f}/s), {retried} batches retried")
+        acknowledged = sum(result["acknowledged"] for result in results)
+        rate = acknowledged / seconds
+        print(f"loaded {acknowledged:,} of {args.contexts:,} contexts in {seconds:.1f} s ({rate:,.0f}/s)")
         with httpx.Client(timeout=60) as http:
             for node, url in zip(layout.nodes, urls, strict=True):
                 group = groups[node.node_id]
                 stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
-                listed = http.get(f"{url}/v1/namespaces/big/contexts", params={"limit": 1, "kind": "memory"})
+                listed = http.get(f"{url}/v1/namespaces/{NS}/contexts", params={"limit": 1, "kind": "memory"})
                 oom = (group / "memory.oom_control").read_text().split()[-1]
                 alive = cluster.processes[node.node_id].poll() is None
                 print(
