@@ -31,6 +31,17 @@ def _intruders(cluster: LocalCluster, data_dir: Path) -> LocalCluster:
     return LocalCluster(layout, data_dir)
 
 
+def _wait_for_campaigns(intruders: LocalCluster, past: int, timeout: float) -> list[int]:
+    """The intruder voters' terms once one of them reached ``past`` (or at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = [intruders.node_status(node_id) for node_id in ("x0", "x1")]
+        terms = [status["term"] if status else 0 for status in statuses]
+        if max(terms) >= past or time.monotonic() > deadline:
+            return terms
+        time.sleep(0.2)
+
+
 def test_a_node_without_the_secret_cannot_join_read_or_vote(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path / "real", env=SECRET)
     intruders = _intruders(cluster, tmp_path / "intruders")
@@ -49,17 +60,16 @@ def test_a_node_without_the_secret_cannot_join_read_or_vote(tmp_path: Path) -> N
             with socket.create_connection((host, int(port)), timeout=2) as raw:
                 raw.sendall(b'\x00\x00\x00\x10{"type":"vote"}' * 50)
         # Intruder voters time out, campaign with ever higher terms and send RequestVote to every
-        # real voter; the replica asks for the log. Give them several election timeouts.
-        time.sleep(6)
+        # real voter; the replica asks for the log. Wait until one has campaigned well past the
+        # cluster's term (a few election timeouts; on a loaded machine the intruders start slowly).
+        term_before = max(status["term"] for status in before.values())
+        intruder_terms = _wait_for_campaigns(intruders, past=term_before + 3, timeout=40)
+        # Had one of their vote requests been read, the real nodes would have followed its term.
+        # (One election of their own, e.g. a heartbeat late on a loaded machine, is allowed.)
+        assert max(intruder_terms) >= term_before + 3, intruder_terms
 
         after = {n.node_id: cluster.node_status(n.node_id) for n in cluster.layout.nodes}
         real_addresses = {n.raft_addr for n in cluster.layout.nodes}
-        term_before = max(status["term"] for status in before.values())
-        intruder_terms = [intruders.node_status(node_id)["term"] for node_id in ("x0", "x1")]
-        # An intruder campaigned well past the cluster's term; had one of its vote requests been read,
-        # the real nodes would have followed its term. (One election of their own, e.g. a heartbeat late on a
-        # loaded machine, is allowed: it is not the intruders'.)
-        assert max(intruder_terms) >= term_before + 3, intruder_terms
         assert max(status["term"] for status in after.values()) <= term_before + 1, (before, after)
         assert cluster.leader() in {n.node_id for n in cluster.layout.nodes}
         for node_id, status in after.items():  # nobody replicates to an intruder
