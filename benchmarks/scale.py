@@ -633,8 +633,31 @@ def rss(pid: int) -> dict[str, int]:
     return fields
 
 
+SETTLE_TIMEOUT_S = 120.0
+_UNSETTLED = (".trash-", ".writing")  # mcpdb: a file being freed gradually, a snapshot being written
+
+
+def _unsettled(directory: Path) -> bool:
+    for _, _, files in os.walk(directory):
+        if any(name.startswith(_UNSETTLED[0]) or name.endswith(_UNSETTLED[1]) for name in files):
+            return True
+    return False
+
+
+def settle(directories: list[Path], timeout: float = SETTLE_TIMEOUT_S) -> float:
+    """Wait (at most ``timeout``) until no snapshot is being written and no replaced file is still
+    being freed in any of ``directories``; the seconds waited. Disk is judged after compaction
+    (issue 14: "after compaction the journal gives its space back"), not in the middle of one."""
+    started = time.monotonic()
+    while any(_unsettled(directory) for directory in directories) and time.monotonic() - started < timeout:
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
 def resources(system: ScaleSystem) -> dict[str, dict[str, Any]]:
-    """Per member: disk (whole data directory, and by entry), data size, RSS, records held."""
+    """Per member, once compaction settled: disk (whole data directory, and by entry), data size,
+    RSS, records held."""
+    settled_s = settle([system.member_dir(member) for member in system.members()])
     found = {}
     with httpx.Client(timeout=30) as http:
         for member in system.members():
@@ -647,6 +670,7 @@ def resources(system: ScaleSystem) -> dict[str, dict[str, Any]]:
                 "data_bytes": status.data_bytes if status else None,
                 "rss": rss(pid) if pid else {},
                 "records": system.records(http, member),
+                "settled_s": settled_s,
             }
     return found
 

@@ -32,4 +32,3 @@ class RaftSettings:
     heartbeat_period: float = 0.05
     tick_period: float = 0.05
     election_timeout: tuple[float, float] = (0.5, 1.0)
-    compaction_min_seconds: int = 300
