@@ -12,10 +12,12 @@ import os
 import time
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from pysyncobj.journal import APP_VERSION
 
 from mcpdb.raft.journal import Journal
-from mcpdb.raft.pysyncobj_bridge import align_with_snapshot
+from mcpdb.raft.pysyncobj_bridge import JOURNAL_TO_STORE, align_with_snapshot, snapshot_due
 from mcpdb.raft.snapshotter import Snapshotter
 from mcpdb.store import snapshot
 from mcpdb.store.commands import Put
@@ -116,3 +118,20 @@ def test_a_journal_left_uncompacted_by_a_stop_is_aligned_with_the_snapshot_at_st
     align_with_snapshot(journal, path)  # already aligned: nothing changes
     assert [entry[1] for entry in journal] == [5, 6, 7, 8, 9, 10]
     store.close()
+
+
+def test_a_snapshot_is_due_past_the_byte_floor_or_half_the_store_whichever_is_more() -> None:
+    floor = 256 << 20
+    assert not snapshot_due(floor, store_bytes=100 << 20, compaction_bytes=floor)  # small store: the floor
+    assert snapshot_due(floor + 1, store_bytes=100 << 20, compaction_bytes=floor)
+    store = 4 << 30  # large store: half of it
+    assert not snapshot_due(int(JOURNAL_TO_STORE * store), store_bytes=store, compaction_bytes=floor)
+    assert snapshot_due(int(JOURNAL_TO_STORE * store) + 1, store_bytes=store, compaction_bytes=floor)
+
+
+@given(st.integers(0, 1 << 40), st.integers(0, 1 << 40), st.integers(1, 1 << 32))
+def test_snapshot_bytes_per_journal_byte_stay_bounded_at_any_store_size(journal: int, store: int, floor: int) -> None:
+    """The reason for the proportional trigger: the snapshot a due journal causes writes the store,
+    at most 1 / JOURNAL_TO_STORE times the journal once the store outgrew the floor."""
+    if snapshot_due(journal, store, floor):
+        assert store <= journal / JOURNAL_TO_STORE

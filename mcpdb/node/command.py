@@ -65,7 +65,7 @@ def start(
         "compaction_min_entries"
     ),
     compaction_bytes: Annotated[
-        int, typer.Option(help="Journal bytes that also trigger a snapshot (bounds the journal in memory).")
+        int, typer.Option(help="Journal bytes that also trigger a snapshot (or half the store, if that is more).")
     ] = default("compaction_bytes"),
     disk_reserve_bytes: Annotated[
         int,

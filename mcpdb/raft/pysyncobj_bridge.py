@@ -148,6 +148,11 @@ def _syncobj_conf(settings: RaftSettings, on_state_changed: Callable[[int, int],
     )
 
 
+def snapshot_due(journal_bytes: int, store_bytes: int, compaction_bytes: int) -> bool:
+    """Whether the journal outgrew both ``compaction_bytes`` and ``JOURNAL_TO_STORE`` of the store."""
+    return journal_bytes > max(compaction_bytes, JOURNAL_TO_STORE * store_bytes)
+
+
 def _unused_serializer(*_: Any) -> Any:
     raise AssertionError("pysyncobj's serializer was replaced by SnapshotSerializer")
 
@@ -505,7 +510,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         journal = self._transport.journal
         if journal is None or self.snapshots.busy:
             return
-        if journal.bytes > max(self._settings.compaction_bytes, JOURNAL_TO_STORE * self._store.stats()["size_bytes"]):
+        if snapshot_due(journal.bytes, self._store.stats()["size_bytes"], self._settings.compaction_bytes):
             self.forceLogCompaction()
 
     def _commit_and_notify(self) -> None:
