@@ -18,6 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mcpdb.raft.log_guard import reconcile
+from mcpdb.raft.pysyncobj_bridge import carries_entries
 
 
 @dataclass
@@ -165,3 +166,16 @@ def test_messages_pysyncobj_rejects_pass_unchanged() -> None:
     assert reconcile(wrong_prev, 2, 1, 3, lambda i: follower[i - 1]).message is wrong_prev
     chunk = {**stale_term, "term": 2, "transmission": "start", "data": b""}
     assert reconcile(chunk, 2, 1, 3, lambda i: follower[i - 1]).message is chunk
+
+
+def test_only_appendentries_with_entries_may_wait_for_a_backed_up_connection() -> None:
+    """What McpdbTransport drops to a peer that is not reading: batches of entries, which a
+    follower re-requests after the gap; never a heartbeat (it carries the commit index and keeps
+    the follower's election timer) nor a part of a chunked entry (the follower concatenates them)."""
+    entries = {"type": "append_entries", "term": 2, "commit_index": 5, "prevLogIdx": 4, "prevLogTerm": 2}
+    assert carries_entries({**entries, "entries": [(b"x", 5, 2)]})
+    assert not carries_entries({**entries, "entries": []})  # heartbeat
+    assert not carries_entries({**entries, "transmission": "process", "data": b"..."})
+    assert not carries_entries({"type": "append_entries", "serialized": (b"chunk", False, False), "term": 2})
+    assert not carries_entries({"type": "next_node_idx", "entries": [(b"x", 5, 2)]})
+    assert not carries_entries([("x", 1)])

@@ -51,7 +51,7 @@ from mcpdb.raft.journal import RECORD_OVERHEAD, Journal
 from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
-from mcpdb.raft.snapshotter import CHUNK_BYTES, Snapshotter
+from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
 from mcpdb.store import snapshot
 from mcpdb.store.state_machine import ContextStore
 
@@ -146,6 +146,11 @@ def _syncobj_conf(settings: RaftSettings, on_state_changed: Callable[[int, int],
         recvBufferSize=1 << 20,
         onStateChanged=on_state_changed,
     )
+
+
+def carries_entries(message: Any) -> bool:
+    """An AppendEntries with log entries in it (not a heartbeat, not a part of a chunked entry)."""
+    return isinstance(message, dict) and message.get("type") == "append_entries" and bool(message.get("entries"))
 
 
 def snapshot_due(journal_bytes: int, store_bytes: int, compaction_bytes: int) -> bool:
@@ -256,6 +261,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
     guard_log: bool = True
     read_index: ReadIndex | None = None
     reconciled_messages = 0
+    deferred_append_entries = 0  # batches dropped for a backed-up connection (_connection_backed_up)
 
     def __init__(self, syncObj: Any, selfNode: Node | None, otherNodes: Any) -> None:  # noqa: N803
         super().__init__(syncObj, selfNode, otherNodes)
@@ -273,6 +279,24 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             self.journal = _swap_journal(syncObj, self.durable)
             syncObj.addOnTickCallback(self.journal.sync)
             syncObj.reset_election_timer(grace=STARTUP_ELECTION_GRACE_S)
+
+    def _connection_backed_up(self, node: Node, message: Any) -> bool:
+        """Drop AppendEntries carrying entries to a peer whose connection already holds
+        ``MAX_BACKLOG`` unsent bytes, as a lossy network would.
+
+        pysyncobj sends a lagging follower its backlog for up to a heartbeat period on every call
+        (each tick and, unbatched, each proposal), pickling and compressing each batch into one
+        send buffer, however far the follower is from reading it: measured at 1 M contexts, a
+        wiped follower back from its snapshot install took the leader's Raft thread for seconds at
+        a time, and every client write timed out for 28 s. A dropped batch leaves a gap the
+        follower reports at the next message (heartbeats carry prevLogIdx too), and pysyncobj
+        rewinds that follower's next index, so the backlog drains at the rate the follower reads.
+        Heartbeats and chunked transmissions are never dropped (a missing part would corrupt the
+        reassembled entry)."""
+        if not carries_entries(message) or self._backlog(node) <= MAX_BACKLOG:
+            return False
+        self.deferred_append_entries += 1
+        return True
 
     def _backlog(self, node: Node) -> int:
         """Bytes queued on the connection to ``node`` and not yet sent."""
@@ -351,6 +375,8 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         return Reconciled(stripped)
 
     def send(self, node: Node, message: Any) -> bool:
+        if self._connection_backed_up(node, message):
+            return False
         if not self.durable or self.journal is None:
             return bool(super().send(node, message))
         if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
@@ -611,6 +637,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "journal_syncs": journal.syncs,
             "journal_bytes": journal.bytes,
             "reconciled_append_entries": self._transport.reconciled_messages,
+            "deferred_append_entries": self._transport.deferred_append_entries,
             "snapshots_written": self.snapshots.written,
             "snapshot_failures": self.snapshots.failed,
             "snapshot_in_progress": self.snapshots.busy,
