@@ -7,6 +7,8 @@ import os
 import threading
 from pathlib import Path
 
+import psutil
+
 from mcpdb.store.background_io import (
     BACKGROUND_NICE,
     DELETE_STEP,
@@ -93,3 +95,19 @@ def test_trash_a_stopped_process_left_is_freed_at_start_and_nothing_else(tmp_pat
     kept.write_bytes(b"y")
     delete_leftover_trash(str(tmp_path))
     assert _gone(left) and kept.read_bytes() == b"y"
+
+
+def test_a_background_thread_does_its_disk_io_in_the_idle_class() -> None:
+    """Snapshot writers and the writeback and deletion threads yield the disk to the journal's
+    fsyncs; the thread that asked, and only it."""
+    seen: list[object] = []
+
+    def background() -> None:
+        lower_priority()
+        seen.append(psutil.Process(threading.get_native_id()).ionice().ioclass)
+
+    worker = threading.Thread(target=background)
+    worker.start()
+    worker.join()
+    assert seen == [psutil.IOPRIO_CLASS_IDLE]
+    assert psutil.Process(threading.get_native_id()).ionice().ioclass != psutil.IOPRIO_CLASS_IDLE

@@ -95,6 +95,7 @@ class Snapshotter:
         self._worker.start()
 
     def _write(self, pinned: snapshot.PinnedVersion, raft_data: Any) -> None:
+        background_io.idle_io()  # its writes and flushes wait for the journal's fsyncs, not the reverse
         started = time.monotonic()
         try:
             size = snapshot.write(self._writing, pinned, raft_data)
