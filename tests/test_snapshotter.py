@@ -18,7 +18,7 @@ from pysyncobj.journal import APP_VERSION
 
 from mcpdb.raft.journal import Journal
 from mcpdb.raft.pysyncobj_bridge import JOURNAL_TO_STORE, align_with_snapshot, snapshot_due
-from mcpdb.raft.snapshotter import Snapshotter
+from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, STREAM_BYTES_PER_S, Snapshotter
 from mcpdb.store import snapshot
 from mcpdb.store.commands import Put
 from mcpdb.store.state_machine import ContextStore
@@ -103,6 +103,45 @@ def test_a_received_snapshot_with_a_gap_is_never_installed(tmp_path: Path) -> No
     assert snapshots.receive((data, True, False)) is False and snapshots.receive((b"", False, True)) is True
     store.close()
     source.close()
+
+
+def test_a_snapshot_is_sent_whole_at_a_bounded_rate_and_none_is_taken_meanwhile(tmp_path: Path) -> None:
+    store = ContextStore(str(tmp_path / "store"))
+    for index in range(1, 8001):  # about 9 MB: past the burst, so the rest is paced
+        context = {"kind": "memory", "facts": [f"{index:08d}" + "x" * 1000], "data": {}, "user_id": None, "tags": []}
+        store.apply(index, Put(ns="a", id=f"c{index}", context=context, ttl=None, if_version=None, now=1.0))
+    store.commit()
+    path = str(tmp_path / "raft.snapshot")
+    snapshots = Snapshotter(path, store, lambda size: True)
+    snapshots.start(_raft_data(8000))
+    _wait_written(snapshots)
+    assert snapshots.finished() is not None and not snapshots.sending
+    with open(path, "rb") as f:
+        expected = f.read()
+    received, refused, began = b"", 0, time.monotonic()
+    while True:
+        piece = snapshots.chunk("follower", backlog=0)
+        if piece is None:  # the token bucket is empty: the Raft thread goes on with other work
+            refused += 1
+            time.sleep(0.001)
+            continue
+        data, first, last = piece
+        assert first == (received == b"")
+        received += data
+        if not last:
+            assert snapshots.sending
+            snapshots.start(_raft_data(8000))  # pysyncobj asks again every tick: nothing starts
+            assert not snapshots.busy
+        if last:
+            break
+    elapsed = time.monotonic() - began
+    assert received == expected
+    assert not snapshots.sending  # the transfer ended: snapshots may be taken again
+    beyond_burst = len(expected) - MAX_BACKLOG
+    assert beyond_burst > 2 * CHUNK_BYTES  # only what exceeds the initial burst is paced
+    assert refused > 0 and elapsed >= 0.8 * beyond_burst / STREAM_BYTES_PER_S
+    assert snapshots.chunk("follower", backlog=MAX_BACKLOG + 1) is None  # a backed-up connection waits
+    store.close()
 
 
 def test_a_journal_left_uncompacted_by_a_stop_is_aligned_with_the_snapshot_at_start_up(tmp_path: Path) -> None:

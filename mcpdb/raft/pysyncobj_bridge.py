@@ -52,6 +52,7 @@ from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
+from mcpdb.raft.wire import send_bulk_stored
 from mcpdb.store import snapshot
 from mcpdb.store.state_machine import ContextStore
 
@@ -415,6 +416,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def __init__(self, settings: RaftSettings, store: ContextStore, apply: Apply) -> None:
         check_pysyncobj_version()
+        send_bulk_stored()
         self._settings = settings
         self._store = store
         self._apply = apply

@@ -193,6 +193,8 @@ class Replication:
             if elapsed > timeout:
                 raise Indeterminate(f"the snapshot did not finish within {timeout:g} s; it may still")
             if elapsed > START_GRACE_S and not snapshots.busy:
+                if snapshots.sending:
+                    return {"written": False, "reason": "a snapshot is being sent to a follower; retry once it is done"}
                 return {"written": False, "reason": "nothing was applied since the last snapshot"}
             await asyncio.sleep(0.05)
         last = snapshots.last

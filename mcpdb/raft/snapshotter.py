@@ -39,6 +39,12 @@ _log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 MAX_BACKLOG = 4 << 20
 RETRY_AFTER_FAILURE_S = 10.0
+# Sending a snapshot costs the Raft thread ~1.5 ms per MiB (read, pickle, a stored zlib frame:
+# mcpdb.raft.wire); at this rate that is a fifth of the thread, the rest is left for commits.
+STREAM_BYTES_PER_S = 128 << 20
+# While a transfer younger than this runs, the node takes no snapshot: one finishing would restart
+# the transfer (and at 1 M contexts, with a snapshot every 20 s, a 2 GB transfer never ended).
+TRANSFER_HOLD_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class Snapshotter:
         self._worker: threading.Thread | None = None
         self._result: Written | None = None
         self._outgoing: dict[Hashable, BinaryIO] = {}
+        self._sending_since: dict[Hashable, float] = {}
+        self._stream_allowance = float(MAX_BACKLOG)  # bytes: a token bucket at STREAM_BYTES_PER_S
+        self._stream_refilled = time.monotonic()
         self._incoming: BinaryIO | None = None
         self._writing = path + ".writing"
         self._unflushed = 0
@@ -79,9 +88,16 @@ class Snapshotter:
     def busy(self) -> bool:
         return self._worker is not None
 
+    @property
+    def sending(self) -> bool:
+        """Whether a transfer to a follower began less than ``TRANSFER_HOLD_S`` ago."""
+        now = time.monotonic()
+        return any(now - since < TRANSFER_HOLD_S for since in self._sending_since.values())
+
     def start(self, raft_data: Any) -> None:
-        """Pin the applied state and write it in the background (no-op while one is being written)."""
-        if self._worker is not None or time.monotonic() < self._not_before:
+        """Pin the applied state and write it in the background (no-op while one is being written,
+        or while one is being sent: see ``TRANSFER_HOLD_S``)."""
+        if self._worker is not None or time.monotonic() < self._not_before or self.sending:
             return
         if not self._fits(self._store.stats()["size_bytes"]):
             self._not_before = time.monotonic() + RETRY_AFTER_FAILURE_S
@@ -155,7 +171,7 @@ class Snapshotter:
     def chunk(self, node: Hashable, backlog: int) -> tuple[bytes, bool, bool] | None:
         """The next chunk of the current snapshot for ``node``: (data, first, last); None to send
         nothing now (the connection is still busy, or there is no snapshot)."""
-        if backlog > MAX_BACKLOG:
+        if backlog > MAX_BACKLOG or not self._may_stream():
             return None
         source = self._outgoing.get(node)
         first = source is None
@@ -165,14 +181,24 @@ class Snapshotter:
             except OSError:
                 return None
             self._outgoing[node] = source
+            self._sending_since[node] = time.monotonic()
         data = source.read(CHUNK_BYTES)
+        self._stream_allowance -= len(data)
         last = not data
         if last:
             self.cancel(node)
         return data, first, last
 
+    def _may_stream(self) -> bool:
+        """Whether the token bucket holds a chunk's worth (all transfers share it)."""
+        now = time.monotonic()
+        elapsed, self._stream_refilled = now - self._stream_refilled, now
+        self._stream_allowance = min(float(MAX_BACKLOG), self._stream_allowance + elapsed * STREAM_BYTES_PER_S)
+        return self._stream_allowance >= CHUNK_BYTES
+
     def cancel(self, node: Hashable) -> None:
         """Stop the transfer to ``node`` (pysyncobj: it disconnected)."""
+        self._sending_since.pop(node, None)
         source = self._outgoing.pop(node, None)
         if source is not None:
             source.close()

@@ -24,9 +24,10 @@ The writeback and deletion threads, and the thread writing a snapshot, do their 
 idle class (``idle_io``): three nodes sharing a disk each wrote a 2 GB snapshot at once, and
 every journal fsync queued behind those writes in the block layer (threads sampled in D state
 waited in ``wbt_wait`` and ``blk_mq_get_tag``). The writeback and deletion threads also run at a
-lower CPU priority than the Raft and HTTP threads. The snapshot copy does not: at nice 10 it took 2-4x longer under load (at 1 M contexts, 40-60 s instead of 15),
-so snapshots ran back to back and each pinned LMDB's old pages longer, and probe stalls got no
-better (measured with three nodes loading 1 M contexts).
+lower CPU priority than the Raft and HTTP threads. The snapshot copy does not: at nice 10 it
+took 2-4x longer under load (at 1 M contexts, 40-60 s instead of 15), so snapshots ran back to
+back and each pinned LMDB's old pages longer, and probe stalls got no better (measured with
+three nodes loading 1 M contexts).
 """
 
 from __future__ import annotations
