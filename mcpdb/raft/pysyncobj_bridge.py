@@ -51,7 +51,7 @@ from mcpdb.raft.journal import RECORD_OVERHEAD, Journal
 from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
-from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
+from mcpdb.raft.snapshotter import CHUNK_BYTES, Snapshotter
 from mcpdb.raft.wire import send_bulk_stored
 from mcpdb.store import snapshot
 from mcpdb.store.state_machine import ContextStore
@@ -71,6 +71,11 @@ STARTUP_ELECTION_GRACE_S = 2 * CONNECTION_RETRY_S
 # The journal may grow to this share of the store before a snapshot (see _compact_when_large).
 JOURNAL_TO_STORE = 0.5
 NEVER_BY_AGE_S = 10**9
+# Unsent bytes beyond which entries to a peer wait (see McpdbTransport._connection_backed_up): far
+# above what a live follower falls behind by (128 batch entries of 500 contexts, sent stored), since
+# every drop costs that follower a round trip, and at 4 MiB followers under a batch load fell a
+# snapshot behind.
+CATCH_UP_BACKLOG = 64 << 20
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _NOT_APPLIED = {
@@ -283,7 +288,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
 
     def _connection_backed_up(self, node: Node, message: Any) -> bool:
         """Drop AppendEntries carrying entries to a peer whose connection already holds
-        ``MAX_BACKLOG`` unsent bytes, as a lossy network would.
+        ``CATCH_UP_BACKLOG`` unsent bytes, as a lossy network would.
 
         pysyncobj sends a lagging follower its backlog for up to a heartbeat period on every call
         (each tick and, unbatched, each proposal), pickling and compressing each batch into one
@@ -294,7 +299,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         rewinds that follower's next index, so the backlog drains at the rate the follower reads.
         Heartbeats and chunked transmissions are never dropped (a missing part would corrupt the
         reassembled entry)."""
-        if not carries_entries(message) or self._backlog(node) <= MAX_BACKLOG:
+        if not carries_entries(message) or self._backlog(node) <= CATCH_UP_BACKLOG:
             return False
         self.deferred_append_entries += 1
         return True
