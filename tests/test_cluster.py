@@ -121,6 +121,29 @@ def test_an_idle_cluster_elects_a_new_leader_within_two_seconds(cluster: LocalCl
     assert term > old_term and seconds < 2.0, f"leader at term {term} (was {old_term}) after {seconds:.2f} s"
 
 
+def test_a_follower_paused_past_its_election_timeout_rejoins_without_raising_the_term(cluster: LocalCluster) -> None:
+    """A follower held longer than an election timeout (SIGSTOP here) counts the stall and rejoins
+    under the same leader and term. (The case the stall rule is for, a thread held inside a tick
+    with heartbeats queued unread behind the deadline check, is what the 1 M bench's catch-up
+    measures: a SIGSTOP usually lands in poll, whose wake-up reads those heartbeats first.)"""
+    leader, followers = _roles(cluster)
+    term = cluster.node_status(leader)["term"]
+    cluster.pause(followers[0])
+    time.sleep(2.5)  # > the election timeout (0.5-1.0 s), < pysyncobj's connection timeout (3.5 s)
+    cluster.resume(followers[0])
+    time.sleep(3)  # several election timeouts for it to stand, had it wanted to
+    statuses = {node_id: cluster.node_status(node_id) for node_id in (leader, *followers)}
+    assert all(status is not None and status["term"] == term for status in statuses.values()), statuses
+    assert statuses[leader]["role"] == "leader"
+    assert statuses[followers[0]]["raft_thread_stalls"] >= 1, statuses[followers[0]]
+    with httpx.Client(timeout=5) as http:  # and it serves again
+        written = http.put(
+            cluster.spec(followers[0]).url + "/v1/namespaces/p/contexts/after-pause",
+            json={"kind": "memory", "facts": ["ok"]},
+        )
+        assert written.status_code in (200, 201), written.text
+
+
 def test_a_node_behind_a_compacted_log_catches_up_through_a_snapshot(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path, extra_args=["--compaction-entries", "200"])
     try:

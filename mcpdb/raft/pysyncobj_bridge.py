@@ -78,6 +78,7 @@ NEVER_BY_AGE_S = 10**9
 CATCH_UP_BACKLOG = 64 << 20
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+_LEADER_STATE = 2
 _NOT_APPLIED = {
     FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
     FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
@@ -436,6 +437,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         # threads read this sample, refreshed by the Raft thread instead.
         self._status_sample: dict[str, Any] = {}
         self._status_taken = 0.0
+        self._last_tick_began = time.monotonic()
+        self.stalls = 0  # ticks that began more than an election timeout after the previous one
         self.leader_changes = 0  # times a leader other than the last one known was seen (the first counts)
         self._last_leader: Any = None
         self.disk = DiskAlarm(
@@ -645,6 +648,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "journal_bytes": journal.bytes,
             "reconciled_append_entries": self._transport.reconciled_messages,
             "deferred_append_entries": self._transport.deferred_append_entries,
+            "raft_thread_stalls": self.stalls,
             "snapshots_written": self.snapshots.written,
             "snapshot_failures": self.snapshots.failed,
             "snapshot_in_progress": self.snapshots.busy,
@@ -652,6 +656,26 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "disk_alarm_reasons": list(self.disk.state.reasons),
             "disk_free_bytes": self.disk.state.free_bytes,
         }
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's names
+        """One pysyncobj tick, after forgiving the leader for this node's own stall.
+
+        pysyncobj checks the election deadline at the start of a tick, before it reads the
+        sockets. A follower whose thread was held longer than an election timeout (a snapshot
+        chunk's fdatasync on a saturated disk, a SIGSTOP, a paused VM) found its deadline passed
+        and stood at once, though its leader's heartbeats were waiting unread; pysyncobj has no
+        PreVote, so the higher term deposed a healthy leader (measured at 1 M contexts: a wiped
+        follower receiving its snapshot stood eight times in a minute, each restarting the
+        transfer). After such a gap the timer restarts instead: the queued heartbeats reset it as
+        usual, and if the leader is really gone this node stands one timeout later.
+        """
+        now = time.monotonic()
+        gap, self._last_tick_began = now - self._last_tick_began, now
+        if gap > self._settings.election_timeout[0] and self._SyncObj__raftState != _LEADER_STATE:
+            self.stalls += 1
+            _log.warning("raft thread stalled %.2f s: election timer restarted instead of standing", gap)
+            self.reset_election_timer()
+        super()._onTick(timeToWait)
 
     def reset_election_timer(self, grace: float = 0.0) -> None:
         """Restart the election timeout, ``grace`` seconds later than usual (Raft thread, or before
