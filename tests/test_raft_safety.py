@@ -12,16 +12,13 @@ acknowledge or commit an entry that is not the leader's.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from pysyncobj import tcp_connection
 
 from mcpdb.raft.log_guard import reconcile
 from mcpdb.raft.pysyncobj_bridge import carries_entries
-from mcpdb.raft.wire import send_bulk_stored
 
 
 @dataclass
@@ -182,16 +179,3 @@ def test_only_appendentries_with_entries_may_wait_for_a_backed_up_connection() -
     assert not carries_entries({"type": "append_entries", "serialized": (b"chunk", False, False), "term": 2})
     assert not carries_entries({"type": "next_node_idx", "entries": [(b"x", 5, 2)]})
     assert not carries_entries([("x", 1)])
-
-
-def test_bulk_messages_go_stored_and_any_receiver_reads_them() -> None:
-    """pysyncobj's connection compresses with whatever ``zlib`` its module holds; after
-    ``send_bulk_stored`` a large message is a stored zlib stream (about its own size) that the
-    stock ``zlib.decompress`` reads back, and small ones are still compressed."""
-    send_bulk_stored()
-    bulk = b"the same fact, again and again; " * 4096  # 128 KiB, very compressible
-    sent = tcp_connection.zlib.compress(bulk, 3)
-    assert len(sent) > len(bulk) and zlib.decompress(sent) == bulk
-    small = bulk[:4096]
-    assert len(tcp_connection.zlib.compress(small, 3)) < len(small) // 10
-    assert tcp_connection.zlib.decompress(tcp_connection.zlib.compress(small, 3)) == small

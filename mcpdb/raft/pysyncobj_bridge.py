@@ -51,8 +51,7 @@ from mcpdb.raft.journal import RECORD_OVERHEAD, Journal
 from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
-from mcpdb.raft.snapshotter import CHUNK_BYTES, Snapshotter
-from mcpdb.raft.wire import send_bulk_stored
+from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
 from mcpdb.store import snapshot
 from mcpdb.store.state_machine import ContextStore
 
@@ -71,11 +70,6 @@ STARTUP_ELECTION_GRACE_S = 2 * CONNECTION_RETRY_S
 # The journal may grow to this share of the store before a snapshot (see _compact_when_large).
 JOURNAL_TO_STORE = 0.5
 NEVER_BY_AGE_S = 10**9
-# Unsent bytes beyond which entries to a peer wait (see McpdbTransport._connection_backed_up): far
-# above what a live follower falls behind by (128 batch entries of 500 contexts, sent stored), since
-# every drop costs that follower a round trip, and at 4 MiB followers under a batch load fell a
-# snapshot behind.
-CATCH_UP_BACKLOG = 64 << 20
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _LEADER_STATE = 2
@@ -289,7 +283,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
 
     def _connection_backed_up(self, node: Node, message: Any) -> bool:
         """Drop AppendEntries carrying entries to a peer whose connection already holds
-        ``CATCH_UP_BACKLOG`` unsent bytes, as a lossy network would.
+        ``MAX_BACKLOG`` unsent bytes, as a lossy network would.
 
         pysyncobj sends a lagging follower its backlog for up to a heartbeat period on every call
         (each tick and, unbatched, each proposal), pickling and compressing each batch into one
@@ -300,7 +294,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         rewinds that follower's next index, so the backlog drains at the rate the follower reads.
         Heartbeats and chunked transmissions are never dropped (a missing part would corrupt the
         reassembled entry)."""
-        if not carries_entries(message) or self._backlog(node) <= CATCH_UP_BACKLOG:
+        if not carries_entries(message) or self._backlog(node) <= MAX_BACKLOG:
             return False
         self.deferred_append_entries += 1
         return True
@@ -422,7 +416,6 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def __init__(self, settings: RaftSettings, store: ContextStore, apply: Apply) -> None:
         check_pysyncobj_version()
-        send_bulk_stored()
         self._settings = settings
         self._store = store
         self._apply = apply
