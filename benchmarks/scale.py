@@ -13,9 +13,12 @@ both would share the two cores):
 3. compaction: every mcpdb node is told to snapshot now (``POST
    /v1/node/snapshot``) if the nodes have that endpoint. Otherwise, and for
    etcd (which has no such API), the phase lasts until every member has
-   compacted by count, driven by the probe's writes: both run with
-   ``--compaction-entries`` / ``--snapshot-count`` low enough that they
-   also compact a few times during the load;
+   compacted by count, driven by the probe's writes. etcd runs with a
+   ``--snapshot-count`` low enough that it also snapshots a few times during
+   the load; mcpdb gets the same ``--compaction-entries``, a floor for it (a
+   snapshot is due past it only once the journal also holds half as many
+   entries as the store has records, see ``_compact_when_large``), so during
+   the load it compacts by journal bytes, as it would in production;
 4. catch-up: a follower is stopped, its data wiped and the member restarted,
    timed until its applied index reaches the leader's commit index (etcd
    takes a wiped member back only as a new member: removed and re-added);
@@ -634,14 +637,17 @@ def rss(pid: int) -> dict[str, int]:
 
 
 SETTLE_TIMEOUT_S = 120.0
-_UNSETTLED = (".trash-", ".writing")  # mcpdb: a file being freed gradually, a snapshot being written
+# mcpdb's names for a file being freed gradually (background_io.TRASH_PREFIX) and a snapshot being
+# written (Snapshotter); spelt here so that the bench does not import the node's store modules.
+FREEING_PREFIX, WRITING_SUFFIX = ".trash-", ".writing"
 
 
 def _unsettled(directory: Path) -> bool:
-    for _, _, files in os.walk(directory):
-        if any(name.startswith(_UNSETTLED[0]) or name.endswith(_UNSETTLED[1]) for name in files):
-            return True
-    return False
+    return any(
+        name.startswith(FREEING_PREFIX) or name.endswith(WRITING_SUFFIX)
+        for _, _, files in os.walk(directory)
+        for name in files
+    )
 
 
 def settle(directories: list[Path], timeout: float = SETTLE_TIMEOUT_S) -> float:

@@ -159,13 +159,16 @@ def test_a_journal_left_uncompacted_by_a_stop_is_aligned_with_the_snapshot_at_st
     store.close()
 
 
-def test_a_snapshot_is_due_past_the_byte_floor_or_half_the_store_whichever_is_more() -> None:
+def test_a_snapshot_is_due_past_the_floor_or_half_the_store_whichever_is_more() -> None:
     floor = 256 << 20
-    assert not snapshot_due(floor, store_bytes=100 << 20, compaction_bytes=floor)  # small store: the floor
-    assert snapshot_due(floor + 1, store_bytes=100 << 20, compaction_bytes=floor)
+    assert not snapshot_due(floor, store=100 << 20, floor=floor)  # small store: the floor
+    assert snapshot_due(floor + 1, store=100 << 20, floor=floor)
     store = 4 << 30  # large store: half of it
-    assert not snapshot_due(int(JOURNAL_TO_STORE * store), store_bytes=store, compaction_bytes=floor)
-    assert snapshot_due(int(JOURNAL_TO_STORE * store) + 1, store_bytes=store, compaction_bytes=floor)
+    assert not snapshot_due(int(JOURNAL_TO_STORE * store), store=store, floor=floor)
+    assert snapshot_due(int(JOURNAL_TO_STORE * store) + 1, store=store, floor=floor)
+    # Entries, against the store's records: 1,000 probe writes into a million contexts are not due.
+    assert not snapshot_due(1_000, store=1_000_000, floor=1_000)
+    assert snapshot_due(500_001, store=1_000_000, floor=1_000)
 
 
 @given(st.integers(0, 1 << 40), st.integers(0, 1 << 40), st.integers(1, 1 << 32))

@@ -61,9 +61,9 @@ def start(
     body_timeout: Annotated[
         float, typer.Option(help="Seconds a client may take to send a request body (then 408).")
     ] = default("body_timeout"),
-    compaction_entries: Annotated[int, typer.Option(help="Log entries that trigger a snapshot.")] = default(
-        "compaction_min_entries"
-    ),
+    compaction_entries: Annotated[
+        int, typer.Option(help="Log entries that trigger a snapshot (or half the store's records, if that is more).")
+    ] = default("compaction_min_entries"),
     compaction_bytes: Annotated[
         int, typer.Option(help="Journal bytes that also trigger a snapshot (or half the store, if that is more).")
     ] = default("compaction_bytes"),

@@ -70,9 +70,9 @@ STARTUP_ELECTION_GRACE_S = 2 * CONNECTION_RETRY_S
 # The journal may grow to this share of the store before a snapshot (see _compact_when_large).
 JOURNAL_TO_STORE = 0.5
 NEVER_BY_AGE_S = 10**9
+NEVER_BY_PYSYNCOBJ_COUNT = 2**62  # entries are counted in _compact_when_large, against the store
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
-_LEADER_STATE = 2
 _NOT_APPLIED = {
     FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
     FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
@@ -139,9 +139,10 @@ def _syncobj_conf(settings: RaftSettings, on_state_changed: Callable[[int, int],
         connectionRetryTime=CONNECTION_RETRY_S,
         commandsWaitLeader=False,
         dynamicMembershipChange=True,
-        logCompactionMinEntries=settings.compaction_min_entries,
-        # No snapshot by age: under a trickle of writes it rewrote a multi-GB store every 300 s
-        # (pysyncobj's default) for a journal of a few MB; entries and bytes bound the journal.
+        # pysyncobj's own triggers are off: by age, under a trickle of writes it rewrote a multi-GB
+        # store every 300 s (its default) for a journal of a few MB; by a fixed entry count, every
+        # --compaction-entries probe writes. _compact_when_large counts bytes and entries instead.
+        logCompactionMinEntries=NEVER_BY_PYSYNCOBJ_COUNT,
         logCompactionMinTime=NEVER_BY_AGE_S,
         sendBufferSize=1 << 20,
         recvBufferSize=1 << 20,
@@ -154,9 +155,10 @@ def carries_entries(message: Any) -> bool:
     return isinstance(message, dict) and message.get("type") == "append_entries" and bool(message.get("entries"))
 
 
-def snapshot_due(journal_bytes: int, store_bytes: int, compaction_bytes: int) -> bool:
-    """Whether the journal outgrew both ``compaction_bytes`` and ``JOURNAL_TO_STORE`` of the store."""
-    return journal_bytes > max(compaction_bytes, JOURNAL_TO_STORE * store_bytes)
+def snapshot_due(journal: int, store: int, floor: int) -> bool:
+    """Whether the journal outgrew both ``floor`` and ``JOURNAL_TO_STORE`` of the store, in one
+    measure: bytes against the store's bytes, or entries against the store's records."""
+    return journal > max(floor, JOURNAL_TO_STORE * store)
 
 
 def _unused_serializer(*_: Any) -> Any:
@@ -526,20 +528,30 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def _compact_when_large(self) -> None:
         """Snapshot once the journal holds ``--compaction-bytes`` or ``JOURNAL_TO_STORE`` of the
-        store, whichever is more (pysyncobj itself counts only entries).
+        store's bytes, whichever is more, or ``--compaction-entries`` or that share of the store's
+        records, whichever is more.
 
-        A snapshot writes the whole store, so with a fixed byte trigger each journal byte cost
-        store/trigger bytes of snapshot: at 1 M contexts (2.2 GB) about 9, and three nodes writing
-        2 GB snapshots every 40 s saturated the disk that every journal fsync waits on (measured:
-        probe writes of 0.5-1.4 s through each snapshot, commits blocked in the block layer's
-        queue). Proportional, as an LSM tree's size ratio, a journal byte costs at most
-        1 / JOURNAL_TO_STORE snapshot bytes however large the store grows, and the journal stays
-        a bounded share of the disk (docs/ARCHITECTURE.md, "Disk").
+        A snapshot writes the whole store, so with a fixed trigger each journal byte cost
+        store/trigger bytes of snapshot: at 1 M contexts (2.2 GB) about 9 for 256 MiB, and three
+        nodes writing 2 GB snapshots every 40 s saturated the disk that every journal fsync waits on
+        (measured: probe writes of 0.5-1.4 s through each snapshot, commits blocked in the block
+        layer's queue); a fixed entry count was worse, since small writes reach it with a tiny
+        journal (the bench's probe, 50 writes/s, started a 2 GB snapshot every 20 s). Proportional,
+        as an LSM tree's size ratio, a journal byte costs at most 1 / JOURNAL_TO_STORE snapshot
+        bytes however large the store grows, the journal stays a bounded share of the disk, and
+        its entries (each ~150 bytes of heap in the journal's index) a bounded share of the
+        store's records (docs/ARCHITECTURE.md, "Disk").
         """
-        journal = self._transport.journal
+        journal, settings = self._transport.journal, self._settings
         if journal is None or self.snapshots.busy:
             return
-        if snapshot_due(journal.bytes, self._store.stats()["size_bytes"], self._settings.compaction_bytes):
+        entries = len(journal)
+        if journal.bytes <= settings.compaction_bytes and entries <= settings.compaction_min_entries:
+            return  # below both floors nothing is due: the store's size is not read every tick
+        stats = self._store.stats()
+        if snapshot_due(journal.bytes, stats["size_bytes"], settings.compaction_bytes) or snapshot_due(
+            entries, stats["contexts"] + stats["turns"], settings.compaction_min_entries
+        ):
             self.forceLogCompaction()
 
     def _commit_and_notify(self) -> None:
@@ -664,7 +676,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         """
         now = time.monotonic()
         gap, self._last_tick_began = now - self._last_tick_began, now
-        if gap > self._settings.election_timeout[0] and self._SyncObj__raftState != _LEADER_STATE:
+        if gap > self._settings.election_timeout[0] and not self._isLeader():
             self.stalls += 1
             _log.warning("raft thread stalled %.2f s: election timer restarted instead of standing", gap)
             self.reset_election_timer()
