@@ -9,6 +9,7 @@ come back as ``Refused`` with the code the store chose.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
 from enum import Enum
@@ -18,9 +19,10 @@ from pydantic import BaseModel
 
 from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
 from mcpdb.errors import NotFound, Refused
-from mcpdb.model import BatchIn, Turn, check_context_id, check_namespace, context_fields
+from mcpdb.model import SEARCHABLE_KINDS, BatchIn, SearchMode, Turn, check_context_id, check_namespace, context_fields
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
+from mcpdb.retrieval import lexical
 from mcpdb.store import commands
 from mcpdb.store.state_machine import ContextStore, Page
 
@@ -105,6 +107,45 @@ class ContextService:
         check_namespace(namespace)
         await self.read_index(consistency)
         return self.store.list(namespace, kind=kind, prefix=prefix, limit=limit, cursor=cursor)
+
+    async def search(
+        self,
+        namespace: str,
+        query: str,
+        kind: str | None = None,
+        user_id: str | None = None,
+        tags: builtins.list[str] | None = None,
+        k: int = 5,
+        mode: SearchMode = "lexical",
+        consistency: Consistency = Consistency.linearizable,
+    ) -> dict[str, Any]:
+        """The ``k`` contexts that best match ``query`` (``mode`` lexical: BM25), at one read index: a search is as
+        consistent as a GET. With ``user_id``, that user's contexts and nobody's, as a chat reads
+        them. Runs on a worker thread: scanning a common word's postings must not hold up the
+        event loop's other requests."""
+        check_namespace(namespace)
+        terms = lexical.query_terms(query)
+        read_index = await self.read_index(consistency)
+        found = await asyncio.to_thread(
+            self.store.search,
+            namespace,
+            terms,
+            [kind] if kind else SEARCHABLE_KINDS,
+            None if user_id is None else [user_id, None],
+            tags or [],
+            k,
+        )
+        return {
+            "results": [
+                {"id": context["id"], "kind": context["kind"], "score": score, "context": context}
+                for score, context in found.hits
+            ],
+            "mode": mode,
+            "terms": terms,
+            "matched": found.matched,
+            "searched": found.searched,
+            "read_index": read_index,
+        }
 
     async def append(
         self,

@@ -7,28 +7,55 @@ from typing import Any
 
 import orjson
 
+from mcpdb.retrieval import lexical
+from mcpdb.store.commands import Command
 from mcpdb.store.state_machine import ContextStore, _index_entries
+
+INDEXES = (b"by_kind", b"by_owner", b"lexical")
+
+
+class AppliedLog:
+    """A store and the next Raft index to apply at: commands applied as the Raft thread would."""
+
+    def __init__(self, directory: str) -> None:
+        self.store = ContextStore(directory)
+        self.index = 0
+
+    def apply(self, command: Command) -> None:
+        self.index += 1
+        self.store.apply(self.index, command)
 
 
 def index_state(store: ContextStore) -> dict[str, Any]:
-    """The keys of ``by_kind`` and ``by_owner`` in key order, and the per-kind counts, as the store holds them."""
+    """The keys of every index in key order, the per-kind counts and the lexical counters, as the store
+    holds them."""
     generation = store._generation
     with generation.env.begin() as txn:
-        return {
-            "by_kind": [key for key, _ in txn.cursor(db=generation.dbs[b"by_kind"])],
-            "by_owner": [key for key, _ in txn.cursor(db=generation.dbs[b"by_owner"])],
-            "counts": store.count_by_kind(),
+        state: dict[str, Any] = {
+            name.decode(): [key for key, _ in txn.cursor(db=generation.dbs[name])] for name in INDEXES
         }
+        state["lexical_counts"] = {
+            key: lexical.unpack_counter(value)
+            for key, value in txn.cursor(db=generation.dbs[b"meta"])
+            if key.startswith(lexical.COUNTER_PREFIX)
+        }
+    state["counts"] = store.count_by_kind()
+    return state
 
 
 def derived_index_state(stored: dict[bytes, dict[str, Any]]) -> dict[str, Any]:
     """What ``index_state`` must be for contexts ``stored`` (ctx key -> record as ctx holds it)."""
-    entries = [entry for key, record in stored.items() for entry in _index_entries(key, record)]
-    return {
-        "by_kind": sorted(key for name, key in entries if name == b"by_kind"),
-        "by_owner": sorted(key for name, key in entries if name == b"by_owner"),
-        "counts": dict(Counter(record["kind"] for record in stored.values())),
-    }
+    derived = [_index_entries(key, record) for key, record in stored.items()]
+    entries = [entry for pairs, _ in derived for entry in pairs]
+    state: dict[str, Any] = {name.decode(): sorted(key for index, key in entries if index == name) for name in INDEXES}
+    lexical_counts: dict[bytes, tuple[int, int]] = {}
+    for _, counted in derived:
+        for counter, length in counted:
+            held, total = lexical_counts.get(counter, (0, 0))
+            lexical_counts[counter] = (held + 1, total + length)
+    state["lexical_counts"] = lexical_counts
+    state["counts"] = dict(Counter(record["kind"] for record in stored.values()))
+    return state
 
 
 def ctx_records(store: ContextStore) -> dict[bytes, dict[str, Any]]:

@@ -52,6 +52,7 @@ def _rest_calls(ns: str) -> list[tuple[str, str, str, dict[str, Any]]]:
     return [
         ("get", "GET", f"{base}/contexts/x", {}),
         ("list", "GET", f"{base}/contexts", {}),
+        ("search", "GET", f"{base}/search", {"params": {"q": "tea"}}),
         ("watch", "GET", f"{base}/watch", {"params": {"since": "1"}}),
         ("put", "PUT", f"{base}/contexts/y", {"json": TASK}),
         ("append", "POST", f"{base}/sessions/s/turns", {"json": {"role": "user", "content": "x"}}),

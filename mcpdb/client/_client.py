@@ -168,6 +168,19 @@ class _CallBuilder:
         return _Call("GET", f"/v1/namespaces/{ns}/contexts", True, params=params)
 
     @staticmethod
+    def search(
+        ns: str, query: str, kind: str | None, user_id: str | None, tags: builtins.list[str], k: int, consistency: str
+    ) -> _Call:
+        params: dict[str, Any] = {"q": query, "k": k, "consistency": consistency}
+        if kind:
+            params["kind"] = kind
+        if user_id is not None:
+            params["user_id"] = user_id
+        if tags:
+            params["tags"] = tags
+        return _Call("GET", f"/v1/namespaces/{ns}/search", True, params=params)
+
+    @staticmethod
     def append(ns: str, session_id: str, turns: builtins.list[dict[str, Any]], idempotency_key: str | None) -> _Call:
         return _Call(
             "POST",
@@ -364,6 +377,20 @@ class Client(_Base):
         consistency: str = "linearizable",
     ) -> dict[str, Any]:
         return self._send(_CallBuilder.list(ns, kind, prefix, limit, cursor, consistency))
+
+    def search(
+        self,
+        ns: str,
+        query: str,
+        kind: str | None = None,
+        user_id: str | None = None,
+        tags: builtins.list[str] | None = None,
+        k: int = 5,
+        consistency: str = "linearizable",
+    ) -> dict[str, Any]:
+        """The ``k`` contexts that best match ``query``, best first (``results``: id, kind, score,
+        context); ``user_id``: that user's and nobody's; ``tags``: carrying all of them."""
+        return self._send(_CallBuilder.search(ns, query, kind, user_id, tags or [], k, consistency))
 
     def iter_contexts(
         self, ns: str, kind: str | None = None, prefix: str = "", page_size: int = 100
@@ -575,6 +602,18 @@ class AsyncClient(_Base):
         consistency: str = "linearizable",
     ) -> dict[str, Any]:
         return await self._send(_CallBuilder.list(ns, kind, prefix, limit, cursor, consistency))
+
+    async def search(
+        self,
+        ns: str,
+        query: str,
+        kind: str | None = None,
+        user_id: str | None = None,
+        tags: builtins.list[str] | None = None,
+        k: int = 5,
+        consistency: str = "linearizable",
+    ) -> dict[str, Any]:
+        return await self._send(_CallBuilder.search(ns, query, kind, user_id, tags or [], k, consistency))
 
     async def iter_contexts(
         self, ns: str, kind: str | None = None, prefix: str = "", page_size: int = 100

@@ -85,6 +85,7 @@ import orjson
 
 from mcpdb.errors import HistoryTrimmed
 from mcpdb.fsutil import fsync_path
+from mcpdb.retrieval import lexical
 from mcpdb.store import snapshot
 from mcpdb.store.commands import (
     Append,
@@ -118,15 +119,16 @@ _DB_NAMES = (
     b"changes",
     b"by_kind",
     b"by_owner",
+    b"lexical",
 )
-_INDEXES = (b"by_kind", b"by_owner")
+_INDEXES = (b"by_kind", b"by_owner", b"lexical")
 _APPLIED = b"applied"
 _TRIMMED = b"changes_trimmed"
 _INDEX_FORMAT = b"index_format"  # -> _INDEX_MARK: the indexes' format and the applied index they are current at
 _INDEX_MARK = struct.Struct(">IQ")
-_INDEX_VERSION = 1  # what ``by_kind``, ``by_owner`` and the kind counts hold; another value rebuilds them
+_INDEX_VERSION = 2  # what ``by_kind``, ``by_owner``, ``lexical`` and the counts hold; another value rebuilds them
 _KIND_COUNT = b"kind_count\x00"  # + kind -> contexts of that kind (8 bytes); absent when none
-_NOBODY = b"-"  # by_owner's owner of a memory with no user_id; a user's owner starts with _USER
+_NOBODY = lexical.NOBODY  # by_owner's owner of a memory with no user_id; a user's owner starts with _USER
 _USER = b"u"
 _U32 = struct.Struct(">I")
 _CURRENT = "CURRENT"
@@ -172,16 +174,46 @@ def _owner(user_id: Any) -> bytes:
     return _NOBODY if user_id is None else _USER + hashlib.sha256(orjson.dumps(user_id)).digest()
 
 
-def _index_entries(key: bytes, record: dict[str, Any]) -> builtins.list[tuple[bytes, bytes]]:
-    """The (index database, key) pairs of the context stored at ctx ``key``: a function of its record alone,
-    so maintaining them write by write and building them from ``ctx`` give the same indexes."""
-    kind = record["kind"]
+def _lexical_owner(kind: str, context_id: str, fields: dict[str, Any]) -> bytes:
+    """Whose a context is, for a search by user: a memory its user's, a profile its user's (a profile's id
+    is the user's id, as a chat reads it), everything else nobody's, so any user's search may return it."""
+    if kind == "profile":
+        return _owner(context_id)
+    return _owner(fields.get("user_id")) if kind == "memory" else _NOBODY
+
+
+def _index_entries(
+    key: bytes, record: dict[str, Any] | None
+) -> tuple[builtins.list[tuple[bytes, bytes]], builtins.list[tuple[bytes, int]]]:
+    """The (index database, key) pairs of the context stored at ctx ``key``, and the (lexical counter,
+    length) pairs it adds to: a function of its record alone, so maintaining them write by write and
+    building them from ``ctx`` give the same indexes. Sessions are not in the lexical index: their
+    turns are kept apart from the record (see the layout)."""
+    if record is None:
+        return [], []
+    kind, fields = record["kind"], record["fields"]
     entries = [(b"by_kind", kind.encode() + _SEP + key)]
+    namespace, raw_id = key.split(_SEP, 1)
     if kind == "memory":
-        namespace, context_id = key.split(_SEP, 1)
-        owner = _owner(record["fields"].get("user_id"))
-        entries.append((b"by_owner", namespace + _SEP + owner + _SEP + context_id))
-    return entries
+        entries.append((b"by_owner", namespace + _SEP + _owner(fields.get("user_id")) + _SEP + raw_id))
+    if kind == "session":
+        return entries, []
+    context_id = raw_id.decode()
+    owner = _lexical_owner(kind, context_id, fields)
+    postings = lexical.postings(namespace + _SEP, owner, kind, context_id, fields)
+    if not postings:
+        return entries, []
+    entries += [(b"lexical", posting) for posting in postings]
+    length = lexical.posting_length(postings[0])
+    return entries, [(counter, length) for counter in lexical.counter_keys(namespace, owner, kind)]
+
+
+def _add_lexical_count(txn: lmdb.Transaction, dbs: _Dbs, counter: bytes, contexts: int, length: int) -> None:
+    held, total = lexical.unpack_counter(txn.get(counter, db=dbs[b"meta"]))
+    if held + contexts:
+        txn.put(counter, lexical.pack_counter(held + contexts, total + length), db=dbs[b"meta"])
+    else:  # absent rather than zero, as a rebuild from ctx leaves it
+        txn.delete(counter, db=dbs[b"meta"])
 
 
 def _add_count(txn: lmdb.Transaction, dbs: _Dbs, kind: str, delta: int) -> None:
@@ -209,18 +241,26 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
         for name in _INDEXES:
             txn.drop(dbs[name], delete=False)
         meta = txn.cursor(db=dbs[b"meta"])
-        if meta.set_range(_KIND_COUNT):
-            while meta.key().startswith(_KIND_COUNT):
-                if not meta.delete():
-                    break
+        for counter_prefix in (_KIND_COUNT, lexical.COUNTER_PREFIX):
+            if meta.set_range(counter_prefix):
+                while meta.key().startswith(counter_prefix):
+                    if not meta.delete():
+                        break
         counts: dict[str, int] = {}
+        lexical_counts: dict[bytes, tuple[int, int]] = {}
         for key, value in txn.cursor(db=dbs[b"ctx"]):
             record = orjson.loads(value)
-            for name, index_key in _index_entries(key, record):
+            entries, counted = _index_entries(key, record)
+            for name, index_key in entries:
                 txn.put(index_key, b"", db=dbs[name])
             counts[record["kind"]] = counts.get(record["kind"], 0) + 1
+            for counter, length in counted:
+                held, total = lexical_counts.get(counter, (0, 0))
+                lexical_counts[counter] = (held + 1, total + length)
         for kind, count in counts.items():
             _add_count(txn, dbs, kind, count)
+        for counter, (held, total) in lexical_counts.items():
+            txn.put(counter, lexical.pack_counter(held, total), db=dbs[b"meta"])
         txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, applied), db=dbs[b"meta"])
     if counts:  # a new, empty store has nothing to report
         _log.info(
@@ -269,6 +309,16 @@ class _Abort(Exception):
     def __init__(self, result: dict[str, Any]) -> None:
         super().__init__(result["message"])
         self.result = result
+
+
+@dataclass(frozen=True)
+class SearchHits:
+    """A search's best contexts, (score, context) best first; how many contexts matched a query term at
+    all, and how many the search looked among (those of the kinds and users asked for)."""
+
+    hits: list[tuple[float, dict[str, Any]]]
+    matched: int
+    searched: int
 
 
 @dataclass(frozen=True)
@@ -515,17 +565,21 @@ class ContextStore:
     ) -> None:
         """Move the context at ``key`` in the indexes and kind counts from record ``old`` to ``new``
         (None: absent), in the transaction of the write itself."""
-        before = _index_entries(key, old) if old else []
-        after = _index_entries(key, new) if new else []
-        if before == after:  # an overwrite keeping kind and owner, the common one
+        entries_before, counted_before = _index_entries(key, old)
+        entries_after, counted_after = _index_entries(key, new)
+        before, after = set(entries_before), set(entries_after)
+        if before == after:  # an overwrite keeping kind, owner and words
             return
         dbs = self._dbs
-        for entry in before:
-            if entry not in after:
-                txn.delete(entry[1], db=dbs[entry[0]])
-        for entry in after:
-            if entry not in before:
-                txn.put(entry[1], b"", db=dbs[entry[0]])
+        for name, index_key in before - after:
+            txn.delete(index_key, db=dbs[name])
+        for name, index_key in after - before:
+            txn.put(index_key, b"", db=dbs[name])
+        if counted_before != counted_after:
+            for counter, length in counted_before:
+                _add_lexical_count(txn, dbs, counter, -1, -length)
+            for counter, length in counted_after:
+                _add_lexical_count(txn, dbs, counter, 1, length)
         if old and (not new or new["kind"] != old["kind"]):
             self._kind_deltas[old["kind"]] = self._kind_deltas.get(old["kind"], 0) - 1
         if new and (not old or old["kind"] != new["kind"]):
@@ -863,6 +917,72 @@ class ContextStore:
                         self._materialise(txn, generation.dbs, namespace, context_id.decode(), record, with_turns=False)
                     )
             return items
+
+    def search(
+        self,
+        namespace: str,
+        query: Sequence[str],
+        kinds: Sequence[str],
+        user_ids: Sequence[str | None] | None,
+        tags: Sequence[str],
+        limit: int,
+    ) -> SearchHits:
+        """The ``limit`` contexts of ``kinds`` with the best BM25 score for the terms ``query``, best first
+        (ties in id order), all read in one read transaction: the ranking is the one the state at that
+        version gives, on every replica. ``user_ids`` (None: anyone's) narrows to contexts of those users
+        (None in it: of nobody), reading only their postings; a context must carry
+        every one of ``tags``. Statistics (N, average length, matches per term) are over the contexts
+        the search may return."""
+        ns = namespace.encode()
+        owners = [lexical.ALL_OWNERS] if user_ids is None else sorted({_owner(user_id) for user_id in user_ids})
+        wanted_kinds = {kind.encode() for kind in kinds}
+        generation = self._generation
+        with generation.env.begin() as txn:
+            contexts = total_length = 0
+            for owner in owners:
+                for kind in kinds:
+                    held, length = lexical.unpack_counter(
+                        txn.get(lexical.counter_key(ns, owner, kind), db=generation.dbs[b"meta"])
+                    )
+                    contexts, total_length = contexts + held, total_length + length
+            average = total_length / contexts if contexts else 0.0
+            scores: dict[bytes, float] = {}
+            cursor = txn.cursor(db=generation.dbs[b"lexical"])
+            for term in query:
+                term_prefix = lexical.term_prefix(ns, term)
+                matched = []
+                for owner in owners:
+                    scan = term_prefix if owner == lexical.ALL_OWNERS else term_prefix + owner + _SEP
+                    if not cursor.set_range(scan):
+                        continue
+                    for key in cursor.iternext(values=False):
+                        if not key.startswith(scan):
+                            break
+                        _, posted_kind, context_id, count, length = lexical.parse_posting(key[len(term_prefix) :])
+                        if posted_kind in wanted_kinds:
+                            matched.append((context_id, count, length))
+                weight = lexical.idf(contexts, len(matched))
+                for context_id, count, length in matched:
+                    scores[context_id] = scores.get(context_id, 0.0) + lexical.term_score(
+                        weight, count, length, average
+                    )
+            hits: builtins.list[tuple[float, dict[str, Any]]] = []
+            for context_id, score in sorted(scores.items(), key=lambda item: (-item[1], item[0])):
+                if len(hits) == limit:
+                    break
+                record = self._get_record(txn, generation.dbs, ns + _SEP + context_id)
+                assert record is not None, "postings and ctx are written in the same transactions"
+                if not set(tags) <= set(record["fields"].get("tags", [])):
+                    continue
+                hits.append(
+                    (
+                        score,
+                        self._materialise(
+                            txn, generation.dbs, namespace, context_id.decode(), record, with_turns=False
+                        ),
+                    )
+                )
+            return SearchHits(hits, len(scores), contexts)
 
     def expired(self, now: float, limit: int = 1000) -> builtins.list[tuple[str, str, int]]:
         """Contexts whose TTL ran out by ``now``; the leader proposes their expiry."""

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from mcpdb import __version__
 from mcpdb.errors import InvalidHeader, McpdbServerError, NotFound
-from mcpdb.model import BatchIn, ContextIn, Kind, Turn, TurnsIn
+from mcpdb.model import BatchIn, ContextIn, Kind, SearchableKind, SearchMode, Turn, TurnsIn
 from mcpdb.node.autoscaling import add_autoscale_routes
 from mcpdb.node.config import ConfigError, split_host_port
 from mcpdb.node.http.chat_api import add_chat_routes
@@ -235,6 +235,25 @@ def create_app(runtime: NodeView) -> Any:
         Sessions are listed without their turns (``turn_count`` says how many)."""
         page = await service.list(namespace, kind, prefix, limit, cursor, consistency)
         return {"items": page.items, "next_cursor": page.next_cursor}
+
+    @app.get(ns_path + "/search", tags=["contexts"])
+    async def search(
+        namespace: NamespacePath,
+        q: Annotated[str, Query(min_length=1, max_length=4096, description="what to look for, in words")],
+        kind: SearchableKind | None = None,
+        user_id: Annotated[str | None, Query(max_length=256)] = None,
+        tags: Annotated[list[Annotated[str, Query(max_length=256)]] | None, Query(max_length=32)] = None,
+        k: Annotated[int, Query(ge=1, le=100)] = 5,
+        mode: SearchMode = "lexical",
+        consistency: Consistency = Consistency.linearizable,
+    ) -> dict[str, Any]:
+        """The ``k`` contexts that best match ``q``, best first, ranked by BM25 over their text (a
+        memory's facts and tags, an instruction's role, domains and text, a profile's name, goals and
+        preferences, a guardrail's rules, a task's goal); sessions are not searched. ``user_id``: that
+        user's contexts and nobody's, as a chat reads them; ``tags`` (repeat it): contexts carrying
+        all of them. Linearizable by default. ``terms`` is what the query became (stopwords dropped,
+        words stemmed); ``matched`` how many contexts share a term with it."""
+        return await service.search(namespace, q, kind, user_id, tags, k, mode, consistency)
 
     @app.post(ns_path + "/sessions/{session_id}/turns", tags=["sessions"])
     async def append_turns(

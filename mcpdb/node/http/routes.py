@@ -65,6 +65,7 @@ ROUTES = (
     Route(GENERATE_PATH, Access.cluster_admin, client_load=False),
     Route(_NS + "/contexts/{context_id}", Access.namespace),
     Route(_NS + "/contexts", Access.namespace),
+    Route(_NS + "/search", Access.namespace),
     Route(_NS + "/sessions/{session_id}/turns", Access.namespace),
     Route(_NS + "/batch", Access.namespace),
     Route(_NS + "/watch", Access.namespace),

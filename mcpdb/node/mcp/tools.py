@@ -41,6 +41,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     create_model,
+    model_validator,
 )
 
 from mcpdb.auth import Principal, Scope
@@ -51,7 +52,6 @@ from mcpdb.node.http.responses import error_parts
 from mcpdb.node.mcp.node_view import ToolsNode
 from mcpdb.service import Consistency
 
-SEARCH_SCAN_PAGE = 200
 PROGRESS_INTERVAL_S = 0.2  # a chat sends at most one progress notification this often
 PROGRESS_FLUSH_S = 5.0  # how long a chat's reply waits for its last progress notification to go out
 
@@ -109,10 +109,26 @@ class AppendTurnArgs(_Args):
 
 
 class SearchArgs(_Args):
-    kind: Kind | None = None
-    prefix: str = Field(default="", max_length=128, description="id prefix")
-    text: str = Field(default="", max_length=1000, description="case-insensitive text in the context's fields")
+    query: str = Field(
+        default="",
+        max_length=4096,
+        description="words to rank contexts by (BM25), best first; without it, contexts are listed in id order",
+    )
+    kind: Kind | None = Field(default=None, description="only this kind (sessions are listed, never ranked)")
+    prefix: str = Field(default="", max_length=128, description="id prefix (listing only)")
+    user_id: str | None = Field(default=None, max_length=256, description="ranked: that user's contexts and nobody's")
+    tags: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=32, description="ranked: contexts carrying all of these"
+    )
     limit: int = Field(default=20, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _ranked_or_listed(self) -> SearchArgs:
+        if self.query and (self.prefix or self.kind == "session"):
+            raise ValueError("a ranked search (query) takes no id prefix and cannot search sessions")
+        if not self.query and (self.user_id is not None or self.tags):
+            raise ValueError("user_id and tags narrow a ranked search: give a query")
+        return self
 
 
 class ChatArgs(_Args):
@@ -186,7 +202,15 @@ class AppendResult(_Result):
     replayed: bool = Field(description="true when the idempotency key had already appended it")
 
 
-SearchResult = create_model("SearchResult", __base__=_Result, items=(list[ContextRecord], ...))
+SearchResult = create_model(
+    "SearchResult",
+    __base__=_Result,
+    items=(list[ContextRecord], ...),
+    scores=(
+        list[float] | None,
+        Field(default=None, description="ranked: each item's BM25 score, in the items' order (best first)"),
+    ),
+)
 
 
 class Usage(_Result):
@@ -348,7 +372,9 @@ class ContextTools:
                 SearchArgs,
                 SearchResult,
                 self._search,
-                "Find contexts by kind, id prefix and text (sessions are matched on their fields, not their turns).",
+                "Find the contexts that best match a query (BM25 over their text, best first; optionally one "
+                "user's and nobody's, of one kind, with given tags), or without a query list them by kind "
+                "and id prefix.",
                 _hints("Search contexts", read_only=True, idempotent=True),
             ),
             "chat": _Tool(
@@ -405,20 +431,14 @@ class ContextTools:
 
     async def _search(self, caller: Caller, args: SearchArgs) -> dict[str, Any]:
         caller.principal.check(args.namespace, Scope.read)
-        needle = args.text.lower()
-        found: list[dict[str, Any]] = []
-        cursor = None
-        consistency = Consistency.linearizable
-        while len(found) < args.limit:
-            page = await self._service.list(
-                args.namespace, args.kind, args.prefix, SEARCH_SCAN_PAGE, cursor, consistency
-            )
-            consistency = Consistency.stale  # one read index covers the whole scan
-            found += [item for item in page.items if needle in orjson.dumps(item).decode().lower()]
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        return {"items": found[: args.limit]}
+        if not args.query:
+            page = await self._service.list(args.namespace, args.kind, args.prefix, args.limit)
+            return {"items": page.items}
+        found = await self._service.search(args.namespace, args.query, args.kind, args.user_id, args.tags, args.limit)
+        return {
+            "items": [result["context"] for result in found["results"]],
+            "scores": [result["score"] for result in found["results"]],
+        }
 
     async def _chat(self, caller: Caller, args: ChatArgs) -> dict[str, Any]:
         caller.principal.check(args.namespace, Scope.write if args.session_id else Scope.read)

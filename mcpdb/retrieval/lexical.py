@@ -1,0 +1,157 @@
+"""The words of a context as the state machine indexes them, and BM25 over them.
+
+Why not a search library: the index must change in the LMDB transaction of the write that changes the
+context, travel inside snapshots, and be the same on every replica at the same applied index, so that a
+search is exactly as consistent as a GET. Tantivy, Whoosh, Xapian or SQLite FTS5 each keep their own
+files, written outside that transaction and outside the snapshot. What is hand-written here is small:
+the posting keys (plain LMDB keys the store writes beside its other indexes) and the BM25 formula over
+integer statistics read in one read transaction. The text analysis uses a library (PyStemmer: Snowball's
+English stemmer in C, integer and character work only, so the same terms come out on every CPU; the
+pure-Python snowballstemmer gives the same stems 100x slower, 8 ms per 1 KiB fact in the Raft thread).
+
+A posting is one key, no value: ``ns \\0 term \\0 owner \\0 kind \\0 id \\0`` then the term's count in the
+context and the context's length in terms (``_POSTING_TAIL``). Grouped by owner (``-`` for nobody, ``u``
+and a digest for a user, as ``by_owner`` spells it) and then by kind, a search for one user's contexts of
+one kind reads only their postings, not the namespace's. Counters per (namespace, owner, kind), and per
+(namespace, kind) across owners, hold the number of indexed contexts and their total length, for BM25's
+N and average length over exactly the contexts a search may return.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import Stemmer
+
+MAX_TERM_BYTES = 64  # longer words are cut: a posting key stays well under LMDB's 511 bytes
+MAX_QUERY_TERMS = 32
+NOBODY = b"-"  # the store's owner of a context of no user (``_NOBODY`` there)
+ALL_OWNERS = b"*"  # the counters' owner for every owner together (a real owner is b"-" or b"u" + 32 bytes)
+# BM25's usual constants (Robertson; also Lucene's and FTS5's defaults).
+K1 = 1.2
+B = 0.75
+
+_SEP = b"\x00"
+_POSTING_TAIL = struct.Struct(">HI")  # the term's count (capped), the context's length in terms
+_COUNTER = struct.Struct(">QQ")  # contexts indexed, their total length in terms
+_WORD = re.compile(r"[^\W_]+")
+_stemmer = Stemmer.Stemmer("english")
+# The most frequent English function words: they match nearly every context and would cost a search a
+# scan of nearly every posting for almost no score.
+STOPWORDS = frozenset(
+    "a about an and are as at be been but by can could did do does for from had has have he her his how i if "
+    "in into is it its me my no not of on or our she so than that the their them then there these they this "
+    "to was we were what when where which who why will with would you your".split()
+)
+
+
+def _fields_text(kind: str, fields: dict[str, Any]) -> Iterable[str]:
+    """The text of a context that a search matches: what a reader would call its content, not its ids."""
+    if kind == "memory":
+        yield from fields.get("facts", [])
+        yield from fields.get("tags", [])
+    elif kind == "instruction":
+        yield fields.get("role") or ""
+        yield from fields.get("domains", [])
+        yield fields.get("text") or ""
+        yield fields.get("style") or ""
+    elif kind == "profile":
+        yield fields.get("name") or ""
+        yield from fields.get("goals", [])
+        yield from (value for value in fields.get("preferences", {}).values() if isinstance(value, str))
+    elif kind == "guardrail":
+        yield from fields.get("rules", [])
+        yield from fields.get("deny_topics", [])
+    elif kind == "task":
+        yield fields.get("domain") or ""
+        yield fields.get("goal") or ""
+
+
+def _cut(term: str) -> str:
+    if len(term) <= MAX_TERM_BYTES // 4:  # UTF-8 spends at most 4 bytes on a character: short enough
+        return term
+    encoded = term.encode()
+    if len(encoded) <= MAX_TERM_BYTES:
+        return term
+    return encoded[:MAX_TERM_BYTES].decode(errors="ignore")
+
+
+def terms(text: str) -> list[str]:
+    """The index terms of ``text``, in order: words casefolded, stopwords dropped, stemmed (a word is cut
+    to ``MAX_TERM_BYTES`` first: stemming a 1 KiB token costs a millisecond and its end never matters)."""
+    words = [_cut(word) for word in _WORD.findall(text.casefold()) if word not in STOPWORDS]
+    return [_cut(term) for term in _stemmer.stemWords(words)]
+
+
+def query_terms(text: str) -> list[str]:
+    """A query's distinct terms in first-seen order, at most ``MAX_QUERY_TERMS``."""
+    return list(dict.fromkeys(terms(text)))[:MAX_QUERY_TERMS]
+
+
+def postings(prefix: bytes, owner: bytes, kind: str, context_id: str, fields: dict[str, Any]) -> list[bytes]:
+    """The posting keys of one context (``prefix`` is its namespace and a NUL); none if it has no words."""
+    counts = Counter(term for text in _fields_text(kind, fields) for term in terms(text))
+    length = sum(counts.values())
+    tail = _SEP + owner + _SEP + kind.encode() + _SEP + context_id.encode() + _SEP
+    return [
+        prefix + term.encode() + tail + _POSTING_TAIL.pack(min(count, 0xFFFF), length)
+        for term, count in sorted(counts.items())
+    ]
+
+
+def posting_length(key: bytes) -> int:
+    """The context's length in terms, as its posting key records it."""
+    return int(_POSTING_TAIL.unpack_from(key, len(key) - _POSTING_TAIL.size)[1])
+
+
+def parse_posting(rest: bytes) -> tuple[bytes, bytes, bytes, int, int]:
+    """(owner, kind, context id, term count, context length) of a posting key without its namespace and
+    term (``rest`` starts with the owner: one byte for nobody, 33 for a user, as ``by_owner`` spells them)."""
+    owner_end = 1 if rest[:1] == NOBODY else 33
+    kind_end = rest.index(_SEP, owner_end + 1)
+    count, length = _POSTING_TAIL.unpack_from(rest, len(rest) - _POSTING_TAIL.size)
+    return rest[:owner_end], rest[owner_end + 1 : kind_end], rest[kind_end + 1 : -_POSTING_TAIL.size - 1], count, length
+
+
+def term_prefix(namespace: bytes, term: str) -> bytes:
+    return namespace + _SEP + term.encode() + _SEP
+
+
+COUNTER_PREFIX = b"lex_count" + _SEP  # the counters' keys in the store's ``meta`` database
+
+
+def counter_key(namespace: bytes, owner: bytes, kind: str) -> bytes:
+    return COUNTER_PREFIX + namespace + _SEP + owner + _SEP + kind.encode()
+
+
+def counter_keys(namespace: bytes, owner: bytes, kind: str) -> tuple[bytes, bytes]:
+    """The counters a context of ``owner`` and ``kind`` counts in: its owner's, and all owners'."""
+    return counter_key(namespace, owner, kind), counter_key(namespace, ALL_OWNERS, kind)
+
+
+def pack_counter(contexts: int, length: int) -> bytes:
+    return _COUNTER.pack(contexts, length)
+
+
+def unpack_counter(raw: bytes | memoryview | None) -> tuple[int, int]:
+    if raw is None:
+        return 0, 0
+    contexts, length = _COUNTER.unpack(raw)
+    return int(contexts), int(length)
+
+
+def idf(contexts: int, matching: int) -> float:
+    """BM25's inverse document frequency, in Lucene's form (never negative, so a word in most contexts
+    still counts a little rather than against a match)."""
+    return math.log(1.0 + (contexts - matching + 0.5) / (matching + 0.5))
+
+
+def term_score(weight: float, count: int, length: int, average_length: float) -> float:
+    """One term's BM25 contribution to one context."""
+    norm = K1 * (1.0 - B + B * length / average_length) if average_length else K1
+    return weight * count * (K1 + 1.0) / (count + norm)
