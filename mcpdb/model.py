@@ -27,7 +27,8 @@ Kind = Literal["instruction", "profile", "session", "guardrail", "task", "memory
 # What search finds: every kind but sessions, whose turns are kept apart from their record.
 SEARCHABLE_KINDS = ("instruction", "profile", "guardrail", "task", "memory")
 SearchableKind = Literal["instruction", "profile", "guardrail", "task", "memory"]
-SearchMode = Literal["lexical"]
+SEARCH_MODES = ("hybrid", "lexical", "vector")
+SearchMode = Literal["hybrid", "lexical", "vector"]
 
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 # Free-form objects nest at most this deep: deeper documents are refused (422) rather than

@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel
 
 from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
-from mcpdb.errors import NotFound, Refused
+from mcpdb.errors import NotFound, Refused, Unavailable
 from mcpdb.model import SEARCHABLE_KINDS, BatchIn, SearchMode, Turn, check_context_id, check_namespace, context_fields
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
 from mcpdb.retrieval import lexical
+from mcpdb.retrieval.embedding import Embedder
 from mcpdb.store import commands
+from mcpdb.store.search import SearchQuery
 from mcpdb.store.state_machine import ContextStore, Page
 
 
@@ -44,9 +47,15 @@ class ContextService:
     """Namespaced context reads and writes with the consistency the caller asked for."""
 
     def __init__(
-        self, replication: Replication, barrier: ReadBarrier, write_timeout: float, unsafe_stale_reads: bool = False
+        self,
+        replication: Replication,
+        barrier: ReadBarrier,
+        write_timeout: float,
+        unsafe_stale_reads: bool = False,
+        embedder: Callable[[], Embedder | None] = lambda: None,
     ) -> None:
         self._replication = replication
+        self._embedder = embedder  # this node's embedding model once loaded, for queries
         self._barrier = barrier
         self._write_timeout = write_timeout
         # Deliberately broken mode for the fault-injection harness: serve
@@ -116,26 +125,37 @@ class ContextService:
         user_id: str | None = None,
         tags: builtins.list[str] | None = None,
         k: int = 5,
-        mode: SearchMode = "lexical",
+        mode: SearchMode = "hybrid",
         consistency: Consistency = Consistency.linearizable,
     ) -> dict[str, Any]:
-        """The ``k`` contexts that best match ``query`` (``mode`` lexical: BM25), at one read index: a search is as
-        consistent as a GET. With ``user_id``, that user's contexts and nobody's, as a chat reads
-        them. Runs on a worker thread: scanning a common word's postings must not hold up the
-        event loop's other requests."""
+        """The ``k`` contexts that best match ``query`` (``mcpdb.store.search`` says how each mode
+        ranks), at one read index: a search is as consistent as a GET. With ``user_id``, that user's
+        contexts and nobody's, as a chat reads them. The query's vector comes from this node's
+        embedding model: without one a vector search is refused (503) and a hybrid one is lexical
+        (``"vector": "unavailable"``). The search runs on a worker thread: scanning a common word's
+        postings must not hold up the event loop's other requests."""
         check_namespace(namespace)
+        embedder = self._embedder() if mode != "lexical" else None
+        if mode == "vector" and embedder is None:
+            raise Unavailable("this node has no embedding model loaded: search with mode=lexical or hybrid")
+        vector = (await asyncio.to_thread(embedder.embed, [query]))[0] if embedder is not None else None
         terms = lexical.query_terms(query)
         read_index = await self.read_index(consistency)
+        user_ids = None if user_id is None else [user_id, None]
         found = await asyncio.to_thread(
             self.store.search,
             namespace,
-            terms,
-            [kind] if kind else SEARCHABLE_KINDS,
-            None if user_id is None else [user_id, None],
-            tags or [],
-            k,
+            SearchQuery(
+                terms,
+                vector,
+                mode,
+                [kind] if kind else SEARCHABLE_KINDS,
+                None if user_ids is None else ContextStore.owners_of(user_ids),
+                tags or [],
+                k,
+            ),
         )
-        return {
+        answer: dict[str, Any] = {
             "results": [
                 {"id": context["id"], "kind": context["kind"], "score": score, "context": context}
                 for score, context in found.hits
@@ -146,6 +166,14 @@ class ContextService:
             "searched": found.searched,
             "read_index": read_index,
         }
+        if mode != "lexical":
+            answer["vector"] = "used" if vector is not None else "unavailable"
+            answer["unembedded"] = max(0, found.searched - (found.embedded or 0))
+        return answer
+
+    async def set_vectors(self, command: commands.SetVectors) -> dict[str, Any]:
+        """Propose vectors the leader's embedder computed (see ``mcpdb.node.embedding_duty``)."""
+        return await self._write(command)
 
     async def append(
         self,

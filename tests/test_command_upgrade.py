@@ -34,6 +34,7 @@ from mcpdb.ops.localcluster import ClusterLayout, LocalCluster, NodeSpec, free_p
 from mcpdb.raft.replication import EXIT_NEWER_LOG_FORMAT
 from mcpdb.store.commands import (
     COMMAND_VERSION,
+    WRITTEN_VERSION,
     Append,
     Batch,
     BatchDelete,
@@ -158,7 +159,7 @@ def _release_01_entry(command: Command, now: float) -> dict[str, Any]:
 def test_every_command_round_trips_and_carries_the_version(command: Command) -> None:
     payload = encode(command)
     entry = orjson.loads(payload)
-    assert (entry["v"], entry["op"]) == (COMMAND_VERSION, _release_01_entry(command, 0.0)["op"])
+    assert (entry["v"], entry["op"]) == (WRITTEN_VERSION, _release_01_entry(command, 0.0)["op"])
     assert decode(payload) == command
 
 
@@ -189,10 +190,10 @@ def test_optional_keys_release_01_read_with_get_default_to_none() -> None:
 def test_a_newer_entry_is_refused_by_name() -> None:
     with pytest.raises(
         NewerFormat,
-        match=r"^log entry format v2 is newer than this node understands "
-        r"\(max v1\): upgrade this node$",
+        match=r"^log entry format v3 is newer than this node understands "
+        r"\(max v2\): upgrade this node$",
     ):
-        decode(b'{"v": 2, "op": "put"}')
+        decode(b'{"v": 3, "op": "put"}')
 
 
 @pytest.mark.parametrize(

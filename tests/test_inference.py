@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,43 @@ def test_bad_requests_get_clear_errors(llm_cluster: LocalCluster) -> None:
     assert streamed_huge.status_code == 413  # the status is decided before the stream starts
     missing_task = post({"model": model, "messages": hi, "namespace": NS, "task_id": "nope"})
     assert missing_task.status_code == 404
+
+
+def test_the_leader_embeds_memories_through_the_log_and_every_node_ranks_them_alike(
+    llm_cluster: LocalCluster,
+) -> None:
+    """Writes commit first; the leader's embedder adds each version's vector through the log; vector
+    and hybrid search then answer identically on every node (one model, one vector per version)."""
+    facts = {
+        "f-tea": "Ada drinks green tea every morning",
+        "f-chess": "Bo plays chess at the club on Sundays",
+        "f-bike": "Cy rides a bicycle to work",
+    }
+    with httpx.Client(timeout=30) as http:
+        for context_id, fact in facts.items():
+            body = {"kind": "memory", "facts": [fact], "user_id": None}
+            http.put(f"{llm_cluster.urls()[0]}/v1/namespaces/embed/contexts/{context_id}", json=body).raise_for_status()
+
+        def answers(mode: str) -> list[dict[str, object]]:
+            found = []
+            for url in llm_cluster.urls():
+                response = http.get(f"{url}/v1/namespaces/embed/search", params={"q": "a board game", "mode": mode})
+                assert response.status_code == 200, response.text
+                found.append(response.json())
+            return found
+
+        deadline = time.monotonic() + 120
+        while any(answer["unembedded"] for answer in answers("vector")):
+            assert time.monotonic() < deadline, "the leader did not embed the memories"
+            time.sleep(0.5)
+        for mode in ("vector", "hybrid"):
+            first, *others = answers(mode)
+            ranked = [(r["id"], r["score"]) for r in first["results"]]  # type: ignore[attr-defined]
+            assert len(ranked) == 3 and first["vector"] == "used"
+            assert all([(r["id"], r["score"]) for r in other["results"]] == ranked for other in others)  # type: ignore[attr-defined]
+        status = [httpx.get(url + "/v1/node", timeout=5).json()["inference"] for url in llm_cluster.urls()]
+        assert all(node["embedding"] == "ready" for node in status)
+        assert sum(node["embedded"] for node in status) >= 3
 
 
 def test_killing_the_serving_node_mid_stream_retries_elsewhere_without_a_duplicate_turn(

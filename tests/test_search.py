@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from mcpdb.model import SEARCHABLE_KINDS
 from mcpdb.retrieval import lexical
+from mcpdb.retrieval.text import searchable_text
 from mcpdb.store.commands import Batch, BatchPut, Delete, Put
+from mcpdb.store.search import SearchQuery
 from mcpdb.store.state_machine import ContextStore
 from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state
 
@@ -30,7 +32,7 @@ WORDS = ["tea", "coffee", "paris", "london", "hiking", "chess", "piano", "violin
 USERS = [None, "u1", "u2"]
 
 
-def test_terms_are_casefolded_words_without_stopwords_stemmed() -> None:
+def test_terms_are_casefolded_words_without_stopwords_or_overlong_words_stemmed() -> None:
     assert lexical.terms("The runners were RUNNING to Paris, and it's raining!") == [
         "runner",
         "run",
@@ -40,7 +42,7 @@ def test_terms_are_casefolded_words_without_stopwords_stemmed() -> None:
     ]
     assert lexical.terms("über Café") == ["über", "café"]
     assert lexical.query_terms("tea, TEA and more tea") == ["tea", "more"]
-    assert len(lexical.terms("x" * 500)[0].encode()) == lexical.MAX_TERM_BYTES
+    assert lexical.terms("x" * 33 + " " + "z" * 32) == ["z" * 32]  # longer words are not terms
 
 
 def test_a_posting_key_parses_back_to_owner_kind_id_count_and_length() -> None:
@@ -49,6 +51,13 @@ def test_a_posting_key_parses_back_to_owner_kind_id_count_and_length() -> None:
         rest = key[len(lexical.term_prefix(b"ns", "tea")) :]
         assert lexical.parse_posting(rest) == (owner, b"memory", b"m-1", 2, 2)
         assert lexical.posting_length(key) == 2
+
+
+def _lexical(
+    terms: list[str], kinds: tuple[str, ...], user_ids: list[str | None] | None, tags: list[str], limit: int
+) -> SearchQuery:
+    owners = None if user_ids is None else ContextStore.owners_of(user_ids)
+    return SearchQuery(terms, None, "lexical", kinds, owners, tags, limit)
 
 
 def _memory(words: list[str], user: str | None, tags: list[str]) -> dict[str, Any]:
@@ -106,7 +115,7 @@ def _bm25_from_scratch(
         if user_ids is not None and _owner(context_id, record) not in user_ids:
             continue
         counts = Counter(
-            term for text in lexical._fields_text(record["kind"], record["fields"]) for term in lexical.terms(text)
+            term for text in searchable_text(record["kind"], record["fields"]) for term in lexical.terms(text)
         )
         if counts:
             docs[context_id] = (counts, sum(counts.values()), record)
@@ -152,7 +161,7 @@ def test_the_ranking_is_bm25_over_the_live_contexts(
         terms = lexical.query_terms(" ".join(query))
         kinds = (kind,) if kind else SEARCHABLE_KINDS
         user_ids = None if user == "anyone" else [user, None]
-        found = log.store.search("app", terms, kinds, user_ids, tags, limit)
+        found = log.store.search("app", _lexical(terms, kinds, user_ids, tags, limit))
         expected = _bm25_from_scratch(ctx_records(log.store), "app", terms, kinds, user_ids, tags, limit)
         assert [(context["id"], score) for score, context in found.hits] == [(cid, score) for score, cid in expected]
         assert all(math.isfinite(score) and score > 0 for score, _ in found.hits)
@@ -188,13 +197,13 @@ def test_a_users_search_reads_their_postings_not_the_namespaces(crowded: Applied
 
     lexical.parse_posting = counting  # type: ignore[assignment]
     try:
-        found = crowded.store.search("app", ["tea", "piano"], SEARCHABLE_KINDS, ["u1", None], [], 5)
+        found = crowded.store.search("app", _lexical(["tea", "piano"], SEARCHABLE_KINDS, ["u1", None], [], 5))
     finally:
         lexical.parse_posting = original  # type: ignore[assignment]
     assert [context["id"] for _, context in found.hits] == ["mine", "general"]
     assert next(counted) == 3  # mine's two postings and general's one, out of 60,000 in the namespace
     assert found.searched == 2
-    everyone = crowded.store.search("app", ["piano"], SEARCHABLE_KINDS, None, [], 3)
+    everyone = crowded.store.search("app", _lexical(["piano"], SEARCHABLE_KINDS, None, [], 3))
     assert everyone.matched == 2000 + 2 and everyone.searched == 20_002
 
 
@@ -202,8 +211,11 @@ def test_tags_narrow_and_a_rebuild_gives_the_same_index(tmp_path: Path) -> None:
     log = AppliedLog(str(tmp_path / "store"))
     log.apply(Put("app", "m1", _memory(["tea"], "u1", ["a"]), None, None, 1.0))
     log.apply(Put("app", "m2", _memory(["tea", "tea"], "u1", []), None, None, 1.0))
-    assert [c["id"] for _, c in log.store.search("app", ["tea"], ("memory",), None, [], 5).hits] == ["m2", "m1"]
-    assert [c["id"] for _, c in log.store.search("app", ["tea"], ("memory",), None, ["a"], 5).hits] == ["m1"]
+    assert [c["id"] for _, c in log.store.search("app", _lexical(["tea"], ("memory",), None, [], 5)).hits] == [
+        "m2",
+        "m1",
+    ]
+    assert [c["id"] for _, c in log.store.search("app", _lexical(["tea"], ("memory",), None, ["a"], 5)).hits] == ["m1"]
     maintained = index_state(log.store)
     log.store.close()
     reopened = ContextStore(str(tmp_path / "store"))

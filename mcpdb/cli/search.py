@@ -9,7 +9,7 @@ from rich.table import Table
 
 from mcpdb.cli.common import TokenOption, UrlOption, client, console, print_json
 from mcpdb.cli.errors import CliError
-from mcpdb.model import SEARCHABLE_KINDS
+from mcpdb.model import SEARCH_MODES, SEARCHABLE_KINDS
 
 SNIPPET_CHARS = 80
 
@@ -28,20 +28,23 @@ def search(
     kind: Annotated[str | None, typer.Option(help=f"Only this kind: {', '.join(SEARCHABLE_KINDS)}.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Only contexts carrying this tag (repeatable).")] = None,
     k: Annotated[int, typer.Option("-k", help="At most this many results (1-100).")] = 5,
+    mode: Annotated[str, typer.Option(help="hybrid (default), lexical (BM25) or vector.")] = "hybrid",
     stale: Annotated[bool, typer.Option(help="Search this node's state without a read index.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The API's answer as JSON.")] = False,
     url: UrlOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Rank a namespace's contexts by how well they match QUERY (BM25), linearizable unless --stale."""
+    """Rank a namespace's contexts by how well they match QUERY, linearizable unless --stale."""
     if kind is not None and kind not in SEARCHABLE_KINDS:
         raise CliError(f"cannot search kind {kind!r}; use one of {', '.join(SEARCHABLE_KINDS)}")
+    if mode not in SEARCH_MODES:
+        raise CliError(f"unknown mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
     if not 1 <= k <= 100:
         raise CliError("-k must be between 1 and 100")
     if not query.strip():
         raise CliError("the query is empty")
     with client(url, token) as http:
-        found = http.search(namespace, query, kind, user, tag or [], k, "stale" if stale else "linearizable")
+        found = http.search(namespace, query, kind, user, tag or [], k, mode, "stale" if stale else "linearizable")
     if as_json:
         print_json(found)
         return

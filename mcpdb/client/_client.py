@@ -169,9 +169,16 @@ class _CallBuilder:
 
     @staticmethod
     def search(
-        ns: str, query: str, kind: str | None, user_id: str | None, tags: builtins.list[str], k: int, consistency: str
+        ns: str,
+        query: str,
+        kind: str | None,
+        user_id: str | None,
+        tags: builtins.list[str],
+        k: int,
+        mode: str,
+        consistency: str,
     ) -> _Call:
-        params: dict[str, Any] = {"q": query, "k": k, "consistency": consistency}
+        params: dict[str, Any] = {"q": query, "k": k, "mode": mode, "consistency": consistency}
         if kind:
             params["kind"] = kind
         if user_id is not None:
@@ -386,11 +393,13 @@ class Client(_Base):
         user_id: str | None = None,
         tags: builtins.list[str] | None = None,
         k: int = 5,
+        mode: str = "hybrid",
         consistency: str = "linearizable",
     ) -> dict[str, Any]:
         """The ``k`` contexts that best match ``query``, best first (``results``: id, kind, score,
-        context); ``user_id``: that user's and nobody's; ``tags``: carrying all of them."""
-        return self._send(_CallBuilder.search(ns, query, kind, user_id, tags or [], k, consistency))
+        context); ``user_id``: that user's and nobody's; ``tags``: carrying all of them; ``mode``:
+        hybrid, lexical or vector."""
+        return self._send(_CallBuilder.search(ns, query, kind, user_id, tags or [], k, mode, consistency))
 
     def iter_contexts(
         self, ns: str, kind: str | None = None, prefix: str = "", page_size: int = 100
@@ -611,9 +620,10 @@ class AsyncClient(_Base):
         user_id: str | None = None,
         tags: builtins.list[str] | None = None,
         k: int = 5,
+        mode: str = "hybrid",
         consistency: str = "linearizable",
     ) -> dict[str, Any]:
-        return await self._send(_CallBuilder.search(ns, query, kind, user_id, tags or [], k, consistency))
+        return await self._send(_CallBuilder.search(ns, query, kind, user_id, tags or [], k, mode, consistency))
 
     async def iter_contexts(
         self, ns: str, kind: str | None = None, prefix: str = "", page_size: int = 100

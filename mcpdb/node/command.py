@@ -108,6 +108,13 @@ def start(
     model: Annotated[
         Path | None, typer.Option(help="GGUF model file (default: the bundled Gemma 3 270M Q4_K_M).")
     ] = default("model_path"),
+    embedding: Annotated[
+        bool,
+        typer.Option(help="Compute the embeddings search ranks by, as leader (--no-embedding: lexical search only)."),
+    ] = default("embedding"),
+    embedding_model: Annotated[
+        Path | None, typer.Option(help="GGUF model for embeddings, mean-pooled (default: the chat model).")
+    ] = default("embedding_model_path"),
     n_ctx: Annotated[int, typer.Option(help="Model context window in tokens.")] = default("n_ctx"),
     threads: Annotated[int, typer.Option(help="llama.cpp threads per generation.")] = default("threads"),
     slots: Annotated[
@@ -190,6 +197,8 @@ def start(
         unsafe_stale_reads=unsafe_stale_reads,
         inference=inference,
         model_path=str(model) if model else None,
+        embedding=embedding,
+        embedding_model_path=str(embedding_model) if embedding_model else None,
         n_ctx=n_ctx,
         threads=threads,
         slots=slots,

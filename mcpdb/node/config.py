@@ -79,6 +79,9 @@ class NodeConfig:
     # Inference: a llama.cpp worker on this node (the bundled model unless model_path).
     inference: bool = True
     model_path: str | None = None
+    # Embeddings for search (the chat model unless embedding_model_path); a node with inference only.
+    embedding: bool = True
+    embedding_model_path: str | None = None
     n_ctx: int = 4096
     threads: int = 2
     slots: int = 1
@@ -170,6 +173,8 @@ class NodeConfig:
             return
         if self.model_path is not None and not os.path.isfile(self.model_path):
             raise ConfigError(f"--model {self.model_path}: no such file")
+        if self.embedding_model_path is not None and not os.path.isfile(self.embedding_model_path):
+            raise ConfigError(f"--embedding-model {self.embedding_model_path}: no such file")
         if not 256 <= self.n_ctx <= 131072:
             raise ConfigError("--n-ctx must be between 256 and 131072")
         if not 1 <= self.threads <= 256:

@@ -27,6 +27,7 @@ from mcpdb.inference.loadboard import HEARTBEAT_S
 from mcpdb.inference.placement import Policy
 from mcpdb.node.autoscaling import AutoscaleDuty
 from mcpdb.node.config import NodeConfig
+from mcpdb.node.embedding_duty import EmbeddingDuty
 from mcpdb.node.http.access import Authenticator
 from mcpdb.node.internal.chat_front import ChatFront
 from mcpdb.node.internal.chat_worker import ChatWorker
@@ -36,9 +37,11 @@ from mcpdb.node.metrics import NodeMetrics
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
 from mcpdb.raft.settings import RaftSettings
+from mcpdb.retrieval.embedding import Embedder
 from mcpdb.service import Consistency, ContextService
 from mcpdb.store.background_io import Writeback
 from mcpdb.store.changes import ChangeFeed
+from mcpdb.store.commands import COMMAND_VERSION
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -69,9 +72,16 @@ class NodeRuntime:
         self.change_feed = ChangeFeed(self.store)
         self.replication.on_commit(self.change_feed.on_commit)
         self.barrier = ReadBarrier(self.replication.read_index, config.request_timeout)
+        self.embedder: Embedder | None = None  # loaded in the background, like the chat model
+        self.embedding_state = "disabled"  # disabled | loading | ready | failed: <reason>
         self.service = ContextService(
-            self.replication, self.barrier, config.request_timeout, unsafe_stale_reads=config.unsafe_stale_reads
+            self.replication,
+            self.barrier,
+            config.request_timeout,
+            unsafe_stale_reads=config.unsafe_stale_reads,
+            embedder=lambda: self.embedder,
         )
+        self.embeddings = EmbeddingDuty(self.store, self.replication, self.service, lambda: self.embedder)
         self.authenticator = Authenticator(
             config.token, self.store, lambda: self.service.read_index(Consistency.linearizable)
         )
@@ -126,7 +136,10 @@ class NodeRuntime:
             asyncio.create_task(self._register_loop()),
             asyncio.create_task(self._expiry_loop()),
             asyncio.create_task(self.autoscale.run()),
+            asyncio.create_task(self.embeddings.run()),
         ]
+        if self.config.inference and self.config.embedding:
+            self._tasks.append(asyncio.create_task(self._load_embedder()))
         if self.worker is not None:
             self._tasks += [asyncio.create_task(self._load_model()), asyncio.create_task(self._heartbeat_loop())]
 
@@ -163,6 +176,8 @@ class NodeRuntime:
         await asyncio.to_thread(self.writeback.stop)
         if self.worker is not None:
             self.worker.close()
+        if self.embedder is not None:
+            self.embedder.close()
         self.store.close()
 
     # ---------------------------------------------------------------- duties
@@ -173,6 +188,7 @@ class NodeRuntime:
             "http_url": self.config.http_url,
             "voter": self.config.raft_addr is not None,
             "version": __version__,
+            "formats": COMMAND_VERSION,  # the newest log format it applies (the embedder waits for 2)
         }
         worker = self.worker
         if worker is not None and worker.ready:
@@ -210,6 +226,21 @@ class NodeRuntime:
             self.inference_state = f"failed: {error}"
             return
         self.inference_state = "ready"
+
+    async def _load_embedder(self) -> None:
+        """The embedding model, in a thread, once the chat model (if any) is in: loading both at once
+        doubles the start-up peak of memory and disk reads for nothing."""
+        while self.inference_state == "loading" or (self.worker is not None and self.inference_state == "disabled"):
+            await asyncio.sleep(0.2)
+        path = self.config.embedding_model_path or self.config.model_path or default_model_path()
+        self.embedding_state = "loading"
+        try:
+            self.embedder = await asyncio.to_thread(Embedder, path)
+        except Exception as error:  # noqa: BLE001 - the node keeps serving, searching lexically
+            _log.exception("embedding model failed to load")
+            self.embedding_state = f"failed: {error}"
+            return
+        self.embedding_state = "ready"
 
     async def _heartbeat_loop(self) -> None:
         """Report load to the leader every HEARTBEAT_S; its board drops nodes silent for 2 s."""
@@ -277,7 +308,12 @@ class NodeRuntime:
         }
 
     def _inference_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = {"state": self.inference_state, "policy": self.scheduler.policy.value}
+        status: dict[str, Any] = {
+            "state": self.inference_state,
+            "policy": self.scheduler.policy.value,
+            "embedding": self.embedding_state,
+            "embedded": self.embeddings.embedded,
+        }
         worker = self.worker
         if worker is not None:
             status.update(

@@ -23,12 +23,17 @@ import math
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 import Stemmer
 
-MAX_TERM_BYTES = 64  # longer words are cut: a posting key stays well under LMDB's 511 bytes
+from mcpdb.retrieval.text import searchable_text
+
+# Longer "words" are not indexed: identifiers, hashes, base64, noise, which nobody searches for by word
+# (an id is read by GET) and which cost a posting each (a 1 KiB random value holds about twenty). Lucene
+# and Elasticsearch split at 255; 99.9% of English words are shorter than 32. A term is at most 32
+# characters, so a posting key stays well under LMDB's 511 bytes.
+MAX_WORD_CHARS = 32
 MAX_QUERY_TERMS = 32
 NOBODY = b"-"  # the store's owner of a context of no user (``_NOBODY`` there)
 ALL_OWNERS = b"*"  # the counters' owner for every owner together (a real owner is b"-" or b"u" + 32 bytes)
@@ -50,42 +55,11 @@ STOPWORDS = frozenset(
 )
 
 
-def _fields_text(kind: str, fields: dict[str, Any]) -> Iterable[str]:
-    """The text of a context that a search matches: what a reader would call its content, not its ids."""
-    if kind == "memory":
-        yield from fields.get("facts", [])
-        yield from fields.get("tags", [])
-    elif kind == "instruction":
-        yield fields.get("role") or ""
-        yield from fields.get("domains", [])
-        yield fields.get("text") or ""
-        yield fields.get("style") or ""
-    elif kind == "profile":
-        yield fields.get("name") or ""
-        yield from fields.get("goals", [])
-        yield from (value for value in fields.get("preferences", {}).values() if isinstance(value, str))
-    elif kind == "guardrail":
-        yield from fields.get("rules", [])
-        yield from fields.get("deny_topics", [])
-    elif kind == "task":
-        yield fields.get("domain") or ""
-        yield fields.get("goal") or ""
-
-
-def _cut(term: str) -> str:
-    if len(term) <= MAX_TERM_BYTES // 4:  # UTF-8 spends at most 4 bytes on a character: short enough
-        return term
-    encoded = term.encode()
-    if len(encoded) <= MAX_TERM_BYTES:
-        return term
-    return encoded[:MAX_TERM_BYTES].decode(errors="ignore")
-
-
 def terms(text: str) -> list[str]:
-    """The index terms of ``text``, in order: words casefolded, stopwords dropped, stemmed (a word is cut
-    to ``MAX_TERM_BYTES`` first: stemming a 1 KiB token costs a millisecond and its end never matters)."""
-    words = [_cut(word) for word in _WORD.findall(text.casefold()) if word not in STOPWORDS]
-    return [_cut(term) for term in _stemmer.stemWords(words)]
+    """The index terms of ``text``, in order: words casefolded, stopwords and words over
+    ``MAX_WORD_CHARS`` dropped, stemmed."""
+    casefolded = _WORD.findall(text.casefold())
+    return list(_stemmer.stemWords([w for w in casefolded if len(w) <= MAX_WORD_CHARS and w not in STOPWORDS]))
 
 
 def query_terms(text: str) -> list[str]:
@@ -95,7 +69,10 @@ def query_terms(text: str) -> list[str]:
 
 def postings(prefix: bytes, owner: bytes, kind: str, context_id: str, fields: dict[str, Any]) -> list[bytes]:
     """The posting keys of one context (``prefix`` is its namespace and a NUL); none if it has no words."""
-    counts = Counter(term for text in _fields_text(kind, fields) for term in terms(text))
+    found: list[str] = []
+    for text in searchable_text(kind, fields):
+        found += terms(text)
+    counts = Counter(found)
     length = sum(counts.values())
     tail = _SEP + owner + _SEP + kind.encode() + _SEP + context_id.encode() + _SEP
     return [
@@ -109,13 +86,21 @@ def posting_length(key: bytes) -> int:
     return int(_POSTING_TAIL.unpack_from(key, len(key) - _POSTING_TAIL.size)[1])
 
 
-def parse_posting(rest: bytes) -> tuple[bytes, bytes, bytes, int, int]:
-    """(owner, kind, context id, term count, context length) of a posting key without its namespace and
-    term (``rest`` starts with the owner: one byte for nobody, 33 for a user, as ``by_owner`` spells them)."""
+def split_owned(rest: bytes) -> tuple[bytes, bytes, bytes]:
+    """(owner, kind, what follows) of a key part that starts ``owner \0 kind \0`` (a posting's after its
+    term, a vector's after its namespace): the owner is one byte for nobody, 33 for a user, as
+    ``by_owner`` spells them, so a NUL inside a user's digest is never taken for the separator."""
     owner_end = 1 if rest[:1] == NOBODY else 33
     kind_end = rest.index(_SEP, owner_end + 1)
-    count, length = _POSTING_TAIL.unpack_from(rest, len(rest) - _POSTING_TAIL.size)
-    return rest[:owner_end], rest[owner_end + 1 : kind_end], rest[kind_end + 1 : -_POSTING_TAIL.size - 1], count, length
+    return rest[:owner_end], rest[owner_end + 1 : kind_end], rest[kind_end + 1 :]
+
+
+def parse_posting(rest: bytes) -> tuple[bytes, bytes, bytes, int, int]:
+    """(owner, kind, context id, term count, context length) of a posting key without its namespace and
+    term."""
+    owner, kind, tail = split_owned(rest)
+    count, length = _POSTING_TAIL.unpack_from(tail, len(tail) - _POSTING_TAIL.size)
+    return owner, kind, tail[: -_POSTING_TAIL.size - 1], count, length
 
 
 def term_prefix(namespace: bytes, term: str) -> bytes:

@@ -16,6 +16,12 @@ Versions:
   create_token read. Release 0.1 reads entries by key and ignores ``v``, so
   it applies a version-1 entry exactly as this code does: a cluster mixing
   0.1 and current nodes, under either kind of leader, stays consistent.
+- 2: adds ``set_vectors`` (the embeddings the leader computed). Only that
+  command is written as version 2, every other one still as version 1: a node
+  of the previous release applies every other entry and stops at the first
+  vectors entry rather than skip it, and the leader proposes vectors only once
+  every registered node says it reads version 2 (``formats`` in its registry
+  entry), so a rolling upgrade never stops a node.
 
 A future version whose meaning older code would misread must not be written
 until every voter understands it (release 0.1 would apply it by its keys,
@@ -45,15 +51,17 @@ import orjson
 
 from mcpdb.errors import NewerFormat
 
-COMMAND_VERSION = 1
-"""The format this code writes, and the newest it can apply."""
+COMMAND_VERSION = 2
+"""The newest format this code can apply (and writes for ``set_vectors``)."""
+WRITTEN_VERSION = 1
+"""The format every other command is written in (see version 2 above)."""
 
 
 @dataclass(frozen=True)
 class _Entry:
     # ``v`` and each ``op`` are fields that __init__ sets, not class constants:
     # orjson writes an instance's own attributes only.
-    v: int = field(default=COMMAND_VERSION, kw_only=True)
+    v: int = field(default=WRITTEN_VERSION, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,30 @@ class RevokeToken(_Entry):
     op: Literal["revoke_token"] = field(default="revoke_token", kw_only=True)
 
 
-Command: TypeAlias = Put | Delete | Append | Batch | Expire | RegisterNode | DeregisterNode | CreateToken | RevokeToken
+@dataclass(frozen=True)
+class Embedded:
+    """The vector of one version of one context: ``vector`` is ``mcpdb.retrieval.vectors``' bytes as text."""
+
+    id: str
+    version: int
+    vector: str
+
+
+@dataclass(frozen=True)
+class SetVectors(_Entry):
+    """Vectors the leader's embedder computed with ``model``; each is stored only if its context is
+    still at that version (a newer version waits for its own)."""
+
+    ns: str
+    items: tuple[Embedded, ...]
+    model: str
+    op: Literal["set_vectors"] = field(default="set_vectors", kw_only=True)
+    v: int = field(default=COMMAND_VERSION, kw_only=True)
+
+
+Command: TypeAlias = (
+    Put | Delete | Append | Batch | Expire | RegisterNode | DeregisterNode | CreateToken | RevokeToken | SetVectors
+)
 
 
 @dataclass(frozen=True)
@@ -198,7 +229,7 @@ def from_entry(entry: Mapping[str, Any]) -> Command:
         raise ValueError(f"format version {version!r} is not a version")
     if version > COMMAND_VERSION:
         raise NewerFormat(version, COMMAND_VERSION)
-    # Versions 0 and 1 share one shape (see the module docstring).
+    # Every version shares one shape; 2 only adds an op (see the module docstring).
     return _READERS[entry["op"]](entry)
 
 
@@ -224,4 +255,7 @@ _READERS: dict[str, Callable[[Mapping[str, Any]], Command]] = {
     "deregister_node": lambda e: DeregisterNode(e["id"]),
     "create_token": lambda e: CreateToken(_token(e["token"]), e["now"]),
     "revoke_token": lambda e: RevokeToken(e["id"]),
+    "set_vectors": lambda e: SetVectors(
+        e["ns"], tuple(Embedded(item["id"], item["version"], item["vector"]) for item in e["items"]), e["model"]
+    ),
 }

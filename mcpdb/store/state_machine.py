@@ -85,8 +85,9 @@ import orjson
 
 from mcpdb.errors import HistoryTrimmed
 from mcpdb.fsutil import fsync_path
-from mcpdb.retrieval import lexical
-from mcpdb.store import snapshot
+from mcpdb.retrieval import lexical, vectors
+from mcpdb.retrieval.text import embedding_text
+from mcpdb.store import search, snapshot
 from mcpdb.store.commands import (
     Append,
     Batch,
@@ -99,9 +100,11 @@ from mcpdb.store.commands import (
     Put,
     RegisterNode,
     RevokeToken,
+    SetVectors,
     Unreadable,
 )
 from mcpdb.store.defaults import DEFAULT_CHANGE_HISTORY
+from mcpdb.store.search import SearchHits, SearchQuery
 from mcpdb.store.snapshot import PinnedVersion
 
 _log = logging.getLogger(__name__)
@@ -120,6 +123,8 @@ _DB_NAMES = (
     b"by_kind",
     b"by_owner",
     b"lexical",
+    b"vectors",
+    b"to_embed",
 )
 _INDEXES = (b"by_kind", b"by_owner", b"lexical")
 _APPLIED = b"applied"
@@ -208,6 +213,18 @@ def _index_entries(
     return entries, [(counter, length) for counter in lexical.counter_keys(namespace, owner, kind)]
 
 
+def _embeddable(record: dict[str, Any]) -> bool:
+    """Whether a context gets a vector: it is searched (not a session) and has text."""
+    return record["kind"] != "session" and bool(embedding_text(record["kind"], record["fields"]))
+
+
+def _vector_key(key: bytes, record: dict[str, Any]) -> bytes:
+    """Where the vector of the context at ctx ``key`` with ``record`` is kept (by owner and kind)."""
+    namespace, raw_id = key.split(_SEP, 1)
+    owner = _lexical_owner(record["kind"], raw_id.decode(), record["fields"])
+    return search.vector_key(namespace, owner, record["kind"], raw_id)
+
+
 def _add_lexical_count(txn: lmdb.Transaction, dbs: _Dbs, counter: bytes, contexts: int, length: int) -> None:
     held, total = lexical.unpack_counter(txn.get(counter, db=dbs[b"meta"]))
     if held + contexts:
@@ -238,7 +255,7 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
         if txn.get(_INDEX_FORMAT, db=dbs[b"meta"]) == _INDEX_MARK.pack(_INDEX_VERSION, applied):
             return
         started = time.monotonic()
-        for name in _INDEXES:
+        for name in (*_INDEXES, b"to_embed"):
             txn.drop(dbs[name], delete=False)
         meta = txn.cursor(db=dbs[b"meta"])
         for counter_prefix in (_KIND_COUNT, lexical.COUNTER_PREFIX):
@@ -254,6 +271,10 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
             for name, index_key in entries:
                 txn.put(index_key, b"", db=dbs[name])
             counts[record["kind"]] = counts.get(record["kind"], 0) + 1
+            if _embeddable(record):
+                stored = txn.get(_vector_key(key, record), db=dbs[b"vectors"])
+                if stored is None or _U64.unpack_from(stored)[0] != record["version"]:
+                    txn.put(key, _U64.pack(record["version"]), db=dbs[b"to_embed"])
             for counter, length in counted:
                 held, total = lexical_counts.get(counter, (0, 0))
                 lexical_counts[counter] = (held + 1, total + length)
@@ -309,16 +330,6 @@ class _Abort(Exception):
     def __init__(self, result: dict[str, Any]) -> None:
         super().__init__(result["message"])
         self.result = result
-
-
-@dataclass(frozen=True)
-class SearchHits:
-    """A search's best contexts, (score, context) best first; how many contexts matched a query term at
-    all, and how many the search looked among (those of the kinds and users asked for)."""
-
-    hits: list[tuple[float, dict[str, Any]]]
-    matched: int
-    searched: int
 
 
 @dataclass(frozen=True)
@@ -489,6 +500,8 @@ class ContextStore:
                 return self._apply_create_token(txn, index, command)
             case RevokeToken():
                 return self._apply_revoke_token(txn, index, command)
+            case SetVectors():
+                return self._apply_set_vectors(txn, index, command)
             case Unreadable():
                 _log.error("entry %d is not a valid command (%s); refused", index, command.reason)
                 return _fail("invalid_command", f"entry {index} could not be applied: {command.reason}")
@@ -564,7 +577,14 @@ class ContextStore:
         self, txn: lmdb.Transaction, key: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None
     ) -> None:
         """Move the context at ``key`` in the indexes and kind counts from record ``old`` to ``new``
-        (None: absent), in the transaction of the write itself."""
+        (None: absent), in the transaction of the write itself. A vector is for one version: a new
+        version drops the old one's and, if it has text, is queued for the embedder (``to_embed``)."""
+        if old is not None and old["kind"] != "session":
+            txn.delete(_vector_key(key, old), db=self._dbs[b"vectors"])
+        if new is not None and _embeddable(new):
+            txn.put(key, _U64.pack(new["version"]), db=self._dbs[b"to_embed"])
+        else:
+            txn.delete(key, db=self._dbs[b"to_embed"])
         entries_before, counted_before = _index_entries(key, old)
         entries_after, counted_after = _index_entries(key, new)
         before, after = set(entries_before), set(entries_after)
@@ -779,6 +799,26 @@ class ContextStore:
             raise _Abort(_fail("not_found", f"token {c.id} does not exist"))
         return _ok(index)
 
+    def _apply_set_vectors(self, txn: lmdb.Transaction, index: int, c: SetVectors) -> dict[str, Any]:
+        """Store each vector whose context is still at its version; one for an older version, or
+        bytes that are no vector, is skipped (every replica decides the same from the same entry)."""
+        stored = 0
+        for item in c.items:
+            key = _key(c.ns, item.id)
+            record = self._get_record(txn, self._dbs, key)
+            if record is None or record["version"] != item.version or not _embeddable(record):
+                continue
+            try:
+                blob = vectors.from_text(item.vector)
+            except ValueError:
+                continue
+            if not 0 < len(blob) <= vectors.MAX_BYTES or len(blob) % vectors.DTYPE.itemsize:
+                continue
+            txn.put(_vector_key(key, record), _U64.pack(item.version) + blob, db=self._dbs[b"vectors"])
+            txn.delete(key, db=self._dbs[b"to_embed"])
+            stored += 1
+        return _ok(index, stored=stored)
+
     # ------------------------------------------------------------------ reads
     def _materialise(
         self,
@@ -918,71 +958,42 @@ class ContextStore:
                     )
             return items
 
-    def search(
-        self,
-        namespace: str,
-        query: Sequence[str],
-        kinds: Sequence[str],
-        user_ids: Sequence[str | None] | None,
-        tags: Sequence[str],
-        limit: int,
-    ) -> SearchHits:
-        """The ``limit`` contexts of ``kinds`` with the best BM25 score for the terms ``query``, best first
-        (ties in id order), all read in one read transaction: the ranking is the one the state at that
-        version gives, on every replica. ``user_ids`` (None: anyone's) narrows to contexts of those users
-        (None in it: of nobody), reading only their postings; a context must carry
-        every one of ``tags``. Statistics (N, average length, matches per term) are over the contexts
-        the search may return."""
-        ns = namespace.encode()
-        owners = [lexical.ALL_OWNERS] if user_ids is None else sorted({_owner(user_id) for user_id in user_ids})
-        wanted_kinds = {kind.encode() for kind in kinds}
+    def search(self, namespace: str, query: SearchQuery) -> SearchHits:
+        """Run ``query`` in ``namespace`` in one read transaction (``mcpdb.store.search``): the ranking
+        the state at that version gives, on every replica."""
+        generation = self._generation
+        prefix = namespace.encode() + _SEP
+        with generation.env.begin() as txn:
+            return search.run(
+                txn,
+                generation.dbs,
+                namespace,
+                query,
+                lambda context_id: self._get_record(txn, generation.dbs, prefix + context_id),
+                lambda context_id, record: self._materialise(
+                    txn, generation.dbs, namespace, context_id, record, with_turns=False
+                ),
+            )
+
+    @staticmethod
+    def owners_of(user_ids: Sequence[str | None]) -> builtins.list[bytes]:
+        """The owners (as the indexes spell them) of contexts of ``user_ids`` (None: of nobody)."""
+        return sorted({_owner(user_id) for user_id in user_ids})
+
+    def pending_embeddings(self, limit: int) -> builtins.list[tuple[str, str, int, str, dict[str, Any]]]:
+        """(namespace, id, version, kind, fields) of up to ``limit`` contexts whose current version has no
+        vector yet, in key order: what the leader's embedder works through."""
+        found: builtins.list[tuple[str, str, int, str, dict[str, Any]]] = []
         generation = self._generation
         with generation.env.begin() as txn:
-            contexts = total_length = 0
-            for owner in owners:
-                for kind in kinds:
-                    held, length = lexical.unpack_counter(
-                        txn.get(lexical.counter_key(ns, owner, kind), db=generation.dbs[b"meta"])
-                    )
-                    contexts, total_length = contexts + held, total_length + length
-            average = total_length / contexts if contexts else 0.0
-            scores: dict[bytes, float] = {}
-            cursor = txn.cursor(db=generation.dbs[b"lexical"])
-            for term in query:
-                term_prefix = lexical.term_prefix(ns, term)
-                matched = []
-                for owner in owners:
-                    scan = term_prefix if owner == lexical.ALL_OWNERS else term_prefix + owner + _SEP
-                    if not cursor.set_range(scan):
-                        continue
-                    for key in cursor.iternext(values=False):
-                        if not key.startswith(scan):
-                            break
-                        _, posted_kind, context_id, count, length = lexical.parse_posting(key[len(term_prefix) :])
-                        if posted_kind in wanted_kinds:
-                            matched.append((context_id, count, length))
-                weight = lexical.idf(contexts, len(matched))
-                for context_id, count, length in matched:
-                    scores[context_id] = scores.get(context_id, 0.0) + lexical.term_score(
-                        weight, count, length, average
-                    )
-            hits: builtins.list[tuple[float, dict[str, Any]]] = []
-            for context_id, score in sorted(scores.items(), key=lambda item: (-item[1], item[0])):
-                if len(hits) == limit:
+            for key, value in txn.cursor(db=generation.dbs[b"to_embed"]):
+                record = self._get_record(txn, generation.dbs, key)
+                if record is not None:
+                    namespace, context_id = key.decode().split("\x00", 1)
+                    found.append((namespace, context_id, _U64.unpack(value)[0], record["kind"], record["fields"]))
+                if len(found) == limit:
                     break
-                record = self._get_record(txn, generation.dbs, ns + _SEP + context_id)
-                assert record is not None, "postings and ctx are written in the same transactions"
-                if not set(tags) <= set(record["fields"].get("tags", [])):
-                    continue
-                hits.append(
-                    (
-                        score,
-                        self._materialise(
-                            txn, generation.dbs, namespace, context_id.decode(), record, with_turns=False
-                        ),
-                    )
-                )
-            return SearchHits(hits, len(scores), contexts)
+        return found
 
     def expired(self, now: float, limit: int = 1000) -> builtins.list[tuple[str, str, int]]:
         """Contexts whose TTL ran out by ``now``; the leader proposes their expiry."""

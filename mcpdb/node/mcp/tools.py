@@ -47,7 +47,7 @@ from pydantic import (
 from mcpdb.auth import Principal, Scope
 from mcpdb.errors import McpdbServerError, ModelNotServed
 from mcpdb.inference.request import ChatMessage, ChatRequest
-from mcpdb.model import CONTEXT_ID_PATTERN, NAMESPACE_PATTERN, ContextIn, Kind, Turn
+from mcpdb.model import CONTEXT_ID_PATTERN, NAMESPACE_PATTERN, ContextIn, Kind, SearchMode, Turn
 from mcpdb.node.http.responses import error_parts
 from mcpdb.node.mcp.node_view import ToolsNode
 from mcpdb.service import Consistency
@@ -121,6 +121,7 @@ class SearchArgs(_Args):
         default_factory=list, max_length=32, description="ranked: contexts carrying all of these"
     )
     limit: int = Field(default=20, ge=1, le=100)
+    mode: SearchMode = Field(default="hybrid", description="ranked: lexical (BM25), vector, or both fused")
 
     @model_validator(mode="after")
     def _ranked_or_listed(self) -> SearchArgs:
@@ -372,7 +373,7 @@ class ContextTools:
                 SearchArgs,
                 SearchResult,
                 self._search,
-                "Find the contexts that best match a query (BM25 over their text, best first; optionally one "
+                "Find the contexts that best match a query (BM25 and embeddings fused, best first; optionally one "
                 "user's and nobody's, of one kind, with given tags), or without a query list them by kind "
                 "and id prefix.",
                 _hints("Search contexts", read_only=True, idempotent=True),
@@ -434,7 +435,9 @@ class ContextTools:
         if not args.query:
             page = await self._service.list(args.namespace, args.kind, args.prefix, args.limit)
             return {"items": page.items}
-        found = await self._service.search(args.namespace, args.query, args.kind, args.user_id, args.tags, args.limit)
+        found = await self._service.search(
+            args.namespace, args.query, args.kind, args.user_id, args.tags, args.limit, args.mode
+        )
         return {
             "items": [result["context"] for result in found["results"]],
             "scores": [result["score"] for result in found["results"]],

@@ -1,0 +1,90 @@
+"""The leader's embedder: vectors for the contexts whose current version has none, through the log.
+
+A write commits without waiting for its vector (a node without a model still takes memory writes, and
+a write is not slower by the embedding's time): the state machine queues every version with text in
+``to_embed``, in the write's transaction. This duty, on the leader with a loaded embedding model,
+takes a batch from that queue, embeds it on a worker thread and proposes one ``SetVectors`` entry per
+namespace; each replica stores a vector only if its context is still at that version. The queue is
+replicated state, so a new leader carries on where the old one stopped, and a search says how many
+searched contexts have no vector yet.
+
+Vectors are written in log format version 2, so the duty waits until every registered node says it
+reads it (``formats`` in its registry entry): a node of the previous release would stop at the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from itertools import groupby
+
+from mcpdb.errors import Unavailable
+from mcpdb.raft.replication import Replication
+from mcpdb.retrieval import vectors
+from mcpdb.retrieval.embedding import Embedder
+from mcpdb.retrieval.text import embedding_text
+from mcpdb.service import ContextService
+from mcpdb.store.commands import COMMAND_VERSION, Embedded, SetVectors
+from mcpdb.store.state_machine import ContextStore
+
+_log = logging.getLogger(__name__)
+
+BATCH = 16  # contexts per embedding round: a SetVectors entry of ~30 KB
+IDLE_S = 0.5  # between looks at an empty queue
+BACKOFF_S = 5.0  # after a round that failed
+
+
+class EmbeddingDuty:
+    """Runs on every node; acts only as leader, with a model, in a cluster that reads vectors."""
+
+    def __init__(
+        self,
+        store: ContextStore,
+        replication: Replication,
+        service: ContextService,
+        embedder: Callable[[], Embedder | None],
+    ) -> None:
+        self._store = store
+        self._replication = replication
+        self._service = service
+        self._embedder = embedder
+        self.embedded = 0  # vectors this node proposed that were stored
+
+    def _cluster_reads_vectors(self) -> bool:
+        nodes = self._store.nodes()
+        return bool(nodes) and all(node.get("formats", 1) >= COMMAND_VERSION for node in nodes)
+
+    async def run(self) -> None:
+        while True:
+            embedder = self._embedder()
+            if embedder is None or not self._replication.is_leader() or not self._cluster_reads_vectors():
+                await asyncio.sleep(IDLE_S)
+                continue
+            try:
+                stored = await self.round(embedder)
+            except (Unavailable, OSError, ValueError, RuntimeError) as error:
+                _log.warning("embedding round failed (%s); retrying in %.0f s", error, BACKOFF_S)
+                await asyncio.sleep(BACKOFF_S)
+                continue
+            if not stored:
+                await asyncio.sleep(IDLE_S)
+
+    async def round(self, embedder: Embedder) -> int:
+        """Embed one batch of the queue and propose it; how many vectors were stored."""
+        pending = await asyncio.to_thread(self._store.pending_embeddings, BATCH)
+        if not pending:
+            return 0
+        blobs = await asyncio.to_thread(
+            embedder.embed, [embedding_text(kind, fields) for _, _, _, kind, fields in pending]
+        )
+        stored = 0
+        queued = sorted(zip(pending, blobs, strict=True), key=lambda item: item[0][0])
+        for namespace, items in groupby(queued, key=lambda item: item[0][0]):
+            embedded = tuple(
+                Embedded(context_id, version, vectors.to_text(blob)) for (_, context_id, version, _, _), blob in items
+            )
+            result = await self._service.set_vectors(SetVectors(namespace, embedded, embedder.model))
+            stored += int(result.get("stored", 0))
+        self.embedded += stored
+        return stored

@@ -1,0 +1,72 @@
+"""Vectors as the store keeps them, exact nearest neighbours, and the fusion of rankings.
+
+A vector is computed once, by the leader's embedder, and travels through the log as bytes: every
+replica holds the identical vector for the same version of a context (floating point differs across
+CPUs and builds, so recomputing per replica could not promise that). The bytes are the unit vector in
+little-endian float16: half the log and disk of float32, and far finer than the model's own noise.
+Search is exact (a matrix product over the candidates): deterministic, and fast enough at the sizes
+the benchmark measures; an approximate index is worth it only if it stays deterministic.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+DTYPE = np.dtype("<f2")
+MAX_BYTES = 16 << 10  # 8,192 dimensions: more than any embedding model mcpdb would run
+VERSION = struct.Struct(">Q")  # a stored vector's value: the context version it was computed for, then the bytes
+# Reciprocal rank fusion's constant (Cormack et al. 2009, also Elasticsearch's and Graphiti's default):
+# a rank's weight 1 / (RRF_K + rank) keeps the top of each list from drowning the other.
+RRF_K = 60
+
+
+def pack(vector: Sequence[float]) -> bytes:
+    """The stored bytes of ``vector``: normalised to unit length (a zero vector stays zero), float16."""
+    array = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(array))
+    return (array / norm if norm else array).astype(DTYPE).tobytes()
+
+
+def to_text(blob: bytes) -> str:
+    """A vector's bytes as a log command carries them (JSON has no bytes)."""
+    return base64.b64encode(blob).decode()
+
+
+def from_text(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def nearest(query: bytes, candidates: Sequence[tuple[bytes, bytes]], limit: int) -> list[tuple[bytes, float]]:
+    """The ``limit`` candidates most similar to ``query`` (cosine: the vectors are unit length), best
+    first; ties in the candidates' order. Vectors of another length than the query's are skipped (a
+    vector from another model)."""
+    wanted = np.frombuffer(query, dtype=DTYPE).astype(np.float32)
+    usable = [(key, blob) for key, blob in candidates if len(blob) == len(query)]
+    if not usable or not wanted.size:
+        return []
+    stacked: npt.NDArray[np.float32] = (
+        np.frombuffer(b"".join(blob for _, blob in usable), dtype=DTYPE).astype(np.float32).reshape(len(usable), -1)
+    )
+    # einsum's own loop, not BLAS: a threaded BLAS may split a sum differently from run to run, and
+    # replicas (and repeated searches) must rank exactly alike.
+    scores = np.einsum("ij,j->i", stacked, wanted)
+    order = np.argsort(-scores, kind="stable")[:limit]
+    return [(usable[i][0], float(scores[i])) for i in order]
+
+
+def fuse(rankings: Sequence[Sequence[bytes]], recency: dict[bytes, int], limit: int) -> list[tuple[bytes, float]]:
+    """Reciprocal rank fusion of ``rankings`` (each best first): a key's score is the sum of
+    1 / (RRF_K + rank) over the lists it is in. Equal scores (the same ranks, in different lists) go to
+    the newer context (``recency``: its version, a Raft index, the same on every replica): of two
+    memories that match equally, the later one is likelier to be what is true now; then id order."""
+    scores: dict[bytes, float] = {}
+    for ranking in rankings:
+        for rank, key in enumerate(ranking, start=1):
+            scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + rank)
+    ordered = sorted(scores.items(), key=lambda item: (-item[1], -recency.get(item[0], 0), item[0]))
+    return ordered[:limit]

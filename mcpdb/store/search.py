@@ -1,0 +1,158 @@
+"""A search inside one read transaction: lexical scores, vector similarities, their fusion, the winners.
+
+Everything a ranking reads (the lexical counters and postings, the stored vectors, the winners'
+records) comes from one LMDB read transaction, so a search answers for exactly one version of the
+store, as a GET does, and every replica at that version answers the same: the statistics are integers,
+the vectors the bytes the log carried, the arithmetic single-threaded (``vectors.nearest``).
+
+Modes: ``lexical`` ranks every context sharing a term with the query by BM25 (exact); ``vector`` every
+context of the searched ones that has a vector, by cosine (exact); ``hybrid`` fuses the two rankings'
+first ``POOL`` each by reciprocal rank fusion (``vectors.fuse``), the newer context first on a tie.
+Tags narrow after ranking: a hybrid or vector search with tags returns the tagged contexts among the
+pools, possibly fewer than asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+from mcpdb.model import SearchMode
+from mcpdb.retrieval import lexical, vectors
+
+POOL = 100  # per ranking, what hybrid fuses (k is at most 100)
+_SEP = b"\x00"
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What to rank: the query's ``terms`` and ``vector`` (None: no vector could be computed) as the
+    service prepared them, which contexts may answer, and how many to return."""
+
+    terms: Sequence[str]
+    vector: bytes | None
+    mode: SearchMode
+    kinds: Sequence[str]
+    owners: Sequence[bytes] | None  # None: anyone's
+    tags: Sequence[str]
+    limit: int
+
+
+@dataclass(frozen=True)
+class SearchHits:
+    """A search's best contexts, (score, context) best first; how many contexts matched a query term,
+    how many the search looked among (those of the kinds and users asked for), and how many of those
+    have a vector of their current version (None: a lexical search does not look)."""
+
+    hits: list[tuple[float, dict[str, Any]]]
+    matched: int
+    searched: int
+    embedded: int | None
+
+
+def vector_key(namespace: bytes, owner: bytes, kind: str, context_id: bytes) -> bytes:
+    """Where the store keeps a context's vector: grouped by owner and kind, as its postings are."""
+    return namespace + _SEP + owner + _SEP + kind.encode() + _SEP + context_id
+
+
+def _scans(prefix: bytes, owners: Sequence[bytes] | None) -> list[bytes]:
+    return [prefix] if owners is None else [prefix + owner + _SEP for owner in owners]
+
+
+def _counted(txn: lmdb.Transaction[bytes], meta: Any, namespace: bytes, query: SearchQuery) -> tuple[int, int]:
+    contexts = total_length = 0
+    for owner in [lexical.ALL_OWNERS] if query.owners is None else query.owners:
+        for kind in query.kinds:
+            held, length = lexical.unpack_counter(txn.get(lexical.counter_key(namespace, owner, kind), db=meta))
+            contexts, total_length = contexts + held, total_length + length
+    return contexts, total_length
+
+
+def _lexical_scores(
+    txn: lmdb.Transaction[bytes],
+    dbs: dict[bytes, Any],
+    namespace: bytes,
+    query: SearchQuery,
+    contexts: int,
+    length: int,
+) -> dict[bytes, float]:
+    average = length / contexts if contexts else 0.0
+    wanted_kinds = {kind.encode() for kind in query.kinds}
+    scores: dict[bytes, float] = {}
+    cursor = txn.cursor(db=dbs[b"lexical"])
+    for term in query.terms:
+        term_prefix = lexical.term_prefix(namespace, term)
+        matched = []
+        for scan in _scans(term_prefix, query.owners):
+            if not cursor.set_range(scan):
+                continue
+            for key in cursor.iternext(values=False):
+                if not key.startswith(scan):
+                    break
+                _, kind, context_id, count, context_length = lexical.parse_posting(key[len(term_prefix) :])
+                if kind in wanted_kinds:
+                    matched.append((context_id, count, context_length))
+        weight = lexical.idf(contexts, len(matched))
+        for context_id, count, context_length in matched:
+            scores[context_id] = scores.get(context_id, 0.0) + lexical.term_score(
+                weight, count, context_length, average
+            )
+    return scores
+
+
+def _stored_vectors(
+    txn: lmdb.Transaction[bytes], dbs: dict[bytes, Any], namespace: bytes, query: SearchQuery
+) -> list[tuple[bytes, bytes]]:
+    """(context id, vector bytes) of every searched context that has a vector, in key order."""
+    wanted_kinds = {kind.encode() for kind in query.kinds}
+    found = []
+    cursor = txn.cursor(db=dbs[b"vectors"])
+    for scan in _scans(namespace + _SEP, query.owners):
+        if not cursor.set_range(scan):
+            continue
+        for key, value in cursor:
+            if not key.startswith(scan):
+                break
+            _, kind, context_id = lexical.split_owned(key[len(namespace) + 1 :])
+            if kind in wanted_kinds:
+                found.append((context_id, value[vectors.VERSION.size :]))
+    return found
+
+
+def run(
+    txn: lmdb.Transaction[bytes],
+    dbs: dict[bytes, Any],
+    namespace: str,
+    query: SearchQuery,
+    record_of: Callable[[bytes], dict[str, Any] | None],
+    materialise: Callable[[str, dict[str, Any]], dict[str, Any]],
+) -> SearchHits:
+    """The search ``query`` in ``namespace`` at the version ``txn`` reads; ``record_of`` reads a
+    context's record by id in that transaction, ``materialise`` turns one into the API's shape."""
+    ns = namespace.encode()
+    contexts, length = _counted(txn, dbs[b"meta"], ns, query)
+    scores = _lexical_scores(txn, dbs, ns, query, contexts, length) if query.mode != "vector" else {}
+    lexical_ranking = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    stored = _stored_vectors(txn, dbs, ns, query) if query.mode != "lexical" else []
+    similar = vectors.nearest(query.vector, stored, len(stored)) if query.vector is not None else []
+    if query.mode == "lexical":
+        ranking = lexical_ranking
+    elif query.mode == "vector":
+        ranking = similar
+    else:
+        pools = [[key for key, _ in lexical_ranking[:POOL]], [key for key, _ in similar[:POOL]]]
+        records = {key: record_of(key) for pool in pools for key in pool}
+        recency = {key: record["version"] for key, record in records.items() if record is not None}
+        ranking = vectors.fuse(pools, recency, POOL)
+    hits: list[tuple[float, dict[str, Any]]] = []
+    for context_id, score in ranking:
+        if len(hits) == query.limit:
+            break
+        record = record_of(context_id)
+        assert record is not None, "postings, vectors and ctx are written in the same transactions"
+        if set(query.tags) <= set(record["fields"].get("tags", [])):
+            hits.append((score, materialise(context_id.decode(), record)))
+    return SearchHits(hits, len(scores), contexts, len(stored) if query.mode != "lexical" else None)

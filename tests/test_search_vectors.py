@@ -1,0 +1,127 @@
+"""Vectors for search (issue 15), without a model: what the log carries, what the store keeps, how it ranks.
+
+- ``set_vectors`` round-trips and is written as format version 2 (every other command stays at 1).
+- A write queues its version for the embedder (``to_embed``); a vector is stored only for the version it
+  was computed for, dropped by the next version or a delete; a rebuild of the indexes requeues exactly
+  the contexts whose current version has no vector, and keeps the vectors.
+- Vector search is exact cosine; hybrid fuses the lexical and vector rankings by reciprocal rank, the
+  newer context first on a tie; both are read in one transaction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mcpdb.model import SEARCHABLE_KINDS
+from mcpdb.retrieval import lexical, vectors
+from mcpdb.store.commands import COMMAND_VERSION, WRITTEN_VERSION, Delete, Embedded, Put, SetVectors, decode, encode
+from mcpdb.store.search import SearchQuery
+from mcpdb.store.state_machine import _INDEX_FORMAT, ContextStore
+from tests.store_helpers import AppliedLog
+
+DIMENSIONS = 8
+
+
+def _unit(*weights: float) -> bytes:
+    return vectors.pack(list(weights) + [0.0] * (DIMENSIONS - len(weights)))
+
+
+def _memory(fact: str, user: str | None = None) -> dict[str, Any]:
+    return {"kind": "memory", "facts": [fact], "user_id": user, "tags": [], "data": {}}
+
+
+def _vectors_of(log: AppliedLog, items: dict[str, bytes]) -> None:
+    """Store ``items`` (id -> vector) for the contexts' current versions, as the embedder would."""
+    embedded = tuple(
+        Embedded(context_id, log.store.get("app", context_id)["version"], vectors.to_text(blob))  # type: ignore[index]
+        for context_id, blob in items.items()
+    )
+    log.apply(SetVectors("app", embedded, "test-model"))
+
+
+def _query(mode: str, terms: list[str], vector: bytes | None, limit: int = 5) -> SearchQuery:
+    return SearchQuery(terms, vector, mode, SEARCHABLE_KINDS, None, [], limit)  # type: ignore[arg-type]
+
+
+def test_set_vectors_round_trips_as_format_2_and_other_commands_stay_at_1() -> None:
+    command = SetVectors("app", (Embedded("m1", 7, vectors.to_text(_unit(1.0))),), "gemma")
+    payload = encode(command)
+    assert orjson.loads(payload)["v"] == COMMAND_VERSION == 2
+    assert decode(payload) == command
+    assert orjson.loads(encode(Delete("app", "m1", None)))["v"] == WRITTEN_VERSION == 1
+
+
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=64))
+def test_a_packed_vector_is_unit_length_float16(values: list[float]) -> None:
+    blob = vectors.pack(values)
+    array = np.frombuffer(blob, dtype=vectors.DTYPE).astype(np.float64)
+    assert len(blob) == 2 * len(values)
+    norm = float(np.linalg.norm(array))
+    assert norm == 0.0 or abs(norm - 1.0) < 1e-2
+
+
+def test_vectors_follow_the_version_they_were_computed_for(tmp_path: Path) -> None:
+    log = AppliedLog(str(tmp_path / "store"))
+    log.apply(Put("app", "m1", _memory("green tea"), None, None, 1.0))
+    log.apply(Put("app", "m2", _memory("black coffee"), None, None, 1.0))
+    assert [item[1] for item in log.store.pending_embeddings(10)] == ["m1", "m2"]
+    stale = log.store.get("app", "m1")["version"]  # type: ignore[index]
+    log.apply(Put("app", "m1", _memory("green tea, no sugar"), None, None, 2.0))
+    log.apply(SetVectors("app", (Embedded("m1", stale, vectors.to_text(_unit(1.0))),), "m"))  # for the old text
+    assert [item[1] for item in log.store.pending_embeddings(10)] == ["m1", "m2"]
+    _vectors_of(log, {"m1": _unit(1.0), "m2": _unit(0.0, 1.0)})
+    assert log.store.pending_embeddings(10) == []
+    found = log.store.search("app", _query("vector", [], _unit(1.0, 0.1)))
+    assert [context["id"] for _, context in found.hits] == ["m1", "m2"] and found.embedded == 2
+    log.apply(Put("app", "m2", _memory("espresso"), None, None, 3.0))  # a new version: its vector is gone
+    found = log.store.search("app", _query("vector", [], _unit(1.0, 0.1)))
+    assert [context["id"] for _, context in found.hits] == ["m1"] and found.searched == 2 and found.embedded == 1
+    log.apply(Delete("app", "m1", None))
+    assert log.store.search("app", _query("vector", [], _unit(1.0))).hits == []
+    assert [item[1] for item in log.store.pending_embeddings(10)] == ["m2"]
+    log.store.close()
+
+
+def test_a_rebuild_requeues_what_has_no_vector_and_keeps_the_vectors(tmp_path: Path) -> None:
+    log = AppliedLog(str(tmp_path / "store"))
+    for context_id in ("m1", "m2", "m3"):
+        log.apply(Put("app", context_id, _memory(f"fact {context_id}"), None, None, 1.0))
+    _vectors_of(log, {"m1": _unit(1.0), "m3": _unit(0.0, 1.0)})
+    before = log.store.search("app", _query("vector", [], _unit(1.0)))
+    generation = log.store._generation
+    with generation.env.begin(write=True) as txn:  # as a store of another index format: rebuilt on open
+        txn.delete(_INDEX_FORMAT, db=generation.dbs[b"meta"])
+    log.store.close()
+    reopened = ContextStore(str(tmp_path / "store"))
+    assert [item[1] for item in reopened.pending_embeddings(10)] == ["m2"]
+    assert reopened.search("app", _query("vector", [], _unit(1.0))) == before
+    reopened.close()
+
+
+def test_hybrid_fuses_both_rankings_and_breaks_ties_by_recency(tmp_path: Path) -> None:
+    log = AppliedLog(str(tmp_path / "store"))
+    log.apply(Put("app", "words", _memory("tea tea tea"), None, None, 1.0))  # best lexically, far in meaning
+    log.apply(Put("app", "meaning", _memory("a hot drink from leaves"), None, None, 1.0))  # no shared word
+    log.apply(Put("app", "both", _memory("tea, a hot drink"), None, None, 1.0))  # second lexically, first in meaning
+    _vectors_of(log, {"words": _unit(0.0, 1.0), "meaning": _unit(1.0, 0.5), "both": _unit(1.0)})
+    terms = lexical.query_terms("tea")
+    lexical_only = log.store.search("app", _query("lexical", terms, None))
+    assert [c["id"] for _, c in lexical_only.hits] == ["words", "both"]
+    vector_only = log.store.search("app", _query("vector", terms, _unit(1.0)))
+    assert [c["id"] for _, c in vector_only.hits] == ["both", "meaning", "words"]
+    hybrid = log.store.search("app", _query("hybrid", terms, _unit(1.0)))
+    # both: lexical rank 2, vector rank 1; words: 1 and 3; meaning: vector rank 2 alone.
+    assert [c["id"] for _, c in hybrid.hits] == ["both", "words", "meaning"]
+    expected = 1 / (vectors.RRF_K + 2) + 1 / (vectors.RRF_K + 1)
+    assert abs(hybrid.hits[0][0] - expected) < 1e-12
+    assert vectors.fuse([[b"old"], [b"new"]], {b"old": 1, b"new": 2}, 5) == [
+        (b"new", 1 / (vectors.RRF_K + 1)),
+        (b"old", 1 / (vectors.RRF_K + 1)),
+    ]
+    log.store.close()
