@@ -36,3 +36,13 @@ def test_kv_benchmark_smoke(tmp_path: Path) -> None:
         "failover s (max of 1)",
     }
     assert (tmp_path / "kv.png").stat().st_size > 0 and (tmp_path / "results.md").exists()
+
+
+def test_index_cost_benchmark_smoke(tmp_path: Path) -> None:
+    done, results = run_bench("index", ["--contexts", "1000"], tmp_path, timeout=120)
+    assert results["command"] == f"mcpdb bench index --contexts 1000 --out {tmp_path}"
+    for corpus in ("facts", "random", "opaque"):
+        measured = results["corpora"][corpus]
+        assert measured["mcpdb"]["contexts_per_s"] > 0 and measured["fts5"]["contexts_per_s"] > 0
+        assert measured["mcpdb"]["bytes"] > 0 and measured["ratio"] > 0
+    assert (tmp_path / "index.png").stat().st_size > 0

@@ -133,6 +133,32 @@ def autoscale(
     )
 
 
+@app.command("index")
+def index(
+    contexts: Annotated[int, typer.Option(help="Memories per corpus.")] = 100_000,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
+    ] = None,
+) -> None:
+    """What the search index costs a write: contexts/s into the store beside SQLite FTS5, in process."""
+    with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import index_cost
+
+    if contexts < index_cost.BATCH:
+        raise CliError(f"--contexts must be at least {index_cost.BATCH}")
+    settings = index_cost.IndexSettings(contexts, out)
+    folder = settings.folder()
+    results = _run_with_progress(settings, index_cost.run)
+    index_cost.save(results, folder)
+    _report(
+        "the search index's cost on writes, beside SQLite FTS5 in the same run",
+        index_cost.COLUMNS,
+        index_cost.rows(results),
+        results,
+        folder / "index.png",
+    )
+
+
 @app.command("scale")
 def scale(
     contexts: Annotated[int, typer.Option(help="Records to load into each system (mcpdb contexts, etcd keys).")] = (
