@@ -43,6 +43,9 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
     raise Refused(result["error"], result["message"], result.get("current_version"))
 
 
+SEARCH_CONCURRENCY = 2  # one per core here
+
+
 class ContextService:
     """Namespaced context reads and writes with the consistency the caller asked for."""
 
@@ -56,6 +59,9 @@ class ContextService:
     ) -> None:
         self._replication = replication
         self._embedder = embedder  # this node's embedding model once loaded, for queries
+        # Searches at once on this node; more wait. Each holds a worker thread and the GIL in stretches,
+        # so an unbounded number from one client would starve the others and the Raft thread.
+        self._searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
         self._barrier = barrier
         self._write_timeout = write_timeout
         # Deliberately broken mode for the fault-injection harness: serve
@@ -138,6 +144,21 @@ class ContextService:
         embedder = self._embedder() if mode != "lexical" else None
         if mode == "vector" and embedder is None:
             raise Unavailable("this node has no embedding model loaded: search with mode=lexical or hybrid")
+        async with self._searches:
+            return await self._search(namespace, query, kind, user_id, tags, k, mode, consistency, embedder)
+
+    async def _search(
+        self,
+        namespace: str,
+        query: str,
+        kind: str | None,
+        user_id: str | None,
+        tags: builtins.list[str] | None,
+        k: int,
+        mode: SearchMode,
+        consistency: Consistency,
+        embedder: Embedder | None,
+    ) -> dict[str, Any]:
         vector = (await asyncio.to_thread(embedder.embed, [query]))[0] if embedder is not None else None
         terms = lexical.query_terms(query)
         read_index = await self.read_index(consistency)

@@ -125,3 +125,41 @@ def test_hybrid_fuses_both_rankings_and_breaks_ties_by_recency(tmp_path: Path) -
         (b"old", 1 / (vectors.RRF_K + 1)),
     ]
     log.store.close()
+
+
+def test_a_write_that_keeps_the_text_keeps_the_vector_and_a_bad_vector_leaves_the_queue(tmp_path: Path) -> None:
+    log = AppliedLog(str(tmp_path / "store"))
+    log.apply(Put("app", "m1", _memory("green tea"), None, None, 1.0))
+    log.apply(Put("app", "m2", _memory("black coffee"), None, None, 1.0))
+    _vectors_of(log, {"m1": _unit(1.0)})
+    log.apply(Put("app", "m1", {**_memory("green tea"), "data": {"seen": 2}}, None, None, 2.0))  # data only
+    assert [item[1] for item in log.store.pending_embeddings(10)] == ["m2"]
+    found = log.store.search("app", _query("vector", [], _unit(1.0)))
+    assert [(c["id"], c["data"]) for _, c in found.hits] == [("m1", {"seen": 2})]
+    log.apply(Put("app", "m1", _memory("green tea", user="u1"), None, None, 3.0))  # another owner: re-embedded
+    assert [item[1] for item in log.store.pending_embeddings(10)] == ["m1", "m2"]
+    version = log.store.get("app", "m2")["version"]  # type: ignore[index]
+    log.apply(SetVectors("app", (Embedded("m2", version, "not base64!"),), "m"))  # never a vector: dequeued
+    assert [item[1] for item in log.store.pending_embeddings(10)] == ["m1"]
+    log.store.close()
+
+
+def test_a_rebuild_drops_vectors_a_release_without_them_left_behind(tmp_path: Path) -> None:
+    log = AppliedLog(str(tmp_path / "store"))
+    log.apply(Put("app", "m1", _memory("green tea"), None, None, 1.0))
+    log.apply(Put("app", "m2", _memory("black coffee"), None, None, 1.0))
+    _vectors_of(log, {"m1": _unit(1.0), "m2": _unit(0.0, 1.0)})
+    generation = log.store._generation
+    dbs = generation.dbs
+    with generation.env.begin(write=True) as txn:  # an older release deletes m1 and rewrites m2, ctx alone
+        txn.delete(b"app\x00m1", db=dbs[b"ctx"])
+        record = orjson.loads(txn.get(b"app\x00m2", db=dbs[b"ctx"]))
+        record["version"] += 100
+        record["fields"]["facts"] = ["espresso"]
+        txn.put(b"app\x00m2", orjson.dumps(record), db=dbs[b"ctx"])
+        txn.delete(_INDEX_FORMAT, db=dbs[b"meta"])
+    log.store.close()
+    reopened = ContextStore(str(tmp_path / "store"))
+    assert reopened.search("app", _query("vector", [], _unit(1.0))).hits == []  # no 500, no stale ranking
+    assert [item[1] for item in reopened.pending_embeddings(10)] == ["m2"]
+    reopened.close()

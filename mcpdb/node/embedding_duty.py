@@ -19,13 +19,12 @@ import logging
 from collections.abc import Callable
 from itertools import groupby
 
-from mcpdb.errors import Unavailable
 from mcpdb.raft.replication import Replication
 from mcpdb.retrieval import vectors
 from mcpdb.retrieval.embedding import Embedder
 from mcpdb.retrieval.text import embedding_text
 from mcpdb.service import ContextService
-from mcpdb.store.commands import COMMAND_VERSION, Embedded, SetVectors
+from mcpdb.store.commands import SET_VECTORS_VERSION, Embedded, SetVectors
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class EmbeddingDuty:
 
     def _cluster_reads_vectors(self) -> bool:
         nodes = self._store.nodes()
-        return bool(nodes) and all(node.get("formats", 1) >= COMMAND_VERSION for node in nodes)
+        return bool(nodes) and all(node.get("formats", 1) >= SET_VECTORS_VERSION for node in nodes)
 
     async def run(self) -> None:
         while True:
@@ -63,7 +62,7 @@ class EmbeddingDuty:
                 continue
             try:
                 stored = await self.round(embedder)
-            except (Unavailable, OSError, ValueError, RuntimeError) as error:
+            except Exception as error:  # noqa: BLE001 - the duty must outlive any one round (it is the only one)
                 _log.warning("embedding round failed (%s); retrying in %.0f s", error, BACKOFF_S)
                 await asyncio.sleep(BACKOFF_S)
                 continue

@@ -19,9 +19,12 @@ N and average length over exactly the contexts a search may return.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import re
 import struct
+import unicodedata
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -46,6 +49,12 @@ _POSTING_TAIL = struct.Struct(">HI")  # the term's count (capped), the context's
 _COUNTER = struct.Struct(">QQ")  # contexts indexed, their total length in terms
 _WORD = re.compile(r"[^\W_]+")
 _stemmer = Stemmer.Stemmer("english")
+# What the terms depend on besides this code: the interpreter's Unicode tables (casefold, \w) and the
+# stemmer's version. Stamped beside the indexes' format, so a store or snapshot indexed under others is
+# rebuilt when opened rather than mixed with terms this node would derive differently.
+ANALYZER = zlib.crc32(
+    f"unicode {unicodedata.unidata_version} stemmer {importlib.metadata.version('PyStemmer')}".encode()
+)
 # The most frequent English function words: they match nearly every context and would cost a search a
 # scan of nearly every posting for almost no score.
 STOPWORDS = frozenset(

@@ -37,8 +37,14 @@ def to_text(blob: bytes) -> str:
     return base64.b64encode(blob).decode()
 
 
-def from_text(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
+def checked(text: str) -> bytes | None:
+    """The bytes of a vector as a command carries them, or None if they are no vector (not base64, empty,
+    an odd length, or longer than ``MAX_BYTES``): every replica decides the same from the same text."""
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return blob if 0 < len(blob) <= MAX_BYTES and len(blob) % DTYPE.itemsize == 0 else None
 
 
 def nearest(query: bytes, candidates: Sequence[tuple[bytes, bytes]], limit: int) -> list[tuple[bytes, float]]:

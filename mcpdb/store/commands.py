@@ -55,6 +55,8 @@ COMMAND_VERSION = 2
 """The newest format this code can apply (and writes for ``set_vectors``)."""
 WRITTEN_VERSION = 1
 """The format every other command is written in (see version 2 above)."""
+SET_VECTORS_VERSION = 2
+"""The format ``set_vectors`` is written in: the oldest that has it, whatever newer ones come."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ class SetVectors(_Entry):
     items: tuple[Embedded, ...]
     model: str
     op: Literal["set_vectors"] = field(default="set_vectors", kw_only=True)
-    v: int = field(default=COMMAND_VERSION, kw_only=True)
+    v: int = field(default=SET_VECTORS_VERSION, kw_only=True)
 
 
 Command: TypeAlias = (

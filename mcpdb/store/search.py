@@ -45,7 +45,7 @@ class SearchQuery:
 class SearchHits:
     """A search's best contexts, (score, context) best first; how many contexts matched a query term,
     how many the search looked among (those of the kinds and users asked for), and how many of those
-    have a vector of their current version (None: a lexical search does not look)."""
+    have a vector of their current version (None: not looked at, without a query vector)."""
 
     hits: list[tuple[float, dict[str, Any]]]
     matched: int
@@ -136,7 +136,9 @@ def run(
     contexts, length = _counted(txn, dbs[b"meta"], ns, query)
     scores = _lexical_scores(txn, dbs, ns, query, contexts, length) if query.mode != "vector" else {}
     lexical_ranking = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-    stored = _stored_vectors(txn, dbs, ns, query) if query.mode != "lexical" else []
+    # Without a query vector nothing is compared, so nothing is read (a hybrid search on a node
+    # without a model is lexical, and must not cost a scan of every vector in scope).
+    stored = _stored_vectors(txn, dbs, ns, query) if query.vector is not None else []
     similar = vectors.nearest(query.vector, stored, len(stored)) if query.vector is not None else []
     if query.mode == "lexical":
         ranking = lexical_ranking
@@ -152,7 +154,8 @@ def run(
         if len(hits) == query.limit:
             break
         record = record_of(context_id)
-        assert record is not None, "postings, vectors and ctx are written in the same transactions"
-        if set(query.tags) <= set(record["fields"].get("tags", [])):
+        # Postings, vectors and ctx change in the same transactions; a stray one (an index another
+        # analyzer built, before its rebuild) is passed over rather than answered with a 500.
+        if record is not None and set(query.tags) <= set(record["fields"].get("tags", [])):
             hits.append((score, materialise(context_id.decode(), record)))
-    return SearchHits(hits, len(scores), contexts, len(stored) if query.mode != "lexical" else None)
+    return SearchHits(hits, len(scores), contexts, len(stored) if query.vector is not None else None)

@@ -130,7 +130,7 @@ _INDEXES = (b"by_kind", b"by_owner", b"lexical")
 _APPLIED = b"applied"
 _TRIMMED = b"changes_trimmed"
 _INDEX_FORMAT = b"index_format"  # -> _INDEX_MARK: the indexes' format and the applied index they are current at
-_INDEX_MARK = struct.Struct(">IQ")
+_INDEX_MARK = struct.Struct(">IQI")  # format, applied index, the text analyzer's fingerprint
 _INDEX_VERSION = 2  # what ``by_kind``, ``by_owner``, ``lexical`` and the counts hold; another value rebuilds them
 _KIND_COUNT = b"kind_count\x00"  # + kind -> contexts of that kind (8 bytes); absent when none
 _NOBODY = lexical.NOBODY  # by_owner's owner of a memory with no user_id; a user's owner starts with _USER
@@ -213,6 +213,33 @@ def _index_entries(
     return entries, [(counter, length) for counter in lexical.counter_keys(namespace, owner, kind)]
 
 
+def _drop_stray_vectors(txn: lmdb.Transaction, dbs: _Dbs) -> None:
+    """Delete every vector that is not its context's current one (where and for which version): a
+    release without vectors may have applied writes to this store, or to the snapshot it came from."""
+    cursor = txn.cursor(db=dbs[b"vectors"])
+    stray = []
+    for raw_key, value in cursor:
+        key = bytes(raw_key)
+        namespace, rest = key.split(_SEP, 1)
+        _, _, raw_id = lexical.split_owned(rest)
+        raw = txn.get(namespace + _SEP + raw_id, db=dbs[b"ctx"])
+        record = orjson.loads(raw) if raw is not None else None
+        current = record is not None and _embeddable(record) and _vector_key(namespace + _SEP + raw_id, record) == key
+        if not current or _U64.unpack_from(value)[0] != record["version"]:  # type: ignore[index]
+            stray.append(key)
+    for key in stray:
+        txn.delete(key, db=dbs[b"vectors"])
+
+
+def _same_embedding(key: bytes, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two versions of a context embed the same text and keep their vector in the same place."""
+    return (
+        old["kind"] == new["kind"]
+        and _vector_key(key, old) == _vector_key(key, new)
+        and embedding_text(old["kind"], old["fields"]) == embedding_text(new["kind"], new["fields"])
+    )
+
+
 def _embeddable(record: dict[str, Any]) -> bool:
     """Whether a context gets a vector: it is searched (not a session) and has text."""
     return record["kind"] != "session" and bool(embedding_text(record["kind"], record["fields"]))
@@ -226,9 +253,13 @@ def _vector_key(key: bytes, record: dict[str, Any]) -> bytes:
 
 
 def _add_lexical_count(txn: lmdb.Transaction, dbs: _Dbs, counter: bytes, contexts: int, length: int) -> None:
+    """Add to a counter, never below zero: a counter is statistics, and an index built by another
+    analyzer (a snapshot from a node on another Unicode version, before its rebuild) must not make an
+    entry fail here and on no other replica."""
     held, total = lexical.unpack_counter(txn.get(counter, db=dbs[b"meta"]))
-    if held + contexts:
-        txn.put(counter, lexical.pack_counter(held + contexts, total + length), db=dbs[b"meta"])
+    held, total = max(0, held + contexts), max(0, total + length)
+    if held:
+        txn.put(counter, lexical.pack_counter(held, total), db=dbs[b"meta"])
     else:  # absent rather than zero, as a rebuild from ctx leaves it
         txn.delete(counter, db=dbs[b"meta"])
 
@@ -252,7 +283,7 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
     with env.begin(write=True) as txn:
         raw = txn.get(_APPLIED, db=dbs[b"meta"])
         applied = _U64.unpack(raw)[0] if raw else 0
-        if txn.get(_INDEX_FORMAT, db=dbs[b"meta"]) == _INDEX_MARK.pack(_INDEX_VERSION, applied):
+        if txn.get(_INDEX_FORMAT, db=dbs[b"meta"]) == _INDEX_MARK.pack(_INDEX_VERSION, applied, lexical.ANALYZER):
             return
         started = time.monotonic()
         for name in (*_INDEXES, b"to_embed"):
@@ -265,6 +296,7 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
                         break
         counts: dict[str, int] = {}
         lexical_counts: dict[bytes, tuple[int, int]] = {}
+        _drop_stray_vectors(txn, dbs)
         for key, value in txn.cursor(db=dbs[b"ctx"]):
             record = orjson.loads(value)
             entries, counted = _index_entries(key, record)
@@ -282,7 +314,7 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
             _add_count(txn, dbs, kind, count)
         for counter, (held, total) in lexical_counts.items():
             txn.put(counter, lexical.pack_counter(held, total), db=dbs[b"meta"])
-        txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, applied), db=dbs[b"meta"])
+        txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, applied, lexical.ANALYZER), db=dbs[b"meta"])
     if counts:  # a new, empty store has nothing to report
         _log.info(
             "built the store's indexes (format %d) over %d contexts in %.1f s",
@@ -447,7 +479,7 @@ class ContextStore:
             self._change_position = 0
             result = self._apply_in(txn, index, command)
             txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
-            txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, index), db=self._dbs[b"meta"])
+            txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, index, lexical.ANALYZER), db=self._dbs[b"meta"])
             if self._change_position:
                 self._trim_history(txn)
         if commit:
@@ -578,13 +610,9 @@ class ContextStore:
     ) -> None:
         """Move the context at ``key`` in the indexes and kind counts from record ``old`` to ``new``
         (None: absent), in the transaction of the write itself. A vector is for one version: a new
-        version drops the old one's and, if it has text, is queued for the embedder (``to_embed``)."""
-        if old is not None and old["kind"] != "session":
-            txn.delete(_vector_key(key, old), db=self._dbs[b"vectors"])
-        if new is not None and _embeddable(new):
-            txn.put(key, _U64.pack(new["version"]), db=self._dbs[b"to_embed"])
-        else:
-            txn.delete(key, db=self._dbs[b"to_embed"])
+        version keeps the old one's if it embeds the same text under the same owner and kind, else drops
+        it and, if it has text, is queued for the embedder (``to_embed``)."""
+        self._revector(txn, key, old, new)
         entries_before, counted_before = _index_entries(key, old)
         entries_after, counted_after = _index_entries(key, new)
         before, after = set(entries_before), set(entries_after)
@@ -604,6 +632,26 @@ class ContextStore:
             self._kind_deltas[old["kind"]] = self._kind_deltas.get(old["kind"], 0) - 1
         if new and (not old or old["kind"] != new["kind"]):
             self._kind_deltas[new["kind"]] = self._kind_deltas.get(new["kind"], 0) + 1
+
+    def _revector(
+        self, txn: lmdb.Transaction, key: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None
+    ) -> None:
+        vectors_db, queue = self._dbs[b"vectors"], self._dbs[b"to_embed"]
+        kept = None
+        if old is not None and old["kind"] != "session":
+            old_key = _vector_key(key, old)
+            stored = txn.get(old_key, db=vectors_db)
+            txn.delete(old_key, db=vectors_db)
+            current = stored is not None and _U64.unpack_from(stored)[0] == old["version"]
+            if current and new is not None and _same_embedding(key, old, new):
+                kept = bytes(stored[_U64.size :])  # type: ignore[index]
+        if new is None or not _embeddable(new):
+            txn.delete(key, db=queue)
+        elif kept is not None:  # a write that left the text alone (data, ttl, status): the vector still holds
+            txn.put(_vector_key(key, new), _U64.pack(new["version"]) + kept, db=vectors_db)
+            txn.delete(key, db=queue)
+        else:
+            txn.put(key, _U64.pack(new["version"]), db=queue)
 
     def _drop_expiry(self, txn: lmdb.Transaction, record: dict[str, Any] | None, key: bytes) -> None:
         if record and record.get("expires_at") is not None:
@@ -808,11 +856,9 @@ class ContextStore:
             record = self._get_record(txn, self._dbs, key)
             if record is None or record["version"] != item.version or not _embeddable(record):
                 continue
-            try:
-                blob = vectors.from_text(item.vector)
-            except ValueError:
-                continue
-            if not 0 < len(blob) <= vectors.MAX_BYTES or len(blob) % vectors.DTYPE.itemsize:
+            blob = vectors.checked(item.vector)
+            if blob is None:  # no vector: dropped from the queue, or the embedder would retry it forever
+                txn.delete(key, db=self._dbs[b"to_embed"])
                 continue
             txn.put(_vector_key(key, record), _U64.pack(item.version) + blob, db=self._dbs[b"vectors"])
             txn.delete(key, db=self._dbs[b"to_embed"])

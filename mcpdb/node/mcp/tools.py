@@ -209,7 +209,11 @@ SearchResult = create_model(
     items=(list[ContextRecord], ...),
     scores=(
         list[float] | None,
-        Field(default=None, description="ranked: each item's BM25 score, in the items' order (best first)"),
+        Field(
+            default=None,
+            description="ranked: each item's score in the items' order, best first (BM25 for mode lexical, "
+            "cosine for vector, reciprocal rank fusion for hybrid)",
+        ),
     ),
 )
 
