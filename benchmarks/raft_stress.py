@@ -52,6 +52,23 @@ class _CriticalCounter(logging.Handler):
             self.count += 1
 
 
+SETTLE_S = 2.0  # a replica reports once its applied count held this long (the leader's last writes landed)
+SETTLE_MAX_S = 15.0
+
+
+def _settle(node: _Log) -> None:
+    """Wait until ``node`` stopped applying: the leader's writers may finish after a follower's own timer,
+    and a slow machine takes longer to carry the tail, so a fixed pause compared replicas mid-way."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if node.applied != last:
+            last, since = node.applied, time.monotonic()
+        elif time.monotonic() - since >= SETTLE_S:
+            return
+        time.sleep(0.1)
+
+
 def _node(addr: str, peers: list[str], guarded: bool, batch: bool, seconds: float, threads: int, results: Any) -> None:
     logging.basicConfig(level=logging.CRITICAL, handlers=[logging.NullHandler()])
     counter = _CriticalCounter()
@@ -96,7 +113,7 @@ def _node(addr: str, peers: list[str], guarded: bool, batch: bool, seconds: floa
             worker.join()
     else:
         time.sleep(seconds)
-    time.sleep(1.5)  # let followers apply the tail
+    _settle(node)
     results.put(
         {
             "addr": addr,

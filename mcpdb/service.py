@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
-from mcpdb.errors import NotFound, Refused, Unavailable
+from mcpdb.errors import ModelNotServed, NotFound, Refused
 from mcpdb.model import SEARCHABLE_KINDS, BatchIn, SearchMode, Turn, check_context_id, check_namespace, context_fields
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
@@ -137,13 +137,17 @@ class ContextService:
         """The ``k`` contexts that best match ``query`` (``mcpdb.store.search`` says how each mode
         ranks), at one read index: a search is as consistent as a GET. With ``user_id``, that user's
         contexts and nobody's, as a chat reads them. The query's vector comes from this node's
-        embedding model: without one a vector search is refused (503) and a hybrid one is lexical
+        embedding model: without one a vector search is refused (404 ``model_not_found``, as a chat
+        for a model no node serves) and a hybrid one is lexical
         (``"vector": "unavailable"``). The search runs on a worker thread: scanning a common word's
         postings must not hold up the event loop's other requests."""
         check_namespace(namespace)
         embedder = self._embedder() if mode != "lexical" else None
         if mode == "vector" and embedder is None:
-            raise Unavailable("this node has no embedding model loaded: search with mode=lexical or hybrid")
+            raise ModelNotServed(
+                "this node has no embedding model loaded (mode=vector needs one): search with mode=lexical or "
+                "hybrid, or ask a node that serves a model"
+            )
         async with self._searches:
             return await self._search(namespace, query, kind, user_id, tags, k, mode, consistency, embedder)
 

@@ -32,10 +32,14 @@ def start_cluster(
     token: str | None = None,
     inference: bool = False,
     env: dict[str, str] | None = None,
+    embedding: bool = False,
 ) -> LocalCluster:
-    """Store-only nodes unless ``inference``: loading a model per node is for the tests about it."""
+    """Store-only nodes unless ``inference``: loading a model per node is for the tests about it; an
+    embedding model too only with ``embedding`` (the leader embeds every memory written otherwise)."""
     layout = ClusterLayout.fresh(size)
     layout.extra_args = (extra_args or []) + ([] if inference else ["--no-inference"])
+    if inference and not embedding:
+        layout.extra_args.append("--no-embedding")
     cluster = LocalCluster(layout, tmp_path / "cluster", token=token, env=env)
     cluster.start_all()
     try:

@@ -32,7 +32,9 @@ def _models(url: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def llm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("llm"), inference=True, extra_args=["--n-ctx", "2048"])
+    cluster = start_cluster(
+        tmp_path_factory.mktemp("llm"), inference=True, embedding=True, extra_args=["--n-ctx", "2048"]
+    )
     try:
         cluster.wait_models(timeout=120)
         http = httpx.Client(timeout=5)
@@ -164,6 +166,12 @@ def test_the_leader_embeds_memories_through_the_log_and_every_node_ranks_them_al
         "f-bike": "Cy rides a bicycle to work",
     }
     with httpx.Client(timeout=30) as http:
+        deadline = time.monotonic() + 120  # each node loads its embedding model after its chat model
+        while not all(
+            http.get(url + "/v1/node").json()["inference"]["embedding"] == "ready" for url in llm_cluster.urls()
+        ):
+            assert time.monotonic() < deadline, "the embedding models did not load"
+            time.sleep(0.5)
         for context_id, fact in facts.items():
             body = {"kind": "memory", "facts": [fact], "user_id": None}
             http.put(f"{llm_cluster.urls()[0]}/v1/namespaces/embed/contexts/{context_id}", json=body).raise_for_status()

@@ -113,6 +113,10 @@ def test_bad_search_input_names_the_parameter(cluster: LocalCluster) -> None:
             response = http.get(url, params=params)
             assert response.status_code == 422, (params, response.text)
             assert f"query.{name}" in response.json()["message"], (params, response.json())
+        no_model = http.get(url, params={"q": "tea", "mode": "vector"})  # these nodes run --no-inference
+        assert no_model.status_code == 404 and no_model.json()["error"] == "model_not_found", no_model.text
+        hybrid = http.get(url, params={"q": "tea"}).json()
+        assert hybrid["mode"] == "hybrid" and hybrid["vector"] == "unavailable"
         only_stopwords = http.get(url, params={"q": "the and of"})
         assert only_stopwords.status_code == 200 and only_stopwords.json()["results"] == []
 
