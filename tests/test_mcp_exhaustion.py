@@ -28,7 +28,7 @@ from tests.mcp_helpers import bounded_mcp_node, gauge, mcp_session, sse_events
 pytestmark = pytest.mark.integration
 
 ROOT = "root-bootstrap-token-for-exhaustion-tests"
-PER_TOKEN, IDLE_S = 3, 2
+PER_TOKEN, IDLE_S = 3, 5  # idle sessions expire after IDLE_S: long enough for a loaded CI machine
 VERSION = "2025-11-25"  # the first handshake version whose streams open with a priming event (resumable)
 ACCEPT = "application/json, text/event-stream"
 
