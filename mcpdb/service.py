@@ -149,52 +149,38 @@ class ContextService:
                 "hybrid, or ask a node that serves a model"
             )
         async with self._searches:
-            return await self._search(namespace, query, kind, user_id, tags, k, mode, consistency, embedder)
-
-    async def _search(
-        self,
-        namespace: str,
-        query: str,
-        kind: str | None,
-        user_id: str | None,
-        tags: builtins.list[str] | None,
-        k: int,
-        mode: SearchMode,
-        consistency: Consistency,
-        embedder: Embedder | None,
-    ) -> dict[str, Any]:
-        vector = (await asyncio.to_thread(embedder.embed, [query]))[0] if embedder is not None else None
-        terms = lexical.query_terms(query)
-        read_index = await self.read_index(consistency)
-        user_ids = None if user_id is None else [user_id, None]
-        found = await asyncio.to_thread(
-            self.store.search,
-            namespace,
-            SearchQuery(
-                terms,
-                vector,
-                mode,
-                [kind] if kind else SEARCHABLE_KINDS,
-                None if user_ids is None else ContextStore.owners_of(user_ids),
-                tags or [],
-                k,
-            ),
-        )
-        answer: dict[str, Any] = {
-            "results": [
-                {"id": context["id"], "kind": context["kind"], "score": score, "context": context}
-                for score, context in found.hits
-            ],
-            "mode": mode,
-            "terms": terms,
-            "matched": found.matched,
-            "searched": found.searched,
-            "read_index": read_index,
-        }
-        if mode != "lexical":
-            answer["vector"] = "used" if vector is not None else "unavailable"
-            answer["unembedded"] = max(0, found.searched - (found.embedded or 0))
-        return answer
+            vector = (await asyncio.to_thread(embedder.embed, [query]))[0] if embedder is not None else None
+            terms = lexical.query_terms(query)
+            read_index = await self.read_index(consistency)
+            user_ids = None if user_id is None else [user_id, None]
+            found = await asyncio.to_thread(
+                self.store.search,
+                namespace,
+                SearchQuery(
+                    terms,
+                    vector,
+                    mode,
+                    [kind] if kind else SEARCHABLE_KINDS,
+                    None if user_ids is None else ContextStore.owners_of(user_ids),
+                    tags or [],
+                    k,
+                ),
+            )
+            answer: dict[str, Any] = {
+                "results": [
+                    {"id": context["id"], "kind": context["kind"], "score": score, "context": context}
+                    for score, context in found.hits
+                ],
+                "mode": mode,
+                "terms": terms,
+                "matched": found.matched,
+                "searched": found.searched,
+                "read_index": read_index,
+            }
+            if mode != "lexical":
+                answer["vector"] = "used" if vector is not None else "unavailable"
+                answer["unembedded"] = max(0, found.searched - (found.embedded or 0))
+            return answer
 
     async def set_vectors(self, command: commands.SetVectors) -> dict[str, Any]:
         """Propose vectors the leader's embedder computed (see ``mcpdb.node.embedding_duty``)."""

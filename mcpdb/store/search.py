@@ -140,11 +140,9 @@ def run(
     # without a model is lexical, and must not cost a scan of every vector in scope).
     stored = _stored_vectors(txn, dbs, ns, query) if query.vector is not None else []
     similar = vectors.nearest(query.vector, stored, len(stored)) if query.vector is not None else []
-    if query.mode == "lexical":
-        ranking = lexical_ranking
-    elif query.mode == "vector":
-        ranking = similar
-    else:
+    ranking = lexical_ranking if query.mode == "lexical" else similar
+    records: dict[bytes, dict[str, Any] | None] = {}  # read once, for the fusion's recency and the answer
+    if query.mode == "hybrid":
         pools = [[key for key, _ in lexical_ranking[:POOL]], [key for key, _ in similar[:POOL]]]
         records = {key: record_of(key) for pool in pools for key in pool}
         recency = {key: record["version"] for key, record in records.items() if record is not None}
@@ -153,7 +151,7 @@ def run(
     for context_id, score in ranking:
         if len(hits) == query.limit:
             break
-        record = record_of(context_id)
+        record = records[context_id] if context_id in records else record_of(context_id)
         # Postings, vectors and ctx change in the same transactions; a stray one (an index another
         # analyzer built, before its rebuild) is passed over rather than answered with a 500.
         if record is not None and set(query.tags) <= set(record["fields"].get("tags", [])):

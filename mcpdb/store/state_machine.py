@@ -233,11 +233,9 @@ def _drop_stray_vectors(txn: lmdb.Transaction, dbs: _Dbs) -> None:
 
 def _same_embedding(key: bytes, old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether two versions of a context embed the same text and keep their vector in the same place."""
-    return (
-        old["kind"] == new["kind"]
-        and _vector_key(key, old) == _vector_key(key, new)
-        and embedding_text(old["kind"], old["fields"]) == embedding_text(new["kind"], new["fields"])
-    )
+    return _vector_key(key, old) == _vector_key(key, new) and embedding_text(
+        old["kind"], old["fields"]
+    ) == embedding_text(new["kind"], new["fields"])
 
 
 def _embeddable(record: dict[str, Any]) -> bool:
@@ -987,7 +985,7 @@ class ContextStore:
         with generation.env.begin() as txn:
             found: builtins.list[bytes] = []
             cur = txn.cursor(db=generation.dbs[b"by_owner"])
-            for owner in sorted({_owner(user_id) for user_id in user_ids}):
+            for owner in self.owners_of(user_ids):
                 owned = ns_prefix + owner + _SEP
                 if not cur.set_range(owned):
                     continue
