@@ -181,6 +181,11 @@ class Worker:
         return tokens
 
     # ------------------------------------------------------------ load
+    @property
+    def idle(self) -> bool:
+        """No generation running or waiting for a slot (background work yields to chats)."""
+        return self._in_flight == 0 and self._queued == 0
+
     def load_report(self) -> dict[str, Any]:
         return {
             "in_flight": self._in_flight,

@@ -8,6 +8,11 @@ namespace; each replica stores a vector only if its context is still at that ver
 replicated state, so a new leader carries on where the old one stopped, and a search says how many
 searched contexts have no vector yet.
 
+Embedding is background work: it yields to the node's chats (both share the same two cores, and a
+chat's tokens/s is what a serving node is measured by), so it runs while the node generates nothing,
+or one round per ``MAX_YIELD_S`` under continuous chat load, so vectors still arrive; until then the
+search is lexical for what has none and says how many.
+
 Vectors are written in log format version 2, so the duty waits until every registered node says it
 reads it (``formats`` in its registry entry): a node of the previous release would stop at the entry.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from itertools import groupby
 
@@ -32,6 +38,7 @@ _log = logging.getLogger(__name__)
 BATCH = 16  # contexts per embedding round: a SetVectors entry of ~30 KB
 IDLE_S = 0.5  # between looks at an empty queue
 BACKOFF_S = 5.0  # after a round that failed
+MAX_YIELD_S = 30.0  # the longest the queue waits for the chats to pause
 
 
 class EmbeddingDuty:
@@ -43,11 +50,14 @@ class EmbeddingDuty:
         replication: Replication,
         service: ContextService,
         embedder: Callable[[], Embedder | None],
+        chats_idle: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._replication = replication
         self._service = service
         self._embedder = embedder
+        self._chats_idle = chats_idle
+        self._yielding_since: float | None = None
         self.embedded = 0  # vectors this node proposed that were stored
 
     def _cluster_reads_vectors(self) -> bool:
@@ -57,7 +67,12 @@ class EmbeddingDuty:
     async def run(self) -> None:
         while True:
             embedder = self._embedder()
-            if embedder is None or not self._replication.is_leader() or not self._cluster_reads_vectors():
+            if (
+                embedder is None
+                or not self._replication.is_leader()
+                or not self._cluster_reads_vectors()
+                or self._yields_to_chats()
+            ):
                 await asyncio.sleep(IDLE_S)
                 continue
             try:
@@ -68,6 +83,19 @@ class EmbeddingDuty:
                 continue
             if not stored:
                 await asyncio.sleep(IDLE_S)
+
+    def _yields_to_chats(self) -> bool:
+        """Whether to wait for the chats: while they run, up to ``MAX_YIELD_S`` at a time."""
+        now = time.monotonic()
+        if self._chats_idle():
+            self._yielding_since = None
+            return False
+        if self._yielding_since is None:
+            self._yielding_since = now
+        if now - self._yielding_since < MAX_YIELD_S:
+            return True
+        self._yielding_since = now
+        return False
 
     async def round(self, embedder: Embedder) -> int:
         """Embed one batch of the queue and propose it; how many vectors were stored."""

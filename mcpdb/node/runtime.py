@@ -81,7 +81,6 @@ class NodeRuntime:
             unsafe_stale_reads=config.unsafe_stale_reads,
             embedder=lambda: self.embedder,
         )
-        self.embeddings = EmbeddingDuty(self.store, self.replication, self.service, lambda: self.embedder)
         self.authenticator = Authenticator(
             config.token, self.store, lambda: self.service.read_index(Consistency.linearizable)
         )
@@ -108,6 +107,13 @@ class NodeRuntime:
                 config.request_timeout,
                 on_first_token=self.metrics.ttft.observe,
             )
+        self.embeddings = EmbeddingDuty(
+            self.store,
+            self.replication,
+            self.service,
+            lambda: self.embedder,
+            chats_idle=lambda: self.worker is None or self.worker.idle,
+        )
         self.scheduler = LeaderScheduler(
             self.replication, self.store, self.barrier, Policy(config.policy), config.shed_threshold
         )
