@@ -113,7 +113,8 @@ def start(
         typer.Option(help="Compute the embeddings search ranks by, as leader (--no-embedding: lexical search only)."),
     ] = default("embedding"),
     embedding_model: Annotated[
-        Path | None, typer.Option(help="GGUF model for embeddings, mean-pooled (default: the chat model).")
+        Path | None,
+        typer.Option(help="GGUF model for embeddings (default: the chat model, through the PromptEOL prompt)."),
     ] = default("embedding_model_path"),
     n_ctx: Annotated[int, typer.Option(help="Model context window in tokens.")] = default("n_ctx"),
     threads: Annotated[int, typer.Option(help="llama.cpp threads per generation.")] = default("threads"),

@@ -241,7 +241,7 @@ class NodeRuntime:
         path = self.config.embedding_model_path or self.config.model_path or default_model_path()
         self.embedding_state = "loading"
         try:
-            self.embedder = await asyncio.to_thread(Embedder, path)
+            self.embedder = await asyncio.to_thread(Embedder, path, self.config.threads)
         except Exception as error:  # noqa: BLE001 - the node keeps serving, searching lexically
             _log.exception("embedding model failed to load")
             self.embedding_state = f"failed: {error}"
