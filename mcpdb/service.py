@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -44,6 +44,28 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 
 
 SEARCH_CONCURRENCY = 2  # one per core here
+
+
+def search_query(
+    text: str,
+    vector: bytes | None,
+    mode: SearchMode,
+    kind: str | None,
+    user_id: str | None,
+    tags: Sequence[str],
+    k: int,
+) -> SearchQuery:
+    """What a search for ``text`` ranks: with ``user_id``, that user's contexts and nobody's, as a
+    chat reads them; every searchable kind unless ``kind``. (The retrieval benchmark asks the same.)"""
+    return SearchQuery(
+        lexical.query_terms(text),
+        vector,
+        mode,
+        [kind] if kind else SEARCHABLE_KINDS,
+        None if user_id is None else ContextStore.owners_of([user_id, None]),
+        tags,
+        k,
+    )
 
 
 class ContextService:
@@ -150,29 +172,16 @@ class ContextService:
             )
         async with self._searches:
             vector = (await asyncio.to_thread(embedder.embed, [query]))[0] if embedder is not None else None
-            terms = lexical.query_terms(query)
+            asked = search_query(query, vector, mode, kind, user_id, tags or [], k)
             read_index = await self.read_index(consistency)
-            user_ids = None if user_id is None else [user_id, None]
-            found = await asyncio.to_thread(
-                self.store.search,
-                namespace,
-                SearchQuery(
-                    terms,
-                    vector,
-                    mode,
-                    [kind] if kind else SEARCHABLE_KINDS,
-                    None if user_ids is None else ContextStore.owners_of(user_ids),
-                    tags or [],
-                    k,
-                ),
-            )
+            found = await asyncio.to_thread(self.store.search, namespace, asked)
             answer: dict[str, Any] = {
                 "results": [
                     {"id": context["id"], "kind": context["kind"], "score": score, "context": context}
                     for score, context in found.hits
                 ],
                 "mode": mode,
-                "terms": terms,
+                "terms": list(asked.terms),
                 "matched": found.matched,
                 "searched": found.searched,
                 "read_index": read_index,

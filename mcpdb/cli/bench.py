@@ -159,6 +159,41 @@ def index(
     )
 
 
+@app.command("retrieval")
+def retrieval(
+    users: Annotated[int, typer.Option(help="Users in the quality corpus (48 memories, 24 questions each).")] = 100,
+    sizes: Annotated[str, typer.Option(help="Memories in the namespace for the latency runs, comma-separated.")] = (
+        "10000,100000"
+    ),
+    queries: Annotated[int, typer.Option(help="Timed searches per size and mode.")] = 200,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
+    ] = None,
+) -> None:
+    """How well search chooses memories (recall@1/@5, MRR beside FTS5 and brute force) and how fast."""
+    with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import retrieval as retrieval_bench
+
+    try:
+        counts = tuple(int(size) for size in sizes.split(",") if size.strip())
+    except ValueError:
+        raise CliError(f"--sizes must be whole numbers separated by commas, not {sizes!r}") from None
+    if users < 1 or queries < 3 or any(size < 48 for size in counts):
+        raise CliError("--users must be at least 1, --queries at least 3, each of --sizes at least 48")
+    settings = retrieval_bench.RetrievalSettings(users, counts, queries, out)
+    folder = settings.folder()
+    results = _run_with_progress(settings, retrieval_bench.run)
+    retrieval_bench.save(results, folder)
+    console.print(_simple_table("quality", retrieval_bench.QUALITY_COLUMNS, retrieval_bench.quality_rows(results)))
+    _report(
+        "search latency, in process",
+        retrieval_bench.LATENCY_COLUMNS,
+        retrieval_bench.latency_rows(results),
+        results,
+        folder / "retrieval.png",
+    )
+
+
 @app.command("scale")
 def scale(
     contexts: Annotated[int, typer.Option(help="Records to load into each system (mcpdb contexts, etcd keys).")] = (

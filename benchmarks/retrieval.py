@@ -1,0 +1,347 @@
+"""``mcpdb bench retrieval`` (issue 15): how well and how fast search chooses memories.
+
+Quality: the generated memory benchmark (``benchmarks.memory_corpus``: users with a fact and a
+distractor per topic, questions that paraphrase a fact without its words) is loaded into a
+``ContextStore`` through the commands the log applies (``Batch``, then ``SetVectors`` with the
+vectors the bundled model gives each text, as the leader's embedding duty proposes them). Each
+question is searched among its user's memories, as a chat's gather reads them, in each mode; recall@1,
+recall@5 and MRR of the fact that answers it. Anchors on the same corpus in the same run: SQLite FTS5's
+BM25 (stdlib ``sqlite3``, ``porter unicode61``, the question's words OR-ed) and exact brute-force
+cosine over the same stored vectors in float32 (the ceiling a vector index could reach).
+
+Latency: the same generator grown to N memories in one namespace (10 k, 100 k, 1 M), each text's
+vector computed once and given to every memory with that text (a value repeats across users, and a
+million distinct embeddings would take this machine a day: the vectors are real, only reused). Search
+p50/p99 per mode, the query's embedding included where the mode needs one, a user's memories (as a
+chat asks) and the whole namespace; FTS5 the same way. All in process, so neither HTTP nor Raft blurs
+the search's own cost (``mcpdb bench kv`` measures those).
+
+Embedding cost per write: the bundled model's time for one fact, as the duty embeds them.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import plots
+from benchmarks.memory_corpus import Memory, Question, distinct_texts, memories, questions, user_id
+from benchmarks.stats import percentile
+
+NAMESPACE = "bench"
+BATCH = 500
+MODES = ("lexical", "vector", "hybrid")
+_FTS5_TABLE = "CREATE VIRTUAL TABLE memories USING fts5(id UNINDEXED, user_id UNINDEXED, facts, tokenize='porter')"
+POOL = 100  # ranks looked at per question: an answer further down counts as not found
+
+
+@dataclass
+class RetrievalSettings:
+    users: int = 100  # quality corpus: 48 memories and 24 questions each
+    sizes: tuple[int, ...] = (10_000, 100_000)
+    queries: int = 200  # timed searches per size and mode
+    out: Path | None = None
+
+    def command(self) -> str:
+        sizes = ",".join(str(size) for size in self.sizes)
+        return f"mcpdb bench retrieval --users {self.users} --sizes {sizes} --queries {self.queries}" + (
+            f" --out {self.out}" if self.out else ""
+        )
+
+    def folder(self) -> Path:
+        return plots.run_folder(self.out)
+
+    def expected_s(self) -> float:
+        """Rough length of the run for the progress bar: loads at ~4,000 memories/s, ~50 ms a search."""
+        return 30 + self.users * 48 / 4000 + sum(size / 4000 + self.queries * 0.3 for size in self.sizes)
+
+
+@dataclass
+class _Vectors:
+    """Each distinct text's vector, computed once (the store's bytes)."""
+
+    embedder: Any
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+
+    def of(self, text: str) -> bytes:
+        if text not in self.blobs:
+            began = time.perf_counter()
+            self.blobs[text] = self.embedder.embed([text])[0]
+            self.seconds.append(time.perf_counter() - began)
+        return self.blobs[text]
+
+
+def _fields(memory: Memory) -> dict[str, Any]:
+    return {"kind": "memory", "user_id": memory.user_id, "facts": [memory.text]}
+
+
+class _Corpus:
+    """One store and one FTS5 database holding the same memories, vectors included."""
+
+    def __init__(self, directory: Path, vectors: _Vectors) -> None:
+        from mcpdb.store.state_machine import ContextStore
+
+        self.store = ContextStore(str(directory / "store"))
+        self.vectors = vectors
+        self.index = 0
+        self.fts = sqlite3.connect(directory / "fts5.db", check_same_thread=False)
+        self.fts.execute("PRAGMA journal_mode=WAL")
+        self.fts.execute("PRAGMA synchronous=OFF")
+        self.fts.execute(_FTS5_TABLE)
+
+    def _apply(self, command: Any) -> None:
+        self.index += 1
+        self.store.apply(self.index, command)
+        self.store.commit()
+
+    def load(self, items: Iterable[Memory], progress: Callable[[int], None] = lambda _: None) -> int:
+        """Write ``items`` as the log would (batches, then the vectors the duty would propose)."""
+        from mcpdb.retrieval import vectors
+        from mcpdb.retrieval.text import embedding_text
+        from mcpdb.store.commands import Batch, BatchPut, Embedded, SetVectors
+
+        loaded = 0
+        for chunk in _chunks(iter(items), BATCH):
+            self._apply(Batch(NAMESPACE, tuple(BatchPut(m.id, _fields(m), None, None) for m in chunk), 1.0))
+            with self.fts:
+                self.fts.executemany(
+                    "INSERT INTO memories(id, user_id, facts) VALUES (?, ?, ?)",
+                    ((m.id, m.user_id, m.text) for m in chunk),
+                )
+            while pending := self.store.pending_embeddings(BATCH):
+                embedded = tuple(
+                    Embedded(context_id, version, vectors.to_text(self.vectors.of(embedding_text(kind, fields))))
+                    for _, context_id, version, kind, fields in pending
+                )
+                self._apply(SetVectors(NAMESPACE, embedded, "bench"))
+            loaded += len(chunk)
+            progress(loaded)
+        return loaded
+
+    def rank(self, question: str, mode: str, user_id: str | None, limit: int = POOL) -> list[str]:
+        """The ids a search returns, best first; the query embedded as the service does."""
+        from mcpdb.service import search_query
+
+        vector = None if mode == "lexical" else self.vectors.embedder.embed([question])[0]
+        asked = search_query(question, vector, mode, "memory", user_id, [], limit)  # type: ignore[arg-type]
+        return [context["id"] for _, context in self.store.search(NAMESPACE, asked).hits]
+
+    def fts_rank(self, question: str, user_id: str | None, limit: int = POOL) -> list[str]:
+        words = " OR ".join(f'"{word}"' for word in _words(question))
+        if not words:
+            return []
+        where = "memories MATCH ?" + (" AND user_id = ?" if user_id is not None else "")
+        arguments: tuple[Any, ...] = (words, user_id) if user_id is not None else (words,)
+        rows = self.fts.execute(
+            f"SELECT id FROM memories WHERE {where} ORDER BY bm25(memories) LIMIT {limit}", arguments
+        )
+        return [row[0] for row in rows]
+
+    def brute_rank(self, question: str, held: list[Memory]) -> list[str]:
+        """Exact cosine in float32 over the same vectors, of the memories ``held``: the ceiling."""
+        import numpy as np
+
+        query = np.frombuffer(self.vectors.embedder.embed([question])[0], dtype="<f2").astype(np.float32)
+        matrix = np.stack([np.frombuffer(self.vectors.of(m.text), dtype="<f2").astype(np.float32) for m in held])
+        return [held[i].id for i in np.argsort(-(matrix @ query), kind="stable")]
+
+    def close(self) -> None:
+        self.fts.close()
+        self.store.close()
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[^\W_]+", text)
+
+
+def _chunks(items: Iterator[Memory], size: int) -> Iterator[list[Memory]]:
+    while chunk := [item for _, item in zip(range(size), items, strict=False)]:
+        yield chunk
+
+
+def _quality(ranks: list[int | None]) -> dict[str, float]:
+    """recall@1, recall@5 and MRR from each question's 1-based answer rank (None: not in the pool)."""
+    count = len(ranks)
+    return {
+        "recall@1": sum(1 for r in ranks if r == 1) / count,
+        "recall@5": sum(1 for r in ranks if r is not None and r <= 5) / count,
+        "mrr": sum(1 / r for r in ranks if r is not None) / count,
+    }
+
+
+def _rank_of(answer: str, ranked: list[str]) -> int | None:
+    return ranked.index(answer) + 1 if answer in ranked else None
+
+
+def measure_quality(corpus: _Corpus, users: int) -> dict[str, dict[str, float]]:
+    held: dict[str, list[Memory]] = {}
+    for memory in memories(users):
+        held.setdefault(memory.user_id, []).append(memory)
+    systems: dict[str, Callable[[Question], list[str]]] = {mode: _ranking(corpus, mode, POOL) for mode in MODES}
+    systems["fts5 (anchor)"] = lambda q: corpus.fts_rank(q.text, q.user_id)
+    systems["brute-force cosine (ceiling)"] = lambda q: corpus.brute_rank(q.text, held[q.user_id])
+    asked = list(questions(users))
+    return {name: _quality([_rank_of(q.answer_id, rank(q)) for q in asked]) for name, rank in systems.items()}
+
+
+def _ranking(corpus: _Corpus, mode: str, limit: int) -> Callable[[Question], list[str]]:
+    """A question's ranking in ``mode`` among its user's memories."""
+    return lambda question: corpus.rank(question.text, mode, question.user_id, limit)
+
+
+def _timed(search: Callable[[Question], object], asked: list[Question]) -> dict[str, float]:
+    spent = []
+    for question in asked:
+        began = time.perf_counter()
+        search(question)
+        spent.append((time.perf_counter() - began) * 1000)
+    return {"p50_ms": percentile(spent, 0.5) or 0.0, "p99_ms": percentile(spent, 0.99) or 0.0}
+
+
+def measure_latency(corpus: _Corpus, users: int, queries: int) -> dict[str, dict[str, float]]:
+    rng = random.Random(users)
+    every = list(questions(1))
+    asked = [
+        Question(user_id(rng.randrange(users)), question.text, question.answer_id)
+        for question in (rng.choice(every) for _ in range(queries))
+    ]
+    found: dict[str, dict[str, float]] = {}
+    for mode in MODES:
+        found[f"{mode}, one user"] = _timed(_ranking(corpus, mode, 5), asked)
+    found["fts5, one user (anchor)"] = _timed(lambda q: corpus.fts_rank(q.text, q.user_id, 5), asked)
+    found["lexical, whole namespace"] = _timed(lambda q: corpus.rank(q.text, "lexical", None, 5), asked)
+    found["fts5, whole namespace (anchor)"] = _timed(lambda q: corpus.fts_rank(q.text, None, 5), asked)
+    few = asked[: max(3, queries // 10)]  # a scan of every vector in the namespace: fewer of them
+    found["hybrid, whole namespace"] = _timed(lambda q: corpus.rank(q.text, "hybrid", None, 5), few)
+    return found
+
+
+def _embedder() -> Any:
+    from mcpdb.inference.llama_worker import default_model_path
+    from mcpdb.retrieval.embedding import Embedder
+
+    return Embedder(default_model_path(), threads=2)
+
+
+def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict[str, Any]:
+    results: dict[str, Any] = {"command": settings.command(), "users": settings.users, "sizes": {}}
+    step("loading the embedding model", 5)
+    vectors = _Vectors(_embedder())
+    step("embedding the corpus's texts", 20)
+    for text in distinct_texts(settings.users):
+        vectors.of(text)
+    results["embedding_ms_per_fact"] = {
+        "p50": percentile([s * 1000 for s in vectors.seconds], 0.5),
+        "p99": percentile([s * 1000 for s in vectors.seconds], 0.99),
+    }
+    directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-retrieval-"))
+    try:
+        corpus = _Corpus(directory, vectors)
+        step(f"quality: {settings.users * 48:,} memories", settings.users * 48 / 4000)
+        corpus.load(memories(settings.users))
+        results["quality"] = measure_quality(corpus, settings.users)
+        corpus.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    for size in settings.sizes:
+        users = max(1, size // 48)
+        directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-retrieval-"))
+        try:
+            corpus = _Corpus(directory, vectors)
+            step(f"{size:,} memories: loading", size / 4000)
+            began = time.perf_counter()
+            loaded = corpus.load(_first(memories(users), size))
+            load_s = time.perf_counter() - began
+            step(f"{size:,} memories: searching", settings.queries * 0.3)
+            results["sizes"][str(size)] = {
+                "memories": loaded,
+                "load_per_s": loaded / load_s,
+                "latency": measure_latency(corpus, users, settings.queries),
+            }
+            corpus.close()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    return results
+
+
+def _first(items: Iterator[Memory], count: int) -> Iterator[Memory]:
+    for _, item in zip(range(count), items, strict=False):
+        yield item
+
+
+QUALITY_COLUMNS = ("ranking", "recall@1", "recall@5", "MRR")
+LATENCY_COLUMNS = ("memories", "search", "p50 ms", "p99 ms", "p99 / FTS5's")
+
+
+def quality_rows(results: dict[str, Any]) -> list[list[str]]:
+    return [
+        [name, f"{q['recall@1']:.3f}", f"{q['recall@5']:.3f}", f"{q['mrr']:.3f}"]
+        for name, q in results["quality"].items()
+    ]
+
+
+def latency_rows(results: dict[str, Any]) -> list[list[str]]:
+    table = []
+    for size, measured in results["sizes"].items():
+        latency = measured["latency"]
+        for name, figures in latency.items():
+            anchor = latency["fts5, whole namespace (anchor)" if "namespace" in name else "fts5, one user (anchor)"]
+            ratio = figures["p99_ms"] / anchor["p99_ms"] if anchor["p99_ms"] else float("nan")
+            table.append(
+                [f"{int(size):,}", name, f"{figures['p50_ms']:.2f}", f"{figures['p99_ms']:.2f}", f"{ratio:.2f}x"]
+            )
+    return table
+
+
+def _draw(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (quality, latency) = plt.subplots(1, 2, figsize=(13, 4.5))
+    names = list(results["quality"])
+    for offset, metric in ((-0.27, "recall@1"), (0, "recall@5"), (0.27, "mrr")):
+        quality.bar(
+            [i + offset for i in range(len(names))],
+            [results["quality"][name][metric] for name in names],
+            width=0.27,
+            label=metric,
+        )
+    quality.set_xticks(range(len(names)), [name.replace(" (", "\n(") for name in names], fontsize=7)
+    quality.set_ylim(0, 1.1)
+    quality.set_title(f"{results['users']} users' memories, paraphrased questions")
+    quality.legend()
+    sizes = [int(size) for size in results["sizes"]]
+    if sizes:
+        for name in results["sizes"][str(sizes[0])]["latency"]:
+            latency.plot(
+                sizes, [results["sizes"][str(s)]["latency"][name]["p99_ms"] for s in sizes], marker="o", label=name
+            )
+        latency.set_xscale("log")
+        latency.set_yscale("log")
+        latency.set_xlabel("memories in the namespace")
+        latency.set_ylabel("p99 ms (query embedding included)")
+        latency.set_title("search latency, in process")
+        latency.legend(fontsize=7)
+    plots.finish(fig, path, results["command"])
+
+
+def save(results: dict[str, Any], folder: Path) -> None:
+    lines = ["| " + " | ".join(QUALITY_COLUMNS) + " |", "|" + "---|" * len(QUALITY_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in quality_rows(results)]
+    lines += ["", "| " + " | ".join(LATENCY_COLUMNS) + " |", "|" + "---|" * len(LATENCY_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in latency_rows(results)]
+    embedding = results["embedding_ms_per_fact"]
+    lines += ["", f"embedding one fact: p50 {embedding['p50']:.0f} ms, p99 {embedding['p99']:.0f} ms"]
+    plots.save_run(folder, results, "\n".join(lines) + f"\n\n`{results['command']}`\n", _draw, "retrieval.png")
