@@ -206,12 +206,17 @@ def memories(users: int, seed: int = 15) -> Iterator[Memory]:
             yield Memory(f"{user}-d{topic_number:02d}", user, topic.distractor, topic_number, True)
 
 
+def question(user_number: int, topic_number: int) -> Question:
+    """The question of a topic for one user; its answer is that user's fact of the topic."""
+    user = user_id(user_number)
+    return Question(user, TOPICS[topic_number].question, f"{user}-t{topic_number:02d}")
+
+
 def questions(users: int) -> Iterator[Question]:
-    """A question per user and topic; its answer is that user's fact of the topic."""
+    """Every user's question of every topic."""
     for number in range(users):
-        user = user_id(number)
-        for topic_number, topic in enumerate(TOPICS):
-            yield Question(user, topic.question, f"{user}-t{topic_number:02d}")
+        for topic_number in range(len(TOPICS)):
+            yield question(number, topic_number)
 
 
 def distinct_texts(users: int) -> list[str]:

@@ -21,6 +21,7 @@ Embedding cost per write: the bundled model's time for one fact, as the duty emb
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
 import sqlite3
@@ -32,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import plots
-from benchmarks.memory_corpus import Memory, Question, distinct_texts, memories, questions, user_id
+from benchmarks.memory_corpus import TOPICS, Memory, Question, distinct_texts, memories, questions
+from benchmarks.memory_corpus import question as question_of
 from benchmarks.stats import percentile
 
 NAMESPACE = "bench"
@@ -102,7 +104,7 @@ class _Corpus:
         self.store.apply(self.index, command)
         self.store.commit()
 
-    def load(self, items: Iterable[Memory], progress: Callable[[int], None] = lambda _: None) -> int:
+    def load(self, items: Iterable[Memory]) -> int:
         """Write ``items`` as the log would (batches, then the vectors the duty would propose)."""
         from mcpdb.retrieval import vectors
         from mcpdb.retrieval.text import embedding_text
@@ -123,19 +125,23 @@ class _Corpus:
                 )
                 self._apply(SetVectors(NAMESPACE, embedded, "bench"))
             loaded += len(chunk)
-            progress(loaded)
         return loaded
 
-    def rank(self, question: str, mode: str, user_id: str | None, limit: int = POOL) -> list[str]:
-        """The ids a search returns, best first; the query embedded as the service does."""
+    def rank(self, question: str, mode: str, user_id: str | None, limit: int, fresh: bool) -> list[str]:
+        """The ids a search returns, best first. The query is embedded as the service does, each time
+        when ``fresh`` (a timed search pays for it), else once per distinct question (quality only)."""
         from mcpdb.service import search_query
 
-        vector = None if mode == "lexical" else self.vectors.embedder.embed([question])[0]
+        vector = None
+        if mode != "lexical":
+            vector = self.vectors.embedder.embed([question])[0] if fresh else self.vectors.of(question)
         asked = search_query(question, vector, mode, "memory", user_id, [], limit)  # type: ignore[arg-type]
         return [context["id"] for _, context in self.store.search(NAMESPACE, asked).hits]
 
     def fts_rank(self, question: str, user_id: str | None, limit: int = POOL) -> list[str]:
-        words = " OR ".join(f'"{word}"' for word in _words(question))
+        from mcpdb.retrieval.lexical import words as split_words
+
+        words = " OR ".join(f'"{word}"' for word in split_words(question))
         if not words:
             return []
         where = "memories MATCH ?" + (" AND user_id = ?" if user_id is not None else "")
@@ -149,7 +155,7 @@ class _Corpus:
         """Exact cosine in float32 over the same vectors, of the memories ``held``: the ceiling."""
         import numpy as np
 
-        query = np.frombuffer(self.vectors.embedder.embed([question])[0], dtype="<f2").astype(np.float32)
+        query = np.frombuffer(self.vectors.of(question), dtype="<f2").astype(np.float32)
         matrix = np.stack([np.frombuffer(self.vectors.of(m.text), dtype="<f2").astype(np.float32) for m in held])
         return [held[i].id for i in np.argsort(-(matrix @ query), kind="stable")]
 
@@ -158,14 +164,8 @@ class _Corpus:
         self.store.close()
 
 
-def _words(text: str) -> list[str]:
-    import re
-
-    return re.findall(r"[^\W_]+", text)
-
-
 def _chunks(items: Iterator[Memory], size: int) -> Iterator[list[Memory]]:
-    while chunk := [item for _, item in zip(range(size), items, strict=False)]:
+    while chunk := list(itertools.islice(items, size)):
         yield chunk
 
 
@@ -187,16 +187,18 @@ def measure_quality(corpus: _Corpus, users: int) -> dict[str, dict[str, float]]:
     held: dict[str, list[Memory]] = {}
     for memory in memories(users):
         held.setdefault(memory.user_id, []).append(memory)
-    systems: dict[str, Callable[[Question], list[str]]] = {mode: _ranking(corpus, mode, POOL) for mode in MODES}
+    systems: dict[str, Callable[[Question], list[str]]] = {
+        mode: _ranking(corpus, mode, POOL, fresh=False) for mode in MODES
+    }
     systems["fts5 (anchor)"] = lambda q: corpus.fts_rank(q.text, q.user_id)
     systems["brute-force cosine (ceiling)"] = lambda q: corpus.brute_rank(q.text, held[q.user_id])
     asked = list(questions(users))
     return {name: _quality([_rank_of(q.answer_id, rank(q)) for q in asked]) for name, rank in systems.items()}
 
 
-def _ranking(corpus: _Corpus, mode: str, limit: int) -> Callable[[Question], list[str]]:
+def _ranking(corpus: _Corpus, mode: str, limit: int, fresh: bool) -> Callable[[Question], list[str]]:
     """A question's ranking in ``mode`` among its user's memories."""
-    return lambda question: corpus.rank(question.text, mode, question.user_id, limit)
+    return lambda asked: corpus.rank(asked.text, mode, asked.user_id, limit, fresh)
 
 
 def _timed(search: Callable[[Question], object], asked: list[Question]) -> dict[str, float]:
@@ -210,19 +212,15 @@ def _timed(search: Callable[[Question], object], asked: list[Question]) -> dict[
 
 def measure_latency(corpus: _Corpus, users: int, queries: int) -> dict[str, dict[str, float]]:
     rng = random.Random(users)
-    every = list(questions(1))
-    asked = [
-        Question(user_id(rng.randrange(users)), question.text, question.answer_id)
-        for question in (rng.choice(every) for _ in range(queries))
-    ]
+    asked = [question_of(rng.randrange(users), rng.randrange(len(TOPICS))) for _ in range(queries)]
     found: dict[str, dict[str, float]] = {}
     for mode in MODES:
-        found[f"{mode}, one user"] = _timed(_ranking(corpus, mode, 5), asked)
+        found[f"{mode}, one user"] = _timed(_ranking(corpus, mode, 5, fresh=True), asked)
     found["fts5, one user (anchor)"] = _timed(lambda q: corpus.fts_rank(q.text, q.user_id, 5), asked)
-    found["lexical, whole namespace"] = _timed(lambda q: corpus.rank(q.text, "lexical", None, 5), asked)
+    found["lexical, whole namespace"] = _timed(lambda q: corpus.rank(q.text, "lexical", None, 5, fresh=True), asked)
     found["fts5, whole namespace (anchor)"] = _timed(lambda q: corpus.fts_rank(q.text, None, 5), asked)
     few = asked[: max(3, queries // 10)]  # a scan of every vector in the namespace: fewer of them
-    found["hybrid, whole namespace"] = _timed(lambda q: corpus.rank(q.text, "hybrid", None, 5), few)
+    found["hybrid, whole namespace"] = _timed(lambda q: corpus.rank(q.text, "hybrid", None, 5, fresh=True), few)
     return found
 
 
@@ -260,7 +258,7 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
             corpus = _Corpus(directory, vectors)
             step(f"{size:,} memories: loading", size / 4000)
             began = time.perf_counter()
-            loaded = corpus.load(_first(memories(users), size))
+            loaded = corpus.load(itertools.islice(memories(users), size))
             load_s = time.perf_counter() - began
             step(f"{size:,} memories: searching", settings.queries * 0.3)
             results["sizes"][str(size)] = {
@@ -272,11 +270,6 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     return results
-
-
-def _first(items: Iterator[Memory], count: int) -> Iterator[Memory]:
-    for _, item in zip(range(count), items, strict=False):
-        yield item
 
 
 QUALITY_COLUMNS = ("ranking", "recall@1", "recall@5", "MRR")

@@ -23,6 +23,11 @@ from mcpdb.cli.errors import CliError
 
 app = typer.Typer(help="Benchmarks (results in benchmarks/RESULTS.md).", no_args_is_help=True)
 
+# Every benchmark's --out.
+OutFolder = Annotated[
+    Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
+]
+
 
 @app.command("raft")
 def raft(seconds: float = typer.Option(8.0, help="Seconds per configuration.")) -> None:
@@ -42,9 +47,7 @@ def kv(
     ] = 32,
     trials: Annotated[int, typer.Option(help="Leader kills per system for the failover figure.")] = 3,
     durability: Annotated[str, typer.Option(help="mcpdb nodes' --durability: durable or fast.")] = "durable",
-    out: Annotated[
-        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
-    ] = None,
+    out: OutFolder = None,
 ) -> None:
     """mcpdb vs etcd 3.4 on loopback, loaded by wrk: writes, linearizable reads, failover."""
     with source_checkout("mcpdb bench", "benchmarks"):
@@ -75,9 +78,7 @@ def infer(
     sessions: Annotated[int, typer.Option(help="Sessions in the affinity comparison.")] = 8,
     turns: Annotated[int, typer.Option(help="Turns per session in the affinity comparison.")] = 6,
     weighted_requests: Annotated[int, typer.Option(help="Requests per policy in the weighted run.")] = 48,
-    out: Annotated[
-        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
-    ] = None,
+    out: OutFolder = None,
 ) -> None:
     """Chat through mcpdb vs raw llama-cpp-python; affinity vs round robin; weighted capacity 1:2."""
     with source_checkout("mcpdb bench", "benchmarks"):
@@ -106,9 +107,7 @@ def autoscale(
         str, typer.Option(help="Load schedule: CLIENTSxSECONDS,... (concurrent chat clients per phase).")
     ] = "1x30,2x30,4x60,2x30,0x40",
     max_tokens: Annotated[int, typer.Option(help="Completion tokens per request.")] = 24,
-    out: Annotated[
-        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
-    ] = None,
+    out: OutFolder = None,
 ) -> None:
     """A load ramp against autoscaled workers, beside the same ramp on one fixed worker."""
     with source_checkout("mcpdb bench", "benchmarks"):
@@ -136,9 +135,7 @@ def autoscale(
 @app.command("index")
 def index(
     contexts: Annotated[int, typer.Option(help="Memories per corpus.")] = 100_000,
-    out: Annotated[
-        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
-    ] = None,
+    out: OutFolder = None,
 ) -> None:
     """What the search index costs a write: contexts/s into the store beside SQLite FTS5, in process."""
     with source_checkout("mcpdb bench", "benchmarks"):
@@ -166,9 +163,7 @@ def retrieval(
         "10000,100000"
     ),
     queries: Annotated[int, typer.Option(help="Timed searches per size and mode.")] = 200,
-    out: Annotated[
-        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
-    ] = None,
+    out: OutFolder = None,
 ) -> None:
     """How well search chooses memories (recall@1/@5, MRR beside FTS5 and brute force) and how fast."""
     with source_checkout("mcpdb bench", "benchmarks"):
@@ -208,9 +203,7 @@ def scale(
         float, typer.Option(help="Seconds the probe runs alone at the start and after each phase's action.")
     ] = 10.0,
     gather_runs: Annotated[int, typer.Option(help="Most timed gather() calls per namespace.")] = 30,
-    out: Annotated[
-        Path | None, typer.Option(help="Folder for results (default: benchmarks/runs/<time>).", show_default=False)
-    ] = None,
+    out: OutFolder = None,
 ) -> None:
     """N 1 KiB contexts in mcpdb vs N 1 KiB keys in etcd 3.4: load, compaction, wiped follower, restart, gather."""
     with source_checkout("mcpdb bench", "benchmarks"):

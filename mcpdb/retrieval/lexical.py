@@ -64,10 +64,15 @@ STOPWORDS = frozenset(
 )
 
 
+def words(text: str) -> list[str]:
+    """The casefolded words of ``text``, in order: what ``terms`` keeps or drops, then stems."""
+    return _WORD.findall(text.casefold())
+
+
 def terms(text: str) -> list[str]:
     """The index terms of ``text``, in order: words casefolded, stopwords and words over
     ``MAX_WORD_CHARS`` dropped, stemmed."""
-    casefolded = _WORD.findall(text.casefold())
+    casefolded = words(text)
     return list(_stemmer.stemWords([w for w in casefolded if len(w) <= MAX_WORD_CHARS and w not in STOPWORDS]))
 
 
