@@ -1,11 +1,12 @@
 """``mcpdb bench retrieval`` (issue 15): how well and how fast search chooses memories.
 
 Quality: the generated memory benchmark (``benchmarks.memory_corpus``: users with a fact and a
-distractor per topic, questions that paraphrase a fact without its words) is loaded into a
+distractor per topic, each topic asked in other words and directly) is loaded into a
 ``ContextStore`` through the commands the log applies (``Batch``, then ``SetVectors`` with the
 vectors the bundled model gives each text, as the leader's embedding duty proposes them). Each
 question is searched among its user's memories, as a chat's gather reads them, in each mode; recall@1,
-recall@5 and MRR of the fact that answers it. Anchors on the same corpus in the same run: SQLite FTS5's
+recall@5 and MRR of the fact that answers it, over all questions and per style; beside the store's
+own hybrid, the other fusions (``FUSIONS``) computed from the same two rankings. Anchors on the same corpus in the same run: SQLite FTS5's
 BM25 (stdlib ``sqlite3``, ``porter unicode61``, the question's words OR-ed) and exact brute-force
 cosine over the same stored vectors in float32 (the ceiling a vector index could reach).
 
@@ -21,6 +22,7 @@ Embedding cost per write: the bundled model's time for one fact, as the duty emb
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import shutil
@@ -33,20 +35,25 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import plots
-from benchmarks.memory_corpus import TOPICS, Memory, Question, distinct_texts, memories, questions
+from benchmarks.memory_corpus import STYLES, TOPICS, Memory, Question, distinct_texts, memories, questions
 from benchmarks.memory_corpus import question as question_of
 from benchmarks.stats import percentile
+from mcpdb.retrieval.fusion import Fusion
 
 NAMESPACE = "bench"
 BATCH = 500
 MODES = ("lexical", "vector", "hybrid")
 _FTS5_TABLE = "CREATE VIRTUAL TABLE memories USING fts5(id UNINDEXED, user_id UNINDEXED, facts, tokenize='porter')"
 POOL = 100  # ranks looked at per question: an answer further down counts as not found
+# The fusions measured beside the store's own (``fusion.DEFAULT``), from the same two rankings.
+FUSIONS = tuple(
+    Fusion(method, weight) for method in ("rrf", "relative") for weight in (0.5, 0.7, 0.8, 0.9)  # type: ignore[arg-type]
+)
 
 
 @dataclass
 class RetrievalSettings:
-    users: int = 100  # quality corpus: 48 memories and 24 questions each
+    users: int = 100  # quality corpus: 48 memories and 48 questions each
     sizes: tuple[int, ...] = (10_000, 100_000)
     queries: int = 200  # timed searches per size and mode
     out: Path | None = None
@@ -127,16 +134,27 @@ class _Corpus:
             loaded += len(chunk)
         return loaded
 
-    def rank(self, question: str, mode: str, user_id: str | None, limit: int, fresh: bool) -> list[str]:
-        """The ids a search returns, best first. The query is embedded as the service does, each time
-        when ``fresh`` (a timed search pays for it), else once per distinct question (quality only)."""
+    def scored(self, question: str, mode: str, user_id: str | None, limit: int, fresh: bool) -> list[tuple[str, float]]:
+        """(id, score) of what a search returns, best first. The query is embedded as the service does,
+        each time when ``fresh`` (a timed search pays for it), else once per distinct question."""
         from mcpdb.service import search_query
 
         vector = None
         if mode != "lexical":
             vector = self.vectors.embedder.embed([question])[0] if fresh else self.vectors.of(question)
         asked = search_query(question, vector, mode, "memory", user_id, [], limit)  # type: ignore[arg-type]
-        return [context["id"] for _, context in self.store.search(NAMESPACE, asked).hits]
+        return [(context["id"], score) for score, context in self.store.search(NAMESPACE, asked).hits]
+
+    def rank(self, question: str, mode: str, user_id: str | None, limit: int, fresh: bool) -> list[str]:
+        return [context_id for context_id, _ in self.scored(question, mode, user_id, limit, fresh)]
+
+    def fused_rank(self, fusion: Fusion, question: str, user_id: str) -> list[str]:
+        """The hybrid ranking ``fusion`` would give, from the lexical and vector searches' own scores."""
+        lexical, similar = (
+            [(key.encode(), score) for key, score in self.scored(question, mode, user_id, POOL, fresh=False)]
+            for mode in ("lexical", "vector")
+        )
+        return [key.decode() for key, _ in fusion.fuse(lexical, similar, {}, POOL)]
 
     def fts_rank(self, question: str, user_id: str | None, limit: int = POOL) -> list[str]:
         from mcpdb.retrieval.lexical import words as split_words
@@ -179,11 +197,19 @@ def _quality(ranks: list[int | None]) -> dict[str, float]:
     }
 
 
+def _qualities(asked: list[Question], ranks: list[int | None]) -> dict[str, dict[str, float]]:
+    """Quality over every question ("all") and over each style's."""
+    found = {"all": _quality(ranks)}
+    for style in STYLES:
+        found[style] = _quality([rank for q, rank in zip(asked, ranks, strict=True) if q.style == style])
+    return found
+
+
 def _rank_of(answer: str, ranked: list[str]) -> int | None:
     return ranked.index(answer) + 1 if answer in ranked else None
 
 
-def measure_quality(corpus: _Corpus, users: int) -> dict[str, dict[str, float]]:
+def measure_quality(corpus: _Corpus, users: int) -> dict[str, dict[str, dict[str, float]]]:
     held: dict[str, list[Memory]] = {}
     for memory in memories(users):
         held.setdefault(memory.user_id, []).append(memory)
@@ -192,8 +218,14 @@ def measure_quality(corpus: _Corpus, users: int) -> dict[str, dict[str, float]]:
     }
     systems["fts5 (anchor)"] = lambda q: corpus.fts_rank(q.text, q.user_id)
     systems["brute-force cosine (ceiling)"] = lambda q: corpus.brute_rank(q.text, held[q.user_id])
+    for candidate in FUSIONS:
+        systems[f"hybrid by {candidate.name}"] = functools.partial(_fused, corpus, candidate)
     asked = list(questions(users))
-    return {name: _quality([_rank_of(q.answer_id, rank(q)) for q in asked]) for name, rank in systems.items()}
+    return {name: _qualities(asked, [_rank_of(q.answer_id, rank(q)) for q in asked]) for name, rank in systems.items()}
+
+
+def _fused(corpus: _Corpus, candidate: Fusion, asked: Question) -> list[str]:
+    return corpus.fused_rank(candidate, asked.text, asked.user_id)
 
 
 def _ranking(corpus: _Corpus, mode: str, limit: int, fresh: bool) -> Callable[[Question], list[str]]:
@@ -272,13 +304,14 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
     return results
 
 
-QUALITY_COLUMNS = ("ranking", "recall@1", "recall@5", "MRR")
+QUALITY_COLUMNS = ("ranking", "recall@1", "recall@5", "MRR", "recall@5 paraphrased", "recall@5 direct")
 LATENCY_COLUMNS = ("memories", "search", "p50 ms", "p99 ms", "p99 / FTS5's")
 
 
 def quality_rows(results: dict[str, Any]) -> list[list[str]]:
     return [
-        [name, f"{q['recall@1']:.3f}", f"{q['recall@5']:.3f}", f"{q['mrr']:.3f}"]
+        [name, *(f"{q['all'][metric]:.3f}" for metric in ("recall@1", "recall@5", "mrr"))]
+        + [f"{q[style]['recall@5']:.3f}" for style in STYLES]
         for name, q in results["quality"].items()
     ]
 
@@ -303,17 +336,17 @@ def _draw(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (quality, latency) = plt.subplots(1, 2, figsize=(13, 4.5))
-    names = list(results["quality"])
+    names = [name for name in results["quality"] if not name.startswith("hybrid by")]  # the variants: the table
     for offset, metric in ((-0.27, "recall@1"), (0, "recall@5"), (0.27, "mrr")):
         quality.bar(
             [i + offset for i in range(len(names))],
-            [results["quality"][name][metric] for name in names],
+            [results["quality"][name]["all"][metric] for name in names],
             width=0.27,
             label=metric,
         )
     quality.set_xticks(range(len(names)), [name.replace(" (", "\n(") for name in names], fontsize=7)
     quality.set_ylim(0, 1.1)
-    quality.set_title(f"{results['users']} users' memories, paraphrased questions")
+    quality.set_title(f"{results['users']} users' memories, paraphrased and direct questions")
     quality.legend()
     sizes = [int(size) for size in results["sizes"]]
     if sizes:

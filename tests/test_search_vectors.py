@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mcpdb.model import SEARCHABLE_KINDS
-from mcpdb.retrieval import lexical, vectors
+from mcpdb.retrieval import fusion, lexical, vectors
 from mcpdb.store.commands import COMMAND_VERSION, WRITTEN_VERSION, Delete, Embedded, Put, SetVectors, decode, encode
 from mcpdb.store.search import SearchQuery
 from mcpdb.store.state_machine import _INDEX_FORMAT, ContextStore
@@ -104,7 +104,7 @@ def test_a_rebuild_requeues_what_has_no_vector_and_keeps_the_vectors(tmp_path: P
     reopened.close()
 
 
-def test_hybrid_fuses_both_rankings_and_breaks_ties_by_recency(tmp_path: Path) -> None:
+def test_hybrid_fuses_both_rankings_as_the_default_fusion_does(tmp_path: Path) -> None:
     log = AppliedLog(str(tmp_path / "store"))
     log.apply(Put("app", "words", _memory("tea tea tea"), None, None, 1.0))  # best lexically, far in meaning
     log.apply(Put("app", "meaning", _memory("a hot drink from leaves"), None, None, 1.0))  # no shared word
@@ -116,15 +116,33 @@ def test_hybrid_fuses_both_rankings_and_breaks_ties_by_recency(tmp_path: Path) -
     vector_only = log.store.search("app", _query("vector", terms, _unit(1.0)))
     assert [c["id"] for _, c in vector_only.hits] == ["both", "meaning", "words"]
     hybrid = log.store.search("app", _query("hybrid", terms, _unit(1.0)))
-    # both: lexical rank 2, vector rank 1; words: 1 and 3; meaning: vector rank 2 alone.
-    assert [c["id"] for _, c in hybrid.hits] == ["both", "words", "meaning"]
-    expected = 1 / (vectors.RRF_K + 2) + 1 / (vectors.RRF_K + 1)
-    assert abs(hybrid.hits[0][0] - expected) < 1e-12
-    assert vectors.fuse([[b"old"], [b"new"]], {b"old": 1, b"new": 2}, 5) == [
-        (b"new", 1 / (vectors.RRF_K + 1)),
-        (b"old", 1 / (vectors.RRF_K + 1)),
-    ]
+    # Scaled 0..1 per list: both 0 lexically (the worse of two) and 1 by meaning, meaning 0.894 by
+    # meaning alone, words 1 lexically and 0 by meaning: 0.8, 0.715, 0.2 with the vector weighted 0.8.
+    assert [c["id"] for _, c in hybrid.hits] == ["both", "meaning", "words"]
+    scored = [[(c["id"].encode(), score) for score, c in found.hits] for found in (lexical_only, vector_only)]
+    assert [score for score, _ in hybrid.hits] == [score for _, score in fusion.DEFAULT.fuse(*scored, {}, 5)]
     log.store.close()
+
+
+def test_reciprocal_rank_fusion_counts_ranks_and_relative_fusion_counts_leads() -> None:
+    # The fact shares no word with the question; the distractor is first by words, third by meaning.
+    words = [(b"distractor", 9.0), (b"other", 1.0)]
+    meaning = [(b"fact", 0.90), (b"other", 0.55), (b"distractor", 0.40), (b"far", 0.10)]
+    rrf = fusion.Fusion("rrf", 0.5).fuse(words, meaning, {}, 5)
+    assert rrf[0] == (b"distractor", 0.5 / (fusion.RRF_K + 1) + 0.5 / (fusion.RRF_K + 3))
+    assert [key for key, _ in rrf] == [b"distractor", b"other", b"fact", b"far"]
+    relative = fusion.Fusion("relative", 0.8).fuse(words, meaning, {}, 5)
+    assert [key for key, _ in relative] == [b"fact", b"distractor", b"other", b"far"]
+    assert relative[0][1] == 0.8 * 1.0
+    assert relative[1][1] == 0.2 * 1.0 + 0.8 * ((0.40 - 0.10) / (0.90 - 0.10))
+
+
+def test_equal_fused_scores_go_to_the_newer_context_then_to_id_order() -> None:
+    for method in ("rrf", "relative"):
+        tied = fusion.Fusion(method, 0.5).fuse([(b"old", 1.0)], [(b"new", 1.0)], {b"old": 1, b"new": 2}, 5)  # type: ignore[arg-type]
+        assert [key for key, _ in tied] == [b"new", b"old"]
+        unknown = fusion.Fusion(method, 0.5).fuse([(b"b", 1.0)], [(b"a", 1.0)], {}, 5)  # type: ignore[arg-type]
+        assert [key for key, _ in unknown] == [b"a", b"b"]
 
 
 def test_a_write_that_keeps_the_text_keeps_the_vector_and_a_bad_vector_leaves_the_queue(tmp_path: Path) -> None:

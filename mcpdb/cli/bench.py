@@ -158,7 +158,7 @@ def index(
 
 @app.command("retrieval")
 def retrieval(
-    users: Annotated[int, typer.Option(help="Users in the quality corpus (48 memories, 24 questions each).")] = 100,
+    users: Annotated[int, typer.Option(help="Users in the quality corpus (48 memories, 48 questions each).")] = 100,
     sizes: Annotated[str, typer.Option(help="Memories in the namespace for the latency runs, comma-separated.")] = (
         "10000,100000"
     ),

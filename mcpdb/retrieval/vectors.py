@@ -1,4 +1,4 @@
-"""Vectors as the store keeps them, exact nearest neighbours, and the fusion of rankings.
+"""Vectors as the store keeps them, and exact nearest neighbours.
 
 A vector is computed once, by the leader's embedder, and travels through the log as bytes: every
 replica holds the identical vector for the same version of a context (floating point differs across
@@ -20,9 +20,6 @@ import numpy.typing as npt
 DTYPE = np.dtype("<f2")
 MAX_BYTES = 16 << 10  # 8,192 dimensions: more than any embedding model mcpdb would run
 VERSION = struct.Struct(">Q")  # a stored vector's value: the context version it was computed for, then the bytes
-# Reciprocal rank fusion's constant (Cormack et al. 2009, also Elasticsearch's and Graphiti's default):
-# a rank's weight 1 / (RRF_K + rank) keeps the top of each list from drowning the other.
-RRF_K = 60
 
 
 def pack(vector: Sequence[float]) -> bytes:
@@ -64,15 +61,3 @@ def nearest(query: bytes, candidates: Sequence[tuple[bytes, bytes]], limit: int)
     order = np.argsort(-scores, kind="stable")[:limit]
     return [(usable[i][0], float(scores[i])) for i in order]
 
-
-def fuse(rankings: Sequence[Sequence[bytes]], recency: dict[bytes, int], limit: int) -> list[tuple[bytes, float]]:
-    """Reciprocal rank fusion of ``rankings`` (each best first): a key's score is the sum of
-    1 / (RRF_K + rank) over the lists it is in. Equal scores (the same ranks, in different lists) go to
-    the newer context (``recency``: its version, a Raft index, the same on every replica): of two
-    memories that match equally, the later one is likelier to be what is true now; then id order."""
-    scores: dict[bytes, float] = {}
-    for ranking in rankings:
-        for rank, key in enumerate(ranking, start=1):
-            scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + rank)
-    ordered = sorted(scores.items(), key=lambda item: (-item[1], -recency.get(item[0], 0), item[0]))
-    return ordered[:limit]

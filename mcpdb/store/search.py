@@ -7,7 +7,7 @@ the vectors the bytes the log carried, the arithmetic single-threaded (``vectors
 
 Modes: ``lexical`` ranks every context sharing a term with the query by BM25 (exact); ``vector`` every
 context of the searched ones that has a vector, by cosine (exact); ``hybrid`` fuses the two rankings'
-first ``POOL`` each by reciprocal rank fusion (``vectors.fuse``), the newer context first on a tie.
+first ``POOL`` each (``fusion.DEFAULT``), the newer context first on a tie.
 Tags narrow after ranking: a hybrid or vector search with tags returns the tagged contexts among the
 pools, possibly fewer than asked for.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import lmdb
 
 from mcpdb.model import SearchMode
-from mcpdb.retrieval import lexical, vectors
+from mcpdb.retrieval import fusion, lexical, vectors
 
 POOL = 100  # per ranking, what hybrid fuses (k is at most 100)
 _SEP = b"\x00"
@@ -143,10 +143,10 @@ def run(
     ranking = lexical_ranking if query.mode == "lexical" else similar
     records: dict[bytes, dict[str, Any] | None] = {}  # read once, for the fusion's recency and the answer
     if query.mode == "hybrid":
-        pools = [[key for key, _ in lexical_ranking[:POOL]], [key for key, _ in similar[:POOL]]]
-        records = {key: record_of(key) for pool in pools for key in pool}
+        pools = (lexical_ranking[:POOL], similar[:POOL])
+        records = {key: record_of(key) for pool in pools for key, _ in pool}
         recency = {key: record["version"] for key, record in records.items() if record is not None}
-        ranking = vectors.fuse(pools, recency, POOL)
+        ranking = fusion.DEFAULT.fuse(*pools, recency, POOL)
     hits: list[tuple[float, dict[str, Any]]] = []
     for context_id, score in ranking:
         if len(hits) == query.limit:
