@@ -6,9 +6,10 @@ distractor per topic, each topic asked in other words and directly) is loaded in
 vectors the bundled model gives each text, as the leader's embedding duty proposes them). Each
 question is searched among its user's memories, as a chat's gather reads them, in each mode; recall@1,
 recall@5 and MRR of the fact that answers it, over all questions and per style; beside the store's
-own hybrid, the other fusions (``FUSIONS``) computed from the same two rankings. Anchors on the same corpus in the same run: SQLite FTS5's
-BM25 (stdlib ``sqlite3``, ``porter unicode61``, the question's words OR-ed) and exact brute-force
-cosine over the same stored vectors in float32 (the ceiling a vector index could reach).
+own hybrid, the other fusions (``FUSIONS``) computed from the same two rankings. Anchors on the same
+corpus in the same run: SQLite FTS5's BM25 (stdlib ``sqlite3``, ``porter unicode61``, the question's
+words OR-ed) and exact brute-force cosine over the same stored vectors in float32 (the ceiling a vector
+index could reach).
 
 Latency: the same generator grown to N memories in one namespace (10 k, 100 k, 1 M), each text's
 vector computed once and given to every memory with that text (a value repeats across users, and a
@@ -47,7 +48,9 @@ _FTS5_TABLE = "CREATE VIRTUAL TABLE memories USING fts5(id UNINDEXED, user_id UN
 POOL = 100  # ranks looked at per question: an answer further down counts as not found
 # The fusions measured beside the store's own (``fusion.DEFAULT``), from the same two rankings.
 FUSIONS = tuple(
-    Fusion(method, weight) for method in ("rrf", "relative") for weight in (0.5, 0.7, 0.8, 0.9)  # type: ignore[arg-type]
+    Fusion(method, weight)
+    for method in ("rrf", "relative")
+    for weight in (0.5, 0.7, 0.8, 0.9)  # type: ignore[arg-type]
 )
 
 

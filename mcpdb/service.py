@@ -171,7 +171,7 @@ class ContextService:
                 "hybrid, or ask a node that serves a model"
             )
         async with self._searches:
-            vector = (await asyncio.to_thread(embedder.embed, [query]))[0] if embedder is not None else None
+            vector = await self.query_vector(query) if embedder is not None else None
             asked = search_query(query, vector, mode, kind, user_id, tags or [], k)
             read_index = await self.read_index(consistency)
             found = await asyncio.to_thread(self.store.search, namespace, asked)
@@ -190,6 +190,12 @@ class ContextService:
                 answer["vector"] = "used" if vector is not None else "unavailable"
                 answer["unembedded"] = max(0, found.searched - (found.embedded or 0))
             return answer
+
+    async def query_vector(self, text: str) -> bytes | None:
+        """``text``'s vector from this node's embedding model, on a worker thread (None: no model loaded).
+        A query's vector, unlike a context's, is never stored: it ranks one search and is gone."""
+        embedder = self._embedder()
+        return (await asyncio.to_thread(embedder.embed, [text]))[0] if embedder is not None else None
 
     async def set_vectors(self, command: commands.SetVectors) -> dict[str, Any]:
         """Propose vectors the leader's embedder computed (see ``mcpdb.node.embedding_duty``)."""

@@ -1,4 +1,5 @@
-"""Context assembly properties: within budget, instructions kept, order kept, prefix stable."""
+"""Context assembly properties: within budget, instructions kept, order kept, prefix stable, memories
+recalled by rank within their budget and never twice."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcpdb.errors import ContextTooLarge
-from mcpdb.inference.assembly import Assembled, StoredContext, assemble
+from mcpdb.inference.assembly import Assembled, StoredContext, assemble, with_recall
 from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, TemplateFormat
 
 FORMATS = [GemmaFormat(), ChatMLFormat()]
@@ -27,6 +28,9 @@ def count_tokens(text: str) -> int:
 def stored_contexts(draw: st.DrawFn, min_turns: int = 0) -> StoredContext:
     roles = draw(st.lists(st.sampled_from(["user", "assistant", "tool"]), min_size=min_turns, max_size=30))
     turns = [{"role": role, "content": draw(words)} for role in roles]
+    memories = [
+        {"id": f"m{i}", "facts": draw(st.lists(words, min_size=1, max_size=3))} for i in range(draw(st.integers(0, 6)))
+    ]
     return StoredContext(
         instructions=[
             {"role": draw(words), "text": draw(words), "domains": []} for _ in range(draw(st.integers(1, 2)))
@@ -34,13 +38,25 @@ def stored_contexts(draw: st.DrawFn, min_turns: int = 0) -> StoredContext:
         guardrails=[{"rules": draw(st.lists(words, min_size=1, max_size=3))} for _ in range(draw(st.integers(0, 2)))],
         task=draw(st.none() | st.builds(lambda g: {"domain": "law", "goal": g}, words)),
         profile=draw(st.none() | st.builds(lambda n: {"name": n, "preferences": {"tone": "dry"}, "goals": []}, words)),
-        memories=[{"facts": draw(st.lists(words, min_size=1, max_size=3))} for _ in range(draw(st.integers(0, 3)))],
+        memories=memories,
+        memories_held=len(memories) + draw(st.integers(0, 3)),  # some held memories ranked below the candidates
         turns=turns,
     )
 
 
-def _assemble(stored: StoredContext, new: str, budget: int, chat_format=FORMATS[0]) -> Assembled:
-    return assemble(stored, [{"role": "user", "content": new}], chat_format, tokenize, budget)
+def _assemble(
+    stored: StoredContext, new: str, budget: int, chat_format=FORMATS[0], memory_budget: int = 40
+) -> Assembled:
+    return assemble(stored, [{"role": "user", "content": new}], chat_format, tokenize, budget, memory_budget)
+
+
+def _recorded(question: str, result: Assembled) -> dict:
+    """The user turn as the chat worker records it: with what was recalled for it."""
+    return {
+        "role": "user",
+        "content": question,
+        "metadata": {"recalled": result.recalled, "memories": result.recalled_ids} if result.recalled else {},
+    }
 
 
 @settings(max_examples=300, deadline=None)
@@ -53,7 +69,9 @@ def test_never_over_budget_and_instructions_guardrails_and_new_message_always_ke
     except ContextTooLarge:
         bare = StoredContext(instructions=stored.instructions, guardrails=stored.guardrails)
         assert (
-            count_tokens(fmt.render(assemble(bare, [{"role": "user", "content": new}], fmt, tokenize, 10**9).messages))
+            count_tokens(
+                fmt.render(assemble(bare, [{"role": "user", "content": new}], fmt, tokenize, 10**9, 0).messages)
+            )
             > budget
         )
         return
@@ -63,7 +81,7 @@ def test_never_over_budget_and_instructions_guardrails_and_new_message_always_ke
     for guardrail in stored.guardrails:
         for rule in guardrail["rules"]:
             assert rule in result.prompt
-    assert result.messages[-1] == {"role": "user", "content": new}
+    assert result.messages[-1] == {"role": "user", "content": with_recall(result.recalled, new)}
 
 
 @settings(max_examples=300, deadline=None)
@@ -79,8 +97,8 @@ def test_kept_turns_are_the_newest_in_their_order_and_omissions_are_reported(
     kept = stored.turns[len(stored.turns) - result.kept_turns :]
     assert [m["content"].removeprefix("[tool] ") for m in turn_messages] == [t["content"] for t in kept]
     assert result.omitted["turns"] == len(stored.turns) - result.kept_turns
-    if result.omitted["memories"] or result.omitted["profile"] or result.omitted["task"]:
-        assert result.kept_turns == 0  # memory, profile and task go only after every turn
+    if result.omitted["profile"] or result.omitted["task"]:
+        assert result.kept_turns == 0 and not result.recalled  # recall, profile and task go after every turn
 
 
 @settings(max_examples=200, deadline=None)
@@ -92,7 +110,8 @@ def test_kept_turns_are_the_newest_in_their_order_and_omissions_are_reported(
 def test_prompt_prefix_is_stable_as_a_session_grows(
     stored: StoredContext, exchanges: list[tuple[str, str]], fmt
 ) -> None:
-    """Turn k's prompt followed by its reply is a prefix of turn k+1's prompt (what KV reuse needs)."""
+    """Turn k's prompt followed by its reply is a prefix of turn k+1's prompt (what KV reuse needs), what
+    each turn recalled included: the recorded turn renders with it."""
     turns = list(stored.turns)
     previous: str | None = None
     for question, answer in exchanges:
@@ -100,7 +119,7 @@ def test_prompt_prefix_is_stable_as_a_session_grows(
         if previous is not None:
             assert result.prompt.startswith(previous)
         previous = result.prompt + answer
-        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        turns += [_recorded(question, result), {"role": "assistant", "content": answer}]
 
 
 @settings(max_examples=150, deadline=None)
@@ -116,7 +135,7 @@ def test_turns_are_dropped_in_chunks_so_the_prefix_survives_the_next_turn(
     grown = StoredContext(
         **{
             **stored.__dict__,
-            "turns": stored.turns + [{"role": "user", "content": new}, {"role": "assistant", "content": answer}],
+            "turns": stored.turns + [_recorded(new, first), {"role": "assistant", "content": answer}],
         }
     )
     try:
@@ -125,6 +144,38 @@ def test_turns_are_dropped_in_chunks_so_the_prefix_survives_the_next_turn(
         return
     if second.omitted["turns"] == first.omitted["turns"]:
         assert second.prompt.startswith(first.prompt + answer)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stored=stored_contexts(),
+    exchanges=st.lists(words, min_size=1, max_size=5),
+    memory_budget=st.integers(0, 120),
+)
+def test_memories_are_recalled_best_first_within_their_budget_and_never_twice(
+    stored: StoredContext, exchanges: list[str], memory_budget: int
+) -> None:
+    turns: list[dict] = []
+    for question in exchanges:
+        result = _assemble(
+            StoredContext(**{**stored.__dict__, "turns": turns}), question, 10**9, memory_budget=memory_budget
+        )
+        before = [m for turn in turns for m in turn.get("metadata", {}).get("memories", [])]
+        assert not set(before) & set(result.recalled_ids)  # a kept turn's recall is not repeated
+        assert result.memories == before + result.recalled_ids
+        # Rank order; what fits the budget counts the memories earlier turns recalled too.
+        ranked = [m["id"] for m in stored.memories if m["id"] not in before]
+        assert result.recalled_ids == [m for m in ranked if m in result.recalled_ids]
+        assert (count_tokens(result.recalled) if result.recalled else 0) <= memory_budget + len(result.recalled_ids)
+        if before and set(before) >= {m["id"] for m in stored.memories}:
+            assert not result.recalled  # everything relevant is in the prompt already: nothing new
+        for memory in stored.memories:
+            for fact in memory["facts"]:
+                if memory["id"] in result.recalled_ids:
+                    assert f"- {fact}" in result.recalled
+        assert "remember" not in result.messages[0]["content"]  # the system prompt never holds recall
+        assert result.omitted["memories"] == stored.memories_held - len(result.memories)
+        turns += [_recorded(question, result), {"role": "assistant", "content": "ok"}]
 
 
 def test_template_format_renders_a_gguf_template_without_a_second_bos() -> None:

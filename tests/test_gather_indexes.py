@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from mcpdb.errors import NotFound
 from mcpdb.inference.assembly import StoredContext
-from mcpdb.inference.gather import _of_kind, gather
+from mcpdb.inference.gather import _of_kind, gather, recall_query
 from mcpdb.store.commands import Append, Batch, BatchPut, Delete, Put
 from mcpdb.store.state_machine import _APPLIED, _INDEX_FORMAT, _KIND_COUNT, _U64, ContextStore, _key
 from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state
@@ -129,7 +129,10 @@ def _full_scan_gather(
     domain = task["domain"] if task else None
     instructions = [i for i in found["instruction"] if domain is None or not i.get("domains") or domain in i["domains"]]
     profile = _of_kind(store.get(namespace, user_id), "profile", "user_id") if user_id else None
-    memories = [m for m in found["memory"] if m.get("user_id") in (None, user_id)]
+    # Every memory says "likes tea": the recall for "tea" ties them all, and a tie goes to the newer.
+    memories = sorted(
+        (m for m in found["memory"] if m.get("user_id") in (None, user_id)), key=lambda m: (-m["version"], m["id"])
+    )
     session = _of_kind(store.get(namespace, session_id), "session", "session_id") if session_id else None
     return StoredContext(
         instructions=instructions,
@@ -137,6 +140,7 @@ def _full_scan_gather(
         task=task,
         profile=profile,
         memories=memories,
+        memories_held=len(memories),
         turns=session["turns"] if session else [],
     )
 
@@ -166,7 +170,8 @@ def test_gather_returns_what_the_full_scan_returned(
     namespace = f"n{next(_NAMESPACES)}"
     log.apply_ops(namespace, ops)
     request = {"session_id": session_id, "user_id": user_id, "task_id": task_id}
-    indexed = _outcome(lambda: gather(log.store, namespace, applied_at_least=0, **request).stored)
+    recall = recall_query("tea", None, user_id, 100)
+    indexed = _outcome(lambda: gather(log.store, namespace, applied_at_least=0, recall=recall, **request).stored)
     assert indexed == _outcome(lambda: _full_scan_gather(log.store, namespace, **request))
 
 
@@ -254,7 +259,15 @@ def _gather_counting_reads(store: ContextStore, namespace: str) -> tuple[StoredC
     reads = _Reads(generation.env)
     store._generation = dataclasses.replace(generation, env=reads)
     try:
-        stored = gather(store, namespace, applied_at_least=0, session_id="s1", user_id="u1", task_id="t1").stored
+        stored = gather(
+            store,
+            namespace,
+            applied_at_least=0,
+            session_id="s1",
+            user_id="u1",
+            task_id="t1",
+            recall=recall_query("tea and opening hours", None, "u1", 32),
+        ).stored
     finally:
         store._generation = generation
     return stored, reads.count
@@ -283,10 +296,10 @@ def test_what_gather_reads_does_not_grow_with_other_contexts(tmp_path: Path) -> 
     assert crowded == some == alone
     assert [m["id"] for m in crowded.memories] == ["m-ada", "m-all"]
     assert reads_crowded == reads_some
-    # Alone, a range can end the database; among others, each of gather's five ranges (instructions,
-    # guardrails, nobody's and the user's memories, the session's turns) reads one record past its end.
-    assert reads_alone <= reads_some <= reads_alone + 5
-    assert reads_some <= 25  # the needed keys, not the namespace
+    # Alone, a range can end the database; among others, a range (instructions, guardrails, the session's
+    # turns, each query term's postings of nobody and of the user) reads one record past its end.
+    assert reads_alone <= reads_some <= reads_alone + 9
+    assert reads_some <= 40  # the needed keys, not the namespace
     log.store.close()
 
 

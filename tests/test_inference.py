@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.memory_corpus import memories as corpus_memories
 from mcpdb.ops.localcluster import LocalCluster
 from tests.browser import chromium, pixels_of, rendered_dom, screenshot
 from tests.conftest import start_cluster
@@ -155,6 +156,47 @@ def test_bad_requests_get_clear_errors(llm_cluster: LocalCluster) -> None:
     assert missing_task.status_code == 404
 
 
+def _wait_embedders(http: httpx.Client, cluster: LocalCluster) -> None:
+    deadline = time.monotonic() + 120  # each node loads its embedding model after its chat model
+    while not all(http.get(url + "/v1/node").json()["inference"]["embedding"] == "ready" for url in cluster.urls()):
+        assert time.monotonic() < deadline, "the embedding models did not load"
+        time.sleep(0.5)
+
+
+def test_a_chat_recalls_the_memories_its_message_needs_and_the_next_turn_reuses_the_whole_prompt(
+    llm_cluster: LocalCluster,
+) -> None:
+    """48 memories of one user (the retrieval benchmark's), a 256-token memory budget: the chat recalls
+    the fact its message asks about and leaves memories out; the follow-up's prompt starts with the
+    whole of the first one (its recall included), so the KV cache serves all of it."""
+    urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    held = [memory for memory in corpus_memories(1)]
+    with httpx.Client(timeout=30) as http:
+        _wait_embedders(http, llm_cluster)
+        batch = [
+            {"op": "put", "id": f"kim-{m.id}", "context": {"kind": "memory", "facts": [m.text], "user_id": "kim"}}
+            for m in held
+        ]
+        http.post(f"{urls[0]}/v1/namespaces/{NS}/batch", json={"ops": batch}).raise_for_status()
+        deadline = time.monotonic() + 180
+        params = {"q": "allergic", "mode": "vector", "user_id": "kim", "kind": "memory"}
+        while http.get(f"{urls[0]}/v1/namespaces/{NS}/search", params=params).json()["unembedded"]:
+            assert time.monotonic() < deadline, "the leader did not embed the memories"
+            time.sleep(0.5)
+    allergy = f"kim-{held[0].id}"  # topic 0's fact: "Is allergic to ..."
+    first = _chat(urls[0], model, session, "What am I allergic to?", user_id="kim").json()
+    recalled = first["mcpdb"]["memories"]
+    assert allergy in recalled
+    assert 0 < len(recalled) < len(held) and first["mcpdb"]["omitted"]["memories"] == len(held) - len(recalled)
+    turns = _turns(urls[1], session)
+    assert turns[0]["content"] == "What am I allergic to?"  # the message as sent; its recall beside it
+    assert turns[0]["metadata"]["memories"] == recalled and "Is allergic to" in turns[0]["metadata"]["recalled"]
+    follow_up = _chat(urls[0], model, session, "Which foods make me sick?", user_id="kim").json()
+    assert follow_up["mcpdb"]["node"] == first["mcpdb"]["node"]  # affinity: the node holding the prefix
+    assert follow_up["usage"]["prompt_tokens_details"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
+    assert set(recalled) <= set(follow_up["mcpdb"]["memories"])  # still in the prompt, not recalled again
+
+
 def test_the_leader_embeds_memories_through_the_log_and_every_node_ranks_them_alike(
     llm_cluster: LocalCluster,
 ) -> None:
@@ -166,12 +208,7 @@ def test_the_leader_embeds_memories_through_the_log_and_every_node_ranks_them_al
         "f-bike": "Cy rides a bicycle to work",
     }
     with httpx.Client(timeout=30) as http:
-        deadline = time.monotonic() + 120  # each node loads its embedding model after its chat model
-        while not all(
-            http.get(url + "/v1/node").json()["inference"]["embedding"] == "ready" for url in llm_cluster.urls()
-        ):
-            assert time.monotonic() < deadline, "the embedding models did not load"
-            time.sleep(0.5)
+        _wait_embedders(http, llm_cluster)
         for context_id, fact in facts.items():
             body = {"kind": "memory", "facts": [fact], "user_id": None}
             http.put(f"{llm_cluster.urls()[0]}/v1/namespaces/embed/contexts/{context_id}", json=body).raise_for_status()

@@ -22,6 +22,8 @@ def describe_reply(final: dict[str, Any]) -> str:
         f"{usage.get('completion_tokens', 0)} tokens",
         f"prompt {usage.get('prompt_tokens', 0)} ({cached} cached)",
     ]
+    if meta.get("memories"):
+        parts.append(f"{len(meta['memories'])} memories")
     omitted = {k: v for k, v in (meta.get("omitted") or {}).items() if v}
     if omitted:
         parts.append("left out: " + ", ".join(f"{v} {k}" for k, v in omitted.items()))

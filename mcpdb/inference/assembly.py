@@ -3,17 +3,27 @@
 Order, most stable first, so that a session's next turn shares the longest
 possible prefix with its last one (that prefix is what the KV cache keeps):
 
-    system:  instructions, guardrails, task, user profile, memory
-    turns:   the session's stored turns, oldest first
-    new:     the request's own messages (the new user message)
+    system:  instructions, guardrails, task, user profile
+    turns:   the session's stored turns, oldest first, each user turn with what was recalled for it
+    new:     the request's own messages, the last user message after what is recalled for it now
+
+Memories are chosen, not dumped: gather ranks the user's memories by the new
+user message (a hybrid search, ``mcpdb.store.search``), and the best that fit
+``memory_budget`` tokens are recalled in front of that message, except those a
+kept turn already recalled (they still count against the budget). The recall is kept with the turn when the session
+records it (``recalled`` in the turn's metadata), and a stored turn renders
+with its recall exactly as it was rendered new: the system prompt never
+changes with what a message asked, and each turn's prompt starts with the
+whole of the last one, so the KV cache keeps everything but the new message.
 
 Budget is n_ctx minus max_tokens, counted with the model's own tokenizer.
 When over budget, the oldest turns go first, in chunks of ``turn_chunk``
 (dropping one turn per request would shift the prompt every turn and defeat
 KV reuse; dropping in chunks keeps it byte-stable for several turns), then
-memory, then the profile, then the task. Instructions, guardrails and the
-request's own messages are never dropped: if they alone do not fit, the
-request is refused. The result says what was left out.
+the new recall, then the profile, then the task. Instructions, guardrails and
+the request's own messages are never dropped: if they alone do not fit, the
+request is refused. The result says what was left out and which memories the
+prompt holds.
 """
 
 from __future__ import annotations
@@ -34,7 +44,8 @@ class StoredContext:
     guardrails: list[dict[str, Any]] = field(default_factory=list)
     task: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
-    memories: list[dict[str, Any]] = field(default_factory=list)
+    memories: list[dict[str, Any]] = field(default_factory=list)  # the candidates, most relevant first
+    memories_held: int = 0  # how many memories the user and nobody hold in the namespace
     turns: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -45,6 +56,9 @@ class Assembled:
     tokens: list[int]  # the prompt in the model's tokens, as generation takes it
     omitted: dict[str, int]  # turns, memories, profile, task: how many of each were left out
     kept_turns: int
+    memories: list[str]  # ids of the memories the prompt holds: recalled now or by a kept turn
+    recalled: str  # what was recalled in front of the new user message ("" for nothing): the turn keeps it
+    recalled_ids: list[str]  # the memories ``recalled`` holds
 
     @property
     def prompt_tokens(self) -> int:
@@ -81,23 +95,67 @@ def _profile_text(profile: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _memory_text(memories: list[dict[str, Any]]) -> str:
-    return "\n".join(["What you remember:"] + [f"- {fact}" for memory in memories for fact in memory["facts"]])
+def _memory_line(memory: dict[str, Any]) -> str:
+    return "\n".join(f"- {fact}" for fact in memory["facts"])
+
+
+def _recall_text(lines: list[str]) -> str:
+    return "\n".join(["What you remember that may matter here:", *lines]) if lines else ""
+
+
+def with_recall(recalled: str, content: str) -> str:
+    """A user message as the prompt shows it: what was recalled for it first. A new message and the
+    same message stored as a turn render alike, byte for byte, which is what keeps the prefix."""
+    return f"{recalled}\n\n{content}" if recalled else content
 
 
 def _turn_message(turn: dict[str, Any]) -> dict[str, str]:
     """Stored turns become user/assistant messages; other roles are labelled inside a user turn
     (a system message mid-conversation would move to the top in most formats and break the prefix)."""
-    if turn["role"] in ("user", "assistant"):
-        return {"role": turn["role"], "content": turn["content"]}
+    if turn["role"] == "user":
+        return {"role": "user", "content": with_recall(turn.get("metadata", {}).get("recalled", ""), turn["content"])}
+    if turn["role"] == "assistant":
+        return {"role": "assistant", "content": turn["content"]}
     return {"role": "user", "content": f"[{turn['role']}] {turn['content']}"}
+
+
+def _recalled_by(turns: list[dict[str, Any]]) -> list[str]:
+    return [memory for turn in turns for memory in turn.get("metadata", {}).get("memories", [])]
+
+
+def _recall(
+    memories: list[dict[str, Any]], already: set[str], tokenize: Callable[[str], list[int]], budget: int
+) -> tuple[list[str], str]:
+    """The ids and the text of what to recall now: of the best memories that fit ``budget`` tokens
+    together (rank order; one that does not fit is passed over for a shorter one below it), those not
+    ``already`` in the prompt. One already there still counts against the budget: the budget bounds
+    what is relevant to this message, so a follow-up on the same subject recalls little or nothing new
+    (and keeps the KV cache's prefix), rather than the next best memories of a subject already covered."""
+    chosen: list[str] = []
+    lines: list[str] = []
+    spent = len(tokenize(_recall_text(["-"])))
+    for memory in memories:
+        line = _memory_line(memory)
+        cost = len(tokenize(line)) + 1  # the newline between lines
+        if spent + cost > budget:
+            continue
+        spent += cost
+        if memory["id"] not in already:
+            chosen.append(memory["id"])
+            lines.append(line)
+    return chosen, _recall_text(lines)
+
+
+def _last_user(messages: list[dict[str, str]]) -> int | None:
+    users = [i for i, message in enumerate(messages) if message["role"] == "user"]
+    return users[-1] if users else None
 
 
 def _messages(
     stored: StoredContext,
     new_messages: list[dict[str, str]],
     drop_turns: int,
-    with_memory: bool,
+    recalled: str,
     with_profile: bool,
     with_task: bool,
 ) -> list[dict[str, str]]:
@@ -107,13 +165,14 @@ def _messages(
         sections.append(_task_text(stored.task))
     if with_profile and stored.profile:
         sections.append(_profile_text(stored.profile))
-    if with_memory and stored.memories:
-        sections.append(_memory_text(stored.memories))
     sections += [m["content"] for m in new_messages if m["role"] == "system"]
     messages = [{"role": "system", "content": "\n\n".join(sections)}] if sections else []
     messages += [_turn_message(turn) for turn in stored.turns[drop_turns:]]
-    messages += [_turn_message(m) for m in new_messages if m["role"] != "system"]
-    return messages
+    new = [_turn_message({"role": m["role"], "content": m["content"]}) for m in new_messages if m["role"] != "system"]
+    last = _last_user(new)
+    if last is not None:
+        new[last] = {"role": "user", "content": with_recall(recalled, new[last]["content"])}
+    return messages + new
 
 
 def assemble(
@@ -122,26 +181,33 @@ def assemble(
     chat_format: ChatFormat,
     tokenize: Callable[[str], list[int]],
     budget: int,
+    memory_budget: int,
     turn_chunk: int = 4,
 ) -> Assembled:
-    """The fullest prompt within ``budget`` tokens; raises ContextTooLarge when even the minimum
-    (instructions, guardrails, new messages) does not fit."""
+    """The fullest prompt within ``budget`` tokens, recalling memories within ``memory_budget`` of them;
+    raises ContextTooLarge when even the minimum (instructions, guardrails, new messages) does not fit."""
     turn_count = len(stored.turns)
     drops = list(range(0, turn_count, turn_chunk)) + [turn_count]
     plans = [(d, True, True, True) for d in drops]  # first the turns go, oldest first
     plans += [(turn_count, False, True, True), (turn_count, False, False, True), (turn_count, False, False, False)]
+    can_recall = _last_user(new_messages) is not None
     for drop, with_memory, with_profile, with_task in plans:
-        messages = _messages(stored, new_messages, drop, with_memory, with_profile, with_task)
+        before = _recalled_by(stored.turns[drop:])
+        chosen, recalled = (
+            _recall(stored.memories, set(before), tokenize, memory_budget) if with_memory and can_recall else ([], "")
+        )
+        messages = _messages(stored, new_messages, drop, recalled, with_profile, with_task)
         prompt = chat_format.render(messages)
         tokens = tokenize(prompt)
         if len(tokens) <= budget:
+            held = list(dict.fromkeys(before + chosen))
             omitted = {
                 "turns": drop,
-                "memories": 0 if with_memory else len(stored.memories),
+                "memories": max(0, stored.memories_held - len(held)),
                 "profile": int(stored.profile is not None and not with_profile),
                 "task": int(stored.task is not None and not with_task),
             }
-            return Assembled(messages, prompt, tokens, omitted, turn_count - drop)
+            return Assembled(messages, prompt, tokens, omitted, turn_count - drop, held, recalled, chosen)
     raise ContextTooLarge(
         f"instructions, guardrails and the new messages take {len(tokens)} tokens, "
         f"more than the {budget} the model's window leaves after max_tokens"

@@ -3,10 +3,13 @@
 A namespace is one application: every instruction and guardrail in it
 applies, except instructions specialised in domains other than the task's.
 The profile is the context whose id is the request's ``user_id``; memories
-are the namespace's memory contexts that belong to that user or to nobody.
+are the namespace's memory contexts that belong to that user or to nobody,
+ranked by the search the caller prepared from the new user message (the
+most relevant first: assembly recalls as many as fit its memory budget).
 
 Every read is by key or through one of the store's indexes (instructions
-and guardrails by kind, memories by owner), so what a chat reads follows
+and guardrails by kind, memories by owner through the search's postings
+and vectors), so what a chat reads follows
 what it uses, not how many other contexts the namespace holds.
 
 The caller has already waited for the replica to apply the request's read
@@ -24,6 +27,8 @@ from typing import Any
 
 from mcpdb.errors import NotFound, Refused
 from mcpdb.inference.assembly import StoredContext
+from mcpdb.retrieval import lexical
+from mcpdb.store.search import SearchQuery
 from mcpdb.store.state_machine import ContextStore
 
 
@@ -31,6 +36,15 @@ from mcpdb.store.state_machine import ContextStore
 class Gathered:
     stored: StoredContext
     context_index: int
+
+
+def recall_query(message: str, vector: bytes | None, user_id: str | None, limit: int) -> SearchQuery:
+    """The search that ranks a chat's memories by its new user ``message``: hybrid (lexical where
+    ``vector`` is None), among the memories of ``user_id`` and of nobody (of nobody alone without a user,
+    unlike the search API, where no user means anyone's)."""
+    return SearchQuery(
+        lexical.query_terms(message), vector, "hybrid", ["memory"], ContextStore.owners_of([user_id, None]), [], limit
+    )
 
 
 def _every(store: ContextStore, namespace: str, kind: str) -> list[dict[str, Any]]:
@@ -61,6 +75,7 @@ def gather(
     session_id: str | None,
     user_id: str | None,
     task_id: str | None,
+    recall: SearchQuery,
 ) -> Gathered:
     context_index = max(applied_at_least, store.applied_index())
     task = None
@@ -75,14 +90,15 @@ def gather(
         if domain is None or not i.get("domains") or domain in i["domains"]
     ]
     profile = _of_kind(store.get(namespace, user_id), "profile", "user_id") if user_id else None
-    memories = store.memories(namespace, (None, user_id))
+    recalled = store.search(namespace, recall)
     session = _of_kind(store.get(namespace, session_id), "session", "session_id") if session_id else None
     stored = StoredContext(
         instructions=instructions,
         guardrails=_every(store, namespace, "guardrail"),
         task=task,
         profile=profile,
-        memories=memories,
+        memories=[context for _, context in recalled.hits],
+        memories_held=recalled.searched,
         turns=session["turns"] if session else [],
     )
     return Gathered(stored, context_index)

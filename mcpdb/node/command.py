@@ -117,6 +117,10 @@ def start(
         typer.Option(help="GGUF model for embeddings (default: the chat model, through the PromptEOL prompt)."),
     ] = default("embedding_model_path"),
     n_ctx: Annotated[int, typer.Option(help="Model context window in tokens.")] = default("n_ctx"),
+    memory_budget: Annotated[
+        int,
+        typer.Option(help="Tokens of a chat's prompt for the memories most relevant to its new message (0: none)."),
+    ] = default("memory_budget"),
     threads: Annotated[int, typer.Option(help="llama.cpp threads per generation.")] = default("threads"),
     slots: Annotated[
         int, typer.Option(help="Concurrent generations, each keeping its own KV cache (a session prefix per slot).")
@@ -201,6 +205,7 @@ def start(
         embedding=embedding,
         embedding_model_path=str(embedding_model) if embedding_model else None,
         n_ctx=n_ctx,
+        memory_budget=memory_budget,
         threads=threads,
         slots=slots,
         weight=weight,

@@ -83,6 +83,8 @@ class NodeConfig:
     embedding: bool = True
     embedding_model_path: str | None = None
     n_ctx: int = 4096
+    # Tokens of a chat's prompt for the memories recalled for its new message (the most relevant first).
+    memory_budget: int = 256
     threads: int = 2
     slots: int = 1
     weight: float | None = None  # None: the tokens/s measured when the model loads
@@ -177,6 +179,8 @@ class NodeConfig:
             raise ConfigError(f"--embedding-model {self.embedding_model_path}: no such file")
         if not 256 <= self.n_ctx <= 131072:
             raise ConfigError("--n-ctx must be between 256 and 131072")
+        if not 0 <= self.memory_budget <= self.n_ctx // 2:
+            raise ConfigError("--memory-budget must be between 0 and half of --n-ctx")
         if not 1 <= self.threads <= 256:
             raise ConfigError("--threads must be between 1 and 256")
         if not 1 <= self.slots <= 64:

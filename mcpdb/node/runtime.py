@@ -105,6 +105,7 @@ class NodeRuntime:
                 self.replication,
                 self.worker,
                 config.request_timeout,
+                config.memory_budget,
                 on_first_token=self.metrics.ttft.observe,
             )
         self.embeddings = EmbeddingDuty(

@@ -60,4 +60,3 @@ def nearest(query: bytes, candidates: Sequence[tuple[bytes, bytes]], limit: int)
     scores = np.einsum("ij,j->i", stacked, wanted)
     order = np.argsort(-scores, kind="stable")[:limit]
     return [(usable[i][0], float(scores[i])) for i in order]
-

@@ -95,6 +95,7 @@ def _provenance(done: dict[str, Any]) -> dict[str, Any]:
         "read_index",
         "context_index",
         "omitted",
+        "memories",
         "replayed",
         "diverged",
         "session_version",

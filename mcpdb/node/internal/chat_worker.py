@@ -6,9 +6,11 @@
 2. If the session already holds an append made with this request's
    idempotency key (an earlier attempt finished on a node that then died),
    replay the stored reply instead of generating a second one.
-3. Gather the contexts from the local store, assemble them into the model's
-   window, generate (streaming), and append the new user message with the
-   reply to the session through Raft, once, under the idempotency key.
+3. Gather the contexts from the local store (the memories ranked by the new
+   user message), assemble them into the model's window, generate
+   (streaming), and append the new user message, with what was recalled for
+   it, and the reply to the session through Raft, once, under the
+   idempotency key.
 
 Output is a stream of events (dicts): ``delta`` with text, then ``done``
 with usage and provenance, or ``error`` with an HTTP status.
@@ -20,8 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from mcpdb.errors import McpdbServerError
-from mcpdb.inference.assembly import StoredContext, assemble
-from mcpdb.inference.gather import gather
+from mcpdb.inference.assembly import Assembled, StoredContext, assemble
+from mcpdb.inference.gather import gather, recall_query
 from mcpdb.inference.llama_worker import Generation, Worker
 from mcpdb.inference.request import ChatRequest
 from mcpdb.model import Turn
@@ -29,8 +31,10 @@ from mcpdb.node.http.responses import error_parts
 from mcpdb.node.internal.messages import WorkOrder
 from mcpdb.raft.replication import Replication
 from mcpdb.service import ContextService
+from mcpdb.store.search import SearchQuery
 
 DEFAULT_MAX_TOKENS = 256
+RECALL_CANDIDATES = 32  # memories ranked per chat; the memory budget takes the best that fit
 
 
 class ChatFailed(Exception):
@@ -55,6 +59,7 @@ class ChatWorker:
         replication: Replication,
         worker: Worker,
         wait_timeout: float,
+        memory_budget: int,
         on_first_token: Callable[[float], None] = lambda _: None,
     ) -> None:
         self._on_first_token = on_first_token  # receives each generated reply's time to first token
@@ -63,10 +68,18 @@ class ChatWorker:
         self._replication = replication
         self._worker = worker
         self._wait_timeout = wait_timeout
+        self._memory_budget = memory_budget
 
     def _max_tokens(self, request: ChatRequest, guardrails: list[dict[str, Any]]) -> int:
         limits = [g["max_output_tokens"] for g in guardrails if g.get("max_output_tokens")]
         return min([request.completion_limit(DEFAULT_MAX_TOKENS), *limits])
+
+    async def _recall_query(self, request: ChatRequest) -> SearchQuery:
+        """The search that ranks the user's memories by the new user message, with its vector where this
+        node has an embedding model (none with no budget to fill: nothing is embedded for nothing)."""
+        asked = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        vector = await self._service.query_vector(asked) if asked and self._memory_budget else None
+        return recall_query(asked, vector, request.user_id, RECALL_CANDIDATES)
 
     async def serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
         """Events for one request; never raises for a request-level problem (it becomes an event)."""
@@ -98,6 +111,7 @@ class ChatWorker:
                 session_id=request.session_id,
                 user_id=request.user_id,
                 task_id=request.task_id,
+                recall=await self._recall_query(request),
             )
             if request.namespace
             else None
@@ -112,6 +126,7 @@ class ChatWorker:
             worker.chat_format,
             worker.tokenize,
             budget=worker.settings.n_ctx - max_tokens,
+            memory_budget=self._memory_budget,
         )
         generation = Generation()
         async for item in worker.generate(
@@ -146,13 +161,16 @@ class ChatWorker:
             "context_index": gathered.context_index if gathered else None,
             "context_turns": len(stored.turns) if stored else 0,
             "omitted": assembled.omitted,
+            "memories": assembled.memories,
             "replayed": False,
         }
         if request.session_id is not None:
-            done.update(await self._record(order, generation, done))
+            done.update(await self._record(order, generation, done, assembled))
         yield done
 
-    async def _record(self, order: WorkOrder, generation: Generation, done: dict[str, Any]) -> dict[str, Any]:
+    async def _record(
+        self, order: WorkOrder, generation: Generation, done: dict[str, Any], assembled: Assembled
+    ) -> dict[str, Any]:
         """Append the new messages and the reply once; a concurrent attempt's append wins if first."""
         request = order.request
         namespace, session_id = request.namespace, request.session_id
@@ -165,8 +183,14 @@ class ChatWorker:
             "context_index": done["context_index"],
             "context_turns": done["context_turns"],
         }
+        kept = [m for m in request.messages if m.role != "system"]
+        last_user = max((i for i, m in enumerate(kept) if m.role == "user"), default=None)
+        # The last user message keeps what was recalled for it, so that the next turn's prompt renders
+        # it exactly as this one did (the KV cache's prefix) and does not recall the same memories twice.
+        recall = {"recalled": assembled.recalled, "memories": assembled.recalled_ids} if assembled.recalled else {}
         turns = [
-            Turn(role=m.role, content=m.content, metadata=provenance) for m in request.messages if m.role != "system"
+            Turn(role=m.role, content=m.content, metadata={**provenance, **(recall if i == last_user else {})})
+            for i, m in enumerate(kept)
         ]
         turns.append(
             Turn(
@@ -209,6 +233,7 @@ class ChatWorker:
                 "read_index": order.read_index,
                 "context_index": metadata.get("context_index"),
                 "omitted": {},
+                "memories": [m for turn in turns for m in turn.get("metadata", {}).get("memories", [])],
                 "replayed": True,
             },
         ]
