@@ -258,3 +258,59 @@ def questions(users: int) -> Iterator[Question]:
 def distinct_texts(users: int) -> list[str]:
     """Every distinct memory text of ``users`` users (a value repeats across users): what to embed."""
     return sorted({memory.text for memory in memories(users)})
+
+
+_FILLER_SUBJECTS = (
+    "a podcast about the history of maps",
+    "the new bakery's sourdough",
+    "a documentary on coral reefs",
+    "the quiz night at the pub",
+    "a crossword that took all evening",
+    "the neighbour's noisy renovation",
+    "a museum exhibition of old clocks",
+    "the price of train tickets",
+    "a board game with too many rules",
+    "the garden's first tomatoes",
+    "a novel set on a lighthouse",
+    "the broken umbrella",
+    "a cooking class for dumplings",
+    "the library's late fees",
+    "a concert in the park",
+    "the slow internet at home",
+    "a trip to the flea market",
+    "the office coffee machine",
+    "a chess puzzle from the newspaper",
+    "the winter coat sale",
+)
+_FILLER_TAKES = (
+    "Mentioned {s} in passing",
+    "Talked for a while about {s}",
+    "Was amused by {s}",
+    "Complained about {s}",
+    "Recommended {s} to a friend",
+    "Asked a question about {s}",
+    "Wrote a short note about {s}",
+    "Laughed about {s}",
+    "Was curious about {s}",
+    "Forgot about {s} until today",
+    "Changed their mind about {s}",
+    "Read a review of {s}",
+    "Took a photo of {s}",
+    "Made plans around {s}",
+    "Was reminded of {s}",
+    "Shared a story about {s}",
+    "Had mixed feelings about {s}",
+    "Searched online for {s}",
+    "Argued about {s}",
+    "Lost interest in {s}",
+)
+FILLERS = len(_FILLER_SUBJECTS) * len(_FILLER_TAKES)  # distinct filler texts
+
+
+def filler(user: str, count: int) -> Iterator[Memory]:
+    """``count`` (at most ``FILLERS``) memories of small talk for ``user``, answering no question:
+    what a long-time user's memory holds beside the facts that matter (topic -1)."""
+    for number in range(min(count, FILLERS)):
+        take, subject = divmod(number, len(_FILLER_SUBJECTS))
+        text = _FILLER_TAKES[take].format(s=_FILLER_SUBJECTS[subject])
+        yield Memory(f"{user}-f{number:03d}", user, text, -1, True)

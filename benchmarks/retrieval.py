@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import plots
+from benchmarks import plots, recall_chats
 from benchmarks.memory_corpus import STYLES, TOPICS, Memory, Question, distinct_texts, memories, questions
 from benchmarks.memory_corpus import question as question_of
 from benchmarks.stats import percentile
@@ -59,20 +59,24 @@ class RetrievalSettings:
     users: int = 100  # quality corpus: 48 memories and 48 questions each
     sizes: tuple[int, ...] = (10_000, 100_000)
     queries: int = 200  # timed searches per size and mode
+    chat_users: int = 10  # users per memory count in the chat comparison: 48 questions each
+    chat_filler: int = 400  # small-talk memories beside a chat user's 48, in the second comparison
     out: Path | None = None
 
     def command(self) -> str:
         sizes = ",".join(str(size) for size in self.sizes)
-        return f"mcpdb bench retrieval --users {self.users} --sizes {sizes} --queries {self.queries}" + (
-            f" --out {self.out}" if self.out else ""
-        )
+        return (
+            f"mcpdb bench retrieval --users {self.users} --sizes {sizes} --queries {self.queries}"
+            f" --chat-users {self.chat_users} --chat-filler {self.chat_filler}"
+        ) + (f" --out {self.out}" if self.out else "")
 
     def folder(self) -> Path:
         return plots.run_folder(self.out)
 
     def expected_s(self) -> float:
         """Rough length of the run for the progress bar: loads at ~4,000 memories/s, ~50 ms a search."""
-        return 30 + self.users * 48 / 4000 + sum(size / 4000 + self.queries * 0.3 for size in self.sizes)
+        chats = self.chat_users * 8 + self.chat_filler * 0.15
+        return 30 + chats + self.users * 48 / 4000 + sum(size / 4000 + self.queries * 0.3 for size in self.sizes)
 
 
 @dataclass
@@ -259,6 +263,29 @@ def measure_latency(corpus: _Corpus, users: int, queries: int) -> dict[str, dict
     return found
 
 
+def measure_chats(vectors: _Vectors, users: int, extra: int) -> dict[str, Any]:
+    """``recall_chats`` over ``users`` users holding their 48 memories and ``extra`` of small talk."""
+    from mcpdb.inference.llama_worker import default_model_path
+    from mcpdb.store.commands import Put
+
+    directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-retrieval-"))
+    try:
+        corpus = _Corpus(directory, vectors)
+        corpus._apply(Put(NAMESPACE, "assistant", recall_chats.INSTRUCTION, None, None, 1.0))
+        held = recall_chats.held_by(users, extra)
+        corpus.load(held)
+        chats = recall_chats.Chats(corpus.store, NAMESPACE, default_model_path(), vectors.of)
+        try:
+            found: dict[str, Any] = chats.reached(users, held)
+            found["cached_share"] = {kind: recall_chats.summary(s) for kind, s in chats.cached_shares(users).items()}
+        finally:
+            chats.close()
+        corpus.close()
+        return found
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _embedder() -> Any:
     from mcpdb.inference.llama_worker import default_model_path
     from mcpdb.retrieval.embedding import Embedder
@@ -267,7 +294,7 @@ def _embedder() -> Any:
 
 
 def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict[str, Any]:
-    results: dict[str, Any] = {"command": settings.command(), "users": settings.users, "sizes": {}}
+    results: dict[str, Any] = {"command": settings.command(), "users": settings.users, "sizes": {}, "chats": {}}
     step("loading the embedding model", 5)
     vectors = _Vectors(_embedder())
     step("embedding the corpus's texts", 20)
@@ -286,6 +313,9 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
         corpus.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    for extra in (0, settings.chat_filler):
+        step(f"chats: {settings.chat_users} users with {48 + extra} memories each", settings.chat_users * 4)
+        results["chats"][str(48 + extra)] = measure_chats(vectors, settings.chat_users, extra)
     for size in settings.sizes:
         users = max(1, size // 48)
         directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-retrieval-"))
@@ -366,11 +396,46 @@ def _draw(results: dict[str, Any], path: Path) -> None:
     plots.finish(fig, path, results["command"])
 
 
+CHAT_COLUMNS = (
+    "memories per user",
+    "fact reached the prompt: recall",
+    "all-or-nothing",
+    "prompt tokens: recall",
+    "all-or-nothing",
+    "cached share, follow-ups: mean",
+    "min",
+    "over 90%",
+    "new subject: mean",
+)
+
+
+def chat_rows(results: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            held,
+            f"{c['reached_recall']:.3f}",
+            f"{c['reached_all_or_nothing']:.3f}",
+            f"{c['prompt_tokens_recall']:.0f}",
+            f"{c['prompt_tokens_all_or_nothing']:.0f}",
+            f"{c['cached_share']['follow_up']['mean']:.3f}",
+            f"{c['cached_share']['follow_up']['min']:.3f}",
+            f"{c['cached_share']['follow_up']['over_90']:.2f}",
+            f"{c['cached_share']['new_subject']['mean']:.3f}",
+        ]
+        for held, c in results["chats"].items()
+    ]
+
+
+def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
 def save(results: dict[str, Any], folder: Path) -> None:
-    lines = ["| " + " | ".join(QUALITY_COLUMNS) + " |", "|" + "---|" * len(QUALITY_COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in quality_rows(results)]
-    lines += ["", "| " + " | ".join(LATENCY_COLUMNS) + " |", "|" + "---|" * len(LATENCY_COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in latency_rows(results)]
+    lines = _table(QUALITY_COLUMNS, quality_rows(results))
+    lines += ["", *_table(CHAT_COLUMNS, chat_rows(results))]
+    lines += ["", *_table(LATENCY_COLUMNS, latency_rows(results))]
     embedding = results["embedding_ms_per_fact"]
     lines += ["", f"embedding one fact: p50 {embedding['p50']:.0f} ms, p99 {embedding['p99']:.0f} ms"]
     plots.save_run(folder, results, "\n".join(lines) + f"\n\n`{results['command']}`\n", _draw, "retrieval.png")

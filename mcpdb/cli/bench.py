@@ -163,23 +163,31 @@ def retrieval(
         "10000,100000"
     ),
     queries: Annotated[int, typer.Option(help="Timed searches per size and mode.")] = 200,
+    chat_users: Annotated[int, typer.Option(help="Users whose chats' prompts are assembled (48 questions each).")] = 10,
+    chat_filler: Annotated[
+        int, typer.Option(help="Small-talk memories beside each chat user's 48, in the second comparison (<= 400).")
+    ] = 400,
     out: OutFolder = None,
 ) -> None:
     """How well search chooses memories (recall@1/@5, MRR beside FTS5 and brute force) and how fast."""
     with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import memory_corpus
         from benchmarks import retrieval as retrieval_bench
 
     try:
         counts = tuple(int(size) for size in sizes.split(",") if size.strip())
     except ValueError:
         raise CliError(f"--sizes must be whole numbers separated by commas, not {sizes!r}") from None
-    if users < 1 or queries < 3 or any(size < 48 for size in counts):
-        raise CliError("--users must be at least 1, --queries at least 3, each of --sizes at least 48")
-    settings = retrieval_bench.RetrievalSettings(users, counts, queries, out)
+    if users < 1 or chat_users < 1 or queries < 3 or any(size < 48 for size in counts):
+        raise CliError("--users and --chat-users must be at least 1, --queries at least 3, each of --sizes at least 48")
+    if not 1 <= chat_filler <= memory_corpus.FILLERS:
+        raise CliError(f"--chat-filler must be between 1 and {memory_corpus.FILLERS}")
+    settings = retrieval_bench.RetrievalSettings(users, counts, queries, chat_users, chat_filler, out)
     folder = settings.folder()
     results = _run_with_progress(settings, retrieval_bench.run)
     retrieval_bench.save(results, folder)
     console.print(_simple_table("quality", retrieval_bench.QUALITY_COLUMNS, retrieval_bench.quality_rows(results)))
+    console.print(_simple_table("chats", retrieval_bench.CHAT_COLUMNS, retrieval_bench.chat_rows(results)))
     _report(
         "search latency, in process",
         retrieval_bench.LATENCY_COLUMNS,

@@ -1,0 +1,155 @@
+"""Chats of ``mcpdb bench retrieval``: did the fact a question needs reach the prompt, at what cost, and
+how much of each follow-up's prompt the KV cache already holds.
+
+The prompts are built by the node's own code (``gather`` with the chat's ``recall_query``, then
+``assemble``) with the bundled model's tokenizer and chat format, at a node's defaults (a 4,096-token
+window, 256 tokens for the reply, ``--memory-budget`` 256), for users holding their 48 memories alone
+and beside some hundreds of small talk (``memory_corpus.filler``: 400 by default), as a long-time
+user's memory does. Beside
+it, the all-or-nothing assembly mcpdb had before: every memory in the system prompt if the whole
+prompt fits the window, none if not.
+
+The cache figure follows one conversation per user through eight turns (two questions of each of
+four topics: a subject, then a follow-up on it); after each turn the slot's KV cache holds that
+prompt and the reply's tokens, and the next prompt's shared prefix with them is what llama.cpp
+reuses (``cached_tokens`` in a chat's usage). Reported apart: follow-ups, whose memories the turn
+before mostly recalled already, and turns on a new subject, which recall new ones (the price of
+relevance: the alternative, every memory in a system prompt, does not fit the window at 448).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.memory_corpus import Memory, filler, memories, question
+from benchmarks.stats import percentile
+
+N_CTX = 4096  # a node's --n-ctx default
+MAX_TOKENS = 256  # a chat's reply budget when the request names none
+MEMORY_BUDGET = 256  # a node's --memory-budget default
+CONVERSATION = [(topic, style) for topic in range(4) for style in ("paraphrase", "direct")]
+REPLY = "Noted: I will keep that in mind for the rest of our conversation."
+INSTRUCTION = {
+    "kind": "instruction",
+    "role": "a personal assistant who remembers what the user told it",
+    "text": "Answer briefly and use what you remember about the user when it matters. "
+    "If you do not know something about the user, say so instead of guessing.",
+}
+
+
+def held_by(users: int, extra: int) -> list[Memory]:
+    """What the chat corpus holds: each user's 48 memories and ``extra`` of small talk."""
+    held = list(memories(users))
+    for number in range(users):
+        held += filler(held[number * 48].user_id, extra)
+    return held
+
+
+class Chats:
+    """Prompts as a node assembles them over one store (``ContextStore``) loaded with ``held_by``."""
+
+    def __init__(self, store: Any, namespace: str, model_path: str, vector_of: Callable[[str], bytes]) -> None:
+        from llama_cpp import Llama
+
+        from mcpdb.inference.prompt_format import GemmaFormat
+
+        self._store, self._namespace, self._vector_of = store, namespace, vector_of
+        self._vocab = Llama(model_path=model_path, vocab_only=True, verbose=False)
+        self._format = GemmaFormat()
+
+    def tokenize(self, text: str) -> list[int]:
+        """As the worker tokenizes a prompt: BOS added, special tokens parsed."""
+        return list(self._vocab.tokenize(text.encode(), add_bos=True, special=True))
+
+    def assembled(self, user_id: str, text: str, turns: list[dict[str, Any]]) -> Any:
+        from mcpdb.inference.assembly import assemble
+        from mcpdb.inference.gather import gather, recall_query
+        from mcpdb.node.internal.chat_worker import RECALL_CANDIDATES
+
+        recall = recall_query(text, self._vector_of(text), user_id, RECALL_CANDIDATES)
+        stored = gather(
+            self._store,
+            self._namespace,
+            applied_at_least=0,
+            session_id=None,
+            user_id=user_id,
+            task_id=None,
+            recall=recall,
+        ).stored
+        return assemble(
+            dataclasses.replace(stored, turns=turns),
+            [{"role": "user", "content": text}],
+            self._format,
+            self.tokenize,
+            budget=N_CTX - MAX_TOKENS,
+            memory_budget=MEMORY_BUDGET,
+        )
+
+    def all_or_nothing(self, user_id: str, text: str, held: list[Memory]) -> tuple[bool, int]:
+        """Whether the old assembly put the memories in (all of them, if the prompt fit), and its tokens."""
+        lines = ["What you remember:"] + [f"- {m.text}" for m in held if m.user_id == user_id]
+        system = f"You are {INSTRUCTION['role']}.\n{INSTRUCTION['text']}"
+        for with_memory in (True, False):
+            content = system + ("\n\n" + "\n".join(lines) if with_memory else "")
+            messages = [{"role": "system", "content": content}, {"role": "user", "content": text}]
+            tokens = len(self.tokenize(self._format.render(messages)))
+            if tokens <= N_CTX - MAX_TOKENS:
+                return with_memory, tokens
+        raise AssertionError("the instruction alone fits the window")
+
+    def reached(self, users: int, held: list[Memory]) -> dict[str, float]:
+        """Over every question of ``users`` users: how often its fact reached the prompt, and the mean
+        prompt tokens, by retrieval and by all-or-nothing."""
+        found = {"recall": 0, "all_or_nothing": 0}
+        tokens = {"recall": 0, "all_or_nothing": 0}
+        asked = [question(u, t, style) for u in range(users) for t in range(24) for style in ("paraphrase", "direct")]
+        for q in asked:
+            assembled = self.assembled(q.user_id, q.text, [])
+            found["recall"] += q.answer_id in assembled.memories
+            tokens["recall"] += assembled.prompt_tokens
+            fits, old_tokens = self.all_or_nothing(q.user_id, q.text, held)
+            found["all_or_nothing"] += fits
+            tokens["all_or_nothing"] += old_tokens
+        return {
+            **{f"reached_{name}": count / len(asked) for name, count in found.items()},
+            **{f"prompt_tokens_{name}": count / len(asked) for name, count in tokens.items()},
+        }
+
+    def cached_shares(self, users: int) -> dict[str, list[float]]:
+        """Each later turn's share of prompt tokens the KV cache already held, over ``users``
+        conversations: a follow-up on the subject of the turn before, and a turn on a new subject."""
+        shares: dict[str, list[float]] = {"follow_up": [], "new_subject": []}
+        reply = self.tokenize(REPLY + "<end_of_turn>")[1:]  # what generation appended to the cache, no BOS
+        for number in range(users):
+            turns: list[dict[str, Any]] = []
+            cache: list[int] = []
+            for topic, style in CONVERSATION:
+                asked = question(number, topic, style)
+                assembled = self.assembled(asked.user_id, asked.text, turns)
+                if cache:
+                    shared = next(
+                        (i for i, (a, b) in enumerate(zip(cache, assembled.tokens, strict=False)) if a != b),
+                        min(len(cache), len(assembled.tokens)),
+                    )
+                    shares["follow_up" if style == "direct" else "new_subject"].append(shared / assembled.prompt_tokens)
+                cache = assembled.tokens + reply
+                recall = {"recalled": assembled.recalled, "memories": assembled.recalled_ids}
+                turns += [
+                    {"role": "user", "content": asked.text, "metadata": recall if assembled.recalled else {}},
+                    {"role": "assistant", "content": REPLY},
+                ]
+        return shares
+
+    def close(self) -> None:
+        self._vocab.close()
+
+
+def summary(shares: list[float]) -> dict[str, float]:
+    return {
+        "mean": sum(shares) / len(shares),
+        "min": min(shares),
+        "p10": percentile(shares, 0.1) or 0.0,
+        "over_90": sum(1 for share in shares if share > 0.9) / len(shares),
+    }
