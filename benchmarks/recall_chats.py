@@ -66,9 +66,8 @@ class Chats:
     def assembled(self, user_id: str, text: str, turns: list[dict[str, Any]]) -> Any:
         from mcpdb.inference.assembly import assemble
         from mcpdb.inference.gather import gather, recall_query
-        from mcpdb.node.internal.chat_worker import RECALL_CANDIDATES
 
-        recall = recall_query(text, self._vector_of(text), user_id, RECALL_CANDIDATES)
+        recall = recall_query(text, self._vector_of(text), user_id)
         stored = gather(
             self._store,
             self._namespace,

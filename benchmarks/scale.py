@@ -91,6 +91,7 @@ VALUE_BYTES = 1024
 START_S = 6.0  # rough seconds to start a cluster (progress only)
 # Contexts of one chat user, in the loaded namespace and in an otherwise empty one.
 CHAT_USER, CHAT_SESSION = "u-chat", "s-chat"
+CHAT_MESSAGE = "which city do I like?"  # the chat's new message, which ranks its memories
 CHAT_CONTEXTS: list[tuple[str, dict[str, Any]]] = [
     (CHAT_USER, {"kind": "profile", "name": "Chat User", "goals": ["plan a trip"]}),
     (
@@ -878,10 +879,11 @@ def scenario(system: ScaleSystem, settings: ScaleSettings, step: Step) -> dict[s
 def measure_gather(store_dir: Path, settings: ScaleSettings) -> dict[str, Any]:
     """gather() in this process on a stopped node's store: the chat user in the loaded namespace
     against the same user in a namespace holding only its own contexts (median of many runs)."""
-    from mcpdb.inference.gather import gather
+    from mcpdb.inference.gather import gather, recall_query
     from mcpdb.store.state_machine import ContextStore
 
     store = ContextStore(str(store_dir))
+    recall = recall_query(CHAT_MESSAGE, None, CHAT_USER)  # ranked as a node without an embedder ranks: lexical
     measured: dict[str, Any] = {
         "method": f"in-process gather() on node n1's store after the run (nodes stopped), median of "
         f"{settings.gather_runs} runs per namespace (at least 3, fewer if they take over {GATHER_BUDGET_S:g} s)"
@@ -893,7 +895,13 @@ def measure_gather(store_dir: Path, settings: ScaleSettings) -> dict[str, Any]:
             while len(seconds) < settings.gather_runs and (len(seconds) < 3 or time.monotonic() < deadline):
                 began = time.perf_counter()
                 stored = gather(
-                    store, namespace, applied_at_least=0, session_id=CHAT_SESSION, user_id=CHAT_USER, task_id=None
+                    store,
+                    namespace,
+                    applied_at_least=0,
+                    session_id=CHAT_SESSION,
+                    user_id=CHAT_USER,
+                    task_id=None,
+                    recall=recall,
                 ).stored
                 seconds.append(time.perf_counter() - began)
                 counts = {"memories": len(stored.memories), "turns": len(stored.turns)}

@@ -38,7 +38,12 @@ class Gathered:
     context_index: int
 
 
-def recall_query(message: str, vector: bytes | None, user_id: str | None, limit: int) -> SearchQuery:
+RECALL_CANDIDATES = 32  # memories ranked per chat; the memory budget takes the best that fit
+
+
+def recall_query(
+    message: str, vector: bytes | None, user_id: str | None, limit: int = RECALL_CANDIDATES
+) -> SearchQuery:
     """The search that ranks a chat's memories by its new user ``message``: hybrid (lexical where
     ``vector`` is None), among the memories of ``user_id`` and of nobody (of nobody alone without a user,
     unlike the search API, where no user means anyone's)."""

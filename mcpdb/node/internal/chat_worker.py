@@ -34,7 +34,6 @@ from mcpdb.service import ContextService
 from mcpdb.store.search import SearchQuery
 
 DEFAULT_MAX_TOKENS = 256
-RECALL_CANDIDATES = 32  # memories ranked per chat; the memory budget takes the best that fit
 
 
 class ChatFailed(Exception):
@@ -79,7 +78,7 @@ class ChatWorker:
         node has an embedding model (none with no budget to fill: nothing is embedded for nothing)."""
         asked = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         vector = await self._service.query_vector(asked) if asked and self._memory_budget else None
-        return recall_query(asked, vector, request.user_id, RECALL_CANDIDATES)
+        return recall_query(asked, vector, request.user_id)
 
     async def serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
         """Events for one request; never raises for a request-level problem (it becomes an event)."""
