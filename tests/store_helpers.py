@@ -9,9 +9,10 @@ import orjson
 
 from mcpdb.retrieval import lexical
 from mcpdb.store.commands import Command
+from mcpdb.store.search import SearchQuery
 from mcpdb.store.state_machine import ContextStore, _index_entries
 
-INDEXES = (b"by_kind", b"by_owner", b"lexical")
+INDEXES = (b"by_kind", b"lexical")
 
 
 class AppliedLog:
@@ -63,3 +64,10 @@ def ctx_records(store: ContextStore) -> dict[bytes, dict[str, Any]]:
     generation = store._generation
     with generation.env.begin(db=generation.dbs[b"ctx"]) as txn:
         return {key: orjson.loads(value) for key, value in txn.cursor()}
+
+
+def owned_memories(store: ContextStore, namespace: str, user_ids: list[str | None], term: str) -> list[str]:
+    """The ids of the memories of ``user_ids`` (None: nobody's) holding ``term``, in id order, as a chat's
+    search finds them through the postings grouped by owner."""
+    query = SearchQuery([term], None, "lexical", ["memory"], ContextStore.owners_of(user_ids), [], 100)
+    return sorted(context["id"] for _, context in store.search(namespace, query).hits)

@@ -28,7 +28,7 @@ from mcpdb.inference.assembly import StoredContext
 from mcpdb.inference.gather import _of_kind, gather, recall_query
 from mcpdb.store.commands import Append, Batch, BatchPut, Delete, Put
 from mcpdb.store.state_machine import _APPLIED, _INDEX_FORMAT, _KIND_COUNT, _U64, ContextStore, _key
-from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state
+from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state, owned_memories
 
 USERS = [None, "u1", "u2", ""]
 DOMAINS = ["legal", "maths"]
@@ -335,8 +335,9 @@ def test_a_store_written_before_the_indexes_builds_them_when_opened(tmp_path: Pa
     log.store.close()
     env = _current_environment(tmp_path / "store")
     with env.begin(write=True) as txn:  # what a store of the release before them holds: no trace of them
-        for name in (b"by_kind", b"by_owner"):
-            txn.drop(env.open_db(name, txn=txn), delete=True)
+        txn.drop(env.open_db(b"by_kind", txn=txn), delete=True)
+        # and a database an earlier index format kept, which the rebuild drops
+        txn.put(b"app\x00-\x00b", b"", db=env.open_db(b"by_owner", txn=txn))
         meta = env.open_db(b"meta", txn=txn)
         txn.delete(_INDEX_FORMAT, db=meta)
         for key in [key for key, _ in txn.cursor(db=meta) if key.startswith(_KIND_COUNT)]:
@@ -346,8 +347,12 @@ def test_a_store_written_before_the_indexes_builds_them_when_opened(tmp_path: Pa
     reopened = ContextStore(str(tmp_path / "store"))
     assert index_state(reopened) == maintained
     assert reopened.list("app", kind="memory").items == listed
-    assert [m["id"] for m in reopened.memories("app", ["u1"])] == ["c"]
+    assert owned_memories(reopened, "app", ["u1"], "f") == ["c"]
     reopened.close()
+    env = _current_environment(tmp_path / "store")
+    with pytest.raises(lmdb.NotFoundError), env.begin() as txn:
+        env.open_db(b"by_owner", txn=txn, create=False)
+    env.close()
 
 
 def test_a_store_applied_to_by_a_release_without_indexes_rebuilds_them(tmp_path: Path) -> None:
@@ -367,6 +372,6 @@ def test_a_store_applied_to_by_a_release_without_indexes_rebuilds_them(tmp_path:
 
     reopened = ContextStore(str(tmp_path / "store"))
     assert index_state(reopened) == derived_index_state(ctx_records(reopened))
-    assert [m["id"] for m in reopened.memories("app", ["u3"])] == ["a"]
+    assert owned_memories(reopened, "app", ["u3"], "f") == ["a"]
     assert reopened.count_by_kind()["memory"] == 46  # crowd's 45 and a (c is gone)
     reopened.close()

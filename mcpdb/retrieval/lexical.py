@@ -11,7 +11,7 @@ pure-Python snowballstemmer gives the same stems 100x slower, 8 ms per 1 KiB fac
 
 A posting is one key, no value: ``ns \\0 term \\0 owner \\0 kind \\0 id \\0`` then the term's count in the
 context and the context's length in terms (``_POSTING_TAIL``). Grouped by owner (``-`` for nobody, ``u``
-and a digest for a user, as ``by_owner`` spells it) and then by kind, a search for one user's contexts of
+and the SHA-256 of the user_id for a user) and then by kind, a search for one user's contexts of
 one kind reads only their postings, not the namespace's. Counters per (namespace, owner, kind), and per
 (namespace, kind) across owners, hold the number of indexed contexts and their total length, for BM25's
 N and average length over exactly the contexts a search may return.
@@ -102,8 +102,8 @@ def posting_length(key: bytes) -> int:
 
 def split_owned(rest: bytes) -> tuple[bytes, bytes, bytes]:
     """(owner, kind, what follows) of a key part that starts ``owner \0 kind \0`` (a posting's after its
-    term, a vector's after its namespace): the owner is one byte for nobody, 33 for a user, as
-    ``by_owner`` spells them, so a NUL inside a user's digest is never taken for the separator."""
+    term, a vector's after its namespace): the owner is one byte for nobody, 33 for a user (``u``
+    and a SHA-256 digest), so a NUL inside a user's digest is never taken for the separator."""
     owner_end = 1 if rest[:1] == NOBODY else 33
     kind_end = rest.index(_SEP, owner_end + 1)
     return rest[:owner_end], rest[owner_end + 1 : kind_end], rest[kind_end + 1 :]

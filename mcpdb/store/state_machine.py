@@ -28,13 +28,7 @@ Layout (named LMDB databases, keys are bytes):
 - ``by_kind``: ``kind \0 ns \0 id`` -> b"", every context: a namespace's contexts
               of one kind (a listing by kind, a chat's instructions and
               guardrails) and one kind across namespaces are each one key range
-- ``by_owner``: ``ns \0 owner \0 id`` -> b"", every memory; the owner is ``-``
-              for a memory of nobody (user_id None), else ``u`` and the SHA-256
-              of the user_id's JSON (a user_id is any string, an LMDB key at most
-              511 bytes): a chat reads its user's memories and nobody's, not the
-              namespace's
-
-Secondary indexes and counts. ``by_kind``, ``by_owner`` and the per-kind
+Secondary indexes and counts. ``by_kind``, ``lexical`` and the per-kind
 counts are a function of ``ctx`` alone, written in the transaction of the
 write that changes ``ctx`` (put, delete, expiry, batch, an append that
 creates a session), so every replica holds the same indexes at the same
@@ -121,19 +115,21 @@ _DB_NAMES = (
     b"tokens",
     b"changes",
     b"by_kind",
-    b"by_owner",
     b"lexical",
     b"vectors",
     b"to_embed",
 )
-_INDEXES = (b"by_kind", b"by_owner", b"lexical")
+_INDEXES = (b"by_kind", b"lexical")
+# Databases an earlier index format kept, dropped by the rebuild (``by_owner``, a memory per owner, is what
+# the owner-grouped postings and vectors made redundant once a chat's memories came from a search).
+_RETIRED = (b"by_owner",)
 _APPLIED = b"applied"
 _TRIMMED = b"changes_trimmed"
 _INDEX_FORMAT = b"index_format"  # -> _INDEX_MARK: the indexes' format and the applied index they are current at
 _INDEX_MARK = struct.Struct(">IQI")  # format, applied index, the text analyzer's fingerprint
-_INDEX_VERSION = 2  # what ``by_kind``, ``by_owner``, ``lexical`` and the counts hold; another value rebuilds them
+_INDEX_VERSION = 3  # what ``by_kind``, ``lexical`` and the counts hold; another value rebuilds them
 _KIND_COUNT = b"kind_count\x00"  # + kind -> contexts of that kind (8 bytes); absent when none
-_NOBODY = lexical.NOBODY  # by_owner's owner of a memory with no user_id; a user's owner starts with _USER
+_NOBODY = lexical.NOBODY  # the owner of a context of nobody's; a user's owner starts with _USER
 _USER = b"u"
 _U32 = struct.Struct(">I")
 _CURRENT = "CURRENT"
@@ -173,7 +169,7 @@ def _turn_prefix(namespace: str, context_id: str) -> bytes:
 
 
 def _owner(user_id: Any) -> bytes:
-    """A memory's owner as ``by_owner`` keys it: ``_NOBODY``, or ``_USER`` and the SHA-256 of the user_id's
+    """An owner as postings and vectors key it: ``_NOBODY``, or ``_USER`` and the SHA-256 of the user_id's
     JSON. Digested because a user_id is any string (up to 256 KiB, NULs allowed) and an LMDB key at most
     511 bytes; the two lengths differ, so no user's entries fall inside nobody's key range."""
     return _NOBODY if user_id is None else _USER + hashlib.sha256(orjson.dumps(user_id)).digest()
@@ -199,8 +195,6 @@ def _index_entries(
     kind, fields = record["kind"], record["fields"]
     entries = [(b"by_kind", kind.encode() + _SEP + key)]
     namespace, raw_id = key.split(_SEP, 1)
-    if kind == "memory":
-        entries.append((b"by_owner", namespace + _SEP + _owner(fields.get("user_id")) + _SEP + raw_id))
     if kind == "session":
         return entries, []
     context_id = raw_id.decode()
@@ -286,6 +280,11 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
         started = time.monotonic()
         for name in (*_INDEXES, b"to_embed"):
             txn.drop(dbs[name], delete=False)
+        for name in _RETIRED:
+            try:
+                txn.drop(env.open_db(name, txn=txn, create=False), delete=True)
+            except lmdb.NotFoundError:
+                pass
         meta = txn.cursor(db=dbs[b"meta"])
         for counter_prefix in (_KIND_COUNT, lexical.COUNTER_PREFIX):
             if meta.set_range(counter_prefix):
@@ -431,7 +430,7 @@ class ContextStore:
         env = lmdb.open(
             path,
             map_size=self._map_size,
-            max_dbs=len(_DB_NAMES),
+            max_dbs=len(_DB_NAMES) + len(_RETIRED),
             sync=False,
             metasync=False,
             readahead=False,
@@ -975,32 +974,6 @@ class ContextStore:
                 if len(items) == limit:
                     break
         return items
-
-    def memories(self, namespace: str, user_ids: Sequence[str | None]) -> builtins.list[dict[str, Any]]:
-        """The namespace's memories whose user_id is one of ``user_ids`` (None: a memory of nobody), in id
-        order, found through ``by_owner``: what is read follows those users' memories, not the namespace.
-        The owner's digest only narrows; the stored user_id decides."""
-        ns_prefix = namespace.encode() + _SEP
-        generation = self._generation
-        with generation.env.begin() as txn:
-            found: builtins.list[bytes] = []
-            cur = txn.cursor(db=generation.dbs[b"by_owner"])
-            for owner in self.owners_of(user_ids):
-                owned = ns_prefix + owner + _SEP
-                if not cur.set_range(owned):
-                    continue
-                for key in cur.iternext(values=False):
-                    if not key.startswith(owned):
-                        break
-                    found.append(key[len(owned) :])
-            items = []
-            for context_id in sorted(found):  # ctx's order: the ids' bytes
-                record = self._get_record(txn, generation.dbs, ns_prefix + context_id)
-                if record is not None and record["fields"].get("user_id") in user_ids:
-                    items.append(
-                        self._materialise(txn, generation.dbs, namespace, context_id.decode(), record, with_turns=False)
-                    )
-            return items
 
     def search(self, namespace: str, query: SearchQuery) -> SearchHits:
         """Run ``query`` in ``namespace`` in one read transaction (``mcpdb.store.search``): the ranking
