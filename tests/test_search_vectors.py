@@ -4,8 +4,9 @@
 - A write queues its version for the embedder (``to_embed``); a vector is stored only for the version it
   was computed for, dropped by the next version or a delete; a rebuild of the indexes requeues exactly
   the contexts whose current version has no vector, and keeps the vectors.
-- Vector search is exact cosine; hybrid fuses the lexical and vector rankings by reciprocal rank, the
-  newer context first on a tie; both are read in one transaction.
+- Vector search is exact cosine, scored a block at a time and ranked as one product over every candidate
+  would rank; hybrid fuses the lexical and vector rankings (``fusion.DEFAULT``), the newer context first
+  on a tie; both are read in one transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -64,6 +66,36 @@ def test_a_packed_vector_is_unit_length_float16(values: list[float]) -> None:
     assert len(blob) == 2 * len(values)
     norm = float(np.linalg.norm(array))
     assert norm == 0.0 or abs(norm - 1.0) < 1e-2
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=0, max_size=40),
+    st.integers(1, 7),
+    st.integers(1, 12),
+)
+def test_nearest_in_blocks_ranks_as_one_product_over_every_candidate(
+    drawn: list[tuple[int, bool]], block: int, limit: int
+) -> None:
+    """Few distinct vectors (ties), some of another length (another model's): any block size gives the
+    reference's ranking, by score then candidate order, and counts every candidate."""
+    basis = [_unit(1.0), _unit(0.6, 0.8), _unit(0.0, 1.0), _unit(-1.0)]
+    candidates = [
+        (f"c{i:02d}".encode(), basis[which] if same_length else basis[which] * 2)
+        for i, (which, same_length) in enumerate(drawn)
+    ]
+    query = _unit(0.8, 0.6)
+    usable = [(key, blob) for key, blob in candidates if len(blob) == len(query)]
+    wanted = np.frombuffer(query, dtype=vectors.DTYPE).astype(np.float32)
+    scores = [float(np.frombuffer(blob, dtype=vectors.DTYPE).astype(np.float32) @ wanted) for _, blob in usable]
+    reference = sorted(range(len(usable)), key=lambda i: (-scores[i], i))[:limit]
+    original, vectors.BLOCK = vectors.BLOCK, block
+    try:
+        ranking, seen = vectors.nearest(query, iter(candidates), limit)
+    finally:
+        vectors.BLOCK = original
+    assert [key for key, _ in ranking] == [usable[i][0] for i in reference]
+    assert [score for _, score in ranking] == pytest.approx([scores[i] for i in reference], abs=1e-6)
+    assert seen == len(candidates)
 
 
 def test_vectors_follow_the_version_they_were_computed_for(tmp_path: Path) -> None:

@@ -6,15 +6,15 @@ store, as a GET does, and every replica at that version answers the same: the st
 the vectors the bytes the log carried, the arithmetic single-threaded (``vectors.nearest``).
 
 Modes: ``lexical`` ranks every context sharing a term with the query by BM25 (exact); ``vector`` every
-context of the searched ones that has a vector, by cosine (exact); ``hybrid`` fuses the two rankings'
-first ``POOL`` each (``fusion.DEFAULT``), the newer context first on a tie.
+context of the searched ones that has a vector, by cosine (exact), its first ``POOL``; ``hybrid`` fuses
+the two rankings' first ``POOL`` each (``fusion.DEFAULT``), the newer context first on a tie.
 Tags narrow after ranking: a hybrid or vector search with tags returns the tagged contexts among the
 pools, possibly fewer than asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,10 +105,10 @@ def _lexical_scores(
 
 def _stored_vectors(
     txn: lmdb.Transaction[bytes], dbs: dict[bytes, Any], namespace: bytes, query: SearchQuery
-) -> list[tuple[bytes, bytes]]:
-    """(context id, vector bytes) of every searched context that has a vector, in key order."""
+) -> Iterator[tuple[bytes, bytes]]:
+    """(context id, vector bytes) of every searched context that has a vector, in key order, as the
+    cursor reads them (never all at once: a namespace may hold millions)."""
     wanted_kinds = {kind.encode() for kind in query.kinds}
-    found = []
     cursor = txn.cursor(db=dbs[b"vectors"])
     for scan in _scans(namespace + _SEP, query.owners):
         if not cursor.set_range(scan):
@@ -118,8 +118,7 @@ def _stored_vectors(
                 break
             _, kind, context_id = lexical.split_owned(key[len(namespace) + 1 :])
             if kind in wanted_kinds:
-                found.append((context_id, value[vectors.VERSION.size :]))
-    return found
+                yield context_id, value[vectors.VERSION.size :]
 
 
 def run(
@@ -138,8 +137,10 @@ def run(
     lexical_ranking = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     # Without a query vector nothing is compared, so nothing is read (a hybrid search on a node
     # without a model is lexical, and must not cost a scan of every vector in scope).
-    stored = _stored_vectors(txn, dbs, ns, query) if query.vector is not None else []
-    similar = vectors.nearest(query.vector, stored, len(stored)) if query.vector is not None else []
+    similar: list[tuple[bytes, float]] = []
+    embedded = None
+    if query.vector is not None:
+        similar, embedded = vectors.nearest(query.vector, _stored_vectors(txn, dbs, ns, query), POOL)
     ranking = lexical_ranking if query.mode == "lexical" else similar
     records: dict[bytes, dict[str, Any] | None] = {}  # read once, for the fusion's recency and the answer
     if query.mode == "hybrid":
@@ -156,4 +157,4 @@ def run(
         # analyzer built, before its rebuild) is passed over rather than answered with a 500.
         if record is not None and set(query.tags) <= set(record["fields"].get("tags", [])):
             hits.append((score, materialise(context_id.decode(), record)))
-    return SearchHits(hits, len(scores), contexts, len(stored) if query.vector is not None else None)
+    return SearchHits(hits, len(scores), contexts, embedded)
