@@ -38,7 +38,7 @@ from mcpdb.inference.prompt_format import ChatFormat
 
 @dataclass(frozen=True)
 class StoredContext:
-    """What the store holds for one request, already chosen (see context_gather)."""
+    """What the store holds for one request, already chosen (see gather)."""
 
     instructions: list[dict[str, Any]] = field(default_factory=list)
     guardrails: list[dict[str, Any]] = field(default_factory=list)
