@@ -60,6 +60,17 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         running.stop_all(graceful=False)
 
 
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One ready 3-voter cluster for the tests of a module that neither stop nor fault a node, each in a
+    namespace of its own (a cluster's start costs seconds; a test that changes the cluster takes ``cluster``)."""
+    running = start_cluster(tmp_path_factory.mktemp("shared"))
+    try:
+        yield running
+    finally:
+        running.stop_all(graceful=False)
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(directory: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``directory`` (a small disk to fill); skips unless root, as CI runs."""

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 MEMORY = {"kind": "memory", "facts": ["likes tea"]}
 
 
-def test_client_round_trip_errors_and_pages(cluster: LocalCluster) -> None:
+def test_client_round_trip_errors_and_pages(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
     with Client(cluster.urls()) as client:
         created = client.put("c", "a", MEMORY)
         assert created["created"] is True
@@ -65,7 +66,8 @@ def test_client_retries_503_until_the_quorum_returns(cluster: LocalCluster) -> N
         assert client.get("q", "x")["facts"] == ["likes tea"]
 
 
-def test_append_retry_with_the_same_key_adds_one_turn(cluster: LocalCluster) -> None:
+def test_append_retry_with_the_same_key_adds_one_turn(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
     with Client(cluster.urls()) as client:
         first = client.append("s", "chat", "user", "hello", idempotency_key="turn-1")
         again = client.append("s", "chat", "user", "hello", idempotency_key="turn-1")
@@ -74,7 +76,9 @@ def test_append_retry_with_the_same_key_adds_one_turn(cluster: LocalCluster) -> 
         assert [t["content"] for t in client.get("s", "chat")["turns"]] == ["hello", "hi"]
 
 
-def test_async_client(cluster: LocalCluster) -> None:
+def test_async_client(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
+
     async def scenario() -> list[str]:
         async with AsyncClient(cluster.urls()) as client:
             await asyncio.gather(*(client.append("a", "chat", "user", str(i)) for i in range(10)))
@@ -95,7 +99,8 @@ def _cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None
     )
 
 
-def test_cli_commands_and_one_line_errors(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_cli_commands_and_one_line_errors(shared_cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster = shared_cluster
     env = {"MCPDB_URL": ",".join(cluster.urls()), "COLUMNS": "200"}
     put = _cli(
         "ctx",

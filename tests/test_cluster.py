@@ -40,27 +40,29 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def test_write_through_one_follower_is_read_linearizably_on_the_other(cluster: LocalCluster) -> None:
+def test_write_through_one_follower_is_read_linearizably_on_the_other(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
     _, (first, second) = _roles(cluster)
     for i in range(20):
-        written = httpx.put(_ctx(cluster.spec(first).url, context_id=f"k{i}"), json=_memory(f"v{i}"))
+        written = httpx.put(_ctx(cluster.spec(first).url, ns="through", context_id=f"k{i}"), json=_memory(f"v{i}"))
         assert written.status_code == 201, written.text
         # No sleep: the read index makes the other follower wait until it has the write.
-        read = httpx.get(_ctx(cluster.spec(second).url, context_id=f"k{i}"))
+        read = httpx.get(_ctx(cluster.spec(second).url, ns="through", context_id=f"k{i}"))
         assert read.status_code == 200 and read.json()["facts"] == [f"v{i}"]
         assert read.json()["version"] == written.json()["version"]
 
 
-def test_compare_and_set_conflict_is_409_with_the_current_version(cluster: LocalCluster) -> None:
+def test_compare_and_set_conflict_is_409_with_the_current_version(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
     url = cluster.urls()[0]
-    first = httpx.put(_ctx(url), json=_memory("a")).json()["version"]
-    second = httpx.put(_ctx(url), json=_memory("b"), headers={"If-Match": str(first)})
+    first = httpx.put(_ctx(url, ns="cas"), json=_memory("a")).json()["version"]
+    second = httpx.put(_ctx(url, ns="cas"), json=_memory("b"), headers={"If-Match": str(first)})
     assert second.status_code == 200
-    stale = httpx.put(_ctx(cluster.urls()[1]), json=_memory("c"), headers={"If-Match": str(first)})
+    stale = httpx.put(_ctx(cluster.urls()[1], ns="cas"), json=_memory("c"), headers={"If-Match": str(first)})
     assert stale.status_code == 409
     assert stale.json()["current_version"] == second.json()["version"]
-    assert httpx.put(_ctx(url), json=_memory("d"), headers={"If-None-Match": "*"}).status_code == 409
-    assert httpx.get(_ctx(url)).json()["facts"] == ["b"]
+    assert httpx.put(_ctx(url, ns="cas"), json=_memory("d"), headers={"If-None-Match": "*"}).status_code == 409
+    assert httpx.get(_ctx(url, ns="cas")).json()["facts"] == ["b"]
 
 
 def test_leader_kill_keeps_every_acknowledged_write_and_the_node_catches_up(cluster: LocalCluster) -> None:
@@ -216,16 +218,18 @@ def test_a_full_restart_brings_everything_back(cluster: LocalCluster) -> None:
         assert httpx.get(_ctx(node_url, context_id="s")).json()["turns"][0]["content"] == "hi"
 
 
-def test_ttl_expiry_reaches_every_node(cluster: LocalCluster) -> None:
+def test_ttl_expiry_reaches_every_node(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
     url = cluster.urls()[0]
-    httpx.put(_ctx(url, context_id="short"), json={**_memory("gone soon"), "ttl": 1}).raise_for_status()
-    httpx.put(_ctx(url, context_id="long"), json=_memory("stays")).raise_for_status()
+    httpx.put(_ctx(url, ns="ttl", context_id="short"), json={**_memory("gone soon"), "ttl": 1}).raise_for_status()
+    httpx.put(_ctx(url, ns="ttl", context_id="long"), json=_memory("stays")).raise_for_status()
     for node_url in cluster.urls():
-        _wait_for(lambda u=node_url: httpx.get(_ctx(u, context_id="short")).status_code == 404, timeout=5)
-        assert httpx.get(_ctx(node_url, context_id="long")).status_code == 200
+        _wait_for(lambda u=node_url: httpx.get(_ctx(u, ns="ttl", context_id="short")).status_code == 404, timeout=5)
+        assert httpx.get(_ctx(node_url, ns="ttl", context_id="long")).status_code == 200
 
 
-def test_bad_input_gets_clear_errors_and_changes_nothing(cluster: LocalCluster) -> None:
+def test_bad_input_gets_clear_errors_and_changes_nothing(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
     url = cluster.urls()[0]
     cases = [
         ("PUT", _ctx(url), {"content": b'{"kind": "memory"', "headers": JSON}, 400),
@@ -264,7 +268,8 @@ def test_token_is_required_except_for_health(tmp_path: Path) -> None:
         cluster.stop_all(graceful=False)
 
 
-def test_api_docs_are_served_without_a_cdn(cluster: LocalCluster) -> None:
+def test_api_docs_are_served_without_a_cdn(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
     url = cluster.urls()[0]
     page = httpx.get(f"{url}/docs")
     assert page.status_code == 200 and "cdn" not in page.text.lower()

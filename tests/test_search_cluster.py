@@ -96,8 +96,8 @@ def test_a_search_answers_the_same_on_every_node_after_a_snapshot_install_and_a_
         cluster.stop_all(graceful=False)
 
 
-def test_bad_search_input_names_the_parameter(cluster: LocalCluster) -> None:
-    url = cluster.urls()[0] + "/v1/namespaces/app/search"
+def test_bad_search_input_names_the_parameter(shared_cluster: LocalCluster) -> None:
+    url = shared_cluster.urls()[0] + "/v1/namespaces/bad/search"
     cases = [
         ({}, "q"),
         ({"q": ""}, "q"),
@@ -121,7 +121,8 @@ def test_bad_search_input_names_the_parameter(cluster: LocalCluster) -> None:
         assert only_stopwords.status_code == 200 and only_stopwords.json()["results"] == []
 
 
-def test_the_client_searches_with_filters(cluster: LocalCluster) -> None:
+def test_the_client_searches_with_filters(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
     _put_facts(cluster.urls()[1])
     with httpx.Client(timeout=10) as http:
         http.put(
