@@ -193,7 +193,9 @@ def _cluster(
     wrap: Callable[[str, list[str]], list[str]] | None = None,
 ) -> tuple[LocalCluster, str]:
     layout = ClusterLayout.fresh(len(node_args))
-    layout.extra_args = common
+    # Inference alone: no second model to load, nothing embedded in the background beside the chats measured
+    # (search and recall are ``mcpdb bench retrieval``'s).
+    layout.extra_args = [*common, "--no-embedding"]
     for spec, args in zip(layout.nodes, node_args, strict=True):
         spec.args = args
     cluster = LocalCluster(layout, folder, wrap_command=wrap)

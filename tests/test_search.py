@@ -207,6 +207,16 @@ def test_a_users_search_reads_their_postings_not_the_namespaces(crowded: Applied
     assert everyone.matched == 2000 + 2 and everyone.searched == 20_002
 
 
+def test_how_many_a_search_would_look_among_is_read_from_the_counters(crowded: AppliedLog) -> None:
+    """What a chat asks before embedding its message: whether its user and nobody hold a memory."""
+    store = crowded.store
+    assert store.searched("app", _lexical(["tea"], ("memory",), ["u1", None], [], 5)) == 2
+    assert store.searched("app", _lexical(["tea"], ("memory",), ["nobody-here"], [], 5)) == 0
+    assert store.searched("app", _lexical(["tea"], ("memory",), ["nobody-here", None], [], 5)) == 1
+    assert store.searched("elsewhere", _lexical(["tea"], ("memory",), None, [], 5)) == 0
+    assert store.searched("app", _lexical([], ("memory",), None, [], 5)) == 20_002  # the terms do not matter
+
+
 def test_tags_narrow_and_a_rebuild_gives_the_same_index(tmp_path: Path) -> None:
     log = AppliedLog(str(tmp_path / "store"))
     log.apply(Put("app", "m1", _memory(["tea"], "u1", ["a"]), None, None, 1.0))

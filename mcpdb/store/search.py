@@ -62,7 +62,9 @@ def _scans(prefix: bytes, owners: Sequence[bytes] | None) -> list[bytes]:
     return [prefix] if owners is None else [prefix + owner + _SEP for owner in owners]
 
 
-def _counted(txn: lmdb.Transaction[bytes], meta: Any, namespace: bytes, query: SearchQuery) -> tuple[int, int]:
+def counted(txn: lmdb.Transaction[bytes], meta: Any, namespace: bytes, query: SearchQuery) -> tuple[int, int]:
+    """How many contexts ``query`` looks among (those of its kinds and owners the index holds) and their
+    total length in terms: the index's counters, nothing ranked."""
     contexts = total_length = 0
     for owner in [lexical.ALL_OWNERS] if query.owners is None else query.owners:
         for kind in query.kinds:
@@ -132,7 +134,7 @@ def run(
     """The search ``query`` in ``namespace`` at the version ``txn`` reads; ``record_of`` reads a
     context's record by id in that transaction, ``materialise`` turns one into the API's shape."""
     ns = namespace.encode()
-    contexts, length = _counted(txn, dbs[b"meta"], ns, query)
+    contexts, length = counted(txn, dbs[b"meta"], ns, query)
     scores = _lexical_scores(txn, dbs, ns, query, contexts, length) if query.mode != "vector" else {}
     lexical_ranking = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     # Without a query vector nothing is compared, so nothing is read (a hybrid search on a node

@@ -992,6 +992,13 @@ class ContextStore:
                 ),
             )
 
+    def searched(self, namespace: str, query: SearchQuery) -> int:
+        """How many contexts ``query`` would look among in ``namespace``, from the search index's counters
+        alone (a chat embeds its message only if there is something to rank by it)."""
+        generation = self._generation
+        with generation.env.begin() as txn:
+            return search.counted(txn, generation.dbs[b"meta"], namespace.encode(), query)[0]
+
     @staticmethod
     def owners_of(user_ids: Sequence[str | None]) -> builtins.list[bytes]:
         """The owners (as the indexes spell them) of contexts of ``user_ids`` (None: of nobody)."""

@@ -18,6 +18,7 @@ with usage and provenance, or ``error`` with an HTTP status.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -73,12 +74,15 @@ class ChatWorker:
         limits = [g["max_output_tokens"] for g in guardrails if g.get("max_output_tokens")]
         return min([request.completion_limit(DEFAULT_MAX_TOKENS), *limits])
 
-    async def _recall_query(self, request: ChatRequest) -> SearchQuery:
+    async def _recall_query(self, request: ChatRequest, namespace: str) -> SearchQuery:
         """The search that ranks the user's memories by the new user message, with its vector where this
-        node has an embedding model (none with no budget to fill: nothing is embedded for nothing)."""
+        node has an embedding model and there is a memory to rank (the embedding is a chat's costliest
+        step before its first token: nothing is embedded for no budget or no memory)."""
         asked = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
-        vector = await self._service.query_vector(asked) if asked and self._memory_budget else None
-        return recall_query(asked, vector, request.user_id)
+        query = recall_query(asked, None, request.user_id)
+        if asked and self._memory_budget and self._service.store.searched(namespace, query):
+            query = dataclasses.replace(query, vector=await self._service.query_vector(asked))
+        return query
 
     async def serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
         """Events for one request; never raises for a request-level problem (it becomes an event)."""
@@ -110,7 +114,7 @@ class ChatWorker:
                 session_id=request.session_id,
                 user_id=request.user_id,
                 task_id=request.task_id,
-                recall=await self._recall_query(request),
+                recall=await self._recall_query(request, request.namespace),
             )
             if request.namespace
             else None
