@@ -20,6 +20,7 @@
     │   ├── NotApplied                  applied: no (certainly not in the log; a retry is safe)
     │   ├── Indeterminate               applied: unknown (may still commit)
     │   ├── NotLeader                   asked a follower for what the leader does
+    │   ├── Overloaded                  overloaded: as much of this work running and queued as it takes
     │   └── InsufficientStorage    507  insufficient_storage: this node's disk alarm is raised
     └── NewerFormat                     a log entry from newer code: the node stops (never an answer)
 
@@ -158,6 +159,13 @@ class Indeterminate(Unavailable):
 
 class NotLeader(Unavailable):
     """Assignments are made by the leader; the caller should ask the current one."""
+
+
+class Overloaded(Unavailable):
+    """This node runs and queues as many of these requests as it takes (``mcpdb.admission``): nothing was
+    done, so a retry (here a moment later, or on another node) is safe."""
+
+    code = "overloaded"
 
 
 class InsufficientStorage(Unavailable):

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mcpdb.admission import Admission
 from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
 from mcpdb.errors import ModelNotServed, NotFound, Refused
 from mcpdb.model import SEARCHABLE_KINDS, BatchIn, SearchMode, Turn, check_context_id, check_namespace, context_fields
@@ -44,6 +45,8 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 
 
 SEARCH_CONCURRENCY = 2  # one per core here
+SEARCHES_WAITING = 8  # beyond these a search is refused (503 overloaded): a queue of milliseconds' scans
+QUERY_EMBEDDINGS_WAITING = 4  # the model embeds one text at a time, 0.2 s each with the bundled one
 
 
 def search_query(
@@ -83,7 +86,8 @@ class ContextService:
         self._embedder = embedder  # this node's embedding model once loaded, for queries
         # Searches at once on this node; more wait. Each holds a worker thread and the GIL in stretches,
         # so an unbounded number from one client would starve the others and the Raft thread.
-        self._searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
+        self._searches = Admission(SEARCH_CONCURRENCY, SEARCHES_WAITING, "searches")
+        self._query_embeddings = Admission(1, QUERY_EMBEDDINGS_WAITING, "query embeddings")
         self._barrier = barrier
         self._write_timeout = write_timeout
         # Deliberately broken mode for the fault-injection harness: serve
@@ -170,9 +174,10 @@ class ContextService:
                 "this node has no embedding model loaded (mode=vector needs one): search with mode=lexical or "
                 "hybrid, or ask a node that serves a model"
             )
-        async with self._searches:
-            vector = await self.query_vector(query) if embedder is not None else None
-            asked = search_query(query, vector, mode, kind, user_id, tags or [], k)
+        # The query is embedded before a search slot is taken: a lexical search never waits for the model.
+        vector = await self.query_vector(query) if embedder is not None else None
+        asked = search_query(query, vector, mode, kind, user_id, tags or [], k)
+        async with self._searches.slot():
             read_index = await self.read_index(consistency)
             found = await asyncio.to_thread(self.store.search, namespace, asked)
             answer: dict[str, Any] = {
@@ -192,10 +197,14 @@ class ContextService:
             return answer
 
     async def query_vector(self, text: str) -> bytes | None:
-        """``text``'s vector from this node's embedding model, on a worker thread (None: no model loaded).
+        """``text``'s vector from this node's embedding model, on a worker thread (None: no model loaded),
+        ahead of the background embedding; Overloaded when ``QUERY_EMBEDDINGS_WAITING`` already wait.
         A query's vector, unlike a context's, is never stored: it ranks one search and is gone."""
         embedder = self._embedder()
-        return (await asyncio.to_thread(embedder.embed, [text]))[0] if embedder is not None else None
+        if embedder is None:
+            return None
+        async with self._query_embeddings.slot():
+            return await asyncio.to_thread(embedder.embed_query, text)
 
     async def set_vectors(self, command: commands.SetVectors) -> dict[str, Any]:
         """Propose vectors the leader's embedder computed (see ``mcpdb.node.embedding_duty``)."""

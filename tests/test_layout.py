@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The checkout's tools import mcpdb like any application does: they are held to the same rules.
 SCANNED = ("mcpdb", "benchmarks", "jepsen_like")
 
-# The shared contracts (model, auth, fsutil, errors) import none of the packages nor the service.
+# The shared contracts (model, auth, fsutil, errors, admission) import none of the packages nor the service.
 _LEAF_FORBIDDEN = (
     "mcpdb.store",
     "mcpdb.raft",
@@ -37,6 +37,7 @@ FORBIDDEN = {
     "mcpdb.auth": _LEAF_FORBIDDEN,
     "mcpdb.fsutil": _LEAF_FORBIDDEN,
     "mcpdb.errors": _LEAF_FORBIDDEN,
+    "mcpdb.admission": _LEAF_FORBIDDEN,
     "mcpdb.store": (
         "mcpdb.raft",
         "mcpdb.inference",

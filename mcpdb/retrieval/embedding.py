@@ -53,7 +53,11 @@ class Embedder:
         self._template = "{text}" if trained_to_embed else PROMPT_EOL
         self._max_chars = MAX_TEXT_CHARS if trained_to_embed else MAX_PROMPTED_CHARS
         self.model = Path(model_path).stem + ("" if trained_to_embed else "+prompteol")
-        self._lock = threading.Lock()
+        # One text at a time on the model, a waiting query's before the next context's: a search or a
+        # chat waits for at most one background text, not for the duty's batch of sixteen (seconds).
+        self._turn = threading.Condition()
+        self._busy = False
+        self._queries_waiting = 0
         self._llm = Llama(
             model_path=model_path,
             embedding=True,
@@ -66,14 +70,32 @@ class Embedder:
             verbose=False,
         )
 
+    def _embedded(self, text: str, query: bool) -> bytes:
+        with self._turn:
+            self._queries_waiting += query
+            try:
+                self._turn.wait_for(lambda: not self._busy and (query or not self._queries_waiting))
+            finally:
+                self._queries_waiting -= query
+            self._busy = True
+        try:
+            return vectors.pack(self._llm.embed(self._template.format(text=text[: self._max_chars]), truncate=True))
+        finally:
+            with self._turn:
+                self._busy = False
+                self._turn.notify_all()
+
     def embed(self, texts: list[str]) -> list[bytes]:
-        """The stored bytes (``vectors.pack``) of each text's vector, in order."""
-        with self._lock:
-            return [
-                vectors.pack(self._llm.embed(self._template.format(text=text[: self._max_chars]), truncate=True))
-                for text in texts
-            ]
+        """The stored bytes (``vectors.pack``) of each context text's vector, in order (background work:
+        each text yields to any query waiting)."""
+        return [self._embedded(text, query=False) for text in texts]
+
+    def embed_query(self, text: str) -> bytes:
+        """A query's vector, before any context text still waiting."""
+        return self._embedded(text, query=True)
 
     def close(self) -> None:
-        with self._lock:
+        with self._turn:
+            self._turn.wait_for(lambda: not self._busy)
+            self._busy = True  # nothing runs on a closed model
             self._llm.close()

@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mcpdb.errors import McpdbServerError
+from mcpdb.errors import McpdbServerError, Overloaded
 from mcpdb.inference.assembly import Assembled, StoredContext, assemble
 from mcpdb.inference.gather import gather, recall_query
 from mcpdb.inference.llama_worker import Generation, Worker
@@ -81,7 +81,10 @@ class ChatWorker:
         asked = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         query = recall_query(asked, None, request.user_id)
         if asked and self._memory_budget and self._service.store.searched(namespace, query):
-            query = dataclasses.replace(query, vector=await self._service.query_vector(asked))
+            try:
+                query = dataclasses.replace(query, vector=await self._service.query_vector(asked))
+            except Overloaded:  # the model's query queue is full: recall by words rather than refuse the chat
+                pass
         return query
 
     async def serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:

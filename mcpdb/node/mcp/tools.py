@@ -112,7 +112,7 @@ class SearchArgs(_Args):
     query: str = Field(
         default="",
         max_length=4096,
-        description="words to rank contexts by (BM25), best first; without it, contexts are listed in id order",
+        description="words to rank contexts by (see mode), best first; without it, contexts are listed in id order",
     )
     kind: Kind | None = Field(default=None, description="only this kind (sessions are listed, never ranked)")
     prefix: str = Field(default="", max_length=128, description="id prefix (listing only)")
@@ -212,7 +212,7 @@ SearchResult = create_model(
         Field(
             default=None,
             description="ranked: each item's score in the items' order, best first (BM25 for mode lexical, "
-            "cosine for vector, reciprocal rank fusion for hybrid)",
+            "cosine for vector, relative score fusion for hybrid)",
         ),
     ),
 )
