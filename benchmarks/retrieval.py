@@ -47,10 +47,9 @@ MODES = ("lexical", "vector", "hybrid")
 _FTS5_TABLE = "CREATE VIRTUAL TABLE memories USING fts5(id UNINDEXED, user_id UNINDEXED, facts, tokenize='porter')"
 POOL = 100  # ranks looked at per question: an answer further down counts as not found
 # The fusions measured beside the store's own (``fusion.DEFAULT``), from the same two rankings.
-FUSIONS = tuple(
-    Fusion(method, weight)
-    for method in ("rrf", "relative")
-    for weight in (0.5, 0.7, 0.8, 0.9)  # type: ignore[arg-type]
+FUSIONS = (
+    *(Fusion(method, weight) for method in ("rrf", "relative") for weight in (0.5, 0.7, 0.8, 0.9)),  # type: ignore[arg-type]
+    *(Fusion("relative", 0.8, floor) for floor in (0.05, 0.1, 0.2)),
 )
 
 

@@ -169,6 +169,17 @@ def test_reciprocal_rank_fusion_counts_ranks_and_relative_fusion_counts_leads() 
     assert relative[1][1] == 0.2 * 1.0 + 0.8 * ((0.40 - 0.10) / (0.90 - 0.10))
 
 
+def test_a_flat_vector_ranking_does_not_outweigh_the_only_exact_word_match() -> None:
+    """The outside probe's case: a hundred unrelated memories within 0.02 of cosine, one memory holding
+    the query's word and absent from the vector pool."""
+    words = [(b"peanuts", 3.1)]
+    meaning = [(f"bulk{i:03d}".encode(), 0.72 - i * 0.0002) for i in range(100)]
+    assert [key for key, _ in fusion.Fusion("relative", 0.8).fuse(words, meaning, {}, 100)].index(b"peanuts") > 40
+    fused = fusion.DEFAULT.fuse(words, meaning, {}, 5)
+    assert fused[0] == (b"peanuts", pytest.approx(0.2))
+    assert fused[1][1] == pytest.approx(0.8 * 0.0198 / 0.1)  # the floor, not the spread, scales the vectors
+
+
 def test_equal_fused_scores_go_to_the_newer_context_then_to_id_order() -> None:
     for method in ("rrf", "relative"):
         tied = fusion.Fusion(method, 0.5).fuse([(b"old", 1.0)], [(b"new", 1.0)], {b"old": 1, b"new": 2}, 5)  # type: ignore[arg-type]
