@@ -3,7 +3,7 @@
 - ``Admission``: ``running`` at once, ``waiting`` queued, the next refused at once with 503 overloaded
   and Retry-After, and a slot freed by a holder that failed.
 - The embedder (the bundled model) runs one text at a time and a waiting query goes before the
-  background's next text.
+  background's next text; once closed it refuses.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ def test_a_holder_that_fails_frees_its_slot() -> None:
     asyncio.run(scenario())
 
 
-def test_a_waiting_query_goes_before_the_backgrounds_next_text() -> None:
+def test_a_waiting_query_goes_before_the_backgrounds_next_text_and_a_closed_model_refuses() -> None:
     """The bundled model embeds eight contexts in the background (seconds); a query asked meanwhile
-    is answered while they are still going, not after them."""
+    is answered while they are still going, not after them. Once closed, a caller gets an error at
+    once rather than waiting forever (a worker thread that never ends holds up the node's exit)."""
     embedder = Embedder(default_model_path(), threads=2)
     try:
         background = threading.Thread(target=embedder.embed, args=([f"context number {i}" for i in range(8)],))
@@ -76,3 +77,5 @@ def test_a_waiting_query_goes_before_the_backgrounds_next_text() -> None:
         background.join()
     finally:
         embedder.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        embedder.embed_query("asked after the node shut its model")

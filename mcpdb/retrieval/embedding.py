@@ -56,7 +56,7 @@ class Embedder:
         # One text at a time on the model, a waiting query's before the next context's: a search or a
         # chat waits for at most one background text, not for the duty's batch of sixteen (seconds).
         self._turn = threading.Condition()
-        self._busy = False
+        self._busy = self._closed = False
         self._queries_waiting = 0
         self._llm = Llama(
             model_path=model_path,
@@ -71,12 +71,15 @@ class Embedder:
         )
 
     def _embedded(self, text: str, query: bool) -> bytes:
+        waiting = 1 if query else 0
         with self._turn:
-            self._queries_waiting += query
+            self._queries_waiting += waiting
             try:
-                self._turn.wait_for(lambda: not self._busy and (query or not self._queries_waiting))
+                self._turn.wait_for(lambda: self._closed or (not self._busy and (query or not self._queries_waiting)))
             finally:
-                self._queries_waiting -= query
+                self._queries_waiting -= waiting
+            if self._closed:  # a caller waiting when the node shut the model: an error, not a wait forever
+                raise RuntimeError("the embedding model is closed")
             self._busy = True
         try:
             return vectors.pack(self._llm.embed(self._template.format(text=text[: self._max_chars]), truncate=True))
@@ -95,7 +98,9 @@ class Embedder:
         return self._embedded(text, query=True)
 
     def close(self) -> None:
+        """Close the model once the text on it is done; whoever still waits gets an error."""
         with self._turn:
             self._turn.wait_for(lambda: not self._busy)
-            self._busy = True  # nothing runs on a closed model
+            self._closed = True
             self._llm.close()
+            self._turn.notify_all()
