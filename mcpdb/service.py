@@ -84,8 +84,9 @@ class ContextService:
     ) -> None:
         self._replication = replication
         self._embedder = embedder  # this node's embedding model once loaded, for queries
-        # Searches at once on this node; more wait. Each holds a worker thread and the GIL in stretches,
-        # so an unbounded number from one client would starve the others and the Raft thread.
+        # Searches at once on this node and how many may wait (``mcpdb.admission``): each holds a worker
+        # thread and the GIL in stretches, so an unbounded number from one client would starve the others
+        # and the Raft thread. Query embeddings queue apart, so a lexical search never waits for the model.
         self._searches = Admission(SEARCH_CONCURRENCY, SEARCHES_WAITING, "searches")
         self._query_embeddings = Admission(1, QUERY_EMBEDDINGS_WAITING, "query embeddings")
         self._barrier = barrier
