@@ -66,8 +66,16 @@ def ctx_records(store: ContextStore) -> dict[bytes, dict[str, Any]]:
         return {key: orjson.loads(value) for key, value in txn.cursor()}
 
 
+def lexical_query(
+    terms: list[str], kinds: tuple[str, ...], user_ids: list[str | None] | None, tags: list[str], limit: int
+) -> SearchQuery:
+    """A lexical search among the contexts of ``kinds`` of ``user_ids`` (None: anyone's)."""
+    owners = None if user_ids is None else ContextStore.owners_of(user_ids)
+    return SearchQuery(terms, None, "lexical", kinds, owners, tags, limit)
+
+
 def owned_memories(store: ContextStore, namespace: str, user_ids: list[str | None], term: str) -> list[str]:
     """The ids of the memories of ``user_ids`` (None: nobody's) holding ``term``, in id order, as a chat's
     search finds them through the postings grouped by owner."""
-    query = SearchQuery([term], None, "lexical", ["memory"], ContextStore.owners_of(user_ids), [], 100)
+    query = lexical_query([term], ("memory",), user_ids, [], 100)
     return sorted(context["id"] for _, context in store.search(namespace, query).hits)

@@ -24,9 +24,8 @@ from mcpdb.model import SEARCHABLE_KINDS
 from mcpdb.retrieval import lexical
 from mcpdb.retrieval.text import searchable_text
 from mcpdb.store.commands import Batch, BatchPut, Delete, Put
-from mcpdb.store.search import SearchQuery
 from mcpdb.store.state_machine import ContextStore
-from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state
+from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state, lexical_query
 
 WORDS = ["tea", "coffee", "paris", "london", "hiking", "chess", "piano", "violin", "garden", "river"]
 USERS = [None, "u1", "u2"]
@@ -51,13 +50,6 @@ def test_a_posting_key_parses_back_to_owner_kind_id_count_and_length() -> None:
         rest = key[len(lexical.term_prefix(b"ns", "tea")) :]
         assert lexical.parse_posting(rest) == (owner, b"memory", b"m-1", 2, 2)
         assert lexical.posting_length(key) == 2
-
-
-def _lexical(
-    terms: list[str], kinds: tuple[str, ...], user_ids: list[str | None] | None, tags: list[str], limit: int
-) -> SearchQuery:
-    owners = None if user_ids is None else ContextStore.owners_of(user_ids)
-    return SearchQuery(terms, None, "lexical", kinds, owners, tags, limit)
 
 
 def _memory(words: list[str], user: str | None, tags: list[str]) -> dict[str, Any]:
@@ -161,7 +153,7 @@ def test_the_ranking_is_bm25_over_the_live_contexts(
         terms = lexical.query_terms(" ".join(query))
         kinds = (kind,) if kind else SEARCHABLE_KINDS
         user_ids = None if user == "anyone" else [user, None]
-        found = log.store.search("app", _lexical(terms, kinds, user_ids, tags, limit))
+        found = log.store.search("app", lexical_query(terms, kinds, user_ids, tags, limit))
         expected = _bm25_from_scratch(ctx_records(log.store), "app", terms, kinds, user_ids, tags, limit)
         assert [(context["id"], score) for score, context in found.hits] == [(cid, score) for score, cid in expected]
         assert all(math.isfinite(score) and score > 0 for score, _ in found.hits)
@@ -197,35 +189,36 @@ def test_a_users_search_reads_their_postings_not_the_namespaces(crowded: Applied
 
     lexical.parse_posting = counting  # type: ignore[assignment]
     try:
-        found = crowded.store.search("app", _lexical(["tea", "piano"], SEARCHABLE_KINDS, ["u1", None], [], 5))
+        found = crowded.store.search("app", lexical_query(["tea", "piano"], SEARCHABLE_KINDS, ["u1", None], [], 5))
     finally:
         lexical.parse_posting = original  # type: ignore[assignment]
     assert [context["id"] for _, context in found.hits] == ["mine", "general"]
     assert next(counted) == 3  # mine's two postings and general's one, out of 60,000 in the namespace
     assert found.searched == 2
-    everyone = crowded.store.search("app", _lexical(["piano"], SEARCHABLE_KINDS, None, [], 3))
+    everyone = crowded.store.search("app", lexical_query(["piano"], SEARCHABLE_KINDS, None, [], 3))
     assert everyone.matched == 2000 + 2 and everyone.searched == 20_002
 
 
 def test_how_many_a_search_would_look_among_is_read_from_the_counters(crowded: AppliedLog) -> None:
     """What a chat asks before embedding its message: whether its user and nobody hold a memory."""
     store = crowded.store
-    assert store.searched("app", _lexical(["tea"], ("memory",), ["u1", None], [], 5)) == 2
-    assert store.searched("app", _lexical(["tea"], ("memory",), ["nobody-here"], [], 5)) == 0
-    assert store.searched("app", _lexical(["tea"], ("memory",), ["nobody-here", None], [], 5)) == 1
-    assert store.searched("elsewhere", _lexical(["tea"], ("memory",), None, [], 5)) == 0
-    assert store.searched("app", _lexical([], ("memory",), None, [], 5)) == 20_002  # the terms do not matter
+    assert store.searched("app", lexical_query(["tea"], ("memory",), ["u1", None], [], 5)) == 2
+    assert store.searched("app", lexical_query(["tea"], ("memory",), ["nobody-here"], [], 5)) == 0
+    assert store.searched("app", lexical_query(["tea"], ("memory",), ["nobody-here", None], [], 5)) == 1
+    assert store.searched("elsewhere", lexical_query(["tea"], ("memory",), None, [], 5)) == 0
+    assert store.searched("app", lexical_query([], ("memory",), None, [], 5)) == 20_002  # the terms do not matter
 
 
 def test_tags_narrow_and_a_rebuild_gives_the_same_index(tmp_path: Path) -> None:
     log = AppliedLog(str(tmp_path / "store"))
     log.apply(Put("app", "m1", _memory(["tea"], "u1", ["a"]), None, None, 1.0))
     log.apply(Put("app", "m2", _memory(["tea", "tea"], "u1", []), None, None, 1.0))
-    assert [c["id"] for _, c in log.store.search("app", _lexical(["tea"], ("memory",), None, [], 5)).hits] == [
+    assert [c["id"] for _, c in log.store.search("app", lexical_query(["tea"], ("memory",), None, [], 5)).hits] == [
         "m2",
         "m1",
     ]
-    assert [c["id"] for _, c in log.store.search("app", _lexical(["tea"], ("memory",), None, ["a"], 5)).hits] == ["m1"]
+    tagged = log.store.search("app", lexical_query(["tea"], ("memory",), None, ["a"], 5))
+    assert [c["id"] for _, c in tagged.hits] == ["m1"]
     maintained = index_state(log.store)
     log.store.close()
     reopened = ContextStore(str(tmp_path / "store"))
