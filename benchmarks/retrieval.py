@@ -48,8 +48,9 @@ _FTS5_TABLE = "CREATE VIRTUAL TABLE memories USING fts5(id UNINDEXED, user_id UN
 POOL = 100  # ranks looked at per question: an answer further down counts as not found
 # The fusions measured beside the store's own (``fusion.DEFAULT``), from the same two rankings.
 FUSIONS = (
-    *(Fusion(method, weight) for method in ("rrf", "relative") for weight in (0.5, 0.7, 0.8, 0.9)),  # type: ignore[arg-type]
-    *(Fusion("relative", 0.8, floor) for floor in (0.05, 0.1, 0.2)),
+    *(Fusion("rrf", weight) for weight in (0.5, 0.8, 0.9)),
+    *(Fusion("relative", weight, 0.1) for weight in (0.7, 0.8, 0.9, 0.95)),
+    Fusion("relative", 0.9),
 )
 
 
@@ -61,13 +62,18 @@ class RetrievalSettings:
     chat_users: int = 10  # users per memory count in the chat comparison: 48 questions each
     chat_filler: int = 400  # small-talk memories beside a chat user's 48, in the second comparison
     out: Path | None = None
+    embedding_model: str | None = None  # a GGUF file; None: the node's default (all-MiniLM-L6-v2)
 
     def command(self) -> str:
         sizes = ",".join(str(size) for size in self.sizes)
         return (
-            f"mcpdb bench retrieval --users {self.users} --sizes {sizes} --queries {self.queries}"
-            f" --chat-users {self.chat_users} --chat-filler {self.chat_filler}"
-        ) + (f" --out {self.out}" if self.out else "")
+            (
+                f"mcpdb bench retrieval --users {self.users} --sizes {sizes} --queries {self.queries}"
+                f" --chat-users {self.chat_users} --chat-filler {self.chat_filler}"
+            )
+            + (f" --out {self.out}" if self.out else "")
+            + (f" --embedding-model {self.embedding_model}" if self.embedding_model else "")
+        )
 
     def folder(self) -> Path:
         return plots.run_folder(self.out)
@@ -285,17 +291,17 @@ def measure_chats(vectors: _Vectors, users: int, extra: int) -> dict[str, Any]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _embedder() -> Any:
-    from mcpdb.inference.llama_worker import default_model_path
+def _embedder(path: str | None) -> Any:
     from mcpdb.retrieval.embedding import Embedder
+    from mcpdb.retrieval.minilm import default_embedding_model_path
 
-    return Embedder(default_model_path(), threads=2)
+    return Embedder(path or default_embedding_model_path())
 
 
 def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict[str, Any]:
     results: dict[str, Any] = {"command": settings.command(), "users": settings.users, "sizes": {}, "chats": {}}
     step("loading the embedding model", 5)
-    vectors = _Vectors(_embedder())
+    vectors = _Vectors(_embedder(settings.embedding_model))
     step("embedding the corpus's texts", 20)
     for text in distinct_texts(settings.users):
         vectors.of(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -164,22 +165,21 @@ class ContextService:
         """The ``k`` contexts that best match ``query`` (``mcpdb.store.search`` says how each mode
         ranks), at one read index: a search is as consistent as a GET. With ``user_id``, that user's
         contexts and nobody's, as a chat reads them. The query's vector comes from this node's
-        embedding model: without one a vector search is refused (404 ``model_not_found``, as a chat
-        for a model no node serves) and a hybrid one is lexical
-        (``"vector": "unavailable"``). The search runs on a worker thread: scanning a common word's
-        postings must not hold up the event loop's other requests."""
+        embedding model, if it made the stored vectors: without one a vector search is refused (404
+        ``model_not_found``, as a chat for a model no node serves) and a hybrid one is lexical
+        (``"vector"`` says why, ``query_vector``). The search runs on a worker thread: scanning a
+        common word's postings must not hold up the event loop's other requests."""
         check_namespace(namespace)
-        embedder = self._embedder() if mode != "lexical" else None
-        if mode == "vector" and embedder is None:
-            raise ModelNotServed(
-                "this node has no embedding model loaded (mode=vector needs one): search with mode=lexical or "
-                "hybrid, or ask a node that serves a model"
-            )
-        # The query is embedded before a search slot is taken: a lexical search never waits for the model.
-        vector = await self.query_vector(query) if embedder is not None else None
-        asked = search_query(query, vector, mode, kind, user_id, tags or [], k)
+        if mode == "vector" and (unusable := self._unusable_embedder()) is not None:
+            raise ModelNotServed(f"{unusable} (mode=vector needs it): search with mode=lexical or hybrid")
+        asked = search_query(query, None, mode, kind, user_id, tags or [], k)
+        read_index = await self.read_index(consistency)
+        vector_state = None
+        if mode != "lexical":
+            # Embedded before a search slot is taken: a lexical search never waits for the model.
+            vector, vector_state = await self.query_vector(namespace, asked, query)
+            asked = dataclasses.replace(asked, vector=vector)
         async with self._searches.slot():
-            read_index = await self.read_index(consistency)
             found = await asyncio.to_thread(self.store.search, namespace, asked)
             answer: dict[str, Any] = {
                 "results": [
@@ -192,20 +192,36 @@ class ContextService:
                 "searched": found.searched,
                 "read_index": read_index,
             }
-            if mode != "lexical":
-                answer["vector"] = "used" if vector is not None else "unavailable"
+            if vector_state is not None:
+                answer["vector"] = vector_state
                 answer["unembedded"] = max(0, found.searched - (found.embedded or 0))
             return answer
 
-    async def query_vector(self, text: str) -> bytes | None:
-        """``text``'s vector from this node's embedding model, on a worker thread (None: no model loaded),
-        ahead of the background embedding; Overloaded when ``QUERY_EMBEDDINGS_WAITING`` already wait.
-        A query's vector, unlike a context's, is never stored: it ranks one search and is gone."""
+    def _unusable_embedder(self) -> str | None:
+        """Why this node cannot rank by vectors (None: it can): no model loaded, or not the model the
+        store's vectors were made with (cosine across two models means nothing)."""
         embedder = self._embedder()
         if embedder is None:
-            return None
+            return "this node has no embedding model loaded"
+        held = self.store.embedding_model()
+        if held is not None and held != embedder.model:
+            return f"this node embeds with {embedder.model}, the stored vectors are {held}'s"
+        return None
+
+    async def query_vector(self, namespace: str, query: SearchQuery, text: str) -> tuple[bytes | None, str]:
+        """``text``'s vector for ``query`` from this node's embedding model on a worker thread, ahead of
+        the background embedding, and what became of it: ``used``; ``unavailable`` (no usable model,
+        ``_unusable_embedder``); ``skipped`` (nothing in scope to rank: the embedding is a chat's
+        costliest step before its first token, and ~10 ms of a search). Overloaded when
+        ``QUERY_EMBEDDINGS_WAITING`` already wait. A query's vector, unlike a context's, is never
+        stored: it ranks one search and is gone."""
+        embedder = self._embedder()
+        if embedder is None or self._unusable_embedder() is not None:
+            return None, "unavailable"
+        if not self.store.searched(namespace, query):
+            return None, "skipped"
         async with self._query_embeddings.slot():
-            return await asyncio.to_thread(embedder.embed_query, text)
+            return await asyncio.to_thread(embedder.embed_query, text), "used"
 
     async def set_vectors(self, command: commands.SetVectors) -> dict[str, Any]:
         """Propose vectors the leader's embedder computed (see ``mcpdb.node.embedding_duty``)."""

@@ -230,6 +230,8 @@ def test_the_leader_embeds_memories_through_the_log_and_every_node_ranks_them_al
             ranked = [(r["id"], r["score"]) for r in first["results"]]  # type: ignore[attr-defined]
             assert len(ranked) == 3 and first["vector"] == "used"
             assert all([(r["id"], r["score"]) for r in other["results"]] == ranked for other in others)  # type: ignore[attr-defined]
+        empty = http.get(f"{llm_cluster.urls()[0]}/v1/namespaces/embed/search", params={"q": "tea", "kind": "task"})
+        assert empty.json()["vector"] == "skipped" and empty.json()["results"] == []  # nothing to rank: not embedded
         status = [httpx.get(url + "/v1/node", timeout=5).json()["inference"] for url in llm_cluster.urls()]
         assert all(node["embedding"] == "ready" for node in status)
         assert sum(node["embedded"] for node in status) >= 3

@@ -105,7 +105,8 @@ def test_vectors_follow_the_version_they_were_computed_for(tmp_path: Path) -> No
     assert [item[1] for item in log.store.pending_embeddings(10)] == ["m1", "m2"]
     stale = log.store.get("app", "m1")["version"]  # type: ignore[index]
     log.apply(Put("app", "m1", _memory("green tea, no sugar"), None, None, 2.0))
-    log.apply(SetVectors("app", (Embedded("m1", stale, vectors.to_text(_unit(1.0))),), "m"))  # for the old text
+    old_text = (Embedded("m1", stale, vectors.to_text(_unit(1.0))),)
+    log.apply(SetVectors("app", old_text, "test-model"))
     assert [item[1] for item in log.store.pending_embeddings(10)] == ["m1", "m2"]
     _vectors_of(log, {"m1": _unit(1.0), "m2": _unit(0.0, 1.0)})
     assert log.store.pending_embeddings(10) == []
@@ -117,6 +118,27 @@ def test_vectors_follow_the_version_they_were_computed_for(tmp_path: Path) -> No
     log.apply(Delete("app", "m1", None))
     assert log.store.search("app", _query("vector", [], _unit(1.0))).hits == []
     assert [item[1] for item in log.store.pending_embeddings(10)] == ["m2"]
+    log.store.close()
+
+
+def test_vectors_of_another_model_replace_the_old_ones_rather_than_mix_with_them(tmp_path: Path) -> None:
+    """The first vector of a new model drops every stored one and queues its context again: a query of
+    one model compared with another's vectors would rank by noise. The store says whose vectors it holds."""
+    log = AppliedLog(str(tmp_path / "store"))
+    for context_id in ("m1", "m2"):
+        log.apply(Put("app", context_id, _memory(f"fact {context_id}"), None, None, 1.0))
+    log.apply(Put("other", "m3", _memory("fact m3"), None, None, 1.0))
+    assert log.store.embedding_model() is None
+    _vectors_of(log, {"m1": _unit(1.0), "m2": _unit(0.0, 1.0)})
+    version = log.store.get("other", "m3")["version"]  # type: ignore[index]
+    log.apply(SetVectors("other", (Embedded("m3", version, vectors.to_text(_unit(1.0))),), "test-model"))
+    assert log.store.embedding_model() == "test-model" and log.store.pending_embeddings(10) == []
+    m1 = log.store.get("app", "m1")["version"]  # type: ignore[index]
+    log.apply(SetVectors("app", (Embedded("m1", m1, vectors.to_text(_unit(1.0))),), "new-model"))
+    assert log.store.embedding_model() == "new-model"
+    assert [(item[0], item[1]) for item in log.store.pending_embeddings(10)] == [("app", "m2"), ("other", "m3")]
+    found = log.store.search("app", _query("vector", [], _unit(1.0)))
+    assert [context["id"] for _, context in found.hits] == ["m1"] and found.embedded == 1
     log.store.close()
 
 
@@ -200,7 +222,7 @@ def test_a_write_that_keeps_the_text_keeps_the_vector_and_a_bad_vector_leaves_th
     log.apply(Put("app", "m1", _memory("green tea", user="u1"), None, None, 3.0))  # another owner: re-embedded
     assert [item[1] for item in log.store.pending_embeddings(10)] == ["m1", "m2"]
     version = log.store.get("app", "m2")["version"]  # type: ignore[index]
-    log.apply(SetVectors("app", (Embedded("m2", version, "not base64!"),), "m"))  # never a vector: dequeued
+    log.apply(SetVectors("app", (Embedded("m2", version, "not base64!"),), "test-model"))  # never a vector: dequeued
     assert [item[1] for item in log.store.pending_embeddings(10)] == ["m1"]
     log.store.close()
 

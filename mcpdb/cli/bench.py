@@ -168,6 +168,10 @@ def retrieval(
         int, typer.Option(help="Small-talk memories beside each chat user's 48, in the second comparison (<= 400).")
     ] = 400,
     out: OutFolder = None,
+    embedding_model: Annotated[
+        Path | None,
+        typer.Option(help="GGUF embedding model (default: the node's, all-MiniLM-L6-v2).", show_default=False),
+    ] = None,
 ) -> None:
     """How well search chooses memories (recall@1/@5, MRR beside FTS5 and brute force) and how fast."""
     with source_checkout("mcpdb bench", "benchmarks"):
@@ -182,7 +186,11 @@ def retrieval(
         raise CliError("--users and --chat-users must be at least 1, --queries at least 3, each of --sizes at least 48")
     if not 1 <= chat_filler <= memory_corpus.FILLERS:
         raise CliError(f"--chat-filler must be between 1 and {memory_corpus.FILLERS}")
-    settings = retrieval_bench.RetrievalSettings(users, counts, queries, chat_users, chat_filler, out)
+    if embedding_model is not None and not embedding_model.is_file():
+        raise CliError(f"--embedding-model {embedding_model}: no such file")
+    settings = retrieval_bench.RetrievalSettings(
+        users, counts, queries, chat_users, chat_filler, out, str(embedding_model) if embedding_model else None
+    )
     folder = settings.folder()
     results = _run_with_progress(settings, retrieval_bench.run)
     retrieval_bench.save(results, folder)

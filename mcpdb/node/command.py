@@ -114,7 +114,7 @@ def start(
     ] = default("embedding"),
     embedding_model: Annotated[
         Path | None,
-        typer.Option(help="GGUF model for embeddings (default: the chat model, through the PromptEOL prompt)."),
+        typer.Option(help="GGUF model for embeddings (default: all-MiniLM-L6-v2, converted from its package)."),
     ] = default("embedding_model_path"),
     n_ctx: Annotated[int, typer.Option(help="Model context window in tokens.")] = default("n_ctx"),
     memory_budget: Annotated[

@@ -79,7 +79,7 @@ class NodeConfig:
     # Inference: a llama.cpp worker on this node (the bundled model unless model_path).
     inference: bool = True
     model_path: str | None = None
-    # Embeddings for search (the chat model unless embedding_model_path); a node with inference only.
+    # Embeddings for search (all-MiniLM-L6-v2 unless embedding_model_path); a node with inference only.
     embedding: bool = True
     embedding_model_path: str | None = None
     n_ctx: int = 4096

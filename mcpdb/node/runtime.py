@@ -38,6 +38,7 @@ from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.retrieval.embedding import Embedder
+from mcpdb.retrieval.minilm import default_embedding_model_path
 from mcpdb.service import Consistency, ContextService
 from mcpdb.store.background_io import Writeback
 from mcpdb.store.changes import ChangeFeed
@@ -239,10 +240,12 @@ class NodeRuntime:
         doubles the start-up peak of memory and disk reads for nothing."""
         while self.inference_state == "loading" or (self.worker is not None and self.inference_state == "disabled"):
             await asyncio.sleep(0.2)
-        path = self.config.embedding_model_path or self.config.model_path or default_model_path()
         self.embedding_state = "loading"
         try:
-            self.embedder = await asyncio.to_thread(Embedder, path, self.config.threads)
+            path = self.config.embedding_model_path
+            if path is None:
+                path = await asyncio.to_thread(default_embedding_model_path)
+            self.embedder = await asyncio.to_thread(Embedder, path)
         except Exception as error:  # noqa: BLE001 - the node keeps serving, searching lexically
             _log.exception("embedding model failed to load")
             self.embedding_state = f"failed: {error}"

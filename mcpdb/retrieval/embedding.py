@@ -3,7 +3,8 @@
 Two recipes, chosen by the model file:
 
 - an **embedding model** (its GGUF metadata names a pooling type, as BERT-style and EmbeddingGemma
-  files do) embeds the text as it is, pooled the way it was trained;
+  files do, the default all-MiniLM-L6-v2's among them: ``minilm.py``) embeds the text as it is,
+  pooled the way it was trained;
 - a **generative model** (the bundled Gemma 3 270M, whose file names none) embeds the text inside the
   PromptEOL prompt (Jiang et al. 2023, "Scaling Sentence Embeddings with Large Language Models"),
   ``This sentence : "<text>" means in one word:"``, and keeps the last token's hidden state: the model
@@ -15,7 +16,8 @@ Two recipes, chosen by the model file:
 A second ``Llama`` beside the chat worker's, with a short context: a fact, a question. Calls are
 serialised (a ``Llama`` is not thread-safe) and run on the caller's thread, which llama.cpp's decode
 releases the GIL for. ``model`` names the model and the recipe: vectors of different ones do not
-compare.
+compare. One thread by default: a query is a dozen tokens, and on the default model one thread
+embeds it faster than two (measured: 12.9 ms against 15.4 ms p50), leaving the other core to the chat.
 """
 
 from __future__ import annotations

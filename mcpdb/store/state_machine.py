@@ -128,6 +128,7 @@ _TRIMMED = b"changes_trimmed"
 _INDEX_FORMAT = b"index_format"  # -> _INDEX_MARK: the indexes' format and the applied index they are current at
 _INDEX_MARK = struct.Struct(">IQI")  # format, applied index, the text analyzer's fingerprint
 _INDEX_VERSION = 3  # what ``by_kind``, ``lexical`` and the counts hold; another value rebuilds them
+_EMBEDDING_MODEL = b"embedding_model"  # -> the model the stored vectors were made with (utf-8)
 _KIND_COUNT = b"kind_count\x00"  # + kind -> contexts of that kind (8 bytes); absent when none
 _NOBODY = lexical.NOBODY  # the owner of a context of nobody's; a user's owner starts with _USER
 _USER = b"u"
@@ -223,6 +224,17 @@ def _drop_stray_vectors(txn: lmdb.Transaction, dbs: _Dbs) -> None:
             stray.append(key)
     for key in stray:
         txn.delete(key, db=dbs[b"vectors"])
+
+
+def _requeue_vectored(txn: lmdb.Transaction, dbs: _Dbs) -> None:
+    """Drop every stored vector and queue its context for the embedder again (its model changed, or a
+    store of the release before models were recorded holds vectors of an unknown one)."""
+    queue = dbs[b"to_embed"]
+    for raw_key, value in txn.cursor(db=dbs[b"vectors"]):
+        namespace, rest = bytes(raw_key).split(_SEP, 1)
+        _, _, raw_id = lexical.split_owned(rest)
+        txn.put(namespace + _SEP + raw_id, value[: _U64.size], db=queue)
+    txn.drop(dbs[b"vectors"], delete=False)
 
 
 def _same_embedding(key: bytes, old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -846,7 +858,13 @@ class ContextStore:
 
     def _apply_set_vectors(self, txn: lmdb.Transaction, index: int, c: SetVectors) -> dict[str, Any]:
         """Store each vector whose context is still at its version; one for an older version, or
-        bytes that are no vector, is skipped (every replica decides the same from the same entry)."""
+        bytes that are no vector, is skipped (every replica decides the same from the same entry).
+        Vectors of a model other than the stored ones' are no use beside them (cosine across models
+        means nothing): the first vector of a new model queues every vectored context again."""
+        model = c.model.encode()
+        if txn.get(_EMBEDDING_MODEL, db=self._dbs[b"meta"]) != model:
+            _requeue_vectored(txn, self._dbs)
+            txn.put(_EMBEDDING_MODEL, model, db=self._dbs[b"meta"])
         stored = 0
         for item in c.items:
             key = _key(c.ns, item.id)
@@ -998,6 +1016,14 @@ class ContextStore:
         generation = self._generation
         with generation.env.begin() as txn:
             return search.counted(txn, generation.dbs[b"meta"], namespace.encode(), query)[0]
+
+    def embedding_model(self) -> str | None:
+        """The model the stored vectors were made with (None before the first): a query's vector is
+        compared with them only if it comes from the same one."""
+        generation = self._generation
+        with generation.env.begin() as txn:
+            raw = txn.get(_EMBEDDING_MODEL, db=generation.dbs[b"meta"])
+        return raw.decode() if raw is not None else None
 
     @staticmethod
     def owners_of(user_ids: Sequence[str | None]) -> builtins.list[bytes]:

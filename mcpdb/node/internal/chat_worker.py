@@ -76,13 +76,14 @@ class ChatWorker:
 
     async def _recall_query(self, request: ChatRequest, namespace: str) -> SearchQuery:
         """The search that ranks the user's memories by the new user message, with its vector where this
-        node has an embedding model and there is a memory to rank (the embedding is a chat's costliest
-        step before its first token: nothing is embedded for no budget or no memory)."""
+        node has a usable embedding model and there is a memory to rank (``ContextService.query_vector``;
+        nothing is embedded for no budget)."""
         asked = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         query = recall_query(asked, None, request.user_id)
-        if asked and self._memory_budget and self._service.store.searched(namespace, query):
+        if asked and self._memory_budget:
             try:
-                query = dataclasses.replace(query, vector=await self._service.query_vector(asked))
+                vector, _ = await self._service.query_vector(namespace, query, asked)
+                query = dataclasses.replace(query, vector=vector)
             except Overloaded:  # the model's query queue is full: recall by words rather than refuse the chat
                 pass
         return query
