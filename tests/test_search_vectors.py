@@ -136,9 +136,32 @@ def test_vectors_of_another_model_replace_the_old_ones_rather_than_mix_with_them
     m1 = log.store.get("app", "m1")["version"]  # type: ignore[index]
     log.apply(SetVectors("app", (Embedded("m1", m1, vectors.to_text(_unit(1.0))),), "new-model"))
     assert log.store.embedding_model() == "new-model"
-    assert [(item[0], item[1]) for item in log.store.pending_embeddings(10)] == [("app", "m2"), ("other", "m3")]
+    assert [(item[0], item[1]) for item in log.store.pending_embeddings(10)] == [("app", "m2")]
+    assert [(item[0], item[1]) for item in log.store.pending_embeddings(10, "app")] == [("other", "m3")]
     found = log.store.search("app", _query("vector", [], _unit(1.0)))
     assert [context["id"] for _, context in found.hits] == ["m1"] and found.embedded == 1
+    log.store.close()
+
+
+def test_namespaces_take_turns_in_the_embedders_queue(tmp_path: Path) -> None:
+    """A batch is one namespace's, the next after the one served last: a tenant's import of thousands
+    of memories delays another tenant's new memory by one batch, not by the import."""
+    log = AppliedLog(str(tmp_path / "store"))
+    for i in range(5):
+        log.apply(Put("bulk", f"m{i}", _memory(f"imported fact {i}"), None, None, 1.0))
+    log.apply(Put("bulk-2", "m0", _memory("one fact"), None, None, 1.0))
+    log.apply(Put("small", "m0", _memory("a new fact"), None, None, 1.0))
+    served = [
+        [(ns, context_id) for ns, context_id, *_ in log.store.pending_embeddings(3, after)]
+        for after in ("", "bulk", "bulk-2", "small")
+    ]
+    assert served == [
+        [("bulk", "m0"), ("bulk", "m1"), ("bulk", "m2")],
+        [("bulk-2", "m0")],  # "bulk-2" sorts after "bulk": a prefix is not the same namespace
+        [("small", "m0")],
+        [("bulk", "m0"), ("bulk", "m1"), ("bulk", "m2")],  # after the last, around to the first
+    ]
+    assert log.store.pending_embeddings(3, "zzz")[0][0] == "bulk"
     log.store.close()
 
 

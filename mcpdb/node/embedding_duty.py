@@ -3,8 +3,9 @@
 A write commits without waiting for its vector (a node without a model still takes memory writes, and
 a write is not slower by the embedding's time): the state machine queues every version with text in
 ``to_embed``, in the write's transaction. This duty, on the leader with a loaded embedding model,
-takes a batch from that queue, embeds it on a worker thread and proposes one ``SetVectors`` entry per
-namespace; each replica stores a vector only if its context is still at that version. The queue is
+takes a batch of one namespace from that queue, embeds it on a worker thread and proposes it as one
+``SetVectors`` entry; each replica stores a vector only if its context is still at that version.
+Namespaces take turns, a batch each (``ContextStore.pending_embeddings``). The queue is
 replicated state, so a new leader carries on where the old one stopped, and a search says how many
 searched contexts have no vector yet.
 
@@ -23,7 +24,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from itertools import groupby
 
 from mcpdb.raft.replication import Replication
 from mcpdb.retrieval import vectors
@@ -58,6 +58,7 @@ class EmbeddingDuty:
         self._embedder = embedder
         self._chats_idle = chats_idle
         self._yielding_since: float | None = None
+        self._served_last = ""  # the namespace the last round embedded for: the next round serves the next one
         self.embedded = 0  # vectors this node proposed that were stored
 
     def _cluster_reads_vectors(self) -> bool:
@@ -99,19 +100,18 @@ class EmbeddingDuty:
 
     async def round(self, embedder: Embedder) -> int:
         """Embed one batch of the queue and propose it; how many vectors were stored."""
-        pending = await asyncio.to_thread(self._store.pending_embeddings, BATCH)
+        pending = await asyncio.to_thread(self._store.pending_embeddings, BATCH, self._served_last)
         if not pending:
             return 0
+        namespace = self._served_last = pending[0][0]
         blobs = await asyncio.to_thread(
             embedder.embed, [embedding_text(kind, fields) for _, _, _, kind, fields in pending]
         )
-        stored = 0
-        queued = sorted(zip(pending, blobs, strict=True), key=lambda item: item[0][0])
-        for namespace, items in groupby(queued, key=lambda item: item[0][0]):
-            embedded = tuple(
-                Embedded(context_id, version, vectors.to_text(blob)) for (_, context_id, version, _, _), blob in items
-            )
-            result = await self._service.set_vectors(SetVectors(namespace, embedded, embedder.model))
-            stored += int(result.get("stored", 0))
+        embedded = tuple(
+            Embedded(context_id, version, vectors.to_text(blob))
+            for (_, context_id, version, _, _), blob in zip(pending, blobs, strict=True)
+        )
+        result = await self._service.set_vectors(SetVectors(namespace, embedded, embedder.model))
+        stored = int(result.get("stored", 0))
         self.embedded += stored
         return stored

@@ -1030,13 +1030,24 @@ class ContextStore:
         """The owners (as the indexes spell them) of contexts of ``user_ids`` (None: of nobody)."""
         return sorted({_owner(user_id) for user_id in user_ids})
 
-    def pending_embeddings(self, limit: int) -> builtins.list[tuple[str, str, int, str, dict[str, Any]]]:
+    def pending_embeddings(
+        self, limit: int, after: str = ""
+    ) -> builtins.list[tuple[str, str, int, str, dict[str, Any]]]:
         """(namespace, id, version, kind, fields) of up to ``limit`` contexts whose current version has no
-        vector yet, in key order: what the leader's embedder works through."""
+        vector yet, in key order, all of one namespace: the first after ``after`` that has any, wrapping
+        around. The leader's embedder passes the namespace it served last, so namespaces take turns: a
+        tenant importing a million memories delays another's new memory by one batch, not by the import."""
         found: builtins.list[tuple[str, str, int, str, dict[str, Any]]] = []
         generation = self._generation
         with generation.env.begin() as txn:
-            for key, value in txn.cursor(db=generation.dbs[b"to_embed"]):
+            cursor = txn.cursor(db=generation.dbs[b"to_embed"])
+            # b"\x01" sorts after the separator and before every character a namespace may hold.
+            if not (after and cursor.set_range(after.encode() + b"\x01")) and not cursor.first():
+                return found
+            served = bytes(cursor.key()).split(_SEP, 1)[0] + _SEP
+            for key, value in cursor.iternext():
+                if not key.startswith(served):
+                    break
                 record = self._get_record(txn, generation.dbs, key)
                 if record is not None:
                     namespace, context_id = key.decode().split("\x00", 1)
