@@ -187,6 +187,9 @@ def test_a_chat_recalls_the_memories_its_message_needs_and_the_next_turn_reuses_
     first = _chat(urls[0], model, session, "What am I allergic to?", user_id="kim").json()
     recalled = first["mcpdb"]["memories"]
     assert allergy in recalled
+    provenance = first["mcpdb"]
+    # the times count what came before the model (the read index, the message's embedding, the recall)
+    assert 0 < provenance["prepared_s"] < provenance["ttft_s"] <= provenance["seconds"]
     assert 0 < len(recalled) < len(held) and first["mcpdb"]["omitted"]["memories"] == len(held) - len(recalled)
     turns = _turns(urls[1], session)
     assert turns[0]["content"] == "What am I allergic to?"  # the message as sent; its recall beside it

@@ -90,6 +90,7 @@ def _provenance(done: dict[str, Any]) -> dict[str, Any]:
         "node",
         "attempts",
         "ttft_s",
+        "prepared_s",
         "queued_s",
         "seconds",
         "read_index",

@@ -19,6 +19,7 @@ with usage and provenance, or ``error`` with an HTTP status.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -101,6 +102,7 @@ class ChatWorker:
 
     async def _serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
         request, worker, store = order.request, self._worker, self._service.store
+        began = time.perf_counter()
         if not worker.ready or worker.chat_format is None:
             raise ChatFailed(503, "model_loading", f"node {self._node_id} is still loading its model")
         await self._replication.wait_applied(order.read_index, self._wait_timeout)
@@ -135,6 +137,9 @@ class ChatWorker:
             budget=worker.settings.n_ctx - max_tokens,
             memory_budget=self._memory_budget,
         )
+        # Waiting for the read index, embedding the message and recalling memories come before the
+        # model's first token: the times a client is told count them (``prepared_s`` says how much).
+        prepared_s = time.perf_counter() - began
         generation = Generation()
         async for item in worker.generate(
             assembled.tokens,
@@ -148,8 +153,9 @@ class ChatWorker:
                 generation = item
             else:
                 yield {"type": "delta", "text": item}
-        if generation.ttft_s is not None:
-            self._on_first_token(generation.ttft_s)
+        ttft_s = None if generation.ttft_s is None else prepared_s + generation.ttft_s
+        if ttft_s is not None:
+            self._on_first_token(ttft_s)
         done: dict[str, Any] = {
             "type": "done",
             "node": self._node_id,
@@ -161,9 +167,10 @@ class ChatWorker:
                 "completion_tokens": generation.completion_tokens,
                 "cached_tokens": generation.cached_tokens,
             },
-            "ttft_s": generation.ttft_s,
+            "ttft_s": ttft_s,
+            "prepared_s": prepared_s,
             "queued_s": generation.queued_s,
-            "seconds": generation.seconds,
+            "seconds": prepared_s + generation.seconds,
             "read_index": order.read_index,
             "context_index": gathered.context_index if gathered else None,
             "context_turns": len(stored.turns) if stored else 0,
@@ -235,6 +242,7 @@ class ChatWorker:
                     "cached_tokens": 0,
                 },
                 "ttft_s": None,
+                "prepared_s": 0.0,
                 "queued_s": 0.0,
                 "seconds": 0.0,
                 "read_index": order.read_index,
