@@ -8,6 +8,7 @@
     │   ├── InvalidHeader               invalid_header
     │   └── InvalidCursor               invalid_cursor: a watch's since / Last-Event-ID
     ├── Unserializable             422  invalid_value: a value JSON cannot carry
+    ├── UnsearchableQuery          422  invalid_query: no word to search for (or only stopwords, lexically)
     ├── Forbidden                  403  forbidden: the token's scope is too weak
     ├── Hidden                     404  not_found: a namespace the token holds no scope in
     ├── Refused                    409  the state machine refused the command (400 invalid_command)
@@ -65,6 +66,13 @@ class Unserializable(McpdbServerError, ValueError):
     """A command holding a value JSON cannot carry (an integer beyond 64 bits, a lone surrogate)."""
 
     status, code = 422, "invalid_value"
+
+
+class UnsearchableQuery(McpdbServerError, ValueError):
+    """A search query with no word in it, or a lexical one whose words are all stopwords (nothing the
+    index holds could match: an empty answer would look like "nothing stored matches")."""
+
+    status, code = 422, "invalid_query"
 
 
 class Forbidden(McpdbServerError):

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from mcpdb.admission import Admission
 from mcpdb.auth import ALL_NAMESPACES, Scope, new_token
-from mcpdb.errors import ModelNotServed, NotFound, Refused
+from mcpdb.errors import ModelNotServed, NotFound, Refused, UnsearchableQuery
 from mcpdb.model import SEARCHABLE_KINDS, BatchIn, SearchMode, Turn, check_context_id, check_namespace, context_fields
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
@@ -70,6 +70,19 @@ def search_query(
         tags,
         k,
     )
+
+
+def _check_searchable(query: str, mode: SearchMode) -> None:
+    """Refuse a query that cannot match anything: no word at all, or (lexically) only stopwords. A
+    vector search of stopwords alone still means something ("who am I?")."""
+    found = lexical.words(query)
+    if not found:
+        raise UnsearchableQuery("the query (q) has no words to search for: give it letters or digits")
+    if mode == "lexical" and not lexical.query_terms(query):
+        raise UnsearchableQuery(
+            f"the query (q) holds only stopwords ({' '.join(found[:8])}), which lexical search does not index: "
+            "use other words, or mode=hybrid or vector"
+        )
 
 
 class ContextService:
@@ -170,6 +183,7 @@ class ContextService:
         (``"vector"`` says why, ``query_vector``). The search runs on a worker thread: scanning a
         common word's postings must not hold up the event loop's other requests."""
         check_namespace(namespace)
+        _check_searchable(query, mode)
         if mode == "vector" and (unusable := self._unusable_embedder()) is not None:
             raise ModelNotServed(f"{unusable} (mode=vector needs it): search with mode=lexical or hybrid")
         asked = search_query(query, None, mode, kind, user_id, tags or [], k)

@@ -250,12 +250,14 @@ def create_app(runtime: NodeView) -> Any:
         """The ``k`` contexts that best match ``q``, best first. ``mode``: ``lexical`` ranks by BM25 over
         their text (a memory's facts and tags, an instruction's role, domains and text, a profile's
         name, goals and preferences, a guardrail's rules, a task's goal), ``vector`` by the cosine of
-        their embeddings to the query's, ``hybrid`` (default) fuses both (reciprocal rank fusion, the
-        newer context first on a tie); sessions are not searched. ``user_id``: that user's contexts
-        and nobody's, as a chat reads them; ``tags`` (repeat it): contexts carrying all of them.
-        Linearizable by default. ``terms`` is what the query became (stopwords dropped, words
-        stemmed), ``matched`` how many contexts share a term with it, ``unembedded`` how many of the
-        searched contexts have no vector yet (they rank lexically only)."""
+        their embeddings to the query's, ``hybrid`` (default) fuses both (each scaled to 0..1,
+        vector weighted 0.8; the newer context first on a tie); sessions are not searched.
+        ``user_id``: that user's contexts and nobody's, as a chat reads them; ``tags`` (repeat it):
+        contexts carrying all of them. Linearizable by default. ``terms`` is what the query became
+        (stopwords dropped, words stemmed), ``matched`` how many contexts share a term with it,
+        ``unembedded`` how many of the searched contexts have no vector yet (they rank lexically
+        only). A ``q`` with no word, or only stopwords in lexical mode, is refused (422
+        ``invalid_query``)."""
         return await service.search(namespace, q, kind, user_id, tags, k, mode, consistency)
 
     @app.post(ns_path + "/sessions/{session_id}/turns", tags=["sessions"])
