@@ -7,6 +7,8 @@
   users' memories or other contexts in the namespace.
 - A store written before the indexes, or applied to by a release without them, builds them from its
   contexts when opened.
+- Of the ranked memories, a chat recalls those that share a word with its message or score near the
+  best (``RECALL_FLOOR``), in rank order.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from hypothesis import strategies as st
 
 from mcpdb.errors import NotFound
 from mcpdb.inference.assembly import StoredContext
-from mcpdb.inference.gather import _of_kind, gather, recall_query
+from mcpdb.inference.gather import RECALL_FLOOR, _of_kind, _relevant, gather, recall_query
 from mcpdb.store.commands import Append, Batch, BatchPut, Delete, Put
+from mcpdb.store.search import SearchHits
 from mcpdb.store.state_machine import _APPLIED, _INDEX_FORMAT, _KIND_COUNT, _U64, ContextStore, _key
 from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state, owned_memories
 
@@ -375,3 +378,10 @@ def test_a_store_applied_to_by_a_release_without_indexes_rebuilds_them(tmp_path:
     assert owned_memories(reopened, "app", ["u3"], "f") == ["a"]
     assert reopened.count_by_kind()["memory"] == 46  # crowd's 45 and a (c is gone)
     reopened.close()
+
+
+def test_a_chat_recalls_memories_sharing_a_word_or_scoring_near_the_best_in_rank_order() -> None:
+    ranked = [(1.0, "best"), (RECALL_FLOOR, "at-floor"), (RECALL_FLOOR - 0.01, "below"), (0.0, "worded-weakest")]
+    found = SearchHits([(score, {"id": i}) for score, i in ranked], 2, 10, 4, frozenset({"best", "worded-weakest"}))
+    assert [context["id"] for context in _relevant(found)] == ["best", "at-floor", "worded-weakest"]
+    assert _relevant(SearchHits([], 0, 10, 0)) == []

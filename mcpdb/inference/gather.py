@@ -5,7 +5,8 @@ applies, except instructions specialised in domains other than the task's.
 The profile is the context whose id is the request's ``user_id``; memories
 are the namespace's memory contexts that belong to that user or to nobody,
 ranked by the search the caller prepared from the new user message (the
-most relevant first: assembly recalls as many as fit its memory budget).
+most relevant first, those scoring well below the best left out:
+assembly recalls as many as fit its memory budget).
 
 Every read is by key or through one of the store's indexes (instructions
 and guardrails by kind, memories by owner through the search's postings
@@ -28,7 +29,7 @@ from typing import Any
 from mcpdb.errors import NotFound, Refused
 from mcpdb.inference.assembly import StoredContext
 from mcpdb.retrieval import lexical
-from mcpdb.store.search import SearchQuery
+from mcpdb.store.search import SearchHits, SearchQuery
 from mcpdb.store.state_machine import ContextStore
 
 
@@ -39,6 +40,16 @@ class Gathered:
 
 
 RECALL_CANDIDATES = 32  # memories ranked per chat; the memory budget takes the best that fit
+# A candidate is recalled if it shares a word with the message, or if its fused score is at least this
+# share of the best one's: the memory budget bounds a recall, relevance fills it. Measured by ``mcpdb
+# bench retrieval``'s chats (users holding 480 memories, 800 questions): with the budget alone a chat
+# recalled ~25 memories; with this floor ~5, and the fact the question needed reached the prompt as
+# often (0.988; a floor of 0.5: 0.979, 0.6: 0.960). Fewer, better lines are fewer prompt tokens, and
+# a follow-up whose best memories the last turn already recalled adds almost none, so the KV cache
+# keeps nearly all of its prompt. A shared word is evidence enough on its own: the fusion scales each
+# ranking between its best and its worst, so the weakest lexical match scores 0 whatever it shares
+# (without a vector ranking, the floor would drop every match but the best).
+RECALL_FLOOR = 0.4
 
 
 def recall_query(
@@ -72,6 +83,13 @@ def _of_kind(record: dict[str, Any] | None, kind: str, what: str) -> dict[str, A
     return record
 
 
+def _relevant(found: SearchHits) -> list[dict[str, Any]]:
+    """The ranked memories worth recalling: those sharing a word with the message or scoring at least
+    ``RECALL_FLOOR`` of the best."""
+    best = found.hits[0][0] if found.hits else 0.0
+    return [context for score, context in found.hits if score >= RECALL_FLOOR * best or context["id"] in found.worded]
+
+
 def gather(
     store: ContextStore,
     namespace: str,
@@ -102,7 +120,7 @@ def gather(
         guardrails=_every(store, namespace, "guardrail"),
         task=task,
         profile=profile,
-        memories=[context for _, context in recalled.hits],
+        memories=_relevant(recalled),
         memories_held=recalled.searched,
         turns=session["turns"] if session else [],
     )

@@ -45,12 +45,14 @@ class SearchQuery:
 class SearchHits:
     """A search's best contexts, (score, context) best first; how many contexts matched a query term,
     how many the search looked among (those of the kinds and users asked for), and how many of those
-    have a vector of their current version (None: not looked at, without a query vector)."""
+    have a vector of their current version (None: not looked at, without a query vector); and which of
+    the hits share a term with the query (their ids)."""
 
     hits: list[tuple[float, dict[str, Any]]]
     matched: int
     searched: int
     embedded: int | None
+    worded: frozenset[str] = frozenset()
 
 
 def vector_key(namespace: bytes, owner: bytes, kind: str, context_id: bytes) -> bytes:
@@ -159,4 +161,5 @@ def run(
         # analyzer built, before its rebuild) is passed over rather than answered with a 500.
         if record is not None and set(query.tags) <= set(record["fields"].get("tags", [])):
             hits.append((score, materialise(context_id.decode(), record)))
-    return SearchHits(hits, len(scores), contexts, embedded)
+    worded = frozenset(context["id"] for _, context in hits if context["id"].encode() in scores)
+    return SearchHits(hits, len(scores), contexts, embedded, worded)
