@@ -11,9 +11,18 @@ ranking by shared words alone puts it first. Each topic is asked two ways, as pe
   value it asks for): "What am I allergic to?" for "Is allergic to peanuts". Here the words are the
   strongest evidence, and an embedding of a small model the weaker one.
 
-A question's answer is that user's fact of the topic, searched among that user's memories as a chat's
-gather reads them. The topics are hand-written English, as a memory layer sees it (mem0 keeps facts
-like "Is allergic to peanuts").
+Each user also keeps a few records of each of some ``FAMILIES``, alike but for a name or a code
+(three support tickets, three contacts, three projects, three flights), and each record is asked for
+by that name:
+
+- **named**: "What is ticket INC-482 about?" among the user's three tickets. The code is the only
+  evidence that tells the records apart, and a small embedding model spreads it thin (a code is
+  several word pieces, a name a few), where BM25 weighs the one rare term highest: the case where
+  words beat meaning, as the paraphrase is the case where meaning beats words.
+
+A question's answer is that user's fact of the topic (or the record named), searched among that user's
+memories as a chat's gather reads them. The topics are hand-written English, as a memory layer sees it
+(mem0 keeps facts like "Is allergic to peanuts").
 """
 
 from __future__ import annotations
@@ -205,15 +214,97 @@ TOPICS: tuple[Topic, ...] = (
 
 
 @dataclass(frozen=True)
+class Family:
+    """Records alike but for a name: ``fact`` with ``{name}`` and ``{v}``, asked for by ``question``."""
+
+    fact: str
+    names: tuple[str, ...]  # a name, or a code's prefix that ``code_digits`` random digits follow
+    # (three: real enough, and few distinct texts to embed for the latency corpus's million memories)
+    values: tuple[str, ...]
+    question: str  # names the record: "{name}" only
+    code_digits: int = 0
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "Ticket {name} is about the {v}",
+        ("INC-",),
+        (
+            "login timeout",
+            "broken invoice export",
+            "slow dashboard",
+            "missing reset emails",
+            "duplicate payments",
+            "wrong tax rate",
+            "expired certificate",
+            "lost file uploads",
+        ),
+        "What is ticket {name} about?",
+        code_digits=3,
+    ),
+    Family(
+        "{name} is my {v}",
+        (
+            "Ingrid Solberg",
+            "Tomasz Kowalczyk",
+            "Amara Okafor",
+            "Luis Echeverria",
+            "Mei Tanaka",
+            "Rhys Pritchard",
+            "Farah Haddad",
+            "Nils Lindqvist",
+            "Chiara Bellini",
+            "Kwame Mensah",
+        ),
+        (
+            "accountant",
+            "dentist",
+            "landlord",
+            "piano teacher",
+            "physiotherapist",
+            "lawyer",
+            "mechanic",
+            "optician",
+        ),
+        "Who is {name}?",
+    ),
+    Family(
+        "Project {name} is the {v}",
+        ("Bluefin", "Marigold", "Tamarack", "Quillon", "Saffron", "Kestrel", "Juniper", "Halyard", "Obsidian", "Wren"),
+        (
+            "billing rewrite",
+            "mobile redesign",
+            "data migration",
+            "search upgrade",
+            "office move",
+            "security audit",
+            "pricing change",
+            "support chatbot",
+        ),
+        "What is project {name}?",
+    ),
+    Family(
+        "Flight {name} takes me to {v}",
+        ("KL", "TP", "LH", "AF", "IB"),
+        ("Oslo", "Lima", "Hanoi", "Dakar", "Perth", "Quito", "Riga", "Tunis"),
+        "Where does flight {name} go?",
+        code_digits=3,
+    ),
+)
+RECORDS = 8  # of each family, per user
+MEMORIES_PER_USER = 2 * len(TOPICS) + RECORDS * len(FAMILIES)
+
+
+@dataclass(frozen=True)
 class Memory:
     id: str
     user_id: str
     text: str
-    topic: int
+    topic: int  # -1: a record or small talk, of no topic
     distractor: bool
 
 
-STYLES = ("paraphrase", "direct")
+STYLES = ("paraphrase", "direct", "named")
 
 
 @dataclass(frozen=True)
@@ -228,8 +319,27 @@ def user_id(number: int) -> str:
     return f"user-{number:06d}"
 
 
+def records(user_number: int) -> list[tuple[Memory, str]]:
+    """A user's records and the question naming each: ``RECORDS`` of each family, with distinct
+    names and values, drawn from the user's own seed (a question can name one without the rest of the
+    corpus)."""
+    rng = random.Random(1_000_003 * 15 + user_number)
+    user = user_id(user_number)
+    found = []
+    for family_number, family in enumerate(FAMILIES):
+        if family.code_digits:
+            low = 10 ** (family.code_digits - 1)
+            names = [f"{rng.choice(family.names)}{code}" for code in rng.sample(range(low, 10 * low), RECORDS)]
+        else:
+            names = rng.sample(family.names, RECORDS)
+        for number, (name, value) in enumerate(zip(names, rng.sample(family.values, RECORDS), strict=True)):
+            memory = Memory(f"{user}-n{family_number}{number}", user, family.fact.format(name=name, v=value), -1, False)
+            found.append((memory, family.question.format(name=name)))
+    return found
+
+
 def memories(users: int, seed: int = 15) -> Iterator[Memory]:
-    """Every user's memories: a fact and a distractor per topic."""
+    """Every user's memories: a fact and a distractor per topic, then the user's records."""
     rng = random.Random(seed)
     for number in range(users):
         user = user_id(number)
@@ -237,22 +347,34 @@ def memories(users: int, seed: int = 15) -> Iterator[Memory]:
             value = rng.choice(topic.values)
             yield Memory(f"{user}-t{topic_number:02d}", user, topic.fact.format(v=value), topic_number, False)
             yield Memory(f"{user}-d{topic_number:02d}", user, topic.distractor, topic_number, True)
+        yield from (memory for memory, _ in records(number))
 
 
 def question(user_number: int, topic_number: int, style: str = "paraphrase") -> Question:
-    """A question of a topic for one user; its answer is that user's fact of the topic."""
+    """A question of a topic for one user (paraphrased or direct); its answer is that user's fact of the
+    topic."""
     user = user_id(user_number)
     topic = TOPICS[topic_number]
     text = topic.question if style == "paraphrase" else topic.direct
     return Question(user, text, f"{user}-t{topic_number:02d}", style)
 
 
+def named_questions(user_number: int) -> list[Question]:
+    """A question for each of a user's records, naming it."""
+    user = user_id(user_number)
+    return [Question(user, asked, memory.id, "named") for memory, asked in records(user_number)]
+
+
+def user_questions(user_number: int) -> list[Question]:
+    """Every question of one user: each topic paraphrased and direct, each record named."""
+    topical = [question(user_number, topic, style) for topic in range(len(TOPICS)) for style in STYLES[:2]]
+    return topical + named_questions(user_number)
+
+
 def questions(users: int) -> Iterator[Question]:
-    """Every user's questions of every topic, in both styles."""
+    """Every user's questions (``user_questions``)."""
     for number in range(users):
-        for topic_number in range(len(TOPICS)):
-            for style in STYLES:
-                yield question(number, topic_number, style)
+        yield from user_questions(number)
 
 
 def distinct_texts(users: int) -> list[str]:

@@ -3,7 +3,7 @@ how much of each follow-up's prompt the KV cache already holds.
 
 The prompts are built by the node's own code (``gather`` with the chat's ``recall_query``, then
 ``assemble``) with the bundled model's tokenizer and chat format, at a node's defaults (a 4,096-token
-window, 256 tokens for the reply, ``--memory-budget`` 256), for users holding their 48 memories alone
+window, 256 tokens for the reply, ``--memory-budget`` 256), for users holding their own memories alone
 and beside some hundreds of small talk (``memory_corpus.filler``: 400 by default), as a long-time
 user's memory does. Beside
 it, the all-or-nothing assembly mcpdb had before: every memory in the system prompt if the whole
@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.memory_corpus import Memory, filler, memories, question
+from benchmarks.memory_corpus import Memory, filler, memories, question, user_id, user_questions
 from benchmarks.stats import percentile
 
 N_CTX = 4096  # a node's --n-ctx default
@@ -37,13 +37,35 @@ INSTRUCTION = {
     "text": "Answer briefly and use what you remember about the user when it matters. "
     "If you do not know something about the user, say so instead of guessing.",
 }
+# What such an assistant keeps beside the memories, as mcpdb's kinds hold it: its rules, and each user's
+# profile (gather reads the profile whose id is the chat's user_id). They open every prompt, as they
+# would in an application; the follow-ups' cached share is measured with them in place.
+GUARDRAIL = {
+    "kind": "guardrail",
+    "rules": [
+        "Never suggest a dose of any medicine; refer the user to their doctor or pharmacist.",
+        "Never repeat one user's memories to another user.",
+        "Keep answers under 80 words unless the user asks for more.",
+    ],
+    "deny_topics": ["politics", "gambling"],
+}
+
+
+def profile(user: str) -> dict[str, Any]:
+    """A user's profile, the same shape for every user."""
+    return {
+        "kind": "profile",
+        "name": user,
+        "preferences": {"tone": "warm and brief", "units": "metric", "dates": "day month year"},
+        "goals": ["keep track of appointments and health", "plan the family's weekends"],
+    }
 
 
 def held_by(users: int, extra: int) -> list[Memory]:
-    """What the chat corpus holds: each user's 48 memories and ``extra`` of small talk."""
+    """What the chat corpus holds: each user's memories and ``extra`` of small talk."""
     held = list(memories(users))
     for number in range(users):
-        held += filler(held[number * 48].user_id, extra)
+        held += filler(user_id(number), extra)
     return held
 
 
@@ -87,23 +109,27 @@ class Chats:
         )
 
     def all_or_nothing(self, user_id: str, text: str, held: list[Memory]) -> tuple[bool, int]:
-        """Whether the old assembly put the memories in (all of them, if the prompt fit), and its tokens."""
+        """Whether the old assembly put the memories in (all of them, if the prompt fit: at the end of
+        the same system prompt), and its tokens."""
+        from mcpdb.inference.assembly import StoredContext, assemble
+
+        bare = StoredContext(instructions=[INSTRUCTION], guardrails=[GUARDRAIL], profile=profile(user_id))
+        asked = [{"role": "user", "content": text}]
+        system = assemble(bare, asked, self._format, self.tokenize, N_CTX, 0).messages[0]["content"]
         lines = ["What you remember:"] + [f"- {m.text}" for m in held if m.user_id == user_id]
-        system = f"You are {INSTRUCTION['role']}.\n{INSTRUCTION['text']}"
         for with_memory in (True, False):
             content = system + ("\n\n" + "\n".join(lines) if with_memory else "")
-            messages = [{"role": "system", "content": content}, {"role": "user", "content": text}]
-            tokens = len(self.tokenize(self._format.render(messages)))
+            tokens = len(self.tokenize(self._format.render([{"role": "system", "content": content}, *asked])))
             if tokens <= N_CTX - MAX_TOKENS:
                 return with_memory, tokens
-        raise AssertionError("the instruction alone fits the window")
+        raise AssertionError("the system prompt alone fits the window")
 
     def reached(self, users: int, held: list[Memory]) -> dict[str, float]:
         """Over every question of ``users`` users: how often its fact reached the prompt, and the mean
         prompt tokens, by retrieval and by all-or-nothing."""
         found = {"recall": 0, "all_or_nothing": 0}
         tokens = {"recall": 0, "all_or_nothing": 0}
-        asked = [question(u, t, style) for u in range(users) for t in range(24) for style in ("paraphrase", "direct")]
+        asked = [q for number in range(users) for q in user_questions(number)]
         for q in asked:
             assembled = self.assembled(q.user_id, q.text, [])
             found["recall"] += q.answer_id in assembled.memories
@@ -118,8 +144,10 @@ class Chats:
 
     def cached_shares(self, users: int) -> dict[str, list[float]]:
         """Each later turn's share of prompt tokens the KV cache already held, over ``users``
-        conversations: a follow-up on the subject of the turn before, and a turn on a new subject."""
-        shares: dict[str, list[float]] = {"follow_up": [], "new_subject": []}
+        conversations: a follow-up on the subject of the turn before, and a turn on a new subject; and
+        for the follow-ups, the tokens the cache did not hold (the new message, and what it recalled
+        that no earlier turn had) and the memories recalled anew."""
+        shares: dict[str, list[float]] = {"follow_up": [], "new_subject": [], "uncached": [], "recalled_anew": []}
         reply = self.tokenize(REPLY + "<end_of_turn>")[1:]  # what generation appended to the cache, no BOS
         for number in range(users):
             turns: list[dict[str, Any]] = []
@@ -133,6 +161,9 @@ class Chats:
                         min(len(cache), len(assembled.tokens)),
                     )
                     shares["follow_up" if style == "direct" else "new_subject"].append(shared / assembled.prompt_tokens)
+                    if style == "direct":
+                        shares["uncached"].append(assembled.prompt_tokens - shared)
+                        shares["recalled_anew"].append(len(assembled.recalled_ids))
                 cache = assembled.tokens + reply
                 recall = {"recalled": assembled.recalled, "memories": assembled.recalled_ids}
                 turns += [

@@ -35,8 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import plots, recall_chats
-from benchmarks.memory_corpus import STYLES, TOPICS, Memory, Question, distinct_texts, memories, questions
+from benchmarks import freshness, plots, recall_chats
+from benchmarks.memory_corpus import (
+    MEMORIES_PER_USER,
+    STYLES,
+    TOPICS,
+    Memory,
+    Question,
+    distinct_texts,
+    memories,
+    questions,
+    user_id,
+)
 from benchmarks.memory_corpus import question as question_of
 from benchmarks.stats import percentile
 from mcpdb.retrieval.fusion import Fusion
@@ -45,6 +55,7 @@ NAMESPACE = "bench"
 BATCH = 500
 MODES = ("lexical", "vector", "hybrid")
 _FTS5_TABLE = "CREATE VIRTUAL TABLE memories USING fts5(id UNINDEXED, user_id UNINDEXED, facts, tokenize='porter')"
+FRESHNESS_RATES = (0, 50, 500)  # background writes/s in the time-until-searchable phases
 POOL = 100  # ranks looked at per question: an answer further down counts as not found
 # The fusions measured beside the store's own (``fusion.DEFAULT``), from the same two rankings.
 FUSIONS = (
@@ -56,13 +67,14 @@ FUSIONS = (
 
 @dataclass
 class RetrievalSettings:
-    users: int = 100  # quality corpus: 48 memories and 48 questions each
+    users: int = 100  # quality corpus: MEMORIES_PER_USER memories and as many questions each
     sizes: tuple[int, ...] = (10_000, 100_000)
     queries: int = 200  # timed searches per size and mode
-    chat_users: int = 10  # users per memory count in the chat comparison: 48 questions each
-    chat_filler: int = 400  # small-talk memories beside a chat user's 48, in the second comparison
+    chat_users: int = 10  # users per memory count in the chat comparison: MEMORIES_PER_USER questions each
+    chat_filler: int = 400  # small-talk memories beside a chat user's own, in the second comparison
     out: Path | None = None
     embedding_model: str | None = None  # a GGUF file; None: the node's default (all-MiniLM-L6-v2)
+    freshness_seconds: float = 30.0  # each load phase of the time-until-searchable run (0: not run)
 
     def command(self) -> str:
         sizes = ",".join(str(size) for size in self.sizes)
@@ -71,6 +83,7 @@ class RetrievalSettings:
                 f"mcpdb bench retrieval --users {self.users} --sizes {sizes} --queries {self.queries}"
                 f" --chat-users {self.chat_users} --chat-filler {self.chat_filler}"
             )
+            + (f" --freshness-seconds {self.freshness_seconds:g}" if self.freshness_seconds != 30 else "")
             + (f" --out {self.out}" if self.out else "")
             + (f" --embedding-model {self.embedding_model}" if self.embedding_model else "")
         )
@@ -81,7 +94,9 @@ class RetrievalSettings:
     def expected_s(self) -> float:
         """Rough length of the run for the progress bar: loads at ~4,000 memories/s, ~50 ms a search."""
         chats = self.chat_users * 8 + self.chat_filler * 0.15
-        return 30 + chats + self.users * 48 / 4000 + sum(size / 4000 + self.queries * 0.3 for size in self.sizes)
+        fresh = 60 + len(FRESHNESS_RATES) * (self.freshness_seconds + 10) if self.freshness_seconds else 0
+        per_user = self.users * MEMORIES_PER_USER / 4000
+        return 30 + chats + fresh + per_user + sum(size / 4000 + self.queries * 0.3 for size in self.sizes)
 
 
 @dataclass
@@ -269,7 +284,7 @@ def measure_latency(corpus: _Corpus, users: int, queries: int) -> dict[str, dict
 
 
 def measure_chats(vectors: _Vectors, users: int, extra: int) -> dict[str, Any]:
-    """``recall_chats`` over ``users`` users holding their 48 memories and ``extra`` of small talk."""
+    """``recall_chats`` over ``users`` users holding their own memories and ``extra`` of small talk."""
     from mcpdb.inference.llama_worker import default_model_path
     from mcpdb.store.commands import Put
 
@@ -277,6 +292,9 @@ def measure_chats(vectors: _Vectors, users: int, extra: int) -> dict[str, Any]:
     try:
         corpus = _Corpus(directory, vectors)
         corpus._apply(Put(NAMESPACE, "assistant", recall_chats.INSTRUCTION, None, None, 1.0))
+        corpus._apply(Put(NAMESPACE, "rules", recall_chats.GUARDRAIL, None, None, 1.0))
+        for number in range(users):
+            corpus._apply(Put(NAMESPACE, user_id(number), recall_chats.profile(user_id(number)), None, None, 1.0))
         held = recall_chats.held_by(users, extra)
         corpus.load(held)
         chats = recall_chats.Chats(corpus.store, NAMESPACE, default_model_path(), vectors.of)
@@ -288,6 +306,18 @@ def measure_chats(vectors: _Vectors, users: int, extra: int) -> dict[str, Any]:
         corpus.close()
         return found
     finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure_freshness(settings: RetrievalSettings) -> dict[str, Any]:
+    """``benchmarks.freshness`` on a fresh 3-node cluster with this run's embedding model."""
+    directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-freshness-"))
+    extra = ["--embedding-model", settings.embedding_model] if settings.embedding_model else []
+    cluster = freshness.start_cluster(directory, extra)
+    try:
+        return freshness.measure(cluster, FRESHNESS_RATES, settings.freshness_seconds)
+    finally:
+        cluster.stop_all()
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -312,17 +342,21 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
     directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-retrieval-"))
     try:
         corpus = _Corpus(directory, vectors)
-        step(f"quality: {settings.users * 48:,} memories", settings.users * 48 / 4000)
+        step(f"quality: {settings.users * MEMORIES_PER_USER:,} memories", settings.users * MEMORIES_PER_USER / 4000)
         corpus.load(memories(settings.users))
         results["quality"] = measure_quality(corpus, settings.users)
         corpus.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     for extra in (0, settings.chat_filler):
-        step(f"chats: {settings.chat_users} users with {48 + extra} memories each", settings.chat_users * 4)
-        results["chats"][str(48 + extra)] = measure_chats(vectors, settings.chat_users, extra)
+        held = MEMORIES_PER_USER + extra
+        step(f"chats: {settings.chat_users} users with {held} memories each", settings.chat_users * 4)
+        results["chats"][str(held)] = measure_chats(vectors, settings.chat_users, extra)
+    if settings.freshness_seconds:
+        step("time until a write is vector-searchable: a 3-node cluster", 60)
+        results["freshness"] = measure_freshness(settings)
     for size in settings.sizes:
-        users = max(1, size // 48)
+        users = max(1, size // MEMORIES_PER_USER)
         directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-retrieval-"))
         try:
             corpus = _Corpus(directory, vectors)
@@ -384,7 +418,7 @@ def _draw(results: dict[str, Any], path: Path) -> None:
         )
     quality.set_xticks(range(len(names)), [name.replace(" (", "\n(") for name in names], fontsize=7)
     quality.set_ylim(0, 1.1)
-    quality.set_title(f"{results['users']} users' memories, paraphrased and direct questions")
+    quality.set_title(f"{results['users']} users' memories, paraphrased, direct and named questions")
     quality.legend()
     sizes = [int(size) for size in results["sizes"]]
     if sizes:
@@ -410,6 +444,8 @@ CHAT_COLUMNS = (
     "cached share, follow-ups: mean",
     "min",
     "over 90%",
+    "uncached tokens",
+    "recalled anew",
     "new subject: mean",
 )
 
@@ -425,6 +461,8 @@ def chat_rows(results: dict[str, Any]) -> list[list[str]]:
             f"{c['cached_share']['follow_up']['mean']:.3f}",
             f"{c['cached_share']['follow_up']['min']:.3f}",
             f"{c['cached_share']['follow_up']['over_90']:.2f}",
+            f"{c['cached_share']['uncached']['mean']:.1f}",
+            f"{c['cached_share']['recalled_anew']['mean']:.2f}",
             f"{c['cached_share']['new_subject']['mean']:.3f}",
         ]
         for held, c in results["chats"].items()
@@ -441,6 +479,8 @@ def save(results: dict[str, Any], folder: Path) -> None:
     lines = _table(QUALITY_COLUMNS, quality_rows(results))
     lines += ["", *_table(CHAT_COLUMNS, chat_rows(results))]
     lines += ["", *_table(LATENCY_COLUMNS, latency_rows(results))]
+    if "freshness" in results:
+        lines += ["", *_table(freshness.COLUMNS, freshness.rows(results["freshness"]))]
     embedding = results["embedding_ms_per_fact"]
     lines += ["", f"embedding one fact: p50 {embedding['p50']:.0f} ms, p99 {embedding['p99']:.0f} ms"]
     plots.save_run(folder, results, "\n".join(lines) + f"\n\n`{results['command']}`\n", _draw, "retrieval.png")

@@ -50,14 +50,16 @@ def test_index_cost_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_retrieval_benchmark_smoke(tmp_path: Path) -> None:
     args = ["--users", "1", "--sizes", "100", "--queries", "3", "--chat-users", "1", "--chat-filler", "20"]
-    done, results = run_bench("retrieval", args, tmp_path, timeout=240)
+    args += ["--freshness-seconds", "2"]
+    done, results = run_bench("retrieval", args, tmp_path, timeout=360)
     assert results["command"] == f"mcpdb bench {' '.join(['retrieval', *args])} --out {tmp_path}"
     quality = results["quality"]
     assert {"lexical", "vector", "hybrid", "fts5 (anchor)", "brute-force cosine (ceiling)"} <= set(quality)
     for name, figures in quality.items():
-        assert set(figures) == {"all", "paraphrase", "direct"}, name
+        assert set(figures) == {"all", "paraphrase", "direct", "named"}, name
         assert 0 <= figures["all"]["recall@1"] <= figures["all"]["recall@5"] <= 1, name
     assert quality["lexical"]["direct"]["recall@5"] > 0.9  # a word of the fact finds it
+    assert quality["lexical"]["named"]["recall@1"] > 0.9  # so does the record's name
     assert quality["vector"]["all"] == quality["brute-force cosine (ceiling)"]["all"]  # exact search
     for chat in results["chats"].values():
         assert 0 <= chat["reached_all_or_nothing"] <= 1 and chat["reached_recall"] > 0
@@ -65,3 +67,8 @@ def test_retrieval_benchmark_smoke(tmp_path: Path) -> None:
     latency = results["sizes"]["100"]["latency"]
     assert all(figures["p99_ms"] >= figures["p50_ms"] > 0 for figures in latency.values())
     assert (tmp_path / "retrieval.png").stat().st_size > 0 and "fts5" in done.stdout
+    idle = results["freshness"]["0"]  # three real nodes, nothing else writing: every probe is embedded
+    for namespace in ("bulk", "quiet"):
+        assert idle[namespace]["probes"] >= 2 and idle[namespace]["not_found"] == 0
+        assert 0 < idle[namespace]["p50_s"] <= idle[namespace]["max_s"] < 10
+    assert set(results["freshness"]) == {"0", "50", "500"} and "vector-searchable" in done.stdout

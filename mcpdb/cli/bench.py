@@ -158,44 +158,65 @@ def index(
 
 @app.command("retrieval")
 def retrieval(
-    users: Annotated[int, typer.Option(help="Users in the quality corpus (48 memories, 48 questions each).")] = 100,
+    users: Annotated[int, typer.Option(help="Users in the quality corpus (80 memories, 80 questions each).")] = 100,
     sizes: Annotated[str, typer.Option(help="Memories in the namespace for the latency runs, comma-separated.")] = (
         "10000,100000"
     ),
     queries: Annotated[int, typer.Option(help="Timed searches per size and mode.")] = 200,
-    chat_users: Annotated[int, typer.Option(help="Users whose chats' prompts are assembled (48 questions each).")] = 10,
+    chat_users: Annotated[int, typer.Option(help="Users whose chats' prompts are assembled (80 questions each).")] = 10,
     chat_filler: Annotated[
-        int, typer.Option(help="Small-talk memories beside each chat user's 48, in the second comparison (<= 400).")
+        int, typer.Option(help="Small-talk memories beside each chat user's 80, in the second comparison (<= 400).")
     ] = 400,
     out: OutFolder = None,
     embedding_model: Annotated[
         Path | None,
         typer.Option(help="GGUF embedding model (default: the node's, all-MiniLM-L6-v2).", show_default=False),
     ] = None,
+    freshness_seconds: Annotated[
+        float,
+        typer.Option(help="Seconds of each load phase timing writes until vector-searchable on 3 nodes (0: skip)."),
+    ] = 30.0,
 ) -> None:
     """How well search chooses memories (recall@1/@5, MRR beside FTS5 and brute force) and how fast."""
     with source_checkout("mcpdb bench", "benchmarks"):
-        from benchmarks import memory_corpus
+        from benchmarks import freshness, memory_corpus
         from benchmarks import retrieval as retrieval_bench
 
     try:
         counts = tuple(int(size) for size in sizes.split(",") if size.strip())
     except ValueError:
         raise CliError(f"--sizes must be whole numbers separated by commas, not {sizes!r}") from None
-    if users < 1 or chat_users < 1 or queries < 3 or any(size < 48 for size in counts):
-        raise CliError("--users and --chat-users must be at least 1, --queries at least 3, each of --sizes at least 48")
+    least = memory_corpus.MEMORIES_PER_USER
+    if users < 1 or chat_users < 1 or queries < 3 or any(size < least for size in counts):
+        raise CliError(
+            f"--users and --chat-users must be at least 1, --queries at least 3, each of --sizes at least {least}"
+        )
     if not 1 <= chat_filler <= memory_corpus.FILLERS:
         raise CliError(f"--chat-filler must be between 1 and {memory_corpus.FILLERS}")
+    if freshness_seconds < 0:
+        raise CliError("--freshness-seconds must be 0 (skip) or more")
     if embedding_model is not None and not embedding_model.is_file():
         raise CliError(f"--embedding-model {embedding_model}: no such file")
     settings = retrieval_bench.RetrievalSettings(
-        users, counts, queries, chat_users, chat_filler, out, str(embedding_model) if embedding_model else None
+        users,
+        counts,
+        queries,
+        chat_users,
+        chat_filler,
+        out,
+        str(embedding_model) if embedding_model else None,
+        freshness_seconds,
     )
     folder = settings.folder()
     results = _run_with_progress(settings, retrieval_bench.run)
     retrieval_bench.save(results, folder)
     console.print(_simple_table("quality", retrieval_bench.QUALITY_COLUMNS, retrieval_bench.quality_rows(results)))
     console.print(_simple_table("chats", retrieval_bench.CHAT_COLUMNS, retrieval_bench.chat_rows(results)))
+    if "freshness" in results:
+        table = _simple_table(
+            "time until a write is vector-searchable", freshness.COLUMNS, freshness.rows(results["freshness"])
+        )
+        console.print(table)
     _report(
         "search latency, in process",
         retrieval_bench.LATENCY_COLUMNS,
