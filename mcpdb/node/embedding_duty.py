@@ -36,9 +36,17 @@ from mcpdb.store.state_machine import ContextStore
 _log = logging.getLogger(__name__)
 
 BATCH = 16  # contexts per embedding round: a SetVectors entry of ~30 KB
-IDLE_S = 0.5  # between looks at an empty queue
+IDLE_S = 0.5  # the longest an empty queue goes unlooked at (a commit wakes the duty sooner)
 BACKOFF_S = 5.0  # after a round that failed
 MAX_YIELD_S = 30.0  # the longest the queue waits for the chats to pause
+
+
+async def _until(commit: asyncio.Future[None] | None) -> None:
+    """Until ``commit`` (the next commit: a write may have queued a context) or ``IDLE_S``, whichever first."""
+    if commit is None:
+        await asyncio.sleep(IDLE_S)
+    else:
+        await asyncio.wait([commit], timeout=IDLE_S)
 
 
 class EmbeddingDuty:
@@ -51,12 +59,14 @@ class EmbeddingDuty:
         service: ContextService,
         embedder: Callable[[], Embedder | None],
         chats_idle: Callable[[], bool] = lambda: True,
+        next_commit: Callable[[], asyncio.Future[None]] | None = None,
     ) -> None:
         self._store = store
         self._replication = replication
         self._service = service
         self._embedder = embedder
         self._chats_idle = chats_idle
+        self._next_commit = next_commit  # ``ChangeFeed.next_commit``: an empty queue waits for a write, not a timer
         self._yielding_since: float | None = None
         self._served_last = ""  # the namespace the last round embedded for: the next round serves the next one
         self.embedded = 0  # vectors this node proposed that were stored
@@ -76,14 +86,17 @@ class EmbeddingDuty:
             ):
                 await asyncio.sleep(IDLE_S)
                 continue
+            commit = self._next_commit() if self._next_commit is not None else None  # before the queue is read
             try:
                 stored = await self.round(embedder)
+                if not stored:
+                    await _until(commit)
             except Exception as error:  # noqa: BLE001 - the duty must outlive any one round (it is the only one)
                 _log.warning("embedding round failed (%s); retrying in %.0f s", error, BACKOFF_S)
                 await asyncio.sleep(BACKOFF_S)
-                continue
-            if not stored:
-                await asyncio.sleep(IDLE_S)
+            finally:
+                if commit is not None:
+                    commit.cancel()
 
     def _yields_to_chats(self) -> bool:
         """Whether to wait for the chats: while they run, up to ``MAX_YIELD_S`` at a time."""

@@ -115,6 +115,7 @@ class NodeRuntime:
             self.service,
             lambda: self.embedder,
             chats_idle=lambda: self.worker is None or self.worker.idle,
+            next_commit=self.change_feed.next_commit,
         )
         self.scheduler = LeaderScheduler(
             self.replication, self.store, self.barrier, Policy(config.policy), config.shed_threshold

@@ -73,6 +73,15 @@ class ChangeFeed:
         if self._waiters and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake_all)
 
+    def next_commit(self) -> asyncio.Future[None]:
+        """A future done at the next commit, registered now: take it before looking at the store, and
+        a commit between the look and the wait still wakes the waiter. Cancel it when done waiting."""
+        self._loop = asyncio.get_running_loop()
+        waiter = self._loop.create_future()
+        self._waiters.add(waiter)
+        waiter.add_done_callback(self._waiters.discard)
+        return waiter
+
     def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
@@ -85,15 +94,11 @@ class ChangeFeed:
 
         Raises HistoryTrimmed (before or while following) when the history no longer reaches back.
         """
-        self._loop = asyncio.get_running_loop()
         while True:
-            # Register before reading: a commit between the read and the wait still wakes us.
-            waiter = self._loop.create_future()
-            self._waiters.add(waiter)
+            waiter = self.next_commit()  # before reading: a commit between the read and the wait still wakes us
             changes = self._store.changes_after(cursor.version, cursor.position, READ_LIMIT)
             if changes:
                 waiter.cancel()
-                self._waiters.discard(waiter)
                 complete = len(changes) < READ_LIMIT  # an entry's changes commit together
                 identified = []
                 for i, change in enumerate(changes):
@@ -107,5 +112,4 @@ class ChangeFeed:
             try:
                 await asyncio.wait_for(waiter, idle_timeout)
             except TimeoutError:
-                self._waiters.discard(waiter)
                 yield []
