@@ -18,8 +18,8 @@ INDEXES = (b"by_kind", b"lexical")
 class AppliedLog:
     """A store and the next Raft index to apply at: commands applied as the Raft thread would."""
 
-    def __init__(self, directory: str) -> None:
-        self.store = ContextStore(directory)
+    def __init__(self, directory: str, **store_options: Any) -> None:
+        self.store = ContextStore(directory, **store_options)
         self.index = 0
 
     def apply(self, command: Command) -> None:

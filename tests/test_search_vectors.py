@@ -5,8 +5,10 @@
   was computed for, dropped by the next version or a delete; a rebuild of the indexes requeues exactly
   the contexts whose current version has no vector, and keeps the vectors.
 - Vector search is exact cosine, scored a block at a time and ranked as one product over every candidate
-  would rank; hybrid fuses the lexical and vector rankings (``fusion.DEFAULT``), the newer context first
-  on a tie; both are read in one transaction.
+  would rank; a whole namespace's vectors kept as a matrix rank exactly as the scan does, through any
+  history of writes, deletes, vectors and model changes (the matrix is used only at its version); hybrid
+  fuses the lexical and vector rankings (``fusion.DEFAULT``), the newer context first on a tie; both are
+  read in one transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcpdb.model import SEARCHABLE_KINDS
@@ -269,3 +271,104 @@ def test_a_rebuild_drops_vectors_a_release_without_them_left_behind(tmp_path: Pa
     assert reopened.search("app", _query("vector", [], _unit(1.0))).hits == []  # no 500, no stale ranking
     assert [item[1] for item in reopened.pending_embeddings(10)] == ["m2"]
     reopened.close()
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=0, max_size=40),
+    st.integers(1, 12),
+    st.binary(min_size=2 * DIMENSIONS, max_size=2 * DIMENSIONS),
+)
+def test_a_matrix_of_the_rows_ranks_as_the_block_scan(drawn: list[tuple[int, bool]], limit: int, odd: bytes) -> None:
+    """The same candidates (ties, another length, and any float16 bits: NaN and infinity included) ranked
+    from a matrix of the usable rows give what the block scan gives."""
+    basis = [_unit(1.0), _unit(0.6, 0.8), odd, _unit(-1.0)]
+    candidates = [
+        (f"c{i:02d}".encode(), basis[which] if same_length else basis[which] * 2)
+        for i, (which, same_length) in enumerate(drawn)
+    ]
+    query = _unit(0.8, 0.6)
+    usable = [(key, blob) for key, blob in candidates if len(blob) == len(query)]
+    rows = vectors.as_matrix([blob for _, blob in usable]) if usable else np.empty((0, DIMENSIONS), np.float32)
+    scanned, _ = vectors.nearest(query, iter(candidates), limit)
+    from_rows = vectors.nearest_rows(query, [key for key, _ in usable], rows, limit)
+    assert [key for key, _ in from_rows] == [key for key, _ in scanned]
+    assert np.array_equal([score for _, score in from_rows], [score for _, score in scanned], equal_nan=True)
+
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 5), st.sampled_from(["tea", "coffee", "chess"]), st.integers(0, 2)),
+        st.tuples(st.just("delete"), st.integers(0, 5)),
+        st.tuples(st.just("embed"), st.lists(st.integers(0, 5), max_size=4), st.sampled_from(["m1"] * 5 + ["m2"])),
+        st.tuples(st.just("search"), st.integers(0, 3)),
+    ),
+    min_size=4,
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=_STEPS)
+def test_whole_namespace_searches_from_the_matrix_answer_as_the_scan_through_any_history(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[Any, ...]]
+) -> None:
+    """Two stores apply the same log, one keeping whole-namespace matrices, one scanning every time; after
+    every step a vector and a hybrid search of the whole namespace (and of one user) answer alike."""
+    directory = tmp_path_factory.mktemp("matrices")
+    cached, scanned = (
+        AppliedLog(str(directory / "cached")),
+        AppliedLog(str(directory / "scanned"), vector_cache_bytes=0),
+    )
+    basis = [_unit(1.0), _unit(0.6, 0.8), _unit(0.0, 1.0), _unit(-1.0)]
+    for step in steps:
+        if step[0] == "put":
+            _, number, fact, user = step
+            command: Any = Put("app", f"m{number}", _memory(fact, [None, "u1", "u2"][user]), None, None, 1.0)
+        elif step[0] == "delete":
+            command = Delete("app", f"m{step[1]}", None)
+        elif step[0] == "embed":
+            held = [(f"m{n}", cached.store.get("app", f"m{n}")) for n in step[1]]
+            items = tuple(
+                Embedded(context_id, record["version"], vectors.to_text(basis[int(context_id[1:]) % 4]))
+                for context_id, record in held
+                if record is not None
+            )
+            command = SetVectors("app", items, step[2])
+        else:
+            query = basis[step[1]]
+            for owners in (None, ContextStore.owners_of(["u1", None])):
+                for mode in ("vector", "hybrid"):
+                    asked = SearchQuery(["tea"], query, mode, SEARCHABLE_KINDS, owners, [], 10)  # type: ignore[arg-type]
+                    assert cached.store.search("app", asked) == scanned.store.search("app", asked)
+            continue
+        cached.apply(command)
+        scanned.apply(command)
+    cached.store.close()
+    scanned.store.close()
+
+
+def test_a_whole_namespace_matrix_is_rebuilt_after_any_change_to_the_namespaces_vectors(tmp_path: Path) -> None:
+    """New vectors, a vector a rewrite dropped, and a new model (which drops every namespace's vectors)
+    each make the next search rebuild."""
+    cached, scanned = AppliedLog(str(tmp_path / "cached")), AppliedLog(str(tmp_path / "scanned"), vector_cache_bytes=0)
+    asked = SearchQuery(["tea"], _unit(1.0), "vector", SEARCHABLE_KINDS, None, [], 10)  # type: ignore[arg-type]
+
+    def both(command: Any, namespace: str = "app") -> list[str]:
+        for log in (cached, scanned):
+            log.apply(command)
+        answer = cached.store.search(namespace, asked)
+        assert answer == scanned.store.search(namespace, asked)
+        return [context["id"] for _, context in answer.hits]
+
+    both(Put("elsewhere", "e1", _memory("tea"), None, None, 1.0), "elsewhere")
+    embedded = SetVectors("elsewhere", (Embedded("e1", 1, vectors.to_text(_unit(1.0))),), "model")
+    assert both(embedded, "elsewhere") == ["e1"]
+
+    both(Put("app", "m1", _memory("tea"), None, None, 1.0))
+    assert both(SetVectors("app", (Embedded("m1", 3, vectors.to_text(_unit(1.0))),), "model")) == ["m1"]
+    assert cached.store._generation.matrices.nbytes > 0  # that answer came from the matrix
+    both(Put("app", "m2", _memory("tea"), None, None, 1.0))
+    assert both(SetVectors("app", (Embedded("m2", 5, vectors.to_text(_unit(0.6, 0.8))),), "model")) == ["m1", "m2"]
+    assert both(Put("app", "m1", _memory("green tea"), None, None, 1.0)) == ["m2"]  # its vector went with its text
+    assert both(SetVectors("app", (Embedded("m1", 7, vectors.to_text(_unit(-1.0))),), "other")) == ["m1"]
+    assert both(Put("app", "m3", _memory("tea"), None, None, 1.0), "elsewhere") == []  # the new model's: none yet

@@ -77,6 +77,12 @@ def start(
     change_history: Annotated[
         int, typer.Option(help="Changes kept for watches to resume from (oldest trimmed first).")
     ] = default("change_history"),
+    vector_cache_mb: Annotated[
+        int,
+        typer.Option(
+            help="Memory (MiB) for whole-namespace searches' vectors kept as matrices; 0 scans them every time."
+        ),
+    ] = default("vector_cache_mb"),
     advertise_url: Annotated[str | None, typer.Option(help="HTTP URL other nodes and clients use.")] = default(
         "advertise_url"
     ),
@@ -193,6 +199,7 @@ def start(
         compaction_bytes=compaction_bytes,
         disk_reserve_bytes=disk_reserve_bytes,
         change_history=change_history,
+        vector_cache_mb=vector_cache_mb,
         advertise_url=advertise_url,
         allowed_hosts=list(allowed_host or []),
         allowed_origins=list(allowed_origin or []),

@@ -68,6 +68,8 @@ class NodeConfig:
     compaction_bytes: int = 256 << 20
     disk_reserve_bytes: int = 64 << 20
     change_history: int = DEFAULT_CHANGE_HISTORY
+    # Memory for whole-namespace searches' vector matrices (mcpdb.store.vector_matrices); 0: always scan.
+    vector_cache_mb: int = 256
     unsafe_stale_reads: bool = False
     # MCP sessions: bounded per node and per token, closed after this many idle seconds.
     mcp_max_sessions: int = 1000
@@ -127,6 +129,8 @@ class NodeConfig:
             raise ConfigError("--request-timeout must be positive")
         if self.change_history < 1:
             raise ConfigError("--change-history must be at least 1")
+        if self.vector_cache_mb < 0:
+            raise ConfigError("--vector-cache-mb must be 0 or more")
         if self.body_timeout <= 0:
             raise ConfigError("--body-timeout must be positive")
         if self.max_body_bytes < 1024:

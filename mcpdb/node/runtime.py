@@ -56,7 +56,11 @@ class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.started_at = time.time()
-        self.store = ContextStore(os.path.join(config.data_dir, "store"), change_history=config.change_history)
+        self.store = ContextStore(
+            os.path.join(config.data_dir, "store"),
+            change_history=config.change_history,
+            vector_cache_bytes=config.vector_cache_mb << 20,
+        )
         settings = RaftSettings(
             self_addr=config.raft_addr,
             peers=config.peers,

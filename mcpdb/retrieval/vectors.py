@@ -49,6 +49,22 @@ def checked(text: str) -> bytes | None:
 BLOCK = 4096  # candidates scored at a time: a search's memory follows the block, not the namespace
 
 
+def _scores(matrix: npt.NDArray[np.float32], wanted: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    # einsum's own loop, not BLAS: a threaded BLAS may split a sum differently from run to run, and
+    # replicas (and repeated searches) must rank exactly alike. Each row's sum is the same whatever
+    # other rows the matrix holds, so a block and a whole namespace's matrix score a row alike.
+    return np.einsum("ij,j->i", matrix, wanted)
+
+
+def as_matrix(blobs: Sequence[bytes]) -> npt.NDArray[np.float32]:
+    """Stored vectors of one length as the rows of a float32 matrix."""
+    return np.frombuffer(b"".join(blobs), dtype=DTYPE).astype(np.float32).reshape(len(blobs), -1)
+
+
+def _query(query: bytes) -> npt.NDArray[np.float32]:
+    return np.frombuffer(query, dtype=DTYPE).astype(np.float32)
+
+
 def nearest(
     query: bytes, candidates: Iterable[tuple[bytes, bytes]], limit: int
 ) -> tuple[list[tuple[bytes, float]], int]:
@@ -60,7 +76,7 @@ def nearest(
     vectors holds one block's matrix (10 MB at 640 dimensions), not the namespace's (2.5 GB in float32).
     Each row's dot product is the same whichever block it is in, and the best are chosen by (score,
     position), so the ranking is the one a single product over every candidate gives."""
-    wanted = np.frombuffer(query, dtype=DTYPE).astype(np.float32)
+    wanted = _query(query)
     kept_keys: list[bytes] = []
     kept_scores = np.empty(0, dtype=np.float32)
     kept_positions = np.empty(0, dtype=np.int64)
@@ -71,17 +87,36 @@ def nearest(
         seen += len(block)
         if not usable or not wanted.size:
             continue
-        stacked: npt.NDArray[np.float32] = (
-            np.frombuffer(b"".join(blob for _, _, blob in usable), dtype=DTYPE)
-            .astype(np.float32)
-            .reshape(len(usable), -1)
-        )
-        # einsum's own loop, not BLAS: a threaded BLAS may split a sum differently from run to run, and
-        # replicas (and repeated searches) must rank exactly alike.
-        scores = np.concatenate([kept_scores, np.einsum("ij,j->i", stacked, wanted)])
+        scores = np.concatenate([kept_scores, _scores(as_matrix([blob for _, _, blob in usable]), wanted)])
         positions = np.concatenate([kept_positions, np.fromiter((p for p, _, _ in usable), dtype=np.int64)])
         keys = kept_keys + [key for _, key, _ in usable]
         order = np.lexsort((positions, -scores))[:limit]  # by score, best first, then position
         kept_keys = [keys[i] for i in order]
         kept_scores, kept_positions = scores[order], positions[order]
     return [(key, float(score)) for key, score in zip(kept_keys, kept_scores, strict=True)], seen
+
+
+def nearest_rows(
+    query: bytes, keys: Sequence[bytes], matrix: npt.NDArray[np.float32], limit: int
+) -> list[tuple[bytes, float]]:
+    """``nearest`` over vectors already in a matrix (row i is ``keys[i]``'s, the rows in candidate order,
+    all of the query's length): one product, the same scores and the same order (score, then row)."""
+    if not len(keys) or not matrix.shape[1]:
+        return []
+    scores = _scores(matrix, _query(query))
+    return [(keys[i], float(scores[i])) for i in _best_rows(scores, limit)]
+
+
+def _best_rows(scores: npt.NDArray[np.float32], limit: int) -> npt.NDArray[np.intp]:
+    """The rows of the ``limit`` best scores, best first, ties by row, NaN last: what sorting every row
+    by (-score, row) gives, after a partition has set aside all but those that can make the cut."""
+    finite = ~np.isnan(scores)
+    rows = np.flatnonzero(finite)
+    if len(rows) > limit:
+        values = scores[rows]
+        cut = np.partition(values, len(values) - limit)[len(values) - limit]  # the limit-th best score
+        rows = rows[values >= cut]  # it and every row tying with it
+    best = rows[np.lexsort((rows, -scores[rows]))]
+    if len(best) < limit:
+        best = np.concatenate([best, np.flatnonzero(~finite)[: limit - len(best)]])
+    return best[:limit]

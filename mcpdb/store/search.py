@@ -6,7 +6,8 @@ store, as a GET does, and every replica at that version answers the same: the st
 the vectors the bytes the log carried, the arithmetic single-threaded (``vectors.nearest``).
 
 Modes: ``lexical`` ranks every context sharing a term with the query by BM25 (exact); ``vector`` every
-context of the searched ones that has a vector, by cosine (exact), its first ``POOL``; ``hybrid`` fuses
+context of the searched ones that has a vector, by cosine (exact), its first ``POOL`` (a whole
+namespace's vectors from its matrix in memory, ``vector_matrices``, while it holds their version); ``hybrid`` fuses
 the two rankings' first ``POOL`` each (``fusion.DEFAULT``), the newer context first on a tie.
 Tags narrow after ranking: a hybrid or vector search with tags returns the tagged contexts among the
 pools, possibly fewer than asked for.
@@ -22,6 +23,7 @@ import lmdb
 
 from mcpdb.model import SearchMode
 from mcpdb.retrieval import fusion, lexical, vectors
+from mcpdb.store.vector_matrices import VectorMatrices
 
 POOL = 100  # per ranking, what hybrid fuses (k is at most 100)
 _SEP = b"\x00"
@@ -128,6 +130,7 @@ def _stored_vectors(
 def run(
     txn: lmdb.Transaction[bytes],
     dbs: dict[bytes, Any],
+    matrices: VectorMatrices,
     namespace: str,
     query: SearchQuery,
     record_of: Callable[[bytes], dict[str, Any] | None],
@@ -144,7 +147,14 @@ def run(
     similar: list[tuple[bytes, float]] = []
     embedded = None
     if query.vector is not None:
-        similar, embedded = vectors.nearest(query.vector, _stored_vectors(txn, dbs, ns, query), POOL)
+
+        def scan() -> Iterator[tuple[bytes, bytes]]:  # now, or once to build a matrix
+            return _stored_vectors(txn, dbs, ns, query)
+
+        if query.owners is None:  # the whole namespace: from its matrix, exactly as the scan would rank
+            similar, embedded = matrices.nearest(txn, dbs[b"meta"], ns, query.kinds, query.vector, scan, POOL)
+        else:  # a few owners' vectors (a chat's user and nobody): fewer than building a matrix would cost
+            similar, embedded = vectors.nearest(query.vector, scan(), POOL)
     ranking = lexical_ranking if query.mode == "lexical" else similar
     records: dict[bytes, dict[str, Any] | None] = {}  # read once, for the fusion's recency and the answer
     if query.mode == "hybrid":

@@ -12,6 +12,8 @@ Layout (named LMDB databases, keys are bytes):
 
 - ``meta``:   ``applied`` -> last applied Raft index (8 bytes, big-endian);
               ``changes_trimmed`` -> the last trimmed history version;
+              ``vectors_changed \0 ns``, ``vectors_epoch`` -> changes to a namespace's
+              vectors, and of model (``mcpdb.store.vector_matrices``);
               ``kind_count \0 kind`` -> contexts of that kind (8 bytes, absent at 0);
               ``index_format`` -> the indexes' format (4 bytes) and the applied index
               they are current at (8 bytes)
@@ -100,6 +102,7 @@ from mcpdb.store.commands import (
 from mcpdb.store.defaults import DEFAULT_CHANGE_HISTORY
 from mcpdb.store.search import SearchHits, SearchQuery
 from mcpdb.store.snapshot import PinnedVersion
+from mcpdb.store.vector_matrices import VECTORS_EPOCH, VectorMatrices, changed_key, count_change
 
 _log = logging.getLogger(__name__)
 
@@ -379,13 +382,21 @@ class _Generation:
 
     env: lmdb.Environment
     dbs: _Dbs
+    matrices: VectorMatrices  # whole-namespace searches' vectors, valid for this environment only
 
 
 class ContextStore:
     """One LMDB environment per node; safe for one writer thread and many reader threads."""
 
-    def __init__(self, directory: str, map_size: int = 8 << 30, change_history: int = DEFAULT_CHANGE_HISTORY) -> None:
+    def __init__(
+        self,
+        directory: str,
+        map_size: int = 8 << 30,
+        change_history: int = DEFAULT_CHANGE_HISTORY,
+        vector_cache_bytes: int = 256 << 20,
+    ) -> None:
         self._directory = directory
+        self._vector_cache_bytes = vector_cache_bytes
         self._map_size = map_size
         self._change_history = change_history
         self._change_position = 0
@@ -450,7 +461,7 @@ class ContextStore:
         )
         dbs = {name: env.open_db(name) for name in _DB_NAMES}
         _ensure_indexes(env, dbs)
-        return _Generation(env, dbs)
+        return _Generation(env, dbs, VectorMatrices(self._vector_cache_bytes))
 
     def close(self) -> None:
         """Flush and close; the clean-shutdown marker tells the next open it can trust the files."""
@@ -654,6 +665,8 @@ class ContextStore:
             current = stored is not None and _U64.unpack_from(stored)[0] == old["version"]
             if current and new is not None and _same_embedding(key, old, new):
                 kept = bytes(stored[_U64.size :])  # type: ignore[index]
+            elif stored is not None:  # a vector gone: searches of the namespace must not use a matrix holding it
+                count_change(txn, self._dbs[b"meta"], changed_key(key.split(_SEP, 1)[0]))
         if new is None or not _embeddable(new):
             txn.delete(key, db=queue)
         elif kept is not None:  # a write that left the text alone (data, ttl, status): the vector still holds
@@ -864,6 +877,7 @@ class ContextStore:
         model = c.model.encode()
         if txn.get(_EMBEDDING_MODEL, db=self._dbs[b"meta"]) != model:
             _requeue_vectored(txn, self._dbs)
+            count_change(txn, self._dbs[b"meta"], VECTORS_EPOCH)
             txn.put(_EMBEDDING_MODEL, model, db=self._dbs[b"meta"])
         stored = 0
         for item in c.items:
@@ -878,6 +892,8 @@ class ContextStore:
             txn.put(_vector_key(key, record), _U64.pack(item.version) + blob, db=self._dbs[b"vectors"])
             txn.delete(key, db=self._dbs[b"to_embed"])
             stored += 1
+        if stored:
+            count_change(txn, self._dbs[b"meta"], changed_key(c.ns.encode()))
         return _ok(index, stored=stored)
 
     # ------------------------------------------------------------------ reads
@@ -1002,6 +1018,7 @@ class ContextStore:
             return search.run(
                 txn,
                 generation.dbs,
+                generation.matrices,
                 namespace,
                 query,
                 lambda context_id: self._get_record(txn, generation.dbs, prefix + context_id),
