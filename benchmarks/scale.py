@@ -232,14 +232,16 @@ def _send(http: httpx.Client, url: str, request: Request) -> int | str:
 
 
 # ---------------------------------------------------------------- load (client processes)
-def _load_share(system: str, urls: list[str], first: int, last: int, batch: int, users: int, offset: int) -> Any:
+def _load_share(
+    system: str, urls: list[str], first: int, last: int, batch: int, users: int, offset: int, headers: dict[str, str]
+) -> Any:
     """One loader process: records [first, last) in batches, round robin over ``urls``, each batch
     retried on failure (every answer is counted); its own start and end, so spawning is not timed."""
     wire = WIRES[system]
     statuses: Counter[str] = Counter()
     acknowledged = 0
     started = time.time()
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(timeout=60, headers=headers) as http:
         for n, start in enumerate(range(first, last, batch)):
             ids = range(start, min(start + batch, last))
             method, path, body = wire.batch(ids, users)
@@ -718,18 +720,27 @@ def _wait(condition: Callable[[], bool], timeout: float, period: float = 0.1) ->
 
 def load(system: ScaleSystem, settings: ScaleSettings) -> dict[str, Any]:
     """N records from ``settings.loaders`` processes, each a contiguous share of the ids."""
-    per_loader = -(-settings.contexts // settings.loaders // settings.batch) * settings.batch
+    return load_records(
+        system.name, system.urls(), settings.contexts, settings.loaders, settings.batch, settings.users()
+    )
+
+
+def load_records(
+    system: str,
+    urls: list[str],
+    contexts: int,
+    loaders: int,
+    batch: int,
+    users: int,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``contexts`` 1 KiB records (mcpdb: memory contexts of ``users`` users in the ``NS`` namespace) from
+    ``loaders`` processes through the batch API, each a contiguous share of the ids (also the fault
+    harness's preload)."""
+    per_loader = -(-contexts // loaders // batch) * batch
     shares = [
-        (
-            system.name,
-            system.urls(),
-            first,
-            min(first + per_loader, settings.contexts),
-            settings.batch,
-            settings.users(),
-            n,
-        )
-        for n, first in enumerate(range(0, settings.contexts, per_loader))
+        (system, urls, first, min(first + per_loader, contexts), batch, users, n, headers or {})
+        for n, first in enumerate(range(0, contexts, per_loader))
     ]
     with multiprocessing.get_context("spawn").Pool(len(shares)) as pool:
         done = pool.starmap(_load_share, shares)
@@ -742,7 +753,7 @@ def load(system: ScaleSystem, settings: ScaleSettings) -> dict[str, Any]:
         "start": start,
         "end": end,
         "acknowledged": acknowledged,
-        "lost": settings.contexts - acknowledged,
+        "lost": contexts - acknowledged,
         "per_s": acknowledged / (end - start),
         "batch_answers": dict(statuses),
         "failed_batch_attempts": sum(count for status, count in statuses.items() if not status.startswith("2")),

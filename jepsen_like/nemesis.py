@@ -25,6 +25,9 @@ class FaultWindow:
     detail: str
     start: float
     end: float | None = None
+    # After the heal: seconds until every node was ready and had applied what the leader had committed
+    # when the heal began (None: not within the healing window).
+    recovered_s: float | None = None
 
 
 @dataclass
@@ -218,16 +221,77 @@ def resolve(names: list[str], have_network: bool) -> list[Nemesis]:
     return chosen
 
 
+SNAPSHOT_TIMEOUT_S = 600.0
+
+
+def _compact_everywhere(test: TestCluster, clock: Callable[[], float], window: FaultWindow) -> threading.Thread:
+    """Force a snapshot on every running node at once (``POST /v1/node/snapshot``, which answers when it
+    is written), in the background: the fault's window and the snapshots overlap. ``window`` ends when
+    the last answers and says what each did."""
+    outcomes: dict[str, str] = {}
+
+    def one(node_id: str) -> None:
+        try:
+            answer = httpx.post(
+                f"{test.url(node_id)}/v1/node/snapshot",
+                headers={"Authorization": f"Bearer {test.token}"},
+                timeout=SNAPSHOT_TIMEOUT_S,
+            )
+            body = answer.json() if answer.status_code == 200 else {}
+            outcomes[node_id] = (
+                f"index {body['index']}, {body['bytes'] / 2**20:.0f} MiB in {body['seconds']:.1f} s"
+                if body.get("index")
+                else f"{answer.status_code} {str(body.get('reason', answer.text))[:80]}"
+            )
+        except (httpx.HTTPError, ValueError, KeyError) as error:
+            outcomes[node_id] = type(error).__name__
+
+    def all_of_them() -> None:
+        threads = [threading.Thread(target=one, args=(n,)) for n in test.node_ids if test.cluster.running(n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        window.detail = "; ".join(f"{node}: {outcome}" for node, outcome in sorted(outcomes.items()))
+        window.end = clock()
+
+    runner = threading.Thread(target=all_of_them, daemon=True)
+    runner.start()
+    return runner
+
+
+def _recovery_s(test: TestCluster, limit: float) -> float | None:
+    """Seconds until every node answers ready and has applied the commit index the leader reports at the
+    start (an agreed leader first): how long the cluster takes to be whole again after a heal."""
+    began = time.monotonic()
+    target = None
+    while time.monotonic() - began < limit:
+        if target is None:
+            leader = test.cluster.leader()
+            status = test.cluster.node_status(leader) if leader else None
+            target = status["commit_index"] if status else None
+        if target is not None:
+            statuses = [test.cluster.node_status(node) for node in test.node_ids]
+            if all(s and s.get("ready") and s["applied_index"] >= target for s in statuses):
+                return time.monotonic() - began
+        time.sleep(0.1)
+    return None
+
+
 @dataclass
 class Schedule:
-    """Alternates fault windows (one nemesis each, in turn, or all at once) with healing."""
+    """Alternates fault windows (one nemesis each, in turn, or all at once) with healing; with
+    ``compact``, every fault window also forces a snapshot on every node (log compaction during the
+    fault, as a large store's snapshots take long enough to meet any fault in practice)."""
 
     nemeses: list[Nemesis]
     fault_s: float = 5.0
     heal_s: float = 5.0
     combined: bool = False
     seed: int = 0
+    compact: bool = False
     windows: list[FaultWindow] = field(default_factory=list)
+    _compactions: list[threading.Thread] = field(default_factory=list)
 
     def run(self, test: TestCluster, clock: Callable[[], float], stop: threading.Event) -> None:
         rng = random.Random(self.seed)
@@ -242,16 +306,27 @@ class Schedule:
                 window.detail = nemesis.inject(test, rng)
                 self.windows.append(window)
                 opened.append((nemesis, window))
+            if self.compact:
+                compaction = FaultWindow("compact", "snapshots under way on every node", clock())
+                self.windows.append(compaction)
+                self._compactions.append(_compact_everywhere(test, clock, compaction))
             stop.wait(self.fault_s)
             for nemesis, window in opened:
                 nemesis.heal(test)
                 window.end = clock()
-            stop.wait(self.heal_s)
+            healed = time.monotonic()
+            recovered = _recovery_s(test, self.heal_s)
+            for _, window in opened:
+                window.recovered_s = recovered
+            stop.wait(max(0.0, self.heal_s - (time.monotonic() - healed)))
 
     def heal_everything(self, test: TestCluster) -> None:
-        """Undo every kind of fault, whatever the schedule was doing when it stopped."""
+        """Undo every kind of fault, whatever the schedule was doing when it stopped; let forced
+        snapshots finish (a paused node answers once resumed)."""
         _heal_network(test)
         _resume_all(test)
         if any(n.name == "membership" for n in self.nemeses):
             _rejoin_removed(test)
         _restart_dead(test)
+        for compaction in self._compactions:
+            compaction.join(SNAPSHOT_TIMEOUT_S)

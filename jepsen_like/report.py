@@ -36,6 +36,10 @@ def summarise(result: RunResult) -> dict[str, Any]:
     edges = [0.0, *acknowledged, result.config.time_s]
     longest_gap = max((b - a for a, b in itertools.pairwise(edges)), default=result.config.time_s)
     anomalies = sum(len(check.get("anomalies", [])) for check in result.checks.values())
+    recovery: dict[str, list[float | None]] = {}
+    for window in result.windows:
+        if window.nemesis != "compact":
+            recovery.setdefault(window.nemesis, []).append(window.recovered_s)
     return {
         "attempted": len(pairs),
         "acknowledged": outcomes["ok"],
@@ -45,6 +49,13 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "anomalies": anomalies,
         "verdicts": {name: check.get("valid") for name, check in result.checks.items()},
         "valid": result.valid,
+        # per nemesis, the slowest heal until every node was whole again (None: one was not, in its window)
+        "recovery_s": {
+            name: None if None in times else round(max(t for t in times if t is not None), 2)
+            for name, times in recovery.items()
+        },
+        "preloaded": result.preloaded.get("acknowledged", 0),
+        "compactions": sum(1 for window in result.windows if window.nemesis == "compact"),
     }
 
 
@@ -79,7 +90,8 @@ def _plot(result: RunResult, path: Path) -> None:
     for ax in (latency_ax, rate_ax):
         for window in result.windows:
             end = window.end if window.end is not None else result.config.time_s
-            ax.axvspan(window.start, end, color="tab:red", alpha=0.12, lw=0)
+            compacting = window.nemesis == "compact"
+            ax.axvspan(window.start, end, color="tab:olive" if compacting else "tab:red", alpha=0.12, lw=0)
     kinds = sorted({invoke.f for invoke, _ in pairs})
     colours = dict(zip(kinds, ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown"), strict=False))
     for kind in kinds:
@@ -113,6 +125,8 @@ def _plot(result: RunResult, path: Path) -> None:
     latency_ax.set_title(
         f"mcpdb jepsen: {', '.join(result.config.workloads)} under "
         f"{', '.join(result.config.nemeses)} ({verdict}); shaded: faults"
+        + (", snapshots (olive)" if result.config.compact else "")
+        + (f"; {result.preloaded.get('acknowledged', 0):,} contexts preloaded" if result.preloaded else "")
     )
     latency_ax.legend(loc="upper right", fontsize=8, markerscale=2)
     seconds = int(result.config.time_s) + 1

@@ -46,6 +46,8 @@ class RunConfig:
     combined: bool = False
     seed: int = 0
     use_namespaces: bool = True
+    preload: int = 0  # 1 KiB memory contexts loaded before the clients start (a store of that size under faults)
+    compact: bool = False  # force a snapshot on every node in every fault window
 
 
 @dataclass
@@ -58,6 +60,7 @@ class RunResult:
     namespaces: bool
     started_at: float
     summary: dict[str, Any] = field(default_factory=dict)
+    preloaded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -79,16 +82,17 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
     if config.unsafe_stale_reads:
         node_args.append("--unsafe-stale-reads")
     test = cluster_module.start(config.out / "data", config.nodes, node_args, use_namespaces=have_network)
-    if chatting:
-        try:
+    try:
+        if chatting:
             test.cluster.wait_models(timeout=180)
-        except BaseException:
-            test.close()
-            raise
+        preloaded = _preload(test, config.preload) if config.preload else {}
+    except BaseException:
+        test.close()
+        raise
     started = time.monotonic()
     clock = lambda: time.monotonic() - started  # noqa: E731 - the run's clock, shared by all parts
     recorder = Recorder(clock)
-    schedule = Schedule(nemeses, config.fault_s, config.heal_s, config.combined, config.seed)
+    schedule = Schedule(nemeses, config.fault_s, config.heal_s, config.combined, config.seed, config.compact)
     stop = threading.Event()
     workloads = [WORKLOADS[name]() for name in config.workloads]
     try:
@@ -127,7 +131,22 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
         stop.set()
         test.close()
     checks = _check(recorder, workloads, final_reads)
-    return RunResult(config, recorder, schedule.windows, checks, final_reads, test.lab is not None, started)
+    namespaces = test.lab is not None
+    return RunResult(config, recorder, schedule.windows, checks, final_reads, namespaces, started, preloaded=preloaded)
+
+
+def _preload(test: cluster_module.TestCluster, contexts: int) -> dict[str, Any]:
+    """``contexts`` 1 KiB memory contexts in a namespace of their own (``mcpdb bench scale``'s, from its
+    three loader processes): the faults then meet a store of that size, its snapshots, catch-ups and
+    restarts. Returns the loader's account (acknowledged, per second, failed batch attempts)."""
+    from benchmarks.scale import load_records
+
+    urls = [test.url(node) for node in test.node_ids]
+    headers = {"Authorization": f"Bearer {test.token}"}
+    loaded = load_records("mcpdb", urls, contexts, 3, 500, max(1, contexts // 10), headers)
+    if loaded["lost"]:
+        raise RuntimeError(f"preload: {loaded['lost']} of {contexts} contexts were not acknowledged")
+    return loaded
 
 
 class _ProcessIds:

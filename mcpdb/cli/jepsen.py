@@ -39,6 +39,10 @@ def jepsen(
     unsafe_stale_reads: Annotated[
         bool, typer.Option(help="Start every node with --unsafe-stale-reads: the checkers must catch it.")
     ] = False,
+    preload: Annotated[
+        int, typer.Option(help="1 KiB memory contexts to load before the run (faults at scale), e.g. 1000000.")
+    ] = 0,
+    compact: Annotated[bool, typer.Option(help="Force a snapshot on every node in every fault window.")] = False,
 ) -> None:
     """Run workloads against a real cluster under faults; exit non-zero on any anomaly."""
     with source_checkout("mcpdb jepsen", "jepsen_like"):
@@ -47,6 +51,8 @@ def jepsen(
 
     if time_s <= 0 or concurrency < 1 or nodes < 1:
         raise CliError("--time, --concurrency and --nodes must be positive")
+    if preload < 0:
+        raise CliError("--preload must be 0 or more")
     folder = out if str(out) else Path("jepsen-runs") / time.strftime("%Y%m%d-%H%M%S")
     config = RunConfig(
         nemeses=[n.strip() for n in nemesis.split(",") if n.strip()],
@@ -61,6 +67,8 @@ def jepsen(
         combined=combined,
         seed=seed,
         use_namespaces=not loopback,
+        preload=preload,
+        compact=compact,
     )
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -70,7 +78,9 @@ def jepsen(
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("starting cluster", total=time_s, ops=0)
+        task = progress.add_task(
+            f"starting cluster, loading {preload:,} contexts" if preload else "starting cluster", total=time_s, ops=0
+        )
 
         def on_progress(elapsed: float, ops: int) -> None:
             progress.update(task, completed=min(elapsed, time_s), ops=ops, description="running")
@@ -97,8 +107,14 @@ def _print(summary: dict[str, Any], result: RunResult, folder: Path) -> None:
         ("failed", str(summary["failed"])),
         ("indeterminate", str(summary["indeterminate"])),
         ("longest time without an ack", f"{summary['longest_without_ack_s']} s"),
-        ("fault windows", str(len(result.windows))),
+        ("fault windows", str(sum(1 for w in result.windows if w.nemesis != "compact"))),
     ]
+    if summary["preloaded"]:
+        rows.append(("preloaded contexts", f"{summary['preloaded']:,}"))
+    if summary["compactions"]:
+        rows.append(("forced snapshot rounds", str(summary["compactions"])))
+    for name, seconds in summary["recovery_s"].items():
+        rows.append((f"recovery after {name}", "not within the heal window" if seconds is None else f"{seconds} s"))
     for name, verdict in summary["verdicts"].items():
         rows.append((f"check {name}", "[green]valid[/]" if verdict is True else f"[red]{verdict}[/]"))
     rows.append(("anomalies", f"[{'green' if summary['anomalies'] == 0 else 'red'}]{summary['anomalies']}[/]"))
