@@ -11,11 +11,11 @@ ranking by shared words alone puts it first. Each topic is asked two ways, as pe
   value it asks for): "What am I allergic to?" for "Is allergic to peanuts". Here the words are the
   strongest evidence, and an embedding of a small model the weaker one.
 
-Each user also keeps a few records of each of some ``FAMILIES``, alike but for a name or a code
-(three support tickets, three contacts, three projects, three flights), and each record is asked for
-by that name:
+Each user also keeps ``RECORDS`` records of each of some ``FAMILIES``, alike but for a name or a
+code (eight support tickets, eight contacts, eight projects, eight flights), and each record is asked
+for by that name:
 
-- **named**: "What is ticket INC-482 about?" among the user's three tickets. The code is the only
+- **named**: "What is ticket INC-482 about?" among the user's eight tickets. The code is the only
   evidence that tells the records apart, and a small embedding model spreads it thin (a code is
   several word pieces, a name a few), where BM25 weighs the one rare term highest: the case where
   words beat meaning, as the paraphrase is the case where meaning beats words.
@@ -219,7 +219,8 @@ class Family:
 
     fact: str
     names: tuple[str, ...]  # a name, or a code's prefix that ``code_digits`` random digits follow
-    # (three: real enough, and few distinct texts to embed for the latency corpus's million memories)
+    # (three digits: real enough, and the latency corpus's million memories hold ~41,000 distinct texts
+    # to embed, not one per record)
     values: tuple[str, ...]
     question: str  # names the record: "{name}" only
     code_digits: int = 0

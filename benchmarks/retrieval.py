@@ -1,24 +1,31 @@
 """``mcpdb bench retrieval`` (issue 15): how well and how fast search chooses memories.
 
 Quality: the generated memory benchmark (``benchmarks.memory_corpus``: users with a fact and a
-distractor per topic, each topic asked in other words and directly) is loaded into a
-``ContextStore`` through the commands the log applies (``Batch``, then ``SetVectors`` with the
-vectors the bundled model gives each text, as the leader's embedding duty proposes them). Each
-question is searched among its user's memories, as a chat's gather reads them, in each mode; recall@1,
-recall@5 and MRR of the fact that answers it, over all questions and per style; beside the store's
-own hybrid, the other fusions (``FUSIONS``) computed from the same two rankings. Anchors on the same
-corpus in the same run: SQLite FTS5's BM25 (stdlib ``sqlite3``, ``porter unicode61``, the question's
-words OR-ed) and exact brute-force cosine over the same stored vectors in float32 (the ceiling a vector
-index could reach).
+distractor per topic, each topic asked in other words and directly, and records told apart by a name
+or code, each asked for by it) is loaded into a ``ContextStore`` through the commands the log applies
+(``Batch``, then ``SetVectors`` with the vectors the embedding model gives each text, as the leader's
+embedding duty proposes them). Each question is searched among its user's memories, as a chat's gather
+reads them, in each mode; recall@1, recall@5 and MRR of the memory that answers it, over all questions
+and per style; beside the store's own hybrid, the other fusions (``FUSIONS``) computed from the same
+two rankings. Anchors on the same corpus in the same run: SQLite FTS5's BM25 (stdlib ``sqlite3``,
+``porter unicode61``, the question's words OR-ed) and exact brute-force cosine over the same stored
+vectors in float32 (the ceiling a vector index could reach).
+
+Chats (``benchmarks.recall_chats``): how often the needed memory reached a prompt the node's own gather
+and assembly built, against the all-or-nothing assembly, and how much of each follow-up's prompt the
+KV cache held.
+
+Time until a write is vector-searchable (``benchmarks.freshness``): three real nodes, background write
+loads in one namespace, probes in it and in another tenant's.
 
 Latency: the same generator grown to N memories in one namespace (10 k, 100 k, 1 M), each text's
 vector computed once and given to every memory with that text (a value repeats across users, and a
-million distinct embeddings would take this machine a day: the vectors are real, only reused). Search
+million distinct embeddings would take this machine hours: the vectors are real, only reused). Search
 p50/p99 per mode, the query's embedding included where the mode needs one, a user's memories (as a
-chat asks) and the whole namespace; FTS5 the same way. All in process, so neither HTTP nor Raft blurs
-the search's own cost (``mcpdb bench kv`` measures those).
+chat asks) and the whole namespace (its first search after a write apart); FTS5 the same way. All in
+process, so neither HTTP nor Raft blurs the search's own cost (``mcpdb bench kv`` measures those).
 
-Embedding cost per write: the bundled model's time for one fact, as the duty embeds them.
+Embedding cost per write: the model's time for one fact, as the duty embeds them.
 """
 
 from __future__ import annotations
@@ -94,9 +101,11 @@ class RetrievalSettings:
     def expected_s(self) -> float:
         """Rough length of the run for the progress bar: loads at ~4,000 memories/s, ~50 ms a search."""
         chats = self.chat_users * 8 + self.chat_filler * 0.15
-        fresh = 60 + len(FRESHNESS_RATES) * (self.freshness_seconds + 10) if self.freshness_seconds else 0
+        fresh = 60 + len(FRESHNESS_RATES) * (3 * self.freshness_seconds + 10) if self.freshness_seconds else 0
         per_user = self.users * MEMORIES_PER_USER / 4000
-        return 30 + chats + fresh + per_user + sum(size / 4000 + self.queries * 0.3 for size in self.sizes)
+        embedding = 0.01 * min(40_000, max(self.sizes, default=0) // 25)  # distinct texts, ~10 ms each
+        searches = sum(size / 4000 + self.queries * 0.3 for size in self.sizes)
+        return 30 + chats + fresh + per_user + embedding + searches
 
 
 @dataclass

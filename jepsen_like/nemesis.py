@@ -25,8 +25,8 @@ class FaultWindow:
     detail: str
     start: float
     end: float | None = None
-    # After the heal: seconds until every node was ready and had applied what the leader had committed
-    # when the heal began (None: not within the healing window).
+    # From the start of the heal: seconds until every node was ready and had applied what an agreed
+    # leader had committed (None: not within RECOVERY_LIMIT_S, or the run ended first).
     recovered_s: float | None = None
 
 
@@ -222,6 +222,7 @@ def resolve(names: list[str], have_network: bool) -> list[Nemesis]:
 
 
 SNAPSHOT_TIMEOUT_S = 600.0
+SNAPSHOT_HEAD_START_S = 0.3  # between forcing the snapshots and the fault: each node has pinned its version
 
 
 def _compact_everywhere(test: TestCluster, clock: Callable[[], float], window: FaultWindow) -> threading.Thread:
@@ -260,12 +261,15 @@ def _compact_everywhere(test: TestCluster, clock: Callable[[], float], window: F
     return runner
 
 
-def _recovery_s(test: TestCluster, limit: float) -> float | None:
-    """Seconds until every node answers ready and has applied the commit index the leader reports at the
-    start (an agreed leader first): how long the cluster takes to be whole again after a heal."""
+RECOVERY_LIMIT_S = 180.0  # the longest a heal is waited for before the schedule goes on regardless
+
+
+def _recovered(test: TestCluster, stop: threading.Event) -> bool:
+    """Wait until every node answers ready and has applied the commit index an agreed leader reports once
+    there is one: the cluster is whole again. False if ``RECOVERY_LIMIT_S`` passed or the run ended."""
     began = time.monotonic()
     target = None
-    while time.monotonic() - began < limit:
+    while time.monotonic() - began < RECOVERY_LIMIT_S and not stop.is_set():
         if target is None:
             leader = test.cluster.leader()
             status = test.cluster.node_status(leader) if leader else None
@@ -273,16 +277,17 @@ def _recovery_s(test: TestCluster, limit: float) -> float | None:
         if target is not None:
             statuses = [test.cluster.node_status(node) for node in test.node_ids]
             if all(s and s.get("ready") and s["applied_index"] >= target for s in statuses):
-                return time.monotonic() - began
+                return True
         time.sleep(0.1)
-    return None
+    return False
 
 
 @dataclass
 class Schedule:
     """Alternates fault windows (one nemesis each, in turn, or all at once) with healing; with
-    ``compact``, every fault window also forces a snapshot on every node (log compaction during the
-    fault, as a large store's snapshots take long enough to meet any fault in practice)."""
+    ``compact``, every fault window starts by forcing a snapshot on every node, so the fault meets
+    snapshots being written (a kill or crash lands in the middle of one on a large store). Each heal
+    lasts at least ``heal_s``, and until the cluster is whole again (``recovered_s``)."""
 
     nemeses: list[Nemesis]
     fault_s: float = 5.0
@@ -300,25 +305,26 @@ class Schedule:
         while not stop.is_set():
             active = self.nemeses if self.combined else [self.nemeses[turn % len(self.nemeses)]]
             turn += 1
+            if self.compact:  # first, so that a kill or crash lands while the snapshots are being written
+                compaction = FaultWindow("compact", "snapshots under way on every node", clock())
+                self.windows.append(compaction)
+                self._compactions.append(_compact_everywhere(test, clock, compaction))
+                stop.wait(SNAPSHOT_HEAD_START_S)
             opened = []
             for nemesis in active:
                 window = FaultWindow(nemesis.name, "", clock())
                 window.detail = nemesis.inject(test, rng)
                 self.windows.append(window)
                 opened.append((nemesis, window))
-            if self.compact:
-                compaction = FaultWindow("compact", "snapshots under way on every node", clock())
-                self.windows.append(compaction)
-                self._compactions.append(_compact_everywhere(test, clock, compaction))
             stop.wait(self.fault_s)
+            healing = time.monotonic()
             for nemesis, window in opened:
                 nemesis.heal(test)
                 window.end = clock()
-            healed = time.monotonic()
-            recovered = _recovery_s(test, self.heal_s)
+            recovered = time.monotonic() - healing if _recovered(test, stop) else None
             for _, window in opened:
                 window.recovered_s = recovered
-            stop.wait(max(0.0, self.heal_s - (time.monotonic() - healed)))
+            stop.wait(max(0.0, self.heal_s - (time.monotonic() - healing)))
 
     def heal_everything(self, test: TestCluster) -> None:
         """Undo every kind of fault, whatever the schedule was doing when it stopped; let forced

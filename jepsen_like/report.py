@@ -37,8 +37,8 @@ def summarise(result: RunResult) -> dict[str, Any]:
     longest_gap = max((b - a for a, b in itertools.pairwise(edges)), default=result.config.time_s)
     anomalies = sum(len(check.get("anomalies", [])) for check in result.checks.values())
     recovery: dict[str, list[float | None]] = {}
-    for window in result.windows:
-        if window.nemesis != "compact":
+    for window in result.windows:  # a heal the run's end cut short has no recovery to speak of
+        if window.nemesis != "compact" and window.end is not None and window.end < result.config.time_s:
             recovery.setdefault(window.nemesis, []).append(window.recovered_s)
     return {
         "attempted": len(pairs),
@@ -49,7 +49,8 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "anomalies": anomalies,
         "verdicts": {name: check.get("valid") for name, check in result.checks.items()},
         "valid": result.valid,
-        # per nemesis, the slowest heal until every node was whole again (None: one was not, in its window)
+        # per nemesis, the slowest heal until every node was whole again (None: one was not within
+        # nemesis.RECOVERY_LIMIT_S)
         "recovery_s": {
             name: None if None in times else round(max(t for t in times if t is not None), 2)
             for name, times in recovery.items()

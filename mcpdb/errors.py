@@ -69,10 +69,13 @@ class Unserializable(McpdbServerError, ValueError):
 
 
 class UnsearchableQuery(McpdbServerError, ValueError):
-    """A search query with no word in it, or a lexical one whose words are all stopwords (nothing the
-    index holds could match: an empty answer would look like "nothing stored matches")."""
+    """A search query with no word in it, or one ranked by words alone whose words the index never holds
+    (stopwords, words over 32 characters): an empty answer would look like "nothing stored matches"."""
 
     status, code = 422, "invalid_query"
+
+    def fields(self) -> dict[str, Any]:
+        return {"parameter": "q"}  # REST's name for it (MCP's search_contexts calls it query)
 
 
 class Forbidden(McpdbServerError):

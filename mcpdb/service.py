@@ -72,17 +72,20 @@ def search_query(
     )
 
 
-def _check_searchable(query: str, mode: SearchMode) -> None:
-    """Refuse a query that cannot match anything: no word at all, or (lexically) only stopwords. A
-    vector search of stopwords alone still means something ("who am I?")."""
+def _unsearchable(query: str, by_words_alone: bool) -> str | None:
+    """Why ``query`` cannot match anything (None: it can): it has no word at all, or it is ranked by words
+    alone (``by_words_alone``: lexical mode, or hybrid on a node that cannot rank by meaning) and none of
+    its words is one the index holds. A vector search of stopwords still means something ("who am I?")."""
     found = lexical.words(query)
     if not found:
-        raise UnsearchableQuery("the query (q) has no words to search for: give it letters or digits")
-    if mode == "lexical" and not lexical.query_terms(query):
-        raise UnsearchableQuery(
-            f"the query (q) holds only stopwords ({' '.join(found[:8])}), which lexical search does not index: "
-            "use other words, or mode=hybrid or vector"
+        return "the query has no word to search for: give it letters or digits"
+    if by_words_alone and not lexical.query_terms(query):
+        return (
+            f"the query's words ({' '.join(found[:8])}) are stopwords or longer than {lexical.MAX_WORD_CHARS} "
+            "characters, which lexical search does not index: use other words, or mode=hybrid or vector "
+            "on a node with an embedding model"
         )
+    return None
 
 
 class ContextService:
@@ -183,8 +186,10 @@ class ContextService:
         (``"vector"`` says why, ``query_vector``). The search runs on a worker thread: scanning a
         common word's postings must not hold up the event loop's other requests."""
         check_namespace(namespace)
-        _check_searchable(query, mode)
-        if mode == "vector" and (unusable := self._unusable_embedder()) is not None:
+        unusable = self._unusable_embedder()
+        if (why := _unsearchable(query, mode == "lexical" or (mode == "hybrid" and unusable is not None))) is not None:
+            raise UnsearchableQuery(why)
+        if mode == "vector" and unusable is not None:
             raise ModelNotServed(f"{unusable} (mode=vector needs it): search with mode=lexical or hybrid")
         asked = search_query(query, None, mode, kind, user_id, tags or [], k)
         read_index = await self.read_index(consistency)

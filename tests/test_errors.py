@@ -18,7 +18,7 @@ CASES = [
     (errors.InvalidHeader("bad"), 400, "invalid_header", {}),
     (errors.InvalidCursor("bad"), 400, "invalid_cursor", {}),
     (errors.Unserializable("big"), 422, "invalid_value", {}),
-    (errors.UnsearchableQuery("no words"), 422, "invalid_query", {}),
+    (errors.UnsearchableQuery("no words"), 422, "invalid_query", {"parameter": "q"}),
     (errors.Forbidden("weak"), 403, "forbidden", {}),
     (errors.Hidden("none"), 404, "not_found", {}),
     (errors.NotFound("gone"), 404, "not_found", {}),

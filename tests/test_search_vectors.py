@@ -313,7 +313,8 @@ def test_whole_namespace_searches_from_the_matrix_answer_as_the_scan_through_any
     tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[Any, ...]]
 ) -> None:
     """Two stores apply the same log, one keeping whole-namespace matrices, one scanning every time; after
-    every step a vector and a hybrid search of the whole namespace (and of one user) answer alike."""
+    every step a vector and a hybrid search of the whole namespace (and of one user) answer alike, twice
+    (the second from the matrix the first kept)."""
     directory = tmp_path_factory.mktemp("matrices")
     cached, scanned = (
         AppliedLog(str(directory / "cached")),
@@ -339,7 +340,9 @@ def test_whole_namespace_searches_from_the_matrix_answer_as_the_scan_through_any
             for owners in (None, ContextStore.owners_of(["u1", None])):
                 for mode in ("vector", "hybrid"):
                     asked = SearchQuery(["tea"], query, mode, SEARCHABLE_KINDS, owners, [], 10)  # type: ignore[arg-type]
-                    assert cached.store.search("app", asked) == scanned.store.search("app", asked)
+                    answer = scanned.store.search("app", asked)
+                    assert cached.store.search("app", asked) == answer
+                    assert cached.store.search("app", asked) == answer
             continue
         cached.apply(command)
         scanned.apply(command)
@@ -356,8 +359,9 @@ def test_a_whole_namespace_matrix_is_rebuilt_after_any_change_to_the_namespaces_
     def both(command: Any, namespace: str = "app") -> list[str]:
         for log in (cached, scanned):
             log.apply(command)
-        answer = cached.store.search(namespace, asked)
-        assert answer == scanned.store.search(namespace, asked)
+        answer = scanned.store.search(namespace, asked)
+        assert cached.store.search(namespace, asked) == answer  # a scan, keeping the rows as a matrix
+        assert cached.store.search(namespace, asked) == answer  # from the matrix
         return [context["id"] for _, context in answer.hits]
 
     both(Put("elsewhere", "e1", _memory("tea"), None, None, 1.0), "elsewhere")
@@ -366,9 +370,20 @@ def test_a_whole_namespace_matrix_is_rebuilt_after_any_change_to_the_namespaces_
 
     both(Put("app", "m1", _memory("tea"), None, None, 1.0))
     assert both(SetVectors("app", (Embedded("m1", 3, vectors.to_text(_unit(1.0))),), "model")) == ["m1"]
-    assert cached.store._generation.matrices.nbytes > 0  # that answer came from the matrix
+    assert cached.store._generation.matrices.nbytes > 0  # the second answer came from a matrix
     both(Put("app", "m2", _memory("tea"), None, None, 1.0))
     assert both(SetVectors("app", (Embedded("m2", 5, vectors.to_text(_unit(0.6, 0.8))),), "model")) == ["m1", "m2"]
     assert both(Put("app", "m1", _memory("green tea"), None, None, 1.0)) == ["m2"]  # its vector went with its text
     assert both(SetVectors("app", (Embedded("m1", 7, vectors.to_text(_unit(-1.0))),), "other")) == ["m1"]
     assert both(Put("app", "m3", _memory("tea"), None, None, 1.0), "elsewhere") == []  # the new model's: none yet
+
+
+def test_a_namespace_whose_rows_do_not_fit_is_scanned_and_nothing_is_kept(tmp_path: Path) -> None:
+    log = AppliedLog(str(tmp_path / "store"), vector_cache_bytes=150)  # one row and its key (91 bytes), not two
+    for number in range(2):
+        log.apply(Put("app", f"m{number}", _memory("tea"), None, None, 1.0))
+    _vectors_of(log, {"m0": _unit(1.0), "m1": _unit(0.6, 0.8)})
+    asked = SearchQuery(["tea"], _unit(1.0), "vector", SEARCHABLE_KINDS, None, [], 10)  # type: ignore[arg-type]
+    for _ in range(2):
+        assert [context["id"] for _, context in log.store.search("app", asked).hits] == ["m0", "m1"]
+        assert log.store._generation.matrices.nbytes == 0

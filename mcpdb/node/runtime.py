@@ -307,19 +307,20 @@ class NodeRuntime:
         raft = self.replication.status()
         ready, reason = self.ready()
         return {
+            **{key: value for key, value in raft.items() if key != "ready"},
+            "raft_ready": raft["ready"],  # pysyncobj's own: it has caught up with the leader's log once
             "id": self.config.node_id,
             "http_url": self.config.http_url,
             "raft_addr": self.config.raft_addr,
             "voter": self.config.raft_addr is not None,
             "durable": self.config.durable,
             "uptime_s": round(time.time() - self.started_at, 1),
-            "ready": ready,
+            "ready": ready,  # what /readyz answers (disk alarm, leader, applied)
             "ready_reason": reason,
             "store": self.store.stats(),
             "store_applied_index": self.store.applied_index(),
             "read_barriers": {"batches": self.barrier.batches, "reads": self.barrier.reads},
             "inference": self._inference_status(),
-            **raft,
         }
 
     def _inference_status(self) -> dict[str, Any]:

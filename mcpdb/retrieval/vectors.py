@@ -65,8 +65,42 @@ def _query(query: bytes) -> npt.NDArray[np.float32]:
     return np.frombuffer(query, dtype=DTYPE).astype(np.float32)
 
 
+class KeptRows:
+    """The usable rows a scan converted, kept while they fit ``budget`` bytes (keys included): a whole
+    namespace's matrix as a by-product of the scan that ranks it, at no extra conversion."""
+
+    _KEY_COST = 57  # bytes a key costs beside its length (the bytes object and its list slot)
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._spent = 0
+        self.keys: list[bytes] = []
+        self._blocks: list[npt.NDArray[np.float32]] = []
+        self.complete = budget > 0  # False once something did not fit: nothing is kept
+
+    def add(self, keys: list[bytes], block: npt.NDArray[np.float32]) -> None:
+        if not self.complete:
+            return
+        self._spent += int(block.nbytes) + sum(self._KEY_COST + len(key) for key in keys)
+        if self._spent > self._budget:
+            self.complete, self.keys, self._blocks = False, [], []
+            return
+        self.keys += keys
+        self._blocks.append(block)
+
+    @property
+    def nbytes(self) -> int:
+        return self._spent
+
+    def matrix(self, size: int) -> npt.NDArray[np.float32]:
+        """The kept rows as one matrix (``size``: the vectors' length in bytes)."""
+        if not self._blocks:
+            return np.empty((0, size // DTYPE.itemsize), dtype=np.float32)
+        return np.concatenate(self._blocks)
+
+
 def nearest(
-    query: bytes, candidates: Iterable[tuple[bytes, bytes]], limit: int
+    query: bytes, candidates: Iterable[tuple[bytes, bytes]], limit: int, kept: KeptRows | None = None
 ) -> tuple[list[tuple[bytes, float]], int]:
     """The ``limit`` candidates most similar to ``query`` (cosine: the vectors are unit length), best
     first, ties in the candidates' order; and how many candidates there were. Vectors of another length
@@ -75,7 +109,8 @@ def nearest(
     Scored ``BLOCK`` at a time, keeping the best ``limit`` so far: a namespace-wide search over a million
     vectors holds one block's matrix (10 MB at 640 dimensions), not the namespace's (2.5 GB in float32).
     Each row's dot product is the same whichever block it is in, and the best are chosen by (score,
-    position), so the ranking is the one a single product over every candidate gives."""
+    position), so the ranking is the one a single product over every candidate gives. ``kept``, if
+    given, receives each block's usable rows."""
     wanted = _query(query)
     kept_keys: list[bytes] = []
     kept_scores = np.empty(0, dtype=np.float32)
@@ -87,7 +122,10 @@ def nearest(
         seen += len(block)
         if not usable or not wanted.size:
             continue
-        scores = np.concatenate([kept_scores, _scores(as_matrix([blob for _, _, blob in usable]), wanted)])
+        rows = as_matrix([blob for _, _, blob in usable])
+        if kept is not None:
+            kept.add([key for _, key, _ in usable], rows)
+        scores = np.concatenate([kept_scores, _scores(rows, wanted)])
         positions = np.concatenate([kept_positions, np.fromiter((p for p, _, _ in usable), dtype=np.int64)])
         keys = kept_keys + [key for _, key, _ in usable]
         order = np.lexsort((positions, -scores))[:limit]  # by score, best first, then position
@@ -101,7 +139,7 @@ def nearest_rows(
 ) -> list[tuple[bytes, float]]:
     """``nearest`` over vectors already in a matrix (row i is ``keys[i]``'s, the rows in candidate order,
     all of the query's length): one product, the same scores and the same order (score, then row)."""
-    if not len(keys) or not matrix.shape[1]:
+    if not len(keys) or not matrix.shape[1] or limit < 1:
         return []
     scores = _scores(matrix, _query(query))
     return [(keys[i], float(scores[i])) for i in _best_rows(scores, limit)]

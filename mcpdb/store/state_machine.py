@@ -30,6 +30,11 @@ Layout (named LMDB databases, keys are bytes):
 - ``by_kind``: ``kind \0 ns \0 id`` -> b"", every context: a namespace's contexts
               of one kind (a listing by kind, a chat's instructions and
               guardrails) and one kind across namespaces are each one key range
+- ``lexical``: a search's postings, per term, owner and kind (``mcpdb.retrieval.lexical``)
+- ``vectors``: ``ns \0 owner \0 kind \0 id`` -> the version it is for (8 bytes) and the
+              context's unit vector (float16); a write that changes what a scan of it
+              reads also counts a change in ``meta`` (``mcpdb.store.vector_matrices``)
+- ``to_embed``: ``ns \0 id`` -> a version waiting for its vector (the embedder's queue)
 Secondary indexes and counts. ``by_kind``, ``lexical`` and the per-kind
 counts are a function of ``ctx`` alone, written in the transaction of the
 write that changes ``ctx`` (put, delete, expiry, batch, an append that

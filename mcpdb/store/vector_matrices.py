@@ -2,19 +2,24 @@
 
 A search of a whole namespace (no ``user_id``) compares the query with every vector in scope. Read from
 LMDB a cursor step at a time, that costs ~3 us a vector in Python and the float16 -> float32 conversion
-(0.33 s at 100,000 memories); a matrix of the same rows, built once by the same scan, answers with one
-product (~12 ms at 100,000 x 384). The matrix is used only while it is exactly what the searching read
-transaction holds: the state machine counts each namespace's vector changes in the transaction that
-makes them (``meta``: ``vectors_changed \\0 ns``; ``vectors_epoch`` for a change of model, which drops
-every vector), the search reads the count in its own transaction, and a matrix answers only for the
-count it was built at. So a search ranks what the state at its version holds, as the scan would, and
-the same on every replica (``vectors.nearest_rows`` ranks as ``vectors.nearest``: a property test).
+(0.33 s at 100,000 memories); the same rows as one float32 matrix answer with one product (~12 ms at
+100,000 x 384). The matrix is a by-product of the scan: a search that finds none at its version scans as
+before (``vectors.nearest``, a block at a time) and keeps the blocks it converted, if they fit.
+
+The matrix is used only while it is exactly what the searching read transaction holds: the state machine
+counts each namespace's vector changes in the transaction that makes them (``meta``: ``vectors_changed
+\0 ns``; ``vectors_epoch`` for a change of model, which drops every vector; every write to the
+``vectors`` database that changes what a scan reads must count one), the search reads the count in its
+own transaction, and a matrix answers only for the count it was built at. So a search ranks what the
+state at its version holds, as the scan would, and the same on every replica (``vectors.nearest_rows``
+ranks as ``vectors.nearest``: property tests against the scan).
 
 Kept per store generation (a snapshot install starts afresh), least recently used out first within
-``max_bytes``; a namespace bigger than that is scanned every time. A write to the namespace's vectors
-makes the next search rebuild its matrix, so the matrix pays off for namespaces searched more often than
-their vectors change (an application's shared knowledge, a settled import), not under a stream of new
-memories; one user's memories (a chat's recall) are few and always scanned.
+``max_bytes`` (keys counted); a namespace whose rows do not fit is scanned every time, holding one block
+at a time, and ``max_bytes`` 0 keeps nothing. A change to a namespace's vectors makes its next search scan
+again, so the matrix pays where a namespace is searched more often than its vectors change (an
+application's shared knowledge, a settled import); under a stream of new memories each search costs a
+scan, as before. One user's memories (a chat's recall) are few and always scanned.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from mcpdb.retrieval import vectors
 
 VECTORS_EPOCH = b"vectors_epoch"  # meta -> U64: changes of model (every vector dropped)
 _VECTORS_CHANGED = b"vectors_changed\x00"  # meta, + namespace -> U64: changes of that namespace's vectors
-_KEY_OVERHEAD = 100  # bytes a row's key costs beside its vector (the bytes object, the list slot)
 
 
 def changed_key(namespace: bytes) -> bytes:
@@ -61,10 +65,7 @@ class _Matrix:
     keys: list[bytes]
     rows: npt.NDArray[np.float32]
     candidates: int  # every vector in scope, of any length (``nearest``'s count)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.rows.nbytes) + _KEY_OVERHEAD * len(self.keys)
+    nbytes: int  # rows and keys
 
 
 class VectorMatrices:
@@ -90,37 +91,28 @@ class VectorMatrices:
         scan: Callable[[], Iterable[tuple[bytes, bytes]]],
         limit: int,
     ) -> tuple[list[tuple[bytes, float]], int]:
-        """What ``vectors.nearest(query, scan(), limit)`` gives in ``txn``, from the namespace's matrix
-        (built from ``scan`` if there is none at the version ``txn`` reads)."""
+        """What ``vectors.nearest(query, scan(), limit)`` gives in ``txn``: from the namespace's matrix if
+        there is one at the version ``txn`` reads, else from the scan (keeping its rows if they fit)."""
         version = _version(txn, meta, namespace)
         key = (namespace, tuple(sorted(kinds)), len(query))
         with self._lock:
             held = self._held.get(key)
             if held is not None and held.version == version:
                 self._held.move_to_end(key)
-        if held is None or held.version != version:
-            held = self._build(version, scan, len(query))
-            self._keep(key, held)
-        return vectors.nearest_rows(query, held.keys, held.rows, limit), held.candidates
-
-    @staticmethod
-    def _build(version: tuple[int, int], scan: Callable[[], Iterable[tuple[bytes, bytes]]], size: int) -> _Matrix:
-        keys: list[bytes] = []
-        blobs: list[bytes] = []
-        candidates = 0
-        for context_id, blob in scan():
-            candidates += 1
-            if len(blob) == size:
-                keys.append(context_id)
-                blobs.append(blob)
-        rows = vectors.as_matrix(blobs) if blobs else np.empty((0, size // vectors.DTYPE.itemsize), np.float32)
-        return _Matrix(version, keys, rows, candidates)
+        if held is not None and held.version == version:
+            return vectors.nearest_rows(query, held.keys, held.rows, limit), held.candidates
+        kept = vectors.KeptRows(self._max_bytes)
+        ranking, candidates = vectors.nearest(query, scan(), limit, kept)
+        if kept.complete:
+            self._keep(key, _Matrix(version, kept.keys, kept.matrix(len(query)), candidates, kept.nbytes))
+        return ranking, candidates
 
     def _keep(self, key: tuple[bytes, tuple[str, ...], int], matrix: _Matrix) -> None:
-        if matrix.nbytes > self._max_bytes:
-            return
         with self._lock:
+            held = self._held.get(key)
+            if held is not None and held.version > matrix.version:  # a search of an older version finished last
+                return
             self._held[key] = matrix
             self._held.move_to_end(key)
-            while sum(held.nbytes for held in self._held.values()) > self._max_bytes:
+            while sum(kept.nbytes for kept in self._held.values()) > self._max_bytes:
                 self._held.popitem(last=False)

@@ -256,8 +256,8 @@ def create_app(runtime: NodeView) -> Any:
         contexts carrying all of them. Linearizable by default. ``terms`` is what the query became
         (stopwords dropped, words stemmed), ``matched`` how many contexts share a term with it,
         ``unembedded`` how many of the searched contexts have no vector yet (they rank lexically
-        only). A ``q`` with no word, or only stopwords in lexical mode, is refused (422
-        ``invalid_query``)."""
+        only). A ``q`` with no word, or ranked by words alone with none the index holds (stopwords,
+        words over 32 characters), is refused (422 ``invalid_query``)."""
         return await service.search(namespace, q, kind, user_id, tags, k, mode, consistency)
 
     @app.post(ns_path + "/sessions/{session_id}/turns", tags=["sessions"])
