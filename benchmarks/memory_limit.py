@@ -14,12 +14,11 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
 
-from benchmarks.scale import NS, _load_share
+from benchmarks.scale import NS, load_records
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
 CGROUPS = Path("/sys/fs/cgroup/memory")
@@ -65,21 +64,9 @@ def main() -> None:
         urls = cluster.urls()
         started = time.monotonic()
         # `mcpdb bench scale`'s loader and records (1 KiB memory contexts), from three processes.
-        shares = [(k * args.contexts // LOADERS, (k + 1) * args.contexts // LOADERS) for k in range(LOADERS)]
-        with ProcessPoolExecutor(LOADERS) as pool:
-            results = list(
-                pool.map(
-                    _load_share,
-                    ["mcpdb"] * LOADERS,
-                    [urls] * LOADERS,
-                    *zip(*shares, strict=True),
-                    [BATCH] * LOADERS,
-                    [USERS] * LOADERS,
-                    range(LOADERS),
-                )
-            )
+        loaded = load_records("mcpdb", urls, args.contexts, LOADERS, BATCH, USERS)
         seconds = time.monotonic() - started
-        acknowledged = sum(result["acknowledged"] for result in results)
+        acknowledged = loaded["acknowledged"]
         rate = acknowledged / seconds
         print(f"loaded {acknowledged:,} of {args.contexts:,} contexts in {seconds:.1f} s ({rate:,.0f}/s)")
         with httpx.Client(timeout=60) as http:

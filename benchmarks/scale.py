@@ -111,6 +111,7 @@ Step = Callable[[str, float], None]
 Request = tuple[str, str, Any]  # method, path, JSON body (None: no body)
 
 _FILLER = "".join(random.Random(14).choices(string.ascii_letters + string.digits + " ", k=4 * VALUE_BYTES))
+_OPAQUE = _FILLER.replace(" ", "x")
 
 
 @dataclass
@@ -122,6 +123,9 @@ class ScaleSettings:
     phase_s: float = 10.0
     gather_runs: int = 30
     out: Path | None = None  # None: benchmarks/runs/<timestamp>
+    # "words": text a search indexes (~11 terms a record, ~9 of them shared by every record); "opaque": one
+    # 1 KiB token that no index holds, the bytes etcd stores: the store's own cost, without the search's.
+    values: str = "words"
 
     def command(self) -> str:
         """The command line that repeats this run."""
@@ -129,7 +133,7 @@ class ScaleSettings:
             f"mcpdb bench scale --contexts {self.contexts} --batch {self.batch} --loaders {self.loaders} "
             f"--compaction-entries {self.compaction_entries} --phase-seconds {self.phase_s:g} "
             f"--gather-runs {self.gather_runs}"
-        )
+        ) + (f" --values {self.values}" if self.values != "words" else "")
         return line + (f" --out {self.out}" if self.out else "")
 
     def folder(self) -> Path:
@@ -163,9 +167,12 @@ def record_id(i: int) -> str:
     return f"m{i:09d}"
 
 
-def value(i: int) -> str:
-    """1 KiB, different for every record (no store here compresses, but none gets a repeated value)."""
+def value(i: int, values: str = "words") -> str:
+    """1 KiB, different for every record (no store here compresses, but none gets a repeated value):
+    ``ScaleSettings.values`` says which."""
     at = i % (len(_FILLER) - VALUE_BYTES)
+    if values == "opaque":  # one word longer than the index's longest term: nothing to index
+        return f"x{i:09d}" + _OPAQUE[at : at + VALUE_BYTES - 10]
     return f"{i:09d} " + _FILLER[at : at + VALUE_BYTES - 10]
 
 
@@ -173,12 +180,12 @@ class McpdbWire:
     """mcpdb's requests: memory contexts through the batch API; the probe's one context."""
 
     @staticmethod
-    def batch(ids: Iterable[int], users: int) -> Request:
+    def batch(ids: Iterable[int], users: int, values: str) -> Request:
         ops = [
             {
                 "op": "put",
                 "id": record_id(i),
-                "context": {"kind": "memory", "user_id": f"u{i % users}", "facts": [value(i)]},
+                "context": {"kind": "memory", "user_id": f"u{i % users}", "facts": [value(i, values)]},
             }
             for i in ids
         ]
@@ -197,8 +204,8 @@ class EtcdWire:
     """etcd's requests through its JSON gateway: a txn of puts per batch; put and (linearizable) range."""
 
     @staticmethod
-    def batch(ids: Iterable[int], users: int) -> Request:
-        puts = [{"requestPut": {"key": b64(record_id(i)), "value": b64(value(i))}} for i in ids]
+    def batch(ids: Iterable[int], users: int, values: str) -> Request:
+        puts = [{"requestPut": {"key": b64(record_id(i)), "value": b64(value(i, values))}} for i in ids]
         return "POST", "/v3/kv/txn", {"success": puts}
 
     @staticmethod
@@ -233,7 +240,15 @@ def _send(http: httpx.Client, url: str, request: Request) -> int | str:
 
 # ---------------------------------------------------------------- load (client processes)
 def _load_share(
-    system: str, urls: list[str], first: int, last: int, batch: int, users: int, offset: int, headers: dict[str, str]
+    system: str,
+    urls: list[str],
+    first: int,
+    last: int,
+    batch: int,
+    users: int,
+    offset: int,
+    headers: dict[str, str],
+    values: str,
 ) -> Any:
     """One loader process: records [first, last) in batches, round robin over ``urls``, each batch
     retried on failure (every answer is counted); its own start and end, so spawning is not timed."""
@@ -244,7 +259,7 @@ def _load_share(
     with httpx.Client(timeout=60, headers=headers) as http:
         for n, start in enumerate(range(first, last, batch)):
             ids = range(start, min(start + batch, last))
-            method, path, body = wire.batch(ids, users)
+            method, path, body = wire.batch(ids, users, values)
             content = json.dumps(body).encode()
             for attempt in range(LOAD_ATTEMPTS):
                 url = urls[(offset + n + attempt) % len(urls)]
@@ -721,7 +736,13 @@ def _wait(condition: Callable[[], bool], timeout: float, period: float = 0.1) ->
 def load(system: ScaleSystem, settings: ScaleSettings) -> dict[str, Any]:
     """N records from ``settings.loaders`` processes, each a contiguous share of the ids."""
     return load_records(
-        system.name, system.urls(), settings.contexts, settings.loaders, settings.batch, settings.users()
+        system.name,
+        system.urls(),
+        settings.contexts,
+        settings.loaders,
+        settings.batch,
+        settings.users(),
+        values=settings.values,
     )
 
 
@@ -733,13 +754,14 @@ def load_records(
     batch: int,
     users: int,
     headers: dict[str, str] | None = None,
+    values: str = "words",
 ) -> dict[str, Any]:
     """``contexts`` 1 KiB records (mcpdb: memory contexts of ``users`` users in the ``NS`` namespace) from
     ``loaders`` processes through the batch API, each a contiguous share of the ids (also the fault
     harness's preload)."""
     per_loader = -(-contexts // loaders // batch) * batch
     shares = [
-        (system, urls, first, min(first + per_loader, contexts), batch, users, n, headers or {})
+        (system, urls, first, min(first + per_loader, contexts), batch, users, n, headers or {}, values)
         for n, first in enumerate(range(0, contexts, per_loader))
     ]
     with multiprocessing.get_context("spawn").Pool(len(shares)) as pool:

@@ -240,6 +240,10 @@ def scale(
         float, typer.Option(help="Seconds the probe runs alone at the start and after each phase's action.")
     ] = 10.0,
     gather_runs: Annotated[int, typer.Option(help="Most timed gather() calls per namespace.")] = 30,
+    values: Annotated[
+        str,
+        typer.Option(help="words: text search indexes; opaque: one 1 KiB token nothing indexes (etcd's bytes)."),
+    ] = "words",
     out: OutFolder = None,
 ) -> None:
     """N 1 KiB contexts in mcpdb vs N 1 KiB keys in etcd 3.4: load, compaction, wiped follower, restart, gather."""
@@ -252,7 +256,11 @@ def scale(
         )
     if phase_seconds < 0 or gather_runs < 3:
         raise CliError("--phase-seconds must be non-negative, --gather-runs at least 3")
-    settings = scale_bench.ScaleSettings(contexts, batch, loaders, compaction_entries, phase_seconds, gather_runs, out)
+    if values not in ("words", "opaque"):
+        raise CliError(f"--values must be words or opaque, not {values!r}")
+    settings = scale_bench.ScaleSettings(
+        contexts, batch, loaders, compaction_entries, phase_seconds, gather_runs, out, values
+    )
     folder = settings.folder()
     try:
         scale_bench.require_tools()
