@@ -393,7 +393,7 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
     return results
 
 
-QUALITY_COLUMNS = ("ranking", "recall@1", "recall@5", "MRR", "recall@5 paraphrased", "recall@5 direct")
+QUALITY_COLUMNS = ("ranking", "recall@1", "recall@5", "MRR", *(f"recall@5 {style}" for style in STYLES))
 LATENCY_COLUMNS = ("memories", "search", "p50 ms", "p99 ms", "p99 / FTS5's")
 
 
