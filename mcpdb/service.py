@@ -47,7 +47,10 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 
 SEARCH_CONCURRENCY = 2  # one per core here
 SEARCHES_WAITING = 8  # beyond these a search is refused (503 overloaded): a queue of milliseconds' scans
-QUERY_EMBEDDINGS_WAITING = 4  # the model embeds one text at a time, 0.2 s each with the bundled one
+QUERY_EMBEDDINGS_WAITING = 4  # the model embeds one text at a time, ~10 ms each (up to 0.5 s for 4 KiB)
+# A namespace's share of either queue (running and waiting together): one tenant cannot fill it.
+SEARCHES_PER_NAMESPACE = 4
+QUERY_EMBEDDINGS_PER_NAMESPACE = 2
 
 
 def search_query(
@@ -80,10 +83,11 @@ def _unsearchable(query: str, by_words_alone: bool) -> str | None:
     if not found:
         return "the query has no word to search for: give it letters or digits"
     if by_words_alone and not lexical.query_terms(query):
+        shown = " ".join(word if len(word) <= 20 else word[:20] + "..." for word in found[:8])  # echo little
         return (
-            f"the query's words ({' '.join(found[:8])}) are stopwords or longer than {lexical.MAX_WORD_CHARS} "
-            "characters, which lexical search does not index: use other words, or mode=hybrid or vector "
-            "on a node with an embedding model"
+            f"the query's words ({shown}) are stopwords or longer than {lexical.MAX_WORD_CHARS} characters, which "
+            "lexical search does not index: use other words, or mode=hybrid or vector on a node with an "
+            "embedding model"
         )
     return None
 
@@ -104,8 +108,10 @@ class ContextService:
         # Searches at once on this node and how many may wait (``mcpdb.admission``): each holds a worker
         # thread and the GIL in stretches, so an unbounded number from one client would starve the others
         # and the Raft thread. Query embeddings queue apart, so a lexical search never waits for the model.
-        self._searches = Admission(SEARCH_CONCURRENCY, SEARCHES_WAITING, "searches")
-        self._query_embeddings = Admission(1, QUERY_EMBEDDINGS_WAITING, "query embeddings")
+        self._searches = Admission(SEARCH_CONCURRENCY, SEARCHES_WAITING, "searches", SEARCHES_PER_NAMESPACE)
+        self._query_embeddings = Admission(
+            1, QUERY_EMBEDDINGS_WAITING, "query embeddings", QUERY_EMBEDDINGS_PER_NAMESPACE
+        )
         self._barrier = barrier
         self._write_timeout = write_timeout
         # Deliberately broken mode for the fault-injection harness: serve
@@ -198,7 +204,7 @@ class ContextService:
             # Embedded before a search slot is taken: a lexical search never waits for the model.
             vector, vector_state = await self.query_vector(namespace, asked, query)
             asked = dataclasses.replace(asked, vector=vector)
-        async with self._searches.slot():
+        async with self._searches.slot(f"namespace {namespace}"):
             found = await asyncio.to_thread(self.store.search, namespace, asked)
             answer: dict[str, Any] = {
                 "results": [
@@ -239,7 +245,7 @@ class ContextService:
             return None, "unavailable"
         if not self.store.searched(namespace, query):
             return None, "skipped"
-        async with self._query_embeddings.slot():
+        async with self._query_embeddings.slot(f"namespace {namespace}"):
             return await asyncio.to_thread(embedder.embed_query, text), "used"
 
     async def set_vectors(self, command: commands.SetVectors) -> dict[str, Any]:

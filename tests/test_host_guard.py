@@ -452,3 +452,13 @@ def test_a_bodyless_post_must_not_be_a_form_post(node: LocalCluster) -> None:
     assert cross_site.status_code == 403, cross_site.text
     declared = httpx.post(drain, headers={"Content-Type": "application/json"})
     assert declared.status_code == 200, declared.text
+
+
+def test_a_query_parameter_may_appear_once_but_for_tags() -> None:
+    from mcpdb.node.http.gate import repeated_parameter
+
+    assert repeated_parameter(b"q=tea&k=3") is None
+    assert repeated_parameter(b"q=tea&tags=a&tags=b") is None
+    assert repeated_parameter(b"q=tea&user_id=ada&user_id=bob") == "user_id"
+    assert repeated_parameter(b"q=&q=") == "q"
+    assert repeated_parameter(b"") is None

@@ -186,7 +186,7 @@ def test_a_chat_recalls_the_memories_its_message_needs_and_the_next_turn_reuses_
     allergy = f"kim-{held[0].id}"  # topic 0's fact: "Is allergic to ..."
     first = _chat(urls[0], model, session, "What am I allergic to?", user_id="kim").json()
     recalled = first["mcpdb"]["memories"]
-    assert allergy in recalled
+    assert allergy in recalled and first["mcpdb"]["recall"] == "hybrid"
     provenance = first["mcpdb"]
     # the times count what came before the model (the read index, the message's embedding, the recall)
     assert 0 < provenance["prepared_s"] < provenance["ttft_s"] <= provenance["seconds"]

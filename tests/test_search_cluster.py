@@ -124,6 +124,10 @@ def test_bad_search_input_names_the_parameter(shared_cluster: LocalCluster) -> N
             refused = http.get(url, params=params)
             assert refused.status_code == 422 and refused.json()["error"] == "invalid_query", (params, refused.text)
             assert refused.json()["parameter"] == "q"
+        for repeated in ([("q", "tea"), ("q", "cello")], [("q", "tea"), ("user_id", "ada"), ("user_id", "bob")]):
+            refused = http.get(url, params=repeated)  # a gateway may check the first, the route reads the last
+            assert refused.status_code == 400 and refused.json()["error"] == "repeated_parameter", refused.text
+        assert http.get(url, params=[("q", "tea"), ("tags", "a"), ("tags", "b")]).status_code == 200
 
 
 def test_the_client_searches_with_filters(shared_cluster: LocalCluster) -> None:

@@ -99,8 +99,34 @@ class KeptRows:
         return np.concatenate(self._blocks)
 
 
+class Spread:
+    """The mean and standard deviation of every score a scan computed: how far above the typical candidate
+    a hit stands (a chat recalls by meaning only what stands out, ``gather``), whatever the model's scale."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._sum = self._squares = 0.0
+
+    def add(self, scores: npt.NDArray[np.float32]) -> None:
+        wide = scores.astype(np.float64)
+        self._count += len(wide)
+        self._sum += float(wide.sum())
+        self._squares += float((wide * wide).sum())
+
+    def mean_std(self) -> tuple[float, float] | None:
+        """(mean, standard deviation), None without scores."""
+        if not self._count:
+            return None
+        mean = self._sum / self._count
+        return mean, max(0.0, self._squares / self._count - mean * mean) ** 0.5
+
+
 def nearest(
-    query: bytes, candidates: Iterable[tuple[bytes, bytes]], limit: int, kept: KeptRows | None = None
+    query: bytes,
+    candidates: Iterable[tuple[bytes, bytes]],
+    limit: int,
+    kept: KeptRows | None = None,
+    spread: Spread | None = None,
 ) -> tuple[list[tuple[bytes, float]], int]:
     """The ``limit`` candidates most similar to ``query`` (cosine: the vectors are unit length), best
     first, ties in the candidates' order; and how many candidates there were. Vectors of another length
@@ -110,7 +136,7 @@ def nearest(
     vectors holds one block's matrix (10 MB at 640 dimensions), not the namespace's (2.5 GB in float32).
     Each row's dot product is the same whichever block it is in, and the best are chosen by (score,
     position), so the ranking is the one a single product over every candidate gives. ``kept``, if
-    given, receives each block's usable rows."""
+    given, receives each block's usable rows, ``spread`` each block's scores."""
     wanted = _query(query)
     kept_keys: list[bytes] = []
     kept_scores = np.empty(0, dtype=np.float32)
@@ -125,7 +151,10 @@ def nearest(
         rows = as_matrix([blob for _, _, blob in usable])
         if kept is not None:
             kept.add([key for _, key, _ in usable], rows)
-        scores = np.concatenate([kept_scores, _scores(rows, wanted)])
+        block_scores = _scores(rows, wanted)
+        if spread is not None:
+            spread.add(block_scores)
+        scores = np.concatenate([kept_scores, block_scores])
         positions = np.concatenate([kept_positions, np.fromiter((p for p, _, _ in usable), dtype=np.int64)])
         keys = kept_keys + [key for _, key, _ in usable]
         order = np.lexsort((positions, -scores))[:limit]  # by score, best first, then position

@@ -16,7 +16,7 @@ pools, possibly fewer than asked for.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
@@ -48,13 +48,18 @@ class SearchHits:
     """A search's best contexts, (score, context) best first; how many contexts matched a query term,
     how many the search looked among (those of the kinds and users asked for), and how many of those
     have a vector of their current version (None: not looked at, without a query vector); and which of
-    the hits share a term with the query (their ids)."""
+    the hits share a term with the query (their ids); for a search of some owners' contexts with a query
+    vector, each hit's cosine and how the cosines of every candidate spread."""
 
     hits: list[tuple[float, dict[str, Any]]]
     matched: int
     searched: int
     embedded: int | None
     worded: frozenset[str] = frozenset()
+    # Searches of some owners' contexts with a query vector (a chat's recall): each hit's cosine, by id,
+    # and the mean and standard deviation of every cosine the search computed.
+    cosines: dict[str, float] = field(default_factory=dict)
+    spread: tuple[float, float] | None = None
 
 
 def vector_key(namespace: bytes, owner: bytes, kind: str, context_id: bytes) -> bytes:
@@ -146,6 +151,7 @@ def run(
     # without a model is lexical, and must not cost a scan of every vector in scope).
     similar: list[tuple[bytes, float]] = []
     embedded = None
+    spread = None
     if query.vector is not None:
 
         def scan() -> Iterator[tuple[bytes, bytes]]:  # now, or once to build a matrix
@@ -154,7 +160,8 @@ def run(
         if query.owners is None:  # the whole namespace: from its matrix, exactly as the scan would rank
             similar, embedded = matrices.nearest(txn, dbs[b"meta"], ns, query.kinds, query.vector, scan, POOL)
         else:  # a few owners' vectors (a chat's user and nobody): fewer than building a matrix would cost
-            similar, embedded = vectors.nearest(query.vector, scan(), POOL)
+            spread = vectors.Spread()
+            similar, embedded = vectors.nearest(query.vector, scan(), POOL, spread=spread)
     ranking = lexical_ranking if query.mode == "lexical" else similar
     records: dict[bytes, dict[str, Any] | None] = {}  # read once, for the fusion's recency and the answer
     if query.mode == "hybrid":
@@ -172,4 +179,8 @@ def run(
         if record is not None and set(query.tags) <= set(record["fields"].get("tags", [])):
             hits.append((score, materialise(context_id.decode(), record)))
     worded = frozenset(context["id"] for _, context in hits if context["id"].encode() in scores)
-    return SearchHits(hits, len(scores), contexts, embedded, worded)
+    if spread is None:
+        return SearchHits(hits, len(scores), contexts, embedded, worded)
+    similarity = {key.decode(): score for key, score in similar}
+    cosines = {context["id"]: similarity[context["id"]] for _, context in hits if context["id"] in similarity}
+    return SearchHits(hits, len(scores), contexts, embedded, worded, cosines, spread.mean_std())

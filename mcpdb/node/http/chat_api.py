@@ -97,6 +97,7 @@ def _provenance(done: dict[str, Any]) -> dict[str, Any]:
         "context_index",
         "omitted",
         "memories",
+        "recall",
         "replayed",
         "diverged",
         "session_version",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -26,6 +27,20 @@ from mcpdb.node.http.rate_limit import TokenBuckets
 from mcpdb.node.http.request_stats import STARTED_KEY, RequestStats
 
 ASGIApp = Any
+# Query parameters a route reads as a list; any other may appear once. FastAPI takes the last of a
+# repeated one, a gateway or log in front may take the first: ``user_id=ada&user_id=bob`` checked as
+# ada and served as bob.
+REPEATABLE_PARAMETERS = frozenset({"tags"})
+
+
+def repeated_parameter(query_string: bytes) -> str | None:
+    """The first query parameter named twice that may appear only once (None: none)."""
+    seen: set[str] = set()
+    for name, _ in urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name in seen and name not in REPEATABLE_PARAMETERS:
+            return name
+        seen.add(name)
+    return None
 
 
 async def _send_error(
@@ -54,7 +69,8 @@ class RequestGate:
       foreign Origin, a body that is not JSON, a bodyless form post) or one
       whose Host, Origin, Content-Type, Content-Length or Authorization the
       frameworks behind could read differently (repeated) is refused first,
-      whatever its path or token (see mcpdb.node.http.host_guard). Only HTTP
+      whatever its path or token (see mcpdb.node.http.host_guard); so is a
+      query parameter named twice, but for ``tags`` (400 repeated_parameter). Only HTTP
       and lifespan scopes pass: a WebSocket would skip every rule here, and
       the node serves none.
     - ``Authorization: Bearer <token>`` on every path except health checks,
@@ -98,6 +114,11 @@ class RequestGate:
         refused = self.guard.refusal(scope["method"], scope["headers"])
         if refused is not None:
             await self._answer(scope, send, refused.status, refused.error, refused.message)
+            return
+        repeated = repeated_parameter(scope.get("query_string", b""))
+        if repeated is not None:
+            message = f"the query parameter {repeated} may appear only once"
+            await self._answer(scope, send, 400, "repeated_parameter", message)
             return
         headers = dict(scope["headers"])  # the guarded headers are unique now: first and last agree
         if not self.authenticator.enabled:

@@ -75,19 +75,20 @@ class ChatWorker:
         limits = [g["max_output_tokens"] for g in guardrails if g.get("max_output_tokens")]
         return min([request.completion_limit(DEFAULT_MAX_TOKENS), *limits])
 
-    async def _recall_query(self, request: ChatRequest, namespace: str) -> SearchQuery:
+    async def _recall_query(self, request: ChatRequest, namespace: str) -> tuple[SearchQuery, str]:
         """The search that ranks the user's memories by the new user message, with its vector where this
         node has a usable embedding model and there is a memory to rank (``ContextService.query_vector``;
-        nothing is embedded for no budget)."""
+        nothing is embedded for no budget); and how it ranks, for the reply to say: ``hybrid``, or
+        ``lexical`` and why (``unavailable``, ``skipped``, ``overloaded``, ``no budget``)."""
         asked = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         query = recall_query(asked, None, request.user_id)
-        if asked and self._memory_budget:
-            try:
-                vector, _ = await self._service.query_vector(namespace, query, asked)
-                query = dataclasses.replace(query, vector=vector)
-            except Overloaded:  # the model's query queue is full: recall by words rather than refuse the chat
-                pass
-        return query
+        if not (asked and self._memory_budget):
+            return query, "lexical: no budget" if asked else "lexical: no user message"
+        try:
+            vector, state = await self._service.query_vector(namespace, query, asked)
+        except Overloaded:  # the model's query queue is full: recall by words rather than refuse the chat
+            return query, "lexical: overloaded"
+        return dataclasses.replace(query, vector=vector), "hybrid" if vector is not None else f"lexical: {state}"
 
     async def serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
         """Events for one request; never raises for a request-level problem (it becomes an event)."""
@@ -112,19 +113,18 @@ class ChatWorker:
                 for event in self._replay(order, replayed):
                     yield event
                 return
-        gathered = (
-            gather(
+        gathered, ranked = None, None
+        if request.namespace:
+            recall, ranked = await self._recall_query(request, request.namespace)
+            gathered = gather(
                 store,
                 request.namespace,
                 applied_at_least=order.read_index,
                 session_id=request.session_id,
                 user_id=request.user_id,
                 task_id=request.task_id,
-                recall=await self._recall_query(request, request.namespace),
+                recall=recall,
             )
-            if request.namespace
-            else None
-        )
         stored = gathered.stored if gathered else None
         guardrails = stored.guardrails if stored else []
         max_tokens = self._max_tokens(request, guardrails)
@@ -176,6 +176,7 @@ class ChatWorker:
             "context_turns": len(stored.turns) if stored else 0,
             "omitted": assembled.omitted,
             "memories": assembled.memories,
+            "recall": ranked,  # how the memories were ranked: "hybrid", or "lexical: <why>"
             "replayed": False,
         }
         if request.session_id is not None:
