@@ -6,7 +6,8 @@
 - What gather reads (LMDB records: gets, cursor positions, cursor steps) does not grow with other
   users' memories or other contexts in the namespace.
 - A store written before the indexes, or applied to by a release without them, builds them from its
-  contexts when opened.
+  contexts when opened; a rewrite the shortcut skips (same kind, owner and text) would have changed no
+  entry.
 - Of the ranked memories, a chat recalls those that share a word with its message, or score near the
   best (``RECALL_FLOOR``) and stand out from the typical memory by cosine (``RECALL_STANDOUT``), in rank
   order.
@@ -31,7 +32,16 @@ from mcpdb.inference.assembly import StoredContext
 from mcpdb.inference.gather import RECALL_FLOOR, RECALL_STANDOUT, _of_kind, _relevant, gather, recall_query
 from mcpdb.store.commands import Append, Batch, BatchPut, Delete, Put
 from mcpdb.store.search import SearchHits
-from mcpdb.store.state_machine import _APPLIED, _INDEX_FORMAT, _KIND_COUNT, _U64, ContextStore, _key
+from mcpdb.store.state_machine import (
+    _APPLIED,
+    _INDEX_FORMAT,
+    _KIND_COUNT,
+    _U64,
+    ContextStore,
+    _index_entries,
+    _key,
+    _same_index_input,
+)
 from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state, owned_memories
 
 USERS = [None, "u1", "u2", ""]
@@ -394,3 +404,30 @@ def test_a_chat_recalls_memories_sharing_a_word_or_near_the_best_and_standing_ou
     assert [context["id"] for context in _relevant(lifted)] == ["best", "worded-weakest"]
     nothing_stands_out = dataclasses.replace(flat, spread=(0.69, 0.1), worded=frozenset())
     assert _relevant(nothing_stands_out) == []  # a message that matches nothing recalls nothing
+
+
+_VARIANT = st.one_of(
+    ANY,
+    st.builds(
+        lambda user, facts, data: {"kind": "memory", "facts": facts, "user_id": user, "tags": [], "data": data},
+        st.sampled_from(USERS),
+        st.lists(st.sampled_from(["likes tea", "likes coffee", ""]), max_size=2),
+        st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 2), max_size=1),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=_VARIANT, new=_VARIANT, context_id=st.sampled_from(["m1", "u1", "s1"]))
+def test_a_rewrite_judged_the_same_index_input_has_the_same_entries(
+    old: dict[str, Any], new: dict[str, Any], context_id: str
+) -> None:
+    key = _key("app", context_id)
+
+    def record(fields: dict[str, Any]) -> dict[str, Any]:
+        kind = fields["kind"]
+        return {"kind": kind, "fields": {k: v for k, v in fields.items() if k != "kind"}, "version": 1}
+
+    before, after = record(old), record(new)
+    if _same_index_input(key, before, after):
+        assert _index_entries(key, before) == _index_entries(key, after)

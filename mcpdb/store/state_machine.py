@@ -87,7 +87,7 @@ import orjson
 from mcpdb.errors import HistoryTrimmed
 from mcpdb.fsutil import fsync_path
 from mcpdb.retrieval import lexical, vectors
-from mcpdb.retrieval.text import embedding_text
+from mcpdb.retrieval.text import embedding_text, searchable_text
 from mcpdb.store import search, snapshot
 from mcpdb.store.commands import (
     Append,
@@ -243,6 +243,18 @@ def _requeue_vectored(txn: lmdb.Transaction, dbs: _Dbs) -> None:
         _, _, raw_id = lexical.split_owned(rest)
         txn.put(namespace + _SEP + raw_id, value[: _U64.size], db=queue)
     txn.drop(dbs[b"vectors"], delete=False)
+
+
+def _same_index_input(key: bytes, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two versions of a context have the same kind, owner and searchable text, everything
+    ``_index_entries`` reads: their entries are then equal, and need not be computed (a context's words
+    are analyzed and stemmed for them, the dearest part of a write)."""
+    if old["kind"] != new["kind"]:
+        return False
+    context_id = key.split(_SEP, 1)[1].decode()
+    return _lexical_owner(old["kind"], context_id, old["fields"]) == _lexical_owner(
+        new["kind"], context_id, new["fields"]
+    ) and list(searchable_text(old["kind"], old["fields"])) == list(searchable_text(new["kind"], new["fields"]))
 
 
 def _same_embedding(key: bytes, old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -638,6 +650,8 @@ class ContextStore:
         version keeps the old one's if it embeds the same text under the same owner and kind, else drops
         it and, if it has text, is queued for the embedder (``to_embed``)."""
         self._revector(txn, key, old, new)
+        if old is not None and new is not None and _same_index_input(key, old, new):
+            return  # a write of data, ttl or status: the entries below would come out equal
         entries_before, counted_before = _index_entries(key, old)
         entries_after, counted_after = _index_entries(key, new)
         before, after = set(entries_before), set(entries_after)
