@@ -166,7 +166,7 @@ def _wait_embedders(http: httpx.Client, cluster: LocalCluster) -> None:
 def test_a_chat_recalls_the_memories_its_message_needs_and_the_next_turn_reuses_the_whole_prompt(
     llm_cluster: LocalCluster,
 ) -> None:
-    """48 memories of one user (the retrieval benchmark's), a 256-token memory budget: the chat recalls
+    """80 memories of one user (the retrieval benchmark's), a 256-token memory budget: the chat recalls
     the fact its message asks about and leaves memories out; the follow-up's prompt starts with the
     whole of the first one (its recall included), so the KV cache serves all of it."""
     urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
