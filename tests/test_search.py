@@ -44,6 +44,14 @@ def test_terms_are_casefolded_words_without_stopwords_or_overlong_words_stemmed(
     assert lexical.terms("x" * 33 + " " + "z" * 32) == ["z" * 32]  # longer words are not terms
 
 
+@given(st.text(alphabet=st.characters(max_codepoint=127)), st.text())
+def test_ascii_text_splits_into_the_words_the_unicode_pattern_finds(ascii_text: str, any_text: str) -> None:
+    """The ASCII fast path finds exactly the words the general pattern finds (every replica, whatever
+    path its texts take, indexes the same terms)."""
+    for text in (ascii_text, any_text, ascii_text + any_text):
+        assert lexical.words(text) == lexical._WORD.findall(text.casefold())
+
+
 def test_a_posting_key_parses_back_to_owner_kind_id_count_and_length() -> None:
     for owner in (lexical.NOBODY, b"u" + bytes(range(32))):  # a digest may hold NULs
         [key] = lexical.postings(b"ns\x00", owner, "memory", "m-1", {"facts": ["tea tea"], "tags": []})
