@@ -125,7 +125,9 @@ class Replication:
         if lag is None:
             return
         ready, behind = lag
-        if not ready or behind > CATCHING_UP_ENTRIES:
+        if not ready:
+            raise NotApplied("this node has not caught up with the leader since it started; retry, or ask another node")
+        if behind > CATCHING_UP_ENTRIES:
             raise NotApplied(
                 f"this node is catching up with the leader ({behind} committed entries still to apply); "
                 "retry, or ask another node"
