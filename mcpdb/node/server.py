@@ -8,10 +8,11 @@ import sys
 
 import uvicorn
 
-from mcpdb.node.config import NodeConfig, split_host_port
+from mcpdb.node.config import ConfigError, NodeConfig, split_host_port
 from mcpdb.node.http.app import create_app
 from mcpdb.node.http.protocol import AbsoluteFormHost
 from mcpdb.node.runtime import NodeRuntime
+from mcpdb.raft.pysyncobj_bridge import RaftAddressUnavailable
 
 SWITCH_INTERVAL_S = 0.0005
 GC_YOUNG_THRESHOLD = 50_000
@@ -47,7 +48,10 @@ def serve(config: NodeConfig) -> None:
     # The node's own events (elections, leader changes, snapshots, disk alarms) are one INFO line
     # each, rare by design; libraries stay at WARNING.
     logging.getLogger("mcpdb").setLevel(logging.INFO)
-    runtime = NodeRuntime(config)
+    try:
+        runtime = NodeRuntime(config)
+    except RaftAddressUnavailable as error:  # --raft-addr names a port taken or not ours: one line, exit 2
+        raise ConfigError(str(error)) from None
     host, port = split_host_port(config.http_addr, "--http-addr")
     server = uvicorn.Server(
         uvicorn.Config(

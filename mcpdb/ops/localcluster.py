@@ -32,6 +32,7 @@ LAYOUT_FILE = "cluster.json"
 
 _EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 _LOWEST_PORT = 10000
+_handed_out: set[int] = set()
 
 
 def _ephemeral_floor() -> int:
@@ -49,15 +50,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     gives outgoing connections, so between picking it and the node binding it
     a connection (the tests and nodes open many) can take it: "address already
     in use". Ports below that range are only ever taken by an explicit bind.
+    A port this process handed out once is never handed out again: two picks
+    made before either node binds (a layout holds six) would otherwise collide
+    about once in a thousand clusters, and a Raft port taken twice is not an
+    error but a node that retries its bind forever and is never ready.
     """
     floor = _ephemeral_floor()
     for _ in range(200):
         port = random.randrange(_LOWEST_PORT, max(floor, _LOWEST_PORT + 1000))
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the kernel choose
         sock.bind((host, 0))
@@ -269,7 +277,16 @@ class LocalCluster:
             if leader and all(self._ready(n) for n in wanted):
                 return leader
             time.sleep(0.1)
-        raise TimeoutError(f"cluster not ready within {timeout:g} s")
+        reasons = "; ".join(f"{node_id}: {self._unready_reason(node_id)}" for node_id in wanted)
+        raise TimeoutError(f"cluster not ready within {timeout:g} s (leader {self.leader()}; {reasons})")
+
+    def _unready_reason(self, node_id: str) -> str:
+        """What the node's /readyz says, for a timeout's message."""
+        try:
+            with self.client(1.0) as http:
+                return str(http.get(self.spec(node_id).url + "/readyz").json()["reason"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return "no answer from /readyz"
 
     def wait_models(self, timeout: float = 120) -> dict[str, dict[str, Any]]:
         """Wait until every node's model is loaded (or inference is disabled there) and registered, so

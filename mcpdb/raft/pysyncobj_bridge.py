@@ -39,7 +39,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.journal import APP_VERSION
 from pysyncobj.node import Node
@@ -62,6 +62,8 @@ STATUS_PERIOD_S = 0.1
 KEEPALIVE = "mcpdb_keepalive"
 KEEPALIVE_INTERVAL_S = 1.0  # well inside the connection timeout ``_syncobj_conf`` sets
 CONNECTION_RETRY_S = 0.5  # pysyncobj reconnects to an unreachable peer this often
+BIND_RETRY_S = 0.5
+BIND_ATTEMPTS = 10  # a voter that cannot bind its Raft port for 5 s stops (RaftAddressUnavailable)
 # A node that has just started waits this much longer before its first election: of two peers only
 # the one with the greater address connects, so a restarted follower may hear from its leader only
 # at the leader's next retry, and pysyncobj has no PreVote: a wiped follower standing at once bumped
@@ -89,6 +91,10 @@ def check_pysyncobj_version() -> None:
             f"mcpdb requires pysyncobj=={PYSYNCOBJ_VERSION} (it relies on its apply order, "
             f"journal and transport internals); found {PYSYNCOBJ_INSTALLED}"
         )
+
+
+class RaftAddressUnavailable(OSError):
+    """This voter cannot listen on its Raft address; it would never join its cluster."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,10 @@ def _syncobj_conf(settings: RaftSettings, on_state_changed: Callable[[int, int],
         connectionTimeout=max(3.5, settings.election_timeout[1]),
         connectionRetryTime=CONNECTION_RETRY_S,
         commandsWaitLeader=False,
+        # pysyncobj retries a failed bind forever by default: a node whose Raft port is taken
+        # would run, never join and never say why. RaftNode waits for the bind instead.
+        bindRetryTime=BIND_RETRY_S,
+        maxBindRetries=BIND_ATTEMPTS,
         dynamicMembershipChange=True,
         # pysyncobj's own triggers are off: by age, under a trickle of writes it rewrote a multi-GB
         # store every 300 s (its default) for a journal of a few MB; by a fixed entry count, every
@@ -454,6 +464,21 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self.addOnTickCallback(self._commit_and_notify)
         self.addOnTickCallback(self.disk.check)
         self.addOnTickCallback(self._compact_when_large)
+        self._wait_bound(settings.self_addr)
+
+    def _wait_bound(self, address: str | None) -> None:
+        """Return once the Raft port is bound (a voter's; a non-voter listens on none), or stop
+        the Raft thread and raise RaftAddressUnavailable."""
+        if address is None:
+            return
+        try:
+            self.waitBinded()
+        except SyncObjException:
+            self.destroy()
+            raise RaftAddressUnavailable(
+                f"cannot listen on the Raft address {address} (in use, or not an address of this machine) "
+                f"after {BIND_ATTEMPTS} tries over {BIND_ATTEMPTS * BIND_RETRY_S:g} s"
+            ) from None
 
     def _on_state_changed(self, old: int, new: int) -> None:
         # Raft thread; pysyncobj calls it before it raises the term for an election.
