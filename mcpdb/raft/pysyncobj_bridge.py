@@ -52,6 +52,7 @@ from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
+from mcpdb.raft.stall_watch import StallWatch
 from mcpdb.store import snapshot
 from mcpdb.store.state_machine import ContextStore
 
@@ -444,6 +445,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._status_taken = 0.0
         self._last_tick_began = time.monotonic()
         self.stalls = 0  # ticks that began more than an election timeout after the previous one
+        self.stall_watch = StallWatch()
         self.leader_changes = 0  # times a leader other than the last one known was seen (the first counts)
         self._last_leader: Any = None
         self.disk = DiskAlarm(
@@ -465,6 +467,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self.addOnTickCallback(self.disk.check)
         self.addOnTickCallback(self._compact_when_large)
         self._wait_bound(settings.self_addr)
+        self.stall_watch.start()
 
     def _wait_bound(self, address: str | None) -> None:
         """Return once the Raft port is bound (a voter's; a non-voter listens on none), or stop
@@ -686,6 +689,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "reconciled_append_entries": self._transport.reconciled_messages,
             "deferred_append_entries": self._transport.deferred_append_entries,
             "raft_thread_stalls": self.stalls,
+            "raft_thread_stall_reports": self.stall_watch.reports,
             "snapshots_written": self.snapshots.written,
             "snapshot_failures": self.snapshots.failed,
             "snapshot_in_progress": self.snapshots.busy,
@@ -712,7 +716,11 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             self.stalls += 1
             _log.warning("raft thread stalled %.2f s: election timer restarted instead of standing", gap)
             self.reset_election_timer()
-        super()._onTick(timeToWait)
+        self.stall_watch.tick_began()
+        try:
+            super()._onTick(timeToWait)
+        finally:
+            self.stall_watch.tick_ended()
 
     def reset_election_timer(self, grace: float = 0.0) -> None:
         """Restart the election timeout, ``grace`` seconds later than usual (Raft thread, or before
@@ -723,6 +731,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
     def close(self) -> None:
         """Stop the Raft thread and wait for it, then for a snapshot being written."""
         self.destroy_synchronous()
+        self.stall_watch.stop()
         self.snapshots.close()
 
     # --------------------------------------------- read_index.RaftView (Raft thread)

@@ -1,0 +1,53 @@
+"""The Raft thread's stall watchdog reports where a long tick is held, once per tick, and not a short one."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from mcpdb.raft.stall_watch import StallWatch
+
+
+def _held_in_a_long_call(watch: StallWatch, entered: threading.Event, release: threading.Event) -> None:
+    watch.tick_began()
+    entered.set()
+    release.wait(10)
+    watch.tick_ended()
+
+
+def test_a_long_tick_is_reported_once_with_its_frames(caplog: pytest.LogCaptureFixture) -> None:
+    watch = StallWatch(report_after_s=0.05)
+    entered, release = threading.Event(), threading.Event()
+    raft = threading.Thread(target=_held_in_a_long_call, args=(watch, entered, release))
+    raft.start()
+    try:
+        entered.wait(5)
+        with caplog.at_level(logging.WARNING, logger="mcpdb.raft.stall_watch"):
+            watch.check()  # too early: nothing
+            assert watch.reports == 0
+            time.sleep(0.1)
+            watch.check()
+            watch.check()  # the same tick: not again
+    finally:
+        release.set()
+        raft.join()
+    assert watch.reports == 1
+    [record] = caplog.records
+    assert "raft thread held" in record.getMessage()
+    assert "_held_in_a_long_call (tests/test_stall_watch.py:" in record.getMessage()
+    assert "\n" not in record.getMessage()
+    watch.check()  # the tick ended: nothing more
+    assert watch.reports == 1
+
+
+def test_short_ticks_are_not_reported() -> None:
+    watch = StallWatch(report_after_s=0.05)
+    for _ in range(3):
+        watch.tick_began()
+        watch.tick_ended()
+    time.sleep(0.1)
+    watch.check()
+    assert watch.reports == 0
