@@ -8,6 +8,8 @@ pickling waits for the test. Everything else is real: LMDB, the store, threads.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,3 +120,32 @@ def test_a_read_open_across_a_snapshot_install_finishes_on_the_old_state(store: 
         assert store.get("a", "s1") is not None and store.get("a", "c1") is None
         assert ContextStore._get_record(txn, generation.dbs, b"a\x00c1") is not None
     assert store.applied_index() == 100 and store.snapshots_installed == 1
+
+
+def test_a_refused_command_does_not_wait_for_a_copy_in_flight(store: ContextStore) -> None:
+    """A command the state machine refuses rolls back its child transaction; py-lmdb 2.x makes that abort
+    wait for every LMDB call in flight, the snapshot's copy included (57 s of Raft thread at 1 M contexts).
+    The copy is held in flight, inside LMDB, by a pipe nobody reads until the refusal has returned."""
+    snapshot.check_lmdb_version()
+    pinned = store.pin_snapshot()
+    reader, writer = os.pipe()
+    fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)  # the copy fills it at once and stays in LMDB's write
+    copy = _in_thread(lambda: pinned.env.copyfd(writer, compact=True, txn=pinned.txn))
+    refusal: dict[str, Any] = {}
+    try:
+        conflicting = Put(
+            ns="a", id="c1", context={"kind": "memory", "facts": ["x"]}, ttl=None, if_version=99, now=1_000.0
+        )
+        refuse = _in_thread(lambda: refusal.setdefault("result", store.apply(51, conflicting)))
+        refuse.join(WAIT_S)
+        assert copy.is_alive(), "the copy was meant to be still in flight"
+        assert not refuse.is_alive(), "the refused command waited for the snapshot's copy"
+        assert refusal["result"]["ok"] is False
+    finally:
+        drain = _in_thread(lambda: [None for _ in iter(lambda: os.read(reader, 1 << 16), b"")])
+        copy.join(WAIT_S)
+        os.close(writer)
+        drain.join(WAIT_S)
+        os.close(reader)
+        pinned.txn.abort()
+    assert store.get("a", "c1")["facts"] == ["c1"] and store.applied_index() == 51

@@ -166,6 +166,7 @@ def start(
     try:
         from mcpdb.node.server import serve
         from mcpdb.raft.pysyncobj_bridge import check_pysyncobj_version
+        from mcpdb.store.snapshot import check_lmdb_version
     except ModuleNotFoundError as error:
         if (error.name or "").startswith("mcpdb"):
             raise
@@ -181,6 +182,7 @@ def start(
         raise ConfigError("--raft-addr is required (or use --replica)")
     try:
         check_pysyncobj_version()
+        check_lmdb_version()
     except RuntimeError as error:
         raise ConfigError(str(error)) from None
     config = NodeConfig(

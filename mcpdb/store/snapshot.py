@@ -28,6 +28,10 @@ from typing import Any
 
 import lmdb
 
+# py-lmdb from 2.0 makes a write transaction's abort wait for every LMDB call of the environment in
+# flight with the GIL released, the copy below included: the Raft thread refusing one command (a
+# CAS conflict rolls back its child transaction) waited for the whole copy, 57 s at 1 M contexts.
+LMDB_BELOW = (2,)
 RAFT_MEMBER = "raft.pickle"
 DATA_MEMBER = "data.mdb"
 _BLOCK = tarfile.BLOCKSIZE
@@ -44,6 +48,16 @@ class PinnedVersion:
     env: lmdb.Environment
     txn: lmdb.Transaction
     index: int
+
+
+def check_lmdb_version() -> None:
+    """Refuse a py-lmdb whose aborts wait for a snapshot's copy (see ``LMDB_BELOW``)."""
+    installed = tuple(int(part) for part in lmdb.__version__.split(".")[:1])
+    if installed >= LMDB_BELOW:
+        raise RuntimeError(
+            f"mcpdb requires lmdb<{LMDB_BELOW[0]} (found {lmdb.__version__}): from 2.0 a write transaction's "
+            "abort waits for a snapshot's copy, which stalls the Raft thread for the whole copy"
+        )
 
 
 def _pad(out: io.BufferedWriter, size: int) -> None:

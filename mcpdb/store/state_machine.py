@@ -683,7 +683,7 @@ class ContextStore:
             txn.delete(old_key, db=vectors_db)
             current = stored is not None and _U64.unpack_from(stored)[0] == old["version"]
             if current and new is not None and _same_embedding(key, old, new):
-                kept = bytes(stored[_U64.size :])  # type: ignore[index]
+                kept = bytes(stored[_U64.size :])
             elif stored is not None:  # a vector gone: searches of the namespace must not use a matrix holding it
                 count_change(txn, self._dbs[b"meta"], changed_key(key.split(_SEP, 1)[0]))
         if new is None or not _embeddable(new):
