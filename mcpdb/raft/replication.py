@@ -29,7 +29,7 @@ from mcpdb.errors import (
     Unavailable,
     Unserializable,
 )
-from mcpdb.raft.pysyncobj_bridge import RaftNode, Refusal
+from mcpdb.raft.pysyncobj_bridge import EXIT_STORE_FAILED, RaftNode, Refusal
 from mcpdb.raft.read_index import Done
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.store.commands import Command, decode, encode
@@ -42,8 +42,6 @@ START_GRACE_S = 1.0  # a forced snapshot starts within a tick or two, unless not
 # Exit status of a node that met a log entry newer than its code (EX_CONFIG):
 # it must be upgraded, and restarting it unchanged stops at the same entry.
 EXIT_NEWER_LOG_FORMAT = 78
-# Exit status of a node whose LMDB failed while applying (EX_SOFTWARE).
-EXIT_STORE_FAILED = 70
 
 
 def _settle(future: asyncio.Future[Any], result: Any, refusal: Refusal | None) -> None:
