@@ -51,3 +51,24 @@ def test_short_ticks_are_not_reported() -> None:
     time.sleep(0.1)
     watch.check()
     assert watch.reports == 0
+
+
+def test_a_stopped_process_is_not_blamed_on_the_tick_it_was_in() -> None:
+    """SIGSTOP stops every thread: when the watchdog itself missed its checks, the tick is timed from the
+    resumption."""
+    watch = StallWatch(report_after_s=0.05)
+    entered, release = threading.Event(), threading.Event()
+    raft = threading.Thread(target=_held_in_a_long_call, args=(watch, entered, release))
+    raft.start()
+    try:
+        entered.wait(5)
+        time.sleep(0.1)
+        watch._last_check -= 10  # as if this process had been stopped for 10 s
+        watch.check()
+        assert watch.reports == 0
+        time.sleep(0.1)
+        watch.check()  # held 0.1 s since the resumption: reported
+        assert watch.reports == 1
+    finally:
+        release.set()
+        raft.join()

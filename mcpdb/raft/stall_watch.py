@@ -4,7 +4,10 @@ The Raft thread reports a stall only after the fact ("raft thread stalled 57.25 
 the fault harness at 1 M contexts), which says that it happened and not where. This thread looks
 every ``CHECK_PERIOD_S``; when a tick has run longer than ``REPORT_AFTER_S`` it logs, once per tick,
 the frames the Raft thread is in, innermost first, on one line. If the Raft thread holds the GIL in
-a C call, this thread cannot run either: no report, and the later "stalled" line, is the clue.
+a C call, this thread cannot run either: no report, and the later "stalled" line, is the clue. When
+this thread itself went unscheduled for ``PAUSED_AFTER_S`` the whole process was stopped (SIGSTOP, a
+paused VM: the fault harness's ``pause``), and a tick is timed from the resumption instead, not blamed
+on the frame it happened to be in.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ _log = logging.getLogger(__name__)
 CHECK_PERIOD_S = 0.5
 REPORT_AFTER_S = 2.0
 FRAMES_SHOWN = 10
+PAUSED_AFTER_S = 4 * CHECK_PERIOD_S
 
 
 class StallWatch:
@@ -32,6 +36,8 @@ class StallWatch:
         self._ticks = 0  # ticks begun
         self._ended = 0  # ticks ended
         self._reported = 0  # the tick last reported
+        self._last_check = time.monotonic()
+        self._resumed = 0.0  # when the process last came back from being stopped
         self.reports = 0
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raft-stall-watch", daemon=True)
@@ -59,7 +65,11 @@ class StallWatch:
     def check(self) -> None:
         """Log the Raft thread's frames if its current tick has run too long (once per tick)."""
         tick, ident = self._ticks, self._ident
-        held = time.monotonic() - self._began
+        now = time.monotonic()
+        if now - self._last_check > PAUSED_AFTER_S:
+            self._resumed = now
+        self._last_check = now
+        held = now - max(self._began, self._resumed)
         if ident is None or tick == self._ended or tick == self._reported or held < self._report_after_s:
             return
         frame = sys._current_frames().get(ident)  # noqa: SLF001 - the one way to see another thread's stack
