@@ -12,9 +12,7 @@ searched contexts have no vector yet.
 Embedding is background work: it yields to the node's chats (both share the same two cores, and a
 chat's tokens/s is what a serving node is measured by), so it runs while the node generates nothing,
 or one round per ``MAX_YIELD_S`` under continuous chat load, so vectors still arrive; until then the
-search is lexical for what has none and says how many. It yields to writes too: the texts are embedded
-on a thread of its own at a lower CPU priority (nice 10), so under a write load that fills the cores
-the embedding takes what the writes leave instead of a third of them (measured with ``mcpdb bench kv``).
+search is lexical for what has none and says how many.
 
 Vectors are written in log format version 2, so the duty waits until every registered node says it
 reads it (``formats`` in its registry entry): a node of the previous release would stop at the entry.
@@ -26,14 +24,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from mcpdb.raft.replication import Replication
 from mcpdb.retrieval import vectors
 from mcpdb.retrieval.embedding import Embedder
 from mcpdb.retrieval.text import embedding_text
 from mcpdb.service import ContextService
-from mcpdb.store.background_io import lower_priority
 from mcpdb.store.commands import SET_VECTORS_VERSION, Embedded, SetVectors
 from mcpdb.store.state_machine import ContextStore
 
@@ -73,7 +69,6 @@ class EmbeddingDuty:
         self._next_commit = next_commit  # ``ChangeFeed.next_commit``: an empty queue waits for a write, not a timer
         self._yielding_since: float | None = None
         self._served_last = ""  # the namespace the last round embedded for: the next round serves the next one
-        self._embedding_thread = ThreadPoolExecutor(1, "embedding-duty", initializer=lower_priority)
         self.embedded = 0  # vectors this node proposed that were stored
 
     def _cluster_reads_vectors(self) -> bool:
@@ -122,8 +117,9 @@ class EmbeddingDuty:
         if not pending:
             return 0
         namespace = self._served_last = pending[0][0]
-        texts = [embedding_text(kind, fields) for _, _, _, kind, fields in pending]
-        blobs = await asyncio.get_running_loop().run_in_executor(self._embedding_thread, embedder.embed, texts)
+        blobs = await asyncio.to_thread(
+            embedder.embed, [embedding_text(kind, fields) for _, _, _, kind, fields in pending]
+        )
         embedded = tuple(
             Embedded(context_id, version, vectors.to_text(blob))
             for (_, context_id, version, _, _), blob in zip(pending, blobs, strict=True)
