@@ -36,6 +36,6 @@ def test_a_voter_whose_raft_port_is_taken_exits_with_one_line(tmp_path: Path) ->
     assert exit_code == 2, output
     assert errors == [
         f"error: cannot listen on the Raft address {spec.raft_addr} "
-        "(in use, or not an address of this machine) after 10 tries over 5 s"
+        "(the port is in use, or one this user may not bind) after 10 tries over 5 s"
     ], output
     assert "Traceback" not in output

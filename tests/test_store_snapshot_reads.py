@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
+import termios
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,17 +125,31 @@ def test_a_read_open_across_a_snapshot_install_finishes_on_the_old_state(store: 
     assert store.applied_index() == 100 and store.snapshots_installed == 1
 
 
+def _unread(fd: int) -> int:
+    """Bytes waiting in the pipe ``fd`` reads."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+def _until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_a_refused_command_does_not_wait_for_a_copy_in_flight(store: ContextStore) -> None:
     """A command the state machine refuses rolls back its child transaction; py-lmdb 2.x makes that abort
     wait for every LMDB call in flight, the snapshot's copy included (57 s of Raft thread at 1 M contexts).
     The copy is held in flight, inside LMDB, by a pipe nobody reads until the refusal has returned."""
-    snapshot.check_lmdb_version()
     pinned = store.pin_snapshot()
     reader, writer = os.pipe()
-    fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)  # the copy fills it at once and stays in LMDB's write
+    size = fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)  # the copy fills it at once and stays in LMDB's write
     copy = _in_thread(lambda: pinned.env.copyfd(writer, compact=True, txn=pinned.txn))
     refusal: dict[str, Any] = {}
     try:
+        assert _until(lambda: _unread(reader) >= size), "the copy never filled the pipe"
         conflicting = Put(
             ns="a", id="c1", context={"kind": "memory", "facts": ["x"]}, ttl=None, if_version=99, now=1_000.0
         )

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ LAYOUT_FILE = "cluster.json"
 _EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 _LOWEST_PORT = 10000
 _handed_out: set[int] = set()
+_handing_out = threading.Lock()
 
 
 def _ephemeral_floor() -> int:
@@ -52,24 +54,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     in use". Ports below that range are only ever taken by an explicit bind.
     A port this process handed out once is never handed out again: two picks
     made before either node binds (a layout holds six) would otherwise collide
-    about once in a thousand clusters, and a Raft port taken twice is not an
-    error but a node that retries its bind forever and is never ready.
+    about once in a thousand clusters, and a node whose Raft port is taken
+    stops after a few seconds of retries.
     """
     floor = _ephemeral_floor()
-    for _ in range(200):
-        port = random.randrange(_LOWEST_PORT, max(floor, _LOWEST_PORT + 1000))
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
+    with _handing_out:
+        for _ in range(200):
+            port = random.randrange(_LOWEST_PORT, max(floor, _LOWEST_PORT + 1000))
+            if port in _handed_out:
                 continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
             _handed_out.add(port)
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the kernel choose
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the kernel choose
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        _handed_out.add(port)
+        return port
 
 
 @dataclass

@@ -55,6 +55,7 @@ from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
 from mcpdb.raft.stall_watch import StallWatch
 from mcpdb.store import snapshot
+from mcpdb.store.snapshot import check_lmdb_version
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -431,6 +432,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def __init__(self, settings: RaftSettings, store: ContextStore, apply: Apply) -> None:
         check_pysyncobj_version()
+        check_lmdb_version()
         self._settings = settings
         self._store = store
         self._apply = apply
@@ -481,7 +483,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         except SyncObjException:
             self.destroy()
             raise RaftAddressUnavailable(
-                f"cannot listen on the Raft address {address} (in use, or not an address of this machine) "
+                f"cannot listen on the Raft address {address} (the port is in use, or one this user may not bind) "
                 f"after {BIND_ATTEMPTS} tries over {BIND_ATTEMPTS * BIND_RETRY_S:g} s"
             ) from None
 

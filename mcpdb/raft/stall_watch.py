@@ -43,6 +43,7 @@ class StallWatch:
         self._thread = threading.Thread(target=self._run, name="raft-stall-watch", daemon=True)
 
     def start(self) -> None:
+        self._last_check = time.monotonic()  # start-up (journal load, bind) is no pause
         self._thread.start()
 
     def stop(self) -> None:
@@ -73,7 +74,7 @@ class StallWatch:
         if ident is None or tick == self._ended or tick == self._reported or held < self._report_after_s:
             return
         frame = sys._current_frames().get(ident)  # noqa: SLF001 - the one way to see another thread's stack
-        if frame is None:
+        if frame is None or self._ended == tick or self._ticks != tick:  # the tick ended meanwhile
             return
         self._reported = tick
         self.reports += 1

@@ -65,7 +65,11 @@ TRASH_PREFIX = ".trash-"  # no reader of a data directory looks at dot-names
 def lower_priority() -> None:
     """Lower the calling thread's CPU priority (Linux nice values are per thread) and make its
     disk I/O idle-class (``idle_io``)."""
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    thread = threading.get_native_id()
+    try:  # never raise it back above where it is: an unprivileged node started at nice 15 may not
+        os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), BACKGROUND_NICE))
+    except OSError as error:
+        _log.debug("CPU priority unchanged: %s", error)
     idle_io()
 
 

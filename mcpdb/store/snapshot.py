@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tarfile
 import threading
 import time
@@ -52,8 +53,8 @@ class PinnedVersion:
 
 def check_lmdb_version() -> None:
     """Refuse a py-lmdb whose aborts wait for a snapshot's copy (see ``LMDB_BELOW``)."""
-    installed = tuple(int(part) for part in lmdb.__version__.split(".")[:1])
-    if installed >= LMDB_BELOW:
+    major = re.match(r"\d+", lmdb.__version__)
+    if major is None or (int(major.group()),) >= LMDB_BELOW:
         raise RuntimeError(
             f"mcpdb requires lmdb<{LMDB_BELOW[0]} (found {lmdb.__version__}): from 2.0 a write transaction's "
             "abort waits for a snapshot's copy, which stalls the Raft thread for the whole copy"
