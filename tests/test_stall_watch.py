@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -18,22 +20,28 @@ def _held_in_a_long_call(watch: StallWatch, entered: threading.Event, release: t
     watch.tick_ended()
 
 
-def test_a_long_tick_is_reported_once_with_its_frames(caplog: pytest.LogCaptureFixture) -> None:
-    watch = StallWatch(report_after_s=1.0)
+@contextmanager
+def _a_tick_held(watch: StallWatch) -> Iterator[None]:
+    """A thread standing in for the Raft thread, inside one tick until the block ends."""
     entered, release = threading.Event(), threading.Event()
     raft = threading.Thread(target=_held_in_a_long_call, args=(watch, entered, release))
     raft.start()
     try:
         assert entered.wait(5)
-        with caplog.at_level(logging.WARNING, logger="mcpdb.raft.stall_watch"):
-            watch.check()  # too early (a second's margin): nothing
-            assert watch.reports == 0
-            time.sleep(1.2)
-            watch.check()
-            watch.check()  # the same tick: not again
+        yield
     finally:
         release.set()
         raft.join()
+
+
+def test_a_long_tick_is_reported_once_with_its_frames(caplog: pytest.LogCaptureFixture) -> None:
+    watch = StallWatch(report_after_s=1.0)
+    with _a_tick_held(watch), caplog.at_level(logging.WARNING, logger="mcpdb.raft.stall_watch"):
+        watch.check()  # too early (a second's margin): nothing
+        assert watch.reports == 0
+        time.sleep(1.2)
+        watch.check()
+        watch.check()  # the same tick: not again
     assert watch.reports == 1
     [record] = [record for record in caplog.records if record.name == "mcpdb.raft.stall_watch"]
     assert "raft thread held" in record.getMessage()
@@ -57,11 +65,7 @@ def test_a_stopped_process_is_not_blamed_on_the_tick_it_was_in() -> None:
     """SIGSTOP stops every thread: when the watchdog itself missed its checks, the tick is timed from the
     resumption."""
     watch = StallWatch(report_after_s=0.05)
-    entered, release = threading.Event(), threading.Event()
-    raft = threading.Thread(target=_held_in_a_long_call, args=(watch, entered, release))
-    raft.start()
-    try:
-        assert entered.wait(5)
+    with _a_tick_held(watch):
         time.sleep(0.1)
         watch._last_check -= 10  # as if this process had been stopped for 10 s
         watch.check()
@@ -69,6 +73,3 @@ def test_a_stopped_process_is_not_blamed_on_the_tick_it_was_in() -> None:
         time.sleep(0.1)
         watch.check()  # held 0.1 s since the resumption: reported
         assert watch.reports == 1
-    finally:
-        release.set()
-        raft.join()

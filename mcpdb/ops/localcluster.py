@@ -282,16 +282,8 @@ class LocalCluster:
             if leader and all(self._ready(n) for n in wanted):
                 return leader
             time.sleep(0.1)
-        reasons = "; ".join(f"{node_id}: {self._unready_reason(node_id)}" for node_id in wanted)
+        reasons = "; ".join(f"{node_id}: {self._readiness(node_id)[1]}" for node_id in wanted)
         raise TimeoutError(f"cluster not ready within {timeout:g} s (leader {self.leader()}; {reasons})")
-
-    def _unready_reason(self, node_id: str) -> str:
-        """What the node's /readyz says, for a timeout's message."""
-        try:
-            with self.client(1.0) as http:
-                return str(http.get(self.spec(node_id).url + "/readyz").json()["reason"])
-        except (httpx.HTTPError, ValueError, KeyError):
-            return "no answer from /readyz"
 
     def wait_models(self, timeout: float = 120) -> dict[str, dict[str, Any]]:
         """Wait until every node's model is loaded (or inference is disabled there) and registered, so
@@ -324,11 +316,20 @@ class LocalCluster:
         return {node for model in models for node in model["nodes"]}
 
     def _ready(self, node_id: str) -> bool:
+        return self._readiness(node_id)[0]
+
+    def _readiness(self, node_id: str) -> tuple[bool, str]:
+        """Whether the node's /readyz answers 200, and the reason it gives (for a timeout's message)."""
         try:
             with self.client(1.0) as http:
-                return http.get(self.spec(node_id).url + "/readyz").status_code == 200
+                response = http.get(self.spec(node_id).url + "/readyz")
         except httpx.HTTPError:
-            return False
+            return False, "no answer from /readyz"
+        try:
+            reason = str(response.json()["reason"])
+        except (ValueError, KeyError):
+            reason = f"/readyz answered {response.status_code}"
+        return response.status_code == 200, reason
 
     def urls(self) -> list[str]:
         return [n.url for n in self.layout.nodes]

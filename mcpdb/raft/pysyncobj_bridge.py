@@ -66,8 +66,8 @@ KEEPALIVE = "mcpdb_keepalive"
 KEEPALIVE_INTERVAL_S = 1.0  # well inside the connection timeout ``_syncobj_conf`` sets
 CONNECTION_RETRY_S = 0.5  # pysyncobj reconnects to an unreachable peer this often
 BIND_RETRY_S = 0.5
-EXIT_STORE_FAILED = 70  # EX_SOFTWARE: the store failed under the Raft thread (see RaftNode._onTick)
 BIND_ATTEMPTS = 10  # a voter that cannot bind its Raft port for 5 s stops (RaftAddressUnavailable)
+EXIT_STORE_FAILED = 70  # EX_SOFTWARE: the store failed under the Raft thread (see RaftNode._onTick)
 # A node that has just started waits this much longer before its first election: of two peers only
 # the one with the greater address connects, so a restarted follower may hear from its leader only
 # at the leader's next retry, and pysyncobj has no PreVote: a wiped follower standing at once bumped
@@ -725,9 +725,14 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             super()._onTick(timeToWait)
         except lmdb.Error:
             # pysyncobj logs a failed tick and carries on; after a failed LMDB commit (EIO on a full
-            # disk, seen at 1 M contexts) its applied index would count entries the store lost, and the
-            # node would serve a state its log does not give. Stopping is safe: a restart replays them.
-            _log.critical("the store failed in the Raft thread; stopping this node", exc_info=True)
+            # disk, seen at 1 M contexts) or apply, its applied index would count entries the store
+            # lost, and the node would serve a state its log does not give. Stopping is safe: a
+            # restart replays them. Every apply and group commit runs inside this tick.
+            _log.critical(
+                "the store failed in the Raft thread; stopping this node (last applied entry %d)",
+                self.raftLastApplied,
+                exc_info=True,
+            )
             os._exit(EXIT_STORE_FAILED)
         finally:
             self.stall_watch.tick_ended()

@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import lmdb
 import orjson
 
 from mcpdb.errors import (
@@ -29,7 +28,7 @@ from mcpdb.errors import (
     Unavailable,
     Unserializable,
 )
-from mcpdb.raft.pysyncobj_bridge import EXIT_STORE_FAILED, RaftNode, Refusal
+from mcpdb.raft.pysyncobj_bridge import RaftNode, Refusal
 from mcpdb.raft.read_index import Done
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.store.commands import Command, decode, encode
@@ -75,7 +74,8 @@ class Replication:
         self._raft = RaftNode(settings, store, self._apply)
 
     def _apply(self, index: int, payload: bytes) -> dict[str, Any] | None:
-        """Apply one committed entry (Raft thread); a node that cannot apply it exactly as its peers do stops."""
+        """Apply one committed entry (Raft thread); a node that cannot apply it exactly as its peers do stops
+        (an LMDB failure stops it in ``RaftNode._onTick``, like a failed group commit)."""
         try:
             return self.store.apply(index, decode(payload), commit=False)
         except NewerFormat as error:
@@ -83,9 +83,6 @@ class Replication:
             # stop; the journal keeps it for the upgraded node to apply.
             _log.critical("entry %d: %s; stopping this node", index, error)
             os._exit(EXIT_NEWER_LOG_FORMAT)
-        except lmdb.Error:
-            _log.critical("LMDB failed applying entry %d; stopping this node", index, exc_info=True)
-            os._exit(EXIT_STORE_FAILED)
 
     async def propose(self, command: Command, timeout: float) -> dict[str, Any]:
         """Replicate one command and return its result once this node applied it."""
