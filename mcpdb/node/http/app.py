@@ -22,13 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from mcpdb import __version__
-from mcpdb.errors import InvalidHeader, McpdbServerError, NotFound
+from mcpdb.errors import McpdbServerError, NotFound
 from mcpdb.model import BatchIn, ContextIn, Kind, SearchableKind, SearchMode, Turn, TurnsIn
 from mcpdb.node.autoscaling import add_autoscale_routes
 from mcpdb.node.config import ConfigError, split_host_port
 from mcpdb.node.http.chat_api import add_chat_routes
+from mcpdb.node.http.conditions import expected_version
 from mcpdb.node.http.docs import mount_offline_docs
-from mcpdb.node.http.fast_reads import FastContextReads
+from mcpdb.node.http.fast_context import FastContextRoutes
 from mcpdb.node.http.gate import RequestGate
 from mcpdb.node.http.host_guard import HostGuard
 from mcpdb.node.http.node_view import NodeView
@@ -42,20 +43,6 @@ from mcpdb.node.mcp.server import McpServer
 from mcpdb.service import Consistency
 
 SNAPSHOT_TIMEOUT_S = 600.0  # a snapshot of a large store takes a while; the node serves meanwhile
-
-
-def _version_header(if_match: str | None, if_none_match: str | None) -> int | None:
-    """``If-Match: <version>`` (quoted or bare) for CAS; ``If-None-Match: *`` for create-only."""
-    if if_none_match is not None:
-        if if_none_match.strip() != "*":
-            raise InvalidHeader("If-None-Match only supports '*' (create only)")
-        return 0
-    if if_match is None:
-        return None
-    text = if_match.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise InvalidHeader(f"If-Match must be a version number, got {if_match!r}")
-    return int(text)
 
 
 def _versioned(body: dict[str, Any], version: int, status: int = 200) -> FastJSON:
@@ -203,7 +190,7 @@ def create_app(runtime: NodeView) -> Any:
     ) -> FastJSON:
         """Create or replace a context. ``If-Match: <version>`` makes it a compare-and-set
         (409 with the current version on mismatch); ``If-None-Match: *`` creates only."""
-        expected = _version_header(if_match, if_none_match)
+        expected = expected_version(if_match, if_none_match)
         result = await service.put(namespace, context_id, context, expected)
         return _versioned(result, result["version"], 201 if result["created"] else 200)
 
@@ -220,7 +207,7 @@ def create_app(runtime: NodeView) -> Any:
         namespace: NamespacePath, context_id: ContextIdPath, if_match: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:
         """Delete a context (404 if missing); ``If-Match`` makes it conditional."""
-        return await service.delete(namespace, context_id, _version_header(if_match, None))
+        return await service.delete(namespace, context_id, expected_version(if_match, None))
 
     @app.get(ns_path + "/contexts", tags=["contexts"])
     async def list_contexts(
@@ -271,7 +258,7 @@ def create_app(runtime: NodeView) -> Any:
         """Append one turn (``{"role", "content"}``) or several (``{"turns": [...]}``) atomically.
         Creates the session if missing. With ``Idempotency-Key``, a retry returns the first result."""
         turns = body.turns if isinstance(body, TurnsIn) else [body]
-        return await service.append(namespace, session_id, turns, _version_header(if_match, None), idempotency_key)
+        return await service.append(namespace, session_id, turns, expected_version(if_match, None), idempotency_key)
 
     @app.post(ns_path + "/batch", tags=["contexts"])
     async def batch(namespace: NamespacePath, body: BatchIn) -> dict[str, Any]:
@@ -293,7 +280,7 @@ def create_app(runtime: NodeView) -> Any:
         runtime.config.allowed_origins,
     )
     return RequestGate(
-        FastContextReads(TimedApp(app, stats), service, stats),
+        FastContextRoutes(TimedApp(app, stats), service, stats),
         guard,
         runtime.authenticator,
         runtime.config.max_body_bytes,
