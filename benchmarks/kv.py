@@ -11,6 +11,11 @@ drifts less between the two figures that are compared:
 - failover: kill -9 of the leader under a continuous write load, time to the
   next acknowledged write (``failover.py``), several trials each.
 
+Beside each load, the CPU seconds its members used (user and system, from
+/proc through psutil), reported per member and per 1,000 acknowledged
+requests: three members and wrk share two cores here, so a request's CPU
+across the cluster bounds the rate as much as any latency does.
+
 wrk loads the nodes with the same connection count spread over the three
 nodes (``wrk.py``). Targets (issue 2): mcpdb writes >= 0.5x etcd,
 linearizable reads >= 1.0x, p99 within 2x etcd's, failover <= 2 s.
@@ -25,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from benchmarks import compare, failover, plots, wrk
 from benchmarks.compare import ratio, relative, row
@@ -92,8 +99,13 @@ def run(settings: KvSettings, step: Step) -> dict[str, Any]:
         for label, scenario in SCENARIOS:
             for system in systems:
                 step(f"{system.name} {label}", settings.duration_s)
+                members = [psutil.Process(pid) for pid in system.pids()]
+                before = _cpu_seconds(members)
                 load = wrk.run(system.urls(), getattr(system, scenario), settings.connections, settings.duration_s)
-                measured[system.name][label] = load.to_dict()
+                measured[system.name][label] = {
+                    **load.to_dict(),
+                    "cpu_s_per_member": (_cpu_seconds(members) - before) / len(members),
+                }
         for system in systems:
             measured[system.name]["failover_s"] = []
             for number in range(1, settings.trials + 1):
@@ -104,6 +116,17 @@ def run(settings: KvSettings, step: Step) -> dict[str, Any]:
     results["environment"]["loadavg_after"] = os.getloadavg()
     results["rows"] = rows(measured["mcpdb"], measured["etcd"])
     return results
+
+
+def _cpu_seconds(members: list[psutil.Process]) -> float:
+    """User and system CPU seconds the ``members`` used so far, together."""
+    return sum(sum(member.cpu_times()[:2]) for member in members)
+
+
+def _cpu_per_thousand(measured: dict[str, Any], label: str) -> float | None:
+    """A member's CPU seconds per 1,000 acknowledged requests of the ``label`` load."""
+    load = measured[label]
+    return 1000 * load["cpu_s_per_member"] / load["ok"] if load["ok"] else None
 
 
 def environment() -> dict[str, Any]:
@@ -123,6 +146,9 @@ def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
     def latency(label: str, key: str) -> tuple[float, float]:
         return mcpdb[label]["latency_ms"][key], etcd[label]["latency_ms"][key]
 
+    def cpu(label: str) -> tuple[float | None, float | None]:
+        return _cpu_per_thousand(mcpdb, label), _cpu_per_thousand(etcd, label)
+
     failover_max = tuple(None if None in s["failover_s"] else max(s["failover_s"]) for s in (mcpdb, etcd))
     mine = failover_max[0]
     return [
@@ -130,10 +156,16 @@ def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
         relative("write p50 ms", *latency("writes", "p50")),
         relative("write p99 ms", *latency("writes", "p99"), P99_TARGET, higher=False),
         row("write failures", *pair("writes", "failed")),
+        relative(
+            "CPU s per 1,000 writes per node", _cpu_per_thousand(mcpdb, "writes"), _cpu_per_thousand(etcd, "writes")
+        ),
         relative("linearizable reads/s (2xx)", *pair("reads", "ok_per_s"), READ_TARGET),
         relative("read p50 ms", *latency("reads", "p50")),
         relative("read p99 ms", *latency("reads", "p99"), P99_TARGET, higher=False),
         row("read failures", *pair("reads", "failed")),
+        relative(
+            "CPU s per 1,000 reads per node", _cpu_per_thousand(mcpdb, "reads"), _cpu_per_thousand(etcd, "reads")
+        ),
         row(
             f"failover s (max of {len(mcpdb['failover_s'])})",
             *failover_max,

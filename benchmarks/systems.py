@@ -31,6 +31,7 @@ class System(Protocol):
     def restart(self, member: str) -> None: ...
     async def write(self, http: httpx.AsyncClient, url: str, key: str) -> bool: ...
     def findings(self) -> dict[str, Any]: ...
+    def pids(self) -> list[int]: ...
 
 
 class _Adapter:
@@ -65,6 +66,10 @@ class _Adapter:
 
     def findings(self) -> dict[str, Any]:
         return {}
+
+    def pids(self) -> list[int]:
+        """The running members' process ids (each member is one process, its group's leader)."""
+        return [process.pid for process in self.cluster.processes.values() if process.poll() is None]
 
 
 class Mcpdb(_Adapter):

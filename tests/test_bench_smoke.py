@@ -24,8 +24,9 @@ def test_kv_benchmark_smoke(tmp_path: Path) -> None:
     )
     assert f"command: {results['command']}" in done.stdout
     for system in ("mcpdb", "etcd"):
-        assert results[system]["writes"]["ok_per_s"] > 0
-        assert results[system]["reads"]["ok_per_s"] > 0
+        for load in ("writes", "reads"):
+            assert results[system][load]["ok_per_s"] > 0
+            assert 0 < results[system][load]["cpu_s_per_member"] < 2 * 2  # two cores, a 2 s load
         assert results[system]["failover_s"][0] is not None
     assert results["mcpdb"]["findings"]["critical_truncations"] == 0
     assert {row["metric"] for row in results["rows"]} >= {
@@ -34,6 +35,7 @@ def test_kv_benchmark_smoke(tmp_path: Path) -> None:
         "write p99 ms",
         "read p99 ms",
         "failover s (max of 1)",
+        "CPU s per 1,000 writes per node",
     }
     assert (tmp_path / "kv.png").stat().st_size > 0 and (tmp_path / "results.md").exists()
 
