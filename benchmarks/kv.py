@@ -156,16 +156,12 @@ def rows(mcpdb: dict[str, Any], etcd: dict[str, Any]) -> list[dict[str, Any]]:
         relative("write p50 ms", *latency("writes", "p50")),
         relative("write p99 ms", *latency("writes", "p99"), P99_TARGET, higher=False),
         row("write failures", *pair("writes", "failed")),
-        relative(
-            "CPU s per 1,000 writes per node", _cpu_per_thousand(mcpdb, "writes"), _cpu_per_thousand(etcd, "writes")
-        ),
+        relative("CPU s per 1,000 writes per node", *cpu("writes")),
         relative("linearizable reads/s (2xx)", *pair("reads", "ok_per_s"), READ_TARGET),
         relative("read p50 ms", *latency("reads", "p50")),
         relative("read p99 ms", *latency("reads", "p99"), P99_TARGET, higher=False),
         row("read failures", *pair("reads", "failed")),
-        relative(
-            "CPU s per 1,000 reads per node", _cpu_per_thousand(mcpdb, "reads"), _cpu_per_thousand(etcd, "reads")
-        ),
+        relative("CPU s per 1,000 reads per node", *cpu("reads")),
         row(
             f"failover s (max of {len(mcpdb['failover_s'])})",
             *failover_max,
