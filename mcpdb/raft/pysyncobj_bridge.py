@@ -44,6 +44,7 @@ from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.journal import APP_VERSION
 from pysyncobj.node import Node
+from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
@@ -54,6 +55,7 @@ from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
 from mcpdb.raft.stall_watch import StallWatch
+from mcpdb.raft.wire import use_frames
 from mcpdb.store import snapshot
 from mcpdb.store.snapshot import check_lmdb_version
 from mcpdb.store.state_machine import ContextStore
@@ -267,6 +269,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
     - fsync the journal before a follower acknowledges entries when the node is
       durable: acknowledgements produced while one poll delivers many
       AppendEntries are held and share one fsync (``RaftNode``'s poll releases them);
+    - frame what it sends with ``wire.frame`` (pickle protocol 5, compressed only when large);
     - send each peer a tiny keepalive once a second. pysyncobj closes a
       connection that has read nothing for ``connectionTimeout`` the next time it
       *sends* on it, dropping that message. Two followers never talk while a
@@ -296,6 +299,14 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             self.journal = _swap_journal(syncObj, self.durable)
             syncObj.addOnTickCallback(self.journal.sync)
             syncObj.reset_election_timer(grace=STARTUP_ELECTION_GRACE_S)
+
+    def addNode(self, node: Node) -> None:  # noqa: N802 - pysyncobj's name
+        super().addNode(node)
+        if node in self._connections:  # an outgoing connection (the higher address connects)
+            use_frames(self._connections[node])
+
+    def _onNewIncomingConnection(self, conn: TcpConnection) -> None:  # noqa: N802 - pysyncobj's name
+        super()._onNewIncomingConnection(use_frames(conn))
 
     def _connection_backed_up(self, node: Node, message: Any) -> bool:
         """Drop AppendEntries carrying entries to a peer whose connection already holds
