@@ -99,13 +99,13 @@ def _hash(secret: str) -> str:
 
 def token_id_of(token: str) -> str | None:
     """The id part of a well-formed token, else None."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     return match[1] if match else None
 
 
 def principal_for(token: str, record: dict[str, Any] | None) -> Principal | None:
     """The principal of ``token`` given its stored record (None when unknown, revoked or wrong)."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None or record is None:
         return None
     if not hmac.compare_digest(_hash(match[2]), record["hash"]):

@@ -52,7 +52,7 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_depth_checked)]
 
 def check_namespace(namespace: str) -> str:
     """Namespaces become key prefixes and URL segments: lowercase, short, no separators."""
-    if not _NAMESPACE_RE.match(namespace):
+    if not _NAMESPACE_RE.fullmatch(namespace):
         raise InvalidName(
             f"invalid namespace {namespace!r}: use 1-63 characters from a-z 0-9 _ -, starting with a letter or digit"
         )
@@ -61,7 +61,7 @@ def check_namespace(namespace: str) -> str:
 
 def check_context_id(context_id: str) -> str:
     """Ids must be safe as key components and URL path segments (no '/', no '..')."""
-    if not _CONTEXT_ID_RE.match(context_id):
+    if not _CONTEXT_ID_RE.fullmatch(context_id):
         raise InvalidName(
             f"invalid id {context_id!r}: use 1-128 characters from A-Z a-z 0-9 _ . : @ -, "
             "starting with a letter or digit"

@@ -46,7 +46,7 @@ def test_valid_namespaces(name: str) -> None:
     assert check_namespace(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "A", "-a", "a/b", "a.b", "a" * 64, "a b", "é"])
+@pytest.mark.parametrize("name", ["", "A", "-a", "a/b", "a.b", "a" * 64, "a b", "é", "a\n"])
 def test_invalid_namespaces(name: str) -> None:
     with pytest.raises(InvalidName):
         check_namespace(name)
@@ -57,7 +57,9 @@ def test_valid_ids(name: str) -> None:
     assert check_context_id(name) == name
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../etc", "a/b", "a\\b", "a\x00b", "a\nb", ".hidden", "a" * 129])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "../etc", "a/b", "a\\b", "a\x00b", "a\nb", "a\n", ".hidden", "a" * 129]
+)
 def test_invalid_ids(name: str) -> None:
     with pytest.raises(InvalidName):
         check_context_id(name)

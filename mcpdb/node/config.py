@@ -99,7 +99,7 @@ class NodeConfig:
     autoscale_cooldown: float = 15.0
 
     def validate(self) -> None:
-        if not _NODE_ID_RE.match(self.node_id):
+        if not _NODE_ID_RE.fullmatch(self.node_id):
             raise ConfigError(f"invalid node id {self.node_id!r}: use 1-63 characters from A-Z a-z 0-9 _ . -")
         http_host, _ = split_host_port(self.http_addr, "--http-addr")
         if self.raft_addr is not None:
@@ -118,7 +118,7 @@ class NodeConfig:
                 "refusing to serve HTTP on a non-loopback address without a token (--token-file or MCPDB_TOKEN)"
             )
         for name in self.allowed_hosts:
-            if not _ALLOWED_HOST_RE.match(name):
+            if not _ALLOWED_HOST_RE.fullmatch(name):
                 raise ConfigError(f"--allowed-host {name!r}: give a host name or IP address, without scheme or port")
         self._validate_origins()
         if not 1 <= self.mcp_sessions_per_token <= self.mcp_max_sessions:

@@ -32,7 +32,7 @@ class Cursor:
 
     @staticmethod
     def parse(text: str) -> Cursor:
-        match = _CURSOR.match(text.strip())
+        match = _CURSOR.fullmatch(text.strip())
         if match is None:
             raise InvalidCursor(f"since must be a version (12) or a version and position (12.3), got {text!r}")
         return Cursor(int(match[1]), int(match[2]) if match[2] is not None else None)

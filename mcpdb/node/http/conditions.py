@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from mcpdb.errors import InvalidHeader
+
+_VERSION = re.compile(r"[0-9]{1,19}")  # ASCII digits (str.isdigit takes "²", which int() refuses), 64 bits
+MAX_VERSION = 2**63 - 1
 
 
 def expected_version(if_match: str | None, if_none_match: str | None) -> int | None:
@@ -14,6 +19,6 @@ def expected_version(if_match: str | None, if_none_match: str | None) -> int | N
     if if_match is None:
         return None
     text = if_match.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise InvalidHeader(f"If-Match must be a version number, got {if_match!r}")
+    if not _VERSION.fullmatch(text) or int(text) > MAX_VERSION:
+        raise InvalidHeader(f"If-Match must be a version number, got {if_match[:64]!r}")
     return int(text)

@@ -10,8 +10,9 @@ serves those requests through the same ``ContextService`` calls and the same err
 FastAPI routes, which still document them in OpenAPI and answer everything else:
 
 - a GET with no query, or only ``?consistency=linearizable|stale``;
-- a PUT with no query whose body FastAPI would accept as it is: a JSON content type (or none, which
-  FastAPI reads as JSON), a body that parses and ``ContextIn`` validates, at most one ``If-Match``
+- a PUT with no query whose body FastAPI would accept as it is: a JSON content type (the request
+  gate answers 415 to a body without one; FastAPI, strict about content types, would refuse it
+  too), a body that parses and ``ContextIn`` validates, at most one ``If-Match``
   and ``If-None-Match``. Any other PUT, a body FastAPI would refuse with 422 among them, is handed to
   FastAPI with its body replayed, so FastAPI's answer stays the reference for every refusal.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable
 from typing import Any
 
 from pydantic import BaseModel
@@ -57,29 +59,16 @@ class FastContextRoutes:
             if consistency is not None or (method == "PUT" and not query):
                 match = _CONTEXT_PATH.match(scope["path"])
                 if match is not None and consistency is not None:
-                    await self._get(scope, receive, send, match[1], match[2], consistency)
+                    await self._answer(scope, receive, send, self._get(match[1], match[2], consistency))
                     return
                 if match is not None:
                     await self._put(scope, receive, send, match[1], match[2])
                     return
         await self.app(scope, receive, send)
 
-    async def _get(
-        self,
-        scope: dict[str, Any],
-        receive: Any,
-        send: Any,
-        namespace: str,
-        context_id: str,
-        consistency: Consistency,
-    ) -> None:
-        try:
-            record = await self.service.get(namespace, context_id, consistency)
-        except McpdbServerError as error:
-            response = error_for(error)
-        else:
-            response = FastJSON(record, headers={"ETag": f'"{record["version"]}"'})
-        await self._answer(scope, receive, send, response)
+    async def _get(self, namespace: str, context_id: str, consistency: Consistency) -> FastJSON:
+        record = await self.service.get(namespace, context_id, consistency)
+        return FastJSON(record, headers={"ETag": f'"{record["version"]}"'})
 
     async def _put(self, scope: dict[str, Any], receive: Any, send: Any, namespace: str, context_id: str) -> None:
         body = await _read_body(receive)
@@ -90,17 +79,27 @@ class FastContextRoutes:
         if headers is None or context is None:
             await self.app(scope, _replaying(body, receive), send)
             return
+        await self._answer(scope, receive, send, self._write(namespace, context_id, context, headers))
+
+    async def _write(
+        self, namespace: str, context_id: str, context: BaseModel, headers: dict[bytes, bytes]
+    ) -> FastJSON:
+        expected = expected_version(_text(headers, b"if-match"), _text(headers, b"if-none-match"))
+        result = await self.service.put(namespace, context_id, context, expected)
+        status = 201 if result["created"] else 200
+        return FastJSON(result, status_code=status, headers={"ETag": f'"{result["version"]}"'})
+
+    async def _answer(self, scope: dict[str, Any], receive: Any, send: Any, outcome: Awaitable[FastJSON]) -> None:
+        """Send what ``outcome`` renders, or the response for an mcpdb error, counted at its status. Any
+        other exception is counted as the 500 uvicorn answers for it (FastAPI's route counts its own
+        500 too) and raised, for uvicorn to log."""
         try:
-            expected = expected_version(_text(headers, b"if-match"), _text(headers, b"if-none-match"))
-            result = await self.service.put(namespace, context_id, context, expected)
+            response = await outcome
         except McpdbServerError as error:
             response = error_for(error)
-        else:
-            status = 201 if result["created"] else 200
-            response = FastJSON(result, status_code=status, headers={"ETag": f'"{result["version"]}"'})
-        await self._answer(scope, receive, send, response)
-
-    async def _answer(self, scope: dict[str, Any], receive: Any, send: Any, response: FastJSON) -> None:
+        except Exception:
+            self.stats.answered(scope, 500)
+            raise
         self.stats.answered(scope, response.status_code)
         await response(scope, receive, send)
 
@@ -135,8 +134,8 @@ def _text(headers: dict[bytes, bytes], name: bytes) -> str | None:
 
 def _context_as_fastapi_reads_it(headers: dict[bytes, bytes], body: bytes) -> BaseModel | None:
     """The context FastAPI would pass to ``put_context``, or None where FastAPI should answer."""
-    content_type = headers.get(b"content-type")
-    if content_type is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+    content_type = headers.get(b"content-type", b"")
+    if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
         return None
     try:
         context: BaseModel = CONTEXT_IN_ADAPTER.validate_python(json.loads(body))
