@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,16 @@ def test_retrieval_benchmark_smoke(tmp_path: Path) -> None:
         assert idle[namespace]["probes"] >= 2 and idle[namespace]["not_found"] == 0
         assert 0 < idle[namespace]["p50_s"] <= idle[namespace]["max_s"] < 10
     assert set(results["freshness"]) == {"0", "50", "500"} and "vector-searchable" in done.stdout
+
+
+def test_thread_cpu_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.thread_cpu", "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("us CPU per request") == 3 and "(leader)" in done.stdout
+    assert done.stdout.count("HTTP event loop") == 3
