@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,16 @@ def test_thread_cpu_smoke() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("us CPU per request") == 3 and "(leader)" in done.stdout
     assert done.stdout.count("HTTP event loop") == 3
+
+
+def test_snapshot_install_smoke(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.snapshot_install", "--contexts", "3000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Raft thread held by the" in done.stdout and "command: python -m benchmarks.snapshot_install" in done.stdout

@@ -8,11 +8,13 @@ leader; a received file with a gap could be installed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pysyncobj.journal import APP_VERSION
 
@@ -178,3 +180,35 @@ def test_snapshot_bytes_per_journal_byte_stay_bounded_at_any_store_size(journal:
     at most 1 / JOURNAL_TO_STORE times the journal once the store outgrew the floor."""
     if snapshot_due(journal, store, floor):
         assert store <= journal / JOURNAL_TO_STORE
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 64 << 10), min_size=1, max_size=40))
+def test_a_received_snapshot_is_extracted_as_it_arrives_and_installed_without_a_copy(
+    tmp_path_factory: pytest.TempPathFactory, cuts: list[int]
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("extract")
+    source = _store(tmp_path / "source", 300)
+    leaders_file = str(tmp_path / "leader.snapshot")
+    snapshot.write(leaders_file, source.pin_snapshot(), _raft_data(300))
+    with open(leaders_file, "rb") as f:
+        data = f.read()
+    store = _store(tmp_path / "store", 5)
+    snapshots = Snapshotter(str(tmp_path / "raft.snapshot"), store, lambda size: True)
+    offsets = sorted({0, *(cut % len(data) for cut in cuts), len(data)})  # chunks of any size, headers split too
+    for start, end in itertools.pairwise(offsets):
+        assert snapshots.receive((data[start:end], start == 0, False)) is False
+    offset, size = snapshot.data_member(leaders_file) or (0, -1)
+    extracted = tmp_path / "store" / "gen-2" / snapshot.DATA_MEMBER  # the store's next generation
+    assert os.path.getsize(extracted) == size, "the LMDB file was not copied out as the chunks arrived"
+    with open(extracted, "rb") as copy:
+        assert copy.read() == data[offset : offset + size]
+    assert snapshots.receive((b"", False, True)) is True
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(snapshot, "extract_data", lambda *_: pytest.fail("the install copied the LMDB file again"))
+        raft_data = snapshots.install(lambda: None)
+    assert raft_data[0][1] == 300 and store.applied_index() == 300
+    first = store.get("a", "c1")
+    assert store.get("a", "c300") is not None and first is not None and first["facts"] == ["1"]
+    store.close()
+    source.close()

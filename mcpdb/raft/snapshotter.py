@@ -73,6 +73,10 @@ class Snapshotter:
         self._stream_allowance = float(MAX_BACKLOG)  # bytes: a token bucket at STREAM_BYTES_PER_S
         self._stream_refilled = time.monotonic()
         self._incoming: BinaryIO | None = None
+        # The received snapshot's LMDB file, copied into the store's next generation as it arrives;
+        # ``_extracted`` says the file now at ``path`` was copied whole, so the install copies nothing.
+        self._extraction: snapshot.Extraction | None = None
+        self._extracted = False
         self._writing = path + ".writing"
         self._unflushed = 0
         self._receiving = path + ".receiving"
@@ -216,39 +220,60 @@ class Snapshotter:
         A chunk that cannot be written (a full disk) abandons the transfer, as pysyncobj's own
         serializer does: later chunks are ignored until the leader starts over, so a file with a gap
         is never installed. A complete file is checked (its members and sizes) before it replaces
-        the snapshot this node has."""
+        the snapshot this node has. As the chunks arrive, the LMDB file inside is copied into the
+        store's next generation (``_extract``), so that the install, which pysyncobj runs in this
+        thread right after the last chunk, only opens it."""
         if chunk is None:
             return False
         data, first, last = chunk
         try:
             if first:
                 self._abandon_incoming()
-                self._incoming = open(self._receiving, "wb")
+                self._incoming = open(self._receiving, "w+b")  # read too: the extraction copies from it
                 _log.info("receiving a snapshot from the leader")
             if self._incoming is None:
                 return False  # a transfer that began before this node started, or was abandoned
             self._incoming.write(data)
+            self._incoming.flush()  # the extraction reads the file by its descriptor
             self._unflushed += len(data)
             if self._unflushed >= snapshot.FLUSH_EVERY:  # see snapshot._copy_paced: the disk is shared
-                self._incoming.flush()
                 os.fdatasync(self._incoming.fileno())
                 self._unflushed = 0
+            self._extract()
             if not last:
                 return False
-            self._incoming.flush()
             os.fsync(self._incoming.fileno())
             self._incoming.close()
             self._incoming = None
             snapshot.check(self._receiving)
+            extracted = self._extraction is not None and self._extraction.finish()
             previous = self._replace_snapshot(self._receiving)
         except (OSError, ValueError) as error:
             _log.error("snapshot from the leader abandoned: %s", error)
             self._abandon_incoming()
             return False
+        self._close_extraction()
+        self._extracted = extracted
         self.drop_transfers()
         background_io.free_later(previous)
         self._installs += 1
         return True
+
+    def _extract(self) -> None:
+        """Copy what has arrived of the LMDB file into the store's next generation (locating it first:
+        its header follows the small raft member, so the first chunk holds it)."""
+        assert self._incoming is not None
+        if self._extraction is None:
+            where = snapshot.data_member(self._receiving)
+            if where is None:
+                return
+            self._extraction = snapshot.Extraction(self._store.next_generation_file(), *where)
+        self._extraction.advance(self._incoming.fileno(), self._incoming.tell())
+
+    def _close_extraction(self) -> None:
+        if self._extraction is not None:
+            self._extraction.close()
+            self._extraction = None
 
     def _replace_snapshot(self, source: str) -> str | None:
         """Rename ``source`` over the snapshot, durably; the old snapshot's second name (for
@@ -269,13 +294,16 @@ class Snapshotter:
         if self._incoming is not None:
             self._incoming.close()
             self._incoming = None
+        self._close_extraction()  # its file is replaced by the next one, or never opened
+        self._extracted = False
         self._discard(self._receiving)
 
     def install(self, after: Callable[[], None]) -> Any:
         """Install the snapshot file into the store; ``after`` runs once it is in place."""
         started = time.monotonic()
         installed = self._store.snapshots_installed
-        raft_data = self._store.install_snapshot(self._path)
+        extracted, self._extracted = self._extracted, False
+        raft_data = self._store.install_snapshot(self._path, extracted=extracted)
         after()
         if self._store.snapshots_installed != installed:
             _log.info("snapshot at index %d installed in %.2f s", raft_data[0][1], time.monotonic() - started)

@@ -177,17 +177,58 @@ def extract_data(path: str, target: str) -> None:
     """Copy the snapshot's LMDB file to ``target`` (fsynced), in the kernel."""
     with tarfile.open(path, "r") as tar:
         member = tar.getmember(DATA_MEMBER)
-        offset, remaining = member.offset_data, member.size
-    with open(path, "rb") as source, open(target, "wb") as out:
-        unsynced = 0
-        while remaining:
-            copied = os.copy_file_range(source.fileno(), out.fileno(), min(remaining, _COPY_CHUNK), offset)
-            if copied == 0:
+    with open(path, "rb") as source:
+        extraction = Extraction(target, member.offset_data, member.size)
+        try:
+            extraction.advance(source.fileno(), member.offset_data + member.size)
+            if not extraction.finish():
                 raise ValueError(f"{path}: the snapshot ends inside {DATA_MEMBER}")
-            offset += copied
-            remaining -= copied
-            unsynced += copied
-            if unsynced >= FLUSH_EVERY:
-                os.fdatasync(out.fileno())
-                unsynced = 0
-        os.fsync(out.fileno())
+        finally:
+            extraction.close()
+
+
+def data_member(path: str) -> tuple[int, int] | None:
+    """Where the LMDB file lies in a snapshot file that may still be arriving: (offset, size), or None
+    while its header has not arrived (it follows the small ``raft.pickle``, within the first chunk)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in iter(tar.next, None):
+                if member.name == DATA_MEMBER:
+                    return member.offset_data, member.size
+    except (tarfile.TarError, EOFError):
+        return None
+    return None
+
+
+class Extraction:
+    """The LMDB file of a snapshot file, copied out (by the kernel, ``copy_file_range``) as the snapshot's
+    bytes become available: while a follower receives a snapshot, so that installing it needs no copy
+    of gigabytes in the Raft thread (measured at 1 M contexts: the copy held it for seconds)."""
+
+    def __init__(self, target: str, offset: int, size: int) -> None:
+        self._out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._offset, self._size = offset, size
+        self._copied = 0
+        self._unsynced = 0
+
+    def advance(self, source: int, available: int) -> None:
+        """Copy what the source file descriptor holds of the member below byte ``available``."""
+        end = min(available, self._offset + self._size)
+        while self._offset + self._copied < end:
+            start = self._offset + self._copied
+            copied = os.copy_file_range(source, self._out, min(end - start, _COPY_CHUNK), start)
+            if copied == 0:
+                return  # the source is shorter than it said: ``finish`` reports the member incomplete
+            self._copied += copied
+            self._unsynced += copied
+            if self._unsynced >= FLUSH_EVERY:
+                os.fdatasync(self._out)
+                self._unsynced = 0
+
+    def finish(self) -> bool:
+        """Make the copy durable; whether it holds the whole member."""
+        os.fsync(self._out)
+        return self._copied == self._size
+
+    def close(self) -> None:
+        os.close(self._out)

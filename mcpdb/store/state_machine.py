@@ -1197,7 +1197,19 @@ class ContextStore:
         raw = txn.get(_APPLIED, db=generation.dbs[b"meta"])
         return PinnedVersion(generation.env, txn, int(_U64.unpack(raw)[0]) if raw else 0)
 
-    def install_snapshot(self, path: str, snapshot_index: int | None = None) -> Any:
+    def next_generation_file(self) -> str:
+        """A fresh directory for the generation an install would open next, and the path its LMDB
+        file takes there: a follower copies a snapshot's data into it while the snapshot arrives
+        (``snapshot.Extraction``), then installs with ``extracted=True``. Writer thread only."""
+        target = os.path.join(self._directory, self._next_generation())
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
+        return os.path.join(target, snapshot.DATA_MEMBER)
+
+    def _next_generation(self) -> str:
+        return f"gen-{int(self._current_generation().split('-')[1]) + 1}"
+
+    def install_snapshot(self, path: str, snapshot_index: int | None = None, extracted: bool = False) -> Any:
         """Load a snapshot; returns pysyncobj's bookkeeping stored in it.
 
         Keeps the live environment when it already holds the snapshot's index
@@ -1205,13 +1217,29 @@ class ContextStore:
         what is applied. Otherwise the snapshot's LMDB copy becomes a new
         generation, prepared and opened beside the live one, and replaces it
         in one assignment: reads before it see the old state, reads after it
-        the snapshot's, and none waits (see the module docstring).
+        the snapshot's, and none waits (see the module docstring). With
+        ``extracted``, that copy is already in place (``next_generation_file``).
         """
         raft_data = snapshot.read_raft_data(path)
         index = snapshot_index if snapshot_index is not None else raft_data[0][1]
         self.commit()
+        generation = self._next_generation()
         if self.applied_index() >= index:
+            if extracted:  # the copy is not needed: this store is already past the snapshot
+                shutil.rmtree(os.path.join(self._directory, generation), ignore_errors=True)
             return raft_data
+        old_generation = self._current_generation()
+        if not extracted:
+            snapshot.extract_data(path, self.next_generation_file())
+        opened = self._open(generation)
+        with self._swap_lock:
+            self._set_current(generation)
+            self._generation = opened
+        # Unlinked, not truncated: a reader may still map the old generation's file (it closes with the
+        # last one), and a page truncated under a mapping is a SIGBUS.
+        shutil.rmtree(os.path.join(self._directory, old_generation), ignore_errors=True)
+        self.snapshots_installed += 1
+        return raft_data
         old_generation = self._current_generation()
         generation = f"gen-{int(old_generation.split('-')[1]) + 1}"
         target = os.path.join(self._directory, generation)
