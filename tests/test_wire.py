@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.encryptor import HAS_CRYPTO, getEncryptor
+from pysyncobj.tcp_connection import TcpConnection
 
+from mcpdb.ops.localcluster import free_port
+from mcpdb.raft.pysyncobj_bridge import transport_class
 from mcpdb.raft.wire import COMPRESS_FROM_BYTES, frame
 
 
@@ -58,3 +65,49 @@ def test_an_encrypted_frame_carries_the_connection_key() -> None:
     encryptor = getEncryptor("cluster secret")
     message = _append_entries([b"secret entry"])
     assert _received(frame(message, rand_key=b"key", encryptor=encryptor), encryptor) == (b"key", message)
+
+
+class _Counter(SyncObj):
+    def __init__(self, address: str, others: list[str], password: str | None) -> None:
+        conf = SyncObjConf(autoTick=False, password=password, connectionRetryTime=0.1)
+        super().__init__(address, others, conf, transportClass=transport_class(durable=False))
+        self.value = 0
+
+    @replicated
+    def add(self, amount: int) -> int:
+        self.value += amount
+        return self.value
+
+
+@pytest.mark.parametrize("password", [None, "cluster secret"] if HAS_CRYPTO else [None])
+def test_every_connection_of_a_cluster_sends_frames(monkeypatch: pytest.MonkeyPatch, password: str | None) -> None:
+    """Three nodes over loopback elect, replicate, lose every connection and reconnect; a send through
+    pysyncobj's own framing (a connection the transport did not hook) fails the test."""
+    unhooked: list[Any] = []
+    monkeypatch.setattr(TcpConnection, "send", lambda connection, message: unhooked.append(message))
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    nodes = [_Counter(address, [a for a in addresses if a != address], password) for address in addresses]
+    try:
+
+        def tick_until(done: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 20
+            while not done():
+                assert time.monotonic() < deadline, "the cluster did not get there in time"
+                for node in nodes:
+                    node.doTick(0.01)
+
+        def all_hold(value: int) -> bool:
+            return all(node.value == value for node in nodes)
+
+        for round_ in range(2):
+            tick_until(lambda: any(node._isLeader() for node in nodes))
+            leader = next(node for node in nodes if node._isLeader())
+            leader.add(1)
+            tick_until(functools.partial(all_hold, round_ + 1))
+            for node in nodes:  # every connection drops; pysyncobj reconnects with the same objects
+                for connection in list(node._SyncObj__transport._connections.values()):
+                    connection.disconnect()
+    finally:
+        for node in nodes:
+            node._destroy()
+    assert unhooked == []
