@@ -27,10 +27,14 @@ def test_infer_benchmark_smoke(tmp_path: Path) -> None:
         "2",
         "--weighted-requests",
         "4",
+        "--rounds",
+        "2",
     ]
     done, results = run_bench("infer", args, tmp_path, timeout=420)
     assert f"command: {results['command']}" in done.stdout
-    assert results["throughput"]["raw_tokens"] > 0 and results["throughput"]["mcpdb_tokens"] > 0
+    throughput = results["throughput"]
+    assert len(throughput["raw_rounds"]) == len(throughput["mcpdb_rounds"]) == 2 and throughput["tokens_per_round"] > 0
+    assert min(throughput["raw_rounds"]) > 0 and min(throughput["mcpdb_rounds"]) > 0
     for policy in ("affinity", "round_robin"):
         assert len(results["affinity"][policy]["requests"]) == 4
     for policy in ("weighted", "round_robin"):

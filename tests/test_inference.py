@@ -138,6 +138,27 @@ def test_the_official_openai_client_works_streaming_and_not(llm_cluster: LocalCl
     assert _turns(llm_cluster.urls()[0], session)[-1]["content"] == streamed
 
 
+def test_a_long_answer_streams_in_pieces_of_a_few_tokens(llm_cluster: LocalCluster) -> None:
+    """The worker hands text to the event loop every STREAM_INTERVAL_S at most: a 48-token answer
+    comes in more than one piece (it streams) and never in more pieces than tokens."""
+    body = {
+        "model": _model(llm_cluster),
+        "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "stream": True,
+    }
+    pieces, final = [], {}
+    with httpx.stream("POST", llm_cluster.urls()[0] + "/v1/chat/completions", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[len("data: ") :])
+                pieces += [c["delta"]["content"] for c in chunk.get("choices", []) if c["delta"].get("content")]
+                final = chunk if chunk.get("usage") else final
+    tokens = final["usage"]["completion_tokens"]
+    assert tokens > 8 and 1 < len(pieces) <= tokens, (len(pieces), tokens)
+
+
 def test_bad_requests_get_clear_errors(llm_cluster: LocalCluster) -> None:
     url, model = llm_cluster.urls()[0], _model(llm_cluster)
     post = lambda body: httpx.post(url + "/v1/chat/completions", json=body, timeout=30)  # noqa: E731

@@ -78,15 +78,16 @@ def infer(
     sessions: Annotated[int, typer.Option(help="Sessions in the affinity comparison.")] = 8,
     turns: Annotated[int, typer.Option(help="Turns per session in the affinity comparison.")] = 6,
     weighted_requests: Annotated[int, typer.Option(help="Requests per policy in the weighted run.")] = 48,
+    rounds: Annotated[int, typer.Option(help="Alternating raw and mcpdb rounds of the throughput comparison.")] = 3,
     out: OutFolder = None,
 ) -> None:
     """Chat through mcpdb vs raw llama-cpp-python; affinity vs round robin; weighted capacity 1:2."""
     with source_checkout("mcpdb bench", "benchmarks"):
         from benchmarks import infer as infer_bench
 
-    if min(requests, max_tokens, sessions, turns, weighted_requests) < 1:
+    if min(requests, max_tokens, sessions, turns, weighted_requests, rounds) < 1:
         raise CliError("every count must be at least 1")
-    settings = infer_bench.InferSettings(requests, max_tokens, sessions, turns, weighted_requests, out)
+    settings = infer_bench.InferSettings(requests, max_tokens, sessions, turns, weighted_requests, rounds, out)
     folder = settings.folder()
     results = _run_with_progress(settings, infer_bench.run)
     infer_bench.save(results, folder)
