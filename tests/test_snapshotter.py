@@ -212,3 +212,37 @@ def test_a_received_snapshot_is_extracted_as_it_arrives_and_installed_without_a_
     assert store.get("a", "c300") is not None and first is not None and first["facts"] == ["1"]
     store.close()
     source.close()
+
+
+def test_an_abandoned_or_restarted_transfer_leaves_no_copy_behind(tmp_path: Path) -> None:
+    files = []
+    for name, entries in (("first", 200), ("second", 300)):
+        source = _store(tmp_path / name, entries)
+        path = str(tmp_path / f"{name}.snapshot")
+        snapshot.write(path, source.pin_snapshot(), _raft_data(entries))
+        source.close()
+        with open(path, "rb") as f:
+            files.append(f.read())
+    first, second = files
+    store = _store(tmp_path / "store", 5)
+    snapshots = Snapshotter(str(tmp_path / "raft.snapshot"), store, lambda size: True)
+    copy = tmp_path / "store" / "gen-2" / snapshot.DATA_MEMBER
+    assert snapshots.receive((first[: len(first) // 2], True, False)) is False
+    assert copy.exists()
+    snapshots.close()  # a stop mid-transfer: the partial copy goes
+    assert not copy.parent.exists()
+    # A transfer restarted midway (a new first chunk) installs the second snapshot, whole.
+    assert snapshots.receive((first[: len(first) // 2], True, False)) is False
+    assert snapshots.receive((second, True, False)) is False and snapshots.receive((b"", False, True)) is True
+    assert snapshots.install(lambda: None)[0][1] == 300 and store.get("a", "c300") is not None
+    store.close()
+
+
+def test_a_copy_left_by_a_stopped_install_is_removed_when_the_store_opens(tmp_path: Path) -> None:
+    store = _store(tmp_path / "store", 5)
+    stray = Path(store.next_generation_file())
+    stray.write_bytes(b"\0" * 4096)  # as a transfer cut by kill -9 leaves it
+    store.close()
+    reopened = ContextStore(str(tmp_path / "store"))
+    assert not stray.parent.exists() and reopened.applied_index() == 5
+    reopened.close()

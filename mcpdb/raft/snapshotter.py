@@ -292,9 +292,12 @@ class Snapshotter:
 
     def _abandon_incoming(self) -> None:
         if self._incoming is not None:
-            self._incoming.close()
+            with contextlib.suppress(OSError):  # its last write may have failed (a full disk): it goes anyway
+                self._incoming.close()
             self._incoming = None
-        self._close_extraction()  # its file is replaced by the next one, or never opened
+        if self._extraction is not None:
+            self._close_extraction()
+            self._store.discard_next_generation()
         self._extracted = False
         self._discard(self._receiving)
 

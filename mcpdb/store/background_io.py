@@ -137,9 +137,9 @@ class _Deleter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def trash_path(self, path: str) -> str:
-        directory, name = os.path.split(os.path.abspath(path))
-        return os.path.join(directory, f"{TRASH_PREFIX}{os.getpid()}-{next(self._numbers)}-{name}")
+    def trash_path(self, path: str, directory: str | None = None) -> str:
+        beside, name = os.path.split(os.path.abspath(path))
+        return os.path.join(directory or beside, f"{TRASH_PREFIX}{os.getpid()}-{next(self._numbers)}-{name}")
 
     def submit(self, trash: str) -> None:
         with self._lock:
@@ -173,10 +173,11 @@ def _free_gradually(path: str) -> None:
 _deleter = _Deleter()
 
 
-def retire(path: str) -> None:
-    """Take the file at ``path`` out of the way now and free its space gradually in the
-    background. The rename is not made durable here: the caller fsyncs the directory when it must."""
-    trash = _deleter.trash_path(path)
+def retire(path: str, into: str | None = None) -> None:
+    """Take the file at ``path`` out of the way now (into directory ``into`` of the same file system, if
+    given: its own is about to go) and free its space gradually in the background. The rename is not
+    made durable here: the caller fsyncs the directory when it must."""
+    trash = _deleter.trash_path(path, into)
     os.rename(path, trash)
     _deleter.submit(trash)
 

@@ -70,6 +70,7 @@ is rebuilt from the snapshot and the journal replay.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import logging
 import os
@@ -88,7 +89,7 @@ from mcpdb.errors import HistoryTrimmed
 from mcpdb.fsutil import fsync_path
 from mcpdb.retrieval import lexical, vectors
 from mcpdb.retrieval.text import embedding_text, searchable_text
-from mcpdb.store import search, snapshot
+from mcpdb.store import background_io, search, snapshot
 from mcpdb.store.commands import (
     Append,
     Batch,
@@ -426,7 +427,12 @@ class ContextStore:
         # Excludes the two operations that end a generation: install_snapshot's
         # swap and close(). Readers never take it (see the module docstring).
         self._swap_lock = threading.Lock()
-        self._generation = self._open(self._current_generation())
+        current = self._current_generation()
+        background_io.delete_leftover_trash(directory)  # what a stopped process had not freed yet
+        for stray in os.listdir(directory):  # a copy for an install a stop interrupted (none is open yet)
+            if stray.startswith("gen-") and stray != current:
+                self._discard_generation(stray)
+        self._generation = self._open(current)
 
     @property
     def _dbs(self) -> _Dbs:
@@ -1201,10 +1207,23 @@ class ContextStore:
         """A fresh directory for the generation an install would open next, and the path its LMDB
         file takes there: a follower copies a snapshot's data into it while the snapshot arrives
         (``snapshot.Extraction``), then installs with ``extracted=True``. Writer thread only."""
-        target = os.path.join(self._directory, self._next_generation())
-        shutil.rmtree(target, ignore_errors=True)
-        os.makedirs(target)
-        return os.path.join(target, snapshot.DATA_MEMBER)
+        generation = self._next_generation()
+        self._discard_generation(generation)
+        os.makedirs(os.path.join(self._directory, generation))
+        return os.path.join(self._directory, generation, snapshot.DATA_MEMBER)
+
+    def discard_next_generation(self) -> None:
+        """Remove what ``next_generation_file`` prepared (the transfer was abandoned). Writer thread."""
+        self._discard_generation(self._next_generation())
+
+    def _discard_generation(self, generation: str) -> None:
+        """Remove a generation no environment has open (a copy prepared for an install that did not
+        happen): its LMDB file, gigabytes at scale, is freed gradually off this thread (one unlink of
+        2 GB held a thread longer than an election timeout, see ``background_io``)."""
+        directory = os.path.join(self._directory, generation)
+        with contextlib.suppress(FileNotFoundError):
+            background_io.retire(os.path.join(directory, snapshot.DATA_MEMBER), into=self._directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
     def _next_generation(self) -> str:
         return f"gen-{int(self._current_generation().split('-')[1]) + 1}"
@@ -1226,7 +1245,7 @@ class ContextStore:
         generation = self._next_generation()
         if self.applied_index() >= index:
             if extracted:  # the copy is not needed: this store is already past the snapshot
-                shutil.rmtree(os.path.join(self._directory, generation), ignore_errors=True)
+                self._discard_generation(generation)
             return raft_data
         old_generation = self._current_generation()
         if not extracted:
@@ -1237,19 +1256,6 @@ class ContextStore:
             self._generation = opened
         # Unlinked, not truncated: a reader may still map the old generation's file (it closes with the
         # last one), and a page truncated under a mapping is a SIGBUS.
-        shutil.rmtree(os.path.join(self._directory, old_generation), ignore_errors=True)
-        self.snapshots_installed += 1
-        return raft_data
-        old_generation = self._current_generation()
-        generation = f"gen-{int(old_generation.split('-')[1]) + 1}"
-        target = os.path.join(self._directory, generation)
-        shutil.rmtree(target, ignore_errors=True)
-        os.makedirs(target)
-        snapshot.extract_data(path, os.path.join(target, snapshot.DATA_MEMBER))
-        opened = self._open(generation)
-        with self._swap_lock:
-            self._set_current(generation)
-            self._generation = opened
         shutil.rmtree(os.path.join(self._directory, old_generation), ignore_errors=True)
         self.snapshots_installed += 1
         return raft_data
