@@ -79,22 +79,10 @@ def test_retrieval_benchmark_smoke(tmp_path: Path) -> None:
     assert set(results["freshness"]) == {"0", "50", "500"} and "vector-searchable" in done.stdout
 
 
-def test_thread_cpu_smoke() -> None:
+def _run_module(module: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m module ARGS`` as a user runs it (scratch files under ``tmp_path``); must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.thread_cpu", "--seconds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("us CPU per request") == 3 and "(leader)" in done.stdout
-    assert done.stdout.count("HTTP event loop") == 3
-
-
-def test_snapshot_install_smoke(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.snapshot_install", "--contexts", "3000"],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -102,4 +90,15 @@ def test_snapshot_install_smoke(tmp_path: Path) -> None:
         env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_thread_cpu_smoke(tmp_path: Path) -> None:
+    done = _run_module("benchmarks.thread_cpu", ["--seconds", "1"], tmp_path)
+    assert done.stdout.count("us CPU per request") == 3 and "(leader)" in done.stdout
+    assert done.stdout.count("HTTP event loop") == 3
+
+
+def test_snapshot_install_smoke(tmp_path: Path) -> None:
+    done = _run_module("benchmarks.snapshot_install", ["--contexts", "3000"], tmp_path)
     assert "Raft thread held by the" in done.stdout and "command: python -m benchmarks.snapshot_install" in done.stdout

@@ -40,6 +40,16 @@ def _raft_data(index: int) -> tuple[tuple[bytes, int, int], tuple[bytes, int, in
     return ((b"cmd", index, 1), (b"cmd", index - 1, 1), None)
 
 
+def _snapshot_file(directory: Path, name: str, entries: int) -> tuple[str, bytes]:
+    """The path and bytes of a snapshot of a store of ``entries`` contexts, as a leader sends it."""
+    source = _store(directory / name, entries)
+    path = str(directory / f"{name}.snapshot")
+    snapshot.write(path, source.pin_snapshot(), _raft_data(entries))
+    source.close()
+    with open(path, "rb") as f:
+        return path, f.read()
+
+
 def _wait_written(snapshots: Snapshotter) -> None:
     began = time.monotonic()
     while snapshots._result is None:
@@ -85,11 +95,7 @@ def test_a_local_snapshot_finished_after_one_from_the_leader_was_installed_is_di
 
 
 def test_a_received_snapshot_with_a_gap_is_never_installed(tmp_path: Path) -> None:
-    source = _store(tmp_path / "source", 30)
-    good = str(tmp_path / "good.snapshot")
-    snapshot.write(good, source.pin_snapshot(), _raft_data(30))
-    with open(good, "rb") as f:
-        data = f.read()
+    _, data = _snapshot_file(tmp_path, "good", 30)
     store = _store(tmp_path / "store", 5)
     path = str(tmp_path / "raft.snapshot")
     snapshots = Snapshotter(path, store, lambda size: True)
@@ -104,7 +110,6 @@ def test_a_received_snapshot_with_a_gap_is_never_installed(tmp_path: Path) -> No
     # The whole file is accepted.
     assert snapshots.receive((data, True, False)) is False and snapshots.receive((b"", False, True)) is True
     store.close()
-    source.close()
 
 
 def test_a_snapshot_is_sent_whole_at_a_bounded_rate_and_none_is_taken_meanwhile(tmp_path: Path) -> None:
@@ -188,11 +193,7 @@ def test_a_received_snapshot_is_extracted_as_it_arrives_and_installed_without_a_
     tmp_path_factory: pytest.TempPathFactory, cuts: list[int]
 ) -> None:
     tmp_path = tmp_path_factory.mktemp("extract")
-    source = _store(tmp_path / "source", 300)
-    leaders_file = str(tmp_path / "leader.snapshot")
-    snapshot.write(leaders_file, source.pin_snapshot(), _raft_data(300))
-    with open(leaders_file, "rb") as f:
-        data = f.read()
+    leaders_file, data = _snapshot_file(tmp_path, "leader", 300)
     store = _store(tmp_path / "store", 5)
     snapshots = Snapshotter(str(tmp_path / "raft.snapshot"), store, lambda size: True)
     offsets = sorted({0, *(cut % len(data) for cut in cuts), len(data)})  # chunks of any size, headers split too
@@ -211,19 +212,10 @@ def test_a_received_snapshot_is_extracted_as_it_arrives_and_installed_without_a_
     first = store.get("a", "c1")
     assert store.get("a", "c300") is not None and first is not None and first["facts"] == ["1"]
     store.close()
-    source.close()
 
 
 def test_an_abandoned_or_restarted_transfer_leaves_no_copy_behind(tmp_path: Path) -> None:
-    files = []
-    for name, entries in (("first", 200), ("second", 300)):
-        source = _store(tmp_path / name, entries)
-        path = str(tmp_path / f"{name}.snapshot")
-        snapshot.write(path, source.pin_snapshot(), _raft_data(entries))
-        source.close()
-        with open(path, "rb") as f:
-            files.append(f.read())
-    first, second = files
+    (_, first), (_, second) = _snapshot_file(tmp_path, "first", 200), _snapshot_file(tmp_path, "second", 300)
     store = _store(tmp_path / "store", 5)
     snapshots = Snapshotter(str(tmp_path / "raft.snapshot"), store, lambda size: True)
     copy = tmp_path / "store" / "gen-2" / snapshot.DATA_MEMBER
