@@ -238,3 +238,28 @@ def test_a_copy_left_by_a_stopped_install_is_removed_when_the_store_opens(tmp_pa
     reopened = ContextStore(str(tmp_path / "store"))
     assert not stray.parent.exists() and reopened.applied_index() == 5
     reopened.close()
+
+
+def test_a_received_snapshot_that_would_not_fit_is_refused_at_its_first_chunk(tmp_path: Path) -> None:
+    leaders_file, data = _snapshot_file(tmp_path, "leader", 100)
+    located = snapshot.data_member(leaders_file)
+    assert located is not None
+    store = _store(tmp_path / "store", 5)
+    path = str(tmp_path / "raft.snapshot")
+    room = {"fits": False}
+    asked: list[int] = []
+
+    def fits(size: int) -> bool:  # the disk alarm's check: records why not, as DiskAlarm.snapshot_fits does
+        asked.append(size)
+        return room["fits"]
+
+    snapshots = Snapshotter(path, store, fits)
+    half = len(data) // 2
+    assert snapshots.receive((data[:half], True, False)) is False
+    assert asked == [2 * located[1]], "the rest of the file and the LMDB copy beside it"
+    assert not os.path.exists(path + ".receiving") and not (tmp_path / "store" / "gen-2").exists()
+    assert snapshots.receive((data[half:], False, False)) is False and snapshots.receive((b"", False, True)) is False
+    room["fits"] = True  # space came back: the leader's next transfer installs
+    assert snapshots.receive((data, True, False)) is False and snapshots.receive((b"", False, True)) is True
+    assert snapshots.install(lambda: None)[0][1] == 100
+    store.close()

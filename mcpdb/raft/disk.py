@@ -11,7 +11,10 @@ alarm clears by itself once every reservation holds again. Nothing acknowledged 
 entry this node cannot store is never acknowledged by it.
 
 A snapshot needs room for a full copy of the store: one that would not fit is not started (the
-journal then keeps its entries, still within its reservation), and the alarm names it.
+journal then keeps its entries, still within its reservation), and the alarm names it. A snapshot
+received from the leader needs twice its LMDB file's size (the rest of the file, and the copy of
+its LMDB file made as it arrives): one that would not fit is refused at its first chunk, with the
+same reason in the alarm, until the leader sends it again and it fits.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ arrives; the store then installs it (``ContextStore.install_snapshot``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -267,6 +268,9 @@ class Snapshotter:
             where = snapshot.data_member(self._receiving)
             if where is None:
                 return
+            _, size = where
+            if not self._fits(2 * size):  # the rest of the file, and the copy of its LMDB file beside it
+                raise OSError(errno.ENOSPC, f"a {size / 1e6:.0f} MB snapshot and its copy do not fit on this disk")
             self._extraction = snapshot.Extraction(self._store.next_generation_file(), *where)
         self._extraction.advance(self._incoming.fileno(), self._incoming.tell())
 
