@@ -120,3 +120,51 @@ def test_a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself(tmp_path:
             assert listed >= len(acknowledged) + 50  # nothing acknowledged was lost
         finally:
             cluster.stop_all(graceful=False)
+
+
+def _reason(cluster: LocalCluster, node_id: str) -> str:
+    try:
+        return str(httpx.get(f"{cluster.spec(node_id).url}/readyz", timeout=2).json().get("reason", ""))
+    except httpx.HTTPError:
+        return ""
+
+
+def test_a_follower_refuses_a_snapshot_its_disk_cannot_hold_and_takes_it_once_it_can(tmp_path: Path) -> None:
+    """A wiped follower on a small disk is sent a snapshot bigger than half its free space: it refuses
+    it at the first chunk (the alarm names the snapshot), stays up, and installs it once the disk grows."""
+    cluster = start_cluster(tmp_path, extra_args=["--disk-reserve-bytes", str(RESERVE)])
+    try:
+        leader = cluster.wait_ready()
+        follower = next(n.node_id for n in cluster.layout.nodes if n.node_id != leader)
+        cluster.stop(follower)
+        node_dir = cluster.data_dir / follower
+        subprocess.run(["rm", "-rf", str(node_dir)], check=True)
+        with mounted_tmpfs(node_dir, "48m"):
+            with httpx.Client(timeout=30) as http:
+                url = cluster.spec(leader).url
+                for start in range(0, 20_000, 500):  # about 30 MB of store: its snapshot and copy need 60
+                    ops = [
+                        {
+                            "op": "put",
+                            "id": f"s{start + i}",
+                            "context": {"kind": "memory", "facts": [f"{i:05d}" + "x" * 1000]},
+                        }
+                        for i in range(500)
+                    ]
+                    http.post(f"{url}/v1/namespaces/d/batch", json={"ops": ops}).raise_for_status()
+                snapped = http.post(f"{url}/v1/node/snapshot", headers={"Content-Type": "application/json"})
+                assert snapped.status_code == 200 and snapped.json()["written"], snapped.text
+            cluster.start(follower)
+            began = time.monotonic()
+            while "snapshot" not in _reason(cluster, follower):
+                assert cluster.running(follower), "the follower died instead of refusing the snapshot"
+                assert time.monotonic() - began < DEADLINE_S, _reason(cluster, follower)
+                time.sleep(0.2)
+            assert "disk alarm" in _reason(cluster, follower)
+            subprocess.run(["mount", "-o", "remount,size=400m", str(node_dir)], check=True)
+            cluster.wait_ready(timeout=DEADLINE_S, nodes=[follower])
+            read = httpx.get(f"{cluster.spec(follower).url}/v1/namespaces/d/contexts/s19999", timeout=10)
+            assert read.status_code == 200 and read.json()["facts"][0].startswith("00499"), read.text
+            cluster.stop_all(graceful=False)  # before the tmpfs goes
+    finally:
+        cluster.stop_all(graceful=False)
