@@ -80,7 +80,7 @@ class InferSettings:
         return run_folder(self.out)
 
     def expected_s(self) -> float:
-        return 60 + self.sessions * self.turns * 5.0 + 90
+        return 30 + 40 * self.rounds + self.sessions * self.turns * 5.0 + 90
 
 
 # ---------------------------------------------------------------- clients (run in child processes)
@@ -384,7 +384,7 @@ def weighted(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
 def run(settings: InferSettings, step: Step) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mcpdb-bench-infer-") as scratch:
         root = Path(scratch)
-        step("throughput: raw vs mcpdb", 60)
+        step("throughput: raw vs mcpdb", 30 + 40 * settings.rounds)
         results = {"command": settings.command(), "throughput": throughput(settings, root)}
         results["affinity"] = affinity(settings, root, step)
         results["weighted"] = weighted(settings, root, step)
