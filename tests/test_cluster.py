@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from mcpdb.ops.localcluster import LocalCluster
+from mcpdb.raft.settings import ELECTION_TIMEOUT_S
 from tests.conftest import start_cluster
 
 JSON = {"Content-Type": "application/json"}
@@ -119,8 +120,11 @@ def test_an_idle_cluster_elects_a_new_leader_within_two_seconds(cluster: LocalCl
     seconds, term = elected
     # Without keepalives the first vote request was dropped and the election took 1.5-2 s or more.
     # The term is not asserted: two followers whose randomised timeouts fall within one 50 ms Raft
-    # tick split the vote and elect at term + 2, which Raft allows (2 of 7 runs here, in 1.57 s).
-    assert term > old_term and seconds < 2.0, f"leader at term {term} (was {old_term}) after {seconds:.2f} s"
+    # tick split the vote and elect at term + 2, which Raft allows (2 of 7 runs here, in 1.57 s);
+    # rarely they split twice (term + 3, 2.13 s once in a full suite), and each round past the
+    # second may take one more election timeout (at most 1 s).
+    allowed = 2.0 + ELECTION_TIMEOUT_S[1] * max(0, term - old_term - 2)
+    assert term > old_term and seconds < allowed, f"leader at term {term} (was {old_term}) after {seconds:.2f} s"
 
 
 def test_a_follower_paused_past_its_election_timeout_rejoins_without_raising_the_term(cluster: LocalCluster) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ELECTION_TIMEOUT_S = (0.5, 1.0)  # a follower stands after a random time in this range without a leader
+
 
 @dataclass
 class RaftSettings:
@@ -31,4 +33,4 @@ class RaftSettings:
     batch_append_entries: bool = False
     heartbeat_period: float = 0.05
     tick_period: float = 0.05
-    election_timeout: tuple[float, float] = (0.5, 1.0)
+    election_timeout: tuple[float, float] = ELECTION_TIMEOUT_S
