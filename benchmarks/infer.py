@@ -79,8 +79,12 @@ class InferSettings:
     def folder(self) -> Path:
         return run_folder(self.out)
 
+    def throughput_s(self) -> float:
+        """Rough length of the throughput comparison, for the progress bar."""
+        return 30 + 40 * self.rounds
+
     def expected_s(self) -> float:
-        return 30 + 40 * self.rounds + self.sessions * self.turns * 5.0 + 90
+        return self.throughput_s() + self.sessions * self.turns * 5.0 + 90
 
 
 # ---------------------------------------------------------------- clients (run in child processes)
@@ -384,7 +388,7 @@ def weighted(settings: InferSettings, root: Path, step: Step) -> dict[str, Any]:
 def run(settings: InferSettings, step: Step) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mcpdb-bench-infer-") as scratch:
         root = Path(scratch)
-        step("throughput: raw vs mcpdb", 30 + 40 * settings.rounds)
+        step("throughput: raw vs mcpdb", settings.throughput_s())
         results = {"command": settings.command(), "throughput": throughput(settings, root)}
         results["affinity"] = affinity(settings, root, step)
         results["weighted"] = weighted(settings, root, step)

@@ -34,7 +34,7 @@ from mcpdb.errors import McpdbServerError
 from mcpdb.model import CONTEXT_IN_ADAPTER
 from mcpdb.node.http.conditions import expected_version
 from mcpdb.node.http.request_stats import RequestStats
-from mcpdb.node.http.responses import FastJSON, error_for
+from mcpdb.node.http.responses import FastJSON, error_for, versioned
 from mcpdb.service import Consistency, ContextService
 
 _CONTEXT_PATH = re.compile(r"^/v1/namespaces/([^/]+)/contexts/([^/]+)$")
@@ -68,7 +68,7 @@ class FastContextRoutes:
 
     async def _get(self, namespace: str, context_id: str, consistency: Consistency) -> FastJSON:
         record = await self.service.get(namespace, context_id, consistency)
-        return FastJSON(record, headers={"ETag": f'"{record["version"]}"'})
+        return versioned(record, record["version"])
 
     async def _put(self, scope: dict[str, Any], receive: Any, send: Any, namespace: str, context_id: str) -> None:
         body = await _read_body(receive)
@@ -86,8 +86,7 @@ class FastContextRoutes:
     ) -> FastJSON:
         expected = expected_version(_text(headers, b"if-match"), _text(headers, b"if-none-match"))
         result = await self.service.put(namespace, context_id, context, expected)
-        status = 201 if result["created"] else 200
-        return FastJSON(result, status_code=status, headers={"ETag": f'"{result["version"]}"'})
+        return versioned(result, result["version"], 201 if result["created"] else 200)
 
     async def _answer(self, scope: dict[str, Any], receive: Any, send: Any, outcome: Awaitable[FastJSON]) -> None:
         """Send what ``outcome`` renders, or the response for an mcpdb error, counted at its status. Any

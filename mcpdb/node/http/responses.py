@@ -28,6 +28,12 @@ class FastJSON(JSONResponse):
         return orjson.dumps(content)
 
 
+def versioned(body: dict[str, Any], version: int, status: int = 200) -> FastJSON:
+    """A context route's answer: ``body`` with the version as its ETag. Rendered here, which skips
+    FastAPI's jsonable_encoder walk over the whole body, a measurable share of a read's CPU."""
+    return FastJSON(body, status_code=status, headers={"ETag": f'"{version}"'})
+
+
 def error_response(status: int, error: str, message: str, **extra: Any) -> FastJSON:
     """``{"error": code, "message": ...}``; ``retry_after`` becomes the Retry-After header."""
     headers = {"Retry-After": str(extra.pop("retry_after"))} if "retry_after" in extra else None
