@@ -27,10 +27,6 @@ class RaftSettings:
     max_entry_bytes: int
     compaction_bytes: int  # journal size that also triggers a snapshot
     disk_reserve_bytes: int  # kept allocated ahead of the journal and the store
-    # Unbatched AppendEntries (one message per new entry, sent at once) is the
-    # fast path: ~1 ms commits. It is only safe with the transport's log guard
-    # (see log_guard); batching trades latency for fewer messages.
-    batch_append_entries: bool = False
     heartbeat_period: float = 0.05
     tick_period: float = 0.05
     election_timeout: tuple[float, float] = ELECTION_TIMEOUT_S
