@@ -1,0 +1,71 @@
+"""The Raft thread is woken by a proposal and does not sleep on work only it can finish.
+
+pysyncobj's thread waits in poll for a socket, a wake-up or its tick period. mcpdb batches
+AppendEntries per tick, a mode in which pysyncobj writes no wake-up for a proposal, so
+``RaftNode._applyCommand`` writes one; and a lone voter's leader commits an entry at the tick after
+it appended it, with no follower's answer to end the poll in between (every write waited the whole
+50 ms tick). Here the tick period is raised to far beyond the proposal timeout once the node leads:
+a proposal that waited for the period instead of a wake-up would time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mcpdb.ops.localcluster import free_port
+from mcpdb.raft.replication import Replication
+from mcpdb.raft.settings import RaftSettings
+from mcpdb.store.commands import Put
+from mcpdb.store.state_machine import ContextStore
+
+LONG_TICK_S = 60.0
+PROPOSAL_TIMEOUT_S = 5.0
+
+
+@pytest.fixture
+def lone_voter(tmp_path: Path) -> Iterator[Replication]:
+    store = ContextStore(str(tmp_path / "store"))
+    settings = RaftSettings(
+        self_addr=f"127.0.0.1:{free_port()}",
+        peers=[],
+        data_dir=str(tmp_path / "raft"),
+        password=None,
+        durable=True,
+        compaction_min_entries=10**9,
+        max_entry_bytes=1 << 20,
+        compaction_bytes=1 << 40,
+        disk_reserve_bytes=0,
+    )
+    replication = Replication(settings, store)
+    conf = replication._raft._SyncObj__conf
+    try:
+        deadline = time.monotonic() + 20
+        while not replication.is_leader():
+            assert time.monotonic() < deadline, "a lone voter did not elect itself"
+            time.sleep(0.05)
+        conf.autoTickPeriod = LONG_TICK_S
+        yield replication
+    finally:
+        conf.autoTickPeriod = settings.tick_period
+        replication._raft.wake()  # out of its long poll, so that close does not wait for it
+        replication.close()
+        store.close()
+
+
+def test_a_lone_voter_commits_each_write_without_waiting_out_its_tick(lone_voter: Replication) -> None:
+    async def writes() -> list[int]:
+        versions = []
+        for i in range(5):
+            put = Put("ns", f"k{i}", {"kind": "memory", "facts": [f"fact {i}"]}, None, None, 1.0)
+            result = await lone_voter.propose(put, PROPOSAL_TIMEOUT_S)
+            versions.append(result["version"])
+        return versions
+
+    versions = asyncio.run(writes())
+    assert versions == sorted(versions) and len(set(versions)) == 5
+    assert lone_voter.store.get("ns", "k4") is not None
