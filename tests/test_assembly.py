@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from mcpdb.errors import ContextTooLarge
 from mcpdb.inference.assembly import Assembled, StoredContext, assemble, with_recall
 from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, TemplateFormat
+from mcpdb.inference.turn_recall import TurnIndex
+from mcpdb.retrieval import lexical
 
 FORMATS = [GemmaFormat(), ChatMLFormat()]
 words = st.text(alphabet="abcdefghij ", min_size=1, max_size=60).map(str.strip).filter(bool)
@@ -198,3 +200,77 @@ def test_too_large_names_the_numbers() -> None:
     stored = StoredContext(instructions=[{"role": "x", "text": "y" * 400}])
     with pytest.raises(ContextTooLarge, match="more than the 50"):
         _assemble(stored, "hello", 50)
+
+
+def _long_session(early: str, filler_turns: int) -> StoredContext:
+    """A session whose first user turn says ``early``, then ``filler_turns`` turns of small talk."""
+    turns = [{"role": "user", "content": early}, {"role": "assistant", "content": "Noted."}]
+    for i in range(filler_turns):
+        turns.append({"role": "user" if i % 2 == 0 else "assistant", "content": f"small talk number {i} about weather"})
+    return StoredContext(instructions=[{"role": "a helper", "text": "Be brief.", "domains": []}], turns=turns)
+
+
+def test_a_turn_that_left_the_window_is_recalled_when_the_new_message_asks_about_it() -> None:
+    stored = _long_session("My flight is LH454 to Lisbon on the twelfth.", 40)
+    question = "Which flight am I on to Lisbon?"
+    full = _assemble(stored, question, 10**9).prompt_tokens
+    result = _assemble(stored, question, full // 3, memory_budget=60)
+    assert result.omitted["turns"] > 0  # the window dropped the early turns
+    assert result.recalled_turns == [0] and result.earlier_turns == [0]
+    assert "earlier in this conversation, the user said: My flight is LH454 to Lisbon" in result.recalled
+    assert result.messages[-1]["content"].endswith(question)
+    # Recorded with the turn, the recall is not repeated while that turn is kept.
+    grown = StoredContext(
+        **{
+            **stored.__dict__,
+            "turns": stored.turns
+            + [
+                {**_recorded(question, result), "metadata": {"recalled": result.recalled, "turns": [0]}},
+                {"role": "assistant", "content": "LH454."},
+            ],
+        }
+    )
+    again = _assemble(grown, "And when does the Lisbon flight leave?", full // 3, memory_budget=60)
+    if again.omitted["turns"] == result.omitted["turns"]:
+        assert again.recalled_turns == [] and again.earlier_turns == [0]
+
+
+def test_no_turn_is_recalled_while_the_whole_session_fits_or_when_nothing_shares_a_word() -> None:
+    stored = _long_session("My flight is LH454 to Lisbon on the twelfth.", 40)
+    assert _assemble(stored, "Which flight am I on to Lisbon?", 10**9).recalled_turns == []
+    full = _assemble(stored, "xyzzy", 10**9).prompt_tokens
+    assert _assemble(stored, "xyzzy", full // 3, memory_budget=60).recalled_turns == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored=stored_contexts(min_turns=4), new=words, fraction=st.floats(0.0, 1.0), memory_budget=st.integers(0, 120))
+def test_recalled_turns_are_out_of_the_window_share_a_word_and_fit_the_budget(
+    stored: StoredContext, new: str, fraction: float, memory_budget: int
+) -> None:
+    full = _assemble(stored, new, 10**9, memory_budget=memory_budget).prompt_tokens
+    bare = _assemble(StoredContext(**{**stored.__dict__, "turns": []}), new, 10**9, memory_budget=0).prompt_tokens
+    try:
+        result = _assemble(stored, new, bare + int(fraction * (full - bare)), memory_budget=memory_budget)
+    except ContextTooLarge:
+        return
+    asked = set(lexical.terms(new))
+    for position in result.recalled_turns:
+        assert position < result.omitted["turns"]
+        assert asked & set(lexical.terms(stored.turns[position]["content"]))
+        assert f"said: {stored.turns[position]['content']}" in result.recalled
+    recalled = len(result.recalled_ids) + len(result.recalled_turns)
+    assert (count_tokens(result.recalled) if result.recalled else 0) <= memory_budget + recalled
+    assert result.recalled_turns == result.earlier_turns  # no kept turn recalled any here
+
+
+def test_earlier_turns_rank_by_bm25_and_the_newer_first_on_a_tie() -> None:
+    turns = [
+        {"role": "user", "content": "lisbon"},
+        {"role": "user", "content": "weather"},
+        {"role": "user", "content": "lisbon flight"},
+        {"role": "user", "content": "lisbon"},
+    ]
+    index = TurnIndex(turns)
+    assert index.ranked(4, "lisbon flight") == [2, 3, 0]
+    assert index.ranked(2, "lisbon flight") == [0]
+    assert index.ranked(0, "lisbon") == []

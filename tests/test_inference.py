@@ -221,6 +221,38 @@ def test_a_chat_recalls_the_memories_its_message_needs_and_the_next_turn_reuses_
     assert set(recalled) <= set(follow_up["mcpdb"]["memories"])  # still in the prompt, not recalled again
 
 
+def test_a_turn_that_left_the_window_is_recalled_through_the_official_client(llm_cluster: LocalCluster) -> None:
+    """A session whose first turn gives a flight number, then enough small talk to push it out of a
+    2,048-token window: asked about the flight through the openai client, the node recalls that turn
+    (``mcpdb.earlier_turns``) in front of the question, and the recorded turn keeps it."""
+    openai = pytest.importorskip("openai")
+    urls, model, session = llm_cluster.urls(), _model(llm_cluster), f"s-{uuid.uuid4().hex[:8]}"
+    small_talk = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Small talk {i}: the weather stayed mild " * 6}
+        for i in range(60)
+    ]
+    early = [
+        {"role": "user", "content": "My flight to Lisbon is TP1351, leaving on the twelfth."},
+        {"role": "assistant", "content": "Noted."},
+    ]
+    httpx.post(
+        f"{urls[0]}/v1/namespaces/{NS}/sessions/{session}/turns", json={"turns": early + small_talk}, timeout=10
+    ).raise_for_status()
+    api = openai.OpenAI(base_url=urls[1] + "/v1", api_key="unused", max_retries=0)
+    reply = api.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Which flight do I take to Lisbon?"}],
+        max_tokens=8,
+        temperature=0,
+        extra_body={"namespace": NS, "session_id": session},
+    )
+    provenance = reply.model_extra["mcpdb"]
+    assert provenance["omitted"]["turns"] > 0 and provenance["earlier_turns"] == [0]
+    recorded = _turns(urls[0], session)[-2]
+    assert recorded["content"] == "Which flight do I take to Lisbon?" and recorded["metadata"]["turns"] == [0]
+    assert "the user said: My flight to Lisbon is TP1351" in recorded["metadata"]["recalled"]
+
+
 def test_the_leader_embeds_memories_through_the_log_and_every_node_ranks_them_alike(
     llm_cluster: LocalCluster,
 ) -> None:

@@ -24,6 +24,8 @@ def describe_reply(final: dict[str, Any]) -> str:
     ]
     if meta.get("memories"):
         parts.append(f"{len(meta['memories'])} memories")
+    if meta.get("earlier_turns"):
+        parts.append(f"{len(meta['earlier_turns'])} earlier turns recalled")
     omitted = {k: v for k, v in (meta.get("omitted") or {}).items() if v}
     if omitted:
         parts.append("left out: " + ", ".join(f"{v} {k}" for k, v in omitted.items()))

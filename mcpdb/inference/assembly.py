@@ -10,7 +10,10 @@ possible prefix with its last one (that prefix is what the KV cache keeps):
 Memories are chosen, not dumped: gather ranks the user's memories by the new
 user message (a hybrid search, ``mcpdb.store.search``), and the best that fit
 ``memory_budget`` tokens are recalled in front of that message, except those a
-kept turn already recalled (they still count against the budget). The recall is kept with the turn when the session
+kept turn already recalled (they still count against the budget). Turns that
+left the window are recalled the same way after the memories, in what the
+budget leaves: those sharing a word with the new message, best first
+(``turn_recall``). The recall is kept with the turn when the session
 records it (``recalled`` in the turn's metadata), and a stored turn renders
 with its recall exactly as it was rendered new: the system prompt never
 changes with what a message asked, and each turn's prompt starts with the
@@ -33,7 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpdb.errors import ContextTooLarge
+from mcpdb.inference import turn_recall
 from mcpdb.inference.prompt_format import ChatFormat
+
+RECALLED_TURN_CANDIDATES = 16  # turns out of the window ranked per request; the budget takes what fits
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class Assembled:
     memories: list[str]  # ids of the memories the prompt holds: recalled now or by a kept turn
     recalled: str  # what was recalled in front of the new user message ("" for nothing): the turn keeps it
     recalled_ids: list[str]  # the memories ``recalled`` holds
+    # Positions in the session of the turns out of the window whose words the prompt holds: recalled
+    # now (``recalled_turns``, which the turn keeps) or by a kept turn.
+    earlier_turns: list[int] = field(default_factory=list)
+    recalled_turns: list[int] = field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:
@@ -119,31 +129,47 @@ def _turn_message(turn: dict[str, Any]) -> dict[str, str]:
     return {"role": "user", "content": f"[{turn['role']}] {turn['content']}"}
 
 
-def _recalled_by(turns: list[dict[str, Any]]) -> list[str]:
-    return [memory for turn in turns for memory in turn.get("metadata", {}).get("memories", [])]
+def _recalled_by(turns: list[dict[str, Any]], what: str) -> list[Any]:
+    """What ``turns`` recalled: memory ids (``what="memories"``) or earlier turns' positions (``"turns"``)."""
+    return [item for turn in turns for item in turn.get("metadata", {}).get(what, [])]
+
+
+@dataclass(frozen=True)
+class _Recall:
+    memories: list[str]  # ids
+    turns: list[int]  # positions in the session
+    text: str
 
 
 def _recall(
-    memories: list[dict[str, Any]], already: set[str], tokenize: Callable[[str], list[int]], budget: int
-) -> tuple[list[str], str]:
-    """The ids and the text of what to recall now: of the best memories that fit ``budget`` tokens
-    together (rank order; one that does not fit is passed over for a shorter one below it), those not
-    ``already`` in the prompt. One already there still counts against the budget: the budget bounds
-    what is relevant to this message, so a follow-up on the same subject recalls little or nothing new
-    (and keeps the KV cache's prefix), rather than the next best memories of a subject already covered."""
-    chosen: list[str] = []
+    memories: list[dict[str, Any]],
+    earlier: list[tuple[int, str]],
+    already: set[str | int],
+    tokenize: Callable[[str], list[int]],
+    budget: int,
+) -> _Recall:
+    """What to recall now: of the best memories, then the best ``earlier`` turns ((position, line)),
+    that fit ``budget`` tokens together (rank order; one that does not fit is passed over for a
+    shorter one below it), those not ``already`` in the prompt (memory ids, turn positions). One
+    already there still counts against the budget: the budget bounds what is relevant to this
+    message, so a follow-up on the same subject recalls little or nothing new (and keeps the KV
+    cache's prefix), rather than the next best memories of a subject already covered."""
+    chosen = _Recall([], [], "")
     lines: list[str] = []
     spent = len(tokenize(_recall_text(["-"])))
-    for memory in memories:
-        line = _memory_line(memory)
+    candidates: list[tuple[str | int, str]] = [(memory["id"], _memory_line(memory)) for memory in memories]
+    for key, line in candidates + list(earlier):
         cost = len(tokenize(line)) + 1  # the newline between lines
         if spent + cost > budget:
             continue
         spent += cost
-        if memory["id"] not in already:
-            chosen.append(memory["id"])
+        if key not in already:
+            if isinstance(key, int):
+                chosen.turns.append(key)
+            else:
+                chosen.memories.append(key)
             lines.append(line)
-    return chosen, _recall_text(lines)
+    return _Recall(chosen.memories, chosen.turns, _recall_text(lines))
 
 
 def _last_user(messages: list[dict[str, str]]) -> int | None:
@@ -190,24 +216,40 @@ def assemble(
     drops = list(range(0, turn_count, turn_chunk)) + [turn_count]
     plans = [(d, True, True, True) for d in drops]  # first the turns go, oldest first
     plans += [(turn_count, False, True, True), (turn_count, False, False, True), (turn_count, False, False, False)]
-    can_recall = _last_user(new_messages) is not None
+    last_user = _last_user(new_messages)
+    message = new_messages[last_user]["content"] if last_user is not None else ""
+    turn_index = turn_recall.TurnIndex(stored.turns)
     for drop, with_memory, with_profile, with_task in plans:
-        before = _recalled_by(stored.turns[drop:])
-        chosen, recalled = (
-            _recall(stored.memories, set(before), tokenize, memory_budget) if with_memory and can_recall else ([], "")
-        )
-        messages = _messages(stored, new_messages, drop, recalled, with_profile, with_task)
+        before = _recalled_by(stored.turns[drop:], "memories")
+        before_turns = [p for p in _recalled_by(stored.turns[drop:], "turns") if p < drop]
+        recall = _Recall([], [], "")
+        if with_memory and last_user is not None:
+            ranked = turn_index.ranked(drop, message)[:RECALLED_TURN_CANDIDATES]
+            earlier = [(position, turn_recall.line(stored.turns[position])) for position in ranked]
+            recall = _recall(stored.memories, earlier, {*before, *before_turns}, tokenize, memory_budget)
+        messages = _messages(stored, new_messages, drop, recall.text, with_profile, with_task)
         prompt = chat_format.render(messages)
         tokens = tokenize(prompt)
         if len(tokens) <= budget:
-            held = list(dict.fromkeys(before + chosen))
+            held = list(dict.fromkeys(before + recall.memories))
             omitted = {
                 "turns": drop,
                 "memories": max(0, stored.memories_held - len(held)),
                 "profile": int(stored.profile is not None and not with_profile),
                 "task": int(stored.task is not None and not with_task),
             }
-            return Assembled(messages, prompt, tokens, omitted, turn_count - drop, held, recalled, chosen)
+            return Assembled(
+                messages,
+                prompt,
+                tokens,
+                omitted,
+                turn_count - drop,
+                held,
+                recall.text,
+                recall.memories,
+                list(dict.fromkeys(before_turns + recall.turns)),
+                recall.turns,
+            )
     raise ContextTooLarge(
         f"instructions, guardrails and the new messages take {len(tokens)} tokens, "
         f"more than the {budget} the model's window leaves after max_tokens"

@@ -97,6 +97,7 @@ def _provenance(done: dict[str, Any]) -> dict[str, Any]:
         "context_index",
         "omitted",
         "memories",
+        "earlier_turns",
         "recall",
         "replayed",
         "diverged",

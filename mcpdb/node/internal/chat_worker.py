@@ -176,6 +176,7 @@ class ChatWorker:
             "context_turns": len(stored.turns) if stored else 0,
             "omitted": assembled.omitted,
             "memories": assembled.memories,
+            "earlier_turns": assembled.earlier_turns,
             "recall": ranked,  # how the memories were ranked: "hybrid", or "lexical: <why>"
             "replayed": False,
         }
@@ -202,7 +203,11 @@ class ChatWorker:
         last_user = max((i for i, m in enumerate(kept) if m.role == "user"), default=None)
         # The last user message keeps what was recalled for it, so that the next turn's prompt renders
         # it exactly as this one did (the KV cache's prefix) and does not recall the same memories twice.
-        recall = {"recalled": assembled.recalled, "memories": assembled.recalled_ids} if assembled.recalled else {}
+        recall = (
+            {"recalled": assembled.recalled, "memories": assembled.recalled_ids, "turns": assembled.recalled_turns}
+            if assembled.recalled
+            else {}
+        )
         turns = [
             Turn(role=m.role, content=m.content, metadata={**provenance, **(recall if i == last_user else {})})
             for i, m in enumerate(kept)
@@ -250,6 +255,7 @@ class ChatWorker:
                 "context_index": metadata.get("context_index"),
                 "omitted": {},
                 "memories": [m for turn in turns for m in turn.get("metadata", {}).get("memories", [])],
+                "earlier_turns": [p for turn in turns for p in turn.get("metadata", {}).get("turns", [])],
                 "replayed": True,
             },
         ]

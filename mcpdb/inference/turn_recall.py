@@ -1,0 +1,67 @@
+"""Turns that left a chat's window, ranked by the new message: what a long conversation can still recall.
+
+When a session outgrows the model's window, assembly drops its oldest turns. A fact the user gave
+early ("my flight is LH 454 on the 12th") would then be gone from the prompt for good unless it was
+also stored as a memory. Ranking the dropped turns by the new message with BM25, as the store's
+lexical search ranks memories, lets the best of them come back as recall lines, within the same
+memory budget, after the memories.
+
+Computed where the prompt is assembled, from the session's turns the request already read: the
+turns are the session record's, identical on every replica at the read index, and the ranking is
+integer term statistics and single-threaded float arithmetic over them, so it is the same on
+every node. Lexical only: turns carry no vectors (embedding every turn of every session would put
+the embedder's cost on each chat's write). Only turns sharing a term with the message are
+candidates: a turn the message says nothing about is not worth the tokens.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from mcpdb.retrieval import lexical
+
+# A conversation can hold many thousands of turns; ranking reads the newest this many of the dropped
+# ones, so a chat's cost does not grow with the session's whole history.
+MAX_RANKED_TURNS = 2000
+
+
+class TurnIndex:
+    """The terms of a session's turns, analysed once per request however many window sizes
+    assembly tries."""
+
+    def __init__(self, turns: Sequence[dict[str, Any]]) -> None:
+        self._turns = turns
+        self._terms: dict[int, Counter[str]] = {}
+
+    def _counts(self, position: int) -> Counter[str]:
+        counts = self._terms.get(position)
+        if counts is None:
+            counts = self._terms[position] = Counter(lexical.terms(self._turns[position]["content"]))
+        return counts
+
+    def ranked(self, dropped: int, message: str) -> list[int]:
+        """Positions of the first ``dropped`` turns (those out of the window) that share a term with
+        ``message``, best first by BM25 among them; the newer first on a tie."""
+        query = lexical.query_terms(message)
+        positions = range(max(0, dropped - MAX_RANKED_TURNS), dropped)
+        if not query or not positions:
+            return []
+        counts = {position: self._counts(position) for position in positions}
+        lengths = {position: sum(terms.values()) for position, terms in counts.items()}
+        average = sum(lengths.values()) / len(positions)
+        scores: dict[int, float] = {}
+        for term in query:
+            holding = [position for position in positions if counts[position][term]]
+            weight = lexical.idf(len(positions), len(holding))
+            for position in holding:
+                score = lexical.term_score(weight, counts[position][term], lengths[position], average)
+                scores[position] = scores.get(position, 0.0) + score
+        return sorted(scores, key=lambda position: (-scores[position], -position))
+
+
+def line(turn: dict[str, Any]) -> str:
+    """A recalled turn as one recall line: who said it, then what."""
+    speaker = {"user": "the user said", "assistant": "you said"}.get(turn["role"], f"{turn['role']} said")
+    return f"- earlier in this conversation, {speaker}: {turn['content']}"
