@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcpdb.errors import ContextTooLarge
-from mcpdb.inference.assembly import Assembled, StoredContext, assemble, with_recall
+from mcpdb.inference.assembly import Assembled, StoredContext, assemble, recalled_by, with_recall
 from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, TemplateFormat
 from mcpdb.inference.turn_recall import TurnIndex
 from mcpdb.retrieval import lexical
@@ -274,3 +274,13 @@ def test_earlier_turns_rank_by_bm25_and_the_newer_first_on_a_tie() -> None:
     assert index.ranked(4, "lisbon flight") == [2, 3, 0]
     assert index.ranked(2, "lisbon flight") == [0]
     assert index.ranked(0, "lisbon") == []
+
+
+@pytest.mark.parametrize("value", [5, "m1", {"a": 1}, [None, True, 1.5, ["x"]], None])
+def test_turn_metadata_of_another_shape_is_not_taken_for_a_recall(value: object) -> None:
+    """Turn metadata is anyone's to write through the turns API; a chat on that session still assembles."""
+    turns = [{"role": "user", "content": "hello", "metadata": {"memories": value, "turns": value}}]
+    stored = StoredContext(instructions=[{"role": "a helper", "text": "Be brief.", "domains": []}], turns=turns)
+    result = _assemble(stored, "hello again", 10**9)
+    assert result.memories == [] and result.earlier_turns == []
+    assert recalled_by(turns, "memories") == [] and recalled_by(turns, "turns") == []

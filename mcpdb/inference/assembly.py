@@ -129,9 +129,17 @@ def _turn_message(turn: dict[str, Any]) -> dict[str, str]:
     return {"role": "user", "content": f"[{turn['role']}] {turn['content']}"}
 
 
-def _recalled_by(turns: list[dict[str, Any]], what: str) -> list[Any]:
-    """What ``turns`` recalled: memory ids (``what="memories"``) or earlier turns' positions (``"turns"``)."""
-    return [item for turn in turns for item in turn.get("metadata", {}).get(what, [])]
+def recalled_by(turns: list[dict[str, Any]], what: str) -> list[Any]:
+    """What ``turns`` recalled: memory ids (``what="memories"``) or earlier turns' positions (``"turns"``).
+    Turn metadata is anyone's to write through the turns API: a value of another shape there is
+    not a recall and is passed over (a chat on that session must not fail)."""
+    shape = str if what == "memories" else int
+    found = []
+    for turn in turns:
+        items = turn.get("metadata", {}).get(what)
+        if isinstance(items, list):
+            found += [item for item in items if isinstance(item, shape) and not isinstance(item, bool)]
+    return found
 
 
 @dataclass(frozen=True)
@@ -220,8 +228,8 @@ def assemble(
     message = new_messages[last_user]["content"] if last_user is not None else ""
     turn_index = turn_recall.TurnIndex(stored.turns)
     for drop, with_memory, with_profile, with_task in plans:
-        before = _recalled_by(stored.turns[drop:], "memories")
-        before_turns = [p for p in _recalled_by(stored.turns[drop:], "turns") if p < drop]
+        before = recalled_by(stored.turns[drop:], "memories")
+        before_turns = [p for p in recalled_by(stored.turns[drop:], "turns") if p < drop]
         recall = _Recall([], [], "")
         if with_memory and last_user is not None:
             ranked = turn_index.ranked(drop, message)[:RECALLED_TURN_CANDIDATES]

@@ -22,9 +22,11 @@ from typing import Any
 
 from mcpdb.retrieval import lexical
 
-# A conversation can hold many thousands of turns; ranking reads the newest this many of the dropped
-# ones, so a chat's cost does not grow with the session's whole history.
+# A conversation can hold many thousands of turns, each up to the API's size limit; ranking reads the
+# newest dropped ones up to this many, and this much text, so a chat's cost does not grow with the
+# session's whole history.
 MAX_RANKED_TURNS = 2000
+MAX_RANKED_CHARS = 1 << 20
 
 
 class TurnIndex:
@@ -45,8 +47,16 @@ class TurnIndex:
         """Positions of the first ``dropped`` turns (those out of the window) that share a term with
         ``message``, best first by BM25 among them; the newer first on a tie."""
         query = lexical.query_terms(message)
-        positions = range(max(0, dropped - MAX_RANKED_TURNS), dropped)
-        if not query or not positions:
+        if not query:
+            return []
+        positions: list[int] = []
+        chars = 0
+        for position in range(dropped - 1, max(-1, dropped - 1 - MAX_RANKED_TURNS), -1):
+            chars += len(self._turns[position]["content"])
+            if chars > MAX_RANKED_CHARS:
+                break
+            positions.append(position)
+        if not positions:
             return []
         counts = {position: self._counts(position) for position in positions}
         lengths = {position: sum(terms.values()) for position, terms in counts.items()}

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from mcpdb.errors import McpdbServerError, Overloaded
-from mcpdb.inference.assembly import Assembled, StoredContext, assemble
+from mcpdb.inference.assembly import Assembled, StoredContext, assemble, recalled_by
 from mcpdb.inference.gather import gather, recall_query
 from mcpdb.inference.llama_worker import Generation, Worker
 from mcpdb.inference.request import ChatRequest
@@ -254,8 +254,8 @@ class ChatWorker:
                 "read_index": order.read_index,
                 "context_index": metadata.get("context_index"),
                 "omitted": {},
-                "memories": [m for turn in turns for m in turn.get("metadata", {}).get("memories", [])],
-                "earlier_turns": [p for turn in turns for p in turn.get("metadata", {}).get("turns", [])],
+                "memories": recalled_by(turns, "memories"),
+                "earlier_turns": recalled_by(turns, "turns"),
                 "replayed": True,
             },
         ]
