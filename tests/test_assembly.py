@@ -284,3 +284,19 @@ def test_turn_metadata_of_another_shape_is_not_taken_for_a_recall(value: object)
     result = _assemble(stored, "hello again", 10**9)
     assert result.memories == [] and result.earlier_turns == []
     assert recalled_by(turns, "memories") == [] and recalled_by(turns, "turns") == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored=stored_contexts(min_turns=1), new=words, fraction=st.floats(0.0, 1.0))
+def test_the_window_drops_the_fewest_chunks_of_turns_that_fit(stored: StoredContext, new: str, fraction: float) -> None:
+    """The bisection over how many chunks to drop finds the fewest, as trying them in turn would."""
+    full = _assemble(stored, new, 10**9, memory_budget=0).prompt_tokens
+    bare = _assemble(StoredContext(**{**stored.__dict__, "turns": []}), new, 10**9, memory_budget=0).prompt_tokens
+    budget = bare + int(fraction * (full - bare))
+    result = _assemble(stored, new, budget, memory_budget=0)
+    dropped = result.omitted["turns"]
+    if dropped == 0:
+        return
+    one_chunk_fewer = max(0, dropped - 4 if dropped % 4 == 0 else dropped - dropped % 4)
+    kept_more = StoredContext(**{**stored.__dict__, "turns": stored.turns[one_chunk_fewer:]})
+    assert _assemble(kept_more, new, 10**9, memory_budget=0).prompt_tokens > budget
