@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mcpdb.ops.localcluster import free_port
-from mcpdb.raft.pysyncobj_bridge import EXIT_STORE_FAILED
+from mcpdb.raft.pysyncobj_bridge import EXIT_JOURNAL_SYNC_FAILED, EXIT_STORE_FAILED
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,8 @@ NODE = textwrap.dedent(
     from mcpdb.store.commands import Put
     from mcpdb.store.state_machine import ContextStore
 
-    data, address, fail = sys.argv[1], sys.argv[2], sys.argv[3] == "fail"
+    data, address, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    fail = mode in ("fail", "fsync")
     store = ContextStore(data + "/store")
     settings = RaftSettings(
         self_addr=address, peers=[], data_dir=data + "/raft", password=None, durable=True,
@@ -39,7 +40,25 @@ NODE = textwrap.dedent(
     deadline = time.monotonic() + 20
     while not replication.is_leader() and time.monotonic() < deadline:
         time.sleep(0.05)
-    if fail:
+    if mode == "fsync":  # the journal's next fsync fails with EIO, as a dying disk's does
+        import errno, os, types
+        import mcpdb.raft.journal as journal_module
+
+        def fsync_fails(fd):
+            raise OSError(errno.EIO, "Input/output error (injected)")
+
+        journal_os = types.SimpleNamespace(**{name: getattr(os, name) for name in dir(os) if not name.startswith("__")})
+        journal_os.fsync = fsync_fails
+        journal_module.os = journal_os
+        put = Put("ns", "lost", {"kind": "memory", "facts": ["x"]}, None, None, 1.0)
+        try:
+            asyncio.run(replication.propose(put, 5.0))
+            print("acknowledged", flush=True)
+        except Exception as error:
+            print("proposal ended:", type(error).__name__, flush=True)
+        time.sleep(5)
+        print("still running", flush=True)
+    elif fail:
         committed = store.commit
 
         def commit_fails_once() -> None:
@@ -75,6 +94,16 @@ def _run(tmp_path: Path, address: str, mode: str) -> subprocess.CompletedProcess
         timeout=90,
         start_new_session=True,
     )
+
+
+def test_a_failed_journal_fsync_stops_the_node_before_the_write_is_acknowledged(tmp_path: Path) -> None:
+    """After a failed fsync Linux may have dropped the pages and a retry can succeed without them
+    on disk: the node stops rather than acknowledge the entry (the journal had marked its segment
+    clean before the fsync, and the next tick acknowledged the write with no fsync at all)."""
+    failed = _run(tmp_path, f"127.0.0.1:{free_port()}", "fsync")
+    assert failed.returncode == EXIT_JOURNAL_SYNC_FAILED, failed.stdout + failed.stderr
+    assert "the Raft journal could not be fsynced; stopping this node" in failed.stderr
+    assert "acknowledged" not in failed.stdout and "still running" not in failed.stdout
 
 
 def test_a_failed_store_commit_stops_the_node_and_a_restart_replays_the_entry(tmp_path: Path) -> None:

@@ -78,6 +78,11 @@ class JournalFull(OSError):
         super().__init__(errno.ENOSPC, f"no disk space for a {needed}-byte journal entry ({room} bytes reserved)")
 
 
+class JournalSyncFailed(OSError):
+    """An fsync of the journal failed. After a failed fsync Linux may have dropped the dirty pages
+    and reports the error once: a retry that succeeds proves nothing, so the node must stop."""
+
+
 def _header(app_version: bytes) -> bytes:
     name = _APP_NAME + b"\0" * (_NAME_SIZE - len(_APP_NAME))
     version = app_version[:_VERSION_SIZE] + b"\0" * (_VERSION_SIZE - len(app_version[:_VERSION_SIZE]))
@@ -408,10 +413,13 @@ class Journal:
         """fsync the segments written since the last sync (durable mode)."""
         for segment in self._segments:
             if segment.dirty:
-                segment.dirty = False
                 if self._durable:
-                    os.fsync(segment.fd)
+                    try:
+                        os.fsync(segment.fd)
+                    except OSError as error:
+                        raise JournalSyncFailed(error.errno, f"fsync of the Raft journal failed: {error}") from error
                     self.syncs += 1
+                segment.dirty = False
 
     def _destroy(self) -> None:
         for segment in self._segments:

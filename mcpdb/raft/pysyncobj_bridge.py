@@ -53,7 +53,7 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft.disk import DiskAlarm
-from mcpdb.raft.journal import RECORD_OVERHEAD, Journal
+from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
 from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
@@ -74,6 +74,7 @@ CONNECTION_RETRY_S = 0.5  # pysyncobj reconnects to an unreachable peer this oft
 BIND_RETRY_S = 0.5
 BIND_ATTEMPTS = 10  # a voter that cannot bind its Raft port for 5 s stops (RaftAddressUnavailable)
 EXIT_STORE_FAILED = 70  # EX_SOFTWARE: the store failed under the Raft thread (see RaftNode._onTick)
+EXIT_JOURNAL_SYNC_FAILED = 74  # EX_IOERR: an fsync of the journal failed (see RaftNode._onTick)
 # A node that has just started waits this much longer before its first election: of two peers only
 # the one with the greater address connects, so a restarted follower may hear from its leader only
 # at the leader's next retry, and pysyncobj has no PreVote: a wiped follower standing at once bumped
@@ -483,7 +484,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             transportClass=transport_class(settings.durable, read_index=self.read_index),
         )
         self._transport: McpdbTransport = self._SyncObj__transport
-        self._sent_through = (0, 0)  # (last log index, commit index) the last _send_appended sent
+        self._sent_through = (0, 0, 0)  # (term, last log index, commit index) the last _send_appended sent
         self._wrap_poll()
         # First, before the transport's journal fsync: followers write the entries while this node does.
         self._SyncObj__onTickCallbacks.insert(0, self._send_appended)
@@ -561,7 +562,10 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
     def wake(self) -> None:
         """Called from any thread after queueing work for the Raft thread."""
         if self._polling:
-            self._notify_pipe()
+            try:
+                self._notify_pipe()
+            except BlockingIOError:  # the pipe is full of wake-ups the poll has yet to read: it will wake
+                pass
 
     def defer(self, notify: Callable[[], object]) -> None:
         """Run ``notify`` in the Raft thread, after the entries applied so far are committed to LMDB."""
@@ -606,10 +610,14 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def _commits_alone(self) -> bool:
         """Whether this node leads no other voter and holds entries it has yet to commit."""
+        log = self._SyncObj__raftLog
         return (
             not self._SyncObj__otherNodes
             and self._isLeader()
             and self._SyncObj__getCurrentLogIndex() > self.raftCommitIndex
+            # Raft commits only entries of the leader's term (earlier ones with them): a lone leader whose
+            # last entry is older (its election no-op failed on a full disk) must not spin on it.
+            and log[-1][2] == self.raftCurrentTerm
         )
 
     def _send_appended(self) -> None:
@@ -625,7 +633,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         only at a later tick, after that fsync."""
         if not self._isLeader():
             return
-        through = (self._SyncObj__getCurrentLogIndex(), self.raftCommitIndex)
+        through = (self.raftCurrentTerm, self._SyncObj__getCurrentLogIndex(), self.raftCommitIndex)
         if through != self._sent_through:
             self._sent_through = through
             self._SyncObj__sendAppendEntries()
@@ -771,7 +779,15 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             self.reset_election_timer()
         self.stall_watch.tick_began()
         try:
+            # What the last tick appended is on disk before this one counts it toward a commit, even if
+            # that tick raised before its journal callback (a lone voter counts itself at once).
+            journal = self._SyncObj__transport.journal  # set before the Raft thread starts
+            if journal is not None:
+                journal.sync()
             super()._onTick(timeToWait)
+        except JournalSyncFailed:
+            _log.critical("the Raft journal could not be fsynced; stopping this node", exc_info=True)
+            os._exit(EXIT_JOURNAL_SYNC_FAILED)
         except lmdb.Error:
             # pysyncobj logs a failed tick and carries on; after a failed LMDB commit (EIO on a full
             # disk, seen at 1 M contexts) or apply, its applied index would count entries the store
