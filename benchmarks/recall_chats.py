@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.memory_corpus import Memory, filler, memories, question, user_id, user_questions
+from benchmarks.memory_corpus import STYLES, Memory, filler, memories, question, user_id, user_questions
 from benchmarks.stats import percentile
 
 N_CTX = 4096  # a node's --n-ctx default
@@ -31,6 +31,9 @@ MAX_TOKENS = 256  # a chat's reply budget when the request names none
 MEMORY_BUDGET = 256  # a node's --memory-budget default
 CONVERSATION = [(topic, style) for topic in range(4) for style in ("paraphrase", "direct")]
 REPLY = "Noted: I will keep that in mind for the rest of our conversation."
+# Exchanges of small talk after a user told every memory (``Chats.told_earlier``): enough to push most
+# of the told facts out of the 4,096-token window, not so many that the small talk alone outgrows it.
+TOLD_SMALL_TALK = 90
 INSTRUCTION = {
     "kind": "instruction",
     "role": "a personal assistant who remembers what the user told it",
@@ -140,6 +143,43 @@ class Chats:
         return {
             **{f"reached_{name}": count / len(asked) for name, count in found.items()},
             **{f"prompt_tokens_{name}": count / len(asked) for name, count in tokens.items()},
+        }
+
+    def told_earlier(self, users: int, small_talk: int) -> dict[str, dict[str, float]]:
+        """Each of ``users`` users told the assistant everything (their memories' texts, as user turns
+        of one session, each answered), then made ``small_talk`` exchanges, and asks every question:
+        the facts live only in the conversation (the user id asking holds no memories). By question
+        style: the share of questions whose fact had left the window, and how often the fact reached
+        the prompt, with the turn recall and without it (only if its turn was still kept)."""
+        styles = {style: {"asked": 0, "out_of_window": 0, "kept": 0, "recalled": 0} for style in STYLES}
+        for number in range(users):
+            told = [m for m in memories(users) if m.user_id == user_id(number)]
+            turns: list[dict[str, Any]] = []
+            for memory in told:
+                turns += [{"role": "user", "content": memory.text}, {"role": "assistant", "content": REPLY}]
+            first_small_talk = len(turns)
+            for memory in filler(user_id(number), small_talk):
+                turns += [{"role": "user", "content": memory.text}, {"role": "assistant", "content": REPLY}]
+            position = {memory.id: 2 * i for i, memory in enumerate(told)}
+            for asked in user_questions(number):
+                assembled = self.assembled(f"{asked.user_id}-talk", asked.text, turns)
+                counts = styles[asked.style]
+                counts["asked"] += 1
+                dropped = assembled.omitted["turns"]
+                assert dropped <= first_small_talk, "the small talk alone outgrew the window"
+                out = position[asked.answer_id] < dropped
+                counts["out_of_window"] += out
+                counts["kept"] += not out
+                counts["recalled"] += out and position[asked.answer_id] in assembled.recalled_turns
+        return {
+            style: {
+                "asked": counts["asked"],
+                "out_of_window": counts["out_of_window"] / counts["asked"],
+                "reached_without": counts["kept"] / counts["asked"],
+                "reached_with_turn_recall": (counts["kept"] + counts["recalled"]) / counts["asked"],
+            }
+            for style, counts in styles.items()
+            if counts["asked"]
         }
 
     def cached_shares(self, users: int) -> dict[str, list[float]]:

@@ -326,6 +326,30 @@ def measure_chats(vectors: _Vectors, users: int, extra: int) -> dict[str, Any]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def measure_told_earlier(users: int) -> dict[str, Any]:
+    """``recall_chats.Chats.told_earlier``: facts told in a conversation that outgrew the window."""
+    from mcpdb.inference.llama_worker import default_model_path
+    from mcpdb.store.commands import Put
+    from mcpdb.store.state_machine import ContextStore
+
+    directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-retrieval-"))
+    try:
+        store = ContextStore(str(directory / "store"))
+        for index, (context_id, context) in enumerate(
+            (("assistant", recall_chats.INSTRUCTION), ("rules", recall_chats.GUARDRAIL)), start=1
+        ):
+            store.apply(index, Put(NAMESPACE, context_id, context, None, None, 1.0))
+        store.commit()
+        chats = recall_chats.Chats(store, NAMESPACE, default_model_path(), lambda _text: None)
+        try:
+            return chats.told_earlier(users, recall_chats.TOLD_SMALL_TALK)
+        finally:
+            chats.close()
+            store.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def measure_freshness(settings: RetrievalSettings) -> dict[str, Any]:
     """``benchmarks.freshness`` on a fresh 3-node cluster with this run's embedding model."""
     directory = Path(tempfile.mkdtemp(prefix="mcpdb-bench-freshness-"))
@@ -369,6 +393,8 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
         held = MEMORIES_PER_USER + extra
         step(f"chats: {settings.chat_users} users with {held} memories each", settings.chat_users * 4)
         results["chats"][str(held)] = measure_chats(vectors, settings.chat_users, extra)
+    step(f"chats: {settings.chat_users} users' facts told in turns that left the window", settings.chat_users * 40)
+    results["told_earlier"] = measure_told_earlier(settings.chat_users)
     if settings.freshness_seconds:
         step("time until a write is vector-searchable: a 3-node cluster", 60)
         results["freshness"] = measure_freshness(settings)
@@ -486,6 +512,28 @@ def chat_rows(results: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+TOLD_COLUMNS = (
+    "question",
+    "asked",
+    "its fact's turn out of the window",
+    "fact reached the prompt: turns kept only",
+    "with turn recall",
+)
+
+
+def told_rows(results: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            style,
+            str(t["asked"]),
+            f"{t['out_of_window']:.3f}",
+            f"{t['reached_without']:.3f}",
+            f"{t['reached_with_turn_recall']:.3f}",
+        ]
+        for style, t in results.get("told_earlier", {}).items()
+    ]
+
+
 def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
         "| " + " | ".join(r) + " |" for r in rows
@@ -495,6 +543,7 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
 def save(results: dict[str, Any], folder: Path) -> None:
     lines = _table(QUALITY_COLUMNS, quality_rows(results))
     lines += ["", *_table(CHAT_COLUMNS, chat_rows(results))]
+    lines += ["", *_table(TOLD_COLUMNS, told_rows(results))]
     lines += ["", *_table(LATENCY_COLUMNS, latency_rows(results))]
     if "freshness" in results:
         lines += ["", *_table(freshness.COLUMNS, freshness.rows(results["freshness"]))]

@@ -213,6 +213,13 @@ def retrieval(
     retrieval_bench.save(results, folder)
     console.print(_simple_table("quality", retrieval_bench.QUALITY_COLUMNS, retrieval_bench.quality_rows(results)))
     console.print(_simple_table("chats", retrieval_bench.CHAT_COLUMNS, retrieval_bench.chat_rows(results)))
+    console.print(
+        _simple_table(
+            "chats: facts told in turns that left the window",
+            retrieval_bench.TOLD_COLUMNS,
+            retrieval_bench.told_rows(results),
+        )
+    )
     if "freshness" in results:
         table = _simple_table(
             "time until a write is vector-searchable", freshness.COLUMNS, freshness.rows(results["freshness"])
