@@ -250,7 +250,7 @@ def test_a_turn_that_left_the_window_is_recalled_through_the_official_client(llm
     assert provenance["omitted"]["turns"] > 0 and provenance["earlier_turns"] == [0]
     recorded = _turns(urls[0], session)[-2]
     assert recorded["content"] == "Which flight do I take to Lisbon?" and recorded["metadata"]["turns"] == [0]
-    assert "the user said: My flight to Lisbon is TP1351" in recorded["metadata"]["recalled"]
+    assert 'the user said: "My flight to Lisbon is TP1351' in recorded["metadata"]["recalled"]
 
 
 def test_the_leader_embeds_memories_through_the_log_and_every_node_ranks_them_alike(

@@ -40,6 +40,9 @@ from mcpdb.inference import turn_recall
 from mcpdb.inference.prompt_format import ChatFormat
 
 RECALLED_TURN_CANDIDATES = 16  # turns out of the window ranked per request; the budget takes what fits
+# A recall line longer than this many characters per token of the memory budget is passed over untokenized:
+# English runs about 4 characters a token, and tokenizing a 256 KiB turn to find it does not fit cost seconds.
+MAX_CHARS_PER_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,8 @@ def _recall(
     spent = len(tokenize(_recall_text(["-"])))
     candidates: list[tuple[str | int, str]] = [(memory["id"], _memory_line(memory)) for memory in memories]
     for key, line in candidates + list(earlier):
+        if len(line) > budget * MAX_CHARS_PER_TOKEN:  # cannot fit: not worth tokenizing (a turn may be 256 KiB)
+            continue
         cost = len(tokenize(line)) + 1  # the newline between lines
         if spent + cost > budget:
             continue
@@ -235,7 +240,7 @@ def assemble(
     def attempt(drop: int, with_memory: bool, with_profile: bool, with_task: bool) -> Assembled | None:
         nonlocal tokens
         before = recalled_by(stored.turns[drop:], "memories")
-        before_turns = [p for p in recalled_by(stored.turns[drop:], "turns") if p < drop]
+        before_turns = [p for p in recalled_by(stored.turns[drop:], "turns") if 0 <= p < drop]
         recall = _Recall([], [], "")
         if with_memory and last_user is not None:
             ranked = turn_index.ranked(drop, message)[:RECALLED_TURN_CANDIDATES]

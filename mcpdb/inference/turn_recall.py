@@ -16,6 +16,7 @@ candidates: a turn the message says nothing about is not worth the tokens.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +73,8 @@ class TurnIndex:
 
 
 def line(turn: dict[str, Any]) -> str:
-    """A recalled turn as one recall line: who said it, then what."""
-    speaker = {"user": "the user said", "assistant": "you said"}.get(turn["role"], f"{turn['role']} said")
-    return f"- earlier in this conversation, {speaker}: {turn['content']}"
+    """A recalled turn as one recall line: who said it, then what, quoted and on one line (a turn's
+    own newlines could otherwise forge recall lines of their own, "you said: ...")."""
+    speaker = {"user": "the user said", "assistant": "you said"}.get(turn["role"], f"a {turn['role']} message said")
+    said = json.dumps(" ".join(turn["content"].split()), ensure_ascii=False)
+    return f"- earlier in this conversation, {speaker}: {said}"
