@@ -165,7 +165,8 @@ def _recall(
     already there still counts against the budget: the budget bounds what is relevant to this
     message, so a follow-up on the same subject recalls little or nothing new (and keeps the KV
     cache's prefix), rather than the next best memories of a subject already covered."""
-    chosen = _Recall([], [], "")
+    memory_ids: list[str] = []
+    positions: list[int] = []
     lines: list[str] = []
     spent = len(tokenize(_recall_text(["-"])))
     candidates: list[tuple[str | int, str]] = [(memory["id"], _memory_line(memory)) for memory in memories]
@@ -178,11 +179,11 @@ def _recall(
         spent += cost
         if key not in already:
             if isinstance(key, int):
-                chosen.turns.append(key)
+                positions.append(key)
             else:
-                chosen.memories.append(key)
+                memory_ids.append(key)
             lines.append(line)
-    return _Recall(chosen.memories, chosen.turns, _recall_text(lines))
+    return _Recall(memory_ids, positions, _recall_text(lines))
 
 
 def _last_user(messages: list[dict[str, str]]) -> int | None:

@@ -625,8 +625,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         appended, and the commit index it advanced (followers apply, and serve reads, from it).
 
         pysyncobj unbatched sends one message per proposal, each pickled, framed and written to
-        every follower, and each answered: measured under the kv write load, 0.25 s of CPU per
-        1,000 writes per node against 0.20 s this way. Batched, it sends only at the next
+        every follower, and each answered: measured under the kv write load, 0.25-0.27 s of CPU per
+        1,000 writes per node against 0.21-0.23 s this way. Batched, it sends only at the next
         heartbeat or the next tick's start, after this node's fsync and a poll; here the
         followers get the entries before this node's fsync (the transport's tick callback, after
         this one), so the two disks write at once. Safe: this node counts itself toward a commit
