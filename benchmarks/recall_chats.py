@@ -79,14 +79,11 @@ class Chats:
         from llama_cpp import Llama
 
         from mcpdb.inference.prompt_format import GemmaFormat
+        from mcpdb.inference.prompt_tokens import LlamaTokenizer
 
         self._store, self._namespace, self._vector_of = store, namespace, vector_of
-        self._vocab = Llama(model_path=model_path, vocab_only=True, verbose=False)
+        self._tokenizer = LlamaTokenizer(Llama(model_path=model_path, vocab_only=True, verbose=False))
         self._format = GemmaFormat()
-
-    def tokenize(self, text: str) -> list[int]:
-        """As the worker tokenizes a prompt: BOS added, special tokens parsed."""
-        return list(self._vocab.tokenize(text.encode(), add_bos=True, special=True))
 
     def assembled(self, user_id: str, text: str, turns: list[dict[str, Any]]) -> Any:
         from mcpdb.inference.assembly import assemble
@@ -106,7 +103,7 @@ class Chats:
             dataclasses.replace(stored, turns=turns),
             [{"role": "user", "content": text}],
             self._format,
-            self.tokenize,
+            self._tokenizer,
             budget=N_CTX - MAX_TOKENS,
             memory_budget=MEMORY_BUDGET,
         )
@@ -115,14 +112,16 @@ class Chats:
         """Whether the old assembly put the memories in (all of them, if the prompt fit: at the end of
         the same system prompt), and its tokens."""
         from mcpdb.inference.assembly import StoredContext, assemble
+        from mcpdb.inference.prompt_format import render_pieces
 
         bare = StoredContext(instructions=[INSTRUCTION], guardrails=[GUARDRAIL], profile=profile(user_id))
         asked = [{"role": "user", "content": text}]
-        system = assemble(bare, asked, self._format, self.tokenize, N_CTX, 0).messages[0]["content"]
+        system = assemble(bare, asked, self._format, self._tokenizer, N_CTX, 0).messages[0]["content"]
         lines = ["What you remember:"] + [f"- {m.text}" for m in held if m.user_id == user_id]
         for with_memory in (True, False):
             content = system + ("\n\n" + "\n".join(lines) if with_memory else "")
-            tokens = len(self.tokenize(self._format.render([{"role": "system", "content": content}, *asked])))
+            pieces = render_pieces(self._format, [{"role": "system", "content": content}, *asked])
+            tokens = len(self._tokenizer.prompt(pieces))
             if tokens <= N_CTX - MAX_TOKENS:
                 return with_memory, tokens
         raise AssertionError("the system prompt alone fits the window")
@@ -187,8 +186,11 @@ class Chats:
         conversations: a follow-up on the subject of the turn before, and a turn on a new subject; and
         for the follow-ups, the tokens the cache did not hold (the new message, and what it recalled
         that no earlier turn had) and the memories recalled anew."""
+        from mcpdb.inference.prompt_format import Piece
+
         shares: dict[str, list[float]] = {"follow_up": [], "new_subject": [], "uncached": [], "recalled_anew": []}
-        reply = self.tokenize(REPLY + "<end_of_turn>")[1:]  # what generation appended to the cache, no BOS
+        # what generation appended to the cache: the reply, then the token that ended it
+        reply = self._tokenizer.prompt([Piece(REPLY, is_content=True), Piece("<end_of_turn>", is_content=False)])[1:]
         for number in range(users):
             turns: list[dict[str, Any]] = []
             cache: list[int] = []

@@ -3,6 +3,8 @@ recalled by rank within their budget and never twice."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 from mcpdb.errors import ContextTooLarge
 from mcpdb.inference import turn_recall
 from mcpdb.inference.assembly import Assembled, StoredContext, assemble, recalled_by, with_recall
-from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, TemplateFormat
+from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, Piece, TemplateFormat
 from mcpdb.inference.turn_recall import TurnIndex
 from mcpdb.retrieval import lexical
 
@@ -18,13 +20,21 @@ FORMATS = [GemmaFormat(), ChatMLFormat()]
 words = st.text(alphabet="abcdefghij ", min_size=1, max_size=60).map(str.strip).filter(bool)
 
 
-def tokenize(text: str) -> list[int]:
+class CharTokenizer:
     """A stand-in tokenizer: one token per 4 characters (the real one is used in integration tests)."""
-    return [0] * (len(text) // 4 + 1)
+
+    def text(self, text: str) -> list[int]:
+        return [0] * (len(text) // 4 + 1)
+
+    def prompt(self, pieces: Sequence[Piece]) -> list[int]:
+        return self.text("".join(piece.text for piece in pieces))
+
+
+tokenizer = CharTokenizer()
 
 
 def count_tokens(text: str) -> int:
-    return len(tokenize(text))
+    return len(tokenizer.text(text))
 
 
 @st.composite
@@ -50,7 +60,7 @@ def stored_contexts(draw: st.DrawFn, min_turns: int = 0) -> StoredContext:
 def _assemble(
     stored: StoredContext, new: str, budget: int, chat_format=FORMATS[0], memory_budget: int = 40
 ) -> Assembled:
-    return assemble(stored, [{"role": "user", "content": new}], chat_format, tokenize, budget, memory_budget)
+    return assemble(stored, [{"role": "user", "content": new}], chat_format, tokenizer, budget, memory_budget)
 
 
 def _recorded(question: str, result: Assembled) -> dict:
@@ -73,7 +83,7 @@ def test_never_over_budget_and_instructions_guardrails_and_new_message_always_ke
         bare = StoredContext(instructions=stored.instructions, guardrails=stored.guardrails)
         assert (
             count_tokens(
-                fmt.render(assemble(bare, [{"role": "user", "content": new}], fmt, tokenize, 10**9, 0).messages)
+                fmt.render(assemble(bare, [{"role": "user", "content": new}], fmt, tokenizer, 10**9, 0).messages)
             )
             > budget
         )

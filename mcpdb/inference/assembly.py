@@ -19,7 +19,8 @@ with its recall exactly as it was rendered new: the system prompt never
 changes with what a message asked, and each turn's prompt starts with the
 whole of the last one, so the KV cache keeps everything but the new message.
 
-Budget is n_ctx minus max_tokens, counted with the model's own tokenizer.
+Budget is n_ctx minus max_tokens, counted with the model's own tokenizer, which reads
+control tokens only in the chat format's own text (``prompt_tokens``).
 When over budget, the oldest turns go first, in chunks of ``turn_chunk``
 (dropping one turn per request would shift the prompt every turn and defeat
 KV reuse; dropping in chunks keeps it byte-stable for several turns), then
@@ -31,13 +32,13 @@ prompt holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mcpdb.errors import ContextTooLarge
 from mcpdb.inference import turn_recall
-from mcpdb.inference.prompt_format import ChatFormat
+from mcpdb.inference.prompt_format import ChatFormat, render_pieces
+from mcpdb.inference.prompt_tokens import Tokenizer
 
 RECALLED_TURN_CANDIDATES = 16  # turns out of the window ranked per request; the budget takes what fits
 # A recall line longer than this many characters per token of the memory budget is passed over untokenized:
@@ -156,7 +157,7 @@ def _recall(
     memories: list[dict[str, Any]],
     earlier: list[tuple[int, str]],
     already: set[str | int],
-    tokenize: Callable[[str], list[int]],
+    tokenizer: Tokenizer,
     budget: int,
 ) -> _Recall:
     """What to recall now: of the best memories, then the best ``earlier`` turns ((position, line)),
@@ -168,12 +169,12 @@ def _recall(
     memory_ids: list[str] = []
     positions: list[int] = []
     lines: list[str] = []
-    spent = len(tokenize(_recall_text(["-"])))
+    spent = len(tokenizer.text(_recall_text(["-"])))
     candidates: list[tuple[str | int, str]] = [(memory["id"], _memory_line(memory)) for memory in memories]
     for key, line in candidates + list(earlier):
         if len(line) > budget * MAX_CHARS_PER_TOKEN:  # cannot fit: not worth tokenizing (a turn may be 256 KiB)
             continue
-        cost = len(tokenize(line)) + 1  # the newline between lines
+        cost = len(tokenizer.text(line)) + 1  # the newline between lines
         if spent + cost > budget:
             continue
         spent += cost
@@ -219,7 +220,7 @@ def assemble(
     stored: StoredContext,
     new_messages: list[dict[str, str]],
     chat_format: ChatFormat,
-    tokenize: Callable[[str], list[int]],
+    tokenizer: Tokenizer,
     budget: int,
     memory_budget: int,
     turn_chunk: int = 4,
@@ -246,10 +247,11 @@ def assemble(
         if with_memory and last_user is not None:
             ranked = turn_index.ranked(drop, message)[:RECALLED_TURN_CANDIDATES]
             earlier = [(position, turn_recall.line(stored.turns[position])) for position in ranked]
-            recall = _recall(stored.memories, earlier, {*before, *before_turns}, tokenize, memory_budget)
+            recall = _recall(stored.memories, earlier, {*before, *before_turns}, tokenizer, memory_budget)
         messages = _messages(stored, new_messages, drop, recall.text, with_profile, with_task)
-        prompt = chat_format.render(messages)
-        tokens = tokenize(prompt)
+        pieces = render_pieces(chat_format, messages)
+        prompt = "".join(piece.text for piece in pieces)
+        tokens = tokenizer.prompt(pieces)
         if len(tokens) > budget:
             return None
         held = list(dict.fromkeys(before + recall.memories))

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from mcpdb.errors import PromptTooLong
-from mcpdb.inference.prompt_format import ChatFormat, choose_format
+from mcpdb.inference.prompt_format import ChatFormat, choose_format, render_pieces
+from mcpdb.inference.prompt_tokens import LlamaTokenizer
 
 MEASURE_LOCK = os.path.join(tempfile.gettempdir(), "mcpdb-measure.lock")
 RECENT_WINDOW_S = 10.0  # recent tokens/s and sessions served are measured over this window
-_WARMUP_PROMPT = "<start_of_turn>user\nCount from one to twenty.<end_of_turn>\n<start_of_turn>model\n"
+_WARMUP_MESSAGES = [{"role": "user", "content": "Count from one to twenty."}]
 
 
 def default_model_path() -> str:
@@ -128,6 +129,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.chat_format: ChatFormat | None = None
+        self.tokenizer: LlamaTokenizer | None = None
         self.weight: float = settings.weight or 1.0
         self.measured_tokens_per_s: float | None = None
         self._slots: list[_Slot] = []
@@ -153,6 +155,7 @@ class Worker:
             )
             self._slots.append(_Slot(index, llm))
         llm = self._slots[0].llm
+        self.tokenizer = LlamaTokenizer(llm)  # the vocabulary is read-only: any thread may tokenize
         metadata = {str(k): str(v) for k, v in llm.metadata.items()}
         self.chat_format = choose_format(
             metadata, lambda token: llm.detokenize([token], special=True).decode(errors="replace")
@@ -170,7 +173,8 @@ class Worker:
         file lets the workers of one machine measure one at a time.
         """
         llm = self._slots[0].llm
-        tokens = self.tokenize(_WARMUP_PROMPT)
+        assert self.tokenizer is not None and self.chat_format is not None, "measured after loading"
+        tokens = self.tokenizer.prompt(render_pieces(self.chat_format, _WARMUP_MESSAGES))
         counter = _TokenCounter(threading.Event())
         with open(MEASURE_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -180,12 +184,6 @@ class Worker:
         for slot in self._slots:
             slot.llm.reset()
         return (counter.count - 1) / decode_s if counter.count > 1 and decode_s > 0 else 1.0
-
-    # ------------------------------------------------------------ tokens
-    def tokenize(self, text: str) -> list[int]:
-        """The model's tokens for a rendered prompt (BOS added, special tokens parsed)."""
-        tokens: list[int] = self._slots[0].llm.tokenize(text.encode(), add_bos=True, special=True)
-        return tokens
 
     # ------------------------------------------------------------ load
     @property

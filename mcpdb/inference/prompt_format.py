@@ -11,10 +11,19 @@ Rendering is a pure function of the messages, and for the formats here a
 conversation's rendering is a prefix of the rendering of the same
 conversation with more turns; context assembly relies on that so a
 session's follow-up reuses the KV cache of everything before it.
+
+A rendered prompt is kept as pieces (``render_pieces``): the format's own
+text, whose control tokens (``<start_of_turn>``, ``<|im_end|>``) are meant,
+and the messages' contents, which clients wrote and whose text is only text.
+Tokenized as one string with special tokens parsed (as llama.cpp's server
+does), a user who typed ``<end_of_turn>\n<start_of_turn>model\n`` closed
+their own turn and wrote the model's; ``prompt_tokens`` parses control tokens
+in the format's pieces only.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,6 +41,41 @@ class ChatFormat(Protocol):
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The prompt text, without the BOS token (the tokenizer adds it)."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of a rendered prompt: the format's text, or (``is_content``) a message's content."""
+
+    text: str
+    is_content: bool
+
+
+# Stands in for a message's content while the format renders; NUL never occurs in a format's own text
+# and the content itself is put back after, so a content that spells a mark is still only content.
+_MARK = "\x00mcpdb-content-{}\x00"
+_MARKS = re.compile("\x00mcpdb-content-(\\d+)\x00")
+
+
+def render_pieces(
+    chat_format: ChatFormat, messages: list[dict[str, str]], add_generation_prompt: bool = True
+) -> list[Piece]:
+    """``chat_format.render(messages)`` as pieces whose texts join to it, contents apart from the format's
+    text. Each content is rendered as a mark and put back where the format placed it, so this holds
+    for any format that places contents verbatim (a Jinja template may place one twice, or not at all).
+    An empty content stays empty: a format may render an empty message differently."""
+    marked = [{**m, "content": _MARK.format(i) if m["content"] else ""} for i, m in enumerate(messages)]
+    rendered = chat_format.render(marked, add_generation_prompt)
+    pieces: list[Piece] = []
+    at = 0
+    for mark in _MARKS.finditer(rendered):
+        if mark.start() > at:
+            pieces.append(Piece(rendered[at : mark.start()], is_content=False))
+        pieces.append(Piece(messages[int(mark.group(1))]["content"], is_content=True))
+        at = mark.end()
+    if at < len(rendered):
+        pieces.append(Piece(rendered[at:], is_content=False))
+    return pieces
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ with usage and provenance, or ``error`` with an HTTP status.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
@@ -104,7 +105,7 @@ class ChatWorker:
     async def _serve(self, order: WorkOrder) -> AsyncIterator[dict[str, Any]]:
         request, worker, store = order.request, self._worker, self._service.store
         began = time.perf_counter()
-        if not worker.ready or worker.chat_format is None:
+        if not worker.ready or worker.chat_format is None or worker.tokenizer is None:
             raise ChatFailed(503, "model_loading", f"node {self._node_id} is still loading its model")
         await self._replication.wait_applied(order.read_index, self._wait_timeout)
         if request.namespace is not None and request.session_id is not None:  # validated: a session has one
@@ -129,11 +130,14 @@ class ChatWorker:
         guardrails = stored.guardrails if stored else []
         max_tokens = self._max_tokens(request, guardrails)
         new_messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        assembled = assemble(
+        # In a thread: a session of thousands of turns takes the tokenizer seconds, and on the event
+        # loop that stalled every request of the node, /healthz included.
+        assembled = await asyncio.to_thread(
+            assemble,
             stored or StoredContext(),
             new_messages,
             worker.chat_format,
-            worker.tokenize,
+            worker.tokenizer,
             budget=worker.settings.n_ctx - max_tokens,
             memory_budget=self._memory_budget,
         )
