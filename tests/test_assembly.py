@@ -330,3 +330,26 @@ def test_made_up_positions_in_a_kept_turns_metadata_are_not_taken_for_recalled_t
     question = "Which flight am I on to Lisbon?"
     result = _assemble(stored, question, _assemble(stored, question, 10**9).prompt_tokens // 3, memory_budget=60)
     assert all(0 <= p < result.omitted["turns"] for p in result.earlier_turns)
+
+
+class CountingTokenizer(CharTokenizer):
+    """Counts the characters it is given to tokenize: llama.cpp's tokenizer costs time per character."""
+
+    def __init__(self) -> None:
+        self.chars = 0
+
+    def text(self, text: str) -> list[int]:
+        self.chars += len(text)
+        return super().text(text)
+
+
+def test_a_huge_session_is_not_tokenized_past_what_could_fit() -> None:
+    """6,000 turns of 500 characters (3 MB) and a 1,000-token window: the tries that keep more turns than
+    could ever fit are refused by their length, so the tokenizer reads a few windows' worth, not the
+    session (the first tries read all 3 MB, then half of it, and so on: 10 s per chat)."""
+    turns = [{"role": ("user", "assistant")[i % 2], "content": f"harbor {i} " + "x" * 490} for i in range(6000)]
+    stored = StoredContext(instructions=[{"role": "r", "text": "t", "domains": []}], turns=turns)
+    counting = CountingTokenizer()
+    result = assemble(stored, [{"role": "user", "content": "harbor 5"}], GemmaFormat(), counting, 1000, 100)
+    assert 0 < result.kept_turns and result.prompt_tokens <= 1000
+    assert counting.chars < 20 * 1000 * 16

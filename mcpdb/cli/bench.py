@@ -177,10 +177,13 @@ def retrieval(
         float,
         typer.Option(help="Seconds of each load phase timing writes until vector-searchable on 3 nodes (0: skip)."),
     ] = 30.0,
+    live_chat_users: Annotated[
+        int, typer.Option(help="Users whose conversations run on a real node with the model's replies (0: skip).")
+    ] = 3,
 ) -> None:
     """How well search chooses memories (recall@1/@5, MRR beside FTS5 and brute force) and how fast."""
     with source_checkout("mcpdb bench", "benchmarks"):
-        from benchmarks import freshness, memory_corpus
+        from benchmarks import freshness, live_chats, memory_corpus
         from benchmarks import retrieval as retrieval_bench
 
     try:
@@ -196,6 +199,8 @@ def retrieval(
         raise CliError(f"--chat-filler must be between 1 and {memory_corpus.FILLERS}")
     if freshness_seconds < 0:
         raise CliError("--freshness-seconds must be 0 (skip) or more")
+    if live_chat_users < 0:
+        raise CliError("--live-chat-users must be 0 (skip) or more")
     if embedding_model is not None and not embedding_model.is_file():
         raise CliError(f"--embedding-model {embedding_model}: no such file")
     settings = retrieval_bench.RetrievalSettings(
@@ -207,6 +212,7 @@ def retrieval(
         out,
         str(embedding_model) if embedding_model else None,
         freshness_seconds,
+        live_chat_users,
     )
     folder = settings.folder()
     results = _run_with_progress(settings, retrieval_bench.run)
@@ -220,6 +226,14 @@ def retrieval(
             retrieval_bench.told_rows(results),
         )
     )
+    if "live_chats" in results:
+        console.print(
+            _simple_table(
+                "chats on a real node: the share of each prompt the KV cache held",
+                live_chats.COLUMNS,
+                live_chats.rows(results["live_chats"]),
+            )
+        )
     if "freshness" in results:
         table = _simple_table(
             "time until a write is vector-searchable", freshness.COLUMNS, freshness.rows(results["freshness"])

@@ -10,10 +10,18 @@ from the whole (measured on the bundled model: a content starting with a newline
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from mcpdb.inference.prompt_format import Piece
+
+# Pieces tokenized lately, kept: assembly tokenizes a prompt once per window size it tries, and each
+# chat of a session again (llama.cpp's tokenizer costs ~0.8 us a character for the bundled model), but
+# from one try or chat to the next most pieces (the system text, the kept turns) are the same. Only
+# short pieces are kept, so the cache stays a few MB however large a turn may be.
+CACHED_PIECES = 8192
+CACHED_PIECE_CHARS = 4096
 
 
 class Tokenizer(Protocol):
@@ -29,12 +37,19 @@ class LlamaTokenizer:
 
     def __init__(self, llm: Any) -> None:
         self._llm = llm
+        self._cached = functools.lru_cache(maxsize=CACHED_PIECES)(self._tokenize)  # thread-safe
+
+    def _tokenize(self, text: str, special: bool) -> tuple[int, ...]:
+        return tuple(self._llm.tokenize(text.encode(), add_bos=False, special=special))
+
+    def _piece(self, text: str, special: bool) -> tuple[int, ...]:
+        return self._cached(text, special) if len(text) <= CACHED_PIECE_CHARS else self._tokenize(text, special)
 
     def text(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text.encode(), add_bos=False, special=False))
+        return list(self._piece(text, False))
 
     def prompt(self, pieces: Sequence[Piece]) -> list[int]:
         tokens: list[int] = list(self._llm.tokenize(b"", add_bos=True, special=False))
         for piece in pieces:
-            tokens += self._llm.tokenize(piece.text.encode(), add_bos=False, special=not piece.is_content)
+            tokens += self._piece(piece.text, not piece.is_content)
         return tokens

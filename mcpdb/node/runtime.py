@@ -187,6 +187,8 @@ class NodeRuntime:
                 await client.aclose()
         await asyncio.to_thread(self.replication.close)
         await asyncio.to_thread(self.writeback.stop)
+        if self.chat_worker is not None:
+            await asyncio.to_thread(self.chat_worker.close)
         if self.worker is not None:
             self.worker.close()
         if self.embedder is not None:

@@ -22,12 +22,15 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mcpdb.errors import McpdbServerError, Overloaded
 from mcpdb.inference.assembly import Assembled, StoredContext, assemble, recalled_by
-from mcpdb.inference.gather import gather, recall_query
+from mcpdb.inference.gather import Gathered, gather, recall_query
 from mcpdb.inference.llama_worker import Generation, Worker
+from mcpdb.inference.prompt_format import ChatFormat
+from mcpdb.inference.prompt_tokens import Tokenizer
 from mcpdb.inference.request import ChatRequest
 from mcpdb.model import Turn
 from mcpdb.node.http.responses import error_parts
@@ -37,6 +40,11 @@ from mcpdb.service import ContextService
 from mcpdb.store.search import SearchQuery
 
 DEFAULT_MAX_TOKENS = 256
+# Threads that gather and assemble chats' prompts. A session of thousands of turns takes seconds of
+# decoding and tokenizing: on the event loop that stalled every request of the node (/healthz for
+# 16 s, measured), and in the loop's default executor six such chats held every thread that searches
+# and query embeddings wait for (a lexical search took 23 s). Here they queue among themselves.
+PREPARING_THREADS = 2
 
 
 class ChatFailed(Exception):
@@ -71,6 +79,11 @@ class ChatWorker:
         self._worker = worker
         self._wait_timeout = wait_timeout
         self._memory_budget = memory_budget
+        self._preparing = ThreadPoolExecutor(PREPARING_THREADS, thread_name_prefix="mcpdb-chat-prepare")
+
+    def close(self) -> None:
+        """Wait for the prompts being prepared (they read the store, which closes next); drop queued ones."""
+        self._preparing.shutdown(wait=True, cancel_futures=True)
 
     def _max_tokens(self, request: ChatRequest, guardrails: list[dict[str, Any]]) -> int:
         limits = [g["max_output_tokens"] for g in guardrails if g.get("max_output_tokens")]
@@ -114,33 +127,13 @@ class ChatWorker:
                 for event in self._replay(order, replayed):
                     yield event
                 return
-        gathered, ranked = None, None
+        recall, ranked = None, None
         if request.namespace:
             recall, ranked = await self._recall_query(request, request.namespace)
-            gathered = gather(
-                store,
-                request.namespace,
-                applied_at_least=order.read_index,
-                session_id=request.session_id,
-                user_id=request.user_id,
-                task_id=request.task_id,
-                recall=recall,
-            )
-        stored = gathered.stored if gathered else None
-        guardrails = stored.guardrails if stored else []
-        max_tokens = self._max_tokens(request, guardrails)
         new_messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        # In a thread: a session of thousands of turns takes the tokenizer seconds, and on the event
-        # loop that stalled every request of the node, /healthz included.
-        assembled = await asyncio.to_thread(
-            assemble,
-            stored or StoredContext(),
-            new_messages,
-            worker.chat_format,
-            worker.tokenizer,
-            budget=worker.settings.n_ctx - max_tokens,
-            memory_budget=self._memory_budget,
-        )
+        prepare = self._prepare(order, recall, new_messages, worker.chat_format, worker.tokenizer)
+        gathered, max_tokens, assembled = await asyncio.get_running_loop().run_in_executor(self._preparing, prepare)
+        stored = gathered.stored if gathered else None
         # Waiting for the read index, embedding the message and recalling memories come before the
         # model's first token: the times a client is told count them (``prepared_s`` says how much).
         prepared_s = time.perf_counter() - began
@@ -187,6 +180,44 @@ class ChatWorker:
         if request.session_id is not None:
             done.update(await self._record(order, generation, done, assembled))
         yield done
+
+    def _prepare(
+        self,
+        order: WorkOrder,
+        recall: SearchQuery | None,
+        new_messages: list[dict[str, str]],
+        chat_format: ChatFormat,
+        tokenizer: Tokenizer,
+    ) -> Callable[[], tuple[Gathered | None, int, Assembled]]:
+        """The job of a preparing thread: the stored contexts (``recall`` ranks the memories), the reply's
+        token limit their guardrails allow, and the prompt assembled within the model's window."""
+        request = order.request
+
+        def job() -> tuple[Gathered | None, int, Assembled]:
+            gathered = None
+            if request.namespace is not None and recall is not None:
+                gathered = gather(
+                    self._service.store,
+                    request.namespace,
+                    applied_at_least=order.read_index,
+                    session_id=request.session_id,
+                    user_id=request.user_id,
+                    task_id=request.task_id,
+                    recall=recall,
+                )
+            stored = gathered.stored if gathered else StoredContext()
+            max_tokens = self._max_tokens(request, stored.guardrails)
+            assembled = assemble(
+                stored,
+                new_messages,
+                chat_format,
+                tokenizer,
+                budget=self._worker.settings.n_ctx - max_tokens,
+                memory_budget=self._memory_budget,
+            )
+            return gathered, max_tokens, assembled
+
+        return job
 
     async def _record(
         self, order: WorkOrder, generation: Generation, done: dict[str, Any], assembled: Assembled
