@@ -82,7 +82,8 @@ class Chats:
         from mcpdb.inference.prompt_tokens import LlamaTokenizer
 
         self._store, self._namespace, self._vector_of = store, namespace, vector_of
-        self._tokenizer = LlamaTokenizer(Llama(model_path=model_path, vocab_only=True, verbose=False))
+        self._vocab = Llama(model_path=model_path, vocab_only=True, verbose=False)
+        self._tokenizer = LlamaTokenizer(self._vocab)
         self._format = GemmaFormat()
 
     def assembled(self, user_id: str, text: str, turns: list[dict[str, Any]]) -> Any:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import freshness, plots, recall_chats
+from benchmarks import freshness, live_chats, plots, recall_chats
 from benchmarks.memory_corpus import (
     MEMORIES_PER_USER,
     STYLES,
@@ -82,6 +82,7 @@ class RetrievalSettings:
     out: Path | None = None
     embedding_model: str | None = None  # a GGUF file; None: the node's default (all-MiniLM-L6-v2)
     freshness_seconds: float = 30.0  # each load phase of the time-until-searchable run (0: not run)
+    live_chat_users: int = 3  # users whose conversations run on a real node (0: not run)
 
     def command(self) -> str:
         sizes = ",".join(str(size) for size in self.sizes)
@@ -91,6 +92,7 @@ class RetrievalSettings:
                 f" --chat-users {self.chat_users} --chat-filler {self.chat_filler}"
             )
             + (f" --freshness-seconds {self.freshness_seconds:g}" if self.freshness_seconds != 30 else "")
+            + (f" --live-chat-users {self.live_chat_users}" if self.live_chat_users != 3 else "")
             + (f" --out {self.out}" if self.out else "")
             + (f" --embedding-model {self.embedding_model}" if self.embedding_model else "")
         )
@@ -98,14 +100,20 @@ class RetrievalSettings:
     def folder(self) -> Path:
         return plots.run_folder(self.out)
 
+    def live_chats_s(self) -> float:
+        """A node's start and models (~90 s), then ~5 s a chat and ~20 ms to embed a memory."""
+        per_user = len(recall_chats.CONVERSATION) * 5 + (MEMORIES_PER_USER + self.chat_filler) * 0.02
+        return 90 + self.live_chat_users * per_user if self.live_chat_users else 0
+
     def expected_s(self) -> float:
         """Rough length of the run for the progress bar: loads at ~4,000 memories/s, ~50 ms a search."""
         chats = self.chat_users * 8 + self.chat_filler * 0.15
+        live = self.live_chats_s()
         fresh = 60 + len(FRESHNESS_RATES) * (3 * self.freshness_seconds + 10) if self.freshness_seconds else 0
         per_user = self.users * MEMORIES_PER_USER / 4000
         embedding = 0.01 * min(40_000, max(self.sizes, default=0) // 25)  # distinct texts, ~10 ms each
         searches = sum(size / 4000 + self.queries * 0.3 for size in self.sizes)
-        return 30 + chats + fresh + per_user + embedding + searches
+        return 30 + chats + live + fresh + per_user + embedding + searches
 
 
 @dataclass
@@ -395,6 +403,10 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
         results["chats"][str(held)] = measure_chats(vectors, settings.chat_users, extra)
     step(f"chats: {settings.chat_users} users' facts told in turns that left the window", settings.chat_users * 40)
     results["told_earlier"] = measure_told_earlier(settings.chat_users)
+    if settings.live_chat_users:
+        held = MEMORIES_PER_USER + settings.chat_filler
+        step(f"chats on a real node: {settings.live_chat_users} users, {held} memories each", settings.live_chats_s())
+        results["live_chats"] = {str(held): live_chats.measure(settings.live_chat_users, settings.chat_filler)}
     if settings.freshness_seconds:
         step("time until a write is vector-searchable: a 3-node cluster", 60)
         results["freshness"] = measure_freshness(settings)
@@ -545,6 +557,8 @@ def save(results: dict[str, Any], folder: Path) -> None:
     lines += ["", *_table(CHAT_COLUMNS, chat_rows(results))]
     lines += ["", *_table(TOLD_COLUMNS, told_rows(results))]
     lines += ["", *_table(LATENCY_COLUMNS, latency_rows(results))]
+    if "live_chats" in results:
+        lines += ["", *_table(live_chats.COLUMNS, live_chats.rows(results["live_chats"]))]
     if "freshness" in results:
         lines += ["", *_table(freshness.COLUMNS, freshness.rows(results["freshness"]))]
     embedding = results["embedding_ms_per_fact"]

@@ -55,8 +55,8 @@ def test_index_cost_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_retrieval_benchmark_smoke(tmp_path: Path) -> None:
     args = ["--users", "1", "--sizes", "100", "--queries", "3", "--chat-users", "1", "--chat-filler", "20"]
-    args += ["--freshness-seconds", "2"]
-    done, results = run_bench("retrieval", args, tmp_path, timeout=360)
+    args += ["--freshness-seconds", "2", "--live-chat-users", "1"]
+    done, results = run_bench("retrieval", args, tmp_path, timeout=480)
     assert results["command"] == f"mcpdb bench {' '.join(['retrieval', *args])} --out {tmp_path}"
     quality = results["quality"]
     assert {"lexical", "vector", "hybrid", "fts5 (anchor)", "brute-force cosine (ceiling)"} <= set(quality)
@@ -77,6 +77,9 @@ def test_retrieval_benchmark_smoke(tmp_path: Path) -> None:
         assert idle[namespace]["probes"] >= 2 and idle[namespace]["not_found"] == 0
         assert 0 < idle[namespace]["p50_s"] <= idle[namespace]["max_s"] < 10
     assert set(results["freshness"]) == {"0", "50", "500"} and "vector-searchable" in done.stdout
+    live = results["live_chats"]["100"]  # one user's conversation on a real node, the model replying
+    assert live["reply_tokens"] > 0 and 0 < live["follow_up"]["min"] <= live["follow_up"]["mean"] <= 1
+    assert "KV cache held" in done.stdout
 
 
 def _run_module(module: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

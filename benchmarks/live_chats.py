@@ -1,0 +1,153 @@
+"""Follow-ups' cached share on a real node, with the model's own replies (``mcpdb bench retrieval``).
+
+``recall_chats`` measures the share with the node's assembly and tokenizer, and a fixed one-line
+reply after every turn. Here the same conversations run on a real node (the bundled chat model, the
+default embedding model, one slot, a node's defaults otherwise), through the official ``openai``
+client with a session: the model writes each reply (up to ``MAX_REPLY_TOKENS``, the length the
+assistant's guardrail asks for), the session records it, and the share is what the node reports,
+``cached_tokens / prompt_tokens`` of each chat's usage: what llama.cpp's KV cache really held.
+
+Each user's store holds the assistant's instruction and guardrail, the user's profile and the
+user's memories (the corpus's 80 and ``filler`` small talk); the conversation is ``recall_chats``'s:
+four subjects, each asked and then followed up.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.memory_corpus import filler, memories, question, user_id
+from benchmarks.recall_chats import CONVERSATION, GUARDRAIL, INSTRUCTION, profile, summary
+
+NAMESPACE = "live"
+MAX_REPLY_TOKENS = 128  # about the 80 words the guardrail allows
+BATCH = 100
+
+
+def _start_node(folder: Path) -> Any:
+    from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
+
+    cluster = LocalCluster(ClusterLayout.fresh(1), folder)
+    cluster.start_all()
+    try:
+        cluster.wait_ready(timeout=60)
+        cluster.wait_models(timeout=180)
+        deadline = time.monotonic() + 120
+        with httpx.Client(timeout=5) as http:
+            while http.get(cluster.urls()[0] + "/v1/node").json()["inference"]["embedding"] != "ready":
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the embedding model did not load within 120 s")
+                time.sleep(0.5)
+    except BaseException:
+        cluster.stop_all(graceful=False)
+        raise
+    return cluster
+
+
+def _load(http: httpx.Client, url: str, users: int, extra: int) -> None:
+    """The assistant's contexts, then each user's profile and memories; returns once every memory has
+    its vector (the leader embeds them through the log after the writes commit)."""
+    base = f"{url}/v1/namespaces/{NAMESPACE}"
+    http.put(f"{base}/contexts/assistant", json=INSTRUCTION).raise_for_status()
+    http.put(f"{base}/contexts/rules", json=GUARDRAIL).raise_for_status()
+    held = list(memories(users))
+    for number in range(users):
+        http.put(f"{base}/contexts/{user_id(number)}", json=profile(user_id(number))).raise_for_status()
+        held += filler(user_id(number), extra)
+    for at in range(0, len(held), BATCH):
+        ops = [
+            {"op": "put", "id": m.id, "context": {"kind": "memory", "facts": [m.text], "user_id": m.user_id}}
+            for m in held[at : at + BATCH]
+        ]
+        http.post(f"{base}/batch", json={"ops": ops}).raise_for_status()
+    deadline = time.monotonic() + 600
+    params = {"q": "note", "mode": "vector", "kind": "memory"}
+    while http.get(f"{base}/search", params=params).json()["unembedded"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the node did not embed the memories within 600 s")
+        time.sleep(1.0)
+
+
+def _conversations(url: str, model: str, users: int) -> dict[str, list[float]]:
+    import openai
+
+    api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    shares: dict[str, list[float]] = {"follow_up": [], "new_subject": [], "prompt_tokens": [], "reply_tokens": []}
+    for number in range(users):
+        session = f"live-{uuid.uuid4().hex[:12]}"
+        for turn, (topic, style) in enumerate(CONVERSATION):
+            asked = question(number, topic, style)
+            reply = api.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": asked.text}],
+                max_tokens=MAX_REPLY_TOKENS,
+                temperature=0,
+                extra_body={"namespace": NAMESPACE, "session_id": session, "user_id": asked.user_id},
+            )
+            usage = reply.usage
+            assert usage is not None and usage.prompt_tokens_details is not None, "a node reports its usage"
+            shares["prompt_tokens"].append(usage.prompt_tokens)
+            shares["reply_tokens"].append(usage.completion_tokens)
+            if turn:
+                cached = (usage.prompt_tokens_details.cached_tokens or 0) / usage.prompt_tokens
+                shares["follow_up" if style == "direct" else "new_subject"].append(cached)
+    return shares
+
+
+def measure(users: int, extra: int) -> dict[str, Any]:
+    """``users`` users' conversations on one fresh node holding their memories and ``extra`` filler each."""
+    folder = Path(tempfile.mkdtemp(prefix="mcpdb-bench-live-chats-"))
+    cluster = _start_node(folder)
+    try:
+        url = cluster.urls()[0]
+        with httpx.Client(timeout=120) as http:
+            _load(http, url, users, extra)
+            model = http.get(url + "/v1/models").json()["data"][0]["id"]
+        shares = _conversations(url, model, users)
+    finally:
+        cluster.stop_all()
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "users": users,
+        "follow_up": summary(shares["follow_up"]),
+        "new_subject": summary(shares["new_subject"]),
+        "prompt_tokens": sum(shares["prompt_tokens"]) / len(shares["prompt_tokens"]),
+        "reply_tokens": sum(shares["reply_tokens"]) / len(shares["reply_tokens"]),
+    }
+
+
+COLUMNS = (
+    "memories per user",
+    "users",
+    "prompt tokens: mean",
+    "reply tokens: mean",
+    "follow-ups cached: mean",
+    "min",
+    "over 90%",
+    "new subject: mean",
+    "min",
+)
+
+
+def rows(results: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            held,
+            str(r["users"]),
+            f"{r['prompt_tokens']:.0f}",
+            f"{r['reply_tokens']:.0f}",
+            f"{r['follow_up']['mean']:.3f}",
+            f"{r['follow_up']['min']:.3f}",
+            f"{r['follow_up']['over_90']:.2f}",
+            f"{r['new_subject']['mean']:.3f}",
+            f"{r['new_subject']['min']:.3f}",
+        ]
+        for held, r in results.items()
+    ]
