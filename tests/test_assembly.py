@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mcpdb.errors import ContextTooLarge
 from mcpdb.inference import turn_recall
-from mcpdb.inference.assembly import Assembled, StoredContext, assemble, recalled_by, with_recall
+from mcpdb.inference.assembly import Assembled, StoredContext, assemble, drop_points, recalled_by, with_recall
 from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, Piece, TemplateFormat
 from mcpdb.inference.turn_recall import TurnIndex
 from mcpdb.retrieval import lexical
@@ -144,7 +144,7 @@ def test_turns_are_dropped_in_chunks_so_the_prefix_survives_the_next_turn(
     bare = _assemble(StoredContext(**{**stored.__dict__, "turns": []}), new, 10**9).prompt_tokens
     budget = bare + int(fraction * (full - bare))
     first = _assemble(stored, new, budget)
-    assert first.omitted["turns"] % 4 == 0 or first.kept_turns == 0
+    assert first.omitted["turns"] in drop_points(stored.turns, budget)
     grown = StoredContext(
         **{
             **stored.__dict__,
@@ -308,7 +308,8 @@ def test_the_window_drops_the_fewest_chunks_of_turns_that_fit(stored: StoredCont
     dropped = result.omitted["turns"]
     if dropped == 0:
         return
-    one_chunk_fewer = max(0, dropped - 4 if dropped % 4 == 0 else dropped - dropped % 4)
+    points = drop_points(stored.turns, budget)
+    one_chunk_fewer = points[points.index(dropped) - 1]
     kept_more = StoredContext(**{**stored.__dict__, "turns": stored.turns[one_chunk_fewer:]})
     assert _assemble(kept_more, new, 10**9, memory_budget=0).prompt_tokens > budget
 
@@ -353,3 +354,24 @@ def test_a_huge_session_is_not_tokenized_past_what_could_fit() -> None:
     result = assemble(stored, [{"role": "user", "content": "harbor 5"}], GemmaFormat(), counting, 1000, 100)
     assert 0 < result.kept_turns and result.prompt_tokens <= 1000
     assert counting.chars < 20 * 1000 * 16
+
+
+def test_a_long_conversation_keeps_its_prompt_start_for_a_quarter_window_at_a_time() -> None:
+    """Sixty exchanges in a 1,000-token window, each about 40 tokens: past the window, a chat whose
+    window kept its start reuses the whole last prompt from the KV cache, one that moved on recomputes
+    all of it. Chunks of a quarter of the window move it every ~6 exchanges (36 chats kept it, 7
+    moved); chunks of four turns moved it every second one (21 kept, 22 moved)."""
+    stored = StoredContext(instructions=[{"role": "assistant", "text": "Be brief.", "domains": []}])
+    turns: list[dict] = []
+    previous, kept_start, moved = "", 0, 0
+    for number in range(60):
+        question, answer = f"question {number} " + "q" * 70, f"answer {number} " + "a" * 70
+        result = _assemble(StoredContext(**{**stored.__dict__, "turns": turns}), question, 1000, memory_budget=0)
+        if result.omitted["turns"]:  # past the window
+            if result.prompt.startswith(previous):
+                kept_start += 1
+            else:
+                moved += 1
+        previous = result.prompt + answer
+        turns += [_recorded(question, result), {"role": "assistant", "content": answer}]
+    assert moved > 0 and kept_start >= 4 * moved

@@ -21,9 +21,11 @@ whole of the last one, so the KV cache keeps everything but the new message.
 
 Budget is n_ctx minus max_tokens, counted with the model's own tokenizer, which reads
 control tokens only in the chat format's own text (``prompt_tokens``).
-When over budget, the oldest turns go first, in chunks of ``turn_chunk``
-(dropping one turn per request would shift the prompt every turn and defeat
-KV reuse; dropping in chunks keeps it byte-stable for several turns), then
+When over budget, the oldest turns go first, in chunks of about a quarter of
+the window (``drop_points``: dropping one turn per request would shift the
+prompt every turn and defeat KV reuse; a chunk of four turns shifted it every
+second exchange, each time recomputing the whole window; a quarter of it keeps
+the prompt byte-stable for the next quarter's worth of conversation), then
 the new recall, then the profile, then the task. Instructions, guardrails and
 the request's own messages are never dropped: if they alone do not fit, the
 request is refused. The result says what was left out and which memories the
@@ -189,6 +191,20 @@ def _recall(
     return _Recall(memory_ids, positions, _recall_text(lines))
 
 
+def drop_points(turns: list[dict[str, Any]], chunk_chars: int) -> list[int]:
+    """How many of ``turns`` a window may drop: 0, then the end of each run of turns holding at least
+    ``chunk_chars`` characters, and all of them. A point depends only on the turns before it, so a
+    growing session's points stay where they were, and so does its prompt's start until the window
+    has to move on to the next one."""
+    points, held = [0], 0
+    for position, turn in enumerate(turns, 1):
+        held += len(turn["content"])
+        if held >= chunk_chars or position == len(turns):
+            points.append(position)
+            held = 0
+    return points
+
+
 def _last_user(messages: list[dict[str, str]]) -> int | None:
     users = [i for i, message in enumerate(messages) if message["role"] == "user"]
     return users[-1] if users else None
@@ -225,14 +241,13 @@ def assemble(
     tokenizer: Tokenizer,
     budget: int,
     memory_budget: int,
-    turn_chunk: int = 4,
 ) -> Assembled:
     """The fullest prompt within ``budget`` tokens, recalling memories within ``memory_budget`` of them;
     raises ContextTooLarge when even the minimum (instructions, guardrails, new messages) does not fit.
 
     How many chunks of turns to drop is found by bisection, each try rendering and tokenizing a whole
-    prompt: tried one chunk after another, a session one window past the model's made ~30 tries of
-    6,000 tokens, 2.4 s of the tokenizer per chat on this machine. The prompt shrinks as turns go
+    prompt (tried one chunk of four turns after another, a session one window past the model's made
+    ~30 tries of 6,000 tokens, 2.4 s of the tokenizer per chat on this machine). The prompt shrinks as turns go
     (the earlier turns recalled instead add at most the memory budget back), so the bisection finds
     the fewest drops that fit; were it ever not monotone, it still returns a plan that fits. A try
     whose kept turns, or whole prompt, hold more than ``MAX_CHARS_PER_TOKEN`` characters per token of
@@ -289,7 +304,9 @@ def assemble(
             recall.turns,
         )
 
-    drops = list(range(0, turn_count, turn_chunk)) + [turn_count]  # first the turns go, oldest first
+    # First the turns go, oldest first, a chunk at a time: ``budget`` characters, about a quarter of the
+    # budget's tokens at English's ~4 characters a token.
+    drops = drop_points(stored.turns, budget)
     found = attempt(0, True, True, True)
     if found is not None:
         return found
