@@ -3,9 +3,10 @@
 ``recall_chats`` measures the share with the node's assembly and tokenizer, and a fixed one-line
 reply after every turn. Here the same conversations run on a real node (the bundled chat model, the
 default embedding model, one slot, a node's defaults otherwise), through the official ``openai``
-client with a session: the model writes each reply (up to ``MAX_REPLY_TOKENS``, the length the
-assistant's guardrail asks for), the session records it, and the share is what the node reports,
-``cached_tokens / prompt_tokens`` of each chat's usage: what llama.cpp's KV cache really held.
+client with a session: the model writes each reply (up to ``reply_tokens``, by default
+``REPLY_TOKENS``, the length the assistant's guardrail asks for), the session records it, and the
+share is what the node reports, ``cached_tokens / prompt_tokens`` of each chat's usage: what
+llama.cpp's KV cache really held.
 
 Each user's store holds the assistant's instruction and guardrail, the user's profile and the
 user's memories (the corpus's 80 and ``filler`` small talk); the conversation is ``recall_chats``'s:
@@ -27,7 +28,7 @@ from benchmarks.memory_corpus import filler, memories, question, user_id
 from benchmarks.recall_chats import CONVERSATION, GUARDRAIL, INSTRUCTION, profile, summary
 
 NAMESPACE = "live"
-MAX_REPLY_TOKENS = 128  # about the 80 words the guardrail allows
+REPLY_TOKENS = 128  # about the 80 words the guardrail allows
 BATCH = 100
 
 
@@ -75,7 +76,7 @@ def _load(http: httpx.Client, url: str, users: int, extra: int) -> None:
         time.sleep(1.0)
 
 
-def _conversations(url: str, model: str, users: int) -> dict[str, list[float]]:
+def _conversations(url: str, model: str, users: int, reply_tokens: int) -> dict[str, list[float]]:
     import openai
 
     api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
@@ -87,7 +88,7 @@ def _conversations(url: str, model: str, users: int) -> dict[str, list[float]]:
             reply = api.chat.completions.create(
                 model=model,
                 messages=[{"role": "user", "content": asked.text}],
-                max_tokens=MAX_REPLY_TOKENS,
+                max_tokens=reply_tokens,
                 temperature=0,
                 extra_body={"namespace": NAMESPACE, "session_id": session, "user_id": asked.user_id},
             )
@@ -101,8 +102,9 @@ def _conversations(url: str, model: str, users: int) -> dict[str, list[float]]:
     return shares
 
 
-def measure(users: int, extra: int) -> dict[str, Any]:
-    """``users`` users' conversations on one fresh node holding their memories and ``extra`` filler each."""
+def measure(users: int, extra: int, reply_tokens: int = REPLY_TOKENS) -> dict[str, Any]:
+    """``users`` users' conversations on one fresh node holding their memories and ``extra`` filler each,
+    each reply up to ``reply_tokens``."""
     folder = Path(tempfile.mkdtemp(prefix="mcpdb-bench-live-chats-"))
     cluster = _start_node(folder)
     try:
@@ -110,7 +112,7 @@ def measure(users: int, extra: int) -> dict[str, Any]:
         with httpx.Client(timeout=120) as http:
             _load(http, url, users, extra)
             model = http.get(url + "/v1/models").json()["data"][0]["id"]
-        shares = _conversations(url, model, users)
+        shares = _conversations(url, model, users, reply_tokens)
     finally:
         cluster.stop_all()
         shutil.rmtree(folder, ignore_errors=True)

@@ -83,6 +83,7 @@ class RetrievalSettings:
     embedding_model: str | None = None  # a GGUF file; None: the node's default (all-MiniLM-L6-v2)
     freshness_seconds: float = 30.0  # each load phase of the time-until-searchable run (0: not run)
     live_chat_users: int = 3  # users whose conversations run on a real node (0: not run)
+    live_reply_tokens: int = live_chats.REPLY_TOKENS  # each reply's limit in those conversations
 
     def command(self) -> str:
         sizes = ",".join(str(size) for size in self.sizes)
@@ -93,6 +94,11 @@ class RetrievalSettings:
             )
             + (f" --freshness-seconds {self.freshness_seconds:g}" if self.freshness_seconds != 30 else "")
             + (f" --live-chat-users {self.live_chat_users}" if self.live_chat_users != 3 else "")
+            + (
+                f" --live-reply-tokens {self.live_reply_tokens}"
+                if self.live_reply_tokens != live_chats.REPLY_TOKENS
+                else ""
+            )
             + (f" --out {self.out}" if self.out else "")
             + (f" --embedding-model {self.embedding_model}" if self.embedding_model else "")
         )
@@ -406,7 +412,9 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
     if settings.live_chat_users:
         held = MEMORIES_PER_USER + settings.chat_filler
         step(f"chats on a real node: {settings.live_chat_users} users, {held} memories each", settings.live_chats_s())
-        results["live_chats"] = {str(held): live_chats.measure(settings.live_chat_users, settings.chat_filler)}
+        results["live_chats"] = {
+            str(held): live_chats.measure(settings.live_chat_users, settings.chat_filler, settings.live_reply_tokens)
+        }
     if settings.freshness_seconds:
         step("time until a write is vector-searchable: a 3-node cluster", 60)
         results["freshness"] = measure_freshness(settings)

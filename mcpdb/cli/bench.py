@@ -180,6 +180,9 @@ def retrieval(
     live_chat_users: Annotated[
         int, typer.Option(help="Users whose conversations run on a real node with the model's replies (0: skip).")
     ] = 3,
+    live_reply_tokens: Annotated[
+        int, typer.Option(help="Each reply's token limit in the conversations on a real node.")
+    ] = 128,
 ) -> None:
     """How well search chooses memories (recall@1/@5, MRR beside FTS5 and brute force) and how fast."""
     with source_checkout("mcpdb bench", "benchmarks"):
@@ -199,8 +202,8 @@ def retrieval(
         raise CliError(f"--chat-filler must be between 1 and {memory_corpus.FILLERS}")
     if freshness_seconds < 0:
         raise CliError("--freshness-seconds must be 0 (skip) or more")
-    if live_chat_users < 0:
-        raise CliError("--live-chat-users must be 0 (skip) or more")
+    if live_chat_users < 0 or live_reply_tokens < 1:
+        raise CliError("--live-chat-users must be 0 (skip) or more, --live-reply-tokens at least 1")
     if embedding_model is not None and not embedding_model.is_file():
         raise CliError(f"--embedding-model {embedding_model}: no such file")
     settings = retrieval_bench.RetrievalSettings(
@@ -213,6 +216,7 @@ def retrieval(
         str(embedding_model) if embedding_model else None,
         freshness_seconds,
         live_chat_users,
+        live_reply_tokens,
     )
     folder = settings.folder()
     results = _run_with_progress(settings, retrieval_bench.run)
