@@ -107,6 +107,7 @@ class Chats:
             self._tokenizer,
             budget=N_CTX - MAX_TOKENS,
             memory_budget=MEMORY_BUDGET,
+            window=N_CTX,
         )
 
     def all_or_nothing(self, user_id: str, text: str, held: list[Memory]) -> tuple[bool, int]:

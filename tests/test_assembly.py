@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from mcpdb.errors import ContextTooLarge
 from mcpdb.inference import turn_recall
-from mcpdb.inference.assembly import Assembled, StoredContext, assemble, drop_points, recalled_by, with_recall
+from mcpdb.inference.assembly import (
+    DROP_SHARE,
+    Assembled,
+    StoredContext,
+    assemble,
+    drop_points,
+    recalled_by,
+    with_recall,
+)
 from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, Piece, TemplateFormat
 from mcpdb.inference.turn_recall import TurnIndex
 from mcpdb.retrieval import lexical
@@ -22,6 +30,8 @@ words = st.text(alphabet="abcdefghij ", min_size=1, max_size=60).map(str.strip).
 
 class CharTokenizer:
     """A stand-in tokenizer: one token per 4 characters (the real one is used in integration tests)."""
+
+    max_token_chars = 4
 
     def text(self, text: str) -> list[int]:
         return [0] * (len(text) // 4 + 1)
@@ -144,7 +154,6 @@ def test_turns_are_dropped_in_chunks_so_the_prefix_survives_the_next_turn(
     bare = _assemble(StoredContext(**{**stored.__dict__, "turns": []}), new, 10**9).prompt_tokens
     budget = bare + int(fraction * (full - bare))
     first = _assemble(stored, new, budget)
-    assert first.omitted["turns"] in drop_points(stored.turns, budget)
     grown = StoredContext(
         **{
             **stored.__dict__,
@@ -300,7 +309,8 @@ def test_turn_metadata_of_another_shape_is_not_taken_for_a_recall(value: object)
 @settings(max_examples=300, deadline=None)
 @given(stored=stored_contexts(min_turns=1), new=words, fraction=st.floats(0.0, 1.0))
 def test_the_window_drops_the_fewest_chunks_of_turns_that_fit(stored: StoredContext, new: str, fraction: float) -> None:
-    """The bisection over how many chunks to drop finds the fewest, as trying them in turn would."""
+    """The bisection over how many chunks to drop finds the fewest, as trying them in turn would (or
+    turns, where it tried the chunk before turn by turn)."""
     full = _assemble(stored, new, 10**9, memory_budget=0).prompt_tokens
     bare = _assemble(StoredContext(**{**stored.__dict__, "turns": []}), new, 10**9, memory_budget=0).prompt_tokens
     budget = bare + int(fraction * (full - bare))
@@ -308,8 +318,8 @@ def test_the_window_drops_the_fewest_chunks_of_turns_that_fit(stored: StoredCont
     dropped = result.omitted["turns"]
     if dropped == 0:
         return
-    points = drop_points(stored.turns, budget)
-    one_chunk_fewer = points[points.index(dropped) - 1]
+    points = drop_points(stored.turns, budget // DROP_SHARE)
+    one_chunk_fewer = points[points.index(dropped) - 1] if dropped in points else dropped - 1
     kept_more = StoredContext(**{**stored.__dict__, "turns": stored.turns[one_chunk_fewer:]})
     assert _assemble(kept_more, new, 10**9, memory_budget=0).prompt_tokens > budget
 
@@ -375,3 +385,30 @@ def test_a_long_conversation_keeps_its_prompt_start_for_a_quarter_window_at_a_ti
         previous = result.prompt + answer
         turns += [_recorded(question, result), {"role": "assistant", "content": answer}]
     assert moved > 0 and kept_start >= 4 * moved
+
+
+class DenseTokenizer(CharTokenizer):
+    """One token per character: text far denser than ``estimated_tokens`` takes it for."""
+
+    max_token_chars = 1
+
+    def text(self, text: str) -> list[int]:
+        return [0] * len(text)
+
+
+@pytest.mark.parametrize("turn_count", [30, 32, 40, 60, 80])
+def test_a_session_past_the_window_keeps_at_least_half_of_it(turn_count: int) -> None:
+    """Chunks are sized by each turn as the prompt shows it, what it recalled included (counted by
+    content alone, a session of short questions that each recalled ~200 tokens made one chunk of the
+    whole window and lost every turn at once); and text denser than estimated is dropped turn by turn."""
+    recall = "What you remember that may matter here:\n" + "\n".join(f"- fact {i} " + "f" * 60 for i in range(12))
+    turns = []
+    for number in range(turn_count // 2):
+        turns.append({"role": "user", "content": f"question {number}?", "metadata": {"recalled": recall}})
+        turns.append({"role": "assistant", "content": "ok"})
+    stored = StoredContext(instructions=[{"role": "r", "text": "t", "domains": []}], turns=turns)
+    for chosen in (CharTokenizer(), DenseTokenizer()):
+        full = assemble(stored, [{"role": "user", "content": "next?"}], GemmaFormat(), chosen, 10**9, 0)
+        budget = 3840 if chosen.max_token_chars == 4 else 3840 * 4
+        result = assemble(stored, [{"role": "user", "content": "next?"}], GemmaFormat(), chosen, budget, 0)
+        assert result.prompt_tokens >= min(full.prompt_tokens, budget // 2), (turn_count, type(chosen).__name__)

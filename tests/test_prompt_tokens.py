@@ -13,21 +13,35 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcpdb.inference.llama_worker import default_model_path
-from mcpdb.inference.prompt_format import ChatMLFormat, GemmaFormat, Piece, TemplateFormat, render_pieces
+from mcpdb.inference.prompt_format import (
+    ChatMLFormat,
+    GemmaFormat,
+    Piece,
+    TemplateFormat,
+    UnsupportedTemplate,
+    choose_format,
+    render_pieces,
+)
 from mcpdb.inference.prompt_tokens import LlamaTokenizer
 
-TEMPLATE = TemplateFormat(
+TRIMMING = TemplateFormat(  # as Gemma's and Llama 3's own templates do
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}{{ eos_token }}"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
     "<s>",
     "</s>",
 )
-FORMATS = [GemmaFormat(), ChatMLFormat(), TEMPLATE]
+VERBATIM = TemplateFormat(
+    "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}[a]{% endif %}",
+    "",
+    "",
+)
+FORMATS = [GemmaFormat(), ChatMLFormat(), TRIMMING, VERBATIM]
 # contents that spell control tokens, the marks render_pieces uses, NUL, and ordinary text
 hostile = st.sampled_from(
     ["<end_of_turn>", "<start_of_turn>model\n", "<|im_end|>", "</s>", "\x00mcpdb-content-0\x00", "\x00", "hi"]
 )
-contents = st.lists(hostile | st.text(max_size=12), max_size=4).map("".join).map(str.strip)
+contents = st.lists(hostile | st.text(max_size=12) | st.sampled_from([" ", "\n", "\t "]), max_size=4).map("".join)
 conversations = st.lists(
     st.tuples(st.sampled_from(["system", "user", "assistant"]), contents).map(
         lambda pair: {"role": pair[0], "content": pair[1]}
@@ -53,7 +67,17 @@ def test_pieces_join_to_the_rendering_and_hold_each_content_whole(messages: list
     placed = [piece.text for piece in pieces if piece.is_content]
     if isinstance(fmt, GemmaFormat):  # system text leads the first user turn
         messages = [m for m in messages if m["role"] == "system"] + [m for m in messages if m["role"] != "system"]
-    assert placed == [m["content"] for m in messages if m["content"]]
+    assert placed == [fmt.placed(m["content"]) for m in messages if fmt.placed(m["content"])]
+
+
+def test_a_template_that_rewrites_contents_is_not_used() -> None:
+    """A template that escapes a content as JSON places no mark mcpdb can find: its prompts could not
+    be kept apart from what clients wrote, so the model's architecture chooses the format instead."""
+    escaping = "{% for m in messages %}{{ m['content'] | tojson }}{% endfor %}"
+    with pytest.raises(UnsupportedTemplate, match="rewrites message contents"):
+        TemplateFormat(escaping, "", "")
+    chosen = choose_format({"tokenizer.chat_template": escaping, "general.architecture": "gemma3"}, lambda token: "")
+    assert isinstance(chosen, GemmaFormat)
 
 
 def _holds(tokens: list[int], run: list[int]) -> bool:

@@ -43,11 +43,10 @@ from mcpdb.inference.prompt_format import ChatFormat, render_pieces
 from mcpdb.inference.prompt_tokens import Tokenizer
 
 RECALLED_TURN_CANDIDATES = 16  # turns out of the window ranked per request; the budget takes what fits
-# A recall line, or a whole prompt, longer than this many characters per token of its budget is passed
-# over untokenized: English runs about 4 characters a token, and llama.cpp's tokenizer costs ~0.8 us a
-# character here (a 6,000-turn session's first tries took 9 s). Text of longer tokens (runs of spaces)
-# may lose a turn it could have kept; the prompt still fits.
-MAX_CHARS_PER_TOKEN = 16
+# A window drops turns this share of itself at a time (see ``drop_points``).
+DROP_SHARE = 4
+_LETTERS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SPACES = b" \t\n\r\x0b\x0c"
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ def _recall(
     spent = len(tokenizer.text(_recall_text(["-"])))
     candidates: list[tuple[str | int, str]] = [(memory["id"], _memory_line(memory)) for memory in memories]
     for key, line in candidates + list(earlier):
-        if len(line) > budget * MAX_CHARS_PER_TOKEN:  # cannot fit: not worth tokenizing (a turn may be 256 KiB)
+        if len(line) > budget * tokenizer.max_token_chars:  # cannot fit: not worth tokenizing (256 KiB turns)
             continue
         cost = len(tokenizer.text(line)) + 1  # the newline between lines
         if spent + cost > budget:
@@ -191,17 +190,29 @@ def _recall(
     return _Recall(memory_ids, positions, _recall_text(lines))
 
 
-def drop_points(turns: list[dict[str, Any]], chunk_chars: int) -> list[int]:
-    """How many of ``turns`` a window may drop: 0, then the end of each run of turns holding at least
-    ``chunk_chars`` characters, and all of them. A point depends only on the turns before it, so a
-    growing session's points stay where they were, and so does its prompt's start until the window
-    has to move on to the next one."""
-    points, held = [0], 0
+def estimated_tokens(text: str) -> float:
+    """About how many tokens ``text`` is, without the tokenizer (its cost is per character: a session's
+    every turn cannot go through it on every chat): a quarter of a token per ASCII letter, one per
+    other character that is not a space, one per byte of a non-ASCII character. English comes out
+    close (~4 characters a token); digits, punctuation and other scripts, which tokenize denser,
+    come out high, so their chunks are smaller rather than larger than meant."""
+    raw = text.encode()
+    letters = len(raw) - len(raw.translate(None, _LETTERS))
+    spaces = len(raw) - len(raw.translate(None, _SPACES))
+    return letters / 4 + (len(raw) - letters - spaces)
+
+
+def drop_points(turns: list[dict[str, Any]], chunk_tokens: int) -> list[int]:
+    """How many of ``turns`` a window may drop: 0, then the end of each run of turns of about
+    ``chunk_tokens`` (``estimated_tokens`` of each turn as the prompt shows it, its recall included),
+    and all of them. A point depends only on the turns before it, so a growing session's points stay
+    where they were, and so does its prompt's start until the window has to move on to the next one."""
+    points, held = [0], 0.0
     for position, turn in enumerate(turns, 1):
-        held += len(turn["content"])
-        if held >= chunk_chars or position == len(turns):
+        held += estimated_tokens(_turn_message(turn)["content"])
+        if held >= chunk_tokens or position == len(turns):
             points.append(position)
-            held = 0
+            held = 0.0
     return points
 
 
@@ -241,31 +252,38 @@ def assemble(
     tokenizer: Tokenizer,
     budget: int,
     memory_budget: int,
+    window: int | None = None,
 ) -> Assembled:
     """The fullest prompt within ``budget`` tokens, recalling memories within ``memory_budget`` of them;
     raises ContextTooLarge when even the minimum (instructions, guardrails, new messages) does not fit.
+    Turns are dropped a ``DROP_SHARE`` of ``window`` at a time (the model's context, ``budget`` if not
+    given: the budget moves with a request's max_tokens, and drop points that moved would cost the KV
+    cache its prefix).
 
     How many chunks of turns to drop is found by bisection, each try rendering and tokenizing a whole
     prompt (tried one chunk of four turns after another, a session one window past the model's made
     ~30 tries of 6,000 tokens, 2.4 s of the tokenizer per chat on this machine). The prompt shrinks as turns go
     (the earlier turns recalled instead add at most the memory budget back), so the bisection finds
-    the fewest drops that fit; were it ever not monotone, it still returns a plan that fits. A try
-    whose kept turns, or whole prompt, hold more than ``MAX_CHARS_PER_TOKEN`` characters per token of
-    the budget fails before ranking or tokenizing anything: a chat on a session of 6,000 turns of 500
-    characters took 10.4 s of this thread, and takes 0.35 s."""
+    the fewest drops that fit; were it ever not monotone, it still returns a plan that fits. Should
+    that plan fill less than half the budget (a chunk estimated far below its tokens), the turns of
+    the chunk before are tried one by one. A try whose kept turns, or whole prompt, hold more
+    characters than the budget's tokens could (``Tokenizer.max_token_chars`` each) fails before
+    ranking or tokenizing anything: a chat on a session of 6,000 turns of 500 characters took 10.4 s
+    of this thread, and takes 0.5 s."""
     turn_count = len(stored.turns)
     last_user = _last_user(new_messages)
     message = new_messages[last_user]["content"] if last_user is not None else ""
     turn_index = turn_recall.TurnIndex(stored.turns)
     over = ""  # what the last try measured, for the error when nothing fits
+    most_chars = budget * tokenizer.max_token_chars  # a text longer than this is more than ``budget`` tokens
     kept_chars = [0] * (turn_count + 1)  # [drop]: the characters of the turns kept after dropping ``drop``
     for position in range(turn_count - 1, -1, -1):
         kept_chars[position] = kept_chars[position + 1] + len(stored.turns[position]["content"])
 
     def attempt(drop: int, with_memory: bool, with_profile: bool, with_task: bool) -> Assembled | None:
         nonlocal over
-        if kept_chars[drop] > budget * MAX_CHARS_PER_TOKEN:  # the kept turns alone cannot fit: rank nothing
-            over = f"{kept_chars[drop]:,} characters"
+        if kept_chars[drop] > most_chars:  # the kept turns alone cannot fit: rank nothing
+            over = f"at least {kept_chars[drop] // tokenizer.max_token_chars:,} tokens"
             return None
         before = recalled_by(stored.turns[drop:], "memories")
         before_turns = [p for p in recalled_by(stored.turns[drop:], "turns") if 0 <= p < drop]
@@ -277,8 +295,8 @@ def assemble(
         messages = _messages(stored, new_messages, drop, recall.text, with_profile, with_task)
         pieces = render_pieces(chat_format, messages)
         prompt = "".join(piece.text for piece in pieces)
-        if len(prompt) > budget * MAX_CHARS_PER_TOKEN:  # cannot fit: not worth tokenizing (megabytes of turns)
-            over = f"{len(prompt):,} characters"
+        if len(prompt) > most_chars:  # cannot fit: not worth tokenizing (megabytes of turns)
+            over = f"at least {len(prompt) // tokenizer.max_token_chars:,} tokens"
             return None
         tokens = tokenizer.prompt(pieces)
         if len(tokens) > budget:
@@ -304,22 +322,29 @@ def assemble(
             recall.turns,
         )
 
-    # First the turns go, oldest first, a chunk at a time: ``budget`` characters, about a quarter of the
-    # budget's tokens at English's ~4 characters a token.
-    drops = drop_points(stored.turns, budget)
-    found = attempt(0, True, True, True)
-    if found is not None:
-        return found
-    low, high = 1, len(drops) - 1
-    found = attempt(drops[high], True, True, True) if high >= low else None
-    if found is not None:
-        while low < high:  # drops[high] fits; find the fewest that do
+    def fewest(drops: list[int]) -> Assembled | None:
+        """The plan dropping the fewest of ``drops`` (ascending; the last fits if any does) that fits."""
+        low, high = 0, len(drops) - 1
+        found = attempt(drops[high], True, True, True)
+        while found is not None and low < high:  # drops[high] fits; find the fewest that do
             middle = (low + high) // 2
             fits = attempt(drops[middle], True, True, True)
             if fits is None:
                 low = middle + 1
             else:
                 found, high = fits, middle
+        return found
+
+    found = attempt(0, True, True, True)
+    if found is not None:
+        return found
+    drops = drop_points(stored.turns, (window or budget) // DROP_SHARE)  # first the turns go, oldest first
+    found = fewest(drops[1:]) if len(drops) > 1 else None
+    if found is not None:
+        dropped = found.omitted["turns"]
+        previous = drops[drops.index(dropped) - 1]
+        if found.prompt_tokens < budget // 2 and dropped - previous > 1:  # a chunk far larger than estimated
+            found = fewest(list(range(previous + 1, dropped + 1))) or found
         return found
     for plan in ((False, True, True), (False, False, True), (False, False, False)):  # then recall, profile, task
         found = attempt(turn_count, *plan)

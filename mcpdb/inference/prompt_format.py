@@ -23,12 +23,15 @@ in the format's pieces only.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+_log = logging.getLogger(__name__)
 
 
 class ChatFormat(Protocol):
@@ -41,6 +44,9 @@ class ChatFormat(Protocol):
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The prompt text, without the BOS token (the tokenizer adds it)."""
+
+    def placed(self, content: str) -> str:
+        """A message's content as the format places it in the prompt."""
 
 
 @dataclass(frozen=True)
@@ -61,17 +67,18 @@ def render_pieces(
     chat_format: ChatFormat, messages: list[dict[str, str]], add_generation_prompt: bool = True
 ) -> list[Piece]:
     """``chat_format.render(messages)`` as pieces whose texts join to it, contents apart from the format's
-    text. Each content is rendered as a mark and put back where the format placed it, so this holds
-    for any format that places contents verbatim (a Jinja template may place one twice, or not at all).
-    An empty content stays empty: a format may render an empty message differently."""
-    marked = [{**m, "content": _MARK.format(i) if m["content"] else ""} for i, m in enumerate(messages)]
+    text. Each content is rendered as a mark and put back where the format placed it, as the format
+    places it (``placed``: a template may trim it; one may place it twice, or not at all). A content
+    that places as empty stays empty: a format may render an empty message differently."""
+    placed = [chat_format.placed(m["content"]) for m in messages]
+    marked = [{**m, "content": _MARK.format(i) if placed[i] else ""} for i, m in enumerate(messages)]
     rendered = chat_format.render(marked, add_generation_prompt)
     pieces: list[Piece] = []
     at = 0
     for mark in _MARKS.finditer(rendered):
         if mark.start() > at:
             pieces.append(Piece(rendered[at : mark.start()], is_content=False))
-        pieces.append(Piece(messages[int(mark.group(1))]["content"], is_content=True))
+        pieces.append(Piece(placed[int(mark.group(1))], is_content=True))
         at = mark.end()
     if at < len(rendered):
         pieces.append(Piece(rendered[at:], is_content=False))
@@ -87,6 +94,9 @@ class GemmaFormat:
     @property
     def stop(self) -> list[str]:
         return ["<end_of_turn>"]
+
+    def placed(self, content: str) -> str:
+        return content
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
@@ -116,6 +126,25 @@ class TemplateFormat:
         self._bos = bos_token
         self._eos = eos_token
         self.stop = [eos_token] if eos_token else []
+        self._trims = self._probe_placement()
+
+    def _probe_placement(self) -> bool:
+        """Whether the template trims a content (Gemma's and Llama 3's do: ``| trim``); raises
+        UnsupportedTemplate for one that places contents neither verbatim nor trimmed (escaped as
+        JSON, cut): its prompt could not be kept apart from the contents it holds."""
+        probe = "\x01mcpdb\x01"
+        try:
+            rendered = self.render([{"role": "user", "content": f" {probe} "}])
+        except Exception as error:  # noqa: BLE001 - any template failure means it cannot be used
+            raise UnsupportedTemplate(f"the model's chat template failed on a plain message: {error}") from error
+        if f" {probe} " in rendered:
+            return False
+        if probe in rendered:
+            return True
+        raise UnsupportedTemplate("the model's chat template rewrites message contents (not verbatim, not trimmed)")
+
+    def placed(self, content: str) -> str:
+        return content.strip() if self._trims else content
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         text = self._template.render(
@@ -124,6 +153,10 @@ class TemplateFormat:
         if self._bos and text.startswith(self._bos):
             text = text[len(self._bos) :]  # the tokenizer adds BOS itself
         return text
+
+
+class UnsupportedTemplate(ValueError):
+    """A GGUF chat template mcpdb cannot render apart from the contents it places."""
 
 
 def _raise_template_error(message: str) -> None:
@@ -140,6 +173,9 @@ class ChatMLFormat:
     def stop(self) -> list[str]:
         return ["<|im_end|>"]
 
+    def placed(self, content: str) -> str:
+        return content
+
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
         return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
@@ -151,18 +187,22 @@ def _special_token(metadata: dict[str, str], key: str, token_text: Callable[[int
 
 
 def choose_format(metadata: dict[str, str], token_text: Callable[[int], str]) -> ChatFormat:
-    """The GGUF's template if it has one; Gemma's turns for Gemma models; ChatML otherwise.
+    """The GGUF's template if it has one that places contents verbatim or trimmed; else Gemma's turns
+    for Gemma models; ChatML otherwise.
 
     ``token_text`` maps a token id to its text: a template names BOS and EOS
     by text, the metadata by id.
     """
     template = metadata.get("tokenizer.chat_template")
     if template:
-        return TemplateFormat(
-            template,
-            _special_token(metadata, "tokenizer.ggml.bos_token_id", token_text),
-            _special_token(metadata, "tokenizer.ggml.eos_token_id", token_text),
-        )
+        try:
+            return TemplateFormat(
+                template,
+                _special_token(metadata, "tokenizer.ggml.bos_token_id", token_text),
+                _special_token(metadata, "tokenizer.ggml.eos_token_id", token_text),
+            )
+        except UnsupportedTemplate as error:
+            _log.warning("%s; using the format for the model's architecture instead", error)
     if metadata.get("general.architecture", "").startswith("gemma"):
         return GemmaFormat()
     return ChatMLFormat()

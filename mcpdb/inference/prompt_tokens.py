@@ -6,11 +6,15 @@ seven ordinary tokens the model reads as text, never the token that closes a tur
 two control tokens on its own, so only a piece boundary inside such text can tokenize differently
 from the whole (measured on the bundled model: a content starting with a newline after the format's
 ``\\n\\n`` gives ``\\n\\n`` + ``\\n`` instead of ``\\n\\n\\n``), and it does so the same way every time.
+A vocabulary that adds a space before the start of a text (``tokenizer.ggml.add_space_prefix``, set
+for Llama 2's; the bundled Gemma's is not) gets one before each content too: a model given with
+``--model`` then reads ``[INST] Hello`` as if it were ``[INST]  Hello``.
 """
 
 from __future__ import annotations
 
 import functools
+from array import array
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -19,12 +23,18 @@ from mcpdb.inference.prompt_format import Piece
 # Pieces tokenized lately, kept: assembly tokenizes a prompt once per window size it tries, and each
 # chat of a session again (llama.cpp's tokenizer costs ~0.8 us a character for the bundled model), but
 # from one try or chat to the next most pieces (the system text, the kept turns) are the same. Only
-# short pieces are kept, so the cache stays a few MB however large a turn may be.
-CACHED_PIECES = 8192
-CACHED_PIECE_CHARS = 4096
+# short pieces are kept, their tokens as 4-byte integers: at most 2,048 x 2,048 characters and their
+# tokens, ~25 MB whatever clients send (as tuples of Python ints, 8,192 x 4,096 reached ~1.2 GB).
+CACHED_PIECES = 2048
+CACHED_PIECE_CHARS = 2048
 
 
 class Tokenizer(Protocol):
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token stands for: a text of n characters is at least n / this many
+        tokens, which tells a prompt that cannot fit without tokenizing it."""
+
     def text(self, text: str) -> list[int]:
         """The tokens of client text, no BOS, nothing in it read as a control token."""
 
@@ -38,11 +48,15 @@ class LlamaTokenizer:
     def __init__(self, llm: Any) -> None:
         self._llm = llm
         self._cached = functools.lru_cache(maxsize=CACHED_PIECES)(self._tokenize)  # thread-safe
+        # the vocabulary's longest token, control tokens included (the bundled model's: 31 tabs)
+        self.max_token_chars = max(
+            len(llm.detokenize([token], special=True).decode(errors="replace")) for token in range(llm.n_vocab())
+        )
 
-    def _tokenize(self, text: str, special: bool) -> tuple[int, ...]:
-        return tuple(self._llm.tokenize(text.encode(), add_bos=False, special=special))
+    def _tokenize(self, text: str, special: bool) -> array[int]:
+        return array("i", self._llm.tokenize(text.encode(), add_bos=False, special=special))
 
-    def _piece(self, text: str, special: bool) -> tuple[int, ...]:
+    def _piece(self, text: str, special: bool) -> array[int]:
         return self._cached(text, special) if len(text) <= CACHED_PIECE_CHARS else self._tokenize(text, special)
 
     def text(self, text: str) -> list[int]:

@@ -132,7 +132,11 @@ class ChatWorker:
             recall, ranked = await self._recall_query(request, request.namespace)
         new_messages = [{"role": m.role, "content": m.content} for m in request.messages]
         prepare = self._prepare(order, recall, new_messages, worker.chat_format, worker.tokenizer)
-        gathered, max_tokens, assembled = await asyncio.get_running_loop().run_in_executor(self._preparing, prepare)
+        try:
+            preparing = asyncio.get_running_loop().run_in_executor(self._preparing, prepare)
+        except RuntimeError:  # closed: the node is stopping
+            raise ChatFailed(503, "node_stopping", f"node {self._node_id} is stopping") from None
+        gathered, max_tokens, assembled = await preparing
         stored = gathered.stored if gathered else None
         # Waiting for the read index, embedding the message and recalling memories come before the
         # model's first token: the times a client is told count them (``prepared_s`` says how much).
@@ -214,6 +218,7 @@ class ChatWorker:
                 tokenizer,
                 budget=self._worker.settings.n_ctx - max_tokens,
                 memory_budget=self._memory_budget,
+                window=self._worker.settings.n_ctx,
             )
             return gathered, max_tokens, assembled
 
