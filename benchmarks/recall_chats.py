@@ -32,8 +32,9 @@ MEMORY_BUDGET = 256  # a node's --memory-budget default
 CONVERSATION = [(topic, style) for topic in range(4) for style in ("paraphrase", "direct")]
 REPLY = "Noted: I will keep that in mind for the rest of our conversation."
 # Exchanges of small talk after a user told every memory (``Chats.told_earlier``): enough to push most
-# of the told facts out of the 4,096-token window, not so many that the small talk alone outgrows it.
-TOLD_SMALL_TALK = 90
+# of the told facts out of the 4,096-token window, not so many that the small talk alone outgrows it
+# (the window drops a quarter of itself at a time, so it may keep as little as three quarters).
+TOLD_SMALL_TALK = 60
 INSTRUCTION = {
     "kind": "instruction",
     "role": "a personal assistant who remembers what the user told it",
