@@ -152,10 +152,16 @@ def measure(cluster: Any, rates: tuple[int, ...], seconds: float) -> dict[str, A
 def start_cluster(folder: Path, extra_args: list[str]) -> Any:
     """Three nodes with the bundled chat model and the default embedding model (or ``extra_args``'
     ``--embedding-model``), as ``mcpdb up`` runs them."""
+    return start_model_cluster(folder, 3, ["--slots", "1", "--n-ctx", "512", *extra_args])
+
+
+def start_model_cluster(folder: Path, nodes: int, extra_args: list[str]) -> Any:
+    """``nodes`` nodes started with ``extra_args``, returned once each has loaded its chat and embedding
+    models (stopped if any does not)."""
     from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
 
-    layout = ClusterLayout.fresh(3)
-    layout.extra_args = ["--slots", "1", "--n-ctx", "512", *extra_args]
+    layout = ClusterLayout.fresh(nodes)
+    layout.extra_args = extra_args
     cluster = LocalCluster(layout, folder)
     cluster.start_all()
     try:

@@ -24,32 +24,13 @@ from typing import Any
 
 import httpx
 
+from benchmarks.freshness import start_model_cluster
 from benchmarks.memory_corpus import filler, memories, question, user_id
 from benchmarks.recall_chats import CONVERSATION, GUARDRAIL, INSTRUCTION, profile, summary
 
 NAMESPACE = "live"
 REPLY_TOKENS = 128  # about the 80 words the guardrail allows
 BATCH = 100
-
-
-def _start_node(folder: Path) -> Any:
-    from mcpdb.ops.localcluster import ClusterLayout, LocalCluster
-
-    cluster = LocalCluster(ClusterLayout.fresh(1), folder)
-    cluster.start_all()
-    try:
-        cluster.wait_ready(timeout=60)
-        cluster.wait_models(timeout=180)
-        deadline = time.monotonic() + 120
-        with httpx.Client(timeout=5) as http:
-            while http.get(cluster.urls()[0] + "/v1/node").json()["inference"]["embedding"] != "ready":
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the embedding model did not load within 120 s")
-                time.sleep(0.5)
-    except BaseException:
-        cluster.stop_all(graceful=False)
-        raise
-    return cluster
 
 
 def _load(http: httpx.Client, url: str, users: int, extra: int) -> None:
@@ -106,7 +87,7 @@ def measure(users: int, extra: int, reply_tokens: int = REPLY_TOKENS) -> dict[st
     """``users`` users' conversations on one fresh node holding their memories and ``extra`` filler each,
     each reply up to ``reply_tokens``."""
     folder = Path(tempfile.mkdtemp(prefix="mcpdb-bench-live-chats-"))
-    cluster = _start_node(folder)
+    cluster = start_model_cluster(folder, 1, [])
     try:
         url = cluster.urls()[0]
         with httpx.Client(timeout=120) as http:
