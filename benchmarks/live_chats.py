@@ -10,7 +10,9 @@ llama.cpp's KV cache really held.
 
 Each user's store holds the assistant's instruction and guardrail, the user's profile and the
 user's memories (the corpus's 80 and ``filler`` small talk); the conversation is ``recall_chats``'s:
-four subjects, each asked and then followed up.
+four subjects, each asked and then followed up. Then one session of small talk long enough to outgrow
+the window (``long_exchanges``): the share of each prompt past the window that the cache held, which
+the window's drop points decide (``assembly.drop_points``).
 """
 
 from __future__ import annotations
@@ -83,9 +85,32 @@ def _conversations(url: str, model: str, users: int, reply_tokens: int) -> dict[
     return shares
 
 
-def measure(users: int, extra: int, reply_tokens: int = REPLY_TOKENS) -> dict[str, Any]:
+def _long_conversation(url: str, model: str, exchanges: int, reply_tokens: int) -> dict[str, Any]:
+    """One session of ``exchanges`` of small talk, long enough to outgrow the window: how much of each
+    prompt past the window the KV cache held (the window drops turns a quarter of itself at a time,
+    and a chat whose window moved recomputes all of it)."""
+    import openai
+
+    api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    session, shares = f"long-{uuid.uuid4().hex[:12]}", []
+    for said in filler(user_id(0), exchanges):
+        reply = api.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": said.text}],
+            max_tokens=reply_tokens,
+            temperature=0,
+            extra_body={"namespace": NAMESPACE, "session_id": session},
+        )
+        usage = reply.usage
+        assert usage is not None and usage.prompt_tokens_details is not None, "a node reports its usage"
+        if (reply.model_extra or {})["mcpdb"]["omitted"]["turns"]:  # past the window
+            shares.append((usage.prompt_tokens_details.cached_tokens or 0) / usage.prompt_tokens)
+    return {"exchanges": exchanges, "past_window": len(shares), **(summary(shares) if shares else {})}
+
+
+def measure(users: int, extra: int, reply_tokens: int = REPLY_TOKENS, long_exchanges: int = 0) -> dict[str, Any]:
     """``users`` users' conversations on one fresh node holding their memories and ``extra`` filler each,
-    each reply up to ``reply_tokens``."""
+    each reply up to ``reply_tokens``; then one conversation of ``long_exchanges`` (0: none)."""
     folder = Path(tempfile.mkdtemp(prefix="mcpdb-bench-live-chats-"))
     cluster = start_model_cluster(folder, 1, [])
     try:
@@ -94,6 +119,7 @@ def measure(users: int, extra: int, reply_tokens: int = REPLY_TOKENS) -> dict[st
             _load(http, url, users, extra)
             model = http.get(url + "/v1/models").json()["data"][0]["id"]
         shares = _conversations(url, model, users, reply_tokens)
+        long = _long_conversation(url, model, long_exchanges, reply_tokens) if long_exchanges else None
     finally:
         cluster.stop_all()
         shutil.rmtree(folder, ignore_errors=True)
@@ -103,6 +129,7 @@ def measure(users: int, extra: int, reply_tokens: int = REPLY_TOKENS) -> dict[st
         "new_subject": summary(shares["new_subject"]),
         "prompt_tokens": sum(shares["prompt_tokens"]) / len(shares["prompt_tokens"]),
         "reply_tokens": sum(shares["reply_tokens"]) / len(shares["reply_tokens"]),
+        "long": long,
     }
 
 
@@ -133,4 +160,16 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             f"{r['new_subject']['min']:.3f}",
         ]
         for held, r in results.items()
+    ]
+
+
+LONG_COLUMNS = ("exchanges", "chats past the window", "cached: mean", "min", "over 90%")
+
+
+def long_rows(results: dict[str, Any]) -> list[list[str]]:
+    return [
+        [str(r["long"]["exchanges"]), str(r["long"]["past_window"])]
+        + ([f"{r['long'][key]:.3f}" for key in ("mean", "min", "over_90")] if r["long"]["past_window"] else ["-"] * 3)
+        for r in results.values()
+        if r.get("long")
     ]

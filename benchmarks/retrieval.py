@@ -84,6 +84,7 @@ class RetrievalSettings:
     freshness_seconds: float = 30.0  # each load phase of the time-until-searchable run (0: not run)
     live_chat_users: int = 3  # users whose conversations run on a real node (0: not run)
     live_reply_tokens: int = live_chats.REPLY_TOKENS  # each reply's limit in those conversations
+    live_long_exchanges: int = 40  # then one conversation this long on that node (0: none)
 
     def command(self) -> str:
         sizes = ",".join(str(size) for size in self.sizes)
@@ -99,6 +100,7 @@ class RetrievalSettings:
                 if self.live_reply_tokens != live_chats.REPLY_TOKENS
                 else ""
             )
+            + (f" --live-long-exchanges {self.live_long_exchanges}" if self.live_long_exchanges != 40 else "")
             + (f" --out {self.out}" if self.out else "")
             + (f" --embedding-model {self.embedding_model}" if self.embedding_model else "")
         )
@@ -109,7 +111,7 @@ class RetrievalSettings:
     def live_chats_s(self) -> float:
         """A node's start and models (~90 s), then ~5 s a chat and ~20 ms to embed a memory."""
         per_user = len(recall_chats.CONVERSATION) * 5 + (MEMORIES_PER_USER + self.chat_filler) * 0.02
-        return 90 + self.live_chat_users * per_user if self.live_chat_users else 0
+        return 90 + self.live_chat_users * per_user + self.live_long_exchanges * 6 if self.live_chat_users else 0
 
     def expected_s(self) -> float:
         """Rough length of the run for the progress bar: loads at ~4,000 memories/s, ~50 ms a search."""
@@ -413,7 +415,12 @@ def run(settings: RetrievalSettings, step: Callable[[str, float], None]) -> dict
         held = MEMORIES_PER_USER + settings.chat_filler
         step(f"chats on a real node: {settings.live_chat_users} users, {held} memories each", settings.live_chats_s())
         results["live_chats"] = {
-            str(held): live_chats.measure(settings.live_chat_users, settings.chat_filler, settings.live_reply_tokens)
+            str(held): live_chats.measure(
+                settings.live_chat_users,
+                settings.chat_filler,
+                settings.live_reply_tokens,
+                settings.live_long_exchanges,
+            )
         }
     if settings.freshness_seconds:
         step("time until a write is vector-searchable: a 3-node cluster", 60)
@@ -567,6 +574,7 @@ def save(results: dict[str, Any], folder: Path) -> None:
     lines += ["", *_table(LATENCY_COLUMNS, latency_rows(results))]
     if "live_chats" in results:
         lines += ["", *_table(live_chats.COLUMNS, live_chats.rows(results["live_chats"]))]
+        lines += ["", *_table(live_chats.LONG_COLUMNS, live_chats.long_rows(results["live_chats"]))]
     if "freshness" in results:
         lines += ["", *_table(freshness.COLUMNS, freshness.rows(results["freshness"]))]
     embedding = results["embedding_ms_per_fact"]

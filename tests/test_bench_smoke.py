@@ -55,7 +55,7 @@ def test_index_cost_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_retrieval_benchmark_smoke(tmp_path: Path) -> None:
     args = ["--users", "1", "--sizes", "100", "--queries", "3", "--chat-users", "1", "--chat-filler", "20"]
-    args += ["--freshness-seconds", "2", "--live-chat-users", "1"]
+    args += ["--freshness-seconds", "2", "--live-chat-users", "1", "--live-long-exchanges", "2"]
     done, results = run_bench("retrieval", args, tmp_path, timeout=480)
     assert results["command"] == f"mcpdb bench {' '.join(['retrieval', *args])} --out {tmp_path}"
     quality = results["quality"]
@@ -80,6 +80,7 @@ def test_retrieval_benchmark_smoke(tmp_path: Path) -> None:
     live = results["live_chats"]["100"]  # one user's conversation on a real node, the model replying
     assert live["reply_tokens"] > 0 and 0 < live["follow_up"]["min"] <= live["follow_up"]["mean"] <= 1
     assert "KV cache held" in done.stdout
+    assert live["long"]["exchanges"] == 2 and "past the window" in done.stdout  # two exchanges fit the window
 
 
 def _run_module(module: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -183,6 +183,9 @@ def retrieval(
     live_reply_tokens: Annotated[
         int, typer.Option(help="Each reply's token limit in the conversations on a real node.")
     ] = 128,
+    live_long_exchanges: Annotated[
+        int, typer.Option(help="Exchanges of one long conversation on that node, past its window (0: skip).")
+    ] = 40,
 ) -> None:
     """How well search chooses memories (recall@1/@5, MRR beside FTS5 and brute force) and how fast."""
     with source_checkout("mcpdb bench", "benchmarks"):
@@ -202,8 +205,11 @@ def retrieval(
         raise CliError(f"--chat-filler must be between 1 and {memory_corpus.FILLERS}")
     if freshness_seconds < 0:
         raise CliError("--freshness-seconds must be 0 (skip) or more")
-    if live_chat_users < 0 or live_reply_tokens < 1:
-        raise CliError("--live-chat-users must be 0 (skip) or more, --live-reply-tokens at least 1")
+    if live_chat_users < 0 or live_reply_tokens < 1 or not 0 <= live_long_exchanges <= memory_corpus.FILLERS:
+        raise CliError(
+            f"--live-chat-users must be 0 (skip) or more, --live-reply-tokens at least 1, "
+            f"--live-long-exchanges between 0 (skip) and {memory_corpus.FILLERS}"
+        )
     if embedding_model is not None and not embedding_model.is_file():
         raise CliError(f"--embedding-model {embedding_model}: no such file")
     settings = retrieval_bench.RetrievalSettings(
@@ -217,6 +223,7 @@ def retrieval(
         freshness_seconds,
         live_chat_users,
         live_reply_tokens,
+        live_long_exchanges,
     )
     folder = settings.folder()
     results = _run_with_progress(settings, retrieval_bench.run)
@@ -236,6 +243,13 @@ def retrieval(
                 "chats on a real node: the share of each prompt the KV cache held",
                 live_chats.COLUMNS,
                 live_chats.rows(results["live_chats"]),
+            )
+        )
+        console.print(
+            _simple_table(
+                "a long conversation on that node: chats past the window",
+                live_chats.LONG_COLUMNS,
+                live_chats.long_rows(results["live_chats"]),
             )
         )
     if "freshness" in results:
