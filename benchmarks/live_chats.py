@@ -59,58 +59,56 @@ def _load(http: httpx.Client, url: str, users: int, extra: int) -> None:
         time.sleep(1.0)
 
 
-def _conversations(url: str, model: str, users: int, reply_tokens: int) -> dict[str, list[float]]:
-    import openai
+def _chat(api: Any, model: str, reply_tokens: int, text: str, **mcpdb: str) -> tuple[Any, dict[str, Any]]:
+    """One chat through the official client: its usage, and the node's provenance (``mcpdb`` in the
+    reply). ``mcpdb`` names the namespace's session and user, passed as the API's extra fields."""
+    reply = api.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        max_tokens=reply_tokens,
+        temperature=0,
+        extra_body={"namespace": NAMESPACE, **mcpdb},
+    )
+    usage = reply.usage
+    assert usage is not None and usage.prompt_tokens_details is not None, "a node reports its usage"
+    return usage, reply.model_extra["mcpdb"]
 
-    api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+def _cached_share(usage: Any) -> float:
+    return float(usage.prompt_tokens_details.cached_tokens or 0) / usage.prompt_tokens
+
+
+def _conversations(api: Any, model: str, users: int, reply_tokens: int) -> dict[str, list[float]]:
     shares: dict[str, list[float]] = {"follow_up": [], "new_subject": [], "prompt_tokens": [], "reply_tokens": []}
     for number in range(users):
         session = f"live-{uuid.uuid4().hex[:12]}"
         for turn, (topic, style) in enumerate(CONVERSATION):
             asked = question(number, topic, style)
-            reply = api.chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": asked.text}],
-                max_tokens=reply_tokens,
-                temperature=0,
-                extra_body={"namespace": NAMESPACE, "session_id": session, "user_id": asked.user_id},
-            )
-            usage = reply.usage
-            assert usage is not None and usage.prompt_tokens_details is not None, "a node reports its usage"
+            usage, _ = _chat(api, model, reply_tokens, asked.text, session_id=session, user_id=asked.user_id)
             shares["prompt_tokens"].append(usage.prompt_tokens)
             shares["reply_tokens"].append(usage.completion_tokens)
             if turn:
-                cached = (usage.prompt_tokens_details.cached_tokens or 0) / usage.prompt_tokens
-                shares["follow_up" if style == "direct" else "new_subject"].append(cached)
+                shares["follow_up" if style == "direct" else "new_subject"].append(_cached_share(usage))
     return shares
 
 
-def _long_conversation(url: str, model: str, exchanges: int, reply_tokens: int) -> dict[str, Any]:
+def _long_conversation(api: Any, model: str, exchanges: int, reply_tokens: int) -> dict[str, Any]:
     """One session of ``exchanges`` of small talk, long enough to outgrow the window: how much of each
     prompt past the window the KV cache held (the window drops turns a quarter of itself at a time,
     and a chat whose window moved recomputes all of it)."""
-    import openai
-
-    api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
     session, shares = f"long-{uuid.uuid4().hex[:12]}", []
     for said in filler(user_id(0), exchanges):
-        reply = api.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": said.text}],
-            max_tokens=reply_tokens,
-            temperature=0,
-            extra_body={"namespace": NAMESPACE, "session_id": session},
-        )
-        usage = reply.usage
-        assert usage is not None and usage.prompt_tokens_details is not None, "a node reports its usage"
-        if (reply.model_extra or {})["mcpdb"]["omitted"]["turns"]:  # past the window
-            shares.append((usage.prompt_tokens_details.cached_tokens or 0) / usage.prompt_tokens)
+        usage, provenance = _chat(api, model, reply_tokens, said.text, session_id=session)
+        if provenance["omitted"]["turns"]:  # past the window
+            shares.append(_cached_share(usage))
     return {"exchanges": exchanges, "past_window": len(shares), **(summary(shares) if shares else {})}
 
 
 def measure(users: int, extra: int, reply_tokens: int = REPLY_TOKENS, long_exchanges: int = 0) -> dict[str, Any]:
     """``users`` users' conversations on one fresh node holding their memories and ``extra`` filler each,
     each reply up to ``reply_tokens``; then one conversation of ``long_exchanges`` (0: none)."""
+    import openai
+
     folder = Path(tempfile.mkdtemp(prefix="mcpdb-bench-live-chats-"))
     cluster = start_model_cluster(folder, 1, [])
     try:
@@ -118,8 +116,9 @@ def measure(users: int, extra: int, reply_tokens: int = REPLY_TOKENS, long_excha
         with httpx.Client(timeout=120) as http:
             _load(http, url, users, extra)
             model = http.get(url + "/v1/models").json()["data"][0]["id"]
-        shares = _conversations(url, model, users, reply_tokens)
-        long = _long_conversation(url, model, long_exchanges, reply_tokens) if long_exchanges else None
+        api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        shares = _conversations(api, model, users, reply_tokens)
+        long = _long_conversation(api, model, long_exchanges, reply_tokens) if long_exchanges else None
     finally:
         cluster.stop_all()
         shutil.rmtree(folder, ignore_errors=True)

@@ -131,9 +131,10 @@ class ChatWorker:
         if request.namespace:
             recall, ranked = await self._recall_query(request, request.namespace)
         new_messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        prepare = self._prepare(order, recall, new_messages, worker.chat_format, worker.tokenizer)
         try:
-            preparing = asyncio.get_running_loop().run_in_executor(self._preparing, prepare)
+            preparing = asyncio.get_running_loop().run_in_executor(
+                self._preparing, self._prepare, order, recall, new_messages, worker.chat_format, worker.tokenizer
+            )
         except RuntimeError:  # closed: the node is stopping
             raise ChatFailed(503, "node_stopping", f"node {self._node_id} is stopping") from None
         gathered, max_tokens, assembled = await preparing
@@ -192,37 +193,33 @@ class ChatWorker:
         new_messages: list[dict[str, str]],
         chat_format: ChatFormat,
         tokenizer: Tokenizer,
-    ) -> Callable[[], tuple[Gathered | None, int, Assembled]]:
-        """The job of a preparing thread: the stored contexts (``recall`` ranks the memories), the reply's
+    ) -> tuple[Gathered | None, int, Assembled]:
+        """A preparing thread's job: the stored contexts (``recall`` ranks the memories), the reply's
         token limit their guardrails allow, and the prompt assembled within the model's window."""
         request = order.request
-
-        def job() -> tuple[Gathered | None, int, Assembled]:
-            gathered = None
-            if request.namespace is not None and recall is not None:
-                gathered = gather(
-                    self._service.store,
-                    request.namespace,
-                    applied_at_least=order.read_index,
-                    session_id=request.session_id,
-                    user_id=request.user_id,
-                    task_id=request.task_id,
-                    recall=recall,
-                )
-            stored = gathered.stored if gathered else StoredContext()
-            max_tokens = self._max_tokens(request, stored.guardrails)
-            assembled = assemble(
-                stored,
-                new_messages,
-                chat_format,
-                tokenizer,
-                budget=self._worker.settings.n_ctx - max_tokens,
-                memory_budget=self._memory_budget,
-                window=self._worker.settings.n_ctx,
+        gathered = None
+        if request.namespace is not None and recall is not None:
+            gathered = gather(
+                self._service.store,
+                request.namespace,
+                applied_at_least=order.read_index,
+                session_id=request.session_id,
+                user_id=request.user_id,
+                task_id=request.task_id,
+                recall=recall,
             )
-            return gathered, max_tokens, assembled
-
-        return job
+        stored = gathered.stored if gathered else StoredContext()
+        max_tokens = self._max_tokens(request, stored.guardrails)
+        assembled = assemble(
+            stored,
+            new_messages,
+            chat_format,
+            tokenizer,
+            budget=self._worker.settings.n_ctx - max_tokens,
+            memory_budget=self._memory_budget,
+            window=self._worker.settings.n_ctx,
+        )
+        return gathered, max_tokens, assembled
 
     async def _record(
         self, order: WorkOrder, generation: Generation, done: dict[str, Any], assembled: Assembled
