@@ -60,6 +60,16 @@ def test_small_messages_are_stored_and_backlogs_compressed() -> None:
     assert _received(large_frame) == large
 
 
+def test_a_snapshot_chunk_is_stored_whatever_its_size() -> None:
+    # pysyncobj's leader sends a chunk as an append_entries carrying ``serialized`` (data, first, last).
+    chunk = {"type": "append_entries", "term": 3, "commit_index": 10, "serialized": (b"x" * (1 << 20), True, False)}
+    chunk_frame = frame(chunk)
+    assert len(chunk_frame) > 1 << 20  # stored, though a run of x would compress to almost nothing
+    assert _received(chunk_frame) == chunk
+    last = {**chunk, "serialized": (b"", False, True)}
+    assert _received(frame(last)) == last
+
+
 @pytest.mark.skipif(not HAS_CRYPTO, reason="pysyncobj's encryption needs the cryptography package")
 def test_an_encrypted_frame_carries_the_connection_key() -> None:
     encryptor = getEncryptor("cluster secret")

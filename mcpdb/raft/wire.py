@@ -9,6 +9,13 @@ nothing from squeezing a few tens of KiB. Large messages (a lagging follower's b
 ``appendEntriesBatchSizeBytes``) stay compressed as before: sent uncompressed they multiplied the
 bytes queued per connection 25x at 1 M contexts (a change measured and reverted in session 9).
 
+A snapshot's chunks (an ``append_entries`` carrying ``serialized``) are never compressed, whatever
+their size: the leader frames them in its Raft thread, 1 MiB at a time at up to the snapshotter's
+pace, and zlib at level 3 made that thread's work per MiB several times the rest of the send (see
+benchmarks/RESULTS.md, "Catch-up"), so writes slowed while a follower caught up. Their queue is
+bounded in bytes by the snapshotter (``MAX_BACKLOG``), not by entries, so stored chunks cannot pile
+up as a stored backlog of entries did. etcd likewise streams its bbolt file as it is.
+
 The frame stays what every pysyncobj 0.3.17 receiver reads (a length, then a zlib stream of a
 pickle, encrypted when the cluster has a secret): a small message is a zlib stream of stored blocks
 (level 0), and ``pickle.loads`` reads any protocol. Nodes of an earlier release, which send
@@ -34,10 +41,18 @@ _LENGTH = struct.Struct("i")  # pysyncobj's frame header: native int, the encryp
 def frame(message: Any, rand_key: Any = None, encryptor: Any = None) -> bytes:
     """The bytes that carry ``message`` on a connection, as pysyncobj's receiver parses them."""
     pickled = pickle.dumps((rand_key, message) if rand_key else message, protocol=PICKLE_PROTOCOL)
-    data = zlib.compress(pickled, COMPRESSION_LEVEL if len(pickled) >= COMPRESS_FROM_BYTES else 0)
+    data = zlib.compress(pickled, COMPRESSION_LEVEL if _compressed(message, len(pickled)) else 0)
     if encryptor is not None:
         data = encryptor.encrypt_at_time(data, int(monotonic()))
     return _LENGTH.pack(len(data)) + data
+
+
+def _compressed(message: Any, pickled_bytes: int) -> bool:
+    """Whether a message of ``pickled_bytes`` is worth zlib's time: a backlog of entries, not a
+    snapshot's chunk."""
+    if pickled_bytes < COMPRESS_FROM_BYTES:
+        return False
+    return not (isinstance(message, dict) and message.get("serialized") is not None)
 
 
 def use_frames(connection: TcpConnection) -> TcpConnection:
