@@ -92,9 +92,12 @@ class _Counter(SyncObj):
 @pytest.mark.parametrize("password", [None, "cluster secret"] if HAS_CRYPTO else [None])
 def test_every_connection_of_a_cluster_sends_frames(monkeypatch: pytest.MonkeyPatch, password: str | None) -> None:
     """Three nodes over loopback elect, replicate, lose every connection and reconnect; a send through
-    pysyncobj's own framing (a connection the transport did not hook) fails the test."""
+    pysyncobj's own framing, or a read through its own buffers (a connection the transport did not
+    hook), fails the test."""
     unhooked: list[Any] = []
     monkeypatch.setattr(TcpConnection, "send", lambda connection, message: unhooked.append(message))
+    for method in ("__tryReadBuffer", "__processParseMessage", "__processSend"):
+        monkeypatch.setattr(TcpConnection, "_TcpConnection" + method, lambda *_, name=method: unhooked.append(name))
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     nodes = [_Counter(address, [a for a in addresses if a != address], password) for address in addresses]
     try:

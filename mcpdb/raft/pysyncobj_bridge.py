@@ -28,6 +28,9 @@ The seams, each the narrowest one available in 0.3.17:
   ``_SyncObj__getCurrentLogIndex`` tell a lone voter's leader not to wait in poll.
 - ``_SyncObj__noopIDx``: the index of the leader's election no-op, which ReadIndex waits for.
 - ``_SyncObj__transport``, and ``getStatus()``'s keys, read by ``RaftNode.status``.
+- Each ``TcpConnection``'s send (``mcpdb.raft.wire``: its frames) and its buffers, reads and parsing
+  (``mcpdb.raft.connection_buffers``: linear, and bounded per read event), replaced on the instance
+  as the transport creates it.
 
 pysyncobj has no type information: its classes are ``Any`` here, at this one boundary.
 """
@@ -52,6 +55,7 @@ from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
+from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
 from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
@@ -310,10 +314,10 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
     def addNode(self, node: Node) -> None:  # noqa: N802 - pysyncobj's name
         super().addNode(node)
         if node in self._connections:  # an outgoing connection (the higher address connects)
-            use_frames(self._connections[node])
+            use_linear_buffers(use_frames(self._connections[node]))
 
     def _onNewIncomingConnection(self, conn: TcpConnection) -> None:  # noqa: N802 - pysyncobj's name
-        super()._onNewIncomingConnection(use_frames(conn))
+        super()._onNewIncomingConnection(use_linear_buffers(use_frames(conn)))
 
     def _connection_backed_up(self, node: Node, message: Any) -> bool:
         """Drop AppendEntries carrying entries to a peer whose connection already holds
