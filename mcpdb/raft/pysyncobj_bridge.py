@@ -27,6 +27,9 @@ The seams, each the narrowest one available in 0.3.17:
   ``_SyncObj__onTickCallbacks``, calling ``_SyncObj__sendAppendEntries``); ``_SyncObj__otherNodes`` and
   ``_SyncObj__getCurrentLogIndex`` tell a lone voter's leader not to wait in poll.
 - ``_SyncObj__noopIDx``: the index of the leader's election no-op, which ReadIndex waits for.
+- ``_SyncObj__sendAppendEntries``, wrapped, and ``_SyncObj__raftNextIndex``: a follower's next index
+  is raised for the rest of one call when it has no snapshot chunk to take
+  (``RaftNode.end_transfer_round``).
 - ``_SyncObj__transport``, and ``getStatus()``'s keys, read by ``RaftNode.status``.
 - Each ``TcpConnection``'s send (``mcpdb.raft.wire``: its frames) and its buffers, reads and parsing
   (``mcpdb.raft.connection_buffers``: linear, and bounded per read event), replaced on the instance
@@ -201,10 +204,17 @@ class SnapshotSerializer:
     before the Raft thread starts (the journal is swapped the same way).
     """
 
-    def __init__(self, snapshots: Snapshotter, backlog: Callable[[Node], int], after_install: Callable[[], None]):
+    def __init__(
+        self,
+        snapshots: Snapshotter,
+        backlog: Callable[[Node], int],
+        after_install: Callable[[], None],
+        nothing_to_send: Callable[[Node], None],
+    ):
         self._snapshots = snapshots
         self._backlog = backlog
         self._after_install = after_install
+        self._nothing_to_send = nothing_to_send
         self._id: int | None = None
 
     def checkSerializing(self) -> tuple[int, int | None]:  # noqa: N802 - pysyncobj's names
@@ -223,7 +233,10 @@ class SnapshotSerializer:
         return (None, *self._snapshots.install(self._after_install))
 
     def getTransmissionData(self, node: Node) -> tuple[bytes, bool, bool] | None:  # noqa: N802
-        return self._snapshots.chunk(node, self._backlog(node))
+        chunk = self._snapshots.chunk(node, self._backlog(node))
+        if chunk is None:
+            self._nothing_to_send(node)
+        return chunk
 
     def setTransmissionData(self, data: tuple[bytes, bool, bool] | None) -> bool:  # noqa: N802
         return self._snapshots.receive(data)
@@ -305,7 +318,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             # and before the Raft thread starts, so these swaps race nothing. (A bare SyncObj keeps
             # pysyncobj's parts: the log guard's tests drive one without a thread or files.)
             syncObj._SyncObj__serializer = SnapshotSerializer(
-                syncObj.snapshots, self._backlog, syncObj.reset_election_timer
+                syncObj.snapshots, self._backlog, syncObj.reset_election_timer, syncObj.end_transfer_round
             )
             self.journal = _swap_journal(syncObj, self.durable)
             syncObj.addOnTickCallback(self.journal.sync)
@@ -452,6 +465,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
     Implements ``read_index.RaftView`` for its ReadIndex.
     """
 
+    _SyncObj__sendAppendEntries: Callable[[], None]  # pysyncobj's, wrapped (_wrap_send_append_entries)
+
     def __init__(self, settings: RaftSettings, store: ContextStore, apply: Apply) -> None:
         check_pysyncobj_version()
         check_lmdb_version()
@@ -490,6 +505,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._transport: McpdbTransport = self._SyncObj__transport
         self._sent_through = (0, 0, 0)  # (term, last log index, commit index) the last _send_appended sent
         self._wrap_poll()
+        self._paused_next_index: dict[Node, int] = {}  # see end_transfer_round
+        self._wrap_send_append_entries()
         # First, before the transport's journal fsync: followers write the entries while this node does.
         self._SyncObj__onTickCallbacks.insert(0, self._send_appended)
         self.addOnTickCallback(self._commit_and_notify)
@@ -561,6 +578,37 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def _send(self, node: Hashable, message: dict[str, Any]) -> bool:
         return self._transport.send(node, message)
+
+    def end_transfer_round(self, node: Node) -> None:
+        """End pysyncobj's sending loop for ``node``, which is being sent a snapshot and has no chunk
+        to take now (the transfer is paced, or its connection backed up).
+
+        ``SyncObj.__sendAppendEntries`` asks such a follower for chunks in a loop that ends only when
+        its next index passes the log's last, the follower disconnects, or a heartbeat period has gone
+        by; a chunk it may not have does not end it. So each call while a transfer was paced spun
+        the Raft thread for the whole 50 ms, sending the follower an empty chunk message each turn:
+        with the thread spinning most of the time, every write took 100-300 ms for the 150 s a
+        6.6 GB snapshot took to stream (``mcpdb bench scale --contexts 3000000``). Raising the
+        follower's next index past the log ends the loop after this turn; the wrapper around the
+        method (``_wrap_send_append_entries``) puts the index back as soon as it returns, so nothing
+        else ever reads the raised one."""
+        next_index = self._SyncObj__raftNextIndex
+        self._paused_next_index.setdefault(node, next_index[node])
+        next_index[node] = self._SyncObj__getCurrentLogIndex() + 1
+
+    def _wrap_send_append_entries(self) -> None:
+        send_append_entries = self._SyncObj__sendAppendEntries
+
+        def send_then_restore() -> None:
+            try:
+                send_append_entries()
+            finally:
+                next_index = self._SyncObj__raftNextIndex
+                for node, index in self._paused_next_index.items():
+                    next_index[node] = index
+                self._paused_next_index.clear()
+
+        self._SyncObj__sendAppendEntries = send_then_restore
 
     # ------------------------------------------------------- thread hand-offs
     def wake(self) -> None:
