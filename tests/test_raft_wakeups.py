@@ -19,9 +19,8 @@ import pytest
 
 from mcpdb.ops.localcluster import free_port
 from mcpdb.raft.replication import Replication
-from mcpdb.raft.settings import RaftSettings
 from mcpdb.store.commands import Put
-from mcpdb.store.state_machine import ContextStore
+from tests.raft_helpers import in_process_voter
 
 LONG_TICK_S = 60.0
 PROPOSAL_TIMEOUT_S = 5.0
@@ -29,19 +28,8 @@ PROPOSAL_TIMEOUT_S = 5.0
 
 @pytest.fixture
 def lone_voter(tmp_path: Path) -> Iterator[Replication]:
-    store = ContextStore(str(tmp_path / "store"))
-    settings = RaftSettings(
-        self_addr=f"127.0.0.1:{free_port()}",
-        peers=[],
-        data_dir=str(tmp_path / "raft"),
-        password=None,
-        durable=True,
-        compaction_min_entries=10**9,
-        max_entry_bytes=1 << 20,
-        compaction_bytes=1 << 40,
-        disk_reserve_bytes=0,
-    )
-    replication = Replication(settings, store)
+    replication, store = in_process_voter(tmp_path, f"127.0.0.1:{free_port()}", [])
+    settings = replication.settings
     conf = replication._raft._SyncObj__conf
     try:
         deadline = time.monotonic() + 20

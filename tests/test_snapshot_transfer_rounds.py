@@ -21,29 +21,13 @@ import pytest
 from mcpdb.ops.localcluster import free_port
 from mcpdb.raft import snapshotter
 from mcpdb.raft.replication import Replication
-from mcpdb.raft.settings import RaftSettings
 from mcpdb.store.commands import Batch, BatchPut
 from mcpdb.store.state_machine import ContextStore
+from tests.raft_helpers import in_process_voter
 
 CONTEXTS = 6000  # about 7 MB of snapshot: several seconds at the pace below
 PACE_BYTES_PER_S = 2 << 20
 TIMEOUT_S = 60.0
-
-
-def _voter(root: Path, name: str, addresses: dict[str, str]) -> tuple[Replication, ContextStore]:
-    store = ContextStore(str(root / name / "store"))
-    settings = RaftSettings(
-        self_addr=addresses[name],
-        peers=[address for other, address in addresses.items() if other != name],
-        data_dir=str(root / name / "raft"),
-        password=None,
-        durable=True,
-        compaction_min_entries=10**9,
-        max_entry_bytes=1 << 20,
-        compaction_bytes=1 << 40,
-        disk_reserve_bytes=0,
-    )
-    return Replication(settings, store), store
 
 
 def _wait(done: Callable[[], bool], what: str) -> None:
@@ -62,7 +46,9 @@ class _Voters:
         self.started: dict[str, tuple[Replication, ContextStore]] = {}
 
     def start(self, name: str) -> tuple[Replication, ContextStore]:
-        self.started[name] = _voter(self.root, name, self.addresses)
+        address = self.addresses[name]
+        peers = [other for other in self.addresses.values() if other != address]
+        self.started[name] = in_process_voter(self.root / name, address, peers)
         return self.started[name]
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -149,6 +152,32 @@ def test_a_snapshot_is_sent_whole_at_a_bounded_rate_and_none_is_taken_meanwhile(
     assert beyond_burst > 2 * CHUNK_BYTES  # only what exceeds the initial burst is paced
     assert refused > 0 and elapsed >= 0.8 * beyond_burst / STREAM_BYTES_PER_S
     assert snapshots.chunk("follower", backlog=MAX_BACKLOG + 1) is None  # a backed-up connection waits
+    store.close()
+
+
+def test_no_transfer_begins_while_a_newer_snapshot_is_being_written(tmp_path: Path) -> None:
+    store = _store(tmp_path / "store", 50)
+    path = str(tmp_path / "raft.snapshot")
+    snapshots = Snapshotter(path, store, lambda size: True)
+    snapshots.start(_raft_data(50))
+    _wait_written(snapshots)
+    assert snapshots.finished() is not None
+    release = threading.Event()
+    writes = snapshot.write
+
+    def held_write(*args: Any) -> int:
+        release.wait(WAIT_S)
+        return writes(*args)
+
+    with mock.patch.object(snapshot, "write", held_write):
+        snapshots.start(_raft_data(50))
+        assert snapshots.busy
+        assert snapshots.chunk("new follower", backlog=0) is None  # it would be restarted as this lands
+        release.set()
+        _wait_written(snapshots)
+    assert snapshots.finished() is not None
+    first = snapshots.chunk("new follower", backlog=0)
+    assert first is not None and first[1]  # now it begins, from the newer file
     store.close()
 
 

@@ -496,6 +496,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             settings.disk_reserve_bytes,
         )
         self.snapshots = Snapshotter(_snapshot_path(settings), store, self.disk.snapshot_fits)
+        self._paused_next_index: dict[Node, int] = {}  # see end_transfer_round
         super().__init__(
             settings.self_addr,
             settings.peers,
@@ -505,7 +506,6 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._transport: McpdbTransport = self._SyncObj__transport
         self._sent_through = (0, 0, 0)  # (term, last log index, commit index) the last _send_appended sent
         self._wrap_poll()
-        self._paused_next_index: dict[Node, int] = {}  # see end_transfer_round
         self._wrap_send_append_entries()
         # First, before the transport's journal fsync: followers write the entries while this node does.
         self._SyncObj__onTickCallbacks.insert(0, self._send_appended)

@@ -181,6 +181,11 @@ class Snapshotter:
             return None
         source = self._outgoing.get(node)
         first = source is None
+        if first and self.busy:
+            # The snapshot being written would restart this transfer as it lands (the journal it
+            # covers is dropped then, so the older one would leave a gap): wait for it. In the 1 M
+            # fault run a re-added voter was sent 43 s of an older file for nothing.
+            return None
         if source is None:
             try:
                 source = open(self._path, "rb")
