@@ -114,7 +114,8 @@ def _print(summary: dict[str, Any], result: RunResult, folder: Path) -> None:
     if summary["compactions"]:
         rows.append(("forced snapshot rounds", str(summary["compactions"])))
     for name, seconds in summary["recovery_s"].items():
-        rows.append((f"recovery after {name}", "not within 180 s" if seconds is None else f"{seconds} s"))
+        unknown = "none: not whole within 180 s, or the run ended first"
+        rows.append((f"recovery after {name}", unknown if seconds is None else f"{seconds} s"))
     for name, verdict in summary["verdicts"].items():
         rows.append((f"check {name}", "[green]valid[/]" if verdict is True else f"[red]{verdict}[/]"))
     rows.append(("anomalies", f"[{'green' if summary['anomalies'] == 0 else 'red'}]{summary['anomalies']}[/]"))
