@@ -581,7 +581,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def end_transfer_round(self, node: Node) -> None:
         """End pysyncobj's sending loop for ``node``, which is being sent a snapshot and has no chunk
-        to take now (the transfer is paced, or its connection backed up).
+        to take now (the transfer is paced, its connection backed up, or a newer snapshot is being
+        written).
 
         ``SyncObj.__sendAppendEntries`` asks such a follower for chunks in a loop that ends only when
         its next index passes the log's last, the follower disconnects, or a heartbeat period has gone
@@ -605,7 +606,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             finally:
                 next_index = self._SyncObj__raftNextIndex
                 for node, index in self._paused_next_index.items():
-                    next_index[node] = index
+                    if node in next_index:  # a replica that disconnected meanwhile was dropped from it
+                        next_index[node] = index
                 self._paused_next_index.clear()
 
         self._SyncObj__sendAppendEntries = send_then_restore

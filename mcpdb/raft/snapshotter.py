@@ -176,7 +176,8 @@ class Snapshotter:
     # ----------------------------------------------------------------- sending
     def chunk(self, node: Hashable, backlog: int) -> tuple[bytes, bool, bool] | None:
         """The next chunk of the current snapshot for ``node``: (data, first, last); None to send
-        nothing now (the connection is still busy, or there is no snapshot)."""
+        nothing now (the connection is still busy, the pace is spent, a transfer would begin while a
+        newer snapshot is being written, or there is no snapshot)."""
         if backlog > MAX_BACKLOG or not self._may_stream():
             return None
         source = self._outgoing.get(node)
