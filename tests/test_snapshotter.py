@@ -60,12 +60,19 @@ def _wait_written(snapshots: Snapshotter) -> None:
         time.sleep(0.01)
 
 
+def _written(path: str, store: ContextStore, index: int) -> Snapshotter:
+    """A snapshotter at ``path`` whose worker has written a snapshot of ``store`` at ``index``, not yet
+    taken by the Raft thread (``finished``)."""
+    snapshots = Snapshotter(path, store, lambda size: True)
+    snapshots.start(_raft_data(index))
+    _wait_written(snapshots)
+    return snapshots
+
+
 def test_the_snapshot_is_renamed_into_place_by_the_raft_thread_not_the_worker(tmp_path: Path) -> None:
     store = _store(tmp_path / "store", 20)
     path = str(tmp_path / "raft.snapshot")
-    snapshots = Snapshotter(path, store, lambda size: True)
-    snapshots.start(_raft_data(20))
-    _wait_written(snapshots)
+    snapshots = _written(path, store, 20)
     assert not os.path.exists(path), "the worker renamed it: a stop now would leave the journal uncompacted"
     done = snapshots.finished()
     assert done is not None and done.error is None and os.path.exists(path)
@@ -83,9 +90,7 @@ def test_a_local_snapshot_finished_after_one_from_the_leader_was_installed_is_di
     leaders_file = str(tmp_path / "leader.snapshot")
     snapshot.write(leaders_file, leader.pin_snapshot(), _raft_data(40))
     path = str(tmp_path / "raft.snapshot")
-    snapshots = Snapshotter(path, store, lambda size: True)
-    snapshots.start(_raft_data(20))
-    _wait_written(snapshots)
+    snapshots = _written(path, store, 20)
     with open(leaders_file, "rb") as f:
         data = f.read()
     assert snapshots.receive((data, True, False)) is False
@@ -122,9 +127,7 @@ def test_a_snapshot_is_sent_whole_at_a_bounded_rate_and_none_is_taken_meanwhile(
         store.apply(index, Put(ns="a", id=f"c{index}", context=context, ttl=None, if_version=None, now=1.0))
     store.commit()
     path = str(tmp_path / "raft.snapshot")
-    snapshots = Snapshotter(path, store, lambda size: True)
-    snapshots.start(_raft_data(8000))
-    _wait_written(snapshots)
+    snapshots = _written(path, store, 8000)
     assert snapshots.finished() is not None and not snapshots.sending
     with open(path, "rb") as f:
         expected = f.read()
@@ -158,9 +161,7 @@ def test_a_snapshot_is_sent_whole_at_a_bounded_rate_and_none_is_taken_meanwhile(
 def test_no_transfer_begins_while_a_newer_snapshot_is_being_written(tmp_path: Path) -> None:
     store = _store(tmp_path / "store", 50)
     path = str(tmp_path / "raft.snapshot")
-    snapshots = Snapshotter(path, store, lambda size: True)
-    snapshots.start(_raft_data(50))
-    _wait_written(snapshots)
+    snapshots = _written(path, store, 50)
     assert snapshots.finished() is not None
     release = threading.Event()
     writes = snapshot.write

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 import zlib
 from typing import Any
 
@@ -30,8 +29,9 @@ from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.monotonic import monotonic
 from pysyncobj.tcp_connection import TcpConnection
 
+from mcpdb.raft.wire import FRAME_HEADER
+
 READ_PER_EVENT = 8 << 20  # bytes one read event takes from a socket at most
-_LENGTH = struct.Struct("i")  # pysyncobj's frame header
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
 _READ = "_TcpConnection__readBuffer"
 _WRITE = "_TcpConnection__writeBuffer"
@@ -72,14 +72,14 @@ def _parse(connection: TcpConnection) -> Any:
     """The next whole message in the read buffer, removed from it; None if there is none yet (or the
     frame could not be read, and the connection was dropped)."""
     buffer = _bytearray(connection, _READ)
-    if len(buffer) < _LENGTH.size:
+    if len(buffer) < FRAME_HEADER.size:
         return None
-    (length,) = _LENGTH.unpack_from(buffer)
-    end = _LENGTH.size + length
+    (length,) = FRAME_HEADER.unpack_from(buffer)
+    end = FRAME_HEADER.size + length
     if len(buffer) < end:
         return None
     with memoryview(buffer) as view:  # released before the prefix is dropped below
-        data = bytes(view[_LENGTH.size : end])
+        data = bytes(view[FRAME_HEADER.size : end])
     try:
         if connection.encryptor:
             timestamp = connection.encryptor.extract_timestamp(data)

@@ -180,6 +180,11 @@ def _syncobj_conf(settings: RaftSettings, on_state_changed: Callable[[int, int],
     )
 
 
+def _hooked(connection: TcpConnection) -> TcpConnection:
+    """A connection the transport made, sending mcpdb's frames through linear, bounded buffers."""
+    return use_linear_buffers(use_frames(connection))
+
+
 def carries_entries(message: Any) -> bool:
     """An AppendEntries with log entries in it (not a heartbeat, not a part of a chunked entry)."""
     return isinstance(message, dict) and message.get("type") == "append_entries" and bool(message.get("entries"))
@@ -327,10 +332,10 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
     def addNode(self, node: Node) -> None:  # noqa: N802 - pysyncobj's name
         super().addNode(node)
         if node in self._connections:  # an outgoing connection (the higher address connects)
-            use_linear_buffers(use_frames(self._connections[node]))
+            _hooked(self._connections[node])
 
     def _onNewIncomingConnection(self, conn: TcpConnection) -> None:  # noqa: N802 - pysyncobj's name
-        super()._onNewIncomingConnection(use_linear_buffers(use_frames(conn)))
+        super()._onNewIncomingConnection(_hooked(conn))
 
     def _connection_backed_up(self, node: Node, message: Any) -> bool:
         """Drop AppendEntries carrying entries to a peer whose connection already holds

@@ -12,7 +12,7 @@ bytes queued per connection 25x at 1 M contexts (a change measured and reverted 
 A snapshot's chunks (an ``append_entries`` carrying ``serialized``) are never compressed, whatever
 their size: the leader frames them in its Raft thread, 1 MiB at a time at up to the snapshotter's
 pace, and zlib at level 3 made that thread's work per MiB several times the rest of the send (see
-benchmarks/RESULTS.md, "Catch-up"), so writes slowed while a follower caught up. Their queue is
+benchmarks/RESULTS.md, "Three million contexts"), so writes slowed while a follower caught up. Their queue is
 bounded in bytes by the snapshotter (``MAX_BACKLOG``), not by entries, so stored chunks cannot pile
 up as a stored backlog of entries did. etcd likewise streams its bbolt file as it is.
 
@@ -35,7 +35,7 @@ from pysyncobj.tcp_connection import TcpConnection
 PICKLE_PROTOCOL = 5
 COMPRESS_FROM_BYTES = 256 << 10  # pickled size from which a message is compressed (a backlog batch)
 COMPRESSION_LEVEL = 3  # pysyncobj's
-_LENGTH = struct.Struct("i")  # pysyncobj's frame header: native int, the encrypted or compressed length
+FRAME_HEADER = struct.Struct("i")  # pysyncobj's frame header: native int, the encrypted or compressed length
 
 
 def frame(message: Any, rand_key: Any = None, encryptor: Any = None) -> bytes:
@@ -44,7 +44,7 @@ def frame(message: Any, rand_key: Any = None, encryptor: Any = None) -> bytes:
     data = zlib.compress(pickled, COMPRESSION_LEVEL if _compressed(message, len(pickled)) else 0)
     if encryptor is not None:
         data = encryptor.encrypt_at_time(data, int(monotonic()))
-    return _LENGTH.pack(len(data)) + data
+    return FRAME_HEADER.pack(len(data)) + data
 
 
 def _compressed(message: Any, pickled_bytes: int) -> bool:
