@@ -10,8 +10,9 @@ from mcpdb.raft.settings import RaftSettings
 from mcpdb.store.state_machine import ContextStore
 
 
-def in_process_voter(root: Path, self_addr: str, peers: list[str]) -> tuple[Replication, ContextStore]:
-    """A voter at ``self_addr`` with its data under ``root``; the caller closes both."""
+def in_process_voter(root: Path, self_addr: str | None, peers: list[str]) -> tuple[Replication, ContextStore]:
+    """A voter at ``self_addr`` (None: a read-only replica of ``peers``) with its data under ``root``; the
+    caller closes both."""
     store = ContextStore(str(root / "store"))
     settings = RaftSettings(
         self_addr=self_addr,

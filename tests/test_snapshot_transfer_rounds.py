@@ -1,4 +1,5 @@
-"""A leader pacing a snapshot transfer does not spin its Raft thread while the follower waits for chunks.
+"""Snapshot transfers from a leader: paced without spinning its Raft thread, and cancelled when a
+read-only replica being sent one leaves.
 
 pysyncobj asks a follower being sent a snapshot for chunks in a loop that a missing chunk does not end:
 while the transfer was paced, every call of ``SyncObj.__sendAppendEntries`` spun for a whole heartbeat
@@ -51,6 +52,37 @@ class _Voters:
         self.started[name] = in_process_voter(self.root / name, address, peers)
         return self.started[name]
 
+    def start_replica(self, name: str) -> tuple[Replication, ContextStore]:
+        """A read-only replica of the voters, which never vote for it (it is not among their peers)."""
+        self.started[name] = in_process_voter(self.root / name, None, list(self.addresses.values()))
+        return self.started[name]
+
+    def stop(self, name: str) -> None:
+        replication, store = self.started.pop(name)
+        replication.close()
+        store.close()
+
+    def leader_with_a_snapshot(self) -> Replication:
+        """Start voters a and b, write ``CONTEXTS`` contexts and compact both logs: a node started now is
+        sent a snapshot. Returns the leader."""
+        first = [self.start("a")[0], self.start("b")[0]]
+        _wait(lambda: any(replication.is_leader() for replication in first), "no leader was elected")
+        leader = next(replication for replication in first if replication.is_leader())
+
+        async def load_and_compact() -> None:
+            for start in range(0, CONTEXTS, 500):
+                puts = tuple(
+                    BatchPut(f"c{i}", {"kind": "memory", "facts": [f"{i:06d} " + "x" * 1000]}, None, None)
+                    for i in range(start, start + 500)
+                )
+                await leader.propose(Batch("ns", puts, 1.0), TIMEOUT_S)
+            for replication in first:
+                result = await replication.snapshot(TIMEOUT_S)
+                assert result["written"], result
+
+        asyncio.run(load_and_compact())
+        return leader
+
 
 @pytest.fixture
 def voters(tmp_path: Path) -> Iterator[_Voters]:
@@ -58,30 +90,14 @@ def voters(tmp_path: Path) -> Iterator[_Voters]:
     try:
         yield cluster
     finally:
-        for replication, store in cluster.started.values():
-            replication.close()
-            store.close()
+        for name in list(cluster.started):
+            cluster.stop(name)
 
 
 def test_a_paced_transfer_sends_at_most_one_empty_round_per_call(
     voters: _Voters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = [voters.start("a")[0], voters.start("b")[0]]
-    _wait(lambda: any(replication.is_leader() for replication in first), "no leader was elected")
-    leader = next(replication for replication in first if replication.is_leader())
-
-    async def load_and_compact() -> None:
-        for start in range(0, CONTEXTS, 500):
-            puts = tuple(
-                BatchPut(f"c{i}", {"kind": "memory", "facts": [f"{i:06d} " + "x" * 1000]}, None, None)
-                for i in range(start, start + 500)
-            )
-            await leader.propose(Batch("ns", puts, 1.0), TIMEOUT_S)
-        for replication in first:
-            result = await replication.snapshot(TIMEOUT_S)
-            assert result["written"], result
-
-    asyncio.run(load_and_compact())
+    leader = voters.leader_with_a_snapshot()
     monkeypatch.setattr(snapshotter, "STREAM_BYTES_PER_S", PACE_BYTES_PER_S)
     raft = leader._raft
     empty_rounds: list[int] = [0]  # messages without a chunk per call of __sendAppendEntries, newest last
@@ -104,3 +120,16 @@ def test_a_paced_transfer_sends_at_most_one_empty_round_per_call(
     assert newcomer_store.get("ns", f"c{CONTEXTS - 1}") is not None
     assert sum(1 for count in empty_rounds if count) > 10, "the transfer was never paced: the test proves nothing"
     assert max(empty_rounds) <= 1, f"a call spun, sending {max(empty_rounds)} messages without a chunk"
+
+
+def test_a_transfer_to_a_replica_that_leaves_is_cancelled(voters: _Voters, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pysyncobj forgets a read-only replica that disconnects without cancelling its transfer: the open
+    file stayed, and the transfer held back the leader's snapshots for ``TRANSFER_HOLD_S``."""
+    leader = voters.leader_with_a_snapshot()
+    monkeypatch.setattr(snapshotter, "STREAM_BYTES_PER_S", PACE_BYTES_PER_S)  # the transfer outlasts the test
+    snapshots = leader._raft.snapshots
+    voters.start_replica("r")
+    _wait(lambda: snapshots.sending, "no transfer to the replica began")
+    voters.stop("r")
+    _wait(lambda: not snapshots.sending, "the transfer to the replica that left was never cancelled")
+    assert not snapshots._outgoing, "the snapshot file is still open for the replica"

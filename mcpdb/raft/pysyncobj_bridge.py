@@ -30,6 +30,8 @@ The seams, each the narrowest one available in 0.3.17:
 - ``_SyncObj__sendAppendEntries``, wrapped, and ``_SyncObj__raftNextIndex``: a follower's next index
   is raised for the rest of one call when it has no snapshot chunk to take
   (``RaftNode.end_transfer_round``).
+- ``_onReadonlyNodeDisconnected``, overridden on the transport to cancel the replica's snapshot
+  transfer through ``_SyncObj__serializer`` before pysyncobj forgets the replica.
 - ``_SyncObj__transport``, and ``getStatus()``'s keys, read by ``RaftNode.status``.
 - Each ``TcpConnection``'s send (``mcpdb.raft.wire``: its frames) and its buffers, reads and parsing
   (``mcpdb.raft.connection_buffers``: linear, and bounded per read event), replaced on the instance
@@ -336,6 +338,15 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
 
     def _onNewIncomingConnection(self, conn: TcpConnection) -> None:  # noqa: N802 - pysyncobj's name
         super()._onNewIncomingConnection(_hooked(conn))
+
+    def _onReadonlyNodeDisconnected(self, node: Node) -> None:  # noqa: N802 - pysyncobj's name
+        """Stop a snapshot transfer to a read-only replica that disconnected. pysyncobj cancels a
+        voter's transfer in its sending loop (an unconnected voter is still listed there) but drops a
+        replica from every list at once, so its transfer was never cancelled: the open file stayed
+        behind, and the transfer counted as under way, holding back this node's snapshots for
+        ``TRANSFER_HOLD_S`` (an autoscaled worker stopped mid-transfer is such a replica)."""
+        self._syncObj._SyncObj__serializer.cancelTransmisstion(node)
+        super()._onReadonlyNodeDisconnected(node)
 
     def _connection_backed_up(self, node: Node, message: Any) -> bool:
         """Drop AppendEntries carrying entries to a peer whose connection already holds
