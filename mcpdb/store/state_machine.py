@@ -421,6 +421,11 @@ class ContextStore:
         self._kind_deltas: dict[str, int] = {}  # of the command being applied (see _apply_in)
         self.snapshots_installed = 0
         self._group: lmdb.Transaction | None = None
+        # The open group's applied index, and whether its entries recorded changes: written and
+        # trimmed once, as the group commits (see ``commit``).
+        self._group_applied = 0
+        self._group_advanced = False
+        self._group_changed = False
         self._committed_unannounced = False
         os.makedirs(directory, exist_ok=True)
         self.rebuilt_after_unclean_reboot = self._discard_if_untrusted()
@@ -514,17 +519,15 @@ class ContextStore:
         """
         if self._group is None:
             self._group = self._generation.env.begin(write=True)
-        txn = self._group
-        raw = txn.get(_APPLIED, db=self._dbs[b"meta"])
-        if raw is not None and _U64.unpack(raw)[0] >= index:
+            raw = self._group.get(_APPLIED, db=self._dbs[b"meta"])
+            self._group_applied = _U64.unpack(raw)[0] if raw is not None else 0
+        if index <= self._group_applied:
             result = None
         else:
             self._change_position = 0
-            result = self._apply_in(txn, index, command)
-            txn.put(_APPLIED, _U64.pack(index), db=self._dbs[b"meta"])
-            txn.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, index, lexical.ANALYZER), db=self._dbs[b"meta"])
-            if self._change_position:
-                self._trim_history(txn)
+            result = self._apply_in(self._group, index, command)
+            self._group_applied, self._group_advanced = index, True
+            self._group_changed = self._group_changed or self._change_position > 0
         if commit:
             self.commit()
         return result
@@ -588,6 +591,17 @@ class ContextStore:
         if self._group is None:
             return
         group, self._group = self._group, None
+        if self._group_advanced:
+            # Once per group rather than per entry: nothing reads the open group's applied index but
+            # ``apply``, and trimming the history drops the oldest whole versions until few enough
+            # remain, which comes out the same after each entry or after the last one, so every
+            # replica holds the same history whichever entries its ticks grouped.
+            meta = self._dbs[b"meta"]
+            group.put(_APPLIED, _U64.pack(self._group_applied), db=meta)
+            group.put(_INDEX_FORMAT, _INDEX_MARK.pack(_INDEX_VERSION, self._group_applied, lexical.ANALYZER), db=meta)
+            if self._group_changed:
+                self._trim_history(group)
+            self._group_advanced = self._group_changed = False
         group.commit()
         self._committed_unannounced = True
 
