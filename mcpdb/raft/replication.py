@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from mcpdb.errors import (
     Unavailable,
     Unserializable,
 )
+from mcpdb.raft.loop_handoff import LoopHandoff
 from mcpdb.raft.pysyncobj_bridge import RaftNode, Refusal
 from mcpdb.raft.read_index import Done
 from mcpdb.raft.settings import RaftSettings
@@ -72,6 +74,17 @@ class Replication:
         self.settings = settings
         self.store = store
         self._raft = RaftNode(settings, store, self._apply)
+        # Futures are settled from the Raft thread through one handoff per event loop (a node has one;
+        # tests may run several loops in turn).
+        self._handoffs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHandoff] = weakref.WeakKeyDictionary()
+
+    def _handoff(self) -> LoopHandoff:
+        """The running loop's handoff (event-loop thread)."""
+        loop = asyncio.get_running_loop()
+        handoff = self._handoffs.get(loop)
+        if handoff is None:
+            handoff = self._handoffs[loop] = LoopHandoff(loop)
+        return handoff
 
     def _apply(self, index: int, payload: bytes) -> dict[str, Any] | None:
         """Apply one committed entry (Raft thread); a node that cannot apply it exactly as its peers do stops
@@ -86,11 +99,11 @@ class Replication:
 
     async def propose(self, command: Command, timeout: float) -> dict[str, Any]:
         """Replicate one command and return its result once this node applied it."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        handoff = self._handoff()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def done(result: Any, refusal: Refusal | None) -> None:
-            self._raft.defer(lambda: loop.call_soon_threadsafe(_settle, future, result, refusal))
+            self._raft.defer(lambda: handoff.call(_settle, future, result, refusal))
 
         self._refuse_while_catching_up()
         disk = self._raft.disk.state
@@ -147,11 +160,11 @@ class Replication:
 
     async def _index_when_applied(self, register: Callable[[Done], None], timeout: float, timeout_message: str) -> int:
         """Bridge a ReadIndex callback (run in the Raft thread once this node applied an index) to asyncio."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
+        handoff = self._handoff()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def done(index: int | None, error: str | None) -> None:
-            loop.call_soon_threadsafe(_settle_read, future, index, error)
+            handoff.call(_settle_read, future, index, error)
 
         register(done)
         try:
@@ -161,11 +174,11 @@ class Replication:
 
     async def change_membership(self, action: str, raft_addr: str, timeout: float) -> None:
         """Add or remove a voter; one change at a time, through the log."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        handoff = self._handoff()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def done(refusal: Refusal | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, True if refusal is None else None, refusal)
+            handoff.call(_settle, future, True if refusal is None else None, refusal)
 
         self._raft.change_membership(action, raft_addr, done)
         try:
