@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -74,3 +76,25 @@ def test_a_failing_call_is_reported_and_the_rest_still_run() -> None:
     ran, reported = asyncio.run(main())
     assert ran == ["after"]
     assert isinstance(reported[0]["exception"], ValueError)
+
+
+def test_calls_for_a_closed_loop_are_dropped_without_raising() -> None:
+    loop = asyncio.new_event_loop()
+    handoff = LoopHandoff(loop)
+    loop.close()
+    ran: list[int] = []
+    for number in range(3):
+        handoff.call(ran.append, number)  # the Raft thread must not raise: nobody awaits these any more
+    assert ran == [] and not handoff._calls
+
+
+def test_a_handoff_does_not_keep_its_loop_alive() -> None:
+    loop = asyncio.new_event_loop()
+    handoff = LoopHandoff(loop)
+    gone = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert gone() is None
+    handoff.call(print, "never")  # and a call after that is dropped too
+    assert not handoff._calls

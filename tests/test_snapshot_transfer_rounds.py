@@ -126,10 +126,13 @@ def test_a_transfer_to_a_replica_that_leaves_is_cancelled(voters: _Voters, monke
     """pysyncobj forgets a read-only replica that disconnects without cancelling its transfer: the open
     file stayed, and the transfer held back the leader's snapshots for ``TRANSFER_HOLD_S``."""
     leader = voters.leader_with_a_snapshot()
-    monkeypatch.setattr(snapshotter, "STREAM_BYTES_PER_S", PACE_BYTES_PER_S)  # the transfer outlasts the test
+    # After the pace's first 4 MiB of credit, the rest of the ~7 MB takes about a minute: the replica
+    # leaves mid-transfer, and the transfer cannot end by itself while the test waits.
+    monkeypatch.setattr(snapshotter, "STREAM_BYTES_PER_S", 64 << 10)
     snapshots = leader._raft.snapshots
-    voters.start_replica("r")
+    _, replica_store = voters.start_replica("r")
     _wait(lambda: snapshots.sending, "no transfer to the replica began")
+    assert replica_store.snapshots_installed == 0
     voters.stop("r")
     _wait(lambda: not snapshots.sending, "the transfer to the replica that left was never cancelled")
     assert not snapshots._outgoing, "the snapshot file is still open for the replica"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -18,29 +19,43 @@ from typing import Any
 class LoopHandoff:
     """Runs calls queued by any thread on one event loop, in order.
 
-    No call is left waiting: a producer queues first and then looks at the flag, and the loop clears
-    the flag before it empties the queue, so a call queued after the loop's last look finds the flag
-    clear and schedules another run (at worst a run finds the queue empty).
+    No call is left waiting while the loop runs: a producer queues first and then looks at the flag,
+    and the loop clears the flag before it takes the queued calls, so a call queued after that finds
+    the flag clear and schedules another run (at worst a run finds the queue empty). Calls for a loop
+    that has closed are dropped: nothing can await its futures any more. The loop is held weakly, so
+    a handoff kept for a finished loop (``Replication`` keeps one per loop) does not keep it alive.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)
         self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = collections.deque()
         self._scheduled = False
 
     def call(self, function: Callable[..., object], *args: Any) -> None:
         """Run ``function(*args)`` on the loop soon (any thread)."""
         self._calls.append((function, args))
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon_threadsafe(self._run)
+        if self._scheduled:
+            return
+        self._scheduled = True
+        loop = self._loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self._run)
+        except RuntimeError:  # closed: asyncio refuses calls to a closed loop
+            self._calls.clear()
+            self._scheduled = False
 
     def _run(self) -> None:
+        """Run the calls queued so far; those queued meanwhile get a run of their own, so that a busy
+        producer cannot hold the loop in one callback."""
         self._scheduled = False
         calls = self._calls
-        while calls:
+        for _ in range(len(calls)):
             function, args = calls.popleft()
             try:
                 function(*args)
             except Exception as error:  # noqa: BLE001 - reported as asyncio reports a failed callback
-                self._loop.call_exception_handler({"message": f"exception in {function!r}", "exception": error})
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"exception in {function!r}", "exception": error}
+                )

@@ -75,7 +75,7 @@ class Replication:
         self.store = store
         self._raft = RaftNode(settings, store, self._apply)
         # Futures are settled from the Raft thread through one handoff per event loop (a node has one;
-        # tests may run several loops in turn).
+        # tests may run several loops in turn, each entry going with its loop).
         self._handoffs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHandoff] = weakref.WeakKeyDictionary()
 
     def _handoff(self) -> LoopHandoff:

@@ -588,9 +588,9 @@ class ContextStore:
 
     def commit(self) -> None:
         """Commit the group transaction: its entries become visible to readers."""
-        if self._group is None:
+        group = self._group
+        if group is None:
             return
-        group, self._group = self._group, None
         if self._group_advanced:
             # Once per group rather than per entry: nothing reads the open group's applied index but
             # ``apply``, and trimming the history drops the oldest whole versions until few enough
@@ -602,6 +602,7 @@ class ContextStore:
             if self._group_changed:
                 self._trim_history(group)
             self._group_advanced = self._group_changed = False
+        self._group = None
         group.commit()
         self._committed_unannounced = True
 
