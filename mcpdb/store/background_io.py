@@ -9,8 +9,10 @@ writeback of a file's dirty pages without waiting for it and without a device fl
 calling it twice a second lets the pages drain about as fast as they are dirtied (the same run: no
 fsync over 100 ms, dirty pages at most 1.2 GB instead of 2.2 GB). Flushing with ``env.sync()``
 (fdatasync) every second instead was tried and made stalls worse: it waits for the writeback and
-the device flush, and commits stop behind it. Python's os module has no sync_file_range, so glibc's
-is called through ctypes; where it is missing the thread does nothing.
+the device flush, and commits stop behind it. (A snapshot streamed to its file is the opposite case:
+small fdatasyncs every MiB beat ``sync_file_range`` there, see ``snapshot._copy_paced``.) Python's os
+module has no sync_file_range, so glibc's is called through ctypes; where it is missing the thread
+does nothing.
 
 Large files are deleted gradually, by one thread (``retire``, as RocksDB's DeleteScheduler does):
 freeing a 2 GB snapshot in one unlink (``os.replace`` over the old snapshot is one) held the Raft
@@ -77,8 +79,9 @@ def idle_io() -> None:
     """Put the calling thread's disk I/O in the idle class: the block layer's scheduler (mq-deadline,
     BFQ) serves it when no best-effort I/O, such as the journal's fsyncs, is waiting, and ages it
     so it is never starved for long. Bulk writes a thread issues itself (its own fdatasync,
-    sync_file_range, truncate) are submitted in its context and carry its class. Where the kernel
-    refuses, the thread keeps the default class."""
+    sync_file_range, truncate) are submitted in its context and carry its class; the journal commit
+    and device cache flush an fdatasync causes do not. Where the kernel refuses, the thread keeps
+    the default class."""
     try:
         psutil.Process(threading.get_native_id()).ionice(psutil.IOPRIO_CLASS_IDLE)
     except (psutil.Error, OSError) as error:

@@ -85,12 +85,14 @@ def _copy_paced(pinned: PinnedVersion, fd: int) -> None:
     fsync of the node (one per tick in durable mode) then waited behind their writeback: measured
     at 1 M contexts, probe writes stalled for seconds and heartbeats stopped long enough for
     elections. So LMDB writes into a pipe (``mdb_copy`` streams to stdout the same way) and this
-    thread moves it to the file in chunks, flushing every MiB. The flushes are that frequent
-    because a journal fsync still waits for the snapshot's unflushed data on a shared ext4 disk
-    (its journal commit writes the data of newly allocated blocks first): with every node writing a
-    snapshot at once under a probe (300 k contexts), probe p50 / p99 were 35 / 196 ms flushing every
-    16 MiB, 8.6 / 58 every 4, 3.8 / 28 every 1 (3.2 / 20 with no snapshot), and the snapshots took
-    as long (6.6-7.1 s).
+    thread moves it to the file in chunks, with an ``fdatasync`` every MiB. The flushes are that
+    frequent because the journal's fsyncs on the same disk still waited for the snapshot's
+    unflushed data, in proportion to how much there was (measured on ext4, data=ordered, Linux
+    6.18; which ext4 wait it is, ordered data or a journal commit behind the idle-class writes, was
+    not traced). With every node writing a snapshot at once under a probe (300 k contexts), probe
+    p50 / p99 were 35 / 196 ms flushing every 16 MiB, 8.6 / 58 every 4, 3.8 / 28-31 every 1 (3.2 /
+    20 with no snapshot), the snapshots as fast (6.6-7.2 s). ``sync_file_range`` every MiB (writes
+    the data, commits no metadata, flushes no device cache) was worse: 18.7 / 93.
     """
     reader, writer = os.pipe()
     failure: list[BaseException] = []
