@@ -970,6 +970,8 @@ def run(settings: ScaleSettings, step: Step) -> dict[str, Any]:
             with make() as system:
                 results[name] = scenario(system, settings, step)
                 system.stop_all()
+                if name == "mcpdb":  # what a leader change or a stall in the run was (etcd logs to its stderr)
+                    results[name]["node_logs"] = _node_logs(system)
             results["environment"][f"loadavg_after_{name}"] = os.getloadavg()
             if name == "etcd":
                 shutil.rmtree(Path(tmp) / name)  # its disk back before mcpdb loads
@@ -977,6 +979,16 @@ def run(settings: ScaleSettings, step: Step) -> dict[str, Any]:
         results["gather"] = measure_gather(Path(tmp) / "mcpdb" / "n1" / "store", settings)
     results["rows"] = rows(results)
     return results
+
+
+def _node_logs(system: ScaleSystem) -> dict[str, str]:
+    """Each member's node.log, which the run's temporary directory would take with it."""
+    logs = {}
+    for member in system.members():
+        log = system.member_dir(member) / "node.log"
+        if log.exists():
+            logs[member] = log.read_text(errors="replace")
+    return logs
 
 
 def _filesystem(path: Path) -> str:
@@ -1172,5 +1184,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def save(results: dict[str, Any], folder: Path) -> None:
-    """results.json, results.md and scale.png in ``folder``."""
+    """results.json, results.md and scale.png in ``folder``, and each mcpdb node's log beside them."""
+    logs = results["mcpdb"].pop("node_logs", {})
     plots.save_run(folder, results, markdown(results), plot, "scale.png")
+    for member, text in logs.items():
+        (folder / f"mcpdb-{member}.log").write_text(text)

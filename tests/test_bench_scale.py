@@ -49,6 +49,8 @@ def test_scale_benchmark_smoke(tmp_path: Path) -> None:
         assert all(member["records"] >= CONTEXTS for member in run["resources"]["restart"].values())
         assert run["probe"] and {"compactions", "leader_changes"} <= set(run["events"])
     assert results["mcpdb"]["phases"]["compaction"]["note"]  # says whether the snapshot was forced
+    for member in results["mcpdb"]["resources"]["restart"]:  # the nodes' logs outlive the run's data
+        assert "leader is now" in (tmp_path / f"mcpdb-{member}.log").read_text()
 
     gather = results["gather"]
     assert "in-process gather()" in gather["method"]

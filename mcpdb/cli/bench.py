@@ -312,7 +312,7 @@ def scale(
     console.print(_table(results))
     console.print(scale_bench.details(results), highlight=False)
     console.print(f"command: {results['command']}", soft_wrap=True, highlight=False)
-    console.print(f"saved {folder}/results.json, results.md, scale.png")
+    console.print(f"saved {folder}/results.json, results.md, scale.png, mcpdb-<node>.log")
 
 
 def _simple_table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> Table:
