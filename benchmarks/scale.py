@@ -1185,7 +1185,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def save(results: dict[str, Any], folder: Path) -> None:
     """results.json, results.md and scale.png in ``folder``, and each mcpdb node's log beside them."""
-    logs = results["mcpdb"].pop("node_logs", {})
-    plots.save_run(folder, results, markdown(results), plot, "scale.png")
-    for member, text in logs.items():
+    folder.mkdir(parents=True, exist_ok=True)
+    for member, text in results["mcpdb"].get("node_logs", {}).items():  # first: a failing plot must not lose them
         (folder / f"mcpdb-{member}.log").write_text(text)
+    mcpdb = {key: value for key, value in results["mcpdb"].items() if key != "node_logs"}
+    plots.save_run(folder, {**results, "mcpdb": mcpdb}, markdown(results), plot, "scale.png")

@@ -90,7 +90,7 @@ def _copy_paced(pinned: PinnedVersion, fd: int) -> None:
     unflushed data, in proportion to how much there was (measured on ext4, data=ordered, Linux
     6.18; which ext4 wait it is, ordered data or a journal commit behind the idle-class writes, was
     not traced). With every node writing a snapshot at once under a probe (300 k contexts), probe
-    p50 / p99 were 35 / 196 ms flushing every 16 MiB, 8.6 / 58 every 4, 3.8 / 28-31 every 1 (3.2 /
+    p50 / p99 were 36 / 198 ms flushing every 16 MiB, 8.6 / 58 every 4, 3.8 / 28-31 every 1 (3.2 /
     20 with no snapshot), the snapshots as fast (6.6-7.2 s). ``sync_file_range`` every MiB (writes
     the data, commits no metadata, flushes no device cache) was worse: 18.7 / 93.
     """
