@@ -74,6 +74,7 @@ from benchmarks.compare import ratio, relative, row
 from benchmarks.etcd_cluster import b64
 from benchmarks.stats import percentile
 from benchmarks.systems import Etcd, Mcpdb
+from mcpdb.ops.localcluster import LocalCluster
 
 INSTALL = "apt-get update && apt-get install -y etcd-server etcd-client"
 # The loaded namespace, one holding only the chat user's contexts, and the probe's (not to add to what gather reads).
@@ -473,7 +474,7 @@ class McpdbAtScale(Mcpdb):
         """Stop the node, delete everything in its data directory but its log, start it empty."""
         self.cluster.stop(member)
         for entry in self.member_dir(member).iterdir():
-            if entry.name != "node.log":
+            if entry != self.cluster.log_path(member):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         self.cluster.start(member)
 
@@ -970,8 +971,8 @@ def run(settings: ScaleSettings, step: Step) -> dict[str, Any]:
             with make() as system:
                 results[name] = scenario(system, settings, step)
                 system.stop_all()
-                if name == "mcpdb":  # what a leader change or a stall in the run was (etcd logs to its stderr)
-                    results[name]["node_logs"] = _node_logs(system)
+                if isinstance(system, McpdbAtScale):  # what a leader change or stall was (etcd logs to stderr)
+                    results[name]["node_logs"] = _node_logs(system.cluster)
             results["environment"][f"loadavg_after_{name}"] = os.getloadavg()
             if name == "etcd":
                 shutil.rmtree(Path(tmp) / name)  # its disk back before mcpdb loads
@@ -981,14 +982,10 @@ def run(settings: ScaleSettings, step: Step) -> dict[str, Any]:
     return results
 
 
-def _node_logs(system: ScaleSystem) -> dict[str, str]:
-    """Each member's node.log, which the run's temporary directory would take with it."""
-    logs = {}
-    for member in system.members():
-        log = system.member_dir(member) / "node.log"
-        if log.exists():
-            logs[member] = log.read_text(errors="replace")
-    return logs
+def _node_logs(cluster: LocalCluster) -> dict[str, str]:
+    """Each node's log, which the run's temporary directory would take with it."""
+    paths = {spec.node_id: cluster.log_path(spec.node_id) for spec in cluster.layout.nodes}
+    return {node_id: path.read_text(errors="replace") for node_id, path in paths.items() if path.exists()}
 
 
 def _filesystem(path: Path) -> str:

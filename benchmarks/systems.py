@@ -104,7 +104,7 @@ class Mcpdb(_Adapter):
 
     def findings(self) -> dict[str, Any]:
         """pysyncobj's CRITICAL "truncating already-applied" records in the node logs (must stay 0)."""
-        logs = (self.cluster.data_dir / spec.node_id / "node.log" for spec in self.cluster.layout.nodes)
+        logs = (self.cluster.log_path(spec.node_id) for spec in self.cluster.layout.nodes)
         return {
             "critical_truncations": sum(
                 log.read_text(errors="replace").count("truncating already-applied") for log in logs if log.exists()

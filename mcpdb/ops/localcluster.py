@@ -176,12 +176,16 @@ class LocalCluster:
         while all generate; 1 thread each: about 15)."""
         return max(1, len(os.sched_getaffinity(0)) // len(self.layout.nodes))
 
+    def log_path(self, node_id: str) -> Path:
+        """Where the node's output goes (appended to across restarts)."""
+        return self.data_dir / node_id / "node.log"
+
     def start(self, node_id: str) -> None:
         spec = self.spec(node_id)
         if node_id in self.processes and self.processes[node_id].poll() is None:
             raise RuntimeError(f"{node_id} is already running")
         (self.data_dir / node_id).mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / node_id / "node.log", "ab")  # noqa: SIM115 - kept open while it runs
+        log = open(self.log_path(node_id), "ab")  # noqa: SIM115 - kept open while it runs
         self._log_files[node_id] = log
         env = {**os.environ, **(self.env or {})}
         if self.token:
@@ -277,7 +281,7 @@ class LocalCluster:
         while time.monotonic() < deadline:
             for node_id in wanted:
                 if not self.running(node_id):
-                    raise RuntimeError(f"{node_id} exited; see {self.data_dir / node_id / 'node.log'}")
+                    raise RuntimeError(f"{node_id} exited; see {self.log_path(node_id)}")
             leader = self.leader()
             if leader and all(self._ready(n) for n in wanted):
                 return leader
