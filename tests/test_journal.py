@@ -188,3 +188,35 @@ def test_only_the_newest_commands_stay_in_memory_and_older_ones_read_back_intact
     assert held < 2 << 20, f"{held} bytes held for 1 MiB of cache"
     assert [entry[0] for entry in journal] == [_command(index) for index in range(1, 201)]
     assert journal[3] == (_command(4), 4, 1) and journal[-1] == (_command(200), 200, 1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.integers(1, 3000), min_size=1, max_size=40),
+    dropped=st.integers(0, 10),
+    first=st.integers(0, 55),
+    span=st.integers(0, 50),
+    budget=st.integers(0, 10_000),
+)
+def test_a_slice_ends_where_its_commands_outgrow_the_budget_and_holds_one_entry_at_least(
+    tmp_path: Path, lengths: list[int], dropped: int, first: int, span: int, budget: int
+) -> None:
+    journal = Journal(str(tmp_path / f"journal-{os.urandom(4).hex()}"), APP_VERSION, False, RESERVE_BYTES, SEGMENT)
+    try:
+        for index, length in enumerate(lengths, start=1):
+            journal.add(b"x" * length, index, 1)
+        dropped = min(dropped, len(lengths) - 1)
+        if dropped:
+            journal.deleteEntriesTo(dropped + 1)  # compaction: indexes 1..dropped are gone
+        last = first + span
+        held = range(dropped + 1, len(lengths) + 1)
+        if first not in held:
+            expected = last
+        else:
+            expected, total = first, lengths[first - 1]
+            while expected + 1 <= min(last, held[-1]) and total + lengths[expected] <= budget:
+                total += lengths[expected]
+                expected += 1
+        assert journal.slice_end(first, last, budget) == expected
+    finally:
+        journal._destroy()

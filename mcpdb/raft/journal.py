@@ -320,6 +320,22 @@ class Journal:
         """Bytes of entries that can still be written without new disk space."""
         return self._active.allocated - self._active.end
 
+    def slice_end(self, first: int, last: int, budget: int) -> int:
+        """The last index from ``first`` through ``last`` whose commands together take at most
+        ``budget`` bytes (``first`` counts whatever its size); ``last`` if ``first`` is not held."""
+        if not self._index_terms or not self._index_terms[0][0] <= first <= self._index_terms[-1][0]:
+            return last
+        position = first - self._index_terms[0][0]
+        end = min(last, self._index_terms[-1][0])
+        total = self._index_terms[position][2]
+        index = first
+        while index < end:
+            total += self._index_terms[position + index + 1 - first][2]
+            if total > budget:
+                break
+            index += 1
+        return index
+
     # ---------------------------------------------------- pysyncobj's interface
     def add(self, command: bytes, idx: int, term: int) -> None:
         record = _record((command, idx, term))

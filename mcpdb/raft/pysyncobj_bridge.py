@@ -30,6 +30,9 @@ The seams, each the narrowest one available in 0.3.17:
 - ``_SyncObj__sendAppendEntries``, wrapped, and ``_SyncObj__raftNextIndex``: a follower's next index
   is raised for the rest of one call when it has no snapshot chunk to take
   (``RaftNode.end_transfer_round``).
+- ``_SyncObj__applyLogEntries``, wrapped, and ``_SyncObj__raftCommitIndex``, lowered for each call
+  of it: a tick applies its committed entries in slices within a time budget
+  (``mcpdb.raft.apply_slices``); the index is put back before the wrapper returns.
 - ``_onReadonlyNodeDisconnected``, overridden on the transport to cancel the replica's snapshot
   transfer through ``_SyncObj__serializer`` before pysyncobj forgets the replica.
 - ``_SyncObj__transport``, and ``getStatus()``'s keys, read by ``RaftNode.status``.
@@ -60,6 +63,7 @@ from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
+from mcpdb.raft.apply_slices import SLICE_BYTES, apply_in_slices
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
@@ -482,6 +486,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
     """
 
     _SyncObj__sendAppendEntries: Callable[[], None]  # pysyncobj's, wrapped (_wrap_send_append_entries)
+    _SyncObj__applyLogEntries: Callable[[], bool]  # pysyncobj's, wrapped (_wrap_apply_log_entries)
 
     def __init__(self, settings: RaftSettings, store: ContextStore, apply: Apply) -> None:
         check_pysyncobj_version()
@@ -501,7 +506,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._status_sample: dict[str, Any] = {}
         self._status_taken = 0.0
         self._last_tick_began = time.monotonic()
-        self.stalls = 0  # ticks that began more than an election timeout after the previous one
+        self.stalls = 0  # ticks that began more than an election timeout after the previous one, any role
         self.stall_watch = StallWatch()
         self.leader_changes = 0  # times a leader other than the last one known was seen (the first counts)
         self._last_leader: Any = None
@@ -523,6 +528,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._sent_through = (0, 0, 0)  # (term, last log index, commit index) the last _send_appended sent
         self._wrap_poll()
         self._wrap_send_append_entries()
+        self._wrap_apply_log_entries()
         # First, before the transport's journal fsync: followers write the entries while this node does.
         self._SyncObj__onTickCallbacks.insert(0, self._send_appended)
         self.addOnTickCallback(self._commit_and_notify)
@@ -582,7 +588,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
         def poll_unless_work(timeout: float) -> None:
             self._polling = True
-            if self._deferred or commands or self.read_index.has_incoming() or self._commits_alone():
+            if (
+                self._deferred
+                or commands
+                or self.read_index.has_incoming()
+                or self._commits_alone()
+                or self.raftLastApplied < self.raftCommitIndex  # a slice of them left for the next tick
+            ):
                 timeout = 0
             try:
                 poll(timeout)
@@ -627,6 +639,25 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 self._paused_next_index.clear()
 
         self._SyncObj__sendAppendEntries = send_then_restore
+
+    def _wrap_apply_log_entries(self) -> None:
+        """Apply a tick's committed entries in slices, within a time budget (``apply_slices``)."""
+        apply_log_entries = self._SyncObj__applyLogEntries
+
+        def set_commit_index(index: int) -> None:
+            self._SyncObj__raftCommitIndex = index
+
+        def apply_a_share() -> bool:
+            apply_in_slices(
+                apply_log_entries,
+                self._SyncObj__raftCommitIndex,
+                set_commit_index,
+                lambda: self.raftLastApplied,
+                lambda first, last: self._SyncObj__raftLog.slice_end(first, last, SLICE_BYTES),
+            )
+            return False  # with batched AppendEntries pysyncobj never sends because of an apply
+
+        self._SyncObj__applyLogEntries = apply_a_share
 
     # ------------------------------------------------------- thread hand-offs
     def wake(self) -> None:
@@ -843,10 +874,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         """
         now = time.monotonic()
         gap, self._last_tick_began = now - self._last_tick_began, now
-        if gap > self._settings.election_timeout[0] and not self._isLeader():
+        if gap > self._settings.election_timeout[0]:
             self.stalls += 1
-            _log.warning("raft thread stalled %.2f s: election timer restarted instead of standing", gap)
-            self.reset_election_timer()
+            if self._isLeader():
+                _log.warning("raft thread held %.2f s as leader: followers heard nothing meanwhile", gap)
+            else:
+                _log.warning("raft thread stalled %.2f s: election timer restarted instead of standing", gap)
+                self.reset_election_timer()
         self.stall_watch.tick_began()
         try:
             # What the last tick appended is on disk before this one counts it toward a commit, even if
