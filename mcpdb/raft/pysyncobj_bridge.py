@@ -22,7 +22,8 @@ The seams, each the narrowest one available in 0.3.17:
 - ``_poller.poll``, wrapped once (``RaftNode._wrap_poll``): skip the wait when work is queued, then
   release the acknowledgements the transport held until the journal was fsynced.
 - ``_applyCommand`` (overridden to wake the poll through mcpdb's own ``PipeNotifier``) and
-  ``_SyncObj__commandsQueue._FastQueue__queue`` (peeked before a poll): wake-ups only when needed.
+  ``_SyncObj__commandsQueue``, replaced by ``mcpdb.raft.command_lanes.CommandLanes`` (bulk proposals
+  one entry at a time on a leader; asked before a poll whether work is ready): wake-ups only when needed.
 - Batched AppendEntries, sent by mcpdb once a tick (``RaftNode._send_appended``, first of
   ``_SyncObj__onTickCallbacks``, calling ``_SyncObj__sendAppendEntries``); ``_SyncObj__otherNodes`` and
   ``_SyncObj__getCurrentLogIndex`` tell a lone voter's leader not to wait in poll.
@@ -64,6 +65,7 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft.apply_slices import SLICE_BYTES, apply_in_slices
+from mcpdb.raft.command_lanes import CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
@@ -526,6 +528,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         )
         self._transport: McpdbTransport = self._SyncObj__transport
         self._sent_through = (0, 0, 0)  # (term, last log index, commit index) the last _send_appended sent
+        self._bulk_index = 0  # as leader, the index of the bulk entry this node appended last
+        self._lanes = CommandLanes(self._SyncObj__conf.commandsQueueSize, self._holds_bulk, self._took_bulk)
+        self._SyncObj__commandsQueue = self._lanes
         self._wrap_poll()
         self._wrap_send_append_entries()
         self._wrap_apply_log_entries()
@@ -555,6 +560,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         # Raft thread; pysyncobj calls it before it raises the term for an election.
         if _ROLES.get(old) == "leader":
             self.snapshots.drop_transfers()
+        self._bulk_index = 0  # an entry of an earlier term may never be applied: hold nothing for it
         if _ROLES.get(new) == "leader":
             # pysyncobj sets the new no-op's index only after appending it: until then (or if the
             # append fails on a full disk) ReadIndex must not count an earlier term's no-op.
@@ -582,7 +588,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         new thread sleeps before its first tick.
         """
         self._notify_pipe = PipeNotifier(self._poller).notify
-        commands = self._SyncObj__commandsQueue._FastQueue__queue
+        commands_ready = self._lanes.has_ready
         poll = self._poller.poll
         release_acks = self._transport.release_acks
 
@@ -590,7 +596,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             self._polling = True
             if (
                 self._deferred
-                or commands
+                or commands_ready()
                 or self.read_index.has_incoming()
                 or self._commits_alone()
                 or self.raftLastApplied < self.raftCommitIndex  # a slice of them left for the next tick
@@ -639,6 +645,14 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 self._paused_next_index.clear()
 
         self._SyncObj__sendAppendEntries = send_then_restore
+
+    def _holds_bulk(self) -> bool:
+        """Whether this leader's last bulk entry is yet to be applied here (``command_lanes``)."""
+        return self._bulk_index > self.raftLastApplied and bool(self._isLeader())
+
+    def _took_bulk(self) -> None:
+        if self._isLeader():  # it is appended next; a follower forwards it instead
+            self._bulk_index = self._SyncObj__getCurrentLogIndex() + 1
 
     def _wrap_apply_log_entries(self) -> None:
         """Apply a tick's committed entries in slices, within a time budget (``apply_slices``)."""
@@ -850,6 +864,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "journal_bytes": journal.bytes,
             "reconciled_append_entries": self._transport.reconciled_messages,
             "deferred_append_entries": self._transport.deferred_append_entries,
+            "bulk_proposals_held": self._lanes.held_bulk(),
             "raft_thread_stalls": self.stalls,
             "raft_thread_stall_reports": self.stall_watch.reports,
             "snapshots_written": self.snapshots.written,

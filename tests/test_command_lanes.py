@@ -1,0 +1,155 @@
+"""``CommandLanes``: a leader's proposals, small ones at once, bulk ones an entry at a time; and, on
+three in-process voters, a small write that no longer waits behind every bulk batch pending."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mcpdb.ops.localcluster import free_port
+from mcpdb.raft.command_lanes import BULK_BYTES, CommandLanes
+from mcpdb.raft.replication import Replication
+from mcpdb.store.commands import Batch, BatchPut, Put
+from mcpdb.store.state_machine import ContextStore
+from tests.raft_helpers import in_process_voter
+
+SMALL, BULK = b"s" * 100, b"b" * BULK_BYTES
+TIMEOUT_S = 30.0
+
+
+class _Leader:
+    """The two callables a RaftNode gives the lanes: whether its last bulk entry is unapplied."""
+
+    def __init__(self) -> None:
+        self.unapplied_bulk = False
+        self.took = 0
+
+    def took_bulk(self) -> None:
+        self.took += 1
+        self.unapplied_bulk = True
+
+    def lanes(self, max_size: int = 0) -> CommandLanes:
+        return CommandLanes(max_size, lambda: self.unapplied_bulk, self.took_bulk)
+
+
+def _drain(lanes: CommandLanes) -> list[Any]:
+    taken = []
+    while True:
+        try:
+            taken.append(lanes.get_nowait()[1])
+        except queue.Empty:
+            return taken
+
+
+def test_small_proposals_pass_held_bulk_ones_and_one_bulk_goes_per_applied_bulk_entry() -> None:
+    leader = _Leader()
+    lanes = leader.lanes()
+    for name, command in [("b1", BULK), ("b2", BULK), ("s1", SMALL), ("b3", BULK), ("s2", SMALL)]:
+        lanes.put_nowait((command, name))
+    assert _drain(lanes) == ["s1", "s2", "b1"] and leader.took == 1
+    assert not lanes.has_ready() and lanes.held_bulk() == 2
+    lanes.put_nowait((SMALL, "s3"))
+    assert lanes.has_ready() and _drain(lanes) == ["s3"]
+    leader.unapplied_bulk = False  # b1 applied
+    assert lanes.has_ready() and _drain(lanes) == ["b2"]
+    leader.unapplied_bulk = False
+    assert _drain(lanes) == ["b3"] and lanes.held_bulk() == 0 and not lanes.has_ready()
+
+
+def test_a_full_queue_refuses_as_pysyncobjs_does() -> None:
+    lanes = _Leader().lanes(max_size=2)
+    lanes.put_nowait((SMALL, 1))
+    lanes.put_nowait((BULK, 2))
+    with pytest.raises(queue.Full):
+        lanes.put_nowait((SMALL, 3))
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=60))
+def test_nothing_is_lost_or_reordered_within_a_lane(steps: list[tuple[bool, bool]]) -> None:
+    """Each step puts a small or bulk proposal, then applies the bulk entry or not, then drains what
+    is ready; at the end everything is drained once, each lane in the order it came."""
+    leader = _Leader()
+    lanes = leader.lanes()
+    taken: list[tuple[str, int]] = []
+    for number, (bulk, applied) in enumerate(steps):
+        lanes.put_nowait((BULK if bulk else SMALL, ("bulk" if bulk else "small", number)))
+        if applied:
+            leader.unapplied_bulk = False
+        taken += _drain(lanes)
+        assert leader.took == sum(1 for lane, _ in taken if lane == "bulk")
+    while lanes.held_bulk():
+        leader.unapplied_bulk = False
+        taken += _drain(lanes)
+    for lane in ("small", "bulk"):
+        put = [number for number, (bulk, _) in enumerate(steps) if bulk == (lane == "bulk")]
+        assert [number for name, number in taken if name == lane] == put
+
+
+APPLY_S = 0.3  # each bulk entry's apply
+
+
+def test_a_small_write_waits_for_one_bulk_entry_not_for_all_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three bulk batches proposed at once to a leader whose stores take ``APPLY_S`` per batch, then one
+    small write: appended as they came, the write would follow all three (1 s); it follows the first."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    started: list[tuple[Replication, ContextStore]] = []
+    try:
+        for address in addresses:
+            peers = [other for other in addresses if other != address]
+            started.append(in_process_voter(tmp_path / address.replace(":", "_"), address, peers))
+        _wait(lambda: any(replication.is_leader() for replication, _ in started), "no leader was elected")
+        leader = next(replication for replication, _ in started if replication.is_leader())
+        for _, store in started:
+            apply = store.apply
+
+            def slow_bulk(
+                index: int, command: Any, *args: Any, apply: Callable[..., Any] = apply, **kwargs: Any
+            ) -> Any:
+                if isinstance(command, Batch):
+                    time.sleep(APPLY_S)
+                return apply(index, command, *args, **kwargs)
+
+            monkeypatch.setattr(store, "apply", slow_bulk)
+
+        async def bulk_then_small() -> tuple[list[int], int]:
+            batches = [
+                Batch(
+                    "ns",
+                    tuple(
+                        BatchPut(f"c{i}-{j}", {"kind": "memory", "facts": ["x" * 1000]}, None, None) for j in range(100)
+                    ),
+                    1.0,
+                )
+                for i in range(3)
+            ]
+            bulk = [asyncio.create_task(leader.propose(batch, TIMEOUT_S)) for batch in batches]
+            await asyncio.sleep(0.05)  # all three in the leader's queue, the first appended
+            small = await leader.propose(
+                Put("ns", "probe", {"kind": "memory", "facts": ["y"]}, None, None, 1.0), TIMEOUT_S
+            )
+            return [result["version"] for result in await asyncio.gather(*bulk)], small["version"]
+
+        bulk_versions, small_version = asyncio.run(bulk_then_small())
+        assert sorted(bulk_versions)[0] < small_version < sorted(bulk_versions)[1], (bulk_versions, small_version)
+        assert leader._raft.status()["bulk_proposals_held"] == 0
+    finally:
+        for replication, store in started:
+            replication.close()
+            store.close()
+
+
+def _wait(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
