@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcpdb.errors import NotApplied
 from mcpdb.ops.localcluster import free_port
-from mcpdb.raft.command_lanes import BULK_BYTES, CommandLanes
+from mcpdb.raft import command_lanes
+from mcpdb.raft.command_lanes import BULK_BYTES, MAX_HELD_BULK, CommandLanes
 from mcpdb.raft.replication import Replication
 from mcpdb.store.commands import Batch, BatchPut, Put
 from mcpdb.store.state_machine import ContextStore
@@ -23,6 +26,7 @@ from tests.raft_helpers import in_process_voter
 
 SMALL, BULK = b"s" * 100, b"b" * BULK_BYTES
 TIMEOUT_S = 30.0
+SMALL_BOUND = 2  # MAX_HELD_BULK in the property test
 
 
 class _Leader:
@@ -72,35 +76,63 @@ def test_a_full_queue_refuses_as_pysyncobjs_does() -> None:
         lanes.put_nowait((SMALL, 3))
 
 
+def test_bulk_proposals_past_the_held_bound_are_refused_and_small_ones_still_pass() -> None:
+    leader = _Leader()
+    lanes = leader.lanes()
+    for number in range(MAX_HELD_BULK):
+        lanes.put_nowait((BULK, number))
+    with pytest.raises(queue.Full):
+        lanes.put_nowait((BULK, "one too many"))
+    lanes.put_nowait((SMALL, "small"))
+    assert _drain(lanes) == ["small", 0]
+    lanes.put_nowait((BULK, "room again"))  # one was taken
+
+
 @given(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=60))
+@settings(max_examples=300)
 def test_nothing_is_lost_or_reordered_within_a_lane(steps: list[tuple[bool, bool]]) -> None:
-    """Each step puts a small or bulk proposal, then applies the bulk entry or not, then drains what
-    is ready; at the end everything is drained once, each lane in the order it came."""
+    """Each step puts a small or bulk proposal (refused past the held bound, lowered so that it is
+    reached), then applies the bulk entry or not, then drains what is ready; at the end everything put
+    is drained once, each lane in the order it came."""
     leader = _Leader()
     lanes = leader.lanes()
     taken: list[tuple[str, int]] = []
-    for number, (bulk, applied) in enumerate(steps):
-        lanes.put_nowait((BULK if bulk else SMALL, ("bulk" if bulk else "small", number)))
-        if applied:
-            leader.unapplied_bulk = False
-        taken += _drain(lanes)
-        assert leader.took == sum(1 for lane, _ in taken if lane == "bulk")
+    refused: set[int] = set()
+    with patch.object(command_lanes, "MAX_HELD_BULK", SMALL_BOUND):
+        for number, (bulk, applied) in enumerate(steps):
+            if bulk and lanes.held_bulk() == SMALL_BOUND:
+                with pytest.raises(queue.Full):
+                    lanes.put_nowait((BULK, ("bulk", number)))
+                refused.add(number)
+            else:
+                lanes.put_nowait((BULK if bulk else SMALL, ("bulk" if bulk else "small", number)))
+            if applied:
+                leader.unapplied_bulk = False
+            taken += _drain(lanes)
+            assert leader.took == sum(1 for lane, _ in taken if lane == "bulk")
     while lanes.held_bulk():
         leader.unapplied_bulk = False
         taken += _drain(lanes)
     for lane in ("small", "bulk"):
-        put = [number for number, (bulk, _) in enumerate(steps) if bulk == (lane == "bulk")]
+        put = [number for number, (bulk, _) in enumerate(steps) if bulk == (lane == "bulk") and number not in refused]
         assert [number for name, number in taken if name == lane] == put
 
 
 APPLY_S = 0.3  # each bulk entry's apply
 
 
-def test_a_small_write_waits_for_one_bulk_entry_not_for_all_pending(
+def _batch(name: str) -> Batch:
+    """About 110 KB of commands: a bulk proposal."""
+    puts = tuple(BatchPut(f"{name}-{j}", {"kind": "memory", "facts": ["x" * 1000]}, None, None) for j in range(100))
+    return Batch("ns", puts, 1.0)
+
+
+@pytest.fixture
+def slow_bulk_voters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Three bulk batches proposed at once to a leader whose stores take ``APPLY_S`` per batch, then one
-    small write: appended as they came, the write would follow all three (1 s); it follows the first."""
+) -> Iterator[list[tuple[Replication, ContextStore]]]:
+    """Three in-process voters, a leader elected, whose stores take ``APPLY_S`` to apply a batch; the
+    leader first."""
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     started: list[tuple[Replication, ContextStore]] = []
     try:
@@ -108,7 +140,7 @@ def test_a_small_write_waits_for_one_bulk_entry_not_for_all_pending(
             peers = [other for other in addresses if other != address]
             started.append(in_process_voter(tmp_path / address.replace(":", "_"), address, peers))
         _wait(lambda: any(replication.is_leader() for replication, _ in started), "no leader was elected")
-        leader = next(replication for replication, _ in started if replication.is_leader())
+        _wait(lambda: all(replication.status()["leader"] for replication, _ in started), "a voter knows no leader")
         for _, store in started:
             apply = store.apply
 
@@ -120,32 +152,50 @@ def test_a_small_write_waits_for_one_bulk_entry_not_for_all_pending(
                 return apply(index, command, *args, **kwargs)
 
             monkeypatch.setattr(store, "apply", slow_bulk)
-
-        async def bulk_then_small() -> tuple[list[int], int]:
-            batches = [
-                Batch(
-                    "ns",
-                    tuple(
-                        BatchPut(f"c{i}-{j}", {"kind": "memory", "facts": ["x" * 1000]}, None, None) for j in range(100)
-                    ),
-                    1.0,
-                )
-                for i in range(3)
-            ]
-            bulk = [asyncio.create_task(leader.propose(batch, TIMEOUT_S)) for batch in batches]
-            await asyncio.sleep(0.05)  # all three in the leader's queue, the first appended
-            small = await leader.propose(
-                Put("ns", "probe", {"kind": "memory", "facts": ["y"]}, None, None, 1.0), TIMEOUT_S
-            )
-            return [result["version"] for result in await asyncio.gather(*bulk)], small["version"]
-
-        bulk_versions, small_version = asyncio.run(bulk_then_small())
-        assert sorted(bulk_versions)[0] < small_version < sorted(bulk_versions)[1], (bulk_versions, small_version)
-        assert leader._raft.status()["bulk_proposals_held"] == 0
+        yield sorted(started, key=lambda voter: not voter[0].is_leader())
     finally:
         for replication, store in started:
             replication.close()
             store.close()
+
+
+def test_a_small_write_waits_for_one_bulk_entry_not_for_all_pending(
+    slow_bulk_voters: list[tuple[Replication, ContextStore]],
+) -> None:
+    """Three bulk batches proposed at once, then one small write: appended as they came, the write would
+    follow all three (1 s); it follows the first."""
+    leader = slow_bulk_voters[0][0]
+
+    async def bulk_then_small() -> tuple[list[int], int]:
+        bulk = [asyncio.create_task(leader.propose(_batch(f"c{i}"), TIMEOUT_S)) for i in range(3)]
+        await asyncio.sleep(0.05)  # all three in the leader's queue, the first appended
+        small = await leader.propose(Put("ns", "probe", {"kind": "memory", "facts": ["y"]}, None, None, 1.0), TIMEOUT_S)
+        return [result["version"] for result in await asyncio.gather(*bulk)], small["version"]
+
+    bulk_versions, small_version = asyncio.run(bulk_then_small())
+    assert sorted(bulk_versions)[0] < small_version < sorted(bulk_versions)[1], (bulk_versions, small_version)
+    assert leader._raft.status()["bulk_proposals_held"] == 0
+
+
+def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(
+    slow_bulk_voters: list[tuple[Replication, ContextStore]],
+) -> None:
+    """``MAX_HELD_BULK`` + 6 batches at once, half through a follower (forwarded to the leader, refused
+    there): the leader appends one at a time and holds at most the bound; those past it are refused,
+    and a refused one is certainly not applied."""
+    (leader, store), (follower, _) = slow_bulk_voters[0], slow_bulk_voters[1]
+    count = MAX_HELD_BULK + 6
+
+    async def all_at_once() -> list[Any]:
+        proposals = [(leader if i % 2 else follower).propose(_batch(f"b{i}"), TIMEOUT_S) for i in range(count)]
+        return await asyncio.gather(*proposals, return_exceptions=True)
+
+    outcomes = asyncio.run(all_at_once())
+    refused = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NotApplied)]
+    assert all(isinstance(outcome, dict | NotApplied) for outcome in outcomes), outcomes
+    assert refused and "queue is full" in str(outcomes[refused[0]]), outcomes
+    for i in range(count):
+        assert (store.get("ns", f"b{i}-99") is None) == (i in refused)
 
 
 def _wait(done: Callable[[], bool], what: str) -> None:

@@ -35,11 +35,16 @@ from collections.abc import Callable
 from typing import Any
 
 BULK_BYTES = 64 * 1024  # a batch of tens of contexts; a context's own write, a turn, a token are smaller
+# Bulk proposals held at most; one more is refused at once (503, certainly not applied, safe to retry),
+# where appended it would have waited past the 3 s request timeout (eight 500-record batches take about
+# 1.6 s to apply at a million contexts on saturated cores) and answered "may or may not be applied".
+MAX_HELD_BULK = 8
 
 
 class CommandLanes:
-    """At most ``max_size`` proposals, taken small first; a bulk one only while ``holds_bulk()`` is
-    false. ``took_bulk()`` runs, in the taking thread, each time a bulk proposal is taken."""
+    """At most ``max_size`` proposals, ``MAX_HELD_BULK`` of them bulk, taken small first; a bulk one
+    only while ``holds_bulk()`` is false. ``took_bulk()`` runs, in the taking thread, each time a bulk
+    proposal is taken."""
 
     def __init__(self, max_size: int, holds_bulk: Callable[[], bool], took_bulk: Callable[[], None]) -> None:
         self._lock = threading.Lock()
@@ -53,7 +58,12 @@ class CommandLanes:
         with self._lock:
             if self._max_size > 0 and len(self._small) + len(self._bulk) >= self._max_size:
                 raise queue.Full
-            (self._bulk if len(item[0]) >= BULK_BYTES else self._small).append(item)
+            if len(item[0]) < BULK_BYTES:
+                self._small.append(item)
+            elif len(self._bulk) < MAX_HELD_BULK:
+                self._bulk.append(item)
+            else:
+                raise queue.Full
 
     def get_nowait(self) -> tuple[bytes, Any]:
         with self._lock:

@@ -65,7 +65,7 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft.apply_slices import SLICE_BYTES, apply_in_slices
-from mcpdb.raft.command_lanes import CommandLanes
+from mcpdb.raft.command_lanes import MAX_HELD_BULK, CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
@@ -102,7 +102,7 @@ NEVER_BY_PYSYNCOBJ_COUNT = 2**62  # entries are counted in _compact_when_large, 
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _NOT_APPLIED = {
-    FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
+    FAIL_REASON.QUEUE_FULL: f"the leader's queue is full (at most {MAX_HELD_BULK} bulk batches wait at once)",
     FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
     FAIL_REASON.DISCARDED: "a new leader replaced the entry before it committed",
     FAIL_REASON.NOT_LEADER: "the node it was sent to is no longer the leader",
