@@ -194,8 +194,33 @@ def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(
     refused = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NotApplied)]
     assert all(isinstance(outcome, dict | NotApplied) for outcome in outcomes), outcomes
     assert refused and "queue is full" in str(outcomes[refused[0]]), outcomes
+    last = max(outcome["version"] for outcome in outcomes if isinstance(outcome, dict))
+    _wait(lambda: store.applied_index() >= last, "the leader did not apply what its followers did")
     for i in range(count):
         assert (store.get("ns", f"b{i}-99") is None) == (i in refused)
+
+
+def test_followers_apply_a_bulk_entry_while_their_leader_does(
+    slow_bulk_voters: list[tuple[Replication, ContextStore]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader that sent the commit index only after applying made its followers begin each bulk
+    entry ``APPLY_S`` after it: a write behind the entry waited for both applies in turn."""
+    began: dict[int, float] = {}
+    for number, (_, store) in enumerate(slow_bulk_voters):
+        apply = store.apply
+
+        def timed(
+            index: int, command: Any, *args: Any, apply: Callable[..., Any] = apply, number: int = number, **kwargs: Any
+        ) -> Any:
+            if isinstance(command, Batch):
+                began[number] = time.monotonic()
+            return apply(index, command, *args, **kwargs)
+
+        monkeypatch.setattr(store, "apply", timed)
+    leader = slow_bulk_voters[0][0]
+    asyncio.run(leader.propose(_batch("one"), TIMEOUT_S))
+    _wait(lambda: len(began) == 3, "a follower did not apply the batch")
+    assert max(began[1], began[2]) - began[0] < APPLY_S / 2, began
 
 
 def _wait(done: Callable[[], bool], what: str) -> None:

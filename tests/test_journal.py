@@ -190,7 +190,7 @@ def test_only_the_newest_commands_stay_in_memory_and_older_ones_read_back_intact
     assert journal[3] == (_command(4), 4, 1) and journal[-1] == (_command(200), 200, 1)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(1, 3000), min_size=1, max_size=40),
     dropped=st.integers(0, 10),
@@ -198,7 +198,7 @@ def test_only_the_newest_commands_stay_in_memory_and_older_ones_read_back_intact
     span=st.integers(0, 50),
     budget=st.integers(0, 10_000),
 )
-def test_a_slice_ends_where_its_commands_outgrow_the_budget_and_holds_one_entry_at_least(
+def test_a_slice_ends_where_its_commands_outgrow_the_budget_and_holds_one_entry_at_least_and_reaches_sums(
     tmp_path: Path, lengths: list[int], dropped: int, first: int, span: int, budget: int
 ) -> None:
     journal = Journal(str(tmp_path / f"journal-{os.urandom(4).hex()}"), APP_VERSION, False, RESERVE_BYTES, SEGMENT)
@@ -207,7 +207,7 @@ def test_a_slice_ends_where_its_commands_outgrow_the_budget_and_holds_one_entry_
             journal.add(b"x" * length, index, 1)
         dropped = min(dropped, len(lengths) - 1)
         if dropped:
-            journal.deleteEntriesTo(dropped + 1)  # compaction: indexes 1..dropped are gone
+            journal.deleteEntriesTo(dropped)  # compaction: positions 0..dropped-1, indexes 1..dropped, are gone
         last = first + span
         held = range(dropped + 1, len(lengths) + 1)
         if first not in held:
@@ -218,5 +218,8 @@ def test_a_slice_ends_where_its_commands_outgrow_the_budget_and_holds_one_entry_
                 total += lengths[expected]
                 expected += 1
         assert journal.slice_end(first, last, budget) == expected
+        held_bytes = sum(lengths[index - 1] for index in held if first <= index <= last)
+        threshold = max(budget, 1)
+        assert journal.reaches(first, last, threshold) == (held_bytes >= threshold)
     finally:
         journal._destroy()

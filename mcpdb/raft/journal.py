@@ -336,6 +336,19 @@ class Journal:
             index += 1
         return index
 
+    def reaches(self, first: int, last: int, threshold: int) -> bool:
+        """Whether the commands from ``first`` through ``last`` held here take ``threshold`` bytes or more."""
+        if not self._index_terms or last < first:
+            return False
+        start = max(first, self._index_terms[0][0]) - self._index_terms[0][0]
+        stop = min(last, self._index_terms[-1][0]) - self._index_terms[0][0]
+        total = 0
+        for position in range(start, stop + 1):
+            total += self._index_terms[position][2]
+            if total >= threshold:
+                return True
+        return False
+
     # ---------------------------------------------------- pysyncobj's interface
     def add(self, command: bytes, idx: int, term: int) -> None:
         record = _record((command, idx, term))

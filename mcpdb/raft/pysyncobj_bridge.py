@@ -65,7 +65,7 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft.apply_slices import SLICE_BYTES, apply_in_slices
-from mcpdb.raft.command_lanes import MAX_HELD_BULK, CommandLanes
+from mcpdb.raft.command_lanes import BULK_BYTES, MAX_HELD_BULK, CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
@@ -655,13 +655,26 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             self._bulk_index = self._SyncObj__getCurrentLogIndex() + 1
 
     def _wrap_apply_log_entries(self) -> None:
-        """Apply a tick's committed entries in slices, within a time budget (``apply_slices``)."""
+        """Apply a tick's committed entries in slices, within a time budget (``apply_slices``); a
+        leader about to apply a bulk entry's worth first tells its followers the commit index.
+
+        pysyncobj's leader sends the commit index it advanced only after applying the entries, so a
+        follower began a bulk entry's apply when its leader had finished it, and a write behind it
+        waited for the two applies one after the other (the follower reads no socket, so acknowledges
+        nothing, while it applies): at 300 k contexts with three loaders the probe's p50 was about two
+        batches' apply. Told first, the followers apply on the other core meanwhile. Only before
+        ``BULK_BYTES`` or more: for small writes, one AppendEntries per tick sends the new entries and
+        the commit index together (a second message per tick cost CPU per write)."""
         apply_log_entries = self._SyncObj__applyLogEntries
 
         def set_commit_index(index: int) -> None:
             self._SyncObj__raftCommitIndex = index
 
         def apply_a_share() -> bool:
+            if self._isLeader() and self._SyncObj__raftLog.reaches(
+                self.raftLastApplied + 1, self._SyncObj__raftCommitIndex, BULK_BYTES
+            ):
+                self._send_appended()
             apply_in_slices(
                 apply_log_entries,
                 self._SyncObj__raftCommitIndex,
