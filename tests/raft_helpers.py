@@ -1,10 +1,15 @@
-"""A voter in the test's own process: its Replication (a real Raft thread on a free loopback port) and
+"""Voters in the test's own process: each a Replication (a real Raft thread on a free loopback port) and
 its store, with the settings such tests share (durable, no snapshot by size, no disk reserve)."""
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+from mcpdb.ops.localcluster import free_port
 from mcpdb.raft.replication import Replication
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.store.state_machine import ContextStore
@@ -26,3 +31,46 @@ def in_process_voter(root: Path, self_addr: str | None, peers: list[str]) -> tup
         disk_reserve_bytes=0,
     )
     return Replication(settings, store), store
+
+
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``done`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def in_process_cluster(root: Path, size: int = 3) -> Iterator[list[tuple[Replication, ContextStore]]]:
+    """``size`` voters of one cluster, each with its data under ``root``, once all of them know the
+    leader they elected; the leader first. All are closed on leaving."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(size)]
+    started: list[tuple[Replication, ContextStore]] = []
+    try:
+        for address in addresses:
+            peers = [other for other in addresses if other != address]
+            started.append(in_process_voter(root / address.replace(":", "_"), address, peers))
+        wait_until(lambda: any(replication.is_leader() for replication, _ in started), "no leader was elected")
+        wait_until(lambda: all(replication.status()["leader"] for replication, _ in started), "a voter knows no leader")
+        yield sorted(started, key=lambda voter: not voter[0].is_leader())
+    finally:
+        for replication, store in started:
+            replication.close()
+            store.close()
+
+
+def slow_applies(
+    voters: list[tuple[Replication, ContextStore]], monkeypatch: Any, seconds: float, which: Callable[[Any], bool]
+) -> None:
+    """Make every voter's store sleep ``seconds`` before applying a command ``which`` picks (the GIL is
+    free meanwhile, as it is not in a real apply: the worst case for the other threads' timing)."""
+    for _, store in voters:
+        apply = store.apply
+
+        def slow(index: int, command: Any, *args: Any, apply: Callable[..., Any] = apply, **kwargs: Any) -> Any:
+            if which(command):
+                time.sleep(seconds)
+            return apply(index, command, *args, **kwargs)
+
+        monkeypatch.setattr(store, "apply", slow)

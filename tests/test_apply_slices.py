@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from mcpdb.ops.localcluster import free_port
 from mcpdb.raft import apply_slices
 from mcpdb.raft.apply_slices import apply_in_slices
-from mcpdb.raft.replication import Replication
 from mcpdb.store.commands import Batch, BatchPut
-from mcpdb.store.state_machine import ContextStore
-from tests.raft_helpers import in_process_voter
+from tests.raft_helpers import in_process_cluster, slow_applies, wait_until
 
 TIMEOUT_S = 30.0
 
@@ -45,7 +40,7 @@ class _Log:
     def set_commit(self, index: int) -> None:
         self.commit = index
 
-    def run(self, commit: int, slice_entries: int) -> None:
+    def run(self, commit: int, slice_entries: int, bulk: frozenset[int] = frozenset()) -> None:
         self.commit = commit
         apply_in_slices(
             self.apply,
@@ -53,6 +48,7 @@ class _Log:
             self.set_commit,
             lambda: self.applied,
             lambda first, last: min(last, first + slice_entries - 1),
+            bulk.__contains__,
             clock=lambda: self.now,
         )
 
@@ -78,6 +74,14 @@ def test_slices_go_on_while_the_budget_lasts() -> None:
     assert log.applied == 12 and log.calls[-1] == (9, 12), "slices until the budget is spent, the last one included"
 
 
+def test_a_bulk_entry_waits_for_a_tick_of_its_own_after_the_small_ones_before_it() -> None:
+    log = _Log({})
+    log.run(commit=6, slice_entries=1, bulk=frozenset({1, 4}))
+    assert log.applied == 3 and log.calls == [(1, 1), (2, 2), (3, 3)], "a bulk entry first, then small ones"
+    log.run(commit=6, slice_entries=1, bulk=frozenset({1, 4}))
+    assert log.applied == 6 and log.calls[3:] == [(4, 4), (5, 5), (6, 6)]
+
+
 def test_an_entry_that_does_not_apply_ends_the_tick_instead_of_spinning() -> None:
     log = _Log({})
     log.refuse = {1}
@@ -93,7 +97,7 @@ def test_the_commit_index_is_put_back_when_the_apply_raises() -> None:
 
     log.commit = 10
     with pytest.raises(RuntimeError):
-        apply_in_slices(fail, 10, log.set_commit, lambda: 0, lambda first, last: first)
+        apply_in_slices(fail, 10, log.set_commit, lambda: 0, lambda first, last: first, lambda index: False)
     assert log.commit == 10
 
 
@@ -106,24 +110,10 @@ def test_a_leader_with_entries_slow_to_apply_keeps_its_followers(
     """Three in-process voters whose stores take ``APPLY_S`` per entry, four bulk entries committed at once.
     pysyncobj applied all four in one tick before the leader sent anything, 1.2 s without a heartbeat:
     its followers stood and one of them took over. Applied in slices, the leader heartbeats between them."""
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    started: list[tuple[Replication, ContextStore]] = []
-    try:
-        for address in addresses:
-            peers = [other for other in addresses if other != address]
-            started.append(in_process_voter(tmp_path / address.replace(":", "_"), address, peers))
-        _wait(lambda: any(replication.is_leader() for replication, _ in started), "no leader was elected")
-        leader = next(replication for replication, _ in started if replication.is_leader())
-        _wait(lambda: all(replication.status()["leader"] for replication, _ in started), "a voter knows no leader")
+    with in_process_cluster(tmp_path) as voters:
+        leader = voters[0][0]
         term = leader.status()["term"]
-        for _, store in started:
-            apply = store.apply
-
-            def slow_apply(*args: Any, apply: Callable[..., Any] = apply, **kwargs: Any) -> Any:
-                time.sleep(APPLY_S)  # the GIL is free meanwhile, as it is not in a real apply: the worst case
-                return apply(*args, **kwargs)
-
-            monkeypatch.setattr(store, "apply", slow_apply)
+        slow_applies(voters, monkeypatch, APPLY_S, lambda command: True)
 
         async def four_batches_at_once() -> None:
             batches = [
@@ -139,17 +129,6 @@ def test_a_leader_with_entries_slow_to_apply_keeps_its_followers(
             await asyncio.gather(*(leader.propose(batch, TIMEOUT_S) for batch in batches))
 
         asyncio.run(four_batches_at_once())
-        _wait(lambda: all(store.get("ns", "c3-299") is not None for _, store in started), "not applied everywhere")
+        wait_until(lambda: all(store.get("ns", "c3-299") is not None for _, store in voters), "not applied everywhere")
         time.sleep(1.5)  # time for a follower that stood to win
-        assert leader.is_leader() and [replication.status()["term"] for replication, _ in started] == [term] * 3
-    finally:
-        for replication, store in started:
-            replication.close()
-            store.close()
-
-
-def _wait(done: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not done():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+        assert leader.is_leader() and [replication.status()["term"] for replication, _ in voters] == [term] * 3

@@ -16,13 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcpdb.errors import NotApplied
-from mcpdb.ops.localcluster import free_port
 from mcpdb.raft import command_lanes
 from mcpdb.raft.command_lanes import BULK_BYTES, MAX_HELD_BULK, CommandLanes
 from mcpdb.raft.replication import Replication
 from mcpdb.store.commands import Batch, BatchPut, Put
 from mcpdb.store.state_machine import ContextStore
-from tests.raft_helpers import in_process_voter
+from tests.raft_helpers import in_process_cluster, slow_applies, wait_until
 
 SMALL, BULK = b"s" * 100, b"b" * BULK_BYTES
 TIMEOUT_S = 30.0
@@ -131,32 +130,10 @@ def _batch(name: str) -> Batch:
 def slow_bulk_voters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[list[tuple[Replication, ContextStore]]]:
-    """Three in-process voters, a leader elected, whose stores take ``APPLY_S`` to apply a batch; the
-    leader first."""
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    started: list[tuple[Replication, ContextStore]] = []
-    try:
-        for address in addresses:
-            peers = [other for other in addresses if other != address]
-            started.append(in_process_voter(tmp_path / address.replace(":", "_"), address, peers))
-        _wait(lambda: any(replication.is_leader() for replication, _ in started), "no leader was elected")
-        _wait(lambda: all(replication.status()["leader"] for replication, _ in started), "a voter knows no leader")
-        for _, store in started:
-            apply = store.apply
-
-            def slow_bulk(
-                index: int, command: Any, *args: Any, apply: Callable[..., Any] = apply, **kwargs: Any
-            ) -> Any:
-                if isinstance(command, Batch):
-                    time.sleep(APPLY_S)
-                return apply(index, command, *args, **kwargs)
-
-            monkeypatch.setattr(store, "apply", slow_bulk)
-        yield sorted(started, key=lambda voter: not voter[0].is_leader())
-    finally:
-        for replication, store in started:
-            replication.close()
-            store.close()
+    """Three in-process voters whose stores take ``APPLY_S`` to apply a batch; the leader first."""
+    with in_process_cluster(tmp_path) as voters:
+        slow_applies(voters, monkeypatch, APPLY_S, lambda command: isinstance(command, Batch))
+        yield voters
 
 
 def test_a_small_write_waits_for_one_bulk_entry_not_for_all_pending(
@@ -177,6 +154,30 @@ def test_a_small_write_waits_for_one_bulk_entry_not_for_all_pending(
     assert leader._raft.status()["bulk_proposals_held"] == 0
 
 
+def test_a_small_write_committed_with_the_next_bulk_entry_is_answered_before_its_apply(
+    slow_bulk_voters: list[tuple[Replication, ContextStore]],
+) -> None:
+    """The small write and the held bulk entry are appended in the tick that applied the first bulk
+    entry, and committed together: the write is answered before the second bulk entry is applied."""
+    leader = slow_bulk_voters[0][0]
+    answered: dict[str, float] = {}
+
+    async def timed(name: str, command: Any) -> None:
+        await leader.propose(command, TIMEOUT_S)
+        answered[name] = time.monotonic()
+
+    async def bulk_small_bulk() -> None:
+        first = asyncio.create_task(timed("first", _batch("a")))
+        await asyncio.sleep(0.05)  # the first batch appended and being applied; the second held behind it
+        second = asyncio.create_task(timed("second", _batch("b")))
+        await asyncio.sleep(0.05)
+        small = Put("ns", "probe", {"kind": "memory", "facts": ["y"]}, None, None, 1.0)
+        await asyncio.gather(first, second, timed("small", small))
+
+    asyncio.run(bulk_small_bulk())
+    assert answered["first"] < answered["small"] < answered["second"] - APPLY_S / 2, answered
+
+
 def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(
     slow_bulk_voters: list[tuple[Replication, ContextStore]],
 ) -> None:
@@ -195,7 +196,7 @@ def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(
     assert all(isinstance(outcome, dict | NotApplied) for outcome in outcomes), outcomes
     assert refused and "queue is full" in str(outcomes[refused[0]]), outcomes
     last = max(outcome["version"] for outcome in outcomes if isinstance(outcome, dict))
-    _wait(lambda: store.applied_index() >= last, "the leader did not apply what its followers did")
+    wait_until(lambda: store.applied_index() >= last, "the leader did not apply what its followers did")
     for i in range(count):
         assert (store.get("ns", f"b{i}-99") is None) == (i in refused)
 
@@ -219,12 +220,5 @@ def test_followers_apply_a_bulk_entry_while_their_leader_does(
         monkeypatch.setattr(store, "apply", timed)
     leader = slow_bulk_voters[0][0]
     asyncio.run(leader.propose(_batch("one"), TIMEOUT_S))
-    _wait(lambda: len(began) == 3, "a follower did not apply the batch")
+    wait_until(lambda: len(began) == 3, "a follower did not apply the batch")
     assert max(began[1], began[2]) - began[0] < APPLY_S / 2, began
-
-
-def _wait(done: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not done():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)

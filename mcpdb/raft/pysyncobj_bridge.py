@@ -681,6 +681,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 set_commit_index,
                 lambda: self.raftLastApplied,
                 lambda first, last: self._SyncObj__raftLog.slice_end(first, last, SLICE_BYTES),
+                lambda index: self._SyncObj__raftLog.reaches(index, index, BULK_BYTES),
             )
             return False  # with batched AppendEntries pysyncobj never sends because of an apply
 
