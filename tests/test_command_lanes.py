@@ -75,16 +75,27 @@ def test_a_full_queue_refuses_as_pysyncobjs_does() -> None:
         lanes.put_nowait((SMALL, 3))
 
 
-def test_bulk_proposals_past_the_held_bound_are_refused_and_small_ones_still_pass() -> None:
+def test_a_leader_holding_bulk_refuses_past_the_bound_and_small_ones_still_pass() -> None:
     leader = _Leader()
+    leader.unapplied_bulk = True  # a bulk entry appended and not yet applied: the rest are held
     lanes = leader.lanes()
     for number in range(MAX_HELD_BULK):
         lanes.put_nowait((BULK, number))
     with pytest.raises(queue.Full):
         lanes.put_nowait((BULK, "one too many"))
     lanes.put_nowait((SMALL, "small"))
-    assert _drain(lanes) == ["small", 0]
+    assert _drain(lanes) == ["small"]
+    leader.unapplied_bulk = False
+    assert _drain(lanes) == [0]
     lanes.put_nowait((BULK, "room again"))  # one was taken
+
+
+def test_a_node_holding_nothing_takes_any_number_of_bulk_proposals() -> None:
+    """A follower forwards its bulk proposals at its next tick, however many came while it applied."""
+    lanes = CommandLanes(0, lambda: False, lambda: None)
+    for number in range(3 * MAX_HELD_BULK):
+        lanes.put_nowait((BULK, number))
+    assert _drain(lanes) == list(range(3 * MAX_HELD_BULK))
 
 
 @given(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=60))
@@ -99,7 +110,7 @@ def test_nothing_is_lost_or_reordered_within_a_lane(steps: list[tuple[bool, bool
     refused: set[int] = set()
     with patch.object(command_lanes, "MAX_HELD_BULK", SMALL_BOUND):
         for number, (bulk, applied) in enumerate(steps):
-            if bulk and lanes.held_bulk() == SMALL_BOUND:
+            if bulk and leader.unapplied_bulk and lanes.held_bulk() == SMALL_BOUND:
                 with pytest.raises(queue.Full):
                     lanes.put_nowait((BULK, ("bulk", number)))
                 refused.add(number)
@@ -176,6 +187,17 @@ def test_a_small_write_committed_with_the_next_bulk_entry_is_answered_before_its
 
     asyncio.run(bulk_small_bulk())
     assert answered["first"] < answered["small"] < answered["second"] - APPLY_S / 2, answered
+
+
+def test_a_bulk_take_whose_append_failed_holds_nothing_back(tmp_path: Path) -> None:
+    """The lanes note the index a bulk proposal will take before pysyncobj appends it; a full journal
+    can then refuse the append, leaving no entry there to wait for."""
+    with in_process_cluster(tmp_path) as voters:
+        raft = voters[0][0]._raft
+        raft._bulk_index = raft._SyncObj__getCurrentLogIndex() + 1  # as the take leaves it after such a refusal
+        assert not raft._holds_bulk()
+        raft._bulk_index -= 1  # an entry there, applied
+        assert not raft._holds_bulk()
 
 
 def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(

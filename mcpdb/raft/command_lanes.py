@@ -35,16 +35,17 @@ from collections.abc import Callable
 from typing import Any
 
 BULK_BYTES = 64 * 1024  # a batch of tens of contexts; a context's own write, a turn, a token are smaller
-# Bulk proposals held at most; one more is refused at once (503, certainly not applied, safe to retry),
-# where appended it would have waited past the 3 s request timeout (eight 500-record batches take about
-# 1.6 s to apply at a million contexts on saturated cores) and answered "may or may not be applied".
+# Bulk proposals a leader holds at most; one more is refused at once (503, certainly not applied, safe
+# to retry), where appended it would wait out the 3 s request timeout and be answered "may or may not be
+# applied". A heuristic, not a guarantee: eight 500-record batches take 1-3 s to apply at a million
+# contexts, depending on how busy the cores are.
 MAX_HELD_BULK = 8
 
 
 class CommandLanes:
-    """At most ``max_size`` proposals, ``MAX_HELD_BULK`` of them bulk, taken small first; a bulk one
-    only while ``holds_bulk()`` is false. ``took_bulk()`` runs, in the taking thread, each time a bulk
-    proposal is taken."""
+    """At most ``max_size`` proposals, taken small first; a bulk one only while ``holds_bulk()`` is
+    false, and at most ``MAX_HELD_BULK`` of them while it is true. ``took_bulk()`` runs, in the taking
+    thread, each time a bulk proposal is taken."""
 
     def __init__(self, max_size: int, holds_bulk: Callable[[], bool], took_bulk: Callable[[], None]) -> None:
         self._lock = threading.Lock()
@@ -55,13 +56,15 @@ class CommandLanes:
         self._took_bulk = took_bulk
 
     def put_nowait(self, item: tuple[bytes, Any]) -> None:
+        """Any thread; ``holds_bulk`` is read here without the Raft thread's agreement, as a hint: at
+        worst one proposal more is held or refused around the moment a bulk entry is applied."""
         with self._lock:
             if self._max_size > 0 and len(self._small) + len(self._bulk) >= self._max_size:
                 raise queue.Full
             if len(item[0]) < BULK_BYTES:
                 self._small.append(item)
-            elif len(self._bulk) < MAX_HELD_BULK:
-                self._bulk.append(item)
+            elif len(self._bulk) < MAX_HELD_BULK or not self._holds_bulk():
+                self._bulk.append(item)  # a follower's are forwarded at its next tick, however many
             else:
                 raise queue.Full
 

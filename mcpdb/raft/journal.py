@@ -323,7 +323,7 @@ class Journal:
     def slice_end(self, first: int, last: int, budget: int) -> int:
         """The last index from ``first`` through ``last`` whose commands together take at most
         ``budget`` bytes (``first`` counts whatever its size); ``last`` if ``first`` is not held."""
-        if not self._index_terms or not self._index_terms[0][0] <= first <= self._index_terms[-1][0]:
+        if last < first or not self._index_terms or not self._index_terms[0][0] <= first <= self._index_terms[-1][0]:
             return last
         position = first - self._index_terms[0][0]
         end = min(last, self._index_terms[-1][0])

@@ -648,7 +648,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     def _holds_bulk(self) -> bool:
         """Whether this leader's last bulk entry is yet to be applied here (``command_lanes``)."""
-        return self._bulk_index > self.raftLastApplied and bool(self._isLeader())
+        # An append that failed after the take (a full journal) left no entry at that index: hold nothing then.
+        return self.raftLastApplied < self._bulk_index <= self._SyncObj__getCurrentLogIndex() and bool(self._isLeader())
 
     def _took_bulk(self) -> None:
         if self._isLeader():  # it is appended next; a follower forwards it instead
