@@ -11,6 +11,7 @@ a proposal that waited for the period instead of a wake-up would time out.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,14 @@ def lone_voter(tmp_path: Path) -> Iterator[Replication]:
         yield replication
     finally:
         conf.autoTickPeriod = settings.tick_period
-        replication._raft.wake()  # out of its long poll, so that close does not wait for it
+        # Out of its long poll, so that close does not wait for it (a CI run's teardown waited 60 s).
+        # A tick takes its poll's timeout when it begins: the one that runs this first action may have
+        # begun with the long period, so a second action ends that tick's poll; the next tick begins
+        # with the short period.
+        ran = threading.Event()
+        replication._raft.call_in_raft_thread(ran.set)
+        assert ran.wait(LONG_TICK_S + 5)
+        replication._raft.call_in_raft_thread(lambda: None)
         replication.close()
         store.close()
 
