@@ -60,17 +60,31 @@ def in_process_cluster(root: Path, size: int = 3) -> Iterator[list[tuple[Replica
             store.close()
 
 
+def before_applies(
+    voters: list[tuple[Replication, ContextStore]], monkeypatch: Any, before: Callable[[int, Any], None]
+) -> None:
+    """Call ``before(number of the voter in voters, command)`` in each voter's Raft thread before its
+    store applies a command."""
+    for number, (_, store) in enumerate(voters):
+        apply = store.apply
+
+        def hooked(
+            index: int, command: Any, *args: Any, apply: Callable[..., Any] = apply, number: int = number, **kwargs: Any
+        ) -> Any:
+            before(number, command)
+            return apply(index, command, *args, **kwargs)
+
+        monkeypatch.setattr(store, "apply", hooked)
+
+
 def slow_applies(
     voters: list[tuple[Replication, ContextStore]], monkeypatch: Any, seconds: float, which: Callable[[Any], bool]
 ) -> None:
     """Make every voter's store sleep ``seconds`` before applying a command ``which`` picks (the GIL is
     free meanwhile, as it is not in a real apply: the worst case for the other threads' timing)."""
-    for _, store in voters:
-        apply = store.apply
 
-        def slow(index: int, command: Any, *args: Any, apply: Callable[..., Any] = apply, **kwargs: Any) -> Any:
-            if which(command):
-                time.sleep(seconds)
-            return apply(index, command, *args, **kwargs)
+    def sleep_if_picked(_: int, command: Any) -> None:
+        if which(command):
+            time.sleep(seconds)
 
-        monkeypatch.setattr(store, "apply", slow)
+    before_applies(voters, monkeypatch, sleep_if_picked)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -21,7 +21,7 @@ from mcpdb.raft.command_lanes import BULK_BYTES, MAX_HELD_BULK, CommandLanes
 from mcpdb.raft.replication import Replication
 from mcpdb.store.commands import Batch, BatchPut, Put
 from mcpdb.store.state_machine import ContextStore
-from tests.raft_helpers import in_process_cluster, slow_applies, wait_until
+from tests.raft_helpers import before_applies, in_process_cluster, slow_applies, wait_until
 
 SMALL, BULK = b"s" * 100, b"b" * BULK_BYTES
 TIMEOUT_S = 30.0
@@ -229,17 +229,12 @@ def test_followers_apply_a_bulk_entry_while_their_leader_does(
     """A leader that sent the commit index only after applying made its followers begin each bulk
     entry ``APPLY_S`` after it: a write behind the entry waited for both applies in turn."""
     began: dict[int, float] = {}
-    for number, (_, store) in enumerate(slow_bulk_voters):
-        apply = store.apply
 
-        def timed(
-            index: int, command: Any, *args: Any, apply: Callable[..., Any] = apply, number: int = number, **kwargs: Any
-        ) -> Any:
-            if isinstance(command, Batch):
-                began[number] = time.monotonic()
-            return apply(index, command, *args, **kwargs)
+    def note_batch(number: int, command: Any) -> None:
+        if isinstance(command, Batch):
+            began[number] = time.monotonic()
 
-        monkeypatch.setattr(store, "apply", timed)
+    before_applies(slow_bulk_voters, monkeypatch, note_batch)  # wraps the slow apply: noted before its sleep
     leader = slow_bulk_voters[0][0]
     asyncio.run(leader.propose(_batch("one"), TIMEOUT_S))
     wait_until(lambda: len(began) == 3, "a follower did not apply the batch")

@@ -12,8 +12,7 @@ chunk to send. Each call may send that follower at most one message without a ch
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,11 @@ from mcpdb.raft import snapshotter
 from mcpdb.raft.replication import Replication
 from mcpdb.store.commands import Batch, BatchPut
 from mcpdb.store.state_machine import ContextStore
-from tests.raft_helpers import in_process_voter
+from tests.raft_helpers import in_process_voter, wait_until
 
 CONTEXTS = 6000  # about 7 MB of snapshot: several seconds at the pace below
 PACE_BYTES_PER_S = 2 << 20
 TIMEOUT_S = 60.0
-
-
-def _wait(done: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not done():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 class _Voters:
@@ -66,7 +58,7 @@ class _Voters:
         """Start voters a and b, write ``CONTEXTS`` contexts and compact both logs: a node started now is
         sent a snapshot. Returns the leader."""
         first = [self.start("a")[0], self.start("b")[0]]
-        _wait(lambda: any(replication.is_leader() for replication in first), "no leader was elected")
+        wait_until(lambda: any(replication.is_leader() for replication in first), "no leader was elected", TIMEOUT_S)
         leader = next(replication for replication in first if replication.is_leader())
 
         async def load_and_compact() -> None:
@@ -116,7 +108,7 @@ def test_a_paced_transfer_sends_at_most_one_empty_round_per_call(
     raft._SyncObj__sendAppendEntries = counting_call
     _, newcomer_store = voters.start("c")
     target = raft.status()["commit_index"]
-    _wait(lambda: newcomer_store.applied_index() >= target, "the new voter did not catch up")
+    wait_until(lambda: newcomer_store.applied_index() >= target, "the new voter did not catch up", TIMEOUT_S)
     assert newcomer_store.get("ns", f"c{CONTEXTS - 1}") is not None
     assert sum(1 for count in empty_rounds if count) > 10, "the transfer was never paced: the test proves nothing"
     assert max(empty_rounds) <= 1, f"a call spun, sending {max(empty_rounds)} messages without a chunk"
@@ -131,8 +123,8 @@ def test_a_transfer_to_a_replica_that_leaves_is_cancelled(voters: _Voters, monke
     monkeypatch.setattr(snapshotter, "STREAM_BYTES_PER_S", 64 << 10)
     snapshots = leader._raft.snapshots
     _, replica_store = voters.start_replica("r")
-    _wait(lambda: snapshots.sending, "no transfer to the replica began")
+    wait_until(lambda: snapshots.sending, "no transfer to the replica began", TIMEOUT_S)
     assert replica_store.snapshots_installed == 0
     voters.stop("r")
-    _wait(lambda: not snapshots.sending, "the transfer to the replica that left was never cancelled")
+    wait_until(lambda: not snapshots.sending, "the transfer to the replica that left was never cancelled", TIMEOUT_S)
     assert not snapshots._outgoing, "the snapshot file is still open for the replica"
