@@ -17,15 +17,21 @@ from hypothesis import strategies as st
 
 from mcpdb.errors import NotApplied
 from mcpdb.raft import command_lanes
-from mcpdb.raft.command_lanes import BULK_BYTES, MAX_HELD_BULK, CommandLanes
+from mcpdb.raft.command_lanes import BULK_BYTES, BULK_SHARE, MAX_HELD_BULK, CommandLanes
 from mcpdb.raft.replication import Replication
-from mcpdb.store.commands import Batch, BatchPut, Put
+from mcpdb.store.commands import Batch, BatchPut, Put, namespace_in
 from mcpdb.store.state_machine import ContextStore
 from tests.raft_helpers import before_applies, in_process_cluster, slow_applies, wait_until
 
-SMALL, BULK = b"s" * 100, b"b" * BULK_BYTES
+
+def _bulk(namespace: str) -> bytes:
+    """A bulk command's bytes as the lanes see them: ``namespace_in`` reads its first ones."""
+    return b'{"v":1,"ns":"' + namespace.encode() + b'","ops":[' + b" " * BULK_BYTES
+
+
+SMALL, BULK = b"s" * 100, _bulk("a")
 TIMEOUT_S = 30.0
-SMALL_BOUND = 2  # MAX_HELD_BULK in the property test
+SMALL_BOUND, SMALL_SHARE = 4, 2  # MAX_HELD_BULK and BULK_SHARE in the property test
 
 
 class _Leader:
@@ -40,7 +46,7 @@ class _Leader:
         self.unapplied_bulk = True
 
     def lanes(self, max_size: int = 0) -> CommandLanes:
-        return CommandLanes(max_size, lambda: self.unapplied_bulk, self.took_bulk)
+        return CommandLanes(max_size, lambda: True, lambda: self.unapplied_bulk, self.took_bulk, namespace_in)
 
 
 def _drain(lanes: CommandLanes) -> list[Any]:
@@ -80,61 +86,99 @@ def test_a_leader_holding_bulk_refuses_past_the_bound_and_small_ones_still_pass(
     leader.unapplied_bulk = True  # a bulk entry appended and not yet applied: the rest are held
     lanes = leader.lanes()
     for number in range(MAX_HELD_BULK):
-        lanes.put_nowait((BULK, number))
+        lanes.put_nowait((_bulk(f"ns{number % 2}"), number))
     with pytest.raises(queue.Full):
-        lanes.put_nowait((BULK, "one too many"))
+        lanes.put_nowait((_bulk("ns2"), "one too many"))
     lanes.put_nowait((SMALL, "small"))
     assert _drain(lanes) == ["small"]
     leader.unapplied_bulk = False
     assert _drain(lanes) == [0]
-    lanes.put_nowait((BULK, "room again"))  # one was taken
+    lanes.put_nowait((_bulk("ns0"), "room again"))  # one was taken
+
+
+def test_one_namespace_holds_at_most_its_share_and_namespaces_are_taken_in_turn() -> None:
+    """A tenant whose loaders keep sending batches neither fills the bulk lane nor goes first in it."""
+    leader = _Leader()
+    leader.unapplied_bulk = True
+    lanes = leader.lanes()
+    for number in range(BULK_SHARE):
+        lanes.put_nowait((_bulk("hog"), ("hog", number)))
+    with pytest.raises(queue.Full):
+        lanes.put_nowait((_bulk("hog"), ("hog", "past its share")))
+    lanes.put_nowait((_bulk("other"), ("other", 0)))
+    lanes.put_nowait((_bulk("other"), ("other", 1)))
+    lanes.put_nowait((SMALL + b'"ns":"hog"', ("small", 0)))  # small ones are not counted against a share
+    taken = _drain(lanes)
+    while lanes.held_bulk():
+        leader.unapplied_bulk = False
+        taken += _drain(lanes)
+    assert taken == [("small", 0), ("hog", 0), ("other", 0), ("hog", 1), ("other", 1), ("hog", 2), ("hog", 3)]
+
+
+def test_commands_of_no_namespace_share_one_key() -> None:
+    leader = _Leader()
+    leader.unapplied_bulk = True
+    lanes = leader.lanes()
+    for number in range(BULK_SHARE):
+        lanes.put_nowait((b"b" * BULK_BYTES, number))
+    with pytest.raises(queue.Full):
+        lanes.put_nowait((b"e" * BULK_BYTES, "past the share of no namespace"))
 
 
 def test_a_node_holding_nothing_takes_any_number_of_bulk_proposals() -> None:
     """A follower forwards its bulk proposals at its next tick, however many came while it applied."""
-    lanes = CommandLanes(0, lambda: False, lambda: None)
+    lanes = CommandLanes(0, lambda: False, lambda: False, lambda: None, namespace_in)
     for number in range(3 * MAX_HELD_BULK):
         lanes.put_nowait((BULK, number))
     assert _drain(lanes) == list(range(3 * MAX_HELD_BULK))
 
 
-@given(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=60))
+LANES = ["small", "a", "b", "c"]  # a small proposal, or a bulk one of namespace a, b or c
+
+
+@given(st.lists(st.tuples(st.sampled_from(LANES), st.booleans()), max_size=60))
 @settings(max_examples=300)
-def test_nothing_is_lost_or_reordered_within_a_lane(steps: list[tuple[bool, bool]]) -> None:
-    """Each step puts a small or bulk proposal (refused past the held bound, lowered so that it is
-    reached), then applies the bulk entry or not, then drains what is ready; at the end everything put
-    is drained once, each lane in the order it came."""
+def test_nothing_is_lost_or_reordered_within_a_lane(steps: list[tuple[str, bool]]) -> None:
+    """Each step puts a small proposal or a bulk one of a namespace (refused past the held bound or the
+    namespace's share, both lowered so that they are reached), then applies the bulk entry or not, then
+    drains what is ready; at the end everything put is drained once, each lane in the order it came."""
     leader = _Leader()
     lanes = leader.lanes()
     taken: list[tuple[str, int]] = []
     refused: set[int] = set()
-    with patch.object(command_lanes, "MAX_HELD_BULK", SMALL_BOUND):
-        for number, (bulk, applied) in enumerate(steps):
-            if bulk and leader.unapplied_bulk and lanes.held_bulk() == SMALL_BOUND:
+    with (
+        patch.object(command_lanes, "MAX_HELD_BULK", SMALL_BOUND),
+        patch.object(command_lanes, "BULK_SHARE", SMALL_SHARE),
+    ):
+        for number, (lane, applied) in enumerate(steps):
+            held = {key: len(items) for key, items in lanes._bulk.items()}
+            command = SMALL if lane == "small" else _bulk(lane)
+            if lane != "small" and (lanes.held_bulk() == SMALL_BOUND or held.get(lane) == SMALL_SHARE):
                 with pytest.raises(queue.Full):
-                    lanes.put_nowait((BULK, ("bulk", number)))
+                    lanes.put_nowait((command, (lane, number)))
                 refused.add(number)
             else:
-                lanes.put_nowait((BULK if bulk else SMALL, ("bulk" if bulk else "small", number)))
+                lanes.put_nowait((command, (lane, number)))
+            assert lanes.held_bulk() <= SMALL_BOUND and all(count <= SMALL_SHARE for count in held.values())
             if applied:
                 leader.unapplied_bulk = False
             taken += _drain(lanes)
-            assert leader.took == sum(1 for lane, _ in taken if lane == "bulk")
+            assert leader.took == sum(1 for lane, _ in taken if lane != "small")
     while lanes.held_bulk():
         leader.unapplied_bulk = False
         taken += _drain(lanes)
-    for lane in ("small", "bulk"):
-        put = [number for number, (bulk, _) in enumerate(steps) if bulk == (lane == "bulk") and number not in refused]
+    for lane in LANES:
+        put = [number for number, (name, _) in enumerate(steps) if name == lane and number not in refused]
         assert [number for name, number in taken if name == lane] == put
 
 
 APPLY_S = 0.3  # each bulk entry's apply
 
 
-def _batch(name: str) -> Batch:
+def _batch(name: str, namespace: str = "ns") -> Batch:
     """About 110 KB of commands: a bulk proposal."""
     puts = tuple(BatchPut(f"{name}-{j}", {"kind": "memory", "facts": ["x" * 1000]}, None, None) for j in range(100))
-    return Batch("ns", puts, 1.0)
+    return Batch(namespace, puts, 1.0)
 
 
 @pytest.fixture
@@ -156,7 +200,8 @@ def test_a_small_write_waits_for_one_bulk_entry_not_for_all_pending(
 
     async def bulk_then_small() -> tuple[list[int], int]:
         bulk = [asyncio.create_task(leader.propose(_batch(f"c{i}"), TIMEOUT_S)) for i in range(3)]
-        await asyncio.sleep(0.05)  # all three in the leader's queue, the first appended
+        while leader._raft.status()["bulk_proposals_held"] < 2:  # the first appended, two held
+            await asyncio.sleep(0.01)
         small = await leader.propose(Put("ns", "probe", {"kind": "memory", "facts": ["y"]}, None, None, 1.0), TIMEOUT_S)
         return [result["version"] for result in await asyncio.gather(*bulk)], small["version"]
 
@@ -221,6 +266,45 @@ def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(
     wait_until(lambda: store.applied_index() >= last, "the leader did not apply what its followers did")
     for i in range(count):
         assert (store.get("ns", f"b{i}-99") is None) == (i in refused)
+
+
+def test_a_tenant_sending_batches_without_pause_leaves_room_and_turns_to_another(
+    slow_bulk_voters: list[tuple[Replication, ContextStore]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One namespace's ``MAX_HELD_BULK`` + 2 batches at once, half through a follower, then another
+    namespace's ``BULK_SHARE``: the first holds only its share (the rest refused, safe to retry), every
+    batch of the second is taken, and the two take turns. (Timing bounds the counts loosely: a forwarded
+    batch can reach the leader after it took the next one.)"""
+    leader, follower = slow_bulk_voters[0][0], slow_bulk_voters[1][0]
+    applied: list[str] = []
+
+    def note_batch(number: int, command: Any) -> None:
+        if number == 0 and isinstance(command, Batch):
+            applied.append(command.ns)
+
+    before_applies(slow_bulk_voters, monkeypatch, note_batch)
+
+    async def hog_then_other() -> tuple[list[Any], list[Any]]:
+        hog = [
+            asyncio.create_task((leader if i % 2 else follower).propose(_batch(f"h{i}", "hog"), TIMEOUT_S))
+            for i in range(MAX_HELD_BULK + 2)
+        ]
+        await asyncio.sleep(0.1)  # the hog's first batch appended, its share held, the rest refused
+        other = [asyncio.create_task(leader.propose(_batch(f"o{i}", "other"), TIMEOUT_S)) for i in range(BULK_SHARE)]
+        return (
+            await asyncio.gather(*hog, return_exceptions=True),
+            await asyncio.gather(*other, return_exceptions=True),
+        )
+
+    hog, other = asyncio.run(hog_then_other())
+    assert all(isinstance(outcome, dict) for outcome in other), other
+    assert all(isinstance(outcome, dict | NotApplied) for outcome in hog), hog
+    # Its share held and one appended (one fewer if all came before the leader took the first; one more
+    # if a forwarded batch came after the first apply).
+    accepted = sum(isinstance(outcome, dict) for outcome in hog)
+    assert BULK_SHARE <= accepted <= 2 + BULK_SHARE, "|".join([str(o)[:40] for o in hog] + applied)
+    # The other's first is applied after at most two of the hog's: the one appended, then one in turn.
+    assert "other" in applied[:3] and applied.count("other") == BULK_SHARE, applied
 
 
 def test_followers_apply_a_bulk_entry_while_their_leader_does(

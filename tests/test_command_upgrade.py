@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from pysyncobj.journal import FileJournal
 
 from mcpdb.errors import NewerFormat
+from mcpdb.model import NAMESPACE_PATTERN
 from mcpdb.ops.localcluster import ClusterLayout, LocalCluster, NodeSpec, free_port
 from mcpdb.raft.replication import EXIT_NEWER_LOG_FORMAT
 from mcpdb.store.commands import (
@@ -47,11 +48,13 @@ from mcpdb.store.commands import (
     Put,
     RegisterNode,
     RevokeToken,
+    SetVectors,
     TokenSpec,
     Unreadable,
     decode,
     encode,
     from_entry,
+    namespace_in,
 )
 from mcpdb.store.state_machine import ContextStore
 from tests.store_helpers import ctx_records, derived_index_state, index_state
@@ -71,6 +74,7 @@ JSON = st.recursive(
 OBJECT = st.dictionaries(TEXT, JSON, max_size=4)
 CONTEXT = st.builds(lambda kind, fields: {**fields, "kind": kind}, TEXT, OBJECT)
 BATCH_OP = st.builds(BatchPut, TEXT, CONTEXT, OPTIONAL_INT, OPTIONAL_INT) | st.builds(BatchDelete, TEXT, OPTIONAL_INT)
+NAMESPACE = st.from_regex(NAMESPACE_PATTERN, fullmatch=True)
 COMMANDS: st.SearchStrategy[Command] = st.one_of(
     st.builds(Put, TEXT, TEXT, CONTEXT, OPTIONAL_INT, OPTIONAL_INT, NOW),
     st.builds(Delete, TEXT, TEXT, OPTIONAL_INT),
@@ -161,6 +165,25 @@ def test_every_command_round_trips_and_carries_the_version(command: Command) -> 
     entry = orjson.loads(payload)
     assert (entry["v"], entry["op"]) == (WRITTEN_VERSION, _release_01_entry(command, 0.0)["op"])
     assert decode(payload) == command
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    command=COMMANDS
+    | st.builds(Batch, NAMESPACE, st.lists(BATCH_OP, max_size=2).map(tuple), NOW)
+    | st.builds(Put, NAMESPACE, TEXT, CONTEXT, OPTIONAL_INT, OPTIONAL_INT, NOW)
+    | st.builds(SetVectors, NAMESPACE, st.just(()), TEXT)
+    | st.builds(RegisterNode, st.builds(lambda ns: {"v": 1, "ns": ns, "id": "n1"}, NAMESPACE))
+)
+def test_the_namespace_is_read_from_an_entrys_first_bytes_as_pysyncobj_queues_it(command: Command) -> None:
+    """The leader's command lanes share their bulk slots by namespace (``mcpdb.raft.command_lanes``),
+    read from the bytes pysyncobj queues: a command type byte and its pickle of the call. A name that
+    is not a namespace's (every command but the four above draws any text) is never read as one."""
+    payload = encode(command)
+    queued = b"\x00" + pysyncobj_pickle.dumps((7, (payload,)))
+    named = getattr(command, "ns", None)
+    expected = named if named is not None and re.fullmatch(NAMESPACE_PATTERN, named) else None
+    assert namespace_in(payload) == namespace_in(queued) == expected
 
 
 @settings(max_examples=300, deadline=None)

@@ -16,6 +16,11 @@ tick that applied the one before it, and sent to the followers in that same tick
 one replication round trip per batch. A follower holds nothing back: it forwards every proposal to
 its leader at once, where this queue orders them.
 
+Held bulk commands are kept per key (a namespace: a tenant) and taken in turn, one per key, and a key
+may hold at most ``BULK_SHARE`` of the ``MAX_HELD_BULK``. Else one tenant whose loaders keep
+sending batches would fill the queue, and every other tenant's batches would be refused or wait
+behind all of its (as ``mcpdb.admission`` shares its queues between namespaces).
+
 Safe: a command in this queue has not been appended, so it has not been acknowledged, and commands
 that are pending together are concurrent; any order of them is linearizable (each still takes effect
 between its request and its answer). What a command does is decided when it is applied, in log
@@ -30,8 +35,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from typing import Any
 
 BULK_BYTES = 64 * 1024  # a batch of tens of contexts; a context's own write, a turn, a token are smaller
@@ -40,40 +45,64 @@ BULK_BYTES = 64 * 1024  # a batch of tens of contexts; a context's own write, a 
 # applied". A heuristic, not a guarantee: eight 500-record batches take 1-3 s to apply at a million
 # contexts, depending on how busy the cores are.
 MAX_HELD_BULK = 8
+BULK_SHARE = MAX_HELD_BULK // 2  # of them, held for one key at most: a tenant alone cannot fill them
 
 
 class CommandLanes:
     """At most ``max_size`` proposals, taken small first; a bulk one only while ``holds_bulk()`` is
-    false, and at most ``MAX_HELD_BULK`` of them while it is true. ``took_bulk()`` runs, in the taking
-    thread, each time a bulk proposal is taken."""
+    false. While ``leads()``, at most ``MAX_HELD_BULK`` bulk ones wait, ``BULK_SHARE`` of one key
+    (``key_of`` a bulk command's bytes), taken one key after another. ``took_bulk()`` runs, in the
+    taking thread, each time a bulk proposal is taken."""
 
-    def __init__(self, max_size: int, holds_bulk: Callable[[], bool], took_bulk: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        max_size: int,
+        leads: Callable[[], bool],
+        holds_bulk: Callable[[], bool],
+        took_bulk: Callable[[], None],
+        key_of: Callable[[bytes], Hashable],
+    ) -> None:
         self._lock = threading.Lock()
         self._small: deque[tuple[bytes, Any]] = deque()
-        self._bulk: deque[tuple[bytes, Any]] = deque()
+        self._bulk: OrderedDict[Hashable, deque[tuple[bytes, Any]]] = OrderedDict()  # the next key's first
+        self._held_bulk = 0
         self._max_size = max_size
+        self._leads = leads
         self._holds_bulk = holds_bulk
         self._took_bulk = took_bulk
+        self._key_of = key_of
 
     def put_nowait(self, item: tuple[bytes, Any]) -> None:
-        """Any thread; ``holds_bulk`` is read here without the Raft thread's agreement, as a hint: at
-        worst one proposal more is held or refused around the moment a bulk entry is applied."""
+        """Any thread; ``leads`` is read here without the Raft thread's agreement, as a hint: at worst
+        a node that has just lost or won an election forwards or refuses one proposal it would not have."""
         with self._lock:
-            if self._max_size > 0 and len(self._small) + len(self._bulk) >= self._max_size:
+            if self._max_size > 0 and len(self._small) + self._held_bulk >= self._max_size:
                 raise queue.Full
             if len(item[0]) < BULK_BYTES:
                 self._small.append(item)
-            elif len(self._bulk) < MAX_HELD_BULK or not self._holds_bulk():
-                self._bulk.append(item)  # a follower's are forwarded at its next tick, however many
-            else:
+                return
+            key = self._key_of(item[0])
+            held = self._bulk.get(key)
+            # A follower forwards its own at its next tick, however many: its leader's lanes share them out.
+            if self._leads() and (self._held_bulk >= MAX_HELD_BULK or (held is not None and len(held) >= BULK_SHARE)):
                 raise queue.Full
+            if held is None:
+                held = self._bulk[key] = deque()
+            held.append(item)
+            self._held_bulk += 1
 
     def get_nowait(self) -> tuple[bytes, Any]:
         with self._lock:
             if self._small:
                 return self._small.popleft()
             if self._bulk and not self._holds_bulk():
-                item = self._bulk.popleft()
+                key, held = next(iter(self._bulk.items()))
+                item = held.popleft()
+                if held:
+                    self._bulk.move_to_end(key)  # the other keys' turn first
+                else:
+                    del self._bulk[key]
+                self._held_bulk -= 1
                 self._took_bulk()
                 return item
         raise queue.Empty
@@ -84,4 +113,4 @@ class CommandLanes:
 
     def held_bulk(self) -> int:
         """Bulk proposals waiting in this queue."""
-        return len(self._bulk)
+        return self._held_bulk

@@ -65,7 +65,7 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft.apply_slices import SLICE_BYTES, apply_in_slices
-from mcpdb.raft.command_lanes import BULK_BYTES, MAX_HELD_BULK, CommandLanes
+from mcpdb.raft.command_lanes import BULK_BYTES, BULK_SHARE, MAX_HELD_BULK, CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
@@ -76,6 +76,7 @@ from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
 from mcpdb.raft.stall_watch import StallWatch
 from mcpdb.raft.wire import use_frames
 from mcpdb.store import snapshot
+from mcpdb.store.commands import namespace_in
 from mcpdb.store.snapshot import check_lmdb_version
 from mcpdb.store.state_machine import ContextStore
 
@@ -102,7 +103,9 @@ NEVER_BY_PYSYNCOBJ_COUNT = 2**62  # entries are counted in _compact_when_large, 
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _NOT_APPLIED = {
-    FAIL_REASON.QUEUE_FULL: f"the leader's queue is full (at most {MAX_HELD_BULK} bulk batches wait at once)",
+    FAIL_REASON.QUEUE_FULL: (
+        f"the leader's queue is full (at most {MAX_HELD_BULK} bulk batches wait at once, {BULK_SHARE} of one namespace)"
+    ),
     FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
     FAIL_REASON.DISCARDED: "a new leader replaced the entry before it committed",
     FAIL_REASON.NOT_LEADER: "the node it was sent to is no longer the leader",
@@ -529,7 +532,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._transport: McpdbTransport = self._SyncObj__transport
         self._sent_through = (0, 0, 0)  # (term, last log index, commit index) the last _send_appended sent
         self._bulk_index = 0  # as leader, the index of the bulk entry this node appended last
-        self._lanes = CommandLanes(self._SyncObj__conf.commandsQueueSize, self._holds_bulk, self._took_bulk)
+        self._lanes = CommandLanes(
+            self._SyncObj__conf.commandsQueueSize, self._isLeader, self._holds_bulk, self._took_bulk, namespace_in
+        )
         self._SyncObj__commandsQueue = self._lanes
         self._wrap_poll()
         self._wrap_send_append_entries()
