@@ -29,6 +29,7 @@ def in_process_voter(root: Path, self_addr: str | None, peers: list[str]) -> tup
         max_entry_bytes=1 << 20,
         compaction_bytes=1 << 40,
         disk_reserve_bytes=0,
+        request_timeout=3.0,
     )
     return Replication(settings, store), store
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mcpdb.errors import NotApplied
 from mcpdb.raft import command_lanes
-from mcpdb.raft.command_lanes import BULK_BYTES, BULK_SHARE, MAX_HELD_BULK, CommandLanes
+from mcpdb.raft.command_lanes import BULK_BYTES, HELD_BULK_BEFORE_MEASURED, MIN_HELD_BULK, CommandLanes
 from mcpdb.raft.replication import Replication
 from mcpdb.store.commands import Batch, BatchPut, Put, namespace_in
 from mcpdb.store.state_machine import ContextStore
@@ -31,7 +31,9 @@ def _bulk(namespace: str) -> bytes:
 
 SMALL, BULK = b"s" * 100, _bulk("a")
 TIMEOUT_S = 30.0
-SMALL_BOUND, SMALL_SHARE = 4, 2  # MAX_HELD_BULK and BULK_SHARE in the property test
+BOUND, SHARE = HELD_BULK_BEFORE_MEASURED, HELD_BULK_BEFORE_MEASURED // 2  # before a cycle is measured
+SMALL_BOUND, SMALL_SHARE = 4, 2  # in the property test
+WAIT_BUDGET_S = 1.5
 
 
 class _Leader:
@@ -40,13 +42,22 @@ class _Leader:
     def __init__(self) -> None:
         self.unapplied_bulk = False
         self.took = 0
+        self.now = 0.0  # the lanes' clock: a take measures the time since the one before
 
     def took_bulk(self) -> None:
         self.took += 1
         self.unapplied_bulk = True
 
     def lanes(self, max_size: int = 0) -> CommandLanes:
-        return CommandLanes(max_size, lambda: True, lambda: self.unapplied_bulk, self.took_bulk, namespace_in)
+        return CommandLanes(
+            max_size,
+            lambda: True,
+            lambda: self.unapplied_bulk,
+            self.took_bulk,
+            namespace_in,
+            WAIT_BUDGET_S,
+            lambda: self.now,
+        )
 
 
 def _drain(lanes: CommandLanes) -> list[Any]:
@@ -85,7 +96,7 @@ def test_a_leader_holding_bulk_refuses_past_the_bound_and_small_ones_still_pass(
     leader = _Leader()
     leader.unapplied_bulk = True  # a bulk entry appended and not yet applied: the rest are held
     lanes = leader.lanes()
-    for number in range(MAX_HELD_BULK):
+    for number in range(BOUND):
         lanes.put_nowait((_bulk(f"ns{number % 2}"), number))
     with pytest.raises(queue.Full):
         lanes.put_nowait((_bulk("ns2"), "one too many"))
@@ -101,7 +112,7 @@ def test_one_namespace_holds_at_most_its_share_and_namespaces_are_taken_in_turn(
     leader = _Leader()
     leader.unapplied_bulk = True
     lanes = leader.lanes()
-    for number in range(BULK_SHARE):
+    for number in range(SHARE):
         lanes.put_nowait((_bulk("hog"), ("hog", number)))
     with pytest.raises(queue.Full):
         lanes.put_nowait((_bulk("hog"), ("hog", "past its share")))
@@ -115,11 +126,59 @@ def test_one_namespace_holds_at_most_its_share_and_namespaces_are_taken_in_turn(
     assert taken == [("small", 0), ("hog", 0), ("other", 0), ("hog", 1), ("other", 1), ("hog", 2), ("hog", 3)]
 
 
+@pytest.mark.parametrize(("cycle_s", "bound"), [(0.01, 64), (0.11, 13), (0.29, 5), (2.0, MIN_HELD_BULK)])
+def test_a_leader_holds_as_many_bulk_proposals_as_it_applies_in_half_the_timeout(cycle_s: float, bound: int) -> None:
+    """Measured from one bulk take to the next while more were held: an empty store's short cycles let
+    a loader's many batches wait, a saturated store's long ones refuse past what finishes in time."""
+    leader = _Leader()
+    lanes = leader.lanes()
+    for number in range(MIN_HELD_BULK):
+        lanes.put_nowait((_bulk(f"ns{number}"), number))
+    for number in range(30):  # the estimate follows the cycles in a few batches
+        leader.unapplied_bulk = False
+        _drain(lanes)
+        leader.now += cycle_s
+        lanes.put_nowait((_bulk(f"again{number}"), number))
+    assert lanes.held_bound() == bound
+    held = lanes.held_bulk()
+    for number in range(bound - held):
+        lanes.put_nowait((_bulk(f"more{number}"), number))
+    with pytest.raises(queue.Full):
+        lanes.put_nowait((_bulk("one-too-many"), "refused"))
+
+
+def test_idle_gaps_and_a_followers_forwarding_are_not_cycles() -> None:
+    """A take after the lane ran empty measures the wait for work, one after an election the time as a
+    follower, and a follower forwards its bulk proposals at once: none says how long a bulk entry takes."""
+    leader = _Leader()
+    lanes = leader.lanes()
+    for _ in range(5):
+        lanes.put_nowait((BULK, "alone"))
+        leader.unapplied_bulk = False
+        _drain(lanes)
+        leader.now += 100.0
+    assert lanes.held_bound() == BOUND
+    lanes.put_nowait((BULK, "first"))
+    lanes.put_nowait((BULK, "held"))
+    leader.unapplied_bulk = False
+    _drain(lanes)  # took "first", "held" waits: the next take would measure a cycle
+    lanes.role_changed()  # ... but this node lost and won an election meanwhile
+    leader.now += 100.0
+    leader.unapplied_bulk = False
+    _drain(lanes)
+    assert lanes.held_bound() == BOUND
+    follower = CommandLanes(0, lambda: False, lambda: False, lambda: None, namespace_in, WAIT_BUDGET_S)
+    for number in range(5):
+        follower.put_nowait((BULK, number))
+    _drain(follower)
+    assert follower.held_bound() == BOUND
+
+
 def test_commands_of_no_namespace_share_one_key() -> None:
     leader = _Leader()
     leader.unapplied_bulk = True
     lanes = leader.lanes()
-    for number in range(BULK_SHARE):
+    for number in range(SHARE):
         lanes.put_nowait((b"b" * BULK_BYTES, number))
     with pytest.raises(queue.Full):
         lanes.put_nowait((b"e" * BULK_BYTES, "past the share of no namespace"))
@@ -127,10 +186,10 @@ def test_commands_of_no_namespace_share_one_key() -> None:
 
 def test_a_node_holding_nothing_takes_any_number_of_bulk_proposals() -> None:
     """A follower forwards its bulk proposals at its next tick, however many came while it applied."""
-    lanes = CommandLanes(0, lambda: False, lambda: False, lambda: None, namespace_in)
-    for number in range(3 * MAX_HELD_BULK):
+    lanes = CommandLanes(0, lambda: False, lambda: False, lambda: None, namespace_in, WAIT_BUDGET_S)
+    for number in range(3 * BOUND):
         lanes.put_nowait((BULK, number))
-    assert _drain(lanes) == list(range(3 * MAX_HELD_BULK))
+    assert _drain(lanes) == list(range(3 * BOUND))
 
 
 LANES = ["small", "a", "b", "c"]  # a small proposal, or a bulk one of namespace a, b or c
@@ -146,9 +205,9 @@ def test_nothing_is_lost_or_reordered_within_a_lane(steps: list[tuple[str, bool]
     lanes = leader.lanes()
     taken: list[tuple[str, int]] = []
     refused: set[int] = set()
-    with (
+    with (  # the clock stands still: a measured cycle of 0 holds the most, here as many as before
+        patch.object(command_lanes, "HELD_BULK_BEFORE_MEASURED", SMALL_BOUND),
         patch.object(command_lanes, "MAX_HELD_BULK", SMALL_BOUND),
-        patch.object(command_lanes, "BULK_SHARE", SMALL_SHARE),
     ):
         for number, (lane, applied) in enumerate(steps):
             held = {key: len(items) for key, items in lanes._bulk.items()}
@@ -248,11 +307,11 @@ def test_a_bulk_take_whose_append_failed_holds_nothing_back(tmp_path: Path) -> N
 def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(
     slow_bulk_voters: list[tuple[Replication, ContextStore]],
 ) -> None:
-    """``MAX_HELD_BULK`` + 6 batches at once, half through a follower (forwarded to the leader, refused
+    """``HELD_BULK_BEFORE_MEASURED`` + 6 batches at once, half through a follower (forwarded to the leader, refused
     there): the leader appends one at a time and holds at most the bound; those past it are refused,
     and a refused one is certainly not applied."""
     (leader, store), (follower, _) = slow_bulk_voters[0], slow_bulk_voters[1]
-    count = MAX_HELD_BULK + 6
+    count = BOUND + 6
 
     async def all_at_once() -> list[Any]:
         proposals = [(leader if i % 2 else follower).propose(_batch(f"b{i}"), TIMEOUT_S) for i in range(count)]
@@ -261,7 +320,7 @@ def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(
     outcomes = asyncio.run(all_at_once())
     refused = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NotApplied)]
     assert all(isinstance(outcome, dict | NotApplied) for outcome in outcomes), outcomes
-    assert refused and "queue is full" in str(outcomes[refused[0]]), outcomes
+    assert refused and "bulk batches is full" in str(outcomes[refused[0]]), outcomes
     last = max(outcome["version"] for outcome in outcomes if isinstance(outcome, dict))
     wait_until(lambda: store.applied_index() >= last, "the leader did not apply what its followers did")
     for i in range(count):
@@ -271,8 +330,8 @@ def test_bulk_past_the_bound_is_refused_as_not_applied_and_never_applies(
 def test_a_tenant_sending_batches_without_pause_leaves_room_and_turns_to_another(
     slow_bulk_voters: list[tuple[Replication, ContextStore]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One namespace's ``MAX_HELD_BULK`` + 2 batches at once, half through a follower, then another
-    namespace's ``BULK_SHARE``: the first holds only its share (the rest refused, safe to retry), every
+    """One namespace's ``HELD_BULK_BEFORE_MEASURED`` + 2 batches at once, half through a follower, then
+    another namespace's half of that bound: the first holds only its share (the rest refused, safe to retry), every
     batch of the second is taken, and the two take turns. (Timing bounds the counts loosely: a forwarded
     batch can reach the leader after it took the next one.)"""
     leader, follower = slow_bulk_voters[0][0], slow_bulk_voters[1][0]
@@ -287,10 +346,10 @@ def test_a_tenant_sending_batches_without_pause_leaves_room_and_turns_to_another
     async def hog_then_other() -> tuple[list[Any], list[Any]]:
         hog = [
             asyncio.create_task((leader if i % 2 else follower).propose(_batch(f"h{i}", "hog"), TIMEOUT_S))
-            for i in range(MAX_HELD_BULK + 2)
+            for i in range(BOUND + 2)
         ]
         await asyncio.sleep(0.1)  # the hog's first batch appended, its share held, the rest refused
-        other = [asyncio.create_task(leader.propose(_batch(f"o{i}", "other"), TIMEOUT_S)) for i in range(BULK_SHARE)]
+        other = [asyncio.create_task(leader.propose(_batch(f"o{i}", "other"), TIMEOUT_S)) for i in range(SHARE)]
         return (
             await asyncio.gather(*hog, return_exceptions=True),
             await asyncio.gather(*other, return_exceptions=True),
@@ -302,9 +361,9 @@ def test_a_tenant_sending_batches_without_pause_leaves_room_and_turns_to_another
     # Its share held and one appended (one fewer if all came before the leader took the first; one more
     # if a forwarded batch came after the first apply).
     accepted = sum(isinstance(outcome, dict) for outcome in hog)
-    assert BULK_SHARE <= accepted <= 2 + BULK_SHARE, "|".join([str(o)[:40] for o in hog] + applied)
+    assert SHARE <= accepted <= 2 + SHARE, "|".join([str(o)[:40] for o in hog] + applied)
     # The other's first is applied after at most two of the hog's: the one appended, then one in turn.
-    assert "other" in applied[:3] and applied.count("other") == BULK_SHARE, applied
+    assert "other" in applied[:3] and applied.count("other") == SHARE, applied
 
 
 def test_followers_apply_a_bulk_entry_while_their_leader_does(

@@ -35,6 +35,7 @@ NODE = textwrap.dedent(
     settings = RaftSettings(
         self_addr=address, peers=[], data_dir=data + "/raft", password=None, durable=True,
         compaction_min_entries=10**9, max_entry_bytes=1 << 20, compaction_bytes=1 << 40, disk_reserve_bytes=0,
+        request_timeout=3.0,
     )
     replication = Replication(settings, store)
     deadline = time.monotonic() + 20

@@ -71,6 +71,7 @@ class NodeRuntime:
             compaction_bytes=config.compaction_bytes,
             disk_reserve_bytes=config.disk_reserve_bytes,
             max_entry_bytes=config.max_body_bytes,
+            request_timeout=config.request_timeout,
         )
         self.replication = Replication(settings, self.store)
         self.writeback = Writeback(self.store.data_file)

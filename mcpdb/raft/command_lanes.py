@@ -17,7 +17,7 @@ one replication round trip per batch. A follower holds nothing back: it forwards
 its leader at once, where this queue orders them.
 
 Held bulk commands are kept per key (a namespace: a tenant) and taken in turn, one per key, and a key
-may hold at most ``BULK_SHARE`` of the ``MAX_HELD_BULK``. Else one tenant whose loaders keep
+may hold at most half of them. Else one tenant whose loaders keep
 sending batches would fill the queue, and every other tenant's batches would be refused or wait
 behind all of its (as ``mcpdb.admission`` shares its queues between namespaces).
 
@@ -35,22 +35,28 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
 BULK_BYTES = 64 * 1024  # a batch of tens of contexts; a context's own write, a turn, a token are smaller
-# Bulk proposals a leader holds at most; one more is refused at once (503, certainly not applied, safe
-# to retry), where appended it would wait out the 3 s request timeout and be answered "may or may not be
-# applied". A heuristic, not a guarantee: eight 500-record batches take 1-3 s to apply at a million
-# contexts, depending on how busy the cores are.
-MAX_HELD_BULK = 8
-BULK_SHARE = MAX_HELD_BULK // 2  # of them, held for one key at most: a tenant alone cannot fill them
+# Bulk proposals a leader holds: as many as it appends and applies, one after another, in half the
+# request timeout (the cycle from one bulk take to the next, measured while more were held: the
+# batch's replication and apply on cores the other work shares). One more is refused at once (503,
+# certainly not applied, safe to retry), where held it would likely wait out the timeout and be
+# answered "may or may not be applied". Measured, not fixed: on an empty store a 500-record batch's
+# cycle is tens of milliseconds and a fixed eight refused loaders that would have finished in a
+# second; at a million contexts on two saturated cores it is a fifth of a second or more.
+HELD_BULK_BEFORE_MEASURED = 8  # until a cycle is measured: eight 500-record batches at 1 M take 1-3 s
+MIN_HELD_BULK = 2
+MAX_HELD_BULK = 64
+CYCLE_WEIGHT = 0.2  # of the newest cycle in the running estimate: a few batches to follow a change
 
 
 class CommandLanes:
     """At most ``max_size`` proposals, taken small first; a bulk one only while ``holds_bulk()`` is
-    false. While ``leads()``, at most ``MAX_HELD_BULK`` bulk ones wait, ``BULK_SHARE`` of one key
+    false. While ``leads()``, at most ``held_bound()`` bulk ones wait, half of them of one key
     (``key_of`` a bulk command's bytes), taken one key after another. ``took_bulk()`` runs, in the
     taking thread, each time a bulk proposal is taken."""
 
@@ -61,6 +67,8 @@ class CommandLanes:
         holds_bulk: Callable[[], bool],
         took_bulk: Callable[[], None],
         key_of: Callable[[bytes], Hashable],
+        wait_budget_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
         self._small: deque[tuple[bytes, Any]] = deque()
@@ -71,6 +79,16 @@ class CommandLanes:
         self._holds_bulk = holds_bulk
         self._took_bulk = took_bulk
         self._key_of = key_of
+        self._wait_budget_s = wait_budget_s
+        self._clock = clock
+        self._cycle_s: float | None = None  # from one bulk take to the next, while more were held
+        self._busy_since: float | None = None  # the last bulk take, if more were held after it
+
+    def held_bound(self) -> int:
+        """How many bulk proposals a leader holds at most now."""
+        if self._cycle_s is None:
+            return HELD_BULK_BEFORE_MEASURED
+        return max(MIN_HELD_BULK, min(MAX_HELD_BULK, int(self._wait_budget_s / max(self._cycle_s, 1e-3))))
 
     def put_nowait(self, item: tuple[bytes, Any]) -> None:
         """Any thread; ``leads`` is read here without the Raft thread's agreement, as a hint: at worst
@@ -83,8 +101,9 @@ class CommandLanes:
                 return
             key = self._key_of(item[0])
             held = self._bulk.get(key)
+            bound = self.held_bound()
             # A follower forwards its own at its next tick, however many: its leader's lanes share them out.
-            if self._leads() and (self._held_bulk >= MAX_HELD_BULK or (held is not None and len(held) >= BULK_SHARE)):
+            if self._leads() and (self._held_bulk >= bound or (held is not None and len(held) >= max(1, bound // 2))):
                 raise queue.Full
             if held is None:
                 held = self._bulk[key] = deque()
@@ -103,9 +122,25 @@ class CommandLanes:
                 else:
                     del self._bulk[key]
                 self._held_bulk -= 1
+                self._measure_cycle()
                 self._took_bulk()
                 return item
         raise queue.Empty
+
+    def _measure_cycle(self) -> None:
+        """Note a bulk take: the time since the last one is a cycle if bulk proposals waited all along
+        (a leader's only; a follower forwards them as fast as they come)."""
+        now = self._clock()
+        if self._busy_since is not None and self._leads():
+            cycle = now - self._busy_since
+            self._cycle_s = cycle if self._cycle_s is None else self._cycle_s + CYCLE_WEIGHT * (cycle - self._cycle_s)
+        self._busy_since = now if self._held_bulk and self._leads() else None
+
+    def role_changed(self) -> None:
+        """Raft thread: a cycle never spans two terms of leadership (the first take after an election
+        would measure the time as a follower)."""
+        with self._lock:
+            self._busy_since = None
 
     def has_ready(self) -> bool:
         """Whether ``get_nowait`` would return a proposal now (the Raft thread's poll then does not wait)."""

@@ -65,7 +65,7 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
 from mcpdb.raft.apply_slices import SLICE_BYTES, apply_in_slices
-from mcpdb.raft.command_lanes import BULK_BYTES, BULK_SHARE, MAX_HELD_BULK, CommandLanes
+from mcpdb.raft.command_lanes import BULK_BYTES, CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
@@ -104,7 +104,8 @@ NEVER_BY_PYSYNCOBJ_COUNT = 2**62  # entries are counted in _compact_when_large, 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _NOT_APPLIED = {
     FAIL_REASON.QUEUE_FULL: (
-        f"the leader's queue is full (at most {MAX_HELD_BULK} bulk batches wait at once, {BULK_SHARE} of one namespace)"
+        "the leader's queue of bulk batches is full (as many wait as it applies in half the request timeout, "
+        "half of them of one namespace)"
     ),
     FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
     FAIL_REASON.DISCARDED: "a new leader replaced the entry before it committed",
@@ -533,7 +534,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._sent_through = (0, 0, 0)  # (term, last log index, commit index) the last _send_appended sent
         self._bulk_index = 0  # as leader, the index of the bulk entry this node appended last
         self._lanes = CommandLanes(
-            self._SyncObj__conf.commandsQueueSize, self._isLeader, self._holds_bulk, self._took_bulk, namespace_in
+            self._SyncObj__conf.commandsQueueSize,
+            self._isLeader,
+            self._holds_bulk,
+            self._took_bulk,
+            namespace_in,
+            wait_budget_s=settings.request_timeout / 2,
         )
         self._SyncObj__commandsQueue = self._lanes
         self._wrap_poll()
@@ -566,6 +572,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         if _ROLES.get(old) == "leader":
             self.snapshots.drop_transfers()
         self._bulk_index = 0  # an entry of an earlier term may never be applied: hold nothing for it
+        self._lanes.role_changed()
         if _ROLES.get(new) == "leader":
             # pysyncobj sets the new no-op's index only after appending it: until then (or if the
             # append fails on a full disk) ReadIndex must not count an earlier term's no-op.
@@ -885,6 +892,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             "reconciled_append_entries": self._transport.reconciled_messages,
             "deferred_append_entries": self._transport.deferred_append_entries,
             "bulk_proposals_held": self._lanes.held_bulk(),
+            "bulk_proposals_bound": self._lanes.held_bound(),
             "raft_thread_stalls": self.stalls,
             "raft_thread_stall_reports": self.stall_watch.reports,
             "snapshots_written": self.snapshots.written,

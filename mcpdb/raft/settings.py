@@ -27,6 +27,7 @@ class RaftSettings:
     max_entry_bytes: int
     compaction_bytes: int  # journal size that also triggers a snapshot
     disk_reserve_bytes: int  # kept allocated ahead of the journal and the store
+    request_timeout: float  # a write's wait for its answer; bulk proposals held are bounded by it
     heartbeat_period: float = 0.05
     tick_period: float = 0.05
     election_timeout: tuple[float, float] = ELECTION_TIMEOUT_S
