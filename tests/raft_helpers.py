@@ -15,7 +15,9 @@ from mcpdb.raft.settings import RaftSettings
 from mcpdb.store.state_machine import ContextStore
 
 
-def in_process_voter(root: Path, self_addr: str | None, peers: list[str]) -> tuple[Replication, ContextStore]:
+def in_process_voter(
+    root: Path, self_addr: str | None, peers: list[str], request_timeout: float = 3.0
+) -> tuple[Replication, ContextStore]:
     """A voter at ``self_addr`` (None: a read-only replica of ``peers``) with its data under ``root``; the
     caller closes both."""
     store = ContextStore(str(root / "store"))
@@ -29,7 +31,7 @@ def in_process_voter(root: Path, self_addr: str | None, peers: list[str]) -> tup
         max_entry_bytes=1 << 20,
         compaction_bytes=1 << 40,
         disk_reserve_bytes=0,
-        request_timeout=3.0,
+        request_timeout=request_timeout,
     )
     return Replication(settings, store), store
 
@@ -43,7 +45,9 @@ def wait_until(done: Callable[[], bool], what: str, timeout: float = 30.0) -> No
 
 
 @contextlib.contextmanager
-def in_process_cluster(root: Path, size: int = 3) -> Iterator[list[tuple[Replication, ContextStore]]]:
+def in_process_cluster(
+    root: Path, size: int = 3, request_timeout: float = 3.0
+) -> Iterator[list[tuple[Replication, ContextStore]]]:
     """``size`` voters of one cluster, each with its data under ``root``, once all of them know the
     leader they elected; the leader first. All are closed on leaving."""
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(size)]
@@ -51,7 +55,7 @@ def in_process_cluster(root: Path, size: int = 3) -> Iterator[list[tuple[Replica
     try:
         for address in addresses:
             peers = [other for other in addresses if other != address]
-            started.append(in_process_voter(root / address.replace(":", "_"), address, peers))
+            started.append(in_process_voter(root / address.replace(":", "_"), address, peers, request_timeout))
         wait_until(lambda: any(replication.is_leader() for replication, _ in started), "no leader was elected")
         wait_until(lambda: all(replication.status()["leader"] for replication, _ in started), "a voter knows no leader")
         yield sorted(started, key=lambda voter: not voter[0].is_leader())

@@ -1,4 +1,4 @@
-"""The gate's share of batch requests per namespace: past it a batch is refused before its body is read."""
+"""The gate's share of bulk writes per namespace: past it one is refused before its body is read."""
 
 from __future__ import annotations
 
@@ -10,36 +10,38 @@ import httpx
 import pytest
 
 from mcpdb.node.http.access import Authenticator
-from mcpdb.node.http.gate import (
-    BATCHES_PER_NAMESPACE,
-    BATCHES_RUNNING,
-    BATCHES_WAITING,
-    RequestGate,
-    batch_namespace,
-)
+from mcpdb.node.http.gate import BULK_WRITES_PER_NAMESPACE, RequestGate, bulk_namespace
 from mcpdb.node.http.host_guard import HostGuard
 from mcpdb.node.http.request_stats import RequestStats
+from mcpdb.raft.command_lanes import BULK_BYTES
 from mcpdb.store.state_machine import ContextStore
 
-BODY = b'{"ops": []}'
+SMALL_BODY = b'{"ops": []}'
+BULK_BODY = b'{"context": "' + b"x" * BULK_BYTES + b'"}'
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "namespace"),
+    ("method", "path", "length", "namespace"),
     [
-        ("POST", "/v1/namespaces/hog/batch", "hog"),
-        ("PUT", "/v1/namespaces/hog/batch", None),
-        ("POST", "/v1/namespaces/hog/contexts/batch", None),
-        ("POST", "/v1/namespaces//batch", None),
-        ("POST", "/v1/namespaces/hog/search", None),
+        ("POST", "/v1/namespaces/hog/batch", b"10", "hog"),
+        ("PUT", "/v1/namespaces/hog/contexts/a", str(BULK_BYTES).encode(), "hog"),
+        ("PUT", "/v1/namespaces/hog/contexts/a", str(BULK_BYTES - 1).encode(), None),
+        ("PUT", "/v1/namespaces/hog/contexts/a", None, "hog"),  # chunked: it may be any size
+        ("DELETE", "/v1/namespaces/hog/contexts/a", None, None),
+        ("POST", "/v1/namespaces/hog/search", b"100", None),
+        ("POST", "/v1/namespaces//batch", b"10", None),
+        ("POST", "/v1/namespaces/hog", None, None),
+        ("POST", "/v1/chat/completions", str(BULK_BYTES).encode(), None),
     ],
 )
-def test_batch_requests_are_known_by_path(method: str, path: str, namespace: str | None) -> None:
-    assert batch_namespace(method, path) == namespace
+def test_bulk_writes_are_known_by_path_and_length(
+    method: str, path: str, length: bytes | None, namespace: str | None
+) -> None:
+    assert bulk_namespace(method, path, length) == namespace
 
 
 class _HeldApp:
-    """Reads each request's body, then holds it until released: batches waiting on their commit."""
+    """Reads each request's body, then holds it until released: bulk writes waiting on their commit."""
 
     def __init__(self) -> None:
         self.bodies_read = 0
@@ -54,10 +56,10 @@ class _HeldApp:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-def test_one_namespace_gets_its_share_and_the_rest_of_the_node_stays_open(tmp_path: Path) -> None:
-    """A tenant sending more batches at once than its share gets 503 (applied: no, Retry-After) for the
-    rest, with their bodies unread; another namespace's batches and other requests still pass; the
-    node as a whole queues past ``BATCHES_RUNNING`` and refuses past the queue."""
+def test_one_namespace_gets_its_share_and_the_others_stay_open(tmp_path: Path) -> None:
+    """A tenant sending more bulk writes at once than its share gets 503 (applied: no, Retry-After) for
+    the rest, their bodies unread; its small writes and every other namespace's bulk writes pass; once
+    its writes are answered its share is free again."""
 
     async def fresh() -> None:
         return None
@@ -74,34 +76,38 @@ def test_one_namespace_gets_its_share_and_the_rest_of_the_node_stays_open(tmp_pa
             RequestStats(),
         )
         headers = {"host": "127.0.0.1:7700", "content-type": "application/json"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=gate), base_url="http://127.0.0.1:7700"
-        ) as client:
+        transport = httpx.ASGITransport(app=gate)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:7700") as client:
 
-            def batch(namespace: str) -> asyncio.Task[httpx.Response]:
-                post = client.post(f"/v1/namespaces/{namespace}/batch", content=BODY, headers=headers)
-                return asyncio.ensure_future(post)
+            def write(path: str, body: bytes = SMALL_BODY) -> asyncio.Task[httpx.Response]:
+                return asyncio.ensure_future(client.post(path, content=body, headers=headers))
 
-            hog = [batch("hog") for _ in range(BATCHES_PER_NAMESPACE + 3)]
-            await asyncio.sleep(0.05)
-            refused = [task.result() for task in hog if task.done()]
-            assert len(refused) == 3 and app.bodies_read == BATCHES_PER_NAMESPACE
-            for response in refused:
+            hog = [write("/v1/namespaces/hog/batch") for _ in range(BULK_WRITES_PER_NAMESPACE - 1)]
+            hog.append(write("/v1/namespaces/hog/contexts", BULK_BODY))  # a large single write counts too
+            past_share = [write("/v1/namespaces/hog/batch") for _ in range(3)]
+            await asyncio.wait(past_share)
+            assert app.bodies_read == BULK_WRITES_PER_NAMESPACE
+            for task in past_share:
+                response = task.result()
                 assert response.status_code == 503 and response.headers["retry-after"] == "1"
                 assert response.json()["applied"] == "no" and "hog" in response.json()["message"]
-            others = [batch(f"tenant{i}") for i in range(BATCHES_RUNNING - BATCHES_PER_NAMESPACE + BATCHES_WAITING)]
-            other_write = asyncio.ensure_future(
-                client.post("/v1/namespaces/hog/contexts", content=BODY, headers=headers)
-            )
+            others = [write(f"/v1/namespaces/tenant{i}/batch") for i in range(3 * BULK_WRITES_PER_NAMESPACE)]
+            small = write("/v1/namespaces/hog/contexts")
             await asyncio.sleep(0.05)
-            assert app.bodies_read == BATCHES_RUNNING + 1  # the other write is no batch: it passed
-            past_the_queue = await batch("late")
-            assert past_the_queue.status_code == 503 and "running" in past_the_queue.json()["message"]
+            assert app.bodies_read == BULK_WRITES_PER_NAMESPACE + 3 * BULK_WRITES_PER_NAMESPACE + 1
             app.release.set()
-            await asyncio.gather(*hog, *others, other_write)
-            assert all(task.result().status_code == 200 for task in [*others, other_write])
-            assert sum(task.result().status_code == 200 for task in hog) == BATCHES_PER_NAMESPACE
-            assert app.bodies_read == BATCHES_RUNNING + 1 + BATCHES_WAITING
+            await asyncio.gather(*hog, *others, small)
+            assert all(task.result().status_code == 200 for task in [*hog, *others, small])
+            assert not gate.bulk_writes  # every share given back
+            again = await client.post("/v1/namespaces/hog/batch", content=SMALL_BODY, headers=headers)
+            assert again.status_code == 200
+
+            async def too_large() -> Any:  # chunked, no Content-Length: refused 413 while it streams
+                for _ in range(3):
+                    yield b"x" * (1 << 19)
+
+            refused = await client.post("/v1/namespaces/hog/batch", content=too_large(), headers=headers)
+            assert refused.status_code == 413 and not gate.bulk_writes
         store.close()
 
     asyncio.run(scenario())

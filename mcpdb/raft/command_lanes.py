@@ -57,8 +57,9 @@ CYCLE_WEIGHT = 0.2  # of the newest cycle in the running estimate: a few batches
 class CommandLanes:
     """At most ``max_size`` proposals, taken small first; a bulk one only while ``holds_bulk()`` is
     false. While ``leads()``, at most ``held_bound()`` bulk ones wait, half of them of one key
-    (``key_of`` a bulk command's bytes), taken one key after another. ``took_bulk()`` runs, in the
-    taking thread, each time a bulk proposal is taken."""
+    (``key_of`` a bulk command's bytes), taken one key after another, and one that waited past half
+    the request timeout is refused (``refuse`` its callback) rather than appended. ``took_bulk()``
+    runs, in the taking thread, each time a bulk proposal is taken."""
 
     def __init__(
         self,
@@ -66,18 +67,21 @@ class CommandLanes:
         leads: Callable[[], bool],
         holds_bulk: Callable[[], bool],
         took_bulk: Callable[[], None],
+        refuse: Callable[[Any], None],
         key_of: Callable[[bytes], Hashable],
         wait_budget_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
         self._small: deque[tuple[bytes, Any]] = deque()
-        self._bulk: OrderedDict[Hashable, deque[tuple[bytes, Any]]] = OrderedDict()  # the next key's first
+        # Per key, (when put, proposal); the next key's first.
+        self._bulk: OrderedDict[Hashable, deque[tuple[float, tuple[bytes, Any]]]] = OrderedDict()
         self._held_bulk = 0
         self._max_size = max_size
         self._leads = leads
         self._holds_bulk = holds_bulk
         self._took_bulk = took_bulk
+        self._refuse = refuse
         self._key_of = key_of
         self._wait_budget_s = wait_budget_s
         self._clock = clock
@@ -107,40 +111,53 @@ class CommandLanes:
                 raise queue.Full
             if held is None:
                 held = self._bulk[key] = deque()
-            held.append(item)
+            held.append((self._clock(), item))
             self._held_bulk += 1
 
     def get_nowait(self) -> tuple[bytes, Any]:
-        with self._lock:
-            if self._small:
-                return self._small.popleft()
-            if self._bulk and not self._holds_bulk():
-                key, held = next(iter(self._bulk.items()))
-                item = held.popleft()
-                if held:
-                    self._bulk.move_to_end(key)  # the other keys' turn first
-                else:
-                    del self._bulk[key]
-                self._held_bulk -= 1
-                self._measure_cycle()
-                self._took_bulk()
-                return item
-        raise queue.Empty
+        stale: list[Any] = []
+        try:
+            with self._lock:
+                if self._small:
+                    return self._small.popleft()
+                if self._holds_bulk():
+                    raise queue.Empty
+                now, leads = self._clock(), self._leads()
+                while self._bulk:
+                    key, held = next(iter(self._bulk.items()))
+                    put_at, item = held.popleft()
+                    if held:
+                        self._bulk.move_to_end(key)  # the other keys' turn first
+                    else:
+                        del self._bulk[key]
+                    self._held_bulk -= 1
+                    if leads and now - put_at > self._wait_budget_s:
+                        # Its turn came too late: appended now it would likely outwait the request timeout
+                        # and be answered "may or may not be applied". Certainly not applied, refused.
+                        stale.append(item[1])
+                        continue
+                    self._measure_cycle(now, leads)
+                    self._took_bulk()
+                    return item
+                raise queue.Empty
+        finally:
+            for callback in stale:  # outside the lock: a forwarded proposal's refusal is sent to its node
+                self._refuse(callback)
 
-    def _measure_cycle(self) -> None:
+    def _measure_cycle(self, now: float, leads: bool) -> None:
         """Note a bulk take: the time since the last one is a cycle if bulk proposals waited all along
-        (a leader's only; a follower forwards them as fast as they come)."""
-        now = self._clock()
-        if self._busy_since is not None and self._leads():
-            cycle = now - self._busy_since
+        (a leader's only; a follower forwards them as fast as they come). A stall (an fsync, a lost
+        quorum) counts as at most twice the budget, so the estimate comes back in a few batches."""
+        if self._busy_since is not None and leads:
+            cycle = min(now - self._busy_since, 2 * self._wait_budget_s)
             self._cycle_s = cycle if self._cycle_s is None else self._cycle_s + CYCLE_WEIGHT * (cycle - self._cycle_s)
-        self._busy_since = now if self._held_bulk and self._leads() else None
+        self._busy_since = now if self._held_bulk and leads else None
 
     def role_changed(self) -> None:
-        """Raft thread: a cycle never spans two terms of leadership (the first take after an election
-        would measure the time as a follower)."""
+        """Raft thread: each term of leadership measures its own cycles (a take after an election would
+        measure the time as a follower; a leader elected again hours later, on other load, starts over)."""
         with self._lock:
-            self._busy_since = None
+            self._busy_since = self._cycle_s = None
 
     def has_ready(self) -> bool:
         """Whether ``get_nowait`` would return a proposal now (the Raft thread's poll then does not wait)."""

@@ -24,6 +24,8 @@ The seams, each the narrowest one available in 0.3.17:
 - ``_applyCommand`` (overridden to wake the poll through mcpdb's own ``PipeNotifier``) and
   ``_SyncObj__commandsQueue``, replaced by ``mcpdb.raft.command_lanes.CommandLanes`` (bulk proposals
   one entry at a time on a leader; asked before a poll whether work is ready): wake-ups only when needed.
+  A held bulk proposal whose turn came too late is refused through ``_SyncObj__callErrCallback``, as
+  pysyncobj refuses one its queue has no room for (a forwarded one's node is sent the refusal).
 - Batched AppendEntries, sent by mcpdb once a tick (``RaftNode._send_appended``, first of
   ``_SyncObj__onTickCallbacks``, calling ``_SyncObj__sendAppendEntries``); ``_SyncObj__otherNodes`` and
   ``_SyncObj__getCurrentLogIndex`` tell a lone voter's leader not to wait in poll.
@@ -104,8 +106,8 @@ NEVER_BY_PYSYNCOBJ_COUNT = 2**62  # entries are counted in _compact_when_large, 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _NOT_APPLIED = {
     FAIL_REASON.QUEUE_FULL: (
-        "the leader's queue of bulk batches is full (as many wait as it applies in half the request timeout, "
-        "half of them of one namespace)"
+        "the leader's queue of bulk batches is full, or this one waited its turn past half the request timeout "
+        "(it holds as many as it applies in that time, half of them of one namespace)"
     ),
     FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
     FAIL_REASON.DISCARDED: "a new leader replaced the entry before it committed",
@@ -538,6 +540,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             self._isLeader,
             self._holds_bulk,
             self._took_bulk,
+            lambda callback: self._SyncObj__callErrCallback(FAIL_REASON.QUEUE_FULL, callback),
             namespace_in,
             wait_budget_s=settings.request_timeout / 2,
         )

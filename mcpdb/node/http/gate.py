@@ -1,5 +1,5 @@
 """The gate every request passes before FastAPI: Host/Origin, token, access, rate limit, body size,
-and a share of the node's batches per namespace.
+and a namespace's share of the node's bulk writes.
 
 One plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which adds a
 task hop per request, and not three stacked ones, which add three awaits):
@@ -9,14 +9,13 @@ it runs on every request of the hot paths.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import urllib.parse
+from collections import Counter
 from typing import Any
 
 import orjson
 
-from mcpdb.admission import Admission
 from mcpdb.auth import ROOT
 from mcpdb.errors import Overloaded, Unavailable
 from mcpdb.node.http.access import (
@@ -28,27 +27,36 @@ from mcpdb.node.http.access import (
 from mcpdb.node.http.host_guard import WRITE_METHODS, HostGuard
 from mcpdb.node.http.rate_limit import TokenBuckets
 from mcpdb.node.http.request_stats import STARTED_KEY, RequestStats
+from mcpdb.raft.command_lanes import BULK_BYTES
 
 ASGIApp = Any
 # Query parameters a route reads as a list; any other may appear once. FastAPI takes the last of a
 # repeated one, a gateway or log in front may take the first: ``user_id=ada&user_id=bob`` checked as
 # ada and served as bob.
 REPEATABLE_PARAMETERS = frozenset({"tags"})
-# Batch requests (up to a megabyte of contexts each) a node reads, validates and waits on at once, queued
-# before their bodies are read, and of one namespace: its share. An outside probe's 28 connections
-# sending one namespace's 500-context batches without pause, refused past the leader's bulk lane,
-# made every node parse ~30 MB/s of bodies it would refuse, and a small write's p50 went from 22 to
-# 437 ms; past its share a batch is now refused before its body is read.
-BATCHES_RUNNING, BATCHES_WAITING, BATCHES_PER_NAMESPACE = 8, 8, 4
-_NAMESPACES, _BATCH = "/v1/namespaces/", "/batch"
+# Bulk writes (a batch, or any write into a namespace of ``BULK_BYTES`` or more, up to a megabyte
+# each) of one namespace a node reads, validates and waits on at once; past it one is refused before
+# its body is read. An outside probe's 28 connections sending one namespace's 500-context batches
+# without pause, refused at the leader's bulk lane, made every node parse ~30 MB/s of bodies it would
+# then refuse, and a small write's p50 went from 22 to 437 ms. Per namespace and not per node, so
+# that slow bodies (each may take ``body_timeout``) hold up only their own namespace's writes. Four
+# per node keep the leader's bulk lane, which applies one at a time, busy.
+BULK_WRITES_PER_NAMESPACE = 4
+BULK_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_NAMESPACES = "/v1/namespaces/"
 
 
-def batch_namespace(method: str, path: str) -> str | None:
-    """The namespace of a batch request (``POST /v1/namespaces/{ns}/batch``), else None."""
-    if method != "POST" or not path.startswith(_NAMESPACES) or not path.endswith(_BATCH):
+def bulk_namespace(method: str, path: str, declared_length: bytes | None) -> str | None:
+    """The namespace of a write that may carry a bulk proposal: a batch, or a write into a namespace
+    whose body is ``BULK_BYTES`` or more or of no declared length (chunked); else None."""
+    if method not in BULK_METHODS or not path.startswith(_NAMESPACES):
         return None
-    namespace = path[len(_NAMESPACES) : -len(_BATCH)]
-    return namespace if namespace and "/" not in namespace else None
+    namespace, _, rest = path[len(_NAMESPACES) :].partition("/")
+    if not namespace or not rest:
+        return None
+    if (method == "POST" and rest == "batch") or declared_length is None or not declared_length.isdigit():
+        return namespace
+    return namespace if int(declared_length) >= BULK_BYTES else None
 
 
 def repeated_parameter(query_string: bytes) -> str | None:
@@ -59,30 +67,6 @@ def repeated_parameter(query_string: bytes) -> str | None:
             return name
         seen.add(name)
     return None
-
-
-async def _send_error(
-    send: Any,
-    status: int,
-    error: str,
-    message: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    fields: dict[str, Any] | None = None,
-) -> None:
-    """A JSON error answer, sent before (or instead of) the application's."""
-    body = orjson.dumps({"error": error, "message": message, **(fields or {})})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class RequestGate:
@@ -107,9 +91,9 @@ class RequestGate:
     - A body not received in full within ``body_timeout`` seconds (a client
       trickling it, or gone quiet) gets 408, and the request never reaches
       a route, so nothing is written.
-    - Batch requests take a slot of ``batches`` (``mcpdb.admission``: so many
-      at once, so many queued, a share per namespace) before their bodies are
-      read; past it 503 with Retry-After and ``applied: no``.
+    - A namespace has at most ``BULK_WRITES_PER_NAMESPACE`` bulk writes in
+      flight on the node (``bulk_namespace``); past it 503 with Retry-After
+      and ``applied: no``, before the body is read.
     """
 
     def __init__(
@@ -128,7 +112,7 @@ class RequestGate:
         self.limit = max_body_bytes
         self.body_timeout = body_timeout
         self.buckets = TokenBuckets()
-        self.batches = Admission(BATCHES_RUNNING, BATCHES_WAITING, "batches", per_key=BATCHES_PER_NAMESPACE)
+        self.bulk_writes: Counter[str] = Counter()  # in flight, by namespace
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -159,18 +143,24 @@ class RequestGate:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._answer(scope, send, 413, "body_too_large", self._too_large)
             return
-        namespace = batch_namespace(scope["method"], scope["path"])
+        namespace = bulk_namespace(scope["method"], scope["path"], declared)
         if namespace is None:
             await self._limited(scope, receive, send)
-            return
-        async with contextlib.AsyncExitStack() as slot:
+        elif self.bulk_writes[namespace] >= BULK_WRITES_PER_NAMESPACE:
+            refusal = Overloaded(
+                f"{namespace} already has {BULK_WRITES_PER_NAMESPACE} bulk writes (batches, or writes of "
+                f"{BULK_BYTES // 1024} KiB or more) in flight on this node, its share; retry after a moment"
+            )
+            retry = [(b"retry-after", str(refusal.retry_after).encode())]
+            await self._answer(scope, send, 503, refusal.code, str(refusal), retry, refusal.fields())
+        else:
+            self.bulk_writes[namespace] += 1
             try:
-                await slot.enter_async_context(self.batches.slot(namespace))
-            except Overloaded as error:
-                retry = [(b"retry-after", str(error.retry_after).encode())]
-                await self._answer(scope, send, 503, error.code, str(error), retry, error.fields())
-                return
-            await self._limited(scope, receive, send)
+                await self._limited(scope, receive, send)
+            finally:
+                self.bulk_writes[namespace] -= 1
+                if not self.bulk_writes[namespace]:
+                    del self.bulk_writes[namespace]
 
     async def _admitted(self, scope: dict[str, Any], headers: dict[bytes, bytes], send: Any) -> bool:
         """Authenticate, apply the path's access rule and the token's rate limit; answer if refused."""
@@ -267,8 +257,21 @@ class RequestGate:
         headers: list[tuple[bytes, bytes]] | None = None,
         fields: dict[str, Any] | None = None,
     ) -> None:
+        """A JSON error answer, sent before (or instead of) the application's."""
         self.stats.answered(scope, status)
-        await _send_error(send, status, error, message, headers, fields)
+        body = orjson.dumps({"error": error, "message": message, **(fields or {})})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *(headers or []),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     @property
     def _too_large(self) -> str:
