@@ -106,3 +106,16 @@ def test_thread_cpu_smoke(tmp_path: Path) -> None:
 def test_snapshot_install_smoke(tmp_path: Path) -> None:
     done = _run_module("benchmarks.snapshot_install", ["--contexts", "3000"], tmp_path)
     assert "Raft thread held by the" in done.stdout and "command: python -m benchmarks.snapshot_install" in done.stdout
+
+
+def test_flood_benchmark_smoke(tmp_path: Path) -> None:
+    """A short flood: every safety row holds (no unsafe answer, no wrong copy, no stale read)."""
+    done, results = run_bench("flood", ["--seconds", "3", "--attackers", "12"], tmp_path, timeout=240)
+    assert results["command"] == f"mcpdb bench flood --seconds 3 --attackers 12 --processes 2 --out {tmp_path}"
+    rows = {row["metric"]: row for row in results["rows"]}
+    for judged in ("answers neither 2xx nor 503 applied:no", "batches wrong on some node", "stale linearizable reads"):
+        assert rows[judged]["pass"], rows[judged]
+    assert rows["flood batches accepted"]["mcpdb"] > 0 and rows["tenant batches/s"]["etcd"] > 0
+    hog = results["copies"]["hog"]
+    assert all(node["batches"] == hog["answered_200"] for node in hog["nodes"])
+    assert (tmp_path / "flood.png").stat().st_size > 0 and (tmp_path / "results.md").exists()

@@ -315,6 +315,35 @@ def scale(
     console.print(f"saved {folder}/results.json, results.md, scale.png, mcpdb-<node>.log")
 
 
+@app.command("flood")
+def flood(
+    seconds: Annotated[
+        float, typer.Option(help="Seconds of each phase: the tenants alone, then beside the flood.")
+    ] = 30.0,
+    attackers: Annotated[int, typer.Option(help="Clients sending one namespace's batches without pause.")] = 28,
+    processes: Annotated[int, typer.Option(help="Processes the attackers are spread over.")] = 2,
+    out: OutFolder = None,
+) -> None:
+    """One tenant floods a 3-node cluster with batches: the other tenants' batches and small writes, beside
+    the same clients without the flood."""
+    with source_checkout("mcpdb bench", "benchmarks"):
+        from benchmarks import flood as flood_bench
+        from benchmarks.compare import cell, verdict
+
+    if seconds <= 0 or attackers < 1 or processes < 1:
+        raise CliError("--seconds must be positive, --attackers and --processes at least 1")
+    settings = flood_bench.FloodSettings(seconds, attackers, processes, out)
+    folder = settings.folder()
+    results = _run_with_progress(settings, flood_bench.run)
+    flood_bench.save(results, folder)
+    columns = ("metric", "beside the flood", "alone", "flood/alone", "target", "met")
+    rows = [
+        [r["metric"], cell(r["mcpdb"]), cell(r["etcd"]), cell(r["ratio"]), r["target"], verdict(r["pass"])]
+        for r in results["rows"]
+    ]
+    _report("a tenant's flood, 3 nodes on loopback", columns, rows, results, folder / "flood.png")
+
+
 def _simple_table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> Table:
     table = Table(title=title)
     for column in columns:
