@@ -173,8 +173,9 @@ class NotLeader(Unavailable):
 
 
 class Overloaded(Unavailable):
-    """This node runs and queues as many of these requests as it takes (``mcpdb.admission``): nothing was
-    done, so a retry (here a moment later, or on another node) is safe."""
+    """This node runs and queues as many of these requests as it takes (``mcpdb.admission``, or a
+    namespace's share of bulk writes in the HTTP gate): nothing was done, so a retry (here a moment
+    later, or on another node) is safe."""
 
     code = "overloaded"
 

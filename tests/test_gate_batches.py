@@ -93,7 +93,10 @@ def test_one_namespace_gets_its_share_and_the_others_stay_open(tmp_path: Path) -
                 assert response.json()["applied"] == "no" and "hog" in response.json()["message"]
             others = [write(f"/v1/namespaces/tenant{i}/batch") for i in range(3 * BULK_WRITES_PER_NAMESPACE)]
             small = write("/v1/namespaces/hog/contexts")
-            await asyncio.sleep(0.05)
+            for _ in range(500):  # every one of them reaches the app
+                if app.bodies_read == BULK_WRITES_PER_NAMESPACE + 3 * BULK_WRITES_PER_NAMESPACE + 1:
+                    break
+                await asyncio.sleep(0.01)
             assert app.bodies_read == BULK_WRITES_PER_NAMESPACE + 3 * BULK_WRITES_PER_NAMESPACE + 1
             app.release.set()
             await asyncio.gather(*hog, *others, small)

@@ -33,12 +33,15 @@ Same interface as pysyncobj's ``FastQueue`` (``put_nowait``, ``get_nowait``, the
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 BULK_BYTES = 64 * 1024  # a batch of tens of contexts; a context's own write, a turn, a token are smaller
 # Bulk proposals a leader holds: as many as it appends and applies, one after another, in half the
@@ -57,8 +60,8 @@ CYCLE_WEIGHT = 0.2  # of the newest cycle in the running estimate: a few batches
 class CommandLanes:
     """At most ``max_size`` proposals, taken small first; a bulk one only while ``holds_bulk()`` is
     false. While ``leads()``, at most ``held_bound()`` bulk ones wait, half of them of one key
-    (``key_of`` a bulk command's bytes), taken one key after another, and one that waited past half
-    the request timeout is refused (``refuse`` its callback) rather than appended. ``took_bulk()``
+    (``key_of`` a bulk command's bytes), taken one key after another, and one that has waited past
+    half the request timeout is refused (``refuse`` its callback) at the next take, never appended. ``took_bulk()``
     runs, in the taking thread, each time a bulk proposal is taken."""
 
     def __init__(
@@ -115,34 +118,54 @@ class CommandLanes:
             self._held_bulk += 1
 
     def get_nowait(self) -> tuple[bytes, Any]:
-        stale: list[Any] = []
+        refused: list[Any] = []
         try:
             with self._lock:
                 if self._small:
                     return self._small.popleft()
-                if self._holds_bulk():
-                    raise queue.Empty
                 now, leads = self._clock(), self._leads()
-                while self._bulk:
-                    key, held = next(iter(self._bulk.items()))
-                    put_at, item = held.popleft()
-                    if held:
-                        self._bulk.move_to_end(key)  # the other keys' turn first
-                    else:
-                        del self._bulk[key]
-                    self._held_bulk -= 1
-                    if leads and now - put_at > self._wait_budget_s:
-                        # Its turn came too late: appended now it would likely outwait the request timeout
-                        # and be answered "may or may not be applied". Certainly not applied, refused.
-                        stale.append(item[1])
-                        continue
-                    self._measure_cycle(now, leads)
-                    self._took_bulk()
-                    return item
-                raise queue.Empty
+                if leads:
+                    self._take_stale(now, refused)
+                if not self._bulk or self._holds_bulk():
+                    raise queue.Empty
+                key, held = next(iter(self._bulk.items()))
+                _, item = held.popleft()
+                if held:
+                    self._bulk.move_to_end(key)  # the other keys' turn first
+                else:
+                    del self._bulk[key]
+                self._held_bulk -= 1
+                self._measure_cycle(now, leads)
+                self._took_bulk()
+                return item
         finally:
-            for callback in stale:  # outside the lock: a forwarded proposal's refusal is sent to its node
+            self._answer_refused(refused)
+
+    def _take_stale(self, now: float, refused: list[Any]) -> None:
+        """Take out the held proposals that have waited past the budget, whether or not a bulk entry is
+        being applied (in a stall, most of all): appended later they would likely outwait the request
+        timeout and be answered "may or may not be applied"; refused now they certainly are not. Each
+        key's proposals are in the order they came, so only its oldest are looked at."""
+        emptied = []
+        for key, held in self._bulk.items():
+            while held and now - held[0][0] > self._wait_budget_s:
+                refused.append(held.popleft()[1][1])
+                self._held_bulk -= 1
+            if not held:
+                emptied.append(key)
+        for key in emptied:
+            del self._bulk[key]
+        if not self._held_bulk:
+            self._busy_since = None  # the time until the next bulk proposal comes is no cycle
+
+    def _answer_refused(self, callbacks: list[Any]) -> None:
+        """Outside the lock: a forwarded proposal's refusal is sent to its node. Each is answered even if
+        another's refusal failed (the Raft thread's tick goes on)."""
+        for callback in callbacks:
+            try:
                 self._refuse(callback)
+            except Exception:
+                _log.exception("could not refuse a bulk proposal that waited too long")
 
     def _measure_cycle(self, now: float, leads: bool) -> None:
         """Note a bulk take: the time since the last one is a cycle if bulk proposals waited all along

@@ -38,7 +38,7 @@ REPEATABLE_PARAMETERS = frozenset({"tags"})
 # each) of one namespace a node reads, validates and waits on at once; past it one is refused before
 # its body is read. An outside probe's 28 connections sending one namespace's 500-context batches
 # without pause, refused at the leader's bulk lane, made every node parse ~30 MB/s of bodies it would
-# then refuse, and a small write's p50 went from 22 to 437 ms. Per namespace and not per node, so
+# then refuse (``mcpdb bench flood`` measures it). Per namespace and not per node, so
 # that slow bodies (each may take ``body_timeout``) hold up only their own namespace's writes. Four
 # per node keep the leader's bulk lane, which applies one at a time, busy.
 BULK_WRITES_PER_NAMESPACE = 4
