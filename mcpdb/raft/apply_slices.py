@@ -17,6 +17,12 @@ it. Replicas stay identical: the order of applies is the log's, and where a tick
 which entries share an LMDB commit, which the store's state does not depend on
 (``tests/test_store_grouping.py``). The clock decides how long a tick runs, never what any replica
 holds.
+
+A bulk entry is itself applied in steps of ``PREPARE_STEP_S`` across ticks (``ContextStore.prepare``,
+called by ``RaftNode._bulk_entry_in_preparation`` before the slices), and only counted applied once
+whole. Between two steps the thread reads its sockets, appends, acknowledges and heartbeats, so a
+follower applying a batch still acknowledges the small writes behind it, and a write waits for the
+batch's apply on its leader alone (``tests/test_bulk_preparation.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ BUDGET_S = 0.1  # a fifth of the minimum election timeout: heartbeats leave at l
 # Small writes' worth of entries; a bulk entry (at least as large) is always a slice of its own, so
 # the tick can end before it.
 SLICE_BYTES = BULK_BYTES
+PREPARE_STEP_S = 0.02  # one step of a bulk entry's apply: a tick's wait for it, against ~0.3 ms a tick costs
 
 
 def apply_in_slices(

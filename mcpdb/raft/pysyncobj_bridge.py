@@ -35,7 +35,9 @@ The seams, each the narrowest one available in 0.3.17:
   (``RaftNode.end_transfer_round``).
 - ``_SyncObj__applyLogEntries``, wrapped, and ``_SyncObj__raftCommitIndex``, lowered for each call
   of it: a tick applies its committed entries in slices within a time budget
-  (``mcpdb.raft.apply_slices``); the index is put back before the wrapper returns.
+  (``mcpdb.raft.apply_slices``); the index is put back before the wrapper returns. Before it, a
+  bulk entry next to apply is prepared a step per tick, read with ``_SyncObj__getEntries``
+  (``RaftNode._bulk_entry_in_preparation``).
 - ``_onReadonlyNodeDisconnected``, overridden on the transport to cancel the replica's snapshot
   transfer through ``_SyncObj__serializer`` before pysyncobj forgets the replica.
 - ``_SyncObj__transport``, and ``getStatus()``'s keys, read by ``RaftNode.status``.
@@ -51,6 +53,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -62,11 +65,12 @@ from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.journal import APP_VERSION
 from pysyncobj.node import Node
 from pysyncobj.pipe_notifier import PipeNotifier
+from pysyncobj.syncobj import _COMMAND_TYPE
 from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as PYSYNCOBJ_INSTALLED
 
-from mcpdb.raft.apply_slices import SLICE_BYTES, apply_in_slices
+from mcpdb.raft.apply_slices import PREPARE_STEP_S, SLICE_BYTES, apply_in_slices
 from mcpdb.raft.command_lanes import BULK_BYTES, CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
@@ -140,6 +144,9 @@ class Refusal:
 # done(result, refusal): refusal is None on success
 Proposed = Callable[[Any, Refusal | None], None]
 Apply = Callable[[int, bytes], dict[str, Any] | None]
+# prepare(index, payload, seconds): a step of that entry's apply; whether it is whole (ContextStore.prepare)
+Prepare = Callable[[int, Callable[[], bytes], float], bool]
+_REGULAR = bytes([_COMMAND_TYPE.REGULAR])  # the type byte pysyncobj puts before a @replicated call's pickle
 
 
 def _refusal(error: int) -> Refusal | None:
@@ -496,12 +503,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
     _SyncObj__sendAppendEntries: Callable[[], None]  # pysyncobj's, wrapped (_wrap_send_append_entries)
     _SyncObj__applyLogEntries: Callable[[], bool]  # pysyncobj's, wrapped (_wrap_apply_log_entries)
 
-    def __init__(self, settings: RaftSettings, store: ContextStore, apply: Apply) -> None:
+    def __init__(self, settings: RaftSettings, store: ContextStore, apply: Apply, prepare: Prepare) -> None:
         check_pysyncobj_version()
         check_lmdb_version()
         self._settings = settings
         self._store = store
         self._apply = apply
+        self._prepare = prepare
         self._deferred: collections.deque[Callable[[], object]] = collections.deque()
         self._commit_listeners: list[Callable[[], None]] = []
         self._polling = False
@@ -691,6 +699,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 self.raftLastApplied + 1, self._SyncObj__raftCommitIndex, BULK_BYTES
             ):
                 self._send_appended()
+            if self._bulk_entry_in_preparation():
+                return False
             apply_in_slices(
                 apply_log_entries,
                 self._SyncObj__raftCommitIndex,
@@ -702,6 +712,20 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             return False  # with batched AppendEntries pysyncobj never sends because of an apply
 
         self._SyncObj__applyLogEntries = apply_a_share
+
+    def _bulk_entry_in_preparation(self) -> bool:
+        """Take one step of the next entry's apply if it is a bulk one (``apply_slices``); whether it
+        still has steps to go, and nothing applies this tick.
+
+        The entry's payload is the one argument of the ``@replicated`` call pysyncobj pickled after
+        its type byte; pysyncobj unpickles the same bytes to apply it (``SyncObj.__doApplyCommand``)."""
+        index = self.raftLastApplied + 1
+        if index > self._SyncObj__raftCommitIndex or not self._SyncObj__raftLog.reaches(index, index, BULK_BYTES):
+            return False
+        command = self._SyncObj__getEntries(index, 1)[0][0]
+        if command[:1] != _REGULAR:  # a membership change or a no-op: pysyncobj applies it
+            return False
+        return not self._prepare(index, lambda: pickle.loads(command[1:])[1][0], PREPARE_STEP_S)
 
     # ------------------------------------------------------- thread hand-offs
     def wake(self) -> None:

@@ -33,7 +33,7 @@ from mcpdb.raft.loop_handoff import LoopHandoff
 from mcpdb.raft.pysyncobj_bridge import RaftNode, Refusal
 from mcpdb.raft.read_index import Done
 from mcpdb.raft.settings import RaftSettings
-from mcpdb.store.commands import Command, decode, encode
+from mcpdb.store.commands import Command, Unreadable, decode, encode
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -67,13 +67,24 @@ def _settle_read(future: asyncio.Future[int], index: int | None, error: str | No
         future.set_exception(NotApplied(f"read not confirmed: {error}"))
 
 
+def _decoded(index: int, payload: bytes) -> Command | Unreadable:
+    """Entry ``index``'s command; a node whose code is older than the entry stops."""
+    try:
+        return decode(payload)
+    except NewerFormat as error:
+        # Skipping the entry would diverge from the peers that apply it, so
+        # stop; the journal keeps it for the upgraded node to apply.
+        _log.critical("entry %d: %s; stopping this node", index, error)
+        os._exit(EXIT_NEWER_LOG_FORMAT)
+
+
 class Replication:
     """asyncio-facing handle on a node's Raft participation."""
 
     def __init__(self, settings: RaftSettings, store: ContextStore) -> None:
         self.settings = settings
         self.store = store
-        self._raft = RaftNode(settings, store, self._apply)
+        self._raft = RaftNode(settings, store, self._apply, self._prepare)
         # Futures are settled from the Raft thread through one handoff per event loop (a node has one;
         # tests may run several loops in turn, each entry going with its loop).
         self._handoffs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHandoff] = weakref.WeakKeyDictionary()
@@ -89,13 +100,11 @@ class Replication:
     def _apply(self, index: int, payload: bytes) -> dict[str, Any] | None:
         """Apply one committed entry (Raft thread); a node that cannot apply it exactly as its peers do stops
         (an LMDB failure stops it in ``RaftNode._onTick``, like a failed group commit)."""
-        try:
-            return self.store.apply(index, decode(payload), commit=False)
-        except NewerFormat as error:
-            # Skipping the entry would diverge from the peers that apply it, so
-            # stop; the journal keeps it for the upgraded node to apply.
-            _log.critical("entry %d: %s; stopping this node", index, error)
-            os._exit(EXIT_NEWER_LOG_FORMAT)
+        return self.store.apply(index, _decoded(index, payload), commit=False)
+
+    def _prepare(self, index: int, payload: Callable[[], bytes], seconds: float) -> bool:
+        """One step of a bulk entry's apply (Raft thread, ``ContextStore.prepare``)."""
+        return self.store.prepare(index, lambda: _decoded(index, payload()), seconds)
 
     async def propose(self, command: Command, timeout: float) -> dict[str, Any]:
         """Replicate one command and return its result once this node applied it."""
