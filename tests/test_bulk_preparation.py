@@ -13,11 +13,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpdb.store.commands import Batch, BatchPut, Command, Put
+from mcpdb.store import snapshot
+from mcpdb.store.commands import Batch, BatchDelete, BatchPut, Command, Put
 from mcpdb.store.state_machine import ContextStore
 from tests.raft_helpers import in_process_cluster, wait_until
 from tests.store_helpers import AppliedLog
-from tests.test_store_grouping import COMMANDS, _everything
+from tests.test_store_grouping import CHANGE_HISTORY, COMMANDS, _everything
+from tests.test_store_stateful import CONTEXTS, IDS, NAMESPACES
+
+# Batches of puts and deletes, some with a version that may not match: refused in the middle of their steps.
+OPERATIONS = st.one_of(
+    st.builds(BatchPut, st.sampled_from(IDS), CONTEXTS, st.none(), st.sampled_from([None, None, 0, 2])),
+    st.builds(BatchDelete, st.sampled_from(IDS), st.sampled_from([None, 3])),
+)
+ENTRIES = st.one_of(
+    COMMANDS,
+    st.builds(
+        Batch, st.sampled_from(NAMESPACES), st.lists(OPERATIONS, min_size=1, max_size=6).map(tuple), st.just(1.0)
+    ),
+)
 
 TIMEOUT_S = 30.0
 
@@ -43,30 +57,42 @@ def _prepare_then_apply(log: AppliedLog, command: Command, steps: int, before: d
         assert log.store.applied_index() == log.index - 1
         assert log.store.pin_snapshot().index == log.index - 1, "a snapshot meanwhile is the applied state"
         assert _everything(log) == before
-    log.store.apply(log.index, command)
+    log.store.apply(log.index, command, commit=False)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(commands=st.lists(COMMANDS, min_size=1, max_size=15), steps=st.lists(st.integers(1, 4), min_size=15))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    commands=st.lists(ENTRIES, min_size=1, max_size=15),
+    steps=st.lists(st.integers(0, 4), min_size=15, max_size=15),
+)
 def test_an_entry_prepared_in_steps_leaves_what_a_whole_apply_leaves(
     tmp_path_factory: Any, commands: list[Command], steps: list[int]
 ) -> None:
+    """Each entry applied whole to one store, and to the other either whole into the open group
+    (``steps`` 0, committed later, as a tick's small entries) or prepared ``steps`` operations at a
+    time: the preparation first commits what the group holds, which ``before`` must then show."""
     root: Path = tmp_path_factory.mktemp("prepared")
-    whole = AppliedLog(str(root / "whole"))
-    stepped = AppliedLog(str(root / "stepped"))
+    whole = AppliedLog(str(root / "whole"), change_history=CHANGE_HISTORY)
+    stepped = AppliedLog(str(root / "stepped"), change_history=CHANGE_HISTORY)
     try:
         for command, step in zip(commands, steps, strict=False):
-            before = _everything(stepped)
             whole.apply(command)
-            _prepare_then_apply(stepped, command, step, before)
-            assert _everything(stepped) == _everything(whole)
+            if step:
+                stepped.store.commit()
+                _prepare_then_apply(stepped, command, step, _everything(stepped))
+            else:
+                stepped.index += 1
+                stepped.store.apply(stepped.index, command, commit=False)
+        stepped.store.commit()
+        assert _everything(stepped) == _everything(whole)
     finally:
         whole.store.close()
         stepped.store.close()
 
 
 def _batch(count: int, text: str = "a fact about tea") -> Batch:
-    return Batch("ns", tuple(BatchPut(f"c{i}", {"kind": "memory", "facts": [text]}, None, None) for i in range(count)), 1.0)
+    puts = tuple(BatchPut(f"c{i}", {"kind": "memory", "facts": [text]}, None, None) for i in range(count))
+    return Batch("ns", puts, 1.0)
 
 
 def test_a_refused_batch_prepared_in_steps_applies_nothing(tmp_path: Path) -> None:
@@ -98,6 +124,32 @@ def test_a_preparation_a_close_interrupts_is_not_applied(tmp_path: Path) -> None
         reopened.close()
 
 
+def test_a_snapshot_installed_during_a_preparation_replaces_it(tmp_path: Path) -> None:
+    """A follower sent a snapshot while it prepares an entry: the entry goes, the snapshot's state stays,
+    and the follower applies the entries after it."""
+    path = str(tmp_path / "snap.tar")
+    source = AppliedLog(str(tmp_path / "source"))
+    follower = AppliedLog(str(tmp_path / "follower"))
+    try:
+        for log in (source, follower):
+            log.apply(Put("ns", "first", {"kind": "memory", "facts": ["one"]}, None, None, 1.0))
+        source.apply(_batch(10))
+        snapshot.write(path, source.store.pin_snapshot(), (("cmd", 2, 1), ("cmd", 1, 1), None))
+        assert not follower.store.prepare(2, lambda: _batch(10, "other words"), 3.0, _Clock())
+        follower.store.install_snapshot(path)
+        follower.store.commit()  # the next tick's: nothing of the dropped preparation is left to commit
+        installed = follower.store.get("ns", "c9")
+        assert follower.store.applied_index() == 2 and installed is not None
+        assert installed["facts"] == ["a fact about tea"]
+        follower.index = source.index = 2
+        for log in (source, follower):
+            log.apply(Put("ns", "after", {"kind": "memory", "facts": ["three"]}, None, None, 1.0))
+        assert _everything(follower) == _everything(source)
+    finally:
+        source.store.close()
+        follower.store.close()
+
+
 OP_S = 0.004  # each batch operation's extra time in the cluster test: 300 of them, 1.2 s per batch
 
 
@@ -127,11 +179,12 @@ def test_followers_acknowledge_while_they_apply_a_bulk_entry(tmp_path: Path, mon
             await asyncio.to_thread(
                 wait_until, lambda: all(r._raft.commit_index >= batch_index for r, _ in voters), "batch not committed"
             )
-            await asyncio.sleep(0.2)  # every voter is in the batch's apply
+            await asyncio.sleep(0.2)
+            assert all(store._preparation is not None for _, store in voters), "every voter is in the batch's apply"
             small = asyncio.ensure_future(
                 leader.propose(Put("ns", "small", {"kind": "memory", "facts": ["y"]}, None, None, 1.0), TIMEOUT_S)
             )
-            await asyncio.to_thread(wait_until, lambda: raft.commit_index > batch_index, "the small write not committed")
+            await asyncio.to_thread(wait_until, lambda: raft.commit_index > batch_index, "small write not committed")
             applied = max(replication._raft.last_applied for replication, _ in voters)
             await asyncio.gather(batch, small)
             return batch_index, applied

@@ -38,6 +38,7 @@ The seams, each the narrowest one available in 0.3.17:
   (``mcpdb.raft.apply_slices``); the index is put back before the wrapper returns. Before it, a
   bulk entry next to apply is prepared a step per tick, read with ``_SyncObj__getEntries``
   (``RaftNode._bulk_entry_in_preparation``).
+- ``_doDestroy``, overridden to drop an entry being prepared on the Raft thread as it stops.
 - ``_onReadonlyNodeDisconnected``, overridden on the transport to cancel the replica's snapshot
   transfer through ``_SyncObj__serializer`` before pysyncobj forgets the replica.
 - ``_SyncObj__transport``, and ``getStatus()``'s keys, read by ``RaftNode.status``.
@@ -981,6 +982,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         it starts): installing a large snapshot kept this follower from ticking, and its leader is
         alive (it just sent the snapshot)."""
         self._SyncObj__raftElectionDeadline = time.monotonic() + grace + self._SyncObj__generateRaftTimeout()
+
+    def _doDestroy(self) -> None:  # noqa: N802 - pysyncobj's name
+        """pysyncobj's last act on the Raft thread as it stops: an entry being prepared is dropped
+        here first, as its LMDB write transactions belong to this thread."""
+        self._store.abandon_preparation()
+        super()._doDestroy()
 
     def close(self) -> None:
         """Stop the Raft thread and wait for it, then for a snapshot being written."""

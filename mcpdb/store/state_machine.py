@@ -520,8 +520,12 @@ class ContextStore:
         return _Generation(env, dbs, VectorMatrices(self._vector_cache_bytes))
 
     def close(self) -> None:
-        """Flush and close; the clean-shutdown marker tells the next open it can trust the files."""
-        self._drop_preparation()
+        """Flush and close; the clean-shutdown marker tells the next open it can trust the files.
+
+        An entry being prepared is dropped first (a node stopped in the middle of a batch); the Raft
+        thread drops it itself as it stops (``abandon_preparation``), since LMDB's write transactions
+        belong to the thread that began them."""
+        self.abandon_preparation()
         self.commit()
         with self._swap_lock:
             self._generation.env.sync(True)
@@ -589,11 +593,15 @@ class ContextStore:
             return True
         preparation = self._preparation
         if preparation is None or preparation.index != index:
-            self._drop_preparation()
+            self.abandon_preparation()
             self.commit()
             group = self._open_group()
             preparation = self._preparation = _Preparation(index, self._entry_steps(group, index, command()))
-        return _advance(preparation, clock() + seconds, clock)
+        try:
+            return _advance(preparation, clock() + seconds, clock)
+        except BaseException:  # the entry could not be applied here (the node stops): nothing of it stays open
+            self.abandon_preparation()
+            raise
 
     def _open_group(self) -> lmdb.Transaction:
         if self._group is None:
@@ -606,22 +614,24 @@ class ContextStore:
         """The preparation of entry ``index``, handed over; one of another entry is dropped."""
         preparation = self._preparation
         if preparation is not None and preparation.index != index:
-            self._drop_preparation()
+            self.abandon_preparation()
             return None
         self._preparation = None
         return preparation
 
-    def _drop_preparation(self) -> None:
-        """Undo an entry ``prepare`` began (a snapshot is installed in its place, or the store closes):
-        its group holds nothing else, so the group goes with it."""
+    def abandon_preparation(self) -> None:
+        """Undo an entry ``prepare`` began (a snapshot is installed in its place, or the node stops):
+        its group holds nothing else, so the group goes with it. The writer thread only."""
         preparation, self._preparation = self._preparation, None
         if preparation is None:
             return
-        preparation.steps.close()  # aborts its child transaction, if it has not finished
-        if self._group is not None:
-            self._group.abort()
-            self._group = None
-            self._group_advanced = self._group_changed = False
+        try:
+            preparation.steps.close()  # aborts its child transaction, if it has not finished
+        finally:
+            if self._group is not None:
+                self._group.abort()
+                self._group = None
+                self._group_advanced = self._group_changed = False
 
     def _entry_steps(self, txn: lmdb.Transaction, index: int, command: Command | Unreadable) -> _Steps:
         # The command runs in a child transaction: a refused command (CAS
@@ -1351,7 +1361,7 @@ class ContextStore:
         """
         raft_data = snapshot.read_raft_data(path)
         index = snapshot_index if snapshot_index is not None else raft_data[0][1]
-        self._drop_preparation()
+        self.abandon_preparation()
         self.commit()
         generation = self._next_generation()
         if self.applied_index() >= index:
