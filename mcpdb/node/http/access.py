@@ -20,7 +20,6 @@ and token routes, which check their own namespaces) only a valid token.
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +29,28 @@ from mcpdb.errors import Forbidden, Hidden
 from mcpdb.node.http.routes import PUBLIC_PATHS, Access, route_for
 from mcpdb.store.state_machine import ContextStore
 
-__all__ = ["PRINCIPAL_KEY", "PUBLIC_PATHS", "Authenticator", "Refusal", "path_refusal", "principal_of"]
+__all__ = [
+    "PRINCIPAL_KEY",
+    "PUBLIC_PATHS",
+    "Authenticator",
+    "Refusal",
+    "namespace_path",
+    "path_refusal",
+    "principal_of",
+]
 
 PRINCIPAL_KEY = "mcpdb.principal"
-_NAMESPACE_PATH = re.compile(r"^/v1/namespaces/([^/]+)(?:/|$)")
+_NAMESPACES = "/v1/namespaces/"
 _READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def namespace_path(path: str) -> tuple[str, str] | None:
+    """(the namespace, what follows its ``/``) of a path under ``/v1/namespaces/``; None for any other
+    path: the namespace a request's access rule checks, and the request gate's bulk share counts."""
+    if not path.startswith(_NAMESPACES):
+        return None
+    namespace, _, rest = path[len(_NAMESPACES) :].partition("/")
+    return (namespace, rest) if namespace else None
 
 
 def principal_of(request: Any) -> Principal:
@@ -81,10 +97,10 @@ def path_refusal(principal: Principal, method: str, path: str) -> Refusal | None
         if not principal.cluster_admin:
             return Refusal(403, "forbidden", "this needs an admin token for every namespace (admin on '*')")
         return None
-    match = _NAMESPACE_PATH.match(path)
-    if match is None:
+    named = namespace_path(path)
+    if named is None:
         return None
-    namespace = match[1]
+    namespace = named[0]
     try:
         principal.check(namespace, Scope.read if method in _READ_METHODS else Scope.write)
     except Hidden as hidden:

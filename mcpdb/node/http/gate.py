@@ -22,6 +22,7 @@ from mcpdb.node.http.access import (
     PRINCIPAL_KEY,
     PUBLIC_PATHS,
     Authenticator,
+    namespace_path,
     path_refusal,
 )
 from mcpdb.node.http.host_guard import WRITE_METHODS, HostGuard
@@ -43,17 +44,15 @@ REPEATABLE_PARAMETERS = frozenset({"tags"})
 # per node keep the leader's bulk lane, which applies one at a time, busy.
 BULK_WRITES_PER_NAMESPACE = 4
 BULK_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_NAMESPACES = "/v1/namespaces/"
 
 
 def bulk_namespace(method: str, path: str, declared_length: bytes | None) -> str | None:
     """The namespace of a write that may carry a bulk proposal: a batch, or a write into a namespace
     whose body is ``BULK_BYTES`` or more or of no declared length (chunked); else None."""
-    if method not in BULK_METHODS or not path.startswith(_NAMESPACES):
+    named = namespace_path(path) if method in BULK_METHODS else None
+    if named is None or not named[1]:
         return None
-    namespace, _, rest = path[len(_NAMESPACES) :].partition("/")
-    if not namespace or not rest:
-        return None
+    namespace, rest = named
     if (method == "POST" and rest == "batch") or declared_length is None or not declared_length.isdigit():
         return namespace
     return namespace if int(declared_length) >= BULK_BYTES else None
