@@ -453,20 +453,15 @@ def test_followers_apply_a_bulk_entry_while_their_leader_does(
     assert max(began[1], began[2]) - began[0] < APPLY_S / 2, began
 
 
-FORWARDED_APPLY_S = 1.25
-
-
 def test_a_forwarded_batch_that_waited_too_long_is_refused_to_its_follower(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four batches through a follower at once, on voters with a 3.8 s request timeout (1.9 s to wait
-    in the lanes) that apply a batch in ``FORWARDED_APPLY_S``: the second is taken after ~1.25 s; the
-    third and the fourth would be taken after ~2.5 s, past 1.9 s, so they are refused at the leader,
-    the refusal is sent back to the follower, and they are never applied. 1.25 s leaves about 0.6 s
-    either way (with 1 s the third's wait passed the budget by only 0.1 s, and in one full-suite run
-    it was applied, not refused)."""
+    in the lanes) that apply a batch in 1 s: the second is taken after ~1 s; the third and the fourth
+    wait past 1.9 s (the second is applied at ~2 s), so they are refused at the leader, the refusal is
+    sent back to the follower, and they are never applied."""
     with in_process_cluster(tmp_path, request_timeout=3.8) as voters:
-        slow_applies(voters, monkeypatch, FORWARDED_APPLY_S, lambda command: isinstance(command, Batch))
+        slow_applies(voters, monkeypatch, 1.0, lambda command: isinstance(command, Batch))
         follower, store = voters[1]
 
         async def through_the_follower() -> list[Any]:
