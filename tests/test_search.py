@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +25,8 @@ from hypothesis import strategies as st
 from mcpdb.model import SEARCHABLE_KINDS
 from mcpdb.retrieval import lexical
 from mcpdb.retrieval.text import searchable_text
-from mcpdb.store.commands import Batch, BatchPut, Delete, Put
+from mcpdb.store import postings
+from mcpdb.store.commands import Batch, BatchDelete, BatchPut, Delete, Put
 from mcpdb.store.state_machine import ContextStore
 from tests.store_helpers import AppliedLog, ctx_records, derived_index_state, index_state, lexical_query
 
@@ -52,12 +55,26 @@ def test_ascii_text_splits_into_the_words_the_unicode_pattern_finds(ascii_text: 
         assert lexical.words(text) == lexical._WORD.findall(text.casefold())
 
 
-def test_a_posting_key_parses_back_to_owner_kind_id_count_and_length() -> None:
+def test_a_contexts_term_list_and_block_parse_back() -> None:
     for owner in (lexical.NOBODY, b"u" + bytes(range(32))):  # a digest may hold NULs
-        [key] = lexical.postings(b"ns\x00", owner, "memory", "m-1", {"facts": ["tea tea"], "tags": []})
-        rest = key[len(lexical.term_prefix(b"ns", "tea")) :]
-        assert lexical.parse_posting(rest) == (owner, b"memory", b"m-1", 2, 2)
-        assert lexical.posting_length(key) == 2
+        context = postings.posted(b"ns", owner, "memory", b"m-1", {"facts": ["tea tea über"], "tags": []})
+        assert context == postings.Posted(b"ns", owner, "memory", b"m-1", (("tea", 2), ("über", 1)), 3)
+        writer = postings.PostingsWriter()
+        with tempfile.TemporaryDirectory() as directory, lmdb.open(directory, max_dbs=2) as env:
+            dbs = {name: env.open_db(name) for name in (b"terms", b"lexical")}
+            with env.begin(write=True) as txn:
+                writer.add(txn, dbs, 7, context)
+                writer.flush(txn, dbs)
+                [(key, value)] = list(txn.cursor(db=dbs[b"terms"]))
+                assert key == postings.owned_key(b"ns", owner, "memory", b"m-1")
+                assert postings.parse_term_list(value) == (7, 3, [("tea", 2), ("über", 1)])
+                blocks = [
+                    (bytes(key), list(postings.parse_block(value))) for key, value in txn.cursor(db=dbs[b"lexical"])
+                ]
+                assert [postings_of for _, postings_of in blocks] == [[(b"m-1", 2, 3)], [(b"m-1", 1, 3)]]
+                assert blocks[0][0] == b"ns\x00tea\x00" + owner[:1] + b"\x00memory\x00" + (7).to_bytes(8, "big")
+                writer.remove(txn, dbs, context)
+                assert txn.stat(dbs[b"terms"])["entries"] == txn.stat(dbs[b"lexical"])["entries"] == 0
 
 
 def _memory(words: list[str], user: str | None, tags: list[str]) -> dict[str, Any]:
@@ -80,12 +97,15 @@ CONTEXT = st.one_of(
         lambda words: {"kind": "profile", "name": " ".join(words), "preferences": {}, "goals": [], "data": {}}, TEXT
     ),
 )
+ONE_OP = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from([f"c{n}" for n in range(8)] + ["u1", "u2"]), CONTEXT),
+    st.tuples(st.just("delete"), st.sampled_from([f"c{n}" for n in range(8)]), st.none()),
+)
+# A batch's contexts share their entry's postings blocks: one may be overwritten or deleted by a later
+# operation of the same batch (taken out of the blocks being gathered) or of a later entry (out of a
+# block already written).
 OPS = st.lists(
-    st.one_of(
-        st.tuples(st.just("put"), st.sampled_from([f"c{n}" for n in range(8)] + ["u1", "u2"]), CONTEXT),
-        st.tuples(st.just("delete"), st.sampled_from([f"c{n}" for n in range(8)]), st.none()),
-    ),
-    max_size=30,
+    st.one_of(ONE_OP, st.tuples(st.just("batch"), st.none(), st.lists(ONE_OP, min_size=1, max_size=6))), max_size=30
 )
 QUERY = st.lists(st.sampled_from(WORDS + ["the", "unknown"]), min_size=1, max_size=4)
 
@@ -142,7 +162,7 @@ def _bm25_from_scratch(
 )
 def test_the_ranking_is_bm25_over_the_live_contexts(
     tmp_path_factory: pytest.TempPathFactory,
-    ops: list[tuple[str, str, dict[str, Any] | None]],
+    ops: list[tuple[str, Any, Any]],
     query: list[str],
     kind: str | None,
     user: str | None,
@@ -153,10 +173,15 @@ def test_the_ranking_is_bm25_over_the_live_contexts(
     try:
         for op, context_id, context in ops:
             if op == "put":
-                assert context is not None
                 log.apply(Put("app", context_id, context, None, None, float(log.index)))
-            else:
+            elif op == "delete":
                 log.apply(Delete("app", context_id, None))
+            else:
+                batched = tuple(
+                    BatchPut(one_id, one, None, None) if one_op == "put" else BatchDelete(one_id, None)
+                    for one_op, one_id, one in context
+                )
+                log.apply(Batch("app", batched, float(log.index)))
         log.apply(Put("other", "c0", _memory(WORDS, None, []), None, None, 0.0))  # another namespace: never counted
         terms = lexical.query_terms(" ".join(query))
         kinds = (kind,) if kind else SEARCHABLE_KINDS
@@ -189,19 +214,24 @@ def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppliedLog]:
 
 def test_a_users_search_reads_their_postings_not_the_namespaces(crowded: AppliedLog) -> None:
     counted = itertools.count()
-    original = lexical.parse_posting
+    parse_block, count_in = postings.parse_block, postings._count_in
 
-    def counting(rest: bytes) -> tuple[bytes, bytes, bytes, int, int]:
+    def counting_block(value: bytes) -> Iterator[postings.Posting]:
+        for posting in parse_block(value):
+            next(counted)
+            yield posting
+
+    def counting_list(value: bytes, term: bytes) -> int:
         next(counted)
-        return original(rest)
+        return count_in(value, term)
 
-    lexical.parse_posting = counting  # type: ignore[assignment]
+    postings.parse_block, postings._count_in = counting_block, counting_list  # type: ignore[assignment]
     try:
         found = crowded.store.search("app", lexical_query(["tea", "piano"], SEARCHABLE_KINDS, ["u1", None], [], 5))
     finally:
-        lexical.parse_posting = original  # type: ignore[assignment]
+        postings.parse_block, postings._count_in = parse_block, count_in  # type: ignore[assignment]
     assert [context["id"] for _, context in found.hits] == ["mine", "general"]
-    assert next(counted) == 3  # mine's two postings and general's one, out of 60,000 in the namespace
+    assert next(counted) == 3  # mine's two terms looked up and general's one posting, of 60,000 in the namespace
     assert found.searched == 2
     everyone = crowded.store.search("app", lexical_query(["piano"], SEARCHABLE_KINDS, None, [], 3))
     assert everyone.matched == 2000 + 2 and everyone.searched == 20_002

@@ -4,17 +4,14 @@ Why not a search library: the index must change in the LMDB transaction of the w
 context, travel inside snapshots, and be the same on every replica at the same applied index, so that a
 search is exactly as consistent as a GET. Tantivy, Whoosh, Xapian or SQLite FTS5 each keep their own
 files, written outside that transaction and outside the snapshot. What is hand-written here is small:
-the posting keys (plain LMDB keys the store writes beside its other indexes) and the BM25 formula over
-integer statistics read in one read transaction. The text analysis uses a library (PyStemmer: Snowball's
-English stemmer in C, integer and character work only, so the same terms come out on every CPU; the
-pure-Python snowballstemmer gives the same stems 100x slower, 8 ms per 1 KiB fact in the Raft thread).
+the terms' layout in LMDB (``mcpdb.store.postings``) and the BM25 formula over integer statistics read
+in one read transaction. The text analysis uses a library (PyStemmer: Snowball's English stemmer in C,
+integer and character work only, so the same terms come out on every CPU; the pure-Python
+snowballstemmer gives the same stems 100x slower, 8 ms per 1 KiB fact in the Raft thread).
 
-A posting is one key, no value: ``ns \\0 term \\0 owner \\0 kind \\0 id \\0`` then the term's count in the
-context and the context's length in terms (``_POSTING_TAIL``). Grouped by owner (``-`` for nobody, ``u``
-and the SHA-256 of the user_id for a user) and then by kind, a search for one user's contexts of
-one kind reads only their postings, not the namespace's. Counters per (namespace, owner, kind), and per
-(namespace, kind) across owners, hold the number of indexed contexts and their total length, for BM25's
-N and average length over exactly the contexts a search may return.
+A context's owner is ``-`` for nobody, or ``u`` and the SHA-256 of its user_id. Counters per
+(namespace, owner, kind), and per (namespace, kind) across owners, hold the number of indexed contexts
+and their total length, for BM25's N and average length over exactly the contexts a search may return.
 """
 
 from __future__ import annotations
@@ -25,17 +22,13 @@ import re
 import struct
 import unicodedata
 import zlib
-from collections import Counter
-from typing import Any
 
 import Stemmer
-
-from mcpdb.retrieval.text import searchable_text
 
 # Longer "words" are not indexed: identifiers, hashes, base64, noise, which nobody searches for by word
 # (an id is read by GET) and which cost a posting each (a 1 KiB random value holds about twenty). Lucene
 # and Elasticsearch split at 255; 99.9% of English words are shorter than 32. A term is at most 32
-# characters, so a posting key stays well under LMDB's 511 bytes.
+# characters, so a block key (namespace, term, class, kind) stays well under LMDB's 511 bytes.
 MAX_WORD_CHARS = 32
 MAX_QUERY_TERMS = 32
 NOBODY = b"-"  # the store's owner of a context of no user (``_NOBODY`` there)
@@ -45,7 +38,6 @@ K1 = 1.2
 B = 0.75
 
 _SEP = b"\x00"
-_POSTING_TAIL = struct.Struct(">HI")  # the term's count (capped), the context's length in terms
 _COUNTER = struct.Struct(">QQ")  # contexts indexed, their total length in terms
 _WORD = re.compile(r"[^\W_]+")
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
@@ -86,25 +78,6 @@ def query_terms(text: str) -> list[str]:
     return list(dict.fromkeys(terms(text)))[:MAX_QUERY_TERMS]
 
 
-def postings(prefix: bytes, owner: bytes, kind: str, context_id: str, fields: dict[str, Any]) -> list[bytes]:
-    """The posting keys of one context (``prefix`` is its namespace and a NUL); none if it has no words."""
-    found: list[str] = []
-    for text in searchable_text(kind, fields):
-        found += terms(text)
-    counts = Counter(found)
-    length = sum(counts.values())
-    tail = _SEP + owner + _SEP + kind.encode() + _SEP + context_id.encode() + _SEP
-    return [
-        prefix + term.encode() + tail + _POSTING_TAIL.pack(min(count, 0xFFFF), length)
-        for term, count in sorted(counts.items())
-    ]
-
-
-def posting_length(key: bytes) -> int:
-    """The context's length in terms, as its posting key records it."""
-    return int(_POSTING_TAIL.unpack_from(key, len(key) - _POSTING_TAIL.size)[1])
-
-
 def split_owned(rest: bytes) -> tuple[bytes, bytes, bytes]:
     """(owner, kind, what follows) of a key part that starts ``owner \0 kind \0`` (a posting's after its
     term, a vector's after its namespace): the owner is one byte for nobody, 33 for a user (``u``
@@ -112,18 +85,6 @@ def split_owned(rest: bytes) -> tuple[bytes, bytes, bytes]:
     owner_end = 1 if rest[:1] == NOBODY else 33
     kind_end = rest.index(_SEP, owner_end + 1)
     return rest[:owner_end], rest[owner_end + 1 : kind_end], rest[kind_end + 1 :]
-
-
-def parse_posting(rest: bytes) -> tuple[bytes, bytes, bytes, int, int]:
-    """(owner, kind, context id, term count, context length) of a posting key without its namespace and
-    term."""
-    owner, kind, tail = split_owned(rest)
-    count, length = _POSTING_TAIL.unpack_from(tail, len(tail) - _POSTING_TAIL.size)
-    return owner, kind, tail[: -_POSTING_TAIL.size - 1], count, length
-
-
-def term_prefix(namespace: bytes, term: str) -> bytes:
-    return namespace + _SEP + term.encode() + _SEP
 
 
 COUNTER_PREFIX = b"lex_count" + _SEP  # the counters' keys in the store's ``meta`` database

@@ -23,6 +23,7 @@ import lmdb
 
 from mcpdb.model import SearchMode
 from mcpdb.retrieval import fusion, lexical, vectors
+from mcpdb.store import postings
 from mcpdb.store.vector_matrices import VectorMatrices
 
 POOL = 100  # per ranking, what hybrid fuses (k is at most 100)
@@ -62,11 +63,6 @@ class SearchHits:
     spread: tuple[float, float] | None = None
 
 
-def vector_key(namespace: bytes, owner: bytes, kind: str, context_id: bytes) -> bytes:
-    """Where the store keeps a context's vector: grouped by owner and kind, as its postings are."""
-    return namespace + _SEP + owner + _SEP + kind.encode() + _SEP + context_id
-
-
 def _scans(prefix: bytes, owners: Sequence[bytes] | None) -> list[bytes]:
     return [prefix] if owners is None else [prefix + owner + _SEP for owner in owners]
 
@@ -91,21 +87,10 @@ def _lexical_scores(
     length: int,
 ) -> dict[bytes, float]:
     average = length / contexts if contexts else 0.0
-    wanted_kinds = {kind.encode() for kind in query.kinds}
     scores: dict[bytes, float] = {}
-    cursor = txn.cursor(db=dbs[b"lexical"])
+    found = postings.matches(txn, dbs, namespace, query.terms, query.kinds, query.owners)
     for term in query.terms:
-        term_prefix = lexical.term_prefix(namespace, term)
-        matched = []
-        for scan in _scans(term_prefix, query.owners):
-            if not cursor.set_range(scan):
-                continue
-            for key in cursor.iternext(values=False):
-                if not key.startswith(scan):
-                    break
-                _, kind, context_id, count, context_length = lexical.parse_posting(key[len(term_prefix) :])
-                if kind in wanted_kinds:
-                    matched.append((context_id, count, context_length))
+        matched = found[term]
         weight = lexical.idf(contexts, len(matched))
         for context_id, count, context_length in matched:
             scores[context_id] = scores.get(context_id, 0.0) + lexical.term_score(

@@ -30,13 +30,16 @@ Layout (named LMDB databases, keys are bytes):
 - ``by_kind``: ``kind \0 ns \0 id`` -> b"", every context: a namespace's contexts
               of one kind (a listing by kind, a chat's instructions and
               guardrails) and one kind across namespaces are each one key range
-- ``lexical``: a search's postings, per term, owner and kind (``mcpdb.retrieval.lexical``)
+- ``lexical``: a search's postings, in blocks per term, owner class, kind and entry
+              (``mcpdb.store.postings``)
+- ``terms``:  ``ns \0 owner \0 kind \0 id`` -> the context's terms and its postings' block
 - ``vectors``: ``ns \0 owner \0 kind \0 id`` -> the version it is for (8 bytes) and the
               context's unit vector (float16); a write that changes what a scan of it
               reads also counts a change in ``meta`` (``mcpdb.store.vector_matrices``)
 - ``to_embed``: ``ns \0 id`` -> a version waiting for its vector (the embedder's queue)
-Secondary indexes and counts. ``by_kind``, ``lexical`` and the per-kind
-counts are a function of ``ctx`` alone, written in the transaction of the
+Secondary indexes and counts. What ``by_kind``, ``lexical``, ``terms`` and the
+per-kind counts hold is a function of ``ctx`` alone (which block holds a
+posting is a function of the log: ``postings``), written in the transaction of the
 write that changes ``ctx`` (put, delete, expiry, batch, an append that
 creates a session), so every replica holds the same indexes at the same
 applied index, a snapshot carries them, and a chat's reads do not grow with
@@ -90,7 +93,7 @@ from mcpdb.errors import HistoryTrimmed
 from mcpdb.fsutil import fsync_path
 from mcpdb.retrieval import lexical, vectors
 from mcpdb.retrieval.text import embedding_text, searchable_text
-from mcpdb.store import background_io, search, snapshot
+from mcpdb.store import background_io, postings, search, snapshot
 from mcpdb.store.commands import (
     Append,
     Batch,
@@ -126,10 +129,11 @@ _DB_NAMES = (
     b"changes",
     b"by_kind",
     b"lexical",
+    b"terms",
     b"vectors",
     b"to_embed",
 )
-_INDEXES = (b"by_kind", b"lexical")
+_INDEXES = (b"by_kind", b"lexical", b"terms")
 # Databases an earlier index format kept, dropped by the rebuild (``by_owner``, a memory per owner, is what
 # the owner-grouped postings and vectors made redundant once a chat's memories came from a search).
 _RETIRED = (b"by_owner",)
@@ -137,7 +141,8 @@ _APPLIED = b"applied"
 _TRIMMED = b"changes_trimmed"
 _INDEX_FORMAT = b"index_format"  # -> _INDEX_MARK: the indexes' format and the applied index they are current at
 _INDEX_MARK = struct.Struct(">IQI")  # format, applied index, the text analyzer's fingerprint
-_INDEX_VERSION = 3  # what ``by_kind``, ``lexical`` and the counts hold; another value rebuilds them
+_INDEX_VERSION = 4  # what ``by_kind``, ``lexical``, ``terms`` and the counts hold; another value rebuilds them
+_REBUILD_BLOCKS = 200_000  # postings blocks a rebuild gathers in memory before writing them
 _EMBEDDING_MODEL = b"embedding_model"  # -> the model the stored vectors were made with (utf-8)
 _KIND_COUNT = b"kind_count\x00"  # + kind -> contexts of that kind (8 bytes); absent when none
 _NOBODY = lexical.NOBODY  # the owner of a context of nobody's; a user's owner starts with _USER
@@ -196,26 +201,23 @@ def _lexical_owner(kind: str, context_id: str, fields: dict[str, Any]) -> bytes:
 
 def _index_entries(
     key: bytes, record: dict[str, Any] | None
-) -> tuple[builtins.list[tuple[bytes, bytes]], builtins.list[tuple[bytes, int]]]:
-    """The (index database, key) pairs of the context stored at ctx ``key``, and the (lexical counter,
-    length) pairs it adds to: a function of its record alone, so maintaining them write by write and
-    building them from ``ctx`` give the same indexes. Sessions are not in the lexical index: their
-    turns are kept apart from the record (see the layout)."""
+) -> tuple[builtins.list[tuple[bytes, bytes]], builtins.list[tuple[bytes, int]], postings.Posted | None]:
+    """The (index database, key) pairs of the context stored at ctx ``key``, the (lexical counter,
+    length) pairs it adds to, and what the lexical index holds of it: a function of its record alone,
+    so maintaining them write by write and building them from ``ctx`` give the same indexes. Sessions
+    are not in the lexical index: their turns are kept apart from the record (see the layout)."""
     if record is None:
-        return [], []
+        return [], [], None
     kind, fields = record["kind"], record["fields"]
     entries = [(b"by_kind", kind.encode() + _SEP + key)]
     namespace, raw_id = key.split(_SEP, 1)
     if kind == "session":
-        return entries, []
-    context_id = raw_id.decode()
-    owner = _lexical_owner(kind, context_id, fields)
-    postings = lexical.postings(namespace + _SEP, owner, kind, context_id, fields)
-    if not postings:
-        return entries, []
-    entries += [(b"lexical", posting) for posting in postings]
-    length = lexical.posting_length(postings[0])
-    return entries, [(counter, length) for counter in lexical.counter_keys(namespace, owner, kind)]
+        return entries, [], None
+    owner = _lexical_owner(kind, raw_id.decode(), fields)
+    context = postings.posted(namespace, owner, kind, raw_id, fields)
+    if context is None:
+        return entries, [], None
+    return entries, [(counter, context.length) for counter in lexical.counter_keys(namespace, owner, kind)], context
 
 
 def _drop_stray_vectors(txn: lmdb.Transaction, dbs: _Dbs) -> None:
@@ -275,7 +277,7 @@ def _vector_key(key: bytes, record: dict[str, Any]) -> bytes:
     """Where the vector of the context at ctx ``key`` with ``record`` is kept (by owner and kind)."""
     namespace, raw_id = key.split(_SEP, 1)
     owner = _lexical_owner(record["kind"], raw_id.decode(), record["fields"])
-    return search.vector_key(namespace, owner, record["kind"], raw_id)
+    return postings.owned_key(namespace, owner, record["kind"], raw_id)
 
 
 def _add_lexical_count(txn: lmdb.Transaction, dbs: _Dbs, counter: bytes, contexts: int, length: int) -> None:
@@ -328,11 +330,16 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
         counts: dict[str, int] = {}
         lexical_counts: dict[bytes, tuple[int, int]] = {}
         _drop_stray_vectors(txn, dbs)
+        writer = postings.PostingsWriter()
         for key, value in txn.cursor(db=dbs[b"ctx"]):
             record = orjson.loads(value)
-            entries, counted = _index_entries(key, record)
+            entries, counted, context = _index_entries(key, record)
             for name, index_key in entries:
                 txn.put(index_key, b"", db=dbs[name])
+            if context is not None:  # in the block of the entry that wrote its version
+                writer.add(txn, dbs, record["version"], context)
+                if writer.gathered() >= _REBUILD_BLOCKS:
+                    writer.flush(txn, dbs)
             counts[record["kind"]] = counts.get(record["kind"], 0) + 1
             if _embeddable(record):
                 stored = txn.get(_vector_key(key, record), db=dbs[b"vectors"])
@@ -341,6 +348,7 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
             for counter, length in counted:
                 held, total = lexical_counts.get(counter, (0, 0))
                 lexical_counts[counter] = (held + 1, total + length)
+        writer.flush(txn, dbs)
         for kind, count in counts.items():
             _add_count(txn, dbs, kind, count)
         for counter, (held, total) in lexical_counts.items():
@@ -446,6 +454,9 @@ class ContextStore:
         self._change_history = change_history
         self._change_position = 0
         self._kind_deltas: dict[str, int] = {}  # of the command being applied (see _entry_steps)
+        self._lexical_deltas: dict[bytes, tuple[int, int]] = {}  # lexical counter -> (contexts, length), the same
+        self._postings = postings.PostingsWriter()  # the postings of the entry being applied
+        self._entry_index = 0  # the entry being applied: the block its postings go to
         self.snapshots_installed = 0
         self._group: lmdb.Transaction | None = None
         # The open group's applied index, and whether its entries recorded changes: written and
@@ -639,24 +650,34 @@ class ContextStore:
         # entry itself still counts as applied. LMDB errors (disk full, I/O)
         # propagate: a replica that cannot apply deterministically must stop,
         # not diverge.
-        # Kind counts change by the command's sum, written once before it commits.
+        # Kind counts and lexical counters change by the command's sums, written once before it commits.
+        # Its postings are gathered and written as it ends, in blocks of this entry (``postings``).
         child = self._generation.env.begin(write=True, parent=txn)
         self._kind_deltas.clear()
+        self._lexical_deltas.clear()
+        self._postings.discard()
+        self._entry_index = index
         self._change_position = 0
         try:
             result = yield from self._dispatch(child, index, command)
+            self._postings.flush(child, self._dbs)
             for kind, delta in self._kind_deltas.items():
                 _add_count(child, self._dbs, kind, delta)
+            for counter, (contexts, length) in self._lexical_deltas.items():
+                _add_lexical_count(child, self._dbs, counter, contexts, length)
             child.commit()
             return result
         except _Abort as abort:
             child.abort()
+            self._postings.discard()
             return abort.result
         except (lmdb.Error, GeneratorExit):
             child.abort()
+            self._postings.discard()
             raise
         except Exception as error:  # noqa: BLE001 - deterministic bug: refuse the entry
             child.abort()
+            self._postings.discard()
             _log.exception("entry %d (%s) failed to apply", index, type(command).__name__)
             return _fail("invalid_command", f"entry {index} could not be applied: {error}")
 
@@ -775,21 +796,27 @@ class ContextStore:
         self._revector(txn, key, old, new)
         if old is not None and new is not None and _same_index_input(key, old, new):
             return  # a write of data, ttl or status: the entries below would come out equal
-        entries_before, counted_before = _index_entries(key, old)
-        entries_after, counted_after = _index_entries(key, new)
-        before, after = set(entries_before), set(entries_after)
-        if before == after:  # an overwrite keeping kind, owner and words
-            return
+        entries_before, counted_before, posted_before = _index_entries(key, old)
+        entries_after, counted_after, posted_after = _index_entries(key, new)
         dbs = self._dbs
+        if posted_before != posted_after:
+            if posted_before is not None:
+                self._postings.remove(txn, dbs, posted_before)
+            if posted_after is not None:
+                self._postings.add(txn, dbs, self._entry_index, posted_after)
+        before, after = set(entries_before), set(entries_after)
         for name, index_key in before - after:
             txn.delete(index_key, db=dbs[name])
         for name, index_key in after - before:
             txn.put(index_key, b"", db=dbs[name])
         if counted_before != counted_after:
+            deltas = self._lexical_deltas
             for counter, length in counted_before:
-                _add_lexical_count(txn, dbs, counter, -1, -length)
+                contexts, total = deltas.get(counter, (0, 0))
+                deltas[counter] = (contexts - 1, total - length)
             for counter, length in counted_after:
-                _add_lexical_count(txn, dbs, counter, 1, length)
+                contexts, total = deltas.get(counter, (0, 0))
+                deltas[counter] = (contexts + 1, total + length)
         if old and (not new or new["kind"] != old["kind"]):
             self._kind_deltas[old["kind"]] = self._kind_deltas.get(old["kind"], 0) - 1
         if new and (not old or old["kind"] != new["kind"]):

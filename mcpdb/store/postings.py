@@ -1,0 +1,236 @@
+"""The lexical index as LMDB holds it: a term list per context, and postings in blocks per term and entry.
+
+Why blocks: with a key per posting (``ns \\0 term \\0 owner \\0 kind \\0 id``, the layout before), a
+500-record batch put about 50,000 keys scattered over as many B-tree pages, and those pages' copies
+were half of the Raft thread's time while a million contexts loaded (RESULTS.md, sessions 15 and 21).
+Here an entry's postings are gathered while it applies and written once at its end, one key per
+(term, owner class, kind): a batch writes one key per distinct term it holds, next to each other in
+the term's range. Measured in raw LMDB on the scale bench's records, 22.8 against 57.9 us a record at
+300-600 k, and smaller on disk. Lucene's segments and FTS5's per-transaction blocks make the same
+choice; neither can live inside the store's own transactions and snapshots (see ``lexical``).
+
+Two databases:
+
+- ``terms``: ``ns \\0 owner \\0 kind \\0 id`` -> the block holding the context's postings (8 bytes: the
+  entry that wrote them), its length in terms (4 bytes), and ``\\0 term : count`` per term, sorted,
+  then ``\\0``. A search of some users' contexts reads their lists, so a chat's search costs what its
+  user holds, whatever the namespace holds; a write finds here which blocks to take a context out of.
+- ``lexical``: ``ns \\0 term \\0 class \\0 kind \\0 block`` -> the postings of the contexts of that kind and
+  owner class (``-``: nobody's, ``u``: some user's) that the entry ``block`` indexed with ``term``: per
+  context its id's length (2 bytes), the term's count (2), its length (4), then the id. A search of the
+  whole namespace, or of nobody's contexts, reads one key per term and entry.
+
+A context taken out of the index (deleted, or its words changed) leaves its block rewritten without it,
+so every block holds exactly the current postings and BM25's statistics never count a stale one. The
+blocks a replica holds depend on which entries wrote what, the same on every replica applying the
+same log; a store rebuilt from ``ctx`` groups contexts by their version instead, and holds the same
+postings, which is all a search reads: scores are summed per context in query-term order and ranked
+by (score, id), never by where a posting is kept.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+from mcpdb.retrieval import lexical
+from mcpdb.retrieval.text import searchable_text
+
+_SEP = b"\x00"
+_HEAD = struct.Struct(">QI")  # a term list's block, the context's length in terms
+_BLOCK = struct.Struct(">Q")
+_ENTRY = struct.Struct(">HHI")  # a posting in a block: id length, count, context length; the id follows
+_MAX_COUNT = 0xFFFF
+_NOBODY_CLASS = lexical.NOBODY  # the owner class of nobody's contexts, and of an owner of nobody
+_USER_CLASS = b"u"
+_CLASSES = (_NOBODY_CLASS, _USER_CLASS)
+
+Posting = tuple[bytes, int, int]  # a context's id, a term's count in it, its length in terms
+
+
+@dataclass(frozen=True)
+class Posted:
+    """One context as the lexical index holds it: a function of its record alone."""
+
+    namespace: bytes
+    owner: bytes
+    kind: str
+    context_id: bytes
+    counts: tuple[tuple[str, int], ...]  # (term, count), sorted by term; counts capped at 65,535
+    length: int  # in terms
+
+
+def posted(namespace: bytes, owner: bytes, kind: str, context_id: bytes, fields: dict[str, Any]) -> Posted | None:
+    """What the index holds of a context (None: no words to index)."""
+    found: list[str] = []
+    for text in searchable_text(kind, fields):
+        found += lexical.terms(text)
+    if not found:
+        return None
+    counts = Counter(found)
+    ordered = tuple((term, min(count, _MAX_COUNT)) for term, count in sorted(counts.items()))
+    return Posted(namespace, owner, kind, context_id, ordered, len(found))
+
+
+def owned_key(namespace: bytes, owner: bytes, kind: str, context_id: bytes) -> bytes:
+    """A context's key in an index grouped by owner and kind (its term list, its vector)."""
+    return namespace + _SEP + owner + _SEP + kind.encode() + _SEP + context_id
+
+
+def _block_prefix(namespace: bytes, term: str, owner: bytes, kind: str) -> bytes:
+    return namespace + _SEP + term.encode() + _SEP + owner[:1] + _SEP + kind.encode() + _SEP
+
+
+def _term_list(block: int, context: Posted) -> bytes:
+    words = b"".join(_SEP + term.encode() + b":" + str(count).encode() for term, count in context.counts)
+    return _HEAD.pack(block, context.length) + words + _SEP
+
+
+def parse_term_list(value: bytes) -> tuple[int, int, list[tuple[str, int]]]:
+    """(block, length, [(term, count)]) of a term list."""
+    block, length = _HEAD.unpack_from(value)
+    counts = []
+    for item in bytes(value[_HEAD.size + 1 : -1]).split(_SEP):
+        term, _, count = item.rpartition(b":")
+        counts.append((term.decode(), int(count)))
+    return int(block), int(length), counts
+
+
+def _count_in(value: bytes, term: bytes) -> int:
+    """A term's count in a term list (0: not there); ``term`` is ``\\0 term :``. C-speed search of the
+    list's bytes, so a user's search does not decode every term of every context it looks at."""
+    at = value.find(term, _HEAD.size)
+    if at < 0:
+        return 0
+    start = at + len(term)
+    return int(value[start : value.index(_SEP, start)])
+
+
+def parse_block(value: bytes) -> Iterator[Posting]:
+    """The postings of a block, in the order they were written."""
+    at, end = 0, len(value)
+    while at < end:
+        id_length, count, length = _ENTRY.unpack_from(value, at)
+        at += _ENTRY.size
+        yield bytes(value[at : at + id_length]), count, length
+        at += id_length
+
+
+def _pack_block(postings: dict[bytes, tuple[int, int]]) -> bytes:
+    return b"".join(
+        _ENTRY.pack(len(context_id), count, length) + context_id for context_id, (count, length) in postings.items()
+    )
+
+
+class PostingsWriter:
+    """The writer thread's changes to the lexical index within one entry (or one rebuild chunk):
+    term lists are written at once, postings gathered per block and written by ``flush``."""
+
+    def __init__(self) -> None:
+        # block key -> {context id: (count, length)}, in the order contexts were added
+        self._pending: dict[bytes, dict[bytes, tuple[int, int]]] = {}
+
+    def add(self, txn: lmdb.Transaction, dbs: dict[bytes, Any], block: int, context: Posted) -> None:
+        """Index ``context`` in ``block`` (it is not indexed: ``remove`` it first)."""
+        txn.put(
+            owned_key(context.namespace, context.owner, context.kind, context.context_id),
+            _term_list(block, context),
+            db=dbs[b"terms"],
+        )
+        suffix = _BLOCK.pack(block)
+        for term, count in context.counts:
+            key = _block_prefix(context.namespace, term, context.owner, context.kind) + suffix
+            self._pending.setdefault(key, {})[context.context_id] = (count, context.length)
+
+    def remove(self, txn: lmdb.Transaction, dbs: dict[bytes, Any], context: Posted) -> None:
+        """Take ``context`` out of the index, as the index holds it (nothing if it does not)."""
+        namespace, owner, kind, context_id = context.namespace, context.owner, context.kind, context.context_id
+        value = txn.pop(owned_key(namespace, owner, kind, context_id), db=dbs[b"terms"])
+        if value is None:
+            return
+        block, _, counts = parse_term_list(value)
+        suffix, blocks = _BLOCK.pack(block), dbs[b"lexical"]
+        for term, _ in counts:
+            key = _block_prefix(namespace, term, owner, kind) + suffix
+            pending = self._pending.get(key)
+            if pending is not None and context_id in pending:  # written by the entry being applied
+                del pending[context_id]
+                if not pending:
+                    del self._pending[key]
+                continue
+            stored = txn.get(key, db=blocks)
+            if stored is None:
+                continue
+            kept = {posting[0]: posting[1:] for posting in parse_block(stored) if posting[0] != context_id}
+            if kept:
+                txn.put(key, _pack_block(kept), db=blocks)
+            else:
+                txn.delete(key, db=blocks)
+
+    def flush(self, txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:
+        """Write the gathered postings: one put a block (a block written twice is only a rebuild's,
+        whose chunks may share a version)."""
+        blocks = dbs[b"lexical"]
+        for key, postings in self._pending.items():
+            value = _pack_block(postings)
+            if not txn.put(key, value, db=blocks, overwrite=False):
+                txn.put(key, bytes(txn.get(key, db=blocks)) + value, db=blocks)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        """Forget the gathered postings (their entry's transaction was rolled back)."""
+        self._pending.clear()
+
+    def gathered(self) -> int:
+        """How many blocks are gathered, for a rebuild to flush before they grow too large."""
+        return len(self._pending)
+
+
+def matches(
+    txn: lmdb.Transaction,
+    dbs: dict[bytes, Any],
+    namespace: bytes,
+    terms: Sequence[str],
+    kinds: Sequence[str],
+    owners: Sequence[bytes] | None,
+) -> dict[str, list[Posting]]:
+    """Per query term, the postings of the contexts of ``kinds`` and ``owners`` (None: anyone's) that
+    hold it. Nobody's and everyone's come from the blocks; a user's from their term lists."""
+    found: dict[str, list[Posting]] = {term: [] for term in terms}
+    classes = _CLASSES if owners is None else [_NOBODY_CLASS] if _NOBODY_CLASS in owners else []
+    cursor = txn.cursor(db=dbs[b"lexical"])
+    for term in terms:
+        for owner_class in classes:
+            for kind in kinds:
+                prefix = _block_prefix(namespace, term, owner_class, kind)
+                if not cursor.set_range(prefix):
+                    continue
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    found[term].extend(parse_block(value))
+    if owners is None:
+        return found
+    wanted = [(term, _SEP + term.encode() + b":") for term in terms]
+    lists = txn.cursor(db=dbs[b"terms"])
+    for owner in owners:
+        if owner == _NOBODY_CLASS:
+            continue
+        for kind in kinds:
+            prefix = owned_key(namespace, owner, kind, b"")
+            if not lists.set_range(prefix):
+                continue
+            for key, value in lists:
+                if not key.startswith(prefix):
+                    break
+                length = _HEAD.unpack_from(value)[1]
+                for term, needle in wanted:
+                    count = _count_in(value, needle)
+                    if count:
+                        found[term].append((bytes(key[len(prefix) :]), count, length))
+    return found
