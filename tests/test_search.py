@@ -74,6 +74,8 @@ def test_a_contexts_term_list_and_block_parse_back() -> None:
                 assert [postings_of for _, postings_of in blocks] == [[(b"m-1", 2, 3)], [(b"m-1", 1, 3)]]
                 assert blocks[0][0] == b"ns\x00tea\x00" + owner[:1] + b"\x00memory\x00" + (7).to_bytes(8, "big")
                 writer.remove(txn, dbs, context)
+                assert txn.stat(dbs[b"lexical"])["entries"] == 2, "a block is rewritten once, as its entry ends"
+                writer.flush(txn, dbs)
                 assert txn.stat(dbs[b"terms"])["entries"] == txn.stat(dbs[b"lexical"])["entries"] == 0
 
 

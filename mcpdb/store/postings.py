@@ -129,11 +129,15 @@ def _pack_block(postings: dict[bytes, tuple[int, int]]) -> bytes:
 
 class PostingsWriter:
     """The writer thread's changes to the lexical index within one entry (or one rebuild chunk):
-    term lists are written at once, postings gathered per block and written by ``flush``."""
+    term lists are written at once, postings gathered per block and written by ``flush``, which also
+    takes removed contexts out of the blocks that held them."""
 
     def __init__(self) -> None:
         # block key -> {context id: (count, length)}, in the order contexts were added
         self._pending: dict[bytes, dict[bytes, tuple[int, int]]] = {}
+        # a written block's key -> the contexts to take out of it: each block is rewritten once an entry,
+        # however many of its contexts the entry deletes (an expiry sweep of a whole batch)
+        self._removals: dict[bytes, set[bytes]] = {}
 
     def add(self, txn: lmdb.Transaction, dbs: dict[bytes, Any], block: int, context: Posted) -> None:
         """Index ``context`` in ``block`` (it is not indexed: ``remove`` it first)."""
@@ -154,7 +158,7 @@ class PostingsWriter:
         if value is None:
             return
         block, _, counts = parse_term_list(value)
-        suffix, blocks = _BLOCK.pack(block), dbs[b"lexical"]
+        suffix = _BLOCK.pack(block)
         for term, _ in counts:
             key = _block_prefix(namespace, term, owner, kind) + suffix
             pending = self._pending.get(key)
@@ -163,28 +167,31 @@ class PostingsWriter:
                 if not pending:
                     del self._pending[key]
                 continue
-            stored = txn.get(key, db=blocks)
-            if stored is None:
-                continue
-            kept = {posting[0]: posting[1:] for posting in parse_block(stored) if posting[0] != context_id}
-            if kept:
-                txn.put(key, _pack_block(kept), db=blocks)
-            else:
-                txn.delete(key, db=blocks)
+            self._removals.setdefault(key, set()).add(context_id)
 
     def flush(self, txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:
-        """Write the gathered postings: one put a block (a block written twice is only a rebuild's,
-        whose chunks may share a version)."""
+        """Write the gathered postings, one put a block (a block written twice is only a rebuild's,
+        whose chunks may share a version), and rewrite the blocks contexts were taken out of."""
         blocks = dbs[b"lexical"]
         for key, postings in self._pending.items():
             value = _pack_block(postings)
             if not txn.put(key, value, db=blocks, overwrite=False):
                 txn.put(key, bytes(txn.get(key, db=blocks)) + value, db=blocks)
-        self._pending.clear()
+        for key, removed in self._removals.items():
+            stored = txn.get(key, db=blocks)
+            if stored is None:
+                continue
+            kept = {posting[0]: posting[1:] for posting in parse_block(stored) if posting[0] not in removed}
+            if kept:
+                txn.put(key, _pack_block(kept), db=blocks)
+            else:
+                txn.delete(key, db=blocks)
+        self.discard()
 
     def discard(self) -> None:
-        """Forget the gathered postings (their entry's transaction was rolled back)."""
+        """Forget the gathered postings and removals (their entry's transaction was rolled back)."""
         self._pending.clear()
+        self._removals.clear()
 
     def gathered(self) -> int:
         """How many blocks are gathered, for a rebuild to flush before they grow too large."""
