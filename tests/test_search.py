@@ -79,6 +79,20 @@ def test_a_contexts_term_list_and_block_parse_back() -> None:
                 assert txn.stat(dbs[b"terms"])["entries"] == txn.stat(dbs[b"lexical"])["entries"] == 0
 
 
+@given(
+    st.dictionaries(st.binary(min_size=1, max_size=12), st.tuples(st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1))),
+    st.sets(st.binary(min_size=1, max_size=12)),
+)
+def test_a_block_without_some_contexts_is_the_block_of_the_others(
+    held: dict[bytes, tuple[int, int]], removed: set[bytes]
+) -> None:
+    """A block is rewritten by slicing around the removed contexts' postings (ids of any bytes, one
+    another's prefixes, absent ones): exactly what packing the others gives."""
+    removed |= set(list(held)[::2])
+    kept = {context_id: posting for context_id, posting in held.items() if context_id not in removed}
+    assert postings._without(postings._pack_block(held), removed) == postings._pack_block(kept)
+
+
 def _memory(words: list[str], user: str | None, tags: list[str]) -> dict[str, Any]:
     return {"kind": "memory", "facts": [" ".join(words)], "user_id": user, "tags": tags, "data": {}}
 

@@ -79,8 +79,8 @@ def query_terms(text: str) -> list[str]:
 
 
 def split_owned(rest: bytes) -> tuple[bytes, bytes, bytes]:
-    """(owner, kind, what follows) of a key part that starts ``owner \0 kind \0`` (a posting's after its
-    term, a vector's after its namespace): the owner is one byte for nobody, 33 for a user (``u``
+    """(owner, kind, what follows) of a key part that starts ``owner \0 kind \0`` (a term list's or
+    a vector's key after its namespace): the owner is one byte for nobody, 33 for a user (``u``
     and a SHA-256 digest), so a NUL inside a user's digest is never taken for the separator."""
     owner_end = 1 if rest[:1] == NOBODY else 33
     kind_end = rest.index(_SEP, owner_end + 1)

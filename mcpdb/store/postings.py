@@ -1,8 +1,9 @@
 """The lexical index as LMDB holds it: a term list per context, and postings in blocks per term and entry.
 
 Why blocks: with a key per posting (``ns \\0 term \\0 owner \\0 kind \\0 id``, the layout before), a
-500-record batch put about 50,000 keys scattered over as many B-tree pages, and those pages' copies
-were half of the Raft thread's time while a million contexts loaded (RESULTS.md, sessions 15 and 21).
+500-record batch of the scale bench put about 6,000 keys scattered over as many B-tree pages, and
+those pages' copies were half of the Raft thread's busy time while a million contexts loaded
+(benchmarks/RESULTS.md, sessions 15 and 21).
 Here an entry's postings are gathered while it applies and written once at its end, one key per
 (term, owner class, kind): a batch writes one key per distinct term it holds, next to each other in
 the term's range. Measured in raw LMDB on the scale bench's records, 22.8 against 57.9 us a record at
@@ -20,8 +21,12 @@ Two databases:
   context its id's length (2 bytes), the term's count (2), its length (4), then the id. A search of the
   whole namespace, or of nobody's contexts, reads one key per term and entry.
 
-A context taken out of the index (deleted, or its words changed) leaves its block rewritten without it,
-so every block holds exactly the current postings and BM25's statistics never count a stale one. The
+A context taken out of the index (deleted, or its words changed) leaves its blocks rewritten without it
+as its entry ends, so every block holds exactly the current postings and BM25's statistics never count
+a stale one. That is the layout's price: a delete or an overwrite rewrites each of its terms' blocks
+(at most a batch's 1,000 postings each) where a key per posting deleted one key. Small blocks are not
+merged: a namespace written one context at a time holds one block per term and write, as many keys as
+a key per posting did. The
 blocks a replica holds depend on which entries wrote what, the same on every replica applying the
 same log; a store rebuilt from ``ctx`` groups contexts by their version instead, and holds the same
 postings, which is all a search reads: scores are summed per context in query-term order and ranked
@@ -121,6 +126,22 @@ def parse_block(value: bytes) -> Iterator[Posting]:
         at += id_length
 
 
+def _without(value: bytes, removed: set[bytes]) -> bytes:
+    """A block without the postings of ``removed``: its bytes sliced around them, nothing decoded
+    but each posting's id (a delete of one context from a 1,000-posting block, per term)."""
+    kept, at, end, start = [], 0, len(value), 0
+    unpack = _ENTRY.unpack_from
+    while at < end:
+        id_start = at + _ENTRY.size
+        id_end = id_start + unpack(value, at)[0]
+        if value[id_start:id_end] in removed:
+            kept.append(value[start:at])
+            start = id_end
+        at = id_end
+    kept.append(value[start:])
+    return b"".join(kept)
+
+
 def _pack_block(postings: dict[bytes, tuple[int, int]]) -> bytes:
     return b"".join(
         _ENTRY.pack(len(context_id), count, length) + context_id for context_id, (count, length) in postings.items()
@@ -132,7 +153,10 @@ class PostingsWriter:
     term lists are written at once, postings gathered per block and written by ``flush``, which also
     takes removed contexts out of the blocks that held them."""
 
-    def __init__(self) -> None:
+    def __init__(self, rebuilding: bool = False) -> None:
+        # A rebuild's chunks may write one block twice (contexts of one version far apart in ``ctx``);
+        # an entry's never do, and a second write there is a bug to refuse the entry for.
+        self._rebuilding = rebuilding
         # block key -> {context id: (count, length)}, in the order contexts were added
         self._pending: dict[bytes, dict[bytes, tuple[int, int]]] = {}
         # a written block's key -> the contexts to take out of it: each block is rewritten once an entry,
@@ -170,20 +194,22 @@ class PostingsWriter:
             self._removals.setdefault(key, set()).add(context_id)
 
     def flush(self, txn: lmdb.Transaction, dbs: dict[bytes, Any]) -> None:
-        """Write the gathered postings, one put a block (a block written twice is only a rebuild's,
-        whose chunks may share a version), and rewrite the blocks contexts were taken out of."""
+        """Write the gathered postings, one put a block, and rewrite the blocks contexts were taken
+        out of."""
         blocks = dbs[b"lexical"]
         for key, postings in self._pending.items():
             value = _pack_block(postings)
             if not txn.put(key, value, db=blocks, overwrite=False):
+                if not self._rebuilding:
+                    raise RuntimeError(f"postings block {key!r} is already written")
                 txn.put(key, bytes(txn.get(key, db=blocks)) + value, db=blocks)
         for key, removed in self._removals.items():
             stored = txn.get(key, db=blocks)
             if stored is None:
                 continue
-            kept = {posting[0]: posting[1:] for posting in parse_block(stored) if posting[0] not in removed}
+            kept = _without(stored, removed)
             if kept:
-                txn.put(key, _pack_block(kept), db=blocks)
+                txn.put(key, kept, db=blocks)
             else:
                 txn.delete(key, db=blocks)
         self.discard()

@@ -38,15 +38,16 @@ Layout (named LMDB databases, keys are bytes):
               reads also counts a change in ``meta`` (``mcpdb.store.vector_matrices``)
 - ``to_embed``: ``ns \0 id`` -> a version waiting for its vector (the embedder's queue)
 Secondary indexes and counts. What ``by_kind``, ``lexical``, ``terms`` and the
-per-kind counts hold is a function of ``ctx`` alone (which block holds a
-posting is a function of the log: ``postings``), written in the transaction of the
+per-kind counts hold is a function of ``ctx`` alone, written in the transaction of the
 write that changes ``ctx`` (put, delete, expiry, batch, an append that
 creates a session), so every replica holds the same indexes at the same
-applied index, a snapshot carries them, and a chat's reads do not grow with
-the namespace. ``apply`` stamps ``index_format`` with the applied index; a
-store opened (or a snapshot installed) whose stamp is missing, of another
-format, or behind its applied index (written by a release without indexes,
-or applied to by one) gets them rebuilt from ``ctx`` before anyone reads it.
+applied index (the same postings: which block holds one depends on the
+entries that wrote them, or on a rebuild, see ``postings``; no answer does),
+a snapshot carries them, and a chat's reads do not grow with the namespace.
+``apply`` stamps ``index_format`` with the applied index; a store opened
+(or a snapshot installed) whose stamp is missing, of another format, or
+behind its applied index (written by a release without indexes, or applied
+to by one) gets them rebuilt from ``ctx`` before anyone reads it.
 
 Snapshots (``mcpdb.store.snapshot``) are tar files holding pysyncobj's
 bookkeeping and a compacted LMDB copy of a version the Raft thread pinned
@@ -330,7 +331,7 @@ def _ensure_indexes(env: lmdb.Environment, dbs: _Dbs) -> None:
         counts: dict[str, int] = {}
         lexical_counts: dict[bytes, tuple[int, int]] = {}
         _drop_stray_vectors(txn, dbs)
-        writer = postings.PostingsWriter()
+        writer = postings.PostingsWriter(rebuilding=True)
         for key, value in txn.cursor(db=dbs[b"ctx"]):
             record = orjson.loads(value)
             entries, counted, context = _index_entries(key, record)
@@ -456,7 +457,6 @@ class ContextStore:
         self._kind_deltas: dict[str, int] = {}  # of the command being applied (see _entry_steps)
         self._lexical_deltas: dict[bytes, tuple[int, int]] = {}  # lexical counter -> (contexts, length), the same
         self._postings = postings.PostingsWriter()  # the postings of the entry being applied
-        self._entry_index = 0  # the entry being applied: the block its postings go to
         self.snapshots_installed = 0
         self._group: lmdb.Transaction | None = None
         # The open group's applied index, and whether its entries recorded changes: written and
@@ -656,7 +656,6 @@ class ContextStore:
         self._kind_deltas.clear()
         self._lexical_deltas.clear()
         self._postings.discard()
-        self._entry_index = index
         self._change_position = 0
         try:
             result = yield from self._dispatch(child, index, command)
@@ -787,10 +786,10 @@ class ContextStore:
                         break
 
     def _reindex(
-        self, txn: lmdb.Transaction, key: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None
+        self, txn: lmdb.Transaction, index: int, key: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None
     ) -> None:
         """Move the context at ``key`` in the indexes and kind counts from record ``old`` to ``new``
-        (None: absent), in the transaction of the write itself. A vector is for one version: a new
+        (None: absent), in the transaction of the write itself, entry ``index``. A vector is for one version: a new
         version keeps the old one's if it embeds the same text under the same owner and kind, else drops
         it and, if it has text, is queued for the embedder (``to_embed``)."""
         self._revector(txn, key, old, new)
@@ -803,7 +802,7 @@ class ContextStore:
             if posted_before is not None:
                 self._postings.remove(txn, dbs, posted_before)
             if posted_after is not None:
-                self._postings.add(txn, dbs, self._entry_index, posted_after)
+                self._postings.add(txn, dbs, index, posted_after)
         before, after = set(entries_before), set(entries_after)
         for name, index_key in before - after:
             txn.delete(index_key, db=dbs[name])
@@ -883,7 +882,7 @@ class ContextStore:
             if turns:
                 self._write_turns(txn, namespace, context_id, record, turns, now)
         txn.put(key, orjson.dumps(record), db=self._dbs[b"ctx"])
-        self._reindex(txn, key, old, record)
+        self._reindex(txn, index, key, old, record)
         if record["expires_at"] is not None:
             txn.put(_U64.pack(int(record["expires_at"] * 1000)) + key, b"", db=self._dbs[b"expiry"])
         self._record_change(txn, index, namespace, context_id, kind, "put")
@@ -929,7 +928,7 @@ class ContextStore:
         if old["kind"] == "session":
             self._drop_turns(txn, namespace, context_id)
         txn.delete(key, db=self._dbs[b"ctx"])
-        self._reindex(txn, key, old, None)
+        self._reindex(txn, index, key, old, None)
         self._record_change(txn, index, namespace, context_id, old["kind"], action)
 
     def _apply_put(self, txn: lmdb.Transaction, index: int, c: Put) -> dict[str, Any]:
@@ -961,7 +960,7 @@ class ContextStore:
                 "expires_at": None,
                 "turn_count": 0,
             }
-            self._reindex(txn, key, None, record)
+            self._reindex(txn, index, key, None, record)
         elif record["kind"] != "session":
             raise _Abort(
                 _fail(
