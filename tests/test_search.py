@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -230,24 +231,24 @@ def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppliedLog]:
 
 def test_a_users_search_reads_their_postings_not_the_namespaces(crowded: AppliedLog) -> None:
     counted = itertools.count()
-    parse_block, count_in = postings.parse_block, postings._count_in
+    parse_block, terms_held = postings.parse_block, postings._terms_held
 
     def counting_block(value: bytes) -> Iterator[postings.Posting]:
         for posting in parse_block(value):
             next(counted)
             yield posting
 
-    def counting_list(value: bytes, term: bytes) -> int:
+    def counting_list(wanted: re.Pattern[bytes], term_list: bytes) -> list[tuple[bytes, bytes]]:
         next(counted)
-        return count_in(value, term)
+        return terms_held(wanted, term_list)
 
-    postings.parse_block, postings._count_in = counting_block, counting_list  # type: ignore[assignment]
+    postings.parse_block, postings._terms_held = counting_block, counting_list  # type: ignore[assignment]
     try:
         found = crowded.store.search("app", lexical_query(["tea", "piano"], SEARCHABLE_KINDS, ["u1", None], [], 5))
     finally:
-        postings.parse_block, postings._count_in = parse_block, count_in  # type: ignore[assignment]
+        postings.parse_block, postings._terms_held = parse_block, terms_held  # type: ignore[assignment]
     assert [context["id"] for _, context in found.hits] == ["mine", "general"]
-    assert next(counted) == 3  # mine's two terms looked up and general's one posting, of 60,000 in the namespace
+    assert next(counted) == 2  # mine's term list and general's one posting, of 60,000 postings in the namespace
     assert found.searched == 2
     everyone = crowded.store.search("app", lexical_query(["piano"], SEARCHABLE_KINDS, None, [], 3))
     assert everyone.matched == 2000 + 2 and everyone.searched == 20_002
