@@ -12,6 +12,11 @@ batch, ``synchronous=OFF`` as LMDB runs NOSYNC here) indexing the same text. Thr
   index keeps;
 - ``opaque``: one 1 KiB token (``mcpdb bench kv``'s value): no word is indexed, the write path without
   the index's work, the baseline.
+
+Every tenth memory is one heavy user's (the others spread over 1,000 users), and after the load both
+systems answer that user's search (five words of the corpus's first text, the user's and nobody's
+memories, best five by BM25) eleven times, median reported: mcpdb reads that user's term lists (its
+cost follows the user's memories), FTS5 its matches in the whole table, filtered by user.
 """
 
 from __future__ import annotations
@@ -75,6 +80,31 @@ def corpus(name: str, count: int) -> Iterator[str]:
             yield f"{i:08d}" + "x" * 1016
 
 
+HEAVY_USER = "heavy"
+SEARCH_RUNS = 11
+
+
+def _user_of(position: int) -> str:
+    return HEAVY_USER if position % 10 == 0 else f"u{position % 1000}"
+
+
+def _query_words(texts: list[str]) -> list[str]:
+    """Five distinct words of the corpus's first text that the index keeps (none for ``opaque``)."""
+    from mcpdb.retrieval import lexical
+
+    kept = [word for word in lexical.words(texts[0]) if lexical.terms(word)]
+    return list(dict.fromkeys(kept))[:5]
+
+
+def _median_ms(search: Callable[[], object]) -> float:
+    times = []
+    for _ in range(SEARCH_RUNS):
+        began = time.perf_counter()
+        search()
+        times.append((time.perf_counter() - began) * 1000)
+    return sorted(times)[SEARCH_RUNS // 2]
+
+
 def _timed(apply: Callable[[int, list[str]], None], texts: list[str]) -> float:
     began = time.perf_counter()
     for start in range(0, len(texts), BATCH):
@@ -83,7 +113,9 @@ def _timed(apply: Callable[[int, list[str]], None], texts: list[str]) -> float:
 
 
 def _mcpdb(texts: list[str], directory: Path) -> dict[str, float]:
+    from mcpdb.retrieval import lexical
     from mcpdb.store.commands import Batch, BatchPut
+    from mcpdb.store.search import SearchQuery
     from mcpdb.store.state_machine import ContextStore
 
     store = ContextStore(str(directory / "store"))
@@ -93,9 +125,7 @@ def _mcpdb(texts: list[str], directory: Path) -> dict[str, float]:
         nonlocal index
         index += 1
         puts = tuple(
-            BatchPut(
-                f"c{start + k}", {"kind": "memory", "facts": [text], "user_id": f"u{(start + k) % 1000}"}, None, None
-            )
+            BatchPut(f"c{start + k}", {"kind": "memory", "facts": [text], "user_id": _user_of(start + k)}, None, None)
             for k, text in enumerate(batch)
         )
         store.apply(index, Batch("bench", puts, 1.0))
@@ -103,8 +133,12 @@ def _mcpdb(texts: list[str], directory: Path) -> dict[str, float]:
 
     rate = _timed(apply, texts)
     size = store.stats()["size_bytes"]
+    terms = lexical.query_terms(" ".join(_query_words(texts)))
+    owners = ContextStore.owners_of([HEAVY_USER, None])
+    query = SearchQuery(terms, None, "lexical", ["memory"], owners, [], 5)
+    search_ms = _median_ms(lambda: store.search("bench", query))
     store.close()
-    return {"contexts_per_s": rate, "bytes": size}
+    return {"contexts_per_s": rate, "bytes": size, "user_search_ms": search_ms}
 
 
 def _fts5(texts: list[str], directory: Path) -> dict[str, float]:
@@ -118,13 +152,17 @@ def _fts5(texts: list[str], directory: Path) -> dict[str, float]:
         with db:
             db.executemany(
                 "INSERT INTO memories(rowid, facts, user_id) VALUES (?, ?, ?)",
-                ((start + k, text, f"u{(start + k) % 1000}") for k, text in enumerate(batch)),
+                ((start + k, text, _user_of(start + k)) for k, text in enumerate(batch)),
             )
 
     rate = _timed(apply, texts)
+    words = _query_words(texts)
+    match = " OR ".join(f'"{word}"' for word in words) or '""'
+    search = "SELECT rowid FROM memories WHERE memories MATCH ? AND user_id = ? ORDER BY rank LIMIT 5"
+    search_ms = _median_ms(lambda: db.execute(search, (match, HEAVY_USER)).fetchall())
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    return {"contexts_per_s": rate, "bytes": path.stat().st_size}
+    return {"contexts_per_s": rate, "bytes": path.stat().st_size, "user_search_ms": search_ms}
 
 
 def run(settings: IndexSettings, step: Callable[[str, float], None]) -> dict[str, Any]:
@@ -155,12 +193,20 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
                 f"{anchor['contexts_per_s']:,.0f}",
                 f"{measured['ratio']:.2f}x",
                 f"{mine['bytes'] / 1e6:,.0f} / {anchor['bytes'] / 1e6:,.0f}",
+                f"{mine['user_search_ms']:.2f} / {anchor['user_search_ms']:.2f}",
             ]
         )
     return table
 
 
-COLUMNS = ("corpus", "mcpdb contexts/s", "FTS5 rows/s (anchor)", "ratio", "MB mcpdb / FTS5")
+COLUMNS = (
+    "corpus",
+    "mcpdb contexts/s",
+    "FTS5 rows/s (anchor)",
+    "ratio",
+    "MB mcpdb / FTS5",
+    "heavy user's search ms, mcpdb / FTS5",
+)
 
 
 def _draw(results: dict[str, Any], path: Path) -> None:

@@ -50,6 +50,7 @@ def test_index_cost_benchmark_smoke(tmp_path: Path) -> None:
         measured = results["corpora"][corpus]
         assert measured["mcpdb"]["contexts_per_s"] > 0 and measured["fts5"]["contexts_per_s"] > 0
         assert measured["mcpdb"]["bytes"] > 0 and measured["ratio"] > 0
+        assert measured["mcpdb"]["user_search_ms"] > 0 and measured["fts5"]["user_search_ms"] > 0
     assert (tmp_path / "index.png").stat().st_size > 0
 
 
