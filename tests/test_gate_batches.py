@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from mcpdb.auth import ROOT, Principal
 from mcpdb.node.http.access import Authenticator
-from mcpdb.node.http.gate import BULK_WRITES_PER_NAMESPACE, RequestGate, bulk_namespace
+from mcpdb.node.http.gate import BULK_WRITES_PER_NAMESPACE, RequestGate, bulk_namespace, bulk_share
 from mcpdb.node.http.host_guard import HostGuard
 from mcpdb.node.http.request_stats import RequestStats
 from mcpdb.raft.command_lanes import BULK_BYTES
@@ -38,6 +39,24 @@ def test_bulk_writes_are_known_by_path_and_length(
     method: str, path: str, length: bytes | None, namespace: str | None
 ) -> None:
     assert bulk_namespace(method, path, length) == namespace
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "length", "principal", "share"),
+    [
+        ("POST", "/mcp", str(BULK_BYTES).encode(), Principal("t1"), "mcp t1"),
+        ("POST", "/mcp", None, Principal("t1"), "mcp t1"),  # chunked
+        ("POST", "/mcp", str(BULK_BYTES - 1).encode(), Principal("t1"), None),
+        ("POST", "/mcp", str(BULK_BYTES).encode(), ROOT, "mcp root"),
+        ("GET", "/mcp", None, Principal("t1"), None),
+        ("POST", "/v1/namespaces/hog/batch", b"10", Principal("t1"), "hog"),
+    ],
+)
+def test_large_mcp_requests_count_in_their_tokens_share(
+    method: str, path: str, length: bytes | None, principal: Principal, share: str | None
+) -> None:
+    """A tool call's namespace is inside its body, so a large MCP request counts in its token's share."""
+    assert bulk_share(method, path, length, principal) == share
 
 
 class _HeldApp:
@@ -111,6 +130,17 @@ def test_one_namespace_gets_its_share_and_the_others_stay_open(tmp_path: Path) -
 
             refused = await client.post("/v1/namespaces/hog/batch", content=too_large(), headers=headers)
             assert refused.status_code == 413 and not gate.bulk_writes
+
+            # Large MCP requests (tool calls writing big contexts) of one token: its share, then 503.
+            app.release.clear()
+            calls = [write("/mcp", BULK_BODY) for _ in range(BULK_WRITES_PER_NAMESPACE + 2)]
+            await asyncio.wait(calls, timeout=0.5)
+            refused_calls = [task.result() for task in calls if task.done()]
+            assert len(refused_calls) == 2 and all(r.status_code == 503 for r in refused_calls)
+            assert "MCP" in refused_calls[0].json()["message"]
+            app.release.set()
+            await asyncio.gather(*calls)
+            assert not gate.bulk_writes
         store.close()
 
     asyncio.run(scenario())

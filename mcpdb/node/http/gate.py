@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from mcpdb.auth import ROOT
+from mcpdb.auth import ROOT, Principal
 from mcpdb.errors import Overloaded, Unavailable
 from mcpdb.node.http.access import (
     PRINCIPAL_KEY,
@@ -58,6 +58,21 @@ def bulk_namespace(method: str, path: str, declared_length: bytes | None) -> str
     return namespace if int(declared_length) >= BULK_BYTES else None
 
 
+MCP_PATH = "/mcp"
+
+
+def bulk_share(method: str, path: str, declared_length: bytes | None, principal: Principal) -> str | None:
+    """Whose share of the node's bulk writes a request counts in (None: it may carry no bulk proposal).
+    A REST write: its namespace's (``bulk_namespace``). An MCP request of ``BULK_BYTES`` or more, or
+    of no declared length: its token's, since the namespace is inside a JSON-RPC body the gate does
+    not read (a tool may write a context of up to ``max_body_bytes``). A space keeps the two apart:
+    no namespace holds one."""
+    if path == MCP_PATH and method == "POST":
+        large = declared_length is None or not declared_length.isdigit() or int(declared_length) >= BULK_BYTES
+        return f"mcp {principal.token_id or 'root'}" if large else None
+    return bulk_namespace(method, path, declared_length)
+
+
 def repeated_parameter(query_string: bytes) -> str | None:
     """The first query parameter named twice that may appear only once (None: none)."""
     seen: set[str] = set()
@@ -91,8 +106,9 @@ class RequestGate:
       trickling it, or gone quiet) gets 408, and the request never reaches
       a route, so nothing is written.
     - A namespace has at most ``BULK_WRITES_PER_NAMESPACE`` bulk writes in
-      flight on the node (``bulk_namespace``); past it 503 with Retry-After
-      and ``applied: no``, before the body is read.
+      flight on the node (``bulk_namespace``), and a token as many large MCP
+      requests (``bulk_share``); past it 503 with Retry-After and ``applied:
+      no``, before the body is read.
     """
 
     def __init__(
@@ -111,7 +127,7 @@ class RequestGate:
         self.limit = max_body_bytes
         self.body_timeout = body_timeout
         self.buckets = TokenBuckets()
-        self.bulk_writes: Counter[str] = Counter()  # in flight, by namespace
+        self.bulk_writes: Counter[str] = Counter()  # in flight, by namespace or MCP token (``bulk_share``)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -142,24 +158,25 @@ class RequestGate:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._answer(scope, send, 413, "body_too_large", self._too_large)
             return
-        namespace = bulk_namespace(scope["method"], scope["path"], declared)
-        if namespace is None:
+        share = bulk_share(scope["method"], scope["path"], declared, scope[PRINCIPAL_KEY])
+        if share is None:
             await self._limited(scope, receive, send)
-        elif self.bulk_writes[namespace] >= BULK_WRITES_PER_NAMESPACE:
+        elif self.bulk_writes[share] >= BULK_WRITES_PER_NAMESPACE:
+            whose = "this token's MCP requests have" if share.startswith("mcp ") else f"{share} already has"
             refusal = Overloaded(
-                f"{namespace} already has {BULK_WRITES_PER_NAMESPACE} bulk writes (batches, or writes of "
-                f"{BULK_BYTES // 1024} KiB or more) in flight on this node, its share; retry after a moment"
+                f"{whose} {BULK_WRITES_PER_NAMESPACE} bulk writes (batches, or writes of "
+                f"{BULK_BYTES // 1024} KiB or more) in flight on this node, the share of each; retry after a moment"
             )
             retry = [(b"retry-after", str(refusal.retry_after).encode())]
             await self._answer(scope, send, 503, refusal.code, str(refusal), retry, refusal.fields())
         else:
-            self.bulk_writes[namespace] += 1
+            self.bulk_writes[share] += 1
             try:
                 await self._limited(scope, receive, send)
             finally:
-                self.bulk_writes[namespace] -= 1
-                if not self.bulk_writes[namespace]:
-                    del self.bulk_writes[namespace]
+                self.bulk_writes[share] -= 1
+                if not self.bulk_writes[share]:
+                    del self.bulk_writes[share]
 
     async def _admitted(self, scope: dict[str, Any], headers: dict[bytes, bytes], send: Any) -> bool:
         """Authenticate, apply the path's access rule and the token's rate limit; answer if refused."""
