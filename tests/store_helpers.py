@@ -114,6 +114,6 @@ def lexical_query(
 
 def owned_memories(store: ContextStore, namespace: str, user_ids: list[str | None], term: str) -> list[str]:
     """The ids of the memories of ``user_ids`` (None: nobody's) holding ``term``, in id order, as a chat's
-    search finds them through the postings grouped by owner."""
+    search finds them through the term lists grouped by owner."""
     query = lexical_query([term], ("memory",), user_ids, [], 100)
     return sorted(context["id"] for _, context in store.search(namespace, query).hits)

@@ -9,7 +9,7 @@ most relevant first, those scoring well below the best left out:
 assembly recalls as many as fit its memory budget).
 
 Every read is by key or through one of the store's indexes (instructions
-and guardrails by kind, memories by owner through the search's postings
+and guardrails by kind, memories by owner through the search's term lists
 and vectors), so what a chat reads follows
 what it uses, not how many other contexts the namespace holds.
 
