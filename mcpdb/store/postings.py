@@ -78,8 +78,9 @@ def posted(namespace: bytes, owner: bytes, kind: str, context_id: bytes, fields:
         found += lexical.terms(text)
     if not found:
         return None
-    counts = Counter(found)
-    ordered = tuple((term, min(count, _MAX_COUNT)) for term, count in sorted(counts.items()))
+    ordered = tuple(sorted(Counter(found).items()))
+    if max(count for _, count in ordered) > _MAX_COUNT:  # a word repeated 65,536 times: rare, capped
+        ordered = tuple((term, min(count, _MAX_COUNT)) for term, count in ordered)
     return Posted(namespace, owner, kind, context_id, ordered, len(found))
 
 
@@ -88,12 +89,17 @@ def owned_key(namespace: bytes, owner: bytes, kind: str, context_id: bytes) -> b
     return namespace + _SEP + owner + _SEP + kind.encode() + _SEP + context_id
 
 
+def _after_term(owner: bytes, kind: str) -> bytes:
+    """What follows the term in a block's key, up to the block: the owner's class and the kind."""
+    return _SEP + owner[:1] + _SEP + kind.encode() + _SEP
+
+
 def _block_prefix(namespace: bytes, term: str, owner: bytes, kind: str) -> bytes:
-    return namespace + _SEP + term.encode() + _SEP + owner[:1] + _SEP + kind.encode() + _SEP
+    return namespace + _SEP + term.encode() + _after_term(owner, kind)
 
 
 def _term_list(block: int, context: Posted) -> bytes:
-    words = b"".join(_SEP + term.encode() + b":" + str(count).encode() for term, count in context.counts)
+    words = "".join(f"\0{term}:{count}" for term, count in context.counts).encode()
     return _HEAD.pack(block, context.length) + words + _SEP
 
 
@@ -166,10 +172,16 @@ class PostingsWriter:
             _term_list(block, context),
             db=dbs[b"terms"],
         )
-        suffix = _BLOCK.pack(block)
+        # Each block key is the namespace, the term, and a tail shared by all the context's terms.
+        head, tail = context.namespace + _SEP, _after_term(context.owner, context.kind) + _BLOCK.pack(block)
+        pending, context_id, length = self._pending, context.context_id, context.length
         for term, count in context.counts:
-            key = _block_prefix(context.namespace, term, context.owner, context.kind) + suffix
-            self._pending.setdefault(key, {})[context.context_id] = (count, context.length)
+            key = head + term.encode() + tail
+            held = pending.get(key)
+            if held is None:
+                pending[key] = {context_id: (count, length)}
+            else:
+                held[context_id] = (count, length)
 
     def remove(self, txn: lmdb.Transaction, dbs: dict[bytes, Any], context: Posted) -> None:
         """Take ``context`` out of the index, as the index holds it (nothing if it does not)."""
@@ -178,9 +190,9 @@ class PostingsWriter:
         if value is None:
             return
         block, _, counts = parse_term_list(value)
-        suffix = _BLOCK.pack(block)
+        head, tail = namespace + _SEP, _after_term(owner, kind) + _BLOCK.pack(block)
         for term, _ in counts:
-            key = _block_prefix(namespace, term, owner, kind) + suffix
+            key = head + term.encode() + tail
             pending = self._pending.get(key)
             if pending is not None and context_id in pending:  # written by the entry being applied
                 del pending[context_id]
