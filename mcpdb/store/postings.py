@@ -98,6 +98,12 @@ def _block_prefix(namespace: bytes, term: str, owner: bytes, kind: str) -> bytes
     return namespace + _SEP + term.encode() + _after_term(owner, kind)
 
 
+def _block_key_ends(namespace: bytes, owner: bytes, kind: str, block: int) -> tuple[bytes, bytes]:
+    """What comes before and after the term in the keys of one context's blocks: a block's key is
+    ``head + term + tail``, the two built once for all the context's terms."""
+    return namespace + _SEP, _after_term(owner, kind) + _BLOCK.pack(block)
+
+
 def _term_list(block: int, context: Posted) -> bytes:
     words = "".join(f"\0{term}:{count}" for term, count in context.counts).encode()
     return _HEAD.pack(block, context.length) + words + _SEP
@@ -172,8 +178,7 @@ class PostingsWriter:
             _term_list(block, context),
             db=dbs[b"terms"],
         )
-        # Each block key is the namespace, the term, and a tail shared by all the context's terms.
-        head, tail = context.namespace + _SEP, _after_term(context.owner, context.kind) + _BLOCK.pack(block)
+        head, tail = _block_key_ends(context.namespace, context.owner, context.kind, block)
         pending, context_id, length = self._pending, context.context_id, context.length
         for term, count in context.counts:
             key = head + term.encode() + tail
@@ -190,7 +195,7 @@ class PostingsWriter:
         if value is None:
             return
         block, _, counts = parse_term_list(value)
-        head, tail = namespace + _SEP, _after_term(owner, kind) + _BLOCK.pack(block)
+        head, tail = _block_key_ends(namespace, owner, kind, block)
         for term, _ in counts:
             key = head + term.encode() + tail
             pending = self._pending.get(key)
@@ -255,14 +260,14 @@ def matches(
                     if not key.startswith(prefix):
                         break
                     found[term].extend(parse_block(value))
-    if owners is None:
+    if owners is None or not terms:
         return found
     # One pass of C over each list finds every query term in it (``\0 term : count``; terms hold
     # neither NUL nor ':'), so a user's search costs a regex call per context the user holds.
     wanted = re.compile(b"\\x00(" + b"|".join(re.escape(term.encode()) for term in terms) + b"):([0-9]+)")
     lists = txn.cursor(db=dbs[b"terms"])
     for owner in owners:
-        if owner == _NOBODY_CLASS or not terms:
+        if owner == _NOBODY_CLASS:  # read from the blocks above
             continue
         for kind in kinds:
             prefix = owned_key(namespace, owner, kind, b"")

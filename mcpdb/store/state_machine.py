@@ -668,17 +668,16 @@ class ContextStore:
             return result
         except _Abort as abort:
             child.abort()
-            self._postings.discard()
             return abort.result
         except (lmdb.Error, GeneratorExit):
             child.abort()
-            self._postings.discard()
             raise
         except Exception as error:  # noqa: BLE001 - deterministic bug: refuse the entry
             child.abort()
-            self._postings.discard()
             _log.exception("entry %d (%s) failed to apply", index, type(command).__name__)
             return _fail("invalid_command", f"entry {index} could not be applied: {error}")
+        finally:  # what a rolled-back entry gathered goes with it (a flushed one left nothing)
+            self._postings.discard()
 
     def _dispatch(self, txn: lmdb.Transaction, index: int, command: Command | Unreadable) -> _Steps:
         match command:
@@ -810,12 +809,10 @@ class ContextStore:
             txn.put(index_key, b"", db=dbs[name])
         if counted_before != counted_after:
             deltas = self._lexical_deltas
-            for counter, length in counted_before:
-                contexts, total = deltas.get(counter, (0, 0))
-                deltas[counter] = (contexts - 1, total - length)
-            for counter, length in counted_after:
-                contexts, total = deltas.get(counter, (0, 0))
-                deltas[counter] = (contexts + 1, total + length)
+            for sign, counted in ((-1, counted_before), (1, counted_after)):
+                for counter, length in counted:
+                    contexts, total = deltas.get(counter, (0, 0))
+                    deltas[counter] = (contexts + sign, total + sign * length)
         if old and (not new or new["kind"] != old["kind"]):
             self._kind_deltas[old["kind"]] = self._kind_deltas.get(old["kind"], 0) - 1
         if new and (not old or old["kind"] != new["kind"]):

@@ -46,6 +46,11 @@ BULK_WRITES_PER_NAMESPACE = 4
 BULK_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+def _large(declared_length: bytes | None) -> bool:
+    """Whether a body is ``BULK_BYTES`` or more, or of no declared length (chunked: it may be any size)."""
+    return declared_length is None or not declared_length.isdigit() or int(declared_length) >= BULK_BYTES
+
+
 def bulk_namespace(method: str, path: str, declared_length: bytes | None) -> str | None:
     """The namespace of a write that may carry a bulk proposal: a batch, or a write into a namespace
     whose body is ``BULK_BYTES`` or more or of no declared length (chunked); else None."""
@@ -53,9 +58,7 @@ def bulk_namespace(method: str, path: str, declared_length: bytes | None) -> str
     if named is None or not named[1]:
         return None
     namespace, rest = named
-    if (method == "POST" and rest == "batch") or declared_length is None or not declared_length.isdigit():
-        return namespace
-    return namespace if int(declared_length) >= BULK_BYTES else None
+    return namespace if (method == "POST" and rest == "batch") or _large(declared_length) else None
 
 
 MCP_PATH = "/mcp"
@@ -68,8 +71,7 @@ def bulk_share(method: str, path: str, declared_length: bytes | None, principal:
     not read (a tool may write a context of up to ``max_body_bytes``). A space keeps the two apart:
     no namespace holds one."""
     if path == MCP_PATH and method == "POST":
-        large = declared_length is None or not declared_length.isdigit() or int(declared_length) >= BULK_BYTES
-        return f"mcp {principal.token_id or 'root'}" if large else None
+        return f"mcp {principal.token_id or 'root'}" if _large(declared_length) else None
     return bulk_namespace(method, path, declared_length)
 
 
