@@ -93,3 +93,35 @@ def slow_applies(
             time.sleep(seconds)
 
     before_applies(voters, monkeypatch, sleep_if_picked)
+
+
+def slow_preparations(
+    voters: list[tuple[Replication, ContextStore]], monkeypatch: Any, seconds: float, which: Callable[[Any], bool]
+) -> None:
+    """Make every voter's store take ``seconds`` to prepare a bulk entry whose command ``which`` picks, in
+    steps as a real bulk apply is (``ContextStore.prepare``): the Raft thread ticks between them, so it
+    reads its sockets, appends and acknowledges meanwhile. A sleep before ``apply`` holds the thread
+    instead, and whatever another node sent meanwhile arrives only after it."""
+    for _, store in voters:
+        prepare = store.prepare
+        deadlines: dict[int, float] = {}
+
+        def stepped(
+            index: int,
+            command: Callable[[], Any],
+            step_s: float,
+            *args: Any,
+            prepare: Callable[..., bool] = prepare,
+            deadlines: dict[int, float] = deadlines,
+            **kwargs: Any,
+        ) -> bool:
+            decoded = command()
+            if index not in deadlines and which(decoded):
+                deadlines[index] = time.monotonic() + seconds
+            left = deadlines.get(index, 0.0) - time.monotonic()
+            if left > 0:
+                time.sleep(min(step_s, left))
+                return False
+            return prepare(index, lambda: decoded, step_s, *args, **kwargs)
+
+        monkeypatch.setattr(store, "prepare", stepped)

@@ -21,7 +21,7 @@ from mcpdb.raft.command_lanes import BULK_BYTES, HELD_BULK_BEFORE_MEASURED, MIN_
 from mcpdb.raft.replication import Replication
 from mcpdb.store.commands import Batch, BatchPut, Put, namespace_in
 from mcpdb.store.state_machine import ContextStore
-from tests.raft_helpers import before_applies, in_process_cluster, slow_applies, wait_until
+from tests.raft_helpers import before_applies, in_process_cluster, slow_applies, slow_preparations, wait_until
 
 
 def _bulk(namespace: str) -> bytes:
@@ -457,11 +457,15 @@ def test_a_forwarded_batch_that_waited_too_long_is_refused_to_its_follower(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four batches through a follower at once, on voters with a 3.8 s request timeout (1.9 s to wait
-    in the lanes) that apply a batch in 1 s: the second is taken after ~1 s; the third and the fourth
-    wait past 1.9 s (the second is applied at ~2 s), so they are refused at the leader, the refusal is
-    sent back to the follower, and they are never applied."""
+    in the lanes) that apply a batch in 1.25 s: the second is taken after ~1.25 s; the third and the
+    fourth would be taken after ~2.5 s, so they are refused at the leader, the refusal is sent back to
+    the follower, and they are never applied. Each wait is ~0.6 s from the budget either way.
+
+    The applies are slow in steps, as a real bulk apply is: a leader that slept through its first
+    batch's apply read the follower's next three only after it, when they had waited for nothing
+    (one full-suite run in CI applied the third)."""
     with in_process_cluster(tmp_path, request_timeout=3.8) as voters:
-        slow_applies(voters, monkeypatch, 1.0, lambda command: isinstance(command, Batch))
+        slow_preparations(voters, monkeypatch, 1.25, lambda command: isinstance(command, Batch))
         follower, store = voters[1]
 
         async def through_the_follower() -> list[Any]:
