@@ -43,14 +43,14 @@ NODE = textwrap.dedent(
         time.sleep(0.05)
     if mode == "fsync":  # the journal's next fsync fails with EIO, as a dying disk's does
         import errno, os, types
-        import mcpdb.raft.journal_syncer as syncer_module
+        import mcpdb.raft.journal as journal_module
 
         def fsync_fails(fd):
             raise OSError(errno.EIO, "Input/output error (injected)")
 
         journal_os = types.SimpleNamespace(**{name: getattr(os, name) for name in dir(os) if not name.startswith("__")})
         journal_os.fsync = fsync_fails
-        syncer_module.os = journal_os
+        journal_module.os = journal_os
         put = Put("ns", "lost", {"kind": "memory", "facts": ["x"]}, None, None, 1.0)
         try:
             asyncio.run(replication.propose(put, 5.0))

@@ -23,12 +23,9 @@ A journal written by pysyncobj or release 0.1 (``raft.journal``) is moved into t
 on the first open (made durable, then the old file is emptied; pysyncobj keeps opening that path
 itself before mcpdb swaps its journal in, and finds it empty).
 
-Durable mode (``durable=True``): ``start_sync`` hands the segments written since the last one to the
-journal's syncer thread (``journal_syncer``) and returns a ticket, ``synced`` says whether a ticket
-is on disk, and ``sync`` waits for everything written. The Raft thread starts one at the end of
-every tick and after every poll; a follower's acknowledgement waits for its ticket, and a leader
-waits for ``sync`` at the start of a tick before it counts itself (see
-``pysyncobj_bridge.McpdbTransport`` and ``RaftNode._onTick``). pysyncobj kept every entry in memory; this journal keeps
+Durable mode (``durable=True``): ``sync`` fsyncs the segments written since the last sync; the
+transport calls it before a follower acknowledges and at the end of every leader tick (see
+``pysyncobj_bridge.McpdbTransport``). pysyncobj kept every entry in memory; this journal keeps
 each entry's index, term and place, but only the newest ``CACHE_BYTES`` of commands: older ones
 (what a follower far behind asks for, or a restart replays) are read back from their segment, so
 the heap does not grow with the journal (at 1 M contexts, entries appended during one snapshot
@@ -44,12 +41,11 @@ import pickle
 import shutil
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from mcpdb.fsutil import fsync_path
-from mcpdb.raft.journal_syncer import JournalSyncer
 from mcpdb.store import background_io
 
 Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
@@ -80,6 +76,11 @@ class JournalFull(OSError):
 
     def __init__(self, needed: int, room: int) -> None:
         super().__init__(errno.ENOSPC, f"no disk space for a {needed}-byte journal entry ({room} bytes reserved)")
+
+
+class JournalSyncFailed(OSError):
+    """An fsync of the journal failed. After a failed fsync Linux may have dropped the dirty pages
+    and reports the error once: a retry that succeeds proves nothing, so the node must stop."""
 
 
 def _header(app_version: bytes) -> bytes:
@@ -132,14 +133,10 @@ class Journal:
         reserve: int,
         segment_bytes: int = SEGMENT_BYTES,
         cache_bytes: int = CACHE_BYTES,
-        wake: Callable[[], None] = lambda: None,
     ) -> None:
-        """``wake`` is called from the syncer thread each time a pass is on disk (the Raft thread's
-        poll then releases what waited for it)."""
         self._directory = path + ".d"
         self._app_version = app_version
         self._durable = durable
-        self._syncer = JournalSyncer(wake) if durable else None
         self._reserve_bytes = reserve
         self._segment_bytes = segment_bytes
         self._meta = _MetaSlots(path + ".meta", durable)
@@ -155,6 +152,7 @@ class Journal:
         self._offsets: list[int] = []  # each entry's record offset in its segment
         self._segments: list[_Segment] = []
         self.bytes = 0  # of kept entries' records, for size-triggered compaction
+        self.syncs = 0
         self.low_space = False  # a reservation failed: the disk is (nearly) full
         self._load()
         self._reserve()
@@ -257,8 +255,6 @@ class Journal:
         return command, index, term
 
     def _drop_segment(self, segment: _Segment) -> None:
-        if self._syncer is not None:
-            self._syncer.wait()  # no pass still holds the file
         os.close(segment.fd)
         background_io.retire(segment.path)  # renamed now (no longer a segment), freed off this thread
         self._segments.remove(segment)
@@ -442,35 +438,21 @@ class Journal:
     def onOneSecondTimer(self) -> None:  # noqa: N802
         self._meta.store_if_changed()
 
-    @property
-    def syncs(self) -> int:
-        """fsyncs of segments so far (durable mode)."""
-        return self._syncer.fsyncs if self._syncer is not None else 0
-
-    def start_sync(self) -> int:
-        """Hand the segments written since the last call to the syncer (durable mode); the ticket
-        ``synced`` reports once they, and everything written before, are on disk."""
-        dirty = [segment.fd for segment in self._segments if segment.dirty]
-        for segment in self._segments:
-            segment.dirty = False
-        return self._syncer.request(dirty) if self._syncer is not None else 0
-
-    def synced(self, ticket: int) -> bool:
-        """Whether ``ticket`` of ``start_sync`` is on disk; raises JournalSyncFailed once an fsync failed."""
-        return self._syncer is None or self._syncer.done(ticket)
-
     def sync(self) -> None:
-        """Return once everything written is on disk (durable mode)."""
-        ticket = self.start_sync()
-        if self._syncer is not None:
-            self._syncer.wait(ticket)
+        """fsync the segments written since the last sync (durable mode)."""
+        for segment in self._segments:
+            if segment.dirty:
+                if self._durable:
+                    try:
+                        os.fsync(segment.fd)
+                    except OSError as error:
+                        raise JournalSyncFailed(error.errno, f"fsync of the Raft journal failed: {error}") from error
+                    self.syncs += 1
+                segment.dirty = False
 
     def _destroy(self) -> None:
-        if self._syncer is not None:
-            self.sync()
-            self._syncer.close()
         for segment in self._segments:
-            if segment.dirty:  # fast mode: what the last tick wrote is made durable as the node stops
+            if segment.dirty:
                 os.fsync(segment.fd)
             os.close(segment.fd)
         self._meta.store_if_changed()

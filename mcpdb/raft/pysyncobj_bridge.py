@@ -75,8 +75,7 @@ from mcpdb.raft.apply_slices import PREPARE_STEP_S, SLICE_BYTES, apply_in_slices
 from mcpdb.raft.command_lanes import BULK_BYTES, CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
-from mcpdb.raft.journal import RECORD_OVERHEAD, Journal
-from mcpdb.raft.journal_syncer import JournalSyncFailed
+from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
 from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
@@ -300,7 +299,7 @@ def _swap_journal(node: Any, durable: bool) -> Journal:
     cannot read it and would have reported term 0 and no vote)."""
     old = node._SyncObj__raftLog
     old._destroy()
-    journal = Journal(node.conf.journalFile, APP_VERSION, durable, node._settings.disk_reserve_bytes, wake=node.wake)
+    journal = Journal(node.conf.journalFile, APP_VERSION, durable, node._settings.disk_reserve_bytes)
     align_with_snapshot(journal, node.conf.fullDumpFile)
     node._SyncObj__raftLog = journal
     node._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])
@@ -318,10 +317,9 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
       pysyncobj never truncates entries that match the leader's (``log_guard``);
     - carry ReadIndex messages (``read_index``) on the same connections, never
       handing them to pysyncobj;
-    - hold a follower's acknowledgements, when the node is durable, until the journal's syncer
-      thread has the entries they cover on disk: those produced while one poll delivers many
-      AppendEntries share one fsync, and the Raft thread ticks (applies, reads) while it runs
-      (``RaftNode``'s poll asks for it and releases them; ``journal_syncer``);
+    - fsync the journal before a follower acknowledges entries when the node is
+      durable: acknowledgements produced while one poll delivers many
+      AppendEntries are held and share one fsync (``RaftNode``'s poll releases them);
     - frame what it sends with ``wire.frame`` (pickle protocol 5, compressed only when large);
     - send each peer a tiny keepalive once a second. pysyncobj closes a
       connection that has read nothing for ``connectionTimeout`` the next time it
@@ -338,8 +336,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
 
     def __init__(self, syncObj: Any, selfNode: Node | None, otherNodes: Any) -> None:  # noqa: N803
         super().__init__(syncObj, selfNode, otherNodes)
-        # Per leader, oldest first: [acknowledgement, journal ticket (None: not asked for yet), term].
-        self._held_acks: dict[Node, list[list[Any]]] = {}
+        self._held_acks: dict[Node, dict[str, Any]] = {}
         self._next_keepalive = 0.0
         self.journal: Journal | None = None
         syncObj.addOnTickCallback(self._send_keepalives)
@@ -351,7 +348,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
                 syncObj.snapshots, self._backlog, syncObj.reset_election_timer, syncObj.end_transfer_round
             )
             self.journal = _swap_journal(syncObj, self.durable)
-            syncObj.addOnTickCallback(self.journal.start_sync)
+            syncObj.addOnTickCallback(self.journal.sync)
             syncObj.reset_election_timer(grace=STARTUP_ELECTION_GRACE_S)
 
     def addNode(self, node: Node) -> None:  # noqa: N802 - pysyncobj's name
@@ -470,55 +467,25 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             return False
         if not self.durable or self.journal is None:
             return bool(super().send(node, message))
-        if isinstance(message, dict) and message.get("type") == "next_node_idx":
-            if message.get("success"):
-                self._hold_ack(node, message)
-                return True
-            if node in self._held_acks:  # a refusal or a rewind goes after the acknowledgements before it
-                self.journal.sync()
-                self.release_acks()
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
+            # Hold the acknowledgement until the entries it covers are on disk.
+            # One poll can deliver many AppendEntries: they share one fsync,
+            # and only the newest acknowledgement per leader matters.
+            self._held_acks[node] = message
+            return True
+        if node in self._held_acks:
+            self.release_acks()  # keep this node's messages in order
         return bool(super().send(node, message))
 
-    def _hold_ack(self, node: Node, message: dict[str, Any]) -> None:
-        """Keep an acknowledgement until the entries it covers are on disk. Of those not yet handed to
-        the syncer only the newest matters (one poll can deliver many AppendEntries)."""
-        held = self._held_acks.setdefault(node, [])
-        term = self._syncObj.raftCurrentTerm
-        if held and held[-1][1] is None and held[-1][2] == term:
-            held[-1][0] = message
-        else:
-            held.append([message, None, term])
-
     def release_acks(self) -> None:
-        """After each poll: hand what the held acknowledgements cover to the journal's syncer, and send
-        those whose entries are on disk, oldest first. One held since an earlier term is dropped:
-        pysyncobj's acknowledgement names no term, and the entries it covers may since have been
-        replaced by another leader's (its leader, if still leading, hears again at its next
-        AppendEntries)."""
+        """fsync the journal, then send the acknowledgements held since the last release."""
         if not self._held_acks:
             return
-        journal = self.journal
-        assert journal is not None  # acknowledgements are only held with a journal
-        term = self._syncObj.raftCurrentTerm
-        ticket = None
-        for node, held in list(self._held_acks.items()):
-            for ack in held:
-                if ack[1] is None:
-                    ticket = journal.start_sync() if ticket is None else ticket
-                    ack[1] = ticket
-            while held and (held[0][2] != term or journal.synced(held[0][1])):
-                message, _, acked_term = held.pop(0)
-                if acked_term == term:
-                    super().send(node, message)
-            if not held:
-                del self._held_acks[node]
-
-    def acks_ready(self) -> bool:
-        """Whether a held acknowledgement could be sent now (its entries reached the disk)."""
-        journal = self.journal
-        return journal is not None and any(
-            held[0][1] is not None and journal.synced(held[0][1]) for held in self._held_acks.values()
-        )
+        assert self.journal is not None  # acknowledgements are only held with a journal
+        self.journal.sync()
+        held, self._held_acks = self._held_acks, {}
+        for node, message in held.items():
+            super().send(node, message)
 
 
 def transport_class(durable: bool, guard_log: bool = True, read_index: ReadIndex | None = None) -> type[McpdbTransport]:
@@ -623,8 +590,6 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             # append fails on a full disk) ReadIndex must not count an earlier term's no-op.
             self._SyncObj__noopIDx = None
         if _ROLES.get(new) == "candidate":
-            if self._transport.journal is not None:  # its own log counts in the election it starts: on disk first
-                self._transport.journal.sync()
             _log.info("election timeout: standing for term %d", self.raftCurrentTerm + 1)
         else:
             _log.info("raft role %s -> %s (term %d)", _ROLES.get(old, old), _ROLES.get(new, new), self.raftCurrentTerm)
@@ -649,7 +614,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._notify_pipe = PipeNotifier(self._poller).notify
         commands_ready = self._lanes.has_ready
         poll = self._poller.poll
-        release_acks, acks_ready = self._transport.release_acks, self._transport.acks_ready
+        release_acks = self._transport.release_acks
 
         def poll_unless_work(timeout: float) -> None:
             self._polling = True
@@ -659,7 +624,6 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 or self.read_index.has_incoming()
                 or self._commits_alone()
                 or self.raftLastApplied < self.raftCommitIndex  # a slice of them left for the next tick
-                or acks_ready()
             ):
                 timeout = 0
             try:
@@ -990,12 +954,10 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 self.reset_election_timer()
         self.stall_watch.tick_began()
         try:
-            # A leader's (or candidate's) log is on disk before this tick counts it toward a commit (or
-            # a vote), even if the last tick raised before its journal callback; a lone voter counts
-            # itself at once. The last tick handed it to the syncer, which wrote it during the poll.
-            # A follower counts nothing: its acknowledgements wait for their own tickets instead.
+            # What the last tick appended is on disk before this one counts it toward a commit, even if
+            # that tick raised before its journal callback (a lone voter counts itself at once).
             journal = self._SyncObj__transport.journal  # set before the Raft thread starts
-            if journal is not None and _ROLES[self._SyncObj__raftState] != "follower":
+            if journal is not None:
                 journal.sync()
             super()._onTick(timeToWait)
         except JournalSyncFailed:
