@@ -125,7 +125,7 @@ def _plot(result: RunResult, path: Path) -> None:
     verdict = "no anomalies" if result.valid else "ANOMALIES FOUND"
     latency_ax.set_title(
         f"mcpdb jepsen: {', '.join(result.config.workloads)} under "
-        f"{', '.join(result.config.nemeses)} ({verdict}); shaded: faults"
+        f"{', '.join(result.config.nemeses)} ({verdict})\nshaded: faults"
         + (", snapshots (olive)" if result.config.compact else "")
         + (f"; {result.preloaded.get('acknowledged', 0):,} contexts preloaded" if result.preloaded else "")
     )
