@@ -35,6 +35,10 @@ def test_infer_benchmark_smoke(tmp_path: Path) -> None:
     throughput = results["throughput"]
     assert len(throughput["raw_rounds"]) == len(throughput["mcpdb_rounds"]) == 2 and throughput["tokens_per_round"] > 0
     assert min(throughput["raw_rounds"]) > 0 and min(throughput["mcpdb_rounds"]) > 0
+    assert throughput["round_ratios"] == [
+        mine / raw for mine, raw in zip(throughput["mcpdb_rounds"], throughput["raw_rounds"], strict=True)
+    ]
+    assert f"(rounds {min(throughput['round_ratios']):.2f}-" in (tmp_path / "results.md").read_text()
     for policy in ("affinity", "round_robin"):
         assert len(results["affinity"][policy]["requests"]) == 4
     for policy in ("weighted", "round_robin"):
