@@ -125,11 +125,13 @@ class ContextService:
     async def _write(self, command: commands.Command) -> dict[str, Any]:
         return _checked(await self._replication.propose(command, self._write_timeout))
 
-    async def read_index(self, consistency: Consistency) -> int | None:
-        """Wait until local state is fresh enough for ``consistency``; returns the read index."""
+    async def read_index(self, consistency: Consistency, namespace: str | None = None) -> int | None:
+        """Wait until local state is fresh enough for ``consistency``, for a read of ``namespace``
+        alone if one is given (it does not wait behind another namespace's writes); returns the read
+        index."""
         if consistency is Consistency.stale or self._unsafe_stale_reads:
             return None
-        return await self._barrier.wait()
+        return await self._barrier.wait(namespace)
 
     async def put(
         self, namespace: str, context_id: str, context: BaseModel, if_version: int | None = None
@@ -148,7 +150,7 @@ class ContextService:
     ) -> dict[str, Any]:
         check_namespace(namespace)
         check_context_id(context_id)
-        await self.read_index(consistency)
+        await self.read_index(consistency, namespace)
         record = self.store.get(namespace, context_id)
         if record is None:
             raise NotFound(f"{namespace}/{context_id} does not exist")
@@ -170,7 +172,7 @@ class ContextService:
         consistency: Consistency = Consistency.linearizable,
     ) -> Page:
         check_namespace(namespace)
-        await self.read_index(consistency)
+        await self.read_index(consistency, namespace)
         return self.store.list(namespace, kind=kind, prefix=prefix, limit=limit, cursor=cursor)
 
     async def search(
@@ -198,7 +200,7 @@ class ContextService:
         if mode == "vector" and unusable is not None:
             raise ModelNotServed(f"{unusable} (mode=vector needs it): search with mode=lexical or hybrid")
         asked = search_query(query, None, mode, kind, user_id, tags or [], k)
-        read_index = await self.read_index(consistency)
+        read_index = await self.read_index(consistency, namespace)
         vector_state = None
         if mode != "lexical":
             # Embedded before a search slot is taken: a lexical search never waits for the model.

@@ -24,6 +24,9 @@ class FakeRaft:
     last_applied: int = 10
     own_term_noop_index: int | None = 2
     peers: list[FakeRaft] = field(default_factory=list)
+    # The namespace each log entry changes, None for one that concerns every read; an index not
+    # listed is another namespace's.
+    scopes: dict[int, str | None] = field(default_factory=dict)
 
     def is_leader(self) -> bool:
         return self.leader is self
@@ -34,6 +37,10 @@ class FakeRaft:
     @property
     def voting_peers(self) -> set[FakeRaft]:
         return set(self.peers)
+
+    def last_entry_for(self, namespace: str, after: int, through: int) -> int:
+        concerned = [i for i in range(after + 1, through + 1) if self.scopes.get(i, "other") in (None, namespace)]
+        return max(concerned, default=after)
 
 
 class Network:
@@ -60,8 +67,8 @@ class Network:
             if term is not None:
                 raft.current_term = term
 
-    def read(self, name: str) -> None:
-        self.nodes[name].request(lambda index, error: self.results[name].append((index, error)))
+    def read(self, name: str, namespace: str | None = None) -> None:
+        self.nodes[name].request(lambda index, error: self.results[name].append((index, error)), namespace)
 
     def tick(self, *names: str) -> None:
         for name in names or tuple(self.rafts):
@@ -190,3 +197,37 @@ def test_a_later_pong_confirms_earlier_rounds() -> None:
     net.deliver()
     assert [index for index, _ in net.results["a"]] == [10, 10]
     assert first_pings  # round 1's pings were never delivered
+
+
+def test_a_read_of_one_namespace_waits_only_for_the_entries_that_concern_it() -> None:
+    """Read index 20 on a follower that applied 12: entries 13-20 are another namespace's but for
+    15 (this one's) and 18 (of none: a token): the read is answered once 18 is applied, before 20; a
+    read of no namespace waits for 20."""
+    net = Network()
+    net.rafts["a"].commit_index = net.rafts["a"].last_applied = 20
+    follower = net.rafts["b"]
+    follower.last_applied, follower.scopes = 12, {15: "mine", 18: None}
+    net.read("b", "mine")
+    net.read("b")
+    net.tick("b")
+    net.deliver()
+    net.tick("a")
+    for _ in range(3):
+        net.deliver()
+    assert net.results["b"] == []
+    for applied, answered in ((15, 0), (17, 0), (18, 1), (19, 1), (20, 2)):
+        follower.last_applied = applied
+        net.tick("b")
+        assert len(net.results["b"]) == answered, applied
+    assert net.results["b"] == [(20, None), (20, None)]
+
+
+def test_a_read_of_one_namespace_behind_only_other_namespaces_is_answered_at_confirmation() -> None:
+    net = Network()
+    net.rafts["a"].commit_index, net.rafts["a"].last_applied = 30, 10  # 11-30: another tenant's load
+    net.read("a", "mine")
+    net.tick("a")
+    assert net.results["a"] == []  # not before a majority confirmed the leader
+    net.deliver()
+    net.deliver()
+    assert net.results["a"] == [(30, None)]

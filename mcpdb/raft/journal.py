@@ -403,6 +403,21 @@ class Journal:
         for segment in self._segments[: self._segments.index(keep_from)]:
             self._drop_segment(segment)
 
+    def command_head(self, index: int, size: int) -> bytes | None:
+        """The first ``size`` bytes of the command at Raft index ``index``, None if this journal does not
+        hold it; read back only that far when the command is past the cache (a bulk entry is half a
+        megabyte)."""
+        if not self._index_terms:
+            return None
+        position = index - self._index_terms[0][0]
+        if not 0 <= position < len(self._index_terms):
+            return None
+        command = self._commands[position]
+        if command is not None:
+            return command[:size]
+        length = min(size, self._index_terms[position][2])
+        return os.pread(self._places[position].fd, length, self._offsets[position] + _COMMAND_AT)
+
     def __getitem__(self, item: int | slice) -> Any:
         if isinstance(item, slice):
             return [self._entry(position) for position in range(*item.indices(len(self._index_terms)))]

@@ -83,7 +83,7 @@ from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
 from mcpdb.raft.stall_watch import StallWatch
 from mcpdb.raft.wire import use_frames
 from mcpdb.store import snapshot
-from mcpdb.store.commands import namespace_in
+from mcpdb.store.commands import NAMESPACE_WITHIN, namespace_in, read_scope_of
 from mcpdb.store.snapshot import check_lmdb_version
 from mcpdb.store.state_machine import ContextStore
 
@@ -148,6 +148,9 @@ Apply = Callable[[int, bytes], dict[str, Any] | None]
 # prepare(index, payload, seconds): a step of that entry's apply; whether it is whole (ContextStore.prepare)
 Prepare = Callable[[int, Callable[[], bytes], float], bool]
 _REGULAR = bytes([_COMMAND_TYPE.REGULAR])  # the type byte pysyncobj puts before a @replicated call's pickle
+# Committed entries a namespace's read looks through to find those it must wait for (``last_entry_for``);
+# a longer backlog is waited for whole. At a few entries a tick, a read usually looks at one to five.
+SCOPED_SCAN_ENTRIES = 256
 
 
 def _refusal(error: int) -> Refusal | None:
@@ -1028,3 +1031,19 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
     def voting_peers(self) -> set[Hashable]:
         peers: set[Hashable] = self.otherNodes
         return peers
+
+    def last_entry_for(self, namespace: str, after: int, through: int) -> int:
+        """The last index in (``after``, ``through``] a read of ``namespace`` must wait for: an entry
+        of that namespace or of none (``commands.read_scope_of``), or one that is not a command
+        (pysyncobj's no-op, a membership change); ``after`` if none. Past ``SCOPED_SCAN_ENTRIES``
+        entries to look at, or one the journal no longer holds, the read waits for all of them."""
+        if through - after > SCOPED_SCAN_ENTRIES:
+            return through
+        journal = self._transport.journal
+        assert journal is not None  # the transport always swaps one in for a RaftNode
+        for index in range(through, after, -1):
+            head = journal.command_head(index, 1 + NAMESPACE_WITHIN)  # the type byte, then the call's pickle
+            scope = read_scope_of(head[1:]) if head is not None and head[:1] == _REGULAR else None
+            if scope is None or scope == namespace:
+                return index
+        return after

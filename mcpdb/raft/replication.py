@@ -150,11 +150,14 @@ class Replication:
                 "retry, or ask another node"
             )
 
-    async def read_index(self, timeout: float) -> int:
-        """A confirmed read index (Raft ReadIndex), once this node has applied it."""
+    async def read_index(self, timeout: float, namespace: str | None = None) -> int:
+        """A confirmed read index (Raft ReadIndex), once this node has applied it (for a read of one
+        ``namespace``: what of it a read of that namespace can see)."""
         self._refuse_while_catching_up()
         return await self._index_when_applied(
-            self._raft.read_index.request, timeout, f"could not confirm the leader within {timeout:g} s (no quorum?)"
+            lambda done: self._raft.read_index.request(done, namespace),
+            timeout,
+            f"could not confirm the leader within {timeout:g} s (no quorum?)",
         )
 
     async def wait_applied(self, index: int, timeout: float) -> None:

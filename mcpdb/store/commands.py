@@ -235,6 +235,24 @@ def namespace_in(entry: bytes) -> str | None:
     return named.group(1).decode("ascii") if named else None
 
 
+_SCOPED_ENTRY = re.compile(
+    rb'\{"v":' + str(WRITTEN_VERSION).encode() + rb',"ns":"(' + NAMESPACE_PATTERN.strip("^$").encode() + rb')"'
+)
+
+
+def read_scope_of(entry: bytes) -> str | None:
+    """The one namespace an encoded command changes, when a read of any other namespace cannot see
+    what it does: a context's put, delete or append, or a batch (all written at ``WRITTEN_VERSION``,
+    which names the namespace first; ``namespace_in`` says how it is read). None for every other
+    entry: a token (what any read is allowed), a node, an expiry (of any namespaces), vectors (they
+    also set the model every namespace's searches rank with), a format this code does not write.
+    A linearizable read of a namespace waits only for the committed entries of its namespace and of
+    None (``read_index``)."""
+    start = entry.find(_ENTRY_START, 0, NAMESPACE_WITHIN)
+    named = _SCOPED_ENTRY.match(entry, start) if start >= 0 else None
+    return named.group(1).decode("ascii") if named else None
+
+
 def decode(payload: bytes) -> Command | Unreadable:
     """The command in an entry of any version up to ``COMMAND_VERSION``; raises NewerFormat past it."""
     try:

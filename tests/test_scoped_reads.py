@@ -1,0 +1,124 @@
+"""A linearizable read of one namespace waits for the committed entries of that namespace (and of
+none), not for another namespace's bulk batch being applied."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpdb.raft.pysyncobj_bridge import _REGULAR
+from mcpdb.store.commands import (
+    Append,
+    Batch,
+    BatchPut,
+    CreateToken,
+    Delete,
+    DeregisterNode,
+    Embedded,
+    Expire,
+    Put,
+    RegisterNode,
+    RevokeToken,
+    SetVectors,
+    TokenSpec,
+    encode,
+    read_scope_of,
+)
+from tests.raft_helpers import in_process_cluster, slow_preparations, wait_until
+
+SCOPED = [
+    Put("tenant-a", "c", {"kind": "memory", "facts": ["x"]}, None, None, 1.0),
+    Delete("tenant-a", "c", None),
+    Append("tenant-a", "s", ({"role": "user", "content": "hi"},), None, None, 1.0),
+    Batch("tenant-a", (BatchPut("c", {"kind": "memory", "facts": ["x"]}, None, None),), 1.0),
+]
+GLOBAL = [
+    SetVectors("tenant-a", (Embedded("c", 1, "AAAA"),), "model"),  # it also sets the model every search ranks with
+    Expire((("tenant-a", "c", 1),), 1.0),
+    CreateToken(TokenSpec("t", "h" * 64, "", None, {"tenant-a": "read"}), 1.0),
+    RevokeToken("t"),
+    RegisterNode({"id": "n9"}),
+    DeregisterNode("n9"),
+]
+
+
+@pytest.mark.parametrize("command", SCOPED, ids=lambda command: type(command).__name__)
+def test_a_context_write_is_scoped_to_its_namespace_bare_and_as_pysyncobj_journals_it(command: Any) -> None:
+    payload = encode(command)
+    assert read_scope_of(payload) == "tenant-a"
+    journaled = _REGULAR + pickle.dumps((0, (payload,), {}))
+    assert read_scope_of(journaled[1:]) == "tenant-a"
+
+
+@pytest.mark.parametrize("command", GLOBAL, ids=lambda command: type(command).__name__)
+def test_every_other_entry_concerns_every_read(command: Any) -> None:
+    assert read_scope_of(encode(command)) is None
+    assert read_scope_of(b"not a command") is None
+
+
+def _batch(namespace: str, name: str) -> Batch:
+    puts = tuple(BatchPut(f"{name}-{j}", {"kind": "memory", "facts": ["x" * 1000]}, None, None) for j in range(100))
+    return Batch(namespace, puts, 1.0)
+
+
+APPLY_S = 1.5  # the bulk batch's apply, in steps
+
+
+def _applying_a_batch(replication: Any) -> bool:
+    """Whether ``replication`` has an entry committed and not yet applied (the batch, in its steps)."""
+    status = replication.status()
+    return bool(status["commit_index"] > status["applied_index"])
+
+
+def test_a_read_of_another_namespace_does_not_wait_for_a_bulk_batch_being_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the leader and the followers apply a batch of namespace ``bulk`` (``APPLY_S``, in steps), a
+    linearizable read of namespace ``probe``, on the leader and on a follower, is confirmed at the
+    batch's index or later without waiting for it, and sees the write to ``probe`` made before. A read
+    of ``bulk``, and a read of no namespace, wait until the batch is applied and then see it."""
+    with in_process_cluster(tmp_path) as voters:
+        (leader, leader_store), (follower, follower_store), _ = voters
+        put = Put("probe", "k", {"kind": "memory", "facts": ["before the batch"]}, None, None, 1.0)
+        asyncio.run(leader.propose(put, 10.0))
+        slow_preparations(voters, monkeypatch, APPLY_S, lambda command: isinstance(command, Batch))
+        outcome: list[Any] = []
+        loader = threading.Thread(target=lambda: outcome.append(asyncio.run(leader.propose(_batch("bulk", "b"), 30.0))))
+        loader.start()
+        try:
+            wait_until(lambda: _applying_a_batch(leader), "the batch was not committed ahead of its apply", timeout=5)
+            batch_index = leader.status()["commit_index"]
+            for replication, store in ((leader, leader_store), (follower, follower_store)):
+                began = time.monotonic()
+                index = asyncio.run(replication.read_index(5.0, "probe"))
+                took = time.monotonic() - began
+                assert index >= batch_index and took < APPLY_S / 2, (index, batch_index, took)
+                assert store.get("probe", "k") is not None and store.get("bulk", "b-0") is None
+            began = time.monotonic()
+            asyncio.run(follower.read_index(10.0, "bulk"))
+            assert follower_store.get("bulk", "b-99") is not None
+            waited_for_bulk = time.monotonic() - began
+            assert waited_for_bulk > APPLY_S / 4, waited_for_bulk
+        finally:
+            loader.join(30)
+        assert outcome and outcome[0]["version"] >= batch_index, outcome
+
+
+def test_a_read_of_no_namespace_waits_for_every_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with in_process_cluster(tmp_path) as voters:
+        (leader, leader_store), *_ = voters
+        slow_preparations(voters, monkeypatch, APPLY_S, lambda command: isinstance(command, Batch))
+        loader = threading.Thread(target=lambda: asyncio.run(leader.propose(_batch("bulk", "b"), 30.0)))
+        loader.start()
+        try:
+            wait_until(lambda: _applying_a_batch(leader), "the batch was not committed ahead of its apply", timeout=5)
+            asyncio.run(leader.read_index(10.0))
+            assert leader_store.get("bulk", "b-99") is not None
+        finally:
+            loader.join(30)
