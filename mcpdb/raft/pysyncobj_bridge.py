@@ -1035,9 +1035,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
     def last_entry_for(self, namespace: str, after: int, through: int) -> int:
         """The last index in (``after``, ``through``] a read of ``namespace`` must wait for: an entry
         of that namespace or of none (``commands.read_scope_of``), or one that is not a command
-        (pysyncobj's no-op, a membership change); ``after`` if none. Past ``SCOPED_SCAN_ENTRIES``
-        entries to look at, or one the journal no longer holds, the read waits for all of them."""
-        if through - after > SCOPED_SCAN_ENTRIES:
+        (pysyncobj's no-op, a membership change); ``after`` if none. Only entries this node knows
+        committed are looked at: past its commit index a follower may still hold an earlier
+        leader's entries that the current one will replace (the read waits, and is looked at
+        again each tick as the commit index advances). Past ``SCOPED_SCAN_ENTRIES`` entries to
+        look at, or one the journal no longer holds, the read waits for all of them."""
+        if through - after > SCOPED_SCAN_ENTRIES or through > self.raftCommitIndex:
             return through
         journal = self._transport.journal
         assert journal is not None  # the transport always swaps one in for a RaftNode
