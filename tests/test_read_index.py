@@ -39,6 +39,8 @@ class FakeRaft:
         return set(self.peers)
 
     def last_entry_for(self, namespace: str, after: int, through: int) -> int:
+        if through > self.commit_index:  # as RaftNode's: entries not known committed are waited for
+            return through
         concerned = [i for i in range(after + 1, through + 1) if self.scopes.get(i, "other") in (None, namespace)]
         return max(concerned, default=after)
 
@@ -206,7 +208,7 @@ def test_a_read_of_one_namespace_waits_only_for_the_entries_that_concern_it() ->
     net = Network()
     net.rafts["a"].commit_index = net.rafts["a"].last_applied = 20
     follower = net.rafts["b"]
-    follower.last_applied, follower.scopes = 12, {15: "mine", 18: None}
+    follower.commit_index, follower.last_applied, follower.scopes = 20, 12, {15: "mine", 18: None}
     net.read("b", "mine")
     net.read("b")
     net.tick("b")
@@ -231,3 +233,22 @@ def test_a_read_of_one_namespace_behind_only_other_namespaces_is_answered_at_con
     net.deliver()
     net.deliver()
     assert net.results["a"] == [(30, None)]
+
+
+def test_a_follower_that_has_not_learned_the_commit_waits_for_the_whole_read_index() -> None:
+    """Past its commit index a follower may hold an earlier leader's entries: until it learns that
+    20 is committed, its read of one namespace waits as a read of none does."""
+    net = Network()
+    net.rafts["a"].commit_index = net.rafts["a"].last_applied = 20
+    follower = net.rafts["b"]
+    follower.commit_index, follower.last_applied = 14, 14  # 15-20 are another namespace's
+    net.read("b", "mine")
+    net.tick("b")
+    net.deliver()
+    net.tick("a")
+    for _ in range(3):
+        net.deliver()
+    assert net.results["b"] == []
+    follower.commit_index = 20
+    net.tick("b")
+    assert net.results["b"] == [(20, None)]

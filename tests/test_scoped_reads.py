@@ -4,15 +4,18 @@ none), not for another namespace's bulk batch being applied."""
 from __future__ import annotations
 
 import asyncio
-import pickle
+import dataclasses
 import threading
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.pickle
 import pytest
 
 from mcpdb.raft.pysyncobj_bridge import _REGULAR
+from mcpdb.store import commands
 from mcpdb.store.commands import (
     Append,
     Batch,
@@ -32,6 +35,7 @@ from mcpdb.store.commands import (
 )
 from tests.raft_helpers import in_process_cluster, slow_preparations, wait_until
 
+LONGEST = "n" * 63  # the longest namespace NAMESPACE_PATTERN allows
 SCOPED = [
     Put("tenant-a", "c", {"kind": "memory", "facts": ["x"]}, None, None, 1.0),
     Delete("tenant-a", "c", None),
@@ -48,12 +52,36 @@ GLOBAL = [
 ]
 
 
+def _journaled(payload: bytes) -> bytes:
+    """An entry as pysyncobj journals a ``@replicated`` call with one argument: its type byte, then its
+    own pickle (protocol 2) of ``(function id, args)``."""
+    return _REGULAR + pysyncobj.pickle.dumps((0, (payload,)))
+
+
 @pytest.mark.parametrize("command", SCOPED, ids=lambda command: type(command).__name__)
 def test_a_context_write_is_scoped_to_its_namespace_bare_and_as_pysyncobj_journals_it(command: Any) -> None:
     payload = encode(command)
     assert read_scope_of(payload) == "tenant-a"
-    journaled = _REGULAR + pickle.dumps((0, (payload,), {}))
-    assert read_scope_of(journaled[1:]) == "tenant-a"
+    assert read_scope_of(_journaled(payload)[1:]) == "tenant-a"
+    longest = encode(dataclasses.replace(command, ns=LONGEST))
+    assert read_scope_of(_journaled(longest)[1 : 1 + commands.NAMESPACE_WITHIN]) == LONGEST
+
+
+def test_a_large_batch_with_any_text_is_scoped_from_its_first_bytes() -> None:
+    puts = tuple(
+        BatchPut(f"c{j}", {"kind": "memory", "facts": ['{"v":1,"ns":"other" ü 😀' * 50]}, None, None)
+        for j in range(500)
+    )
+    head = _journaled(encode(Batch("tenant-a", puts, 1.0)))[: 1 + commands.NAMESPACE_WITHIN]
+    assert read_scope_of(head[1:]) == "tenant-a"
+
+
+def test_every_command_type_is_either_scoped_or_concerns_every_read() -> None:
+    """A new command type must be placed in one list or the other: a scoped one is one a read of
+    another namespace cannot see (and it must be written at WRITTEN_VERSION, with ``ns`` first)."""
+    listed = {type(command) for command in SCOPED + GLOBAL}
+    assert listed == set(typing.get_args(commands.Command))
+    assert commands.WRITTEN_VERSION != commands.SET_VECTORS_VERSION  # what keeps vectors out of the scoped
 
 
 @pytest.mark.parametrize("command", GLOBAL, ids=lambda command: type(command).__name__)
@@ -67,7 +95,7 @@ def _batch(namespace: str, name: str) -> Batch:
     return Batch(namespace, puts, 1.0)
 
 
-APPLY_S = 1.5  # the bulk batch's apply, in steps
+APPLY_S = 3.0  # the bulk batch's apply, in steps (a read not waiting for it takes milliseconds)
 
 
 def _applying_a_batch(replication: Any) -> bool:

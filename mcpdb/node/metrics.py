@@ -176,7 +176,9 @@ class NodeMetrics:
         yield from self._store(runtime)
         barrier = runtime.barrier
         yield CounterMetricFamily(
-            "mcpdb_read_barrier_batches", "Read-index confirmations requested.", value=barrier.batches
+            "mcpdb_read_barrier_batches",
+            "Batches of reads (one event-loop turn's), each one read-index request per namespace read.",
+            value=barrier.batches,
         )
         yield CounterMetricFamily(
             "mcpdb_read_barrier_reads",

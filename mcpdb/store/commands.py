@@ -243,9 +243,11 @@ _SCOPED_ENTRY = re.compile(
 def read_scope_of(entry: bytes) -> str | None:
     """The one namespace an encoded command changes, when a read of any other namespace cannot see
     what it does: a context's put, delete or append, or a batch (all written at ``WRITTEN_VERSION``,
-    which names the namespace first; ``namespace_in`` says how it is read). None for every other
-    entry: a token (what any read is allowed), a node, an expiry (of any namespaces), vectors (they
-    also set the model every namespace's searches rank with), a format this code does not write.
+    which names the namespace first; ``namespace_in`` says how it is read). Such an entry also moves
+    state of no namespace (per-kind counts, the change history, the embedding queue), which a GET, list
+    or search never reads; a watch reads the history, and so waits for every entry. None for every
+    other entry, conservatively: a token, a node, an expiry (of any namespaces), vectors (they also
+    set the model every namespace's searches rank with), a format this code does not write.
     A linearizable read of a namespace waits only for the committed entries of its namespace and of
     None (``read_index``)."""
     start = entry.find(_ENTRY_START, 0, NAMESPACE_WITHIN)
