@@ -76,6 +76,15 @@ class Network:
         for name in names or tuple(self.rafts):
             self.nodes[name].on_tick()
 
+    def confirm_for(self, follower: str) -> None:
+        """The follower asks leader ``a`` for a read index, the leader's round is confirmed and its
+        answer delivered: what is left to the follower is applying it."""
+        self.tick(follower)
+        self.deliver()
+        self.tick("a")
+        for _ in range(3):
+            self.deliver()
+
     def deliver(self, drop_to: set[str] = frozenset()) -> int:
         delivered = 0
         while self.queue:
@@ -129,11 +138,7 @@ def test_follower_waits_until_it_applied_the_read_index() -> None:
     net.rafts["a"].last_applied = 20
     net.rafts["b"].last_applied = 12
     net.read("b")
-    net.tick("b")  # ask the leader
-    net.deliver()
-    net.tick("a")  # the leader starts a round for b's read
-    for _ in range(3):
-        net.deliver()
+    net.confirm_for("b")
     assert net.results["b"] == []  # read index 20 is known, but b has applied only 12
     net.rafts["b"].last_applied = 20
     net.tick("b")
@@ -211,11 +216,7 @@ def test_a_read_of_one_namespace_waits_only_for_the_entries_that_concern_it() ->
     follower.commit_index, follower.last_applied, follower.scopes = 20, 12, {15: "mine", 18: None}
     net.read("b", "mine")
     net.read("b")
-    net.tick("b")
-    net.deliver()
-    net.tick("a")
-    for _ in range(3):
-        net.deliver()
+    net.confirm_for("b")
     assert net.results["b"] == []
     for applied, answered in ((15, 0), (17, 0), (18, 1), (19, 1), (20, 2)):
         follower.last_applied = applied
@@ -243,11 +244,7 @@ def test_a_follower_that_has_not_learned_the_commit_waits_for_the_whole_read_ind
     follower = net.rafts["b"]
     follower.commit_index, follower.last_applied = 14, 14  # 15-20 are another namespace's
     net.read("b", "mine")
-    net.tick("b")
-    net.deliver()
-    net.tick("a")
-    for _ in range(3):
-        net.deliver()
+    net.confirm_for("b")
     assert net.results["b"] == []
     follower.commit_index = 20
     net.tick("b")

@@ -230,9 +230,7 @@ def namespace_in(entry: bytes) -> str | None:
     first). The bytes may be wrapped in pysyncobj's pickle of the call, which keeps them as they are
     after a binary header of a few bytes: the first ``{"v":`` is the entry's own start, and only
     there is an ``ns`` read (a node registration's fields or a token's scopes are never taken for it)."""
-    start = entry.find(_ENTRY_START, 0, NAMESPACE_WITHIN)
-    named = _NAMED_ENTRY.match(entry, start) if start >= 0 else None
-    return named.group(1).decode("ascii") if named else None
+    return _namespace_matching(entry, _NAMED_ENTRY)
 
 
 _SCOPED_ENTRY = re.compile(
@@ -250,8 +248,14 @@ def read_scope_of(entry: bytes) -> str | None:
     set the model every namespace's searches rank with), a format this code does not write.
     A linearizable read of a namespace waits only for the committed entries of its namespace and of
     None (``read_index``)."""
+    return _namespace_matching(entry, _SCOPED_ENTRY)
+
+
+def _namespace_matching(entry: bytes, pattern: re.Pattern[bytes]) -> str | None:
+    """The namespace ``pattern`` reads at the entry's own start (its first ``{"v":`` within
+    ``NAMESPACE_WITHIN`` bytes), or None."""
     start = entry.find(_ENTRY_START, 0, NAMESPACE_WITHIN)
-    named = _SCOPED_ENTRY.match(entry, start) if start >= 0 else None
+    named = pattern.match(entry, start) if start >= 0 else None
     return named.group(1).decode("ascii") if named else None
 
 
