@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpdb.raft.read_index import ROUND_TIMEOUT_S, ReadIndex
+from mcpdb.store.commands import NO_NAMESPACE
 
 
 @dataclass(eq=False)
@@ -249,3 +250,20 @@ def test_a_follower_that_has_not_learned_the_commit_waits_for_the_whole_read_ind
     follower.commit_index = 20
     net.tick("b")
     assert net.results["b"] == [(20, None)]
+
+
+def test_waiting_for_another_nodes_read_index_in_one_namespace_skips_the_others() -> None:
+    """A chat's worker waits for the read index its leader obtained, for the chat's namespace only:
+    released once the entries of that namespace and of none are applied (a chat with no namespace:
+    those of none), not behind another tenant's entries; one that concerns every read waits for all."""
+    raft = FakeRaft("w", commit_index=20, last_applied=12, scopes={14: "mine", 16: None})
+    read_index = ReadIndex(raft, lambda peer, message: True, lambda: None)
+    released: dict[str, list[int | None]] = {"mine": [], "none": [], "all": []}
+    read_index.wait_applied(20, lambda index, error: released["mine"].append(index), "mine")
+    read_index.wait_applied(20, lambda index, error: released["none"].append(index), NO_NAMESPACE)
+    read_index.wait_applied(20, lambda index, error: released["all"].append(index))
+    for applied, mine, none, every in ((13, 0, 0, 0), (14, 0, 0, 0), (16, 1, 1, 0), (19, 1, 1, 0), (20, 1, 1, 1)):
+        raft.last_applied = applied
+        read_index.on_tick()
+        assert (len(released["mine"]), len(released["none"]), len(released["all"])) == (mine, none, every), applied
+    assert released == {"mine": [20], "none": [20], "all": [20]}

@@ -17,6 +17,7 @@ import pytest
 from mcpdb.raft.pysyncobj_bridge import _REGULAR
 from mcpdb.store import commands
 from mcpdb.store.commands import (
+    NO_NAMESPACE,
     Append,
     Batch,
     BatchPut,
@@ -150,3 +151,38 @@ def test_a_read_of_no_namespace_waits_for_every_entry(tmp_path: Path, monkeypatc
             assert leader_store.get("bulk", "b-99") is not None
         finally:
             loader.join(30)
+
+
+def _token(token_id: str) -> CreateToken:
+    return CreateToken(TokenSpec(token_id, "h" * 64, "", None, {"tenant-a": "read"}), 1.0)
+
+
+def test_a_token_check_waits_for_entries_of_no_namespace_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scoped token is checked after a read of no namespace's state (``NO_NAMESPACE``): while a batch
+    of namespace ``bulk`` is applied, it is confirmed on a follower without waiting for the batch and
+    sees a token created before; a token created after the batch is applied after it, and a read
+    confirmed after that token committed waits for both and sees it."""
+    with in_process_cluster(tmp_path) as voters:
+        (leader, _), (follower, follower_store), _ = voters
+        asyncio.run(leader.propose(_token("before"), 10.0))
+        slow_preparations(voters, monkeypatch, APPLY_S, lambda command: isinstance(command, Batch))
+        proposals = [
+            threading.Thread(target=lambda: asyncio.run(leader.propose(_batch("bulk", "b"), 30.0))),
+            threading.Thread(target=lambda: asyncio.run(leader.propose(_token("after"), 30.0))),
+        ]
+        proposals[0].start()
+        try:
+            wait_until(lambda: _applying_a_batch(leader), "the batch was not committed ahead of its apply", timeout=5)
+            batch_index = leader.status()["commit_index"]
+            began = time.monotonic()
+            asyncio.run(follower.read_index(5.0, NO_NAMESPACE))
+            took = time.monotonic() - began
+            assert took < APPLY_S / 2 and follower_store.token("before") is not None, took
+            assert follower_store.get("bulk", "b-0") is None
+            proposals[1].start()
+            wait_until(lambda: leader.status()["commit_index"] > batch_index, "the token did not commit", timeout=5)
+            asyncio.run(follower.read_index(10.0, NO_NAMESPACE))
+            assert follower_store.token("after") is not None and follower_store.get("bulk", "b-99") is not None
+        finally:
+            for proposal in proposals:
+                proposal.join(30)

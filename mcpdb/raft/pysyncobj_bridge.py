@@ -547,6 +547,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._transport: McpdbTransport = self._SyncObj__transport
         self._sent_through = (0, 0, 0)  # (term, last log index, commit index) the last _send_appended sent
         self._bulk_index = 0  # as leader, the index of the bulk entry this node appended last
+        # committed index -> read_scope_of its entry (None for every other entry): a committed index's
+        # entry never changes, and each waiting read looks at the same ones again every tick
+        self._read_scopes: dict[int, str | None] = {}
         self._lanes = CommandLanes(
             self._SyncObj__conf.commandsQueueSize,
             self._isLeader,
@@ -1042,11 +1045,21 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         look at, or one the journal no longer holds, the read waits for all of them."""
         if through - after > SCOPED_SCAN_ENTRIES or through > self.raftCommitIndex:
             return through
-        journal = self._transport.journal
-        assert journal is not None  # the transport always swaps one in for a RaftNode
+        scopes = self._read_scopes
+        if len(scopes) > 2 * SCOPED_SCAN_ENTRIES:  # reads look past the applied index only: forget the rest
+            for index in [index for index in scopes if index <= after]:
+                del scopes[index]
         for index in range(through, after, -1):
-            head = journal.command_head(index, 1 + NAMESPACE_WITHIN)  # the type byte, then the call's pickle
-            scope = read_scope_of(head[1:]) if head is not None and head[:1] == _REGULAR else None
+            if index in scopes:
+                scope = scopes[index]
+            else:
+                scope = scopes[index] = self._read_scope_at(index)
             if scope is None or scope == namespace:
                 return index
         return after
+
+    def _read_scope_at(self, index: int) -> str | None:
+        journal = self._transport.journal
+        assert journal is not None  # the transport always swaps one in for a RaftNode
+        head = journal.command_head(index, 1 + NAMESPACE_WITHIN)  # the type byte, then the call's pickle
+        return read_scope_of(head[1:]) if head is not None and head[:1] == _REGULAR else None

@@ -256,10 +256,11 @@ class ReadIndex:
                 done(None, reason)
 
     # ------------------------------------------------------------ both
-    def wait_applied(self, index: int, done: Done) -> None:
+    def wait_applied(self, index: int, done: Done, namespace: str | None = None) -> None:
         """Raft thread, after the store committed: ``done`` once this node applied ``index`` (a read
-        index another node obtained, e.g. the leader's for an inference request)."""
-        self._applied_waiters.append((index, done, None))
+        index another node obtained, e.g. the leader's for an inference request), or for a read of one
+        ``namespace``, what of it concerns that namespace."""
+        self._applied_waiters.append((index, done, namespace))
         self._release_applied()
 
     def _release_applied(self) -> None:

@@ -160,12 +160,13 @@ class Replication:
             f"could not confirm the leader within {timeout:g} s (no quorum?)",
         )
 
-    async def wait_applied(self, index: int, timeout: float) -> None:
+    async def wait_applied(self, index: int, timeout: float, namespace: str | None = None) -> None:
         """Return once this node's store reflects Raft index ``index`` (including entries, like the
-        leader's election no-op, that never reach the store)."""
+        leader's election no-op, that never reach the store), or with a ``namespace``, what of it a
+        read of that namespace can see."""
         read_index = self._raft.read_index
         await self._index_when_applied(
-            lambda done: self._raft.call_in_raft_thread(lambda: read_index.wait_applied(index, done)),
+            lambda done: self._raft.call_in_raft_thread(lambda: read_index.wait_applied(index, done, namespace)),
             timeout,
             f"this node has not applied index {index} within {timeout:g} s",
         )

@@ -238,6 +238,11 @@ _SCOPED_ENTRY = re.compile(
 )
 
 
+NO_NAMESPACE = ""
+"""The scope of a read of state no namespace holds (tokens, nodes): no entry names it (a namespace has a
+character at least), so such a read waits only for the committed entries of no namespace."""
+
+
 def read_scope_of(entry: bytes) -> str | None:
     """The one namespace an encoded command changes, when a read of any other namespace cannot see
     what it does: a context's put, delete or append, or a batch (all written at ``WRITTEN_VERSION``,

@@ -37,6 +37,7 @@ from mcpdb.node.http.responses import error_parts
 from mcpdb.node.internal.messages import WorkOrder
 from mcpdb.raft.replication import Replication
 from mcpdb.service import ContextService
+from mcpdb.store.commands import NO_NAMESPACE
 from mcpdb.store.search import SearchQuery
 
 DEFAULT_MAX_TOKENS = 256
@@ -120,7 +121,9 @@ class ChatWorker:
         began = time.perf_counter()
         if not worker.ready or worker.chat_format is None or worker.tokenizer is None:
             raise ChatFailed(503, "model_loading", f"node {self._node_id} is still loading its model")
-        await self._replication.wait_applied(order.read_index, self._wait_timeout)
+        # the chat reads its namespace and state of none (vectors' model): not another tenant's batches
+        scope = request.namespace if request.namespace is not None else NO_NAMESPACE
+        await self._replication.wait_applied(order.read_index, self._wait_timeout, scope)
         if request.namespace is not None and request.session_id is not None:  # validated: a session has one
             replayed = store.appended_with(request.namespace, request.session_id, order.idempotency_key)
             if replayed is not None:

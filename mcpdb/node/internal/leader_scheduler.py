@@ -18,6 +18,7 @@ from mcpdb.inference.placement import NoWorkerAvailable, Policy, Request, Schedu
 from mcpdb.node.internal.messages import Assignment, AssignRequest
 from mcpdb.raft.barrier import ReadBarrier
 from mcpdb.raft.replication import Replication
+from mcpdb.store.commands import NO_NAMESPACE
 from mcpdb.store.state_machine import ContextStore
 
 
@@ -47,7 +48,8 @@ class LeaderScheduler:
     async def assign(self, body: AssignRequest) -> Assignment:
         if not self._replication.is_leader():
             raise NotLeader("this node is not the leader")
-        read_index = await self._barrier.wait()
+        # nodes (of no namespace) and the chat's task: not another namespace's entries
+        read_index = await self._barrier.wait(body.namespace if body.namespace is not None else NO_NAMESPACE)
         registry = {node["id"]: node for node in self._store.nodes()}
         for gone in {w for w in self.state.smooth_current} - set(registry):
             forget_node(self.state, gone)
