@@ -37,6 +37,17 @@ class Consistency(str, Enum):
     stale = "stale"
 
 
+@dataclasses.dataclass(frozen=True)
+class Confirmed:
+    """A read index a request's token check confirmed after the request arrived, and the namespace
+    whose entries (with those of none) it waited for. A read of that namespace in the same request is
+    served at it, without a second round to the leader: a read may take effect at any moment between
+    its request's arrival and its answer, and the check's moment is one."""
+
+    index: int
+    namespace: str
+
+
 def _checked(result: dict[str, Any]) -> dict[str, Any]:
     if result.get("ok"):
         return result
@@ -125,12 +136,16 @@ class ContextService:
     async def _write(self, command: commands.Command) -> dict[str, Any]:
         return _checked(await self._replication.propose(command, self._write_timeout))
 
-    async def read_index(self, consistency: Consistency, namespace: str | None = None) -> int | None:
+    async def read_index(
+        self, consistency: Consistency, namespace: str | None = None, confirmed: Confirmed | None = None
+    ) -> int | None:
         """Wait until local state is fresh enough for ``consistency``, for a read of ``namespace``
         alone if one is given (it does not wait behind another namespace's writes); returns the read
-        index."""
+        index. ``confirmed``: what this request's token check waited for, reused if it covers it."""
         if consistency is Consistency.stale or self._unsafe_stale_reads:
             return None
+        if confirmed is not None and confirmed.namespace == namespace:
+            return confirmed.index
         return await self._barrier.wait(namespace)
 
     async def put(
@@ -146,11 +161,15 @@ class ContextService:
         return {"namespace": namespace, "id": context_id, "version": result["version"], "created": result["created"]}
 
     async def get(
-        self, namespace: str, context_id: str, consistency: Consistency = Consistency.linearizable
+        self,
+        namespace: str,
+        context_id: str,
+        consistency: Consistency = Consistency.linearizable,
+        confirmed: Confirmed | None = None,
     ) -> dict[str, Any]:
         check_namespace(namespace)
         check_context_id(context_id)
-        await self.read_index(consistency, namespace)
+        await self.read_index(consistency, namespace, confirmed)
         record = self.store.get(namespace, context_id)
         if record is None:
             raise NotFound(f"{namespace}/{context_id} does not exist")
@@ -170,9 +189,10 @@ class ContextService:
         limit: int = 100,
         cursor: str | None = None,
         consistency: Consistency = Consistency.linearizable,
+        confirmed: Confirmed | None = None,
     ) -> Page:
         check_namespace(namespace)
-        await self.read_index(consistency, namespace)
+        await self.read_index(consistency, namespace, confirmed)
         return self.store.list(namespace, kind=kind, prefix=prefix, limit=limit, cursor=cursor)
 
     async def search(
@@ -185,6 +205,7 @@ class ContextService:
         k: int = 5,
         mode: SearchMode = "hybrid",
         consistency: Consistency = Consistency.linearizable,
+        confirmed: Confirmed | None = None,
     ) -> dict[str, Any]:
         """The ``k`` contexts that best match ``query`` (``mcpdb.store.search`` says how each mode
         ranks), at one read index: a search is as consistent as a GET. With ``user_id``, that user's
@@ -200,7 +221,7 @@ class ContextService:
         if mode == "vector" and unusable is not None:
             raise ModelNotServed(f"{unusable} (mode=vector needs it): search with mode=lexical or hybrid")
         asked = search_query(query, None, mode, kind, user_id, tags or [], k)
-        read_index = await self.read_index(consistency, namespace)
+        read_index = await self.read_index(consistency, namespace, confirmed)
         vector_state = None
         if mode != "lexical":
             # Embedded before a search slot is taken: a lexical search never waits for the model.

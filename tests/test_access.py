@@ -162,6 +162,32 @@ def test_creation_and_revocation_take_effect_on_every_node_at_commit(cluster: Lo
                 assert refused.status_code == 401
 
 
+def _barrier_reads(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ROOT_TOKEN}"}).text
+    return next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("mcpdb_read_barrier_reads"))
+
+
+@pytest.mark.parametrize("call", ["get", "list", "search"])
+def test_a_scoped_tokens_read_shares_one_read_index_with_its_token_check(
+    cluster: LocalCluster, tokens: dict[str, str], call: str
+) -> None:
+    """The token check of a read in namespace ``a`` waits for ``a``'s entries, and the read is served at
+    its read index: one round to the leader per request. It still sees a write acknowledged by
+    another node just before it."""
+    urls = cluster.urls()
+    name, method, path, kwargs = next(rest for rest in _rest_calls("a") if rest[0] == call)
+    with Client([urls[0]], token=ROOT_TOKEN) as root:
+        for n in range(3):
+            root.put("a", "x", {**TASK, "goal": f"tea number {n}"})
+            before = _barrier_reads(urls[1])
+            read = httpx.request(
+                method, urls[1] + path, headers={"Authorization": f"Bearer {tokens['read']}"}, **kwargs
+            )
+            assert read.status_code == 200, read.text
+            assert f"tea number {n}" in read.text, (name, read.text)
+            assert _barrier_reads(urls[1]) - before == 1, name
+
+
 def test_rate_limit_per_token(cluster: LocalCluster) -> None:
     url = cluster.urls()[0]
     with Client([url], token=ROOT_TOKEN) as root:

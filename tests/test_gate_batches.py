@@ -80,7 +80,7 @@ def test_one_namespace_gets_its_share_and_the_others_stay_open(tmp_path: Path) -
     the rest, their bodies unread; its small writes and every other namespace's bulk writes pass; once
     its writes are answered its share is free again."""
 
-    async def fresh() -> None:
+    async def fresh(namespace: str) -> None:
         return None
 
     async def scenario() -> None:

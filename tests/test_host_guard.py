@@ -231,7 +231,7 @@ def test_the_gate_refuses_websockets_and_lets_lifespan_through(tmp_path: Path) -
     async def receive() -> dict[str, Any]:
         return {"type": "websocket.connect"}
 
-    async def fresh() -> None:
+    async def fresh(namespace: str) -> None:
         return None
 
     gate = RequestGate(

@@ -14,6 +14,8 @@ from typing import Any
 import pysyncobj.pickle
 import pytest
 
+from mcpdb.auth import Scope, new_token
+from mcpdb.node.http.access import Authenticator
 from mcpdb.raft.pysyncobj_bridge import _REGULAR
 from mcpdb.store import commands
 from mcpdb.store.commands import (
@@ -186,3 +188,37 @@ def test_a_token_check_waits_for_entries_of_no_namespace_only(tmp_path: Path, mo
         finally:
             for proposal in proposals:
                 proposal.join(30)
+
+
+def test_a_token_check_waits_for_a_namespace_only_when_the_token_may_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of ``bulk`` with a token of ``bulk`` is checked at ``bulk``'s scope and served at that
+    read index (it waits for the batch); with a token of ``tenant-a`` only, its check waits for no
+    namespace's entries and answers at once: how long a refusal takes does not tell that ``bulk`` is
+    being written."""
+    with in_process_cluster(tmp_path) as voters:
+        (leader, _), (follower, follower_store), _ = voters
+        minted = {namespace: new_token() for namespace in ("bulk", "tenant-a")}
+        for namespace, (_, token_id, digest) in minted.items():
+            spec = TokenSpec(token_id, digest, "", None, {namespace: "read"})
+            asyncio.run(leader.propose(CreateToken(spec, 1.0), 10.0))
+        authenticator = Authenticator("bootstrap", follower_store, lambda scope: follower.read_index(10.0, scope))
+        slow_preparations(voters, monkeypatch, APPLY_S, lambda command: isinstance(command, Batch))
+        loader = threading.Thread(target=lambda: asyncio.run(leader.propose(_batch("bulk", "b"), 30.0)))
+        loader.start()
+        try:
+            wait_until(lambda: _applying_a_batch(leader), "the batch was not committed ahead of its apply", timeout=5)
+            outsider = f"Bearer {minted['tenant-a'][0]}".encode()
+            began = time.monotonic()
+            principal, confirmed = asyncio.run(authenticator.principal(outsider, "bulk"))
+            took = time.monotonic() - began
+            assert principal is not None and not principal.allows("bulk", Scope.read)
+            assert confirmed is not None and confirmed.namespace == NO_NAMESPACE and took < APPLY_S / 2, took
+            assert follower_store.get("bulk", "b-0") is None
+            reader = f"Bearer {minted['bulk'][0]}".encode()
+            principal, confirmed = asyncio.run(authenticator.principal(reader, "bulk"))
+            assert principal is not None and confirmed is not None and confirmed.namespace == "bulk"
+            assert follower_store.get("bulk", "b-99") is not None  # served at the check's read index
+        finally:
+            loader.join(30)

@@ -42,7 +42,7 @@ from mcpdb.retrieval.minilm import default_embedding_model_path
 from mcpdb.service import Consistency, ContextService
 from mcpdb.store.background_io import Writeback
 from mcpdb.store.changes import ChangeFeed
-from mcpdb.store.commands import COMMAND_VERSION, NO_NAMESPACE
+from mcpdb.store.commands import COMMAND_VERSION
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class NodeRuntime:
             embedder=lambda: self.embedder,
         )
         self.authenticator = Authenticator(
-            config.token, self.store, lambda: self.service.read_index(Consistency.linearizable, NO_NAMESPACE)
+            config.token, self.store, lambda namespace: self.service.read_index(Consistency.linearizable, namespace)
         )
         self.metrics = NodeMetrics(self)
         self.worker: Worker | None = None

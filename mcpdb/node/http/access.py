@@ -8,7 +8,10 @@ Which principal a request acts as:
 - a scoped token is looked up in the replicated store after a read barrier:
   every creation or revocation committed before the request arrived is in
   effect on whichever node it reaches (a revoked token is refused everywhere
-  as soon as the revocation commits, a new one accepted everywhere).
+  as soon as the revocation commits, a new one accepted everywhere). For a
+  read of ``/v1/namespaces/{ns}/...`` the barrier is that namespace's, and the
+  request's GET, list or search is served at it (``CONFIRMED_KEY``): one round
+  to the leader per request, not one for the token and one for the read.
 
 What a path needs is its route's ``Access`` in the route table
 (mcpdb/node/http/routes.py): ``/v1/namespaces/{ns}/...`` read scope in ns
@@ -27,19 +30,25 @@ from typing import Any
 from mcpdb.auth import ROOT, Principal, Scope, principal_for, token_id_of
 from mcpdb.errors import Forbidden, Hidden
 from mcpdb.node.http.routes import PUBLIC_PATHS, Access, route_for
+from mcpdb.service import Confirmed
+from mcpdb.store.commands import NO_NAMESPACE
 from mcpdb.store.state_machine import ContextStore
 
 __all__ = [
+    "CONFIRMED_KEY",
     "PRINCIPAL_KEY",
     "PUBLIC_PATHS",
     "Authenticator",
     "Refusal",
+    "confirmed_of",
     "namespace_path",
     "path_refusal",
     "principal_of",
+    "token_check_scope",
 ]
 
 PRINCIPAL_KEY = "mcpdb.principal"
+CONFIRMED_KEY = "mcpdb.confirmed"  # the token check's read index, when a read of its namespace may reuse it
 _NAMESPACES = "/v1/namespaces/"
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -58,29 +67,57 @@ def principal_of(request: Any) -> Principal:
     return request.scope[PRINCIPAL_KEY]
 
 
+def confirmed_of(request: Any) -> Confirmed | None:
+    """The read index the request's token check confirmed, if a read may reuse it (``request``: anything
+    with an ASGI ``scope``)."""
+    return request.scope.get(CONFIRMED_KEY)
+
+
+def token_check_scope(method: str, path: str) -> str:
+    """What a scoped token's check waits for: a read of ``/v1/namespaces/{ns}/...`` that namespace's
+    entries (its GET, list or search is then served at the same read index), anything else only the
+    entries of no namespace, which hold the tokens."""
+    named = namespace_path(path)
+    return named[0] if named is not None and method in _READ_METHODS else NO_NAMESPACE
+
+
+# fresh(namespace): a read index at which the entries of that namespace and of none are applied here
+Fresh = Callable[[str], Awaitable[int | None]]
+
+
 class Authenticator:
-    def __init__(
-        self, bootstrap_token: str | None, store: ContextStore, fresh: Callable[[], Awaitable[object]]
-    ) -> None:
+    def __init__(self, bootstrap_token: str | None, store: ContextStore, fresh: Fresh) -> None:
         self.enabled = bootstrap_token is not None
         self._bootstrap = f"Bearer {bootstrap_token}".encode() if bootstrap_token else b""
         self._store = store
         self._fresh = fresh
 
-    async def principal(self, authorization: bytes | None) -> Principal | None:
+    async def principal(
+        self, authorization: bytes | None, read_scope: str = NO_NAMESPACE
+    ) -> tuple[Principal | None, Confirmed | None]:
         """The principal behind an Authorization header (the node has a bootstrap token), or None if it
-        names nobody.
-        Raises Unavailable when a scoped token cannot be checked against fresh state."""
+        names nobody; and for a scoped token, the read index it was checked at, after the entries of
+        ``read_scope`` and of none were applied. Raises Unavailable when a scoped token cannot be
+        checked against fresh state.
+
+        The check waits for ``read_scope``'s entries only if the token, as this node last applied it,
+        may read there: how long a request waits must not tell a token about a namespace it holds no
+        scope in (that it is being written), as its 404 does not. The stale record only picks what
+        to wait for; the answer is the fresh one's."""
         if authorization is None:
-            return None
+            return None, None
         if hmac.compare_digest(authorization, self._bootstrap):
-            return ROOT
+            return ROOT, None
         token = authorization.removeprefix(b"Bearer ").decode("utf-8", "replace")
         token_id = token_id_of(token)
         if token_id is None:
-            return None
-        await self._fresh()
-        return principal_for(token, self._store.token(token_id))
+            return None, None
+        known = principal_for(token, self._store.token(token_id))
+        if known is None or not known.allows(read_scope, Scope.read):
+            read_scope = NO_NAMESPACE
+        index = await self._fresh(read_scope)
+        confirmed = Confirmed(index, read_scope) if index is not None else None
+        return principal_for(token, self._store.token(token_id)), confirmed
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mcpdb.errors import McpdbServerError, NotFound
 from mcpdb.model import BatchIn, ContextIn, Kind, SearchableKind, SearchMode, Turn, TurnsIn
 from mcpdb.node.autoscaling import add_autoscale_routes
 from mcpdb.node.config import ConfigError, split_host_port
+from mcpdb.node.http.access import confirmed_of
 from mcpdb.node.http.chat_api import add_chat_routes
 from mcpdb.node.http.conditions import expected_version
 from mcpdb.node.http.docs import mount_offline_docs
@@ -190,10 +191,13 @@ def create_app(runtime: NodeView) -> Any:
 
     @app.get(ns_path + "/contexts/{context_id}", tags=["contexts"])
     async def get_context(
-        namespace: NamespacePath, context_id: ContextIdPath, consistency: Consistency = Consistency.linearizable
+        namespace: NamespacePath,
+        context_id: ContextIdPath,
+        request: Request,
+        consistency: Consistency = Consistency.linearizable,
     ) -> FastJSON:
         """Read a context; linearizable by default, ``stale`` reads local state without a barrier."""
-        record = await service.get(namespace, context_id, consistency)
+        record = await service.get(namespace, context_id, consistency, confirmed_of(request))
         return versioned(record, record["version"])
 
     @app.delete(ns_path + "/contexts/{context_id}", tags=["contexts"])
@@ -206,6 +210,7 @@ def create_app(runtime: NodeView) -> Any:
     @app.get(ns_path + "/contexts", tags=["contexts"])
     async def list_contexts(
         namespace: NamespacePath,
+        request: Request,
         kind: Kind | None = None,
         prefix: Annotated[str, Query(max_length=128)] = "",
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -214,12 +219,13 @@ def create_app(runtime: NodeView) -> Any:
     ) -> dict[str, Any]:
         """Contexts in id order, filtered by kind and id prefix; follow ``next_cursor`` for more.
         Sessions are listed without their turns (``turn_count`` says how many)."""
-        page = await service.list(namespace, kind, prefix, limit, cursor, consistency)
+        page = await service.list(namespace, kind, prefix, limit, cursor, consistency, confirmed_of(request))
         return {"items": page.items, "next_cursor": page.next_cursor}
 
     @app.get(ns_path + "/search", tags=["contexts"])
     async def search(
         namespace: NamespacePath,
+        request: Request,
         q: Annotated[str, Query(min_length=1, max_length=4096, description="what to look for, in words")],
         kind: SearchableKind | None = None,
         user_id: Annotated[str | None, Query(max_length=256)] = None,
@@ -239,7 +245,7 @@ def create_app(runtime: NodeView) -> Any:
         ``unembedded`` how many of the searched contexts have no vector yet (they rank lexically
         only). A ``q`` with no word, or ranked by words alone with none the index holds (stopwords,
         words over 32 characters), is refused (422 ``invalid_query``)."""
-        return await service.search(namespace, q, kind, user_id, tags, k, mode, consistency)
+        return await service.search(namespace, q, kind, user_id, tags, k, mode, consistency, confirmed_of(request))
 
     @app.post(ns_path + "/sessions/{session_id}/turns", tags=["sessions"])
     async def append_turns(

@@ -32,10 +32,11 @@ from pydantic import BaseModel
 
 from mcpdb.errors import McpdbServerError
 from mcpdb.model import CONTEXT_IN_ADAPTER
+from mcpdb.node.http.access import CONFIRMED_KEY
 from mcpdb.node.http.conditions import expected_version
 from mcpdb.node.http.request_stats import RequestStats
 from mcpdb.node.http.responses import FastJSON, error_for, versioned
-from mcpdb.service import Consistency, ContextService
+from mcpdb.service import Confirmed, Consistency, ContextService
 
 _CONTEXT_PATH = re.compile(r"^/v1/namespaces/([^/]+)/contexts/([^/]+)$")
 _QUERIES = {
@@ -59,15 +60,18 @@ class FastContextRoutes:
             if consistency is not None or (method == "PUT" and not query):
                 match = _CONTEXT_PATH.match(scope["path"])
                 if match is not None and consistency is not None:
-                    await self._answer(scope, receive, send, self._get(match[1], match[2], consistency))
+                    confirmed = scope.get(CONFIRMED_KEY)
+                    await self._answer(scope, receive, send, self._get(match[1], match[2], consistency, confirmed))
                     return
                 if match is not None:
                     await self._put(scope, receive, send, match[1], match[2])
                     return
         await self.app(scope, receive, send)
 
-    async def _get(self, namespace: str, context_id: str, consistency: Consistency) -> FastJSON:
-        record = await self.service.get(namespace, context_id, consistency)
+    async def _get(
+        self, namespace: str, context_id: str, consistency: Consistency, confirmed: Confirmed | None
+    ) -> FastJSON:
+        record = await self.service.get(namespace, context_id, consistency, confirmed)
         return versioned(record, record["version"])
 
     async def _put(self, scope: dict[str, Any], receive: Any, send: Any, namespace: str, context_id: str) -> None:

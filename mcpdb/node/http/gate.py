@@ -19,11 +19,13 @@ import orjson
 from mcpdb.auth import ROOT, Principal
 from mcpdb.errors import Overloaded, Unavailable
 from mcpdb.node.http.access import (
+    CONFIRMED_KEY,
     PRINCIPAL_KEY,
     PUBLIC_PATHS,
     Authenticator,
     namespace_path,
     path_refusal,
+    token_check_scope,
 )
 from mcpdb.node.http.host_guard import WRITE_METHODS, HostGuard
 from mcpdb.node.http.rate_limit import TokenBuckets
@@ -183,7 +185,9 @@ class RequestGate:
     async def _admitted(self, scope: dict[str, Any], headers: dict[bytes, bytes], send: Any) -> bool:
         """Authenticate, apply the path's access rule and the token's rate limit; answer if refused."""
         try:
-            principal = await self.authenticator.principal(headers.get(b"authorization"))
+            principal, confirmed = await self.authenticator.principal(
+                headers.get(b"authorization"), token_check_scope(scope["method"], scope["path"])
+            )
         except Unavailable as error:
             await self._answer(
                 scope,
@@ -221,6 +225,8 @@ class RequestGate:
                 )
                 return False
         scope[PRINCIPAL_KEY] = principal
+        if confirmed is not None:
+            scope[CONFIRMED_KEY] = confirmed
         return True
 
     async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
