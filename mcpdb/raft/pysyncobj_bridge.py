@@ -30,6 +30,8 @@ The seams, each the narrowest one available in 0.3.17:
   ``_SyncObj__onTickCallbacks``, calling ``_SyncObj__sendAppendEntries``); ``_SyncObj__otherNodes`` and
   ``_SyncObj__getCurrentLogIndex`` tell a lone voter's leader not to wait in poll.
 - ``_SyncObj__noopIDx``: the index of the leader's election no-op, which ReadIndex waits for.
+- ``_SyncObj__raftCommitIndex`` and ``_SyncObj__raftLog.setRaftCommitIndex``, lowered back after a
+  snapshot's message raised them past what this node verified (``McpdbTransport._commit_nothing_unverified``).
 - ``_SyncObj__sendAppendEntries``, wrapped, and ``_SyncObj__raftNextIndex``: a follower's next index
   is raised for the rest of one call when it has no snapshot chunk to take
   (``RaftNode.end_transfer_round``).
@@ -317,7 +319,9 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
     pysyncobj lets the application choose the transport class; mcpdb uses it to
 
     - reconcile incoming AppendEntries with the local log first, so that
-      pysyncobj never truncates entries that match the leader's (``log_guard``);
+      pysyncobj never truncates entries that match the leader's (``log_guard``),
+      and let a snapshot's messages commit none of this node's own entries
+      (``_commit_nothing_unverified``);
     - carry ReadIndex messages (``read_index``) on the same connections, never
       handing them to pysyncobj;
     - fsync the journal before a follower acknowledges entries when the node is
@@ -424,6 +428,9 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         if not self.guard_log or not isinstance(message, dict) or message.get("type") != "append_entries":
             super()._onMessageReceived(node, message)
             return
+        if "prevLogIdx" not in message:
+            self._commit_nothing_unverified(node, message)
+            return
         log = self._syncObj._SyncObj__raftLog
         first_index = log[0][1]
         result = reconcile(
@@ -438,6 +445,23 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
                 node,
                 {"type": "next_node_idx", "next_node_idx": result.ack_through + 1, "reset": False, "success": True},
             )
+
+    def _commit_nothing_unverified(self, node: Node, message: dict[str, Any]) -> None:
+        """Hand pysyncobj a snapshot's message (a chunk, or a heartbeat while the transfer is paced)
+        without letting it commit this node's own entries. Such a message carries the leader's commit
+        index and nothing about this node's log, yet pysyncobj raises the commit index to the lesser
+        of that and its last entry for it: a deposed leader's entries that never committed (proposed
+        while it was cut off, overtaken by a leader that has since compacted past them) were applied,
+        their writers told they succeeded, and then replaced by the snapshot: acknowledged writes
+        lost (``tests/test_snapshot_commit_guard.py``). An installed snapshot is committed through its
+        index; anything else waits for an AppendEntries whose previous entry matched."""
+        syncobj = self._syncObj
+        committed = syncobj.raftCommitIndex
+        super()._onMessageReceived(node, message)
+        allowed = max(committed, syncobj.raftLastApplied)
+        if syncobj.raftCommitIndex > allowed:
+            syncobj._SyncObj__raftCommitIndex = allowed
+            syncobj._SyncObj__raftLog.setRaftCommitIndex(allowed)
 
     def _disk_alarm(self) -> bool:
         return isinstance(self._syncObj, RaftNode) and self._syncObj.disk.raised
@@ -921,6 +945,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 if key.startswith("match_idx_server_")
             },
             "read_index_rounds": self.read_index.rounds,
+            "reads_served_ahead": self.read_index.served_ahead,
             "journal_syncs": journal.syncs,
             "journal_bytes": journal.bytes,
             "reconciled_append_entries": self._transport.reconciled_messages,
