@@ -57,6 +57,9 @@ def summarise(result: RunResult) -> dict[str, Any]:
         },
         "preloaded": result.preloaded.get("acknowledged", 0),
         "compactions": sum(1 for window in result.windows if window.nemesis == "compact"),
+        "background_batches": result.background_batches,
+        # since each node last started: a node the nemesis restarted counts from then
+        "reads_served_ahead": result.reads_served_ahead,
     }
 
 

@@ -1,7 +1,9 @@
 """One harness run: cluster up, clients and nemeses for a while, heal, final reads, check, report.
 
 Clients are threads in this process, each a Jepsen "process" with its own
-HTTP connection to one node (rotating over nodes). The run records every
+HTTP connection to one node (rotating over nodes), with a token scoped to the
+workloads' namespaces (so each request's token check, and a read served at its
+read index, are under test too). The run records every
 operation in a history, heals every fault, waits for the cluster to recover,
 then reads every key from every node once that node has applied everything
 the leader committed: each acknowledged write must be there, on every node.
@@ -9,6 +11,7 @@ the leader committed: each acknowledged write must be there, on every node.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import threading
@@ -21,11 +24,12 @@ from typing import Any
 import httpx
 
 from jepsen_like import cluster as cluster_module
+from jepsen_like.background_load import BackgroundLoad
 from jepsen_like.checkers import chat, linearizability, list_append
 from jepsen_like.history import Recorder
 from jepsen_like.nemesis import Schedule, resolve
 from jepsen_like.netlab import availability
-from jepsen_like.workloads import WORKLOADS, ListAppendWorkload, Outcome, RegisterWorkload
+from jepsen_like.workloads import WORKLOADS, ListAppendWorkload, Outcome, RegisterWorkload, namespace_of
 
 CLIENT_TIMEOUT_S = 3.0
 NODE_REQUEST_TIMEOUT_S = 2.0
@@ -48,6 +52,7 @@ class RunConfig:
     use_namespaces: bool = True
     preload: int = 0  # 1 KiB memory contexts loaded before the clients start (a store of that size under faults)
     compact: bool = False  # force a snapshot on every node in every fault window
+    background_load: bool = False  # batches into a namespace of their own throughout (BackgroundLoad)
 
 
 @dataclass
@@ -61,6 +66,8 @@ class RunResult:
     started_at: float
     summary: dict[str, Any] = field(default_factory=dict)
     preloaded: dict[str, Any] = field(default_factory=dict)
+    background_batches: int = 0  # acknowledged
+    reads_served_ahead: int = 0  # reads of one namespace the nodes answered before applying their read index
 
     @property
     def valid(self) -> bool:
@@ -86,6 +93,8 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
         if chatting:
             test.cluster.wait_models(timeout=180)
         preloaded = _preload(test, config.preload) if config.preload else {}
+        workloads = [WORKLOADS[name]() for name in config.workloads]
+        token = _client_token(test, workloads)
     except BaseException:
         test.close()
         raise
@@ -94,7 +103,8 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
     recorder = Recorder(clock)
     schedule = Schedule(nemeses, config.fault_s, config.heal_s, config.combined, config.seed, config.compact)
     stop = threading.Event()
-    workloads = [WORKLOADS[name]() for name in config.workloads]
+    urls = [test.url(node) for node in test.node_ids]
+    background = BackgroundLoad(urls, test.token, CLIENT_TIMEOUT_S) if config.background_load else None
     try:
         threads = [threading.Thread(target=schedule.run, args=(test, clock, stop), daemon=True)]
         processes = _ProcessIds(config.concurrency)
@@ -105,6 +115,7 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
                     args=(
                         worker,
                         test,
+                        token,
                         workloads[worker % len(workloads)],
                         recorder,
                         clock,
@@ -117,22 +128,56 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
             )
         for thread in threads:
             thread.start()
-        while clock() < config.time_s:
-            time.sleep(0.5)
-            if on_progress is not None:
-                on_progress(clock(), len(recorder.ops))
+        with background if background is not None else contextlib.nullcontext():
+            while clock() < config.time_s:
+                time.sleep(0.5)
+                if on_progress is not None:
+                    on_progress(clock(), len(recorder.ops))
         stop.set()
         for thread in threads:
             thread.join(CLIENT_TIMEOUT_S + 30)
         schedule.heal_everything(test)
         test.cluster.wait_ready(timeout=60)
         final_reads = _final_reads(test, workloads)
+        statuses = [test.cluster.node_status(node) or {} for node in test.node_ids]
+        served_ahead = sum(status.get("reads_served_ahead", 0) for status in statuses)
     finally:
         stop.set()
         test.close()
     checks = _check(recorder, workloads, final_reads)
     namespaces = test.lab is not None
-    return RunResult(config, recorder, schedule.windows, checks, final_reads, namespaces, started, preloaded=preloaded)
+    return RunResult(
+        config,
+        recorder,
+        schedule.windows,
+        checks,
+        final_reads,
+        namespaces,
+        started,
+        preloaded=preloaded,
+        background_batches=background.acknowledged if background is not None else 0,
+        reads_served_ahead=served_ahead,
+    )
+
+
+def _client_token(test: cluster_module.TestCluster, workloads: list[Any]) -> str:
+    """A token with write scope in each namespace the workloads use, minted with the bootstrap token."""
+    scopes = {namespace_of(key): "write" for workload in workloads for key in workload.keys}
+    headers = {"Authorization": f"Bearer {test.token}"}
+    deadline = time.monotonic() + 30
+    while True:
+        for node in test.node_ids:
+            try:
+                response = httpx.post(
+                    f"{test.url(node)}/v1/tokens", json={"scopes": scopes}, headers=headers, timeout=CLIENT_TIMEOUT_S
+                )
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 201:
+                return str(response.json()["token"])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"could not mint the clients' token: {response.status_code} {response.text[:200]}")
+        time.sleep(0.5)
 
 
 def _preload(test: cluster_module.TestCluster, contexts: int) -> dict[str, Any]:
@@ -165,6 +210,7 @@ class _ProcessIds:
 def _client_loop(
     worker: int,
     test: cluster_module.TestCluster,
+    token: str,
     workload: Any,
     recorder: Recorder,
     clock: Callable[[], float],
@@ -174,7 +220,7 @@ def _client_loop(
 ) -> None:
     process = worker
     nodes = test.node_ids
-    headers = {"Authorization": f"Bearer {test.token}"}
+    headers = {"Authorization": f"Bearer {token}"}
     clients = {node: httpx.Client(base_url=test.url(node), headers=headers, timeout=CLIENT_TIMEOUT_S) for node in nodes}
     try:
         while not stop.is_set():

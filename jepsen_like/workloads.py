@@ -15,6 +15,11 @@
   applies to them; ``checkers/chat.py`` checks the rest (a reply per
   message, exactly once, from fresh enough context).
 
+Each key lives in a namespace of its own (``namespace_of``): a linearizable
+read of one namespace skips the committed entries of the others that its node
+has not applied yet (``RaftNode.last_entry_for``), so the checkers see whether
+what it skips could ever change what it returns.
+
 Outcome classes follow Jepsen: ``ok`` happened, ``fail`` certainly did not
 (4xx, or 503 with ``"applied": "no"``), ``info`` may have (timeouts, dropped
 connections, 503 with ``"applied": "unknown"``). Reads change nothing, so a
@@ -32,6 +37,15 @@ from typing import Any
 import httpx
 
 NAMESPACE = "jepsen"
+
+
+def namespace_of(key: str) -> str:
+    """The namespace ``key`` lives in: one per key."""
+    return f"{NAMESPACE}-{key}"
+
+
+def _context_path(key: str) -> str:
+    return f"/v1/namespaces/{namespace_of(key)}/contexts/{key}"
 
 
 class Outcome(Exception):
@@ -79,7 +93,7 @@ class RegisterWorkload:
         return Operation("cas", key, [rng.randrange(self.values), rng.randrange(self.values)])
 
     def execute(self, http: httpx.Client, op: Operation) -> Any:
-        path = f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}"
+        path = _context_path(op.key)
         if op.f == "read":
             value, _ = self._read(http, path)
             return value
@@ -94,7 +108,7 @@ class RegisterWorkload:
         return op.value
 
     def final_read(self, http: httpx.Client, key: str) -> int | None:
-        response = http.get(f"/v1/namespaces/{NAMESPACE}/contexts/{key}?consistency=stale")
+        response = http.get(f"{_context_path(key)}?consistency=stale")
         return int(response.json()["facts"][0]) if response.status_code == 200 else None
 
     @staticmethod
@@ -129,13 +143,13 @@ class ListAppendWorkload:
         return Operation("append", key, next(self._values))
 
     def execute(self, http: httpx.Client, op: Operation) -> Any:
-        path = f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}"
+        path = _context_path(op.key)
         if op.f == "read":
             return self.read(http, path)
         response = _request(
             http,
             "POST",
-            f"/v1/namespaces/{NAMESPACE}/sessions/{op.key}/turns",
+            f"/v1/namespaces/{namespace_of(op.key)}/sessions/{op.key}/turns",
             json={"role": "user", "content": str(op.value)},
         )
         if response.status_code != 200:
@@ -147,7 +161,7 @@ class ListAppendWorkload:
         return [int(turn["content"]) for turn in _session_turns(http, path, consistency)]
 
     def final_read(self, http: httpx.Client, key: str) -> list[int]:
-        return self.read(http, f"/v1/namespaces/{NAMESPACE}/contexts/{key}", consistency="stale")
+        return self.read(http, _context_path(key), consistency="stale")
 
 
 class ChatWorkload:
@@ -168,12 +182,12 @@ class ChatWorkload:
 
     def execute(self, http: httpx.Client, op: Operation) -> Any:
         if op.f == "read":
-            return self.messages(_session_turns(http, f"/v1/namespaces/{NAMESPACE}/contexts/{op.key}", "linearizable"))
+            return self.messages(_session_turns(http, _context_path(op.key), "linearizable"))
         body = {
             "model": self._model_name(http),
             "max_tokens": 4,
             "temperature": 0,
-            "namespace": NAMESPACE,
+            "namespace": namespace_of(op.key),
             "session_id": op.key,
             "messages": [{"role": "user", "content": f"message {op.value}"}],
         }
@@ -213,7 +227,7 @@ class ChatWorkload:
         return self._model
 
     def final_read(self, http: httpx.Client, key: str) -> list[dict[str, Any]]:
-        return _session_turns(http, f"/v1/namespaces/{NAMESPACE}/contexts/{key}", "stale")
+        return _session_turns(http, _context_path(key), "stale")
 
 
 def _session_turns(http: httpx.Client, path: str, consistency: str) -> list[dict[str, Any]]:

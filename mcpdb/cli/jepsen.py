@@ -43,6 +43,13 @@ def jepsen(
         int, typer.Option(help="1 KiB memory contexts to load before the run (faults at scale), e.g. 1000000.")
     ] = 0,
     compact: Annotated[bool, typer.Option(help="Force a snapshot on every node in every fault window.")] = False,
+    background_load: Annotated[
+        bool,
+        typer.Option(
+            help="Post 200-record batches into a namespace of their own throughout: reads of the workloads' "
+            "namespaces (one per key) then skip entries of another namespace not yet applied."
+        ),
+    ] = False,
 ) -> None:
     """Run workloads against a real cluster under faults; exit non-zero on any anomaly."""
     with source_checkout("mcpdb jepsen", "jepsen_like"):
@@ -69,6 +76,7 @@ def jepsen(
         use_namespaces=not loopback,
         preload=preload,
         compact=compact,
+        background_load=background_load,
     )
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -113,6 +121,9 @@ def _print(summary: dict[str, Any], result: RunResult, folder: Path) -> None:
         rows.append(("preloaded contexts", f"{summary['preloaded']:,}"))
     if summary["compactions"]:
         rows.append(("forced snapshot rounds", str(summary["compactions"])))
+    if result.config.background_load:
+        rows.append(("background batches acknowledged", str(summary["background_batches"])))
+        rows.append(("reads answered ahead of their node's apply", str(summary["reads_served_ahead"])))
     for name, seconds in summary["recovery_s"].items():
         unknown = "none: not whole within 180 s, or the run ended first"
         rows.append((f"recovery after {name}", unknown if seconds is None else f"{seconds} s"))

@@ -132,6 +132,12 @@ class NodeMetrics:
             "Committed entries not yet applied here.",
             max(0, raft["commit_index"] - raft["applied_index"]),
         )
+        yield CounterMetricFamily(
+            "mcpdb_reads_served_ahead",
+            "Linearizable reads of one namespace answered before this node applied their read index (what was "
+            "left were other namespaces' entries).",
+            value=raft["reads_served_ahead"],
+        )
         yield gauge(
             "mcpdb_raft_log_entries",
             "Entries in the in-memory Raft log (since the last snapshot).",

@@ -114,6 +114,7 @@ class ReadIndex:
         self._remote: list[tuple[Peer, int]] = []  # leader: (node, request id) for the next round
         self._applied_waiters: list[tuple[int, Done, str | None]] = []
         self.rounds = 0
+        self.served_ahead = 0  # reads of one namespace answered before this node applied their read index
 
     # ------------------------------------------------------------ any thread
     def request(self, done: Done, namespace: str | None = None) -> None:
@@ -269,9 +270,10 @@ class ReadIndex:
         applied = self._raft.last_applied
         waiting = []
         for index, done, namespace in self._applied_waiters:
-            if index <= applied or (
-                namespace is not None and self._raft.last_entry_for(namespace, applied, index) <= applied
-            ):
+            if index <= applied:
+                done(index, None)
+            elif namespace is not None and self._raft.last_entry_for(namespace, applied, index) <= applied:
+                self.served_ahead += 1
                 done(index, None)
             else:
                 waiting.append((index, done, namespace))
