@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -102,6 +103,15 @@ def test_thread_cpu_smoke(tmp_path: Path) -> None:
     done = _run_module("benchmarks.thread_cpu", ["--seconds", "1"], tmp_path)
     assert done.stdout.count("us CPU per request") == 3 and "(leader)" in done.stdout
     assert done.stdout.count("HTTP event loop") == 3
+
+
+def test_tenant_reads_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "tenant-reads.json"
+    done = _run_module("benchmarks.tenant_reads", ["--seconds", "3", "--out", str(out)], tmp_path)
+    assert "scoped / bootstrap p50:" in done.stdout
+    results = json.loads(out.read_text())
+    for row in results["rows"].values():
+        assert row["reads"] > 10 and row["failed"] == 0 and row["p50_ms"] > 0
 
 
 def test_snapshot_install_smoke(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import queue
 import threading
 import time
 import typing
@@ -15,8 +16,9 @@ import pysyncobj.pickle
 import pytest
 
 from mcpdb.auth import Scope, new_token
-from mcpdb.node.http.access import Authenticator
-from mcpdb.raft.pysyncobj_bridge import _REGULAR
+from mcpdb.node.http.access import Authenticator, token_check_scope
+from mcpdb.raft.pysyncobj_bridge import _REGULAR, SCOPED_SCAN_ENTRIES
+from mcpdb.service import Confirmed, Consistency, ContextService
 from mcpdb.store import commands
 from mcpdb.store.commands import (
     NO_NAMESPACE,
@@ -222,3 +224,76 @@ def test_a_token_check_waits_for_a_namespace_only_when_the_token_may_read_it(
             assert follower_store.get("bulk", "b-99") is not None  # served at the check's read index
         finally:
             loader.join(30)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "scope"),
+    [
+        ("GET", "/v1/namespaces/a/contexts/x", b"", "a"),
+        ("GET", "/v1/namespaces/a/contexts/x", b"consistency=linearizable", "a"),
+        ("GET", "/v1/namespaces/a/contexts", b"kind=task&limit=5", "a"),
+        ("GET", "/v1/namespaces/a/search", b"q=tea", "a"),
+        ("GET", "/v1/namespaces/a/contexts/x", b"consistency=stale", NO_NAMESPACE),
+        ("GET", "/v1/namespaces/a/search", b"q=tea&consistency=stale", NO_NAMESPACE),
+        ("GET", "/v1/namespaces/a/watch", b"since=1", NO_NAMESPACE),
+        ("HEAD", "/v1/namespaces/a/contexts/x", b"", NO_NAMESPACE),
+        ("PUT", "/v1/namespaces/a/contexts/x", b"", NO_NAMESPACE),
+        ("POST", "/v1/namespaces/a/batch", b"", NO_NAMESPACE),
+        ("GET", "/v1/namespaces/Not-A-Namespace/contexts/x", b"", NO_NAMESPACE),
+        ("GET", "/v1/tokens", b"", NO_NAMESPACE),
+        ("POST", "/mcp", b"", NO_NAMESPACE),
+    ],
+)
+def test_a_token_check_waits_for_the_namespace_only_of_a_read_served_at_it(
+    method: str, path: str, query: bytes, scope: str
+) -> None:
+    assert token_check_scope(method, path, query) == scope
+
+
+def test_a_read_reuses_the_token_checks_read_index_only_for_the_namespace_it_waited_for() -> None:
+    waited: list[str | None] = []
+
+    class Barrier:
+        async def wait(self, namespace: str | None = None) -> int:
+            waited.append(namespace)
+            return 99
+
+    service = ContextService(None, Barrier(), 1.0)  # type: ignore[arg-type]  # read_index needs the barrier only
+    linearizable = Consistency.linearizable
+    assert asyncio.run(service.read_index(linearizable, "a", Confirmed(7, "a"))) == 7 and waited == []
+    assert asyncio.run(service.read_index(linearizable, "a", Confirmed(7, NO_NAMESPACE))) == 99  # a lagging token
+    assert asyncio.run(service.read_index(linearizable, "b", Confirmed(7, "a"))) == 99
+    assert asyncio.run(service.read_index(Consistency.stale, "a", None)) is None
+    assert waited == ["a", "b"]
+
+
+def _in_raft_thread(raft: Any, action: Any) -> Any:
+    done: queue.Queue[Any] = queue.Queue()
+    raft.call_in_raft_thread(lambda: done.put(action()))
+    return done.get(timeout=10)
+
+
+def test_committed_entries_scopes_are_read_once_and_forgotten_below_the_applied_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RaftNode.last_entry_for`` reads each committed entry's head once, however many reads look at it,
+    and keeps the scopes of no more entries than a read may look through (twice ``SCOPED_SCAN_ENTRIES``)."""
+    with in_process_cluster(tmp_path) as voters:
+        (leader, _), *_ = voters
+
+        async def writes() -> None:
+            puts = [Put("a", f"k{n}", {"kind": "memory", "facts": ["x"]}, None, None, 1.0) for n in range(700)]
+            await asyncio.gather(*(leader.propose(put, 30.0) for put in puts))
+
+        asyncio.run(writes())
+        raft = leader._raft
+        reads: list[int] = []
+        read_scope_at = raft._read_scope_at
+        monkeypatch.setattr(raft, "_read_scope_at", lambda index: reads.append(index) or read_scope_at(index))
+        last = raft.raftCommitIndex
+        assert _in_raft_thread(raft, lambda: raft.last_entry_for("a", last - 10, last)) == last
+        assert _in_raft_thread(raft, lambda: raft.last_entry_for("b", last - 10, last)) == last - 10
+        assert sorted(reads) == list(range(last - 9, last + 1))  # each head once: the second read used them
+        for after in range(last - 700, last - 200, 50):
+            _in_raft_thread(raft, lambda after=after: raft.last_entry_for("b", after, after + 200))
+        assert len(raft._read_scopes) <= 2 * SCOPED_SCAN_ENTRIES + 1  # of the 660 looked at

@@ -13,12 +13,14 @@ and guardrails by kind, memories by owner through the search's term lists
 and vectors), so what a chat reads follows
 what it uses, not how many other contexts the namespace holds.
 
-The caller has already waited for the replica to apply the request's read
-index (``applied_at_least``), so everything read here is at least that new;
-``context_index`` is a lower bound on the Raft index of the state the reply
-was generated from: the read index, or the index of the last entry the store
-applied before the first read if that is newer (the jepsen inference checker
-verifies it is never below the read index).
+The caller has already waited for the replica to apply what of the request's
+read index (``applied_at_least``) concerns the chat's namespace (its entries
+and those of no namespace; another namespace's may still be applying), so
+everything read here is at least that new; ``context_index`` is a lower bound
+on the Raft index of the namespace's state the reply was generated from: the
+read index, or the index of the last entry the store applied before the first
+read if that is newer (the jepsen inference checker verifies it is never below
+the read index).
 """
 
 from __future__ import annotations

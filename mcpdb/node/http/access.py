@@ -23,12 +23,15 @@ and token routes, which check their own namespaces) only a valid token.
 from __future__ import annotations
 
 import hmac
+import re
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mcpdb.auth import ROOT, Principal, Scope, principal_for, token_id_of
 from mcpdb.errors import Forbidden, Hidden
+from mcpdb.model import NAMESPACE_PATTERN
 from mcpdb.node.http.routes import PUBLIC_PATHS, Access, route_for
 from mcpdb.service import Confirmed
 from mcpdb.store.commands import NO_NAMESPACE
@@ -51,6 +54,8 @@ PRINCIPAL_KEY = "mcpdb.principal"
 CONFIRMED_KEY = "mcpdb.confirmed"  # the token check's read index, when a read of its namespace may reuse it
 _NAMESPACES = "/v1/namespaces/"
 _READ_METHODS = frozenset({"GET", "HEAD"})
+_AT_THE_CHECK = re.compile(r"contexts|contexts/[^/]+|search")  # below /v1/namespaces/{ns}/: reads served at it
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
 
 
 def namespace_path(path: str) -> tuple[str, str] | None:
@@ -73,12 +78,19 @@ def confirmed_of(request: Any) -> Confirmed | None:
     return request.scope.get(CONFIRMED_KEY)
 
 
-def token_check_scope(method: str, path: str) -> str:
-    """What a scoped token's check waits for: a read of ``/v1/namespaces/{ns}/...`` that namespace's
-    entries (its GET, list or search is then served at the same read index), anything else only the
-    entries of no namespace, which hold the tokens."""
+def token_check_scope(method: str, path: str, query: bytes) -> str:
+    """What a scoped token's check waits for: for a linearizable GET, list or search of namespace ns,
+    ns's entries (the read is then served at the same read index); for anything else only the entries
+    of no namespace, which hold the tokens (a stale read or a watch waits for nothing more, so
+    waiting for its namespace would only delay it)."""
     named = namespace_path(path)
-    return named[0] if named is not None and method in _READ_METHODS else NO_NAMESPACE
+    if method != "GET" or named is None or not _AT_THE_CHECK.fullmatch(named[1]):
+        return NO_NAMESPACE
+    if not _NAMESPACE.fullmatch(named[0]) or ("consistency", "stale") in urllib.parse.parse_qsl(
+        query.decode("latin-1")
+    ):
+        return NO_NAMESPACE
+    return named[0]
 
 
 # fresh(namespace): a read index at which the entries of that namespace and of none are applied here
@@ -101,9 +113,10 @@ class Authenticator:
         checked against fresh state.
 
         The check waits for ``read_scope``'s entries only if the token, as this node last applied it,
-        may read there: how long a request waits must not tell a token about a namespace it holds no
-        scope in (that it is being written), as its 404 does not. The stale record only picks what
-        to wait for; the answer is the fresh one's."""
+        may read there: how long a request waits must not tell a token that a namespace it holds no
+        scope in is being written, as its 404 does not (entries of no namespace, which every check
+        waits for, include every namespace's vectors and expiries: a far weaker signal, and the
+        same for all). The stale record only picks what to wait for; the answer is the fresh one's."""
         if authorization is None:
             return None, None
         if hmac.compare_digest(authorization, self._bootstrap):

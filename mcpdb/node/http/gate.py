@@ -186,7 +186,8 @@ class RequestGate:
         """Authenticate, apply the path's access rule and the token's rate limit; answer if refused."""
         try:
             principal, confirmed = await self.authenticator.principal(
-                headers.get(b"authorization"), token_check_scope(scope["method"], scope["path"])
+                headers.get(b"authorization"),
+                token_check_scope(scope["method"], scope["path"], scope.get("query_string", b"")),
             )
         except Unavailable as error:
             await self._answer(

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from mcpdb.auth import Principal, Scope
 from mcpdb.errors import Hidden
-from mcpdb.node.http.access import Authenticator, principal_of
+from mcpdb.node.http.access import Authenticator, confirmed_of, principal_of
 from mcpdb.node.http.responses import FastJSON
 from mcpdb.node.http.responses import error_response as error
 from mcpdb.service import Consistency, ContextService
@@ -78,7 +78,7 @@ def add_token_routes(app: FastAPI, runtime: TokenNode) -> None:
     @app.get("/v1/tokens", tags=["tokens"])
     async def list_tokens(request: Request) -> dict[str, Any]:
         """The tokens this principal manages (never their secrets or hashes)."""
-        await runtime.service.read_index(Consistency.linearizable, NO_NAMESPACE)
+        await runtime.service.read_index(Consistency.linearizable, NO_NAMESPACE, confirmed_of(request))
         principal = principal_of(request)
         return {"items": [_public(record) for record in runtime.store.tokens() if _managed(principal, record)]}
 
@@ -87,7 +87,7 @@ def add_token_routes(app: FastAPI, runtime: TokenNode) -> None:
         token_id: Annotated[str, Path(pattern=r"^[a-f0-9]{16}$")], request: Request
     ) -> dict[str, Any]:
         """Revoke a token; refused on every node from the moment the revocation commits."""
-        await runtime.service.read_index(Consistency.linearizable, NO_NAMESPACE)
+        await runtime.service.read_index(Consistency.linearizable, NO_NAMESPACE, confirmed_of(request))
         record = runtime.store.token(token_id)
         if record is None or not _managed(principal_of(request), record):
             raise Hidden(f"token {token_id} does not exist")

@@ -1,8 +1,10 @@
 """The worker half of a chat request: runs on the node the leader assigned.
 
-1. Wait until this replica applied the request's read index (ReadIndex:
-   the leader took it from a read barrier, so contexts read here are
-   linearizable without another round trip).
+1. Wait until this replica applied what of the request's read index
+   concerns the chat's namespace: its entries and those of no namespace
+   (ReadIndex: the leader took it from a read barrier, so contexts read here
+   are linearizable without another round trip, and not behind another
+   tenant's batch).
 2. If the session already holds an append made with this request's
    idempotency key (an earlier attempt finished on a node that then died),
    replay the stored reply instead of generating a second one.
