@@ -15,6 +15,7 @@
     │   └── NotFound               404  not_found
     ├── ModelNotServed             404  model_not_found
     ├── HistoryTrimmed             410  compacted: the watch resumes before the history
+    ├── EntryTooLarge              413  entry_too_large: the request, as stored, exceeds one log entry
     ├── ContextTooLarge            413  context_too_large: instructions, guardrails and messages alone
     ├── PromptTooLong              413  context_too_large: prompt plus completion exceed the window
     ├── Unavailable                503  unavailable, with Retry-After
@@ -133,6 +134,12 @@ class HistoryTrimmed(McpdbServerError):
 
     def fields(self) -> dict[str, Any]:
         return {"oldest_version": self.oldest}
+
+
+class EntryTooLarge(McpdbServerError, ValueError):
+    """The request's command, with its fields' defaults, is larger than one log entry may be."""
+
+    status, code = 413, "entry_too_large"
 
 
 class ContextTooLarge(McpdbServerError, ValueError):

@@ -8,6 +8,7 @@ cases run on a small tmpfs this test mounts (root only, as in CI).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import pickle
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pysyncobj.journal import APP_VERSION, FileJournal
 
-from mcpdb.raft.journal import Journal, JournalFull
+from mcpdb.raft.journal import Journal, JournalFull, JournalSyncFailed
 from mcpdb.store.background_io import TRASH_PREFIX
 from tests.conftest import mounted_tmpfs
 
@@ -222,4 +223,27 @@ def test_a_slice_ends_where_its_commands_outgrow_the_budget_and_holds_one_entry_
         threshold = max(budget, 1)
         assert journal.reaches(first, last, threshold) == (held_bytes >= threshold)
     finally:
+        journal._destroy()
+
+
+def test_a_failed_write_of_the_term_and_vote_stops_the_node_as_a_failed_fsync_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``JournalSyncFailed`` makes the Raft thread exit the process (``RaftNode._onTick``): a term or
+    vote pysyncobj already holds in memory must never be acted on without being on disk."""
+    journal = Journal(str(tmp_path / "raft.journal"), APP_VERSION, True, 0)
+    try:
+        journal.setCurrentTerm(1, None)
+
+        def failing_fsync(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(JournalSyncFailed, match="term and vote"):
+            journal.setCurrentTerm(2, "127.0.0.1:1")
+        journal.add(b"x", 2, 2)
+        with pytest.raises(JournalSyncFailed, match="fsync of the Raft journal"):
+            journal.sync()
+    finally:
+        monkeypatch.undo()
         journal._destroy()

@@ -79,8 +79,9 @@ class JournalFull(OSError):
 
 
 class JournalSyncFailed(OSError):
-    """An fsync of the journal failed. After a failed fsync Linux may have dropped the dirty pages
-    and reports the error once: a retry that succeeds proves nothing, so the node must stop."""
+    """An fsync of the journal, or the write of its term and vote, failed. After a failed fsync Linux
+    may have dropped the dirty pages and reports the error once: a retry that succeeds proves
+    nothing, so the node must stop."""
 
 
 def _header(app_version: bytes) -> bytes:
@@ -550,9 +551,14 @@ class _MetaSlots:
         self._sequence += 1
         slot = self._sequence % 2
         head = _SLOT_HEAD.pack(_META_MAGIC, self._sequence, len(payload), zlib.crc32(payload))
-        os.pwrite(self._fd, (head + payload).ljust(_SLOT, b"\0"), slot * _SLOT)
-        if self._durable:
-            os.fsync(self._fd)
+        try:
+            os.pwrite(self._fd, (head + payload).ljust(_SLOT, b"\0"), slot * _SLOT)
+            if self._durable:
+                os.fsync(self._fd)
+        except OSError as error:
+            # pysyncobj holds the new term and vote in memory already: going on, a node could act in
+            # (or vote again in, after a restart) a term its disk never recorded (found by an audit).
+            raise JournalSyncFailed(error.errno, f"storing the Raft term and vote failed: {error}") from error
         self._stored = self._values()
 
     def _values(self) -> tuple[Any, ...]:

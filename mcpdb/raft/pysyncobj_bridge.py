@@ -30,6 +30,8 @@ The seams, each the narrowest one available in 0.3.17:
   ``_SyncObj__onTickCallbacks``, calling ``_SyncObj__sendAppendEntries``); ``_SyncObj__otherNodes`` and
   ``_SyncObj__getCurrentLogIndex`` tell a lone voter's leader not to wait in poll.
 - ``_SyncObj__noopIDx``: the index of the leader's election no-op, which ReadIndex waits for.
+- ``next_node_idx``, pysyncobj's reply to AppendEntries: stamped with the term it is sent in, and
+  dropped when received in another (``McpdbTransport._stale_reply``).
 - ``_SyncObj__raftCommitIndex`` and ``_SyncObj__raftLog.setRaftCommitIndex``, lowered back after a
   snapshot's message raised them past what this node verified (``McpdbTransport._commit_nothing_unverified``).
 - ``_SyncObj__sendAppendEntries``, wrapped, and ``_SyncObj__raftNextIndex``: a follower's next index
@@ -178,10 +180,9 @@ def _syncobj_conf(settings: RaftSettings, on_state_changed: Callable[[int, int],
         # tick's new entries (and a new commit index) in one message per follower instead.
         appendEntriesUseBatch=True,
         appendEntriesPeriod=settings.heartbeat_period,
-        # Above this size pysyncobj splits an entry into a chunked
-        # "transmission", a path the log guard does not reconcile: keep
-        # every entry the API accepts below it.
-        appendEntriesBatchSizeBytes=max(4 << 20, 2 * settings.max_entry_bytes),
+        # From this size pysyncobj splits an entry into a chunked "transmission", a path the log
+        # guard does not reconcile: Replication.propose refuses an entry that would reach it.
+        appendEntriesBatchSizeBytes=settings.entry_limit,
         autoTickPeriod=settings.tick_period,
         raftMinTimeout=settings.election_timeout[0],
         raftMaxTimeout=settings.election_timeout[1],
@@ -409,6 +410,8 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
     def _onMessageReceived(self, node: Node, message: Any) -> None:  # noqa: N802 - pysyncobj's name
         if isinstance(message, dict) and message.get("type") == KEEPALIVE:
             return  # its arrival already refreshed the connection's read time
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" and self._stale_reply(message):
+            return
         if isinstance(message, dict) and message.get("type") in MESSAGE_TYPES:
             if self.read_index is not None:
                 self.read_index.on_message(node, message)
@@ -445,6 +448,19 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
                 node,
                 {"type": "next_node_idx", "next_node_idx": result.ack_through + 1, "reset": False, "success": True},
             )
+
+    def _stale_reply(self, message: dict[str, Any]) -> bool:
+        """Whether a follower's reply to AppendEntries was sent in another term than this node's.
+
+        Raft's replies carry their term and a leader drops one that is not its current term's
+        (Figure 2): a reply says the follower's log matched the leader's *of that term*. pysyncobj's
+        ``next_node_idx`` carries none, and a leader raised a follower's match index from any success
+        it received while leading: a follower's acknowledgement of a deposed leader's entries, late
+        (a slow link, or its fsync before the release), counted for that node's write at the same
+        indexes once it led again, and committed it on a minority (``tests/test_raft_stale_acks.py``,
+        five voters). ``send`` stamps each reply with the term it was made in; a reply without one
+        (a node not yet upgraded) is taken as before."""
+        return "term" in message and message["term"] != self._syncObj.raftCurrentTerm
 
     def _commit_nothing_unverified(self, node: Node, message: dict[str, Any]) -> None:
         """Hand pysyncobj a snapshot's message (a chunk, or a heartbeat while the transfer is paced)
@@ -490,6 +506,8 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         return Reconciled(stripped)
 
     def send(self, node: Node, message: Any) -> bool:
+        if isinstance(message, dict) and message.get("type") == "next_node_idx":
+            message = {**message, "term": self._syncObj.raftCurrentTerm}  # see _stale_reply
         if self._connection_backed_up(node, message):
             return False
         if not self.durable or self.journal is None:

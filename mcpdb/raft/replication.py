@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from mcpdb.errors import (
+    EntryTooLarge,
     Indeterminate,
     InsufficientStorage,
     NewerFormat,
@@ -37,6 +38,7 @@ from mcpdb.store.commands import Command, Unreadable, decode, encode
 from mcpdb.store.state_machine import ContextStore
 
 _log = logging.getLogger(__name__)
+ENTRY_FRAMING_BYTES = 1024  # more than pysyncobj adds around a command: its type byte and the call's pickle
 CATCHING_UP_ENTRIES = 1000  # committed entries a follower may still have to apply and serve
 START_GRACE_S = 1.0  # a forced snapshot starts within a tick or two, unless nothing is new
 
@@ -124,6 +126,12 @@ class Replication:
             payload = encode(command)
         except orjson.JSONEncodeError as error:  # refused before anything enters the log
             raise Unserializable(f"the request holds a value that cannot be stored: {error}") from None
+        if len(payload) + ENTRY_FRAMING_BYTES >= self.settings.entry_limit:
+            raise EntryTooLarge(
+                f"stored with its fields' defaults this request is {len(payload):,} bytes, more than the "
+                f"{self.settings.entry_limit - ENTRY_FRAMING_BYTES:,} one log entry holds: send it in smaller "
+                "parts (fewer records or turns a request)"
+            )
         self._raft.propose(payload, done)
         try:
             result: dict[str, Any] = await asyncio.wait_for(future, timeout)

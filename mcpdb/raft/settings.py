@@ -31,3 +31,11 @@ class RaftSettings:
     heartbeat_period: float = 0.05
     tick_period: float = 0.05
     election_timeout: tuple[float, float] = ELECTION_TIMEOUT_S
+
+    @property
+    def entry_limit(self) -> int:
+        """Bytes from which pysyncobj sends an entry as a chunked "transmission", a path the log guard
+        cannot reconcile (a re-sent one truncates the entries after it): no entry that large is
+        proposed (``Replication.propose``). Four times the largest request body: stored with their
+        fields' defaults, short turns or records more than double a body."""
+        return max(4 << 20, 4 * self.max_entry_bytes)
