@@ -42,6 +42,10 @@ The seams, each the narrowest one available in 0.3.17:
   (``mcpdb.raft.apply_slices``); the index is put back before the wrapper returns. Before it, a
   bulk entry next to apply is prepared a step per tick, read with ``_SyncObj__getEntries``
   (``RaftNode._bulk_entry_in_preparation``).
+- The voters a snapshot records (``SnapshotSerializer.serialize``), taken back to its index with
+  ``_SyncObj__parseChangeClusterRequest`` and ``_SyncObj__nodeClass`` (``RaftNode.voters_at``).
+- ``_SyncObj__loadDumpFile``, wrapped: a follower's install keeps the entries past the snapshot
+  (``RaftNode._wrap_load_dump_file``).
 - ``_doDestroy``, overridden to drop an entry being prepared on the Raft thread as it stops.
 - ``_onReadonlyNodeDisconnected``, overridden on the transport to cancel the replica's snapshot
   transfer through ``_SyncObj__serializer`` before pysyncobj forgets the replica.
@@ -152,6 +156,7 @@ Apply = Callable[[int, bytes], dict[str, Any] | None]
 # prepare(index, payload, seconds): a step of that entry's apply; whether it is whole (ContextStore.prepare)
 Prepare = Callable[[int, Callable[[], bytes], float], bool]
 _REGULAR = bytes([_COMMAND_TYPE.REGULAR])  # the type byte pysyncobj puts before a @replicated call's pickle
+_MEMBERSHIP = bytes([_COMMAND_TYPE.MEMBERSHIP])  # ... and before a membership change's
 # Committed entries a namespace's read looks through to find those it must wait for (``last_entry_for``);
 # a longer backlog is waited for whole. At a few entries a tick, a read usually looks at one to five.
 SCOPED_SCAN_ENTRIES = 256
@@ -243,11 +248,13 @@ class SnapshotSerializer:
         backlog: Callable[[Node], int],
         after_install: Callable[[], None],
         nothing_to_send: Callable[[Node], None],
+        voters_at: Callable[[int, set[Node]], set[Node]],
     ):
         self._snapshots = snapshots
         self._backlog = backlog
         self._after_install = after_install
         self._nothing_to_send = nothing_to_send
+        self._voters_at = voters_at
         self._id: int | None = None
 
     def checkSerializing(self) -> tuple[int, int | None]:  # noqa: N802 - pysyncobj's names
@@ -259,8 +266,11 @@ class SnapshotSerializer:
         return (SERIALIZER_STATE.SUCCESS if done.error is None else SERIALIZER_STATE.FAILED), self._id
 
     def serialize(self, data: tuple[Any, ...], id: int) -> None:  # noqa: A002 - pysyncobj's name
+        """data: pysyncobj's own state (None with a serializer), its last applied entry, the one
+        before, and the voters as it holds them now, which ``voters_at`` takes back to that entry."""
         self._id = id
-        self._snapshots.start(data[1:])  # data[0] is pysyncobj's own state: None with a serializer
+        _, last, previous, voters = data
+        self._snapshots.start((last, previous, self._voters_at(last[1], voters)))
 
     def deserialize(self) -> tuple[Any, ...]:
         return (None, *self._snapshots.install(self._after_install))
@@ -308,7 +318,9 @@ def _swap_journal(node: Any, durable: bool) -> Journal:
     journal = Journal(node.conf.journalFile, APP_VERSION, durable, node._settings.disk_reserve_bytes)
     align_with_snapshot(journal, node.conf.fullDumpFile)
     node._SyncObj__raftLog = journal
-    node._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])
+    # Empty only after a stop inside a snapshot's install (between the journal's clear and pysyncobj's
+    # writing the snapshot's two entries): pysyncobj then starts it again from the snapshot.
+    node._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2] if len(journal) else 0)
     node._SyncObj__votedForNodeId = journal.getVotedForNodeId()
     node._SyncObj__raftCommitIndex = journal.getRaftCommitIndex()
     return journal
@@ -353,7 +365,11 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             # and before the Raft thread starts, so these swaps race nothing. (A bare SyncObj keeps
             # pysyncobj's parts: the log guard's tests drive one without a thread or files.)
             syncObj._SyncObj__serializer = SnapshotSerializer(
-                syncObj.snapshots, self._backlog, syncObj.reset_election_timer, syncObj.end_transfer_round
+                syncObj.snapshots,
+                self._backlog,
+                syncObj.reset_election_timer,
+                syncObj.end_transfer_round,
+                syncObj.voters_at,
             )
             self.journal = _swap_journal(syncObj, self.durable)
             syncObj.addOnTickCallback(self.journal.sync)
@@ -548,6 +564,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
     _SyncObj__sendAppendEntries: Callable[[], None]  # pysyncobj's, wrapped (_wrap_send_append_entries)
     _SyncObj__applyLogEntries: Callable[[], bool]  # pysyncobj's, wrapped (_wrap_apply_log_entries)
+    _SyncObj__loadDumpFile: Callable[[bool], None]  # pysyncobj's, wrapped (_wrap_load_dump_file)
 
     def __init__(self, settings: RaftSettings, store: ContextStore, apply: Apply, prepare: Prepare) -> None:
         check_pysyncobj_version()
@@ -605,6 +622,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         self._wrap_poll()
         self._wrap_send_append_entries()
         self._wrap_apply_log_entries()
+        self._wrap_load_dump_file()
         # First, before the transport's journal fsync: followers write the entries while this node does.
         self._SyncObj__onTickCallbacks.insert(0, self._send_appended)
         self.addOnTickCallback(self._commit_and_notify)
@@ -726,6 +744,46 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
     def _took_bulk(self) -> None:
         if self._isLeader():  # it is appended next; a follower forwards it instead
             self._bulk_index = self._SyncObj__getCurrentLogIndex() + 1
+
+    def voters_at(self, index: int, voters: set[Node]) -> set[Node]:
+        """``voters`` (this node's configuration now) as it was once ``index`` was applied: the
+        membership changes appended after it, in effect from their append and rolled back if a new
+        leader replaces them, undone. pysyncobj recorded the voters of the moment in a snapshot, so a
+        change appended but never committed survived its rollback there, and came back with a restart
+        from that snapshot, or with the snapshot sent to a follower (an audit reproduced it:
+        ``tests/test_snapshot_membership.py``)."""
+        journal = self._SyncObj__raftLog
+        at = set(voters)
+        for later in range(self._SyncObj__getCurrentLogIndex(), index, -1):
+            if journal.command_head(later, 1) != _MEMBERSHIP:
+                continue
+            request = self._SyncObj__parseChangeClusterRequest(journal.command_head(later, 1 << 20))
+            node = request[2] if len(request) >= 3 else self._SyncObj__nodeClass(request[1])
+            if request[0] == "add":
+                at.discard(node)
+            elif request[0] == "rem":
+                at.add(node)
+        return at
+
+    def _wrap_load_dump_file(self) -> None:
+        """Install a leader's snapshot keeping this node's entries past it, when its journal holds the
+        snapshot's last two entries (Raft, Figure 13: "retain log entries following it").
+
+        pysyncobj installs with ``clearJournal=True``: every entry went, including ones past the
+        snapshot that this node had acknowledged and its leader went on counting (a match index only
+        rises), so an entry could be committed, its writer told so, and be held by the leader alone
+        (an audit reproduced it: ``tests/test_snapshot_install.py``). The journal is compacted to the
+        snapshot first, as at start-up after a stop between a snapshot's rename and the compaction
+        (``align_with_snapshot``); pysyncobj then keeps a journal that begins with those two entries
+        and clears one that does not, as before."""
+        load_dump_file = self._SyncObj__loadDumpFile
+
+        def keeping_what_follows(clearJournal: bool) -> None:  # noqa: N803 - pysyncobj's name
+            if clearJournal:
+                align_with_snapshot(self._SyncObj__raftLog, _snapshot_path(self._settings))
+            load_dump_file(False)  # keeps a journal that begins with the snapshot's two entries
+
+        self._SyncObj__loadDumpFile = keeping_what_follows
 
     def _wrap_apply_log_entries(self) -> None:
         """Apply a tick's committed entries in slices, within a time budget (``apply_slices``); a
