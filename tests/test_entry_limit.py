@@ -9,8 +9,10 @@ import asyncio
 import pickle
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pysyncobj.config import FAIL_REASON
 from pysyncobj.syncobj import _COMMAND_TYPE
 
 from mcpdb.errors import EntryTooLarge
@@ -71,6 +73,9 @@ def test_a_proposal_whose_entry_would_be_chunked_is_refused_before_the_log(tmp_p
             asyncio.run(replication.propose(huge, 10.0))
         fits = commands.Put("ns", "big", {"kind": "memory", "facts": [fact[: limit // 4]]}, None, None, 1.0)
         asyncio.run(replication.propose(fits, 10.0))
+        refused: list[Any] = []  # one forwarded by a node whose own limit is larger
+        replication._raft._applyCommand(b"x" * limit, lambda result, error: refused.append(error))
+        assert refused == [FAIL_REASON.REQUEST_DENIED]
         wait_until(lambda: replication.status()["commit_index"] > before, "the status never showed the write")
         assert replication.status()["commit_index"] == before + 1  # the refused one never entered the log
         assert store.get("ns", "big") is not None

@@ -241,6 +241,11 @@ def test_a_failed_write_of_the_term_and_vote_stops_the_node_as_a_failed_fsync_do
         monkeypatch.setattr(os, "fsync", failing_fsync)
         with pytest.raises(JournalSyncFailed, match="term and vote"):
             journal.setCurrentTerm(2, "127.0.0.1:1")
+        with pytest.raises(JournalSyncFailed, match="term and vote"):
+            journal.sync()  # again, at the next tick's start, if pysyncobj swallowed the first
+        monkeypatch.undo()
+        journal._meta.failed = None
+        monkeypatch.setattr(os, "fsync", failing_fsync)
         journal.add(b"x", 2, 2)
         with pytest.raises(JournalSyncFailed, match="fsync of the Raft journal"):
             journal.sync()

@@ -121,8 +121,12 @@ def _ack(through: int) -> dict[str, Any]:
     return {"type": "next_node_idx", "next_node_idx": through + 1, "reset": False, "success": True, "term": 1}
 
 
-def test_an_install_keeps_the_acknowledged_entries_past_the_snapshot(tmp_path: Path) -> None:
-    L, F, C = (f"127.0.0.1:{free_port()}" for _ in range(3))
+@pytest.mark.parametrize("tenth", ["a write", "adding a voter"])
+def test_an_install_keeps_the_acknowledged_entries_past_the_snapshot(tmp_path: Path, tenth: str) -> None:
+    """With index 10 a write, it is committed counting F, and F still holds it after the install. With
+    index 10 the addition of voter D (not committed: the leader then needs 3 of 4), F keeps it and it
+    stays in effect on F, as from its append (a reviewer found the snapshot's voters replacing it)."""
+    L, F, C, D = (f"127.0.0.1:{free_port()}" for _ in range(4))
     leader, follower = _Node(tmp_path, L, [F, C]), _Node(tmp_path, F, [L, C])
     outcome: dict[str, Any] = {}
 
@@ -176,7 +180,10 @@ def test_an_install_keeps_the_acknowledged_entries_past_the_snapshot(tmp_path: P
         assert leader.log()[0] == (8, 1)
         resent += leader.new(F)
         # C falls silent (down, or slow). A write w, index 10, is sent to F behind the re-sent entries.
-        leader.raft.propose(_put("w"), lambda result, refusal: outcome.__setitem__("w", (result, refusal)))
+        if tenth == "a write":
+            leader.raft.propose(_put("w"), lambda result, refusal: outcome.__setitem__("w", (result, refusal)))
+        else:
+            leader.raft.change_membership("add", D, lambda refusal: outcome.__setitem__("w", (None, refusal)))
         leader.tick()
         resent += leader.new(F)
         to_follower(resent)
@@ -193,7 +200,8 @@ def test_an_install_keeps_the_acknowledged_entries_past_the_snapshot(tmp_path: P
         to_leader(acknowledgement)
         leader.tick()
         leader.tick()
-        assert leader.raft.raftCommitIndex == 10 and outcome.get("w", (None, "pending"))[1] is None, outcome
+        if tenth == "a write":
+            assert leader.raft.raftCommitIndex == 10 and outcome.get("w", (None, "pending"))[1] is None, outcome
         # F installs the snapshot. (The AppendEntries re-sending w after it is lost with the link, or with L.)
         for chunk in chunks:
             follower.deliver(L, chunk)
@@ -201,6 +209,8 @@ def test_an_install_keeps_the_acknowledged_entries_past_the_snapshot(tmp_path: P
             f"after installing the snapshot at 9, F's log is {follower.log()}: w (index 10, term 1), which F "
             "acknowledged and which was committed and reported a success counting F, is held by the leader alone"
         )
+        if tenth == "adding a voter":
+            assert D in follower.raft.voters(), f"F keeps 'add {D}' at 10, yet its voters are {follower.raft.voters()}"
     finally:
         leader.stop()
         follower.stop()

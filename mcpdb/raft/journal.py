@@ -455,7 +455,11 @@ class Journal:
         self._meta.store_if_changed()
 
     def sync(self) -> None:
-        """fsync the segments written since the last sync (durable mode)."""
+        """fsync the segments written since the last sync (durable mode). Raises the term and vote's
+        failed write again: pysyncobj swallows an exception in some of its paths (a snapshot's
+        install), and the Raft thread calls this at every tick's start, where it stops the node."""
+        if self._meta.failed is not None:
+            raise self._meta.failed
         for segment in self._segments:
             if segment.dirty:
                 if self._durable:
@@ -484,6 +488,7 @@ class _MetaSlots:
 
     def __init__(self, path: str, durable: bool) -> None:
         self._durable = durable
+        self.failed: JournalSyncFailed | None = None  # raised again by every Journal.sync once set
         self.term = 0
         self.voted_for: Any = None
         self.commit_index = 1
@@ -558,7 +563,8 @@ class _MetaSlots:
         except OSError as error:
             # pysyncobj holds the new term and vote in memory already: going on, a node could act in
             # (or vote again in, after a restart) a term its disk never recorded (found by an audit).
-            raise JournalSyncFailed(error.errno, f"storing the Raft term and vote failed: {error}") from error
+            self.failed = JournalSyncFailed(error.errno, f"storing the Raft term and vote failed: {error}")
+            raise self.failed from error
         self._stored = self._values()
 
     def _values(self) -> tuple[Any, ...]:

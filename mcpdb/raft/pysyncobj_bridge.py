@@ -44,8 +44,9 @@ The seams, each the narrowest one available in 0.3.17:
   (``RaftNode._bulk_entry_in_preparation``).
 - The voters a snapshot records (``SnapshotSerializer.serialize``), taken back to its index with
   ``_SyncObj__parseChangeClusterRequest`` and ``_SyncObj__nodeClass`` (``RaftNode.voters_at``).
-- ``_SyncObj__loadDumpFile``, wrapped: a follower's install keeps the entries past the snapshot
-  (``RaftNode._wrap_load_dump_file``).
+- ``_SyncObj__loadDumpFile``, wrapped: a follower's install keeps the entries past the snapshot, and
+  the membership changes among them stay in effect (``_SyncObj__doChangeCluster``;
+  ``RaftNode._wrap_load_dump_file``).
 - ``_doDestroy``, overridden to drop an entry being prepared on the Raft thread as it stops.
 - ``_onReadonlyNodeDisconnected``, overridden on the transport to cancel the replica's snapshot
   transfer through ``_SyncObj__serializer`` before pysyncobj forgets the replica.
@@ -125,7 +126,9 @@ _NOT_APPLIED = {
     FAIL_REASON.MISSING_LEADER: "no leader is elected (no quorum, or an election is under way)",
     FAIL_REASON.DISCARDED: "a new leader replaced the entry before it committed",
     FAIL_REASON.NOT_LEADER: "the node it was sent to is no longer the leader",
-    FAIL_REASON.REQUEST_DENIED: "the leader refused the request (its disk alarm is raised?)",
+    FAIL_REASON.REQUEST_DENIED: (
+        "the leader refused the request (its disk alarm is raised, or the entry is over its size limit)"
+    ),
 }
 
 
@@ -367,7 +370,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             syncObj._SyncObj__serializer = SnapshotSerializer(
                 syncObj.snapshots,
                 self._backlog,
-                syncObj.reset_election_timer,
+                syncObj.after_install,
                 syncObj.end_transfer_round,
                 syncObj.voters_at,
             )
@@ -765,6 +768,15 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
                 at.add(node)
         return at
 
+    def after_install(self) -> None:
+        """Once a snapshot is in the store (a leader's, or this node's own at start-up): the election
+        timer restarts (the install took a while, and the leader is alive), and the journal is
+        compacted to the snapshot if it holds its last two entries, so that pysyncobj keeps what
+        follows them (``_wrap_load_dump_file``). Only now: an install that fails leaves the journal
+        whole."""
+        self.reset_election_timer()
+        align_with_snapshot(self._SyncObj__raftLog, _snapshot_path(self._settings))
+
     def _wrap_load_dump_file(self) -> None:
         """Install a leader's snapshot keeping this node's entries past it, when its journal holds the
         snapshot's last two entries (Raft, Figure 13: "retain log entries following it").
@@ -772,16 +784,21 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         pysyncobj installs with ``clearJournal=True``: every entry went, including ones past the
         snapshot that this node had acknowledged and its leader went on counting (a match index only
         rises), so an entry could be committed, its writer told so, and be held by the leader alone
-        (an audit reproduced it: ``tests/test_snapshot_install.py``). The journal is compacted to the
-        snapshot first, as at start-up after a stop between a snapshot's rename and the compaction
-        (``align_with_snapshot``); pysyncobj then keeps a journal that begins with those two entries
-        and clears one that does not, as before."""
+        (an audit reproduced it: ``tests/test_snapshot_install.py``). ``after_install`` compacts the
+        journal to the snapshot, as at start-up after a stop between a snapshot's rename and the
+        compaction; pysyncobj then keeps a journal that begins with those two entries and clears one
+        that does not, as before. The snapshot's voters replace the configuration, so the membership
+        changes in the entries kept are put back in effect, as pysyncobj does when it appends them
+        (Raft: a node uses the latest configuration in its log, committed or not)."""
         load_dump_file = self._SyncObj__loadDumpFile
 
         def keeping_what_follows(clearJournal: bool) -> None:  # noqa: N803 - pysyncobj's name
-            if clearJournal:
-                align_with_snapshot(self._SyncObj__raftLog, _snapshot_path(self._settings))
             load_dump_file(False)  # keeps a journal that begins with the snapshot's two entries
+            journal = self._SyncObj__raftLog
+            for index in range(self.raftLastApplied + 1, self._SyncObj__getCurrentLogIndex() + 1):
+                if journal.command_head(index, 1) == _MEMBERSHIP:
+                    command = journal.command_head(index, 1 << 20)
+                    self._SyncObj__doChangeCluster(self._SyncObj__parseChangeClusterRequest(command))
 
         self._SyncObj__loadDumpFile = keeping_what_follows
 
@@ -915,7 +932,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
             self._SyncObj__sendAppendEntries()
 
     def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:  # noqa: N802, N803
-        """pysyncobj's queueing of a proposal (a write, a membership change), then a wake-up."""
+        """pysyncobj's queueing of a proposal (a write, a membership change), then a wake-up. One
+        forwarded by a node with a larger ``--max-body-bytes`` than this one's is refused here if its
+        entry would reach this node's ``entry_limit`` (``Replication.propose`` refuses a local one)."""
+        if len(command) + 1 >= self._settings.entry_limit:
+            self._SyncObj__callErrCallback(FAIL_REASON.REQUEST_DENIED, callback)
+            return
         super()._applyCommand(command, callback, commandType)
         self.wake()
 
