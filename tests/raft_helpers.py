@@ -9,7 +9,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pysyncobj.transport import TCPTransport
+
 from mcpdb.ops.localcluster import free_port
+from mcpdb.raft import pysyncobj_bridge
 from mcpdb.raft.replication import Replication
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.store.state_machine import ContextStore
@@ -125,3 +128,19 @@ def slow_preparations(
             return prepare(index, lambda: decoded, step_s, *args, **kwargs)
 
         monkeypatch.setattr(store, "prepare", stepped)
+
+
+def ticked_by_hand(monkeypatch: Any, send: Callable[[Any, Any, Any], bool]) -> None:
+    """Voters built after this have no Raft thread: they tick when the test calls ``doTick``; what
+    their transports would put on a connection goes to ``send(transport, to, message)`` instead, and
+    they open no connection."""
+    conf = pysyncobj_bridge._syncobj_conf
+
+    def manual(*args: Any, **kwargs: Any) -> Any:
+        made = conf(*args, **kwargs)
+        made.autoTick = False
+        return made
+
+    monkeypatch.setattr(pysyncobj_bridge, "_syncobj_conf", manual)
+    monkeypatch.setattr(TCPTransport, "send", send)
+    monkeypatch.setattr(TCPTransport, "_connectIfNecessary", lambda transport: None)

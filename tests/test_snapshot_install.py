@@ -29,35 +29,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pysyncobj.transport import TCPTransport
 
 from mcpdb.ops.localcluster import free_port
-from mcpdb.raft import pysyncobj_bridge
 from mcpdb.raft.journal import Journal
 from mcpdb.raft.pysyncobj_bridge import KEEPALIVE
 from mcpdb.store.commands import Put, encode
-from tests.raft_helpers import in_process_voter
+from tests.raft_helpers import in_process_voter, ticked_by_hand
 
 _SENT: dict[Any, list[tuple[str, dict[str, Any]]]] = {}  # transport -> (recipient address, message)
 
 
 @pytest.fixture(autouse=True)
 def _ticked_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    conf = pysyncobj_bridge._syncobj_conf
-
-    def manual(*args: Any, **kwargs: Any) -> Any:
-        made = conf(*args, **kwargs)
-        made.autoTick = False
-        return made
-
     def record(transport: Any, to: Any, message: Any) -> bool:
         if not (isinstance(message, dict) and message.get("type") == KEEPALIVE):
             _SENT.setdefault(transport, []).append((to.address, message))
         return True
 
-    monkeypatch.setattr(pysyncobj_bridge, "_syncobj_conf", manual)
-    monkeypatch.setattr(TCPTransport, "send", record)
-    monkeypatch.setattr(TCPTransport, "_connectIfNecessary", lambda transport: None)
+    ticked_by_hand(monkeypatch, record)
 
 
 class _Node:

@@ -29,12 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pysyncobj.transport import TCPTransport
 
 from mcpdb.ops.localcluster import free_port
-from mcpdb.raft import pysyncobj_bridge
 from mcpdb.store.commands import Put, encode
-from tests.raft_helpers import in_process_voter
+from tests.raft_helpers import in_process_voter, ticked_by_hand
 
 NO_OP = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP
 MEMBERSHIP = b"\x03"  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP
@@ -42,16 +40,7 @@ MEMBERSHIP = b"\x03"  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP
 
 @pytest.fixture(autouse=True)
 def _ticked_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    conf = pysyncobj_bridge._syncobj_conf
-
-    def manual(*args: Any, **kwargs: Any) -> Any:
-        made = conf(*args, **kwargs)
-        made.autoTick = False
-        return made
-
-    monkeypatch.setattr(pysyncobj_bridge, "_syncobj_conf", manual)
-    monkeypatch.setattr(TCPTransport, "send", lambda transport, to, message: True)
-    monkeypatch.setattr(TCPTransport, "_connectIfNecessary", lambda transport: None)
+    ticked_by_hand(monkeypatch, lambda transport, to, message: True)
 
 
 def _start(root: Path, address: str, peers: list[str]) -> tuple[Any, Any]:
