@@ -30,6 +30,7 @@ from jepsen_like.history import Recorder
 from jepsen_like.nemesis import Schedule, resolve
 from jepsen_like.netlab import availability
 from jepsen_like.workloads import WORKLOADS, ListAppendWorkload, Outcome, RegisterWorkload, namespace_of
+from mcpdb.client import Client
 
 CLIENT_TIMEOUT_S = 3.0
 NODE_REQUEST_TIMEOUT_S = 2.0
@@ -163,23 +164,11 @@ def run(config: RunConfig, on_progress: Callable[[float, int], None] | None = No
 
 
 def _client_token(test: cluster_module.TestCluster, workloads: list[Any]) -> str:
-    """A token with write scope in each namespace the workloads use, minted with the bootstrap token."""
+    """A token with write scope in each namespace the workloads use, minted with the bootstrap token
+    (``Client`` tries the next node, and retries a refusal that certainly applied nothing)."""
     scopes = {namespace_of(key): "write" for workload in workloads for key in workload.keys}
-    headers = {"Authorization": f"Bearer {test.token}"}
-    deadline = time.monotonic() + 30
-    while True:
-        for node in test.node_ids:
-            try:
-                response = httpx.post(
-                    f"{test.url(node)}/v1/tokens", json={"scopes": scopes}, headers=headers, timeout=CLIENT_TIMEOUT_S
-                )
-            except httpx.HTTPError:
-                continue
-            if response.status_code == 201:
-                return str(response.json()["token"])
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"could not mint the clients' token: {response.status_code} {response.text[:200]}")
-        time.sleep(0.5)
+    with Client([test.url(node) for node in test.node_ids], token=test.token) as root:
+        return str(root.create_token(scopes)["token"])
 
 
 def _preload(test: cluster_module.TestCluster, contexts: int) -> dict[str, Any]:

@@ -65,7 +65,7 @@ import logging
 import os
 import pickle
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -755,18 +755,22 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
         change appended but never committed survived its rollback there, and came back with a restart
         from that snapshot, or with the snapshot sent to a follower (an audit reproduced it:
         ``tests/test_snapshot_membership.py``)."""
-        journal = self._SyncObj__raftLog
         at = set(voters)
-        for later in range(self._SyncObj__getCurrentLogIndex(), index, -1):
-            if journal.command_head(later, 1) != _MEMBERSHIP:
-                continue
-            request = self._SyncObj__parseChangeClusterRequest(journal.command_head(later, 1 << 20))
+        for request in self._membership_changes(range(self._SyncObj__getCurrentLogIndex(), index, -1)):
             node = request[2] if len(request) >= 3 else self._SyncObj__nodeClass(request[1])
             if request[0] == "add":
                 at.discard(node)
             elif request[0] == "rem":
                 at.add(node)
         return at
+
+    def _membership_changes(self, indexes: Iterable[int]) -> Iterator[list[Any]]:
+        """The membership changes (pysyncobj's ``['add' | 'rem', node id, node]``) among the journal's
+        entries at ``indexes``, in that order; only a change's first byte is read for the others."""
+        journal = self._SyncObj__raftLog
+        for index in indexes:
+            if journal.command_head(index, 1) == _MEMBERSHIP:
+                yield self._SyncObj__parseChangeClusterRequest(journal.command_head(index, 1 << 20))
 
     def after_install(self) -> None:
         """Once a snapshot is in the store (a leader's, or this node's own at start-up): the election
@@ -794,11 +798,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
 
         def keeping_what_follows(clearJournal: bool) -> None:  # noqa: N803 - pysyncobj's name
             load_dump_file(False)  # keeps a journal that begins with the snapshot's two entries
-            journal = self._SyncObj__raftLog
-            for index in range(self.raftLastApplied + 1, self._SyncObj__getCurrentLogIndex() + 1):
-                if journal.command_head(index, 1) == _MEMBERSHIP:
-                    command = journal.command_head(index, 1 << 20)
-                    self._SyncObj__doChangeCluster(self._SyncObj__parseChangeClusterRequest(command))
+            kept = range(self.raftLastApplied + 1, self._SyncObj__getCurrentLogIndex() + 1)
+            for request in self._membership_changes(kept):
+                self._SyncObj__doChangeCluster(request)
 
         self._SyncObj__loadDumpFile = keeping_what_follows
 
