@@ -16,6 +16,7 @@ import pysyncobj.pickle
 import pytest
 
 from mcpdb.auth import Scope, new_token
+from mcpdb.errors import NotApplied
 from mcpdb.node.http.access import Authenticator, token_check_scope
 from mcpdb.raft.pysyncobj_bridge import _REGULAR, SCOPED_SCAN_ENTRIES
 from mcpdb.service import Confirmed, Consistency, ContextService
@@ -279,13 +280,22 @@ def test_committed_entries_scopes_are_read_once_and_forgotten_below_the_applied_
     """``RaftNode.last_entry_for`` reads each committed entry's head once, however many reads look at it,
     and keeps the scopes of no more entries than a read may look through (twice ``SCOPED_SCAN_ENTRIES``)."""
     with in_process_cluster(tmp_path) as voters:
-        (leader, _), *_ = voters
 
-        async def writes() -> None:
-            puts = [Put("a", f"k{n}", {"kind": "memory", "facts": ["x"]}, None, None, 1.0) for n in range(700)]
+        async def writes(first: int) -> None:
+            puts = [
+                Put("a", f"k{n}", {"kind": "memory", "facts": ["x"]}, None, None, 1.0) for n in range(first, first + 50)
+            ]
             await asyncio.gather(*(leader.propose(put, 30.0) for put in puts))
 
-        asyncio.run(writes())
+        for first in range(0, 700, 50):  # in groups, each again if the leader changed under the load
+            while True:
+                wait_until(lambda: any(voter.is_leader() for voter, _ in voters), "no leader")
+                leader = next(voter for voter, _ in voters if voter.is_leader())
+                try:
+                    asyncio.run(writes(first))
+                    break
+                except NotApplied:
+                    continue
         raft = leader._raft
         reads: list[int] = []
         read_scope_at = raft._read_scope_at
