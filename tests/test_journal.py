@@ -172,6 +172,27 @@ def test_a_full_disk_is_a_flag_then_a_refused_entry_never_a_crash_and_space_retu
         reopened.add(b"after", index, 1)
 
 
+def test_a_cleared_journal_takes_a_snapshots_two_entries_on_a_full_disk(tmp_path: Path) -> None:
+    """A follower's install empties the journal, then adds the snapshot's last two entries: they fit in the
+    space it had reserved, whatever the disk has left (``Journal.clear``)."""
+    with mounted_tmpfs(tmp_path / "small", "160m") as disk:
+        journal = Journal(str(disk / "journal"), APP_VERSION, True, RESERVE_BYTES, segment_bytes=1 << 20)
+        for index in range(1, 40):  # several segments
+            journal.add(b"x" * (64 << 10), index, 1)
+        with open(disk / "filler", "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * (1 << 20))
+        journal.clear()
+        journal.add(b"previous", 99, 2)
+        journal.add(b"last", 100, 2)
+        journal.sync()
+        journal._destroy()
+        assert _entries(Journal(str(disk / "journal"), APP_VERSION, True, RESERVE_BYTES)) == [
+            (b"previous", 99, 2),
+            (b"last", 100, 2),
+        ]
+
+
 def _command(index: int) -> bytes:
     return hashlib.sha256(str(index).encode()).digest() * 2048  # 64 KiB, made again to compare
 

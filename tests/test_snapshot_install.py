@@ -24,6 +24,7 @@ voter C is simulated by hand-made messages.
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from mcpdb.ops.localcluster import free_port
+from mcpdb.raft import journal as journal_module
 from mcpdb.raft.journal import Journal
 from mcpdb.raft.pysyncobj_bridge import KEEPALIVE
 from mcpdb.store.commands import Put, encode
@@ -50,8 +52,10 @@ def _ticked_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class _Node:
-    def __init__(self, root: Path, address: str, peers: list[str]) -> None:
-        self.replication, self.store = in_process_voter(root / address.replace(":", "_"), address, peers)
+    def __init__(self, root: Path, address: str, peers: list[str], disk_reserve_bytes: int = 0) -> None:
+        self.replication, self.store = in_process_voter(
+            root / address.replace(":", "_"), address, peers, disk_reserve_bytes=disk_reserve_bytes
+        )
         self.raft = self.replication._raft
         self.sent = _SENT.setdefault(self.raft._SyncObj__transport, [])
         self.read = 0
@@ -205,6 +209,118 @@ def test_an_install_keeps_the_acknowledged_entries_past_the_snapshot(tmp_path: P
         follower.stop()
 
 
+def test_a_follower_past_the_leaders_snapshot_does_not_install_it(tmp_path: Path) -> None:
+    """A reset F sent while it had a gap lands late: F has since taken the re-sent entries, applied
+    through 10 and written its own snapshot at 10 (journal 9..11), and the leader, its next index for F
+    fallen to its first, sends its snapshot at 9. Installed, it cleared F's journal (it does not hold
+    8..9), and w at 11, acknowledged by F and committed counting it, was held by the leader alone (C's
+    log ends at 10: if L stops, C wins F's vote and replaces 11). F keeps its log and state, and its
+    answer moves the leader's next index for it past the snapshot. Found by an audit in session 25;
+    failed on every run before (3 of 3)."""
+    L, F, C = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    leader, follower = _Node(tmp_path, L, [F, C]), _Node(tmp_path, F, [L, C])
+    outcome: dict[str, Any] = {}
+    try:
+        leader.stand(C)
+        leader.tick()
+        for message in leader.new(F):
+            if message["type"] == "append_entries":
+                follower.deliver(L, message)
+        for message in follower.new(L):
+            if message["type"] == "next_node_idx":
+                leader.deliver(F, message)
+        leader.deliver(C, _ack(2))
+        for key in ("a", "b", "c"):  # 3..5 on every voter
+            leader.raft.propose(_put(key), lambda *_: None)
+        leader.tick()
+        leader.deliver(C, _ack(5))
+        leader.tick()
+        for message in leader.new(F):
+            follower.deliver(L, message)
+        for message in follower.new(L):
+            if message["type"] == "next_node_idx":
+                leader.deliver(F, message)
+        assert leader.raft.raftCommitIndex == 5 and follower.log()[-1] == (5, 1)
+
+        # 6..7: the batch carrying them to F is lost (dropped for a backed-up connection).
+        for key in ("d", "e"):
+            leader.raft.propose(_put(key), lambda *_: None)
+        leader.tick()
+        leader.new(F)
+        leader.deliver(C, _ack(7))
+        resets = []
+        for key in ("f", "g"):  # 8 and 9 reach F, which lacks 6: a reset to 6 for each
+            leader.raft.propose(_put(key), lambda *_: None)
+            leader.tick()
+            for message in leader.new(F):
+                follower.deliver(L, message)
+            resets += [m for m in follower.new(L) if m["type"] == "next_node_idx"]
+        assert len(resets) >= 2 and all((m["next_node_idx"], m["reset"]) == (6, True) for m in resets)
+        leader.deliver(C, _ack(9))
+        assert leader.raft.raftLastApplied == 9
+
+        leader.deliver(F, resets[0])  # the first reset: L re-sends 6..9
+        leader.raft._SyncObj__sendAppendEntries()
+        to_f = leader.new(F)
+        leader.snapshot()  # L's snapshot at 9: its log is 8..9
+        assert leader.log()[0] == (8, 1)
+        to_f += leader.new(F)
+        leader.raft.propose(_put("x"), lambda *_: None)  # 10, committed with C, F told so
+        leader.tick()
+        leader.deliver(C, _ack(10))
+        leader.tick()
+        assert leader.raft.raftCommitIndex == 10
+        to_f += leader.new(F)
+        # C falls silent. A write w, index 11.
+        leader.raft.propose(_put("w"), lambda result, refusal: outcome.__setitem__("w", (result, refusal)))
+        leader.tick()
+        to_f += leader.new(F)
+
+        for message in to_f:  # all of it reaches F, before the last reset reaches L
+            follower.deliver(L, message)
+        assert follower.log()[-1] == (11, 1) and follower.raft.raftLastApplied == 10
+        acknowledgement = [m for m in follower.new(L) if m["type"] == "next_node_idx"]
+        assert acknowledgement[-1]["success"] and acknowledgement[-1]["next_node_idx"] == 12
+        follower.snapshot()  # F's own snapshot, at 10 (its size trigger, here forced)
+        assert follower.log()[0] == (9, 1), follower.log()
+
+        # The last reset, sent long before, lands: L's next index for F falls to 6, and L sends its snapshot.
+        leader.deliver(F, resets[-1])
+        leader.raft._SyncObj__sendAppendEntries()
+        chunks = [m for m in leader.new(F) if "serialized" in m]
+        assert chunks and chunks[-1]["serialized"][2]
+        # F's acknowledgement of 11 lands: w commits on L and F, and its writer is told so.
+        for message in acknowledgement:
+            leader.deliver(F, message)
+        leader.tick()
+        leader.tick()
+        assert leader.raft.raftCommitIndex == 11 and outcome.get("w", (None, "pending"))[1] is None, outcome
+
+        own_snapshot = follower.raft.snapshots.last
+        for chunk in chunks:  # L's older snapshot reaches F
+            follower.deliver(L, chunk)
+        applied = follower.raft.raftLastApplied
+        assert (11, 1) in follower.log() and applied >= 10, (
+            f"F, whose own snapshot was at 10, installed L's at 9: its log is now {follower.log()} and its "
+            f"applied index {applied} (store: {follower.store.applied_index()}); w (11, term 1), acknowledged by F "
+            "and committed counting it, is held by the leader alone"
+        )
+        assert follower.raft.snapshots.older_refused == 1 and follower.raft.snapshots.last is own_snapshot
+        assert follower.store.get("ns", "x") is not None  # index 10: F's state did not go back
+        answers = [m for m in follower.new(L) if m["type"] == "next_node_idx"]
+        assert [(m["next_node_idx"], m["reset"], m["success"]) for m in answers] == [(12, True, True)], answers
+        leader.deliver(F, answers[0])  # L goes on from F's last entry: AppendEntries, no second snapshot
+        leader.raft._SyncObj__sendAppendEntries()
+        sent = [m for m in leader.new(F) if m["type"] == "append_entries"]
+        assert sent and not any("serialized" in m for m in sent) and sent[-1]["prevLogIdx"] == 11, sent
+        for message in sent:
+            follower.deliver(L, message)
+        assert follower.raft.raftLastApplied == 11 and follower.store.get("ns", "w") is not None
+    finally:
+        leader.stop()
+        follower.stop()
+
+
 class _Killed(BaseException):
     """The process dies here: nothing after this point runs."""
 
@@ -259,3 +375,60 @@ def test_a_follower_killed_in_the_middle_of_an_install_starts_again(
         assert restarted.raft.raftLastApplied == 5 and restarted.store.get("ns", "c") is not None
     finally:
         restarted.stop()
+
+
+def test_an_install_on_a_full_disk_needs_no_new_journal_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The install empties the journal and adds the snapshot's last two entries. In a new segment they
+    needed new space: on a full disk the first add raised ``JournalFull`` inside pysyncobj's install,
+    which logs it and goes on, and F was left with an empty journal, every later message raising, until
+    a restart. The emptied segment keeps its reserved space, so they fit; once space returns F takes the
+    leader's next entries. Found by an audit in session 25; failed on every run before (3 of 3)."""
+    L, F, C = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    leader, follower = _Node(tmp_path, L, [F, C]), _Node(tmp_path, F, [L, C], disk_reserve_bytes=1 << 20)
+    try:
+        leader.stand(C)
+        for key in ("a", "b", "c"):
+            leader.raft.propose(_put(key), lambda *_: None)
+        leader.tick()
+        leader.deliver(C, _ack(5))
+        leader.tick()
+        leader.snapshot()
+        leader.new(F)
+        # F (new or wiped) hears a heartbeat, reports its gap, and is sent the snapshot.
+        leader.raft._SyncObj__sendAppendEntries()
+        for message in leader.new(F):
+            follower.deliver(L, message)
+        for message in follower.new(L):
+            if message["type"] == "next_node_idx":
+                leader.deliver(F, message)
+        leader.raft._SyncObj__sendAppendEntries()
+        chunks = [message for message in leader.new(F) if "serialized" in message]
+        assert chunks and chunks[-1]["serialized"][2]
+
+        def full(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(journal_module.os, "posix_fallocate", full)
+        for chunk in chunks:
+            follower.deliver(L, chunk)
+        assert follower.log() == [(4, 1), (5, 1)] and follower.raft.raftLastApplied == 5, follower.log()
+        monkeypatch.undo()  # space returns
+        leader.raft.propose(_put("d"), lambda *_: None)  # 6, as the leader sends it to F
+        leader.tick()
+        entry = leader.raft._SyncObj__raftLog[-1]
+        follower.deliver(
+            L,
+            {
+                "type": "append_entries",
+                "term": 1,
+                "commit_index": 6,
+                "prevLogIdx": 5,
+                "prevLogTerm": 1,
+                "entries": [entry],
+            },
+        )
+        assert follower.log()[-1] == (6, 1) and follower.raft.raftLastApplied == 6
+        assert follower.store.get("ns", "d") is not None
+    finally:
+        leader.stop()
+        follower.stop()

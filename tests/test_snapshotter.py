@@ -93,13 +93,33 @@ def test_a_local_snapshot_finished_after_one_from_the_leader_was_installed_is_di
     snapshots = _written(path, store, 20)
     with open(leaders_file, "rb") as f:
         data = f.read()
-    assert snapshots.receive((data, True, False)) is False
-    assert snapshots.receive((b"", False, True)) is True
+    assert snapshots.receive((data, True, False), applied=0) is False
+    assert snapshots.receive((b"", False, True), applied=0) is True
     done = snapshots.finished()
     assert done is not None and done.error is not None
     assert snapshot.read_raft_data(path)[0][1] == 40, "the older local snapshot replaced the leader's"
     store.close()
     leader.close()
+
+
+def test_a_received_snapshot_at_or_below_the_applied_index_is_not_put_in_place(tmp_path: Path) -> None:
+    """This node already holds that state and more: its own snapshot stays, nothing is left beside it,
+    and a newer one from the leader is still taken."""
+    _, older = _snapshot_file(tmp_path, "older", 30)
+    _, newer = _snapshot_file(tmp_path, "newer", 50)
+    store = _store(tmp_path / "store", 40)
+    path = str(tmp_path / "raft.snapshot")
+    snapshots = _written(path, store, 40)
+    done = snapshots.finished()
+    assert done is not None and done.error is None
+    for applied in (30, 40):
+        assert snapshots.receive((older, True, False), applied=applied) is False
+        assert snapshots.receive((b"", False, True), applied=applied) is False
+    assert snapshots.older_refused == 2 and snapshot.read_raft_data(path)[0][1] == 40
+    assert not os.path.exists(path + ".receiving") and not (tmp_path / "store" / "gen-2").exists()
+    assert snapshots.receive((newer, True, False), applied=40) is False
+    assert snapshots.receive((b"", False, True), applied=40) is True and snapshot.read_raft_data(path)[0][1] == 50
+    store.close()
 
 
 def test_a_received_snapshot_with_a_gap_is_never_installed(tmp_path: Path) -> None:
@@ -108,15 +128,18 @@ def test_a_received_snapshot_with_a_gap_is_never_installed(tmp_path: Path) -> No
     path = str(tmp_path / "raft.snapshot")
     snapshots = Snapshotter(path, store, lambda size: True)
     # Chunks arriving without the first one (the transfer began before this node listened) are ignored.
-    assert snapshots.receive((data[1024:], False, False)) is False
-    assert snapshots.receive((b"", False, True)) is False and not os.path.exists(path)
+    assert snapshots.receive((data[1024:], False, False), applied=0) is False
+    assert snapshots.receive((b"", False, True), applied=0) is False and not os.path.exists(path)
     # A transfer that lost a chunk in the middle is refused whole.
-    assert snapshots.receive((data[:1024], True, False)) is False
-    assert snapshots.receive((data[-4096:], False, False)) is False
-    assert snapshots.receive((b"", False, True)) is False
+    assert snapshots.receive((data[:1024], True, False), applied=0) is False
+    assert snapshots.receive((data[-4096:], False, False), applied=0) is False
+    assert snapshots.receive((b"", False, True), applied=0) is False
     assert not os.path.exists(path) and not os.path.exists(path + ".receiving")
     # The whole file is accepted.
-    assert snapshots.receive((data, True, False)) is False and snapshots.receive((b"", False, True)) is True
+    assert (
+        snapshots.receive((data, True, False), applied=0) is False
+        and snapshots.receive((b"", False, True), applied=0) is True
+    )
     store.close()
 
 
@@ -228,13 +251,13 @@ def test_a_received_snapshot_is_extracted_as_it_arrives_and_installed_without_a_
     snapshots = Snapshotter(str(tmp_path / "raft.snapshot"), store, lambda size: True)
     offsets = sorted({0, *(cut % len(data) for cut in cuts), len(data)})  # chunks of any size, headers split too
     for start, end in itertools.pairwise(offsets):
-        assert snapshots.receive((data[start:end], start == 0, False)) is False
+        assert snapshots.receive((data[start:end], start == 0, False), applied=0) is False
     offset, size = snapshot.data_member(leaders_file) or (0, -1)
     extracted = tmp_path / "store" / "gen-2" / snapshot.DATA_MEMBER  # the store's next generation
     assert os.path.getsize(extracted) == size, "the LMDB file was not copied out as the chunks arrived"
     with open(extracted, "rb") as copy:
         assert copy.read() == data[offset : offset + size]
-    assert snapshots.receive((b"", False, True)) is True
+    assert snapshots.receive((b"", False, True), applied=0) is True
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(snapshot, "extract_data", lambda *_: pytest.fail("the install copied the LMDB file again"))
         raft_data = snapshots.install(lambda: None)
@@ -249,13 +272,16 @@ def test_an_abandoned_or_restarted_transfer_leaves_no_copy_behind(tmp_path: Path
     store = _store(tmp_path / "store", 5)
     snapshots = Snapshotter(str(tmp_path / "raft.snapshot"), store, lambda size: True)
     copy = tmp_path / "store" / "gen-2" / snapshot.DATA_MEMBER
-    assert snapshots.receive((first[: len(first) // 2], True, False)) is False
+    assert snapshots.receive((first[: len(first) // 2], True, False), applied=0) is False
     assert copy.exists()
     snapshots.close()  # a stop mid-transfer: the partial copy goes
     assert not copy.parent.exists()
     # A transfer restarted midway (a new first chunk) installs the second snapshot, whole.
-    assert snapshots.receive((first[: len(first) // 2], True, False)) is False
-    assert snapshots.receive((second, True, False)) is False and snapshots.receive((b"", False, True)) is True
+    assert snapshots.receive((first[: len(first) // 2], True, False), applied=0) is False
+    assert (
+        snapshots.receive((second, True, False), applied=0) is False
+        and snapshots.receive((b"", False, True), applied=0) is True
+    )
     assert snapshots.install(lambda: None)[0][1] == 300 and store.get("a", "c300") is not None
     store.close()
 
@@ -285,11 +311,17 @@ def test_a_received_snapshot_that_would_not_fit_is_refused_at_its_first_chunk(tm
 
     snapshots = Snapshotter(path, store, fits)
     half = len(data) // 2
-    assert snapshots.receive((data[:half], True, False)) is False
+    assert snapshots.receive((data[:half], True, False), applied=0) is False
     assert asked == [2 * located[1]], "the rest of the file and the LMDB copy beside it"
     assert not os.path.exists(path + ".receiving") and not (tmp_path / "store" / "gen-2").exists()
-    assert snapshots.receive((data[half:], False, False)) is False and snapshots.receive((b"", False, True)) is False
+    assert (
+        snapshots.receive((data[half:], False, False), applied=0) is False
+        and snapshots.receive((b"", False, True), applied=0) is False
+    )
     room["fits"] = True  # space came back: the leader's next transfer installs
-    assert snapshots.receive((data, True, False)) is False and snapshots.receive((b"", False, True)) is True
+    assert (
+        snapshots.receive((data, True, False), applied=0) is False
+        and snapshots.receive((b"", False, True), applied=0) is True
+    )
     assert snapshots.install(lambda: None)[0][1] == 100
     store.close()

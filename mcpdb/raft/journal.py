@@ -363,15 +363,23 @@ class Journal:
         self._set_end(segment, segment.end + len(record))
 
     def clear(self) -> None:
-        """Drop every entry (pysyncobj installs a snapshot from the leader): a new, empty segment."""
+        """Drop every entry (pysyncobj installs a snapshot from the leader, then adds its last two).
+
+        The active segment stays, emptied, with the space it had reserved: the two entries pysyncobj
+        adds next must not need new space. Dropped into a new segment, they did on a full disk (the
+        old segments are freed gradually, off this thread), the first add raised ``JournalFull``
+        inside pysyncobj's install, which logs and goes on, and the node was left with an empty
+        journal: every later message raised, and only a restart mended it (an audit, session 25:
+        ``tests/test_snapshot_install.py``). Its records past the new end are never read again
+        (``_read_records`` stops at the end this writes, as a crash before the next sync leaves
+        either end: the old records, which pysyncobj's start-up checks against the snapshot, or none)."""
         active = self._active
         self._forget(0, len(self._index_terms))
         self._meta.first_index = 0
         self._meta.store()
-        number = int(os.path.basename(active.path).split("-", 1)[1]) + 1
-        for segment in list(self._segments):
+        for segment in self._segments[:-1]:
             self._drop_segment(segment)
-        self._open_segment(number)
+        self._set_end(active, _FIRST_RECORD_OFFSET)
         self._reserve()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 - pysyncobj's names

@@ -252,8 +252,10 @@ class SnapshotSerializer:
         after_install: Callable[[], None],
         nothing_to_send: Callable[[Node], None],
         voters_at: Callable[[int, set[Node]], set[Node]],
+        applied: Callable[[], int],
     ):
         self._snapshots = snapshots
+        self._applied = applied
         self._backlog = backlog
         self._after_install = after_install
         self._nothing_to_send = nothing_to_send
@@ -285,7 +287,7 @@ class SnapshotSerializer:
         return chunk
 
     def setTransmissionData(self, data: tuple[bytes, bool, bool] | None) -> bool:  # noqa: N802
-        return self._snapshots.receive(data)
+        return self._snapshots.receive(data, self._applied())
 
     def cancelTransmisstion(self, node: Node) -> None:  # noqa: N802 - pysyncobj's spelling
         self._snapshots.cancel(node)
@@ -373,6 +375,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
                 syncObj.after_install,
                 syncObj.end_transfer_round,
                 syncObj.voters_at,
+                lambda: syncObj.raftLastApplied,
             )
             self.journal = _swap_journal(syncObj, self.durable)
             syncObj.addOnTickCallback(self.journal.sync)
@@ -492,11 +495,26 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         index; anything else waits for an AppendEntries whose previous entry matched."""
         syncobj = self._syncObj
         committed = syncobj.raftCommitIndex
+        refused = syncobj.snapshots.older_refused if isinstance(syncobj, RaftNode) else 0
         super()._onMessageReceived(node, message)
         allowed = max(committed, syncobj.raftLastApplied)
         if syncobj.raftCommitIndex > allowed:
             syncobj._SyncObj__raftCommitIndex = allowed
             syncobj._SyncObj__raftLog.setRaftCommitIndex(allowed)
+        if isinstance(syncobj, RaftNode) and syncobj.snapshots.older_refused != refused:
+            self._refused_older_snapshot(node)
+
+    def _refused_older_snapshot(self, node: Node) -> None:
+        """Answer a leader whose snapshot this node did not install, being already past it
+        (``Snapshotter.receive``): pysyncobj answers only an install. The reply resets the leader's
+        next index for this node past its snapshot, or it would send the same snapshot again, and
+        claims only what this log verifiably shares with the leader, as the log guard does: through
+        its last entry if that entry is of the leader's term (it came from this leader, and by Log
+        Matching all before it did too), else through its commit index."""
+        syncobj = self._syncObj
+        log = syncobj._SyncObj__raftLog
+        shared = log[-1][1] if log[-1][2] == syncobj.raftCurrentTerm else syncobj.raftCommitIndex
+        self.send(node, {"type": "next_node_idx", "next_node_idx": shared + 1, "reset": True, "success": True})
 
     def _disk_alarm(self) -> bool:
         return isinstance(self._syncObj, RaftNode) and self._syncObj.disk.raised

@@ -87,6 +87,7 @@ class Snapshotter:
         self._installs_at_start = 0
         self.written = 0
         self.failed = 0
+        self.older_refused = 0  # whole snapshots from a leader at or below the applied index (``receive``)
         self.last: Written | None = None
 
     # ----------------------------------------------------------------- writing
@@ -222,8 +223,17 @@ class Snapshotter:
             self.cancel(node)
 
     # --------------------------------------------------------------- receiving
-    def receive(self, chunk: tuple[bytes, bool, bool] | None) -> bool:
+    def receive(self, chunk: tuple[bytes, bool, bool] | None, applied: int) -> bool:
         """Take one chunk from the leader; True once the whole snapshot is in place.
+
+        A whole snapshot at or below ``applied`` (this node's applied index) is not put in place and
+        counts in ``older_refused``: this node already holds that state and more, and installing it
+        would clear its journal, acknowledged entries included, unless the journal still held the
+        snapshot's last two entries. A leader sends one when a reset its follower sent while it had
+        a gap arrives late, after the follower took the re-sent entries and wrote a snapshot of its
+        own past the leader's (an audit, session 25: ``tests/test_snapshot_install.py``). Raft
+        implementations ignore such a snapshot (etcd's raft: "ignoring snapshot as it is older than
+        committed"); the transport answers the leader (``McpdbTransport._refused_older_snapshot``).
 
         A chunk that cannot be written (a full disk) abandons the transfer, as pysyncobj's own
         serializer does: later chunks are ignored until the leader starts over, so a file with a gap
@@ -256,6 +266,14 @@ class Snapshotter:
             self._incoming.close()
             self._incoming = None
             snapshot.check(self._receiving)
+            index = snapshot.read_raft_data(self._receiving)[0][1]
+            if index <= applied:
+                _log.warning(
+                    "snapshot at index %d from the leader not installed: this node has applied %d", index, applied
+                )
+                self._abandon_incoming()
+                self.older_refused += 1
+                return False
             extracted = self._extraction is not None and self._extraction.finish()
             previous = self._replace_snapshot(self._receiving)
         except (OSError, ValueError) as error:
