@@ -99,8 +99,11 @@ def test_a_client_trickling_its_body_gets_408_and_writes_nothing(node: LocalClus
         )
         started = time.monotonic()
         answer = sock.recv(4096)
+        waited = time.monotonic() - started
+        while b"request_timeout" not in answer and (more := sock.recv(4096)):  # the body may come in a later read
+            answer += more
         assert b" 408 " in answer.split(b"\r\n")[0] and b"request_timeout" in answer
-        assert BODY_TIMEOUT_S * 0.8 <= time.monotonic() - started < BODY_TIMEOUT_S + 3
+        assert BODY_TIMEOUT_S * 0.8 <= waited < BODY_TIMEOUT_S + 3
         with pytest.raises((BrokenPipeError, ConnectionResetError)):
             for _ in range(50):  # the node closed the connection: the rest of the body has nowhere to go
                 sock.sendall(body[10:])
