@@ -19,7 +19,7 @@ from mcpdb.store.state_machine import ContextStore
 
 
 def in_process_voter(
-    root: Path, self_addr: str | None, peers: list[str], request_timeout: float = 3.0, disk_reserve_bytes: int = 0
+    root: Path, self_addr: str | None, peers: list[str], request_timeout: float = 3.0
 ) -> tuple[Replication, ContextStore]:
     """A voter at ``self_addr`` (None: a read-only replica of ``peers``) with its data under ``root``; the
     caller closes both."""
@@ -33,7 +33,7 @@ def in_process_voter(
         compaction_min_entries=10**9,
         max_entry_bytes=1 << 20,
         compaction_bytes=1 << 40,
-        disk_reserve_bytes=disk_reserve_bytes,
+        disk_reserve_bytes=0,
         request_timeout=request_timeout,
     )
     return Replication(settings, store), store

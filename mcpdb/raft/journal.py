@@ -365,21 +365,26 @@ class Journal:
     def clear(self) -> None:
         """Drop every entry (pysyncobj installs a snapshot from the leader, then adds its last two).
 
-        The active segment stays, emptied, with the space it had reserved: the two entries pysyncobj
-        adds next must not need new space. Dropped into a new segment, they did on a full disk (the
-        old segments are freed gradually, off this thread), the first add raised ``JournalFull``
+        The active segment is truncated to its header, in place, and its space reserved again: the
+        blocks it frees serve the two entries pysyncobj adds next, whatever the disk has left. Dropped
+        into a new segment, those entries needed new space while the old segments were still being
+        freed (gradually, off this thread): on a full disk the first add raised ``JournalFull``
         inside pysyncobj's install, which logs and goes on, and the node was left with an empty
-        journal: every later message raised, and only a restart mended it (an audit, session 25:
-        ``tests/test_snapshot_install.py``). Its records past the new end are never read again
-        (``_read_records`` stops at the end this writes, as a crash before the next sync leaves
-        either end: the old records, which pysyncobj's start-up checks against the snapshot, or none)."""
+        journal, every later message raising, until a restart (an audit, session 25:
+        ``tests/test_snapshot_install.py``). Truncated, not rewritten over: no old record is left
+        under the new end for a torn write to bring back."""
         active = self._active
         self._forget(0, len(self._index_terms))
         self._meta.first_index = 0
         self._meta.store()
         for segment in self._segments[:-1]:
             self._drop_segment(segment)
+        os.ftruncate(active.fd, 0)
+        os.pwrite(active.fd, _header(self._app_version), 0)
+        active.allocated = 0
         self._set_end(active, _FIRST_RECORD_OFFSET)
+        if self._durable:
+            fsync_path(self._directory)  # the dropped segments' renames, as a new segment's creation did
         self._reserve()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 - pysyncobj's names

@@ -495,26 +495,11 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         index; anything else waits for an AppendEntries whose previous entry matched."""
         syncobj = self._syncObj
         committed = syncobj.raftCommitIndex
-        refused = syncobj.snapshots.older_refused if isinstance(syncobj, RaftNode) else 0
         super()._onMessageReceived(node, message)
         allowed = max(committed, syncobj.raftLastApplied)
         if syncobj.raftCommitIndex > allowed:
             syncobj._SyncObj__raftCommitIndex = allowed
             syncobj._SyncObj__raftLog.setRaftCommitIndex(allowed)
-        if isinstance(syncobj, RaftNode) and syncobj.snapshots.older_refused != refused:
-            self._refused_older_snapshot(node)
-
-    def _refused_older_snapshot(self, node: Node) -> None:
-        """Answer a leader whose snapshot this node did not install, being already past it
-        (``Snapshotter.receive``): pysyncobj answers only an install. The reply resets the leader's
-        next index for this node past its snapshot, or it would send the same snapshot again, and
-        claims only what this log verifiably shares with the leader, as the log guard does: through
-        its last entry if that entry is of the leader's term (it came from this leader, and by Log
-        Matching all before it did too), else through its commit index."""
-        syncobj = self._syncObj
-        log = syncobj._SyncObj__raftLog
-        shared = log[-1][1] if log[-1][2] == syncobj.raftCurrentTerm else syncobj.raftCommitIndex
-        self.send(node, {"type": "next_node_idx", "next_node_idx": shared + 1, "reset": True, "success": True})
 
     def _disk_alarm(self) -> bool:
         return isinstance(self._syncObj, RaftNode) and self._syncObj.disk.raised

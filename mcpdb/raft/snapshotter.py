@@ -233,7 +233,8 @@ class Snapshotter:
         a gap arrives late, after the follower took the re-sent entries and wrote a snapshot of its
         own past the leader's (an audit, session 25: ``tests/test_snapshot_install.py``). Raft
         implementations ignore such a snapshot (etcd's raft: "ignoring snapshot as it is older than
-        committed"); the transport answers the leader (``McpdbTransport._refused_older_snapshot``).
+        committed"). Nothing needs answering: pysyncobj's leader moved this node's next index past
+        its snapshot as it sent the last chunk, and goes on with AppendEntries from there.
 
         A chunk that cannot be written (a full disk) abandons the transfer, as pysyncobj's own
         serializer does: later chunks are ignored until the leader starts over, so a file with a gap
