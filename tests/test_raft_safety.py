@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mcpdb.raft.log_guard import reconcile
+from mcpdb.raft.log_guard import past_a_divergent_tail, reconcile
 from mcpdb.raft.pysyncobj_bridge import carries_entries
 
 
@@ -166,6 +166,19 @@ def test_messages_pysyncobj_rejects_pass_unchanged() -> None:
     assert reconcile(wrong_prev, 2, 1, 3, lambda i: follower[i - 1]).message is wrong_prev
     chunk = {**stale_term, "term": 2, "transmission": "start", "data": b""}
     assert reconcile(chunk, 2, 1, 3, lambda i: follower[i - 1]).message is chunk
+
+
+def test_a_follower_past_its_commit_with_another_terms_tail_steps_the_leader_back_to_its_commit() -> None:
+    """Log 1..7 (first 1), the last of term 1, committed through 5; the leader's term is 3."""
+    beyond = {"type": "append_entries", "term": 3, "commit_index": 9, "prevLogIdx": 9, "prevLogTerm": 3, "entries": []}
+    stepped = past_a_divergent_tail(beyond, 3, 1, 7, 1, 5)
+    assert stepped is not None and stepped.step_back_to == 6 and stepped.ack_through is None
+    assert "prevLogIdx" not in stepped.message and stepped.message["commit_index"] == 5  # commits nothing new
+    assert past_a_divergent_tail({**beyond, "prevLogIdx": 0}, 3, 1, 7, 1, 5) is not None  # before its first entry
+    assert past_a_divergent_tail(beyond, 3, 1, 7, 3, 5) is None  # its last entry is the leader's: a prefix of its log
+    assert past_a_divergent_tail({**beyond, "prevLogIdx": 7}, 3, 1, 7, 1, 5) is None  # held: the log guard's case
+    assert past_a_divergent_tail({**beyond, "term": 2}, 3, 1, 7, 1, 5) is None  # a stale term: pysyncobj ignores it
+    assert past_a_divergent_tail({**beyond, "transmission": "start"}, 3, 1, 7, 1, 5) is None
 
 
 def test_only_appendentries_with_entries_may_wait_for_a_backed_up_connection() -> None:

@@ -41,10 +41,12 @@ LOG_KEYS = ("prevLogIdx", "prevLogTerm", "entries")
 
 @dataclass(frozen=True)
 class Reconciled:
-    """The message to give pysyncobj, and an index to acknowledge ourselves (or None)."""
+    """The message to give pysyncobj, an index to acknowledge ourselves (or None), and where to point
+    the leader's next index for this node instead of pysyncobj's answer (or None)."""
 
     message: dict[str, Any]
     ack_through: int | None = None
+    step_back_to: int | None = None
 
 
 def reconcile(
@@ -86,3 +88,35 @@ def reconcile(
     stripped = {key: value for key, value in message.items() if key not in LOG_KEYS}
     stripped["commit_index"] = min(message["commit_index"], verified_index)
     return Reconciled(stripped, ack_through=verified_index)
+
+
+def past_a_divergent_tail(
+    message: dict[str, Any], current_term: int, first_index: int, last_index: int, last_term: int, commit_index: int
+) -> Reconciled | None:
+    """An AppendEntries whose previous entry this follower lacks, while its last entry is not of the
+    sender's term: the message loses its log part and its commit index is capped at this node's, and
+    the answer points the leader's next index at this node's commit index + 1. None for any other
+    message.
+
+    pysyncobj answers "my last + 1" for such a message. But the entries past the commit index may be
+    a deposed leader's, which this leader does not hold, and backing up past them takes one probe per
+    entry (each mismatch answers "prevLogIdx"). The leader applies every answer as it comes, and
+    while a probe's answer is in flight it sends more (the rest of a long tail, the next tick's
+    writes, a heartbeat), each past this log and each answered "my last + 1", which lands after the
+    probe's answer and undoes it: a fault run left a deposed leader two minutes behind, hearing every
+    heartbeat and taking nothing (session 25, ``tests/test_raft_divergent_tail.py``). The committed
+    entries are the leader's, so every such answer now points below the divergence, and whichever
+    lands last is right. A last entry of the sender's term came from it: the log is a prefix of the
+    leader's, and pysyncobj's answer stands."""
+    if (
+        message.get("type") != "append_entries"
+        or "prevLogIdx" not in message
+        or "transmission" in message
+        or message["term"] < current_term
+        or first_index <= message["prevLogIdx"] <= last_index
+        or last_term == message["term"]
+    ):
+        return None
+    stripped = {key: value for key, value in message.items() if key not in LOG_KEYS}
+    stripped["commit_index"] = min(message["commit_index"], commit_index)
+    return Reconciled(stripped, step_back_to=commit_index + 1)

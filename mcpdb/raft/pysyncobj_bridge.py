@@ -85,7 +85,7 @@ from mcpdb.raft.command_lanes import BULK_BYTES, CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
-from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, reconcile
+from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, past_a_divergent_tail, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
@@ -458,9 +458,10 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             return
         log = self._syncObj._SyncObj__raftLog
         first_index = log[0][1]
-        result = reconcile(
-            message, self._syncObj.raftCurrentTerm, first_index, log[-1][1], lambda index: log[index - first_index][2]
-        )
+        term = self._syncObj.raftCurrentTerm
+        result = past_a_divergent_tail(
+            message, term, first_index, log[-1][1], log[-1][2], self._syncObj.raftCommitIndex
+        ) or reconcile(message, term, first_index, log[-1][1], lambda index: log[index - first_index][2])
         if result.message is not message:
             self.reconciled_messages += 1
         result = self._within_reserved_room(result, first_index, log[-1][1], lambda index: log[index - first_index][2])
@@ -469,6 +470,11 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             self.send(
                 node,
                 {"type": "next_node_idx", "next_node_idx": result.ack_through + 1, "reset": False, "success": True},
+            )
+        if result.step_back_to is not None:
+            self.send(
+                node,
+                {"type": "next_node_idx", "next_node_idx": result.step_back_to, "reset": True, "success": False},
             )
 
     def _stale_reply(self, message: dict[str, Any]) -> bool:
