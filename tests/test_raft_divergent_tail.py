@@ -9,8 +9,8 @@ the leader applies every reset as it comes. Backing up past the tail takes one p
 every other AppendEntries that leaves while a probe's answer is in flight (the rest of a long tail,
 the next tick's writes under load) is past n2's log and answered "3500", which lands after the probe's
 answer and undoes it: n3 sent prev 3499 for ever, n2 rejected it silently, and its election timer was
-reset by every message. The follower now answers such a message with its commit index + 1
-(``log_guard.past_a_divergent_tail``). Diagnosed and reproduced by a helper; "load" and "tail" failed on
+reset by every message. The follower now answers a message past its log no higher than its lowest mismatch of the
+term (``log_guard.StepBack``). Diagnosed and reproduced by a helper; "load" and "tail" failed on
 every run before (3 of 3), "idle" (one message per round trip) is the control.
 
 Deterministic: real mcpdb Raft nodes ticked by hand; A plays n2, B n3, and C (n1) is hand-made messages.

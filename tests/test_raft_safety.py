@@ -13,11 +13,12 @@ acknowledge or commit an entry that is not the leader's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mcpdb.raft.log_guard import past_a_divergent_tail, reconcile
+from mcpdb.raft.log_guard import StepBack, reconcile
 from mcpdb.raft.pysyncobj_bridge import carries_entries
 
 
@@ -168,17 +169,27 @@ def test_messages_pysyncobj_rejects_pass_unchanged() -> None:
     assert reconcile(chunk, 2, 1, 3, lambda i: follower[i - 1]).message is chunk
 
 
-def test_a_follower_past_its_commit_with_another_terms_tail_steps_the_leader_back_to_its_commit() -> None:
-    """Log 1..7 (first 1), the last of term 1, committed through 5; the leader's term is 3."""
+def test_a_follower_answers_past_its_log_no_higher_than_its_lowest_mismatch_of_the_term() -> None:
+    """Log 1..7 (first 1): entries 6..7 of term 1, the leader's of term 3 differ from 6 on."""
+    log = {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1}
+    step_back = StepBack()
+
+    def answer(message: dict[str, Any]) -> Any:
+        return step_back.answer(message, 3, 1, 7, log.__getitem__, 5)
+
     beyond = {"type": "append_entries", "term": 3, "commit_index": 9, "prevLogIdx": 9, "prevLogTerm": 3, "entries": []}
-    stepped = past_a_divergent_tail(beyond, 3, 1, 7, 1, 5)
-    assert stepped is not None and stepped.step_back_to == 6 and stepped.ack_through is None
-    assert "prevLogIdx" not in stepped.message and stepped.message["commit_index"] == 5  # commits nothing new
-    assert past_a_divergent_tail({**beyond, "prevLogIdx": 0}, 3, 1, 7, 1, 5) is not None  # before its first entry
-    assert past_a_divergent_tail(beyond, 3, 1, 7, 3, 5) is None  # its last entry is the leader's: a prefix of its log
-    assert past_a_divergent_tail({**beyond, "prevLogIdx": 7}, 3, 1, 7, 1, 5) is None  # held: the log guard's case
-    assert past_a_divergent_tail({**beyond, "term": 2}, 3, 1, 7, 1, 5) is None  # a stale term: pysyncobj ignores it
-    assert past_a_divergent_tail({**beyond, "transmission": "start"}, 3, 1, 7, 1, 5) is None
+    assert answer(beyond) is None  # no mismatch yet: pysyncobj's "last + 1"
+    assert answer({**beyond, "prevLogIdx": 7}) is None and answer({**beyond, "prevLogIdx": 6}) is None  # mismatches
+    stepped = answer(beyond)
+    assert stepped is not None and stepped.step_back_to == 6 and "prevLogIdx" not in stepped.message
+    assert stepped.message["commit_index"] == 5  # commits nothing this log has not verified
+    assert answer({**beyond, "transmission": "start"}) is None and answer({**beyond, "term": 2}) is None
+    step_back.accepted(5)  # the leader's entries through 5 only: 6 still differs
+    assert answer(beyond) is not None
+    step_back.accepted(6)
+    assert answer(beyond) is None
+    assert answer({**beyond, "prevLogIdx": 6}) is None and answer(beyond) is not None
+    assert answer({**beyond, "term": 4}) is None  # a new term forgets it
 
 
 def test_only_appendentries_with_entries_may_wait_for_a_backed_up_connection() -> None:

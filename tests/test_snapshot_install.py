@@ -110,6 +110,26 @@ def _ack(through: int) -> dict[str, Any]:
     return {"type": "next_node_idx", "next_node_idx": through + 1, "reset": False, "success": True, "term": 1}
 
 
+def _a_gap_and_its_resets(leader: _Node, follower: _Node, L: str, F: str, C: str) -> list[dict[str, Any]]:  # noqa: N803
+    """6..7 never reach F (their AppendEntries dropped for a backed-up connection) and are acknowledged by C;
+    8 and 9 do, and F, which lacks 6, answers each with a reset to 6: those answers, not yet delivered."""
+    for key in ("d", "e"):
+        leader.raft.propose(_put(key), lambda *_: None)
+    leader.tick()
+    leader.new(F)
+    leader.deliver(C, _ack(7))
+    resets = []
+    for key in ("f", "g"):
+        leader.raft.propose(_put(key), lambda *_: None)
+        leader.tick()
+        for message in leader.new(F):
+            if message["type"] == "append_entries":
+                follower.deliver(L, message)
+        resets += [message for message in follower.new(L) if message["type"] == "next_node_idx"]
+    assert len(resets) >= 2 and all((m["next_node_idx"], m["reset"]) == (6, True) for m in resets)
+    return resets
+
+
 @pytest.mark.parametrize("tenth", ["a write", "adding a voter"])
 def test_an_install_keeps_the_acknowledged_entries_past_the_snapshot(tmp_path: Path, tenth: str) -> None:
     """With index 10 a write, it is committed counting F, and F still holds it after the install. With
@@ -144,20 +164,7 @@ def test_an_install_keeps_the_acknowledged_entries_past_the_snapshot(tmp_path: P
         to_leader(follower.new(L))
         assert leader.raft.raftCommitIndex == 5 and follower.log()[-1] == (5, 1)
 
-        # 6..7: the AppendEntries carrying them to F is lost (a batch dropped for a backed-up connection).
-        for key in ("d", "e"):
-            leader.raft.propose(_put(key), lambda *_: None)
-        leader.tick()
-        leader.new(F)
-        leader.deliver(C, _ack(7))
-        # 8 and 9 reach F, which lacks 6: it answers each with a reset to 6.
-        resets = []
-        for key in ("f", "g"):
-            leader.raft.propose(_put(key), lambda *_: None)
-            leader.tick()
-            to_follower(leader.new(F))
-            resets += [message for message in follower.new(L) if message["type"] == "next_node_idx"]
-        assert len(resets) >= 2 and all((m["next_node_idx"], m["reset"]) == (6, True) for m in resets)
+        resets = _a_gap_and_its_resets(leader, follower, L, F, C)
         leader.deliver(C, _ack(9))
         assert leader.raft.raftLastApplied == 9
         # The first reset arrives: the leader re-sends 6..9 to F (on its way).
@@ -238,20 +245,7 @@ def test_a_follower_past_the_leaders_snapshot_does_not_install_it(tmp_path: Path
                 leader.deliver(F, message)
         assert leader.raft.raftCommitIndex == 5 and follower.log()[-1] == (5, 1)
 
-        # 6..7: the batch carrying them to F is lost (dropped for a backed-up connection).
-        for key in ("d", "e"):
-            leader.raft.propose(_put(key), lambda *_: None)
-        leader.tick()
-        leader.new(F)
-        leader.deliver(C, _ack(7))
-        resets = []
-        for key in ("f", "g"):  # 8 and 9 reach F, which lacks 6: a reset to 6 for each
-            leader.raft.propose(_put(key), lambda *_: None)
-            leader.tick()
-            for message in leader.new(F):
-                follower.deliver(L, message)
-            resets += [m for m in follower.new(L) if m["type"] == "next_node_idx"]
-        assert len(resets) >= 2 and all((m["next_node_idx"], m["reset"]) == (6, True) for m in resets)
+        resets = _a_gap_and_its_resets(leader, follower, L, F, C)
         leader.deliver(C, _ack(9))
         assert leader.raft.raftLastApplied == 9
 

@@ -90,33 +90,58 @@ def reconcile(
     return Reconciled(stripped, ack_through=verified_index)
 
 
-def past_a_divergent_tail(
-    message: dict[str, Any], current_term: int, first_index: int, last_index: int, last_term: int, commit_index: int
-) -> Reconciled | None:
-    """An AppendEntries whose previous entry this follower lacks, while its last entry is not of the
-    sender's term: the message loses its log part and its commit index is capped at this node's, and
-    the answer points the leader's next index at this node's commit index + 1. None for any other
-    message.
+class StepBack:
+    """The lowest index this follower answered "mismatch" for in the current term, so that its answer to
+    an AppendEntries past its log never points the leader above it.
 
-    pysyncobj answers "my last + 1" for such a message. But the entries past the commit index may be
-    a deposed leader's, which this leader does not hold, and backing up past them takes one probe per
-    entry (each mismatch answers "prevLogIdx"). The leader applies every answer as it comes, and
-    while a probe's answer is in flight it sends more (the rest of a long tail, the next tick's
-    writes, a heartbeat), each past this log and each answered "my last + 1", which lands after the
-    probe's answer and undoes it: a fault run left a deposed leader two minutes behind, hearing every
-    heartbeat and taking nothing (session 25, ``tests/test_raft_divergent_tail.py``). The committed
-    entries are the leader's, so every such answer now points below the divergence, and whichever
-    lands last is right. A last entry of the sender's term came from it: the log is a prefix of the
-    leader's, and pysyncobj's answer stands."""
-    if (
-        message.get("type") != "append_entries"
-        or "prevLogIdx" not in message
-        or "transmission" in message
-        or message["term"] < current_term
-        or first_index <= message["prevLogIdx"] <= last_index
-        or last_term == message["term"]
-    ):
-        return None
-    stripped = {key: value for key, value in message.items() if key not in LOG_KEYS}
-    stripped["commit_index"] = min(message["commit_index"], commit_index)
-    return Reconciled(stripped, step_back_to=commit_index + 1)
+    pysyncobj answers a message whose previous entry the follower lacks with "my last + 1", and one
+    whose previous entry's term differs with "prevLogIdx"; the leader applies every reset as it comes.
+    Backing up past a deposed leader's own uncommitted tail takes one such probe per entry, and every
+    other AppendEntries in flight meanwhile (the rest of a long tail, the next tick's writes, a
+    heartbeat) is past the log and was answered "last + 1", which landed after the probe's answer and
+    undid it: a fault run left a deposed leader two minutes behind, hearing every heartbeat and taking
+    nothing (session 25, ``tests/test_raft_divergent_tail.py``). Answers go back in the order messages
+    came, so an answer given after a mismatch that points no higher than it leaves the probe's step
+    standing. Forgotten once an accepted message reaches that index (the leader's entries are there
+    now) or in a new term; without a mismatch the answer is pysyncobj's, unchanged."""
+
+    def __init__(self) -> None:
+        self._term = -1
+        self._lowest: int | None = None
+
+    def answer(
+        self,
+        message: dict[str, Any],
+        current_term: int,
+        first_index: int,
+        last_index: int,
+        term_at: Callable[[int], int],
+        commit_index: int,
+    ) -> Reconciled | None:
+        """For an AppendEntries past the log while a lower mismatch stands: the message without its log
+        part (committing nothing new) and the answer to send instead of pysyncobj's. None otherwise,
+        noting a mismatch on the way."""
+        if (
+            message.get("type") != "append_entries"
+            or "prevLogIdx" not in message
+            or "transmission" in message
+            or message["term"] < current_term
+        ):
+            return None
+        if message["term"] != self._term:
+            self._term, self._lowest = message["term"], None
+        prev_index = message["prevLogIdx"]
+        if first_index <= prev_index <= last_index:
+            if term_at(prev_index) != message["prevLogTerm"]:
+                self._lowest = prev_index if self._lowest is None else min(self._lowest, prev_index)
+            return None
+        if self._lowest is None or self._lowest > last_index:
+            return None
+        stripped = {key: value for key, value in message.items() if key not in LOG_KEYS}
+        stripped["commit_index"] = min(message["commit_index"], commit_index)
+        return Reconciled(stripped, step_back_to=self._lowest)
+
+    def accepted(self, through: int) -> None:
+        """The leader's entries are in this log through ``through``: a mismatch at or below it is gone."""
+        if self._lowest is not None and through >= self._lowest:
+            self._lowest = None

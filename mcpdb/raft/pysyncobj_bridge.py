@@ -85,7 +85,7 @@ from mcpdb.raft.command_lanes import BULK_BYTES, CommandLanes
 from mcpdb.raft.connection_buffers import use_linear_buffers
 from mcpdb.raft.disk import DiskAlarm
 from mcpdb.raft.journal import RECORD_OVERHEAD, Journal, JournalSyncFailed
-from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, past_a_divergent_tail, reconcile
+from mcpdb.raft.log_guard import LOG_KEYS, Reconciled, StepBack, reconcile
 from mcpdb.raft.read_index import MESSAGE_TYPES, ReadIndex
 from mcpdb.raft.settings import RaftSettings
 from mcpdb.raft.snapshotter import CHUNK_BYTES, MAX_BACKLOG, Snapshotter
@@ -363,6 +363,7 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         super().__init__(syncObj, selfNode, otherNodes)
         self._held_acks: dict[Node, dict[str, Any]] = {}
         self._next_keepalive = 0.0
+        self.step_back = StepBack()  # this node's answers as a follower to messages past its log
         self.journal: Journal | None = None
         syncObj.addOnTickCallback(self._send_keepalives)
         if isinstance(syncObj, RaftNode):
@@ -457,15 +458,24 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
             self._commit_nothing_unverified(node, message)
             return
         log = self._syncObj._SyncObj__raftLog
-        first_index = log[0][1]
+        first_index, last_index = log[0][1], log[-1][1]
         term = self._syncObj.raftCurrentTerm
-        result = past_a_divergent_tail(
-            message, term, first_index, log[-1][1], log[-1][2], self._syncObj.raftCommitIndex
-        ) or reconcile(message, term, first_index, log[-1][1], lambda index: log[index - first_index][2])
+
+        def term_at(index: int) -> int:
+            return int(log[index - first_index][2])
+
+        result = self.step_back.answer(
+            message, term, first_index, last_index, term_at, self._syncObj.raftCommitIndex
+        ) or reconcile(message, term, first_index, last_index, term_at)
         if result.message is not message:
             self.reconciled_messages += 1
-        result = self._within_reserved_room(result, first_index, log[-1][1], lambda index: log[index - first_index][2])
-        super()._onMessageReceived(node, result.message)
+        result = self._within_reserved_room(result, first_index, last_index, term_at)
+        taken = result.message
+        matched = "prevLogIdx" in taken and first_index <= taken["prevLogIdx"] <= last_index
+        matched = matched and term_at(taken["prevLogIdx"]) == taken["prevLogTerm"]
+        super()._onMessageReceived(node, taken)
+        if matched and taken["term"] >= term:
+            self.step_back.accepted(taken["prevLogIdx"] + len(taken.get("entries", [])))
         if result.ack_through is not None:
             self.send(
                 node,
