@@ -27,6 +27,7 @@ from mcpdb.ops.localcluster import free_port
 from tests.test_snapshot_install import _Node, _put, _ticked_by_hand  # noqa: F401 - the fixture is autouse
 
 ROUNDS = 30
+LONG_TAIL_ROUNDS = 60
 
 
 def _ack(through: int, term: int) -> dict[str, Any]:
@@ -121,6 +122,64 @@ def test_a_deposed_leaders_divergent_tail_is_replaced(tmp_path: Path, mode: str)
             f"B's next index for A and A's replies each round (reset to n, or -n for success): {trace[:6]} ..."
         )
         assert a.log()[-1] == b.log()[-1]
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _setup_with_a_long_tail(tmp_path: Path, tail: int, new_writes: int):
+    A, B, C = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    a, b = _Node(tmp_path, A, [B, C]), _Node(tmp_path, B, [A, C])
+    a.stand(C)
+    for key in ("a", "b", "c"):
+        a.raft.propose(_put(key), lambda *_: None)
+    a.tick()
+    a.deliver(C, _ack(5, 1))
+    a.tick()
+    for m in a.new(B):
+        if m["type"] == "append_entries":
+            b.deliver(A, m)
+    for m in b.new(A):
+        if m["type"] == "next_node_idx":
+            a.deliver(B, m)
+    assert a.raft.raftCommitIndex == 5 and b.log()[-1] == (5, 1)
+    for i in range(tail):  # A cut off: a long uncommitted tail 6..5+tail of term 1
+        a.raft.propose(_put(f"t{i}"), lambda *_: None)
+    a.tick()
+    a.new(B)
+    b.stand(C)
+    for i in range(new_writes):
+        b.raft.propose(_put(f"w{i}"), lambda *_: None)
+        b.tick()
+    b.deliver(C, _ack(b.log()[-1][0], 2))
+    b.tick()
+    b.deliver(C, {"type": "request_vote", "term": 3, "last_log_term": 1, "last_log_index": 5})
+    b.stand(C)
+    b.deliver(C, _ack(b.log()[-1][0], 4))
+    b.tick()
+    a.new(B)
+    b.new(A)
+    return a, b, A, B
+
+
+@pytest.mark.parametrize("mode", ["idle", "tail"])
+def test_a_tail_longer_than_the_new_leaders_log_is_replaced(tmp_path: Path, mode: str) -> None:
+    """A deposed leader's tail longer than the new leader's log: every AppendEntries of a pipelined send lands
+    inside the follower's log and draws "reset to prevLogIdx", the highest landing last; a mismatch above the
+    lowest is answered with the lowest (found by a review; "tail" failed before, "idle" is the control)."""
+    a, b, A, B = _setup_with_a_long_tail(tmp_path, tail=30, new_writes=8)
+    if mode == "tail":
+        b.raft._SyncObj__conf.appendEntriesBatchSizeBytes = 600
+    assert b.log()[-1][0] < a.log()[-1][0], (b.log()[-1], a.log()[-1])
+    try:
+        trace = []
+        for round_ in range(LONG_TAIL_ROUNDS):
+            trace.append((_next_index(b, A), _exchange(a, b, A, B, mode, round_)))
+            if a.log()[-1] == b.log()[-1]:
+                break
+        assert a.log()[-1] == b.log()[-1], (
+            f"A ends {a.log()[-1]}, B {b.log()[-1]}; last rounds (B's next for A, A's replies): {trace[-8:]}"
+        )
     finally:
         a.stop()
         b.stop()

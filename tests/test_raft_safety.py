@@ -190,6 +190,11 @@ def test_a_follower_answers_past_its_log_no_higher_than_its_lowest_mismatch_of_t
     assert answer(beyond) is None
     assert answer({**beyond, "prevLogIdx": 6}) is None and answer(beyond) is not None
     assert answer({**beyond, "term": 4}) is None  # a new term forgets it
+    assert answer({**beyond, "term": 4, "prevLogIdx": 6, "prevLogTerm": 4}) is None  # lowest 6, in term 4
+    above = answer({**beyond, "term": 4, "prevLogIdx": 7, "prevLogTerm": 4})  # a mismatch above it: answered 6
+    assert above is not None and above.step_back_to == 6 and "prevLogIdx" not in above.message
+    below_first = step_back.answer({**beyond, "term": 4}, 4, 7, 9, lambda index: 4, 5)  # a snapshot covers 6 now
+    assert below_first is None
 
 
 def test_only_appendentries_with_entries_may_wait_for_a_backed_up_connection() -> None:

@@ -1,15 +1,16 @@
-"""A follower's answers to AppendEntries past its log (``log_guard.StepBack``) in two cases a first version of
-the rule (answer "commit index + 1" whenever the last entry is of another term) stalled; both found by a
-review in session 25, and both pass with pysyncobj's own answer as with StepBack's.
+"""A follower's answers to AppendEntries past its log (``log_guard.StepBack``) in the cases that reviews found
+stalled by a rule for them; each passes with pysyncobj's own answers as with StepBack's.
 
 1. A follower killed within a second of a snapshot install restarts with a commit index below its
    journal's first index (``Journal.clear`` stored the meta with the old one; the new one is stored at the
-   next tick or term change). Answering "commit + 1" pointed the leader below its log again, for ever.
+   next tick or term change). A first rule, "commit + 1" whenever the last entry is of another term,
+   pointed the leader below its log again, for ever.
 2. A new leader whose tail past its commit index is of the old term, and which needs this follower to
    commit (the third voter down), behind a connection whose backlog drops batches of entries
-   (``_connection_backed_up``): answering "commit + 1" re-sent the same window every round, and the
-   leader's commit index could not move. Scaled down (batches of 600 bytes, a backlog of 1,500), as
+   (``_connection_backed_up``): that rule re-sent the same window every round, and the leader's commit
+   index could not move. Scaled down (batches of 600 bytes, a backlog of 1,500), as
    ``tests/test_raft_divergent_tail.py``'s "tail" mode scales its tail.
+3. A mismatch under a snapshot installed since (StepBack's first version kept it).
 
 Real nodes ticked by hand; messages relayed between them explicitly.
 """
@@ -25,9 +26,11 @@ import pytest
 from mcpdb.ops.localcluster import free_port
 from mcpdb.raft import journal as journal_module
 from mcpdb.raft import pysyncobj_bridge
+from tests.test_raft_divergent_tail import _next_index, _setup
 from tests.test_snapshot_install import _Node, _put, _ticked_by_hand  # noqa: F401 - the fixture is autouse
 
 ROUNDS = 30
+INSTALL_ROUNDS = 12
 
 _PENDING: dict[tuple[int, str], list[dict[str, Any]]] = {}
 
@@ -169,3 +172,70 @@ def test_new_leaders_uncommitted_tail_reaches_a_follower_through_a_backed_up_lin
     finally:
         for node in (a, b, c):
             node.stop()
+
+
+@pytest.mark.parametrize("step_back", [True, False])
+def test_a_mismatch_under_an_installed_snapshot_is_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step_back: bool
+) -> None:
+    """A mismatch the follower noted, then a snapshot installed over it: kept, it pointed every answer below
+    the leader's snapshot, so the leader sent the whole snapshot again each round (behind a backed-up link
+    no matching message came to clear it). Forgotten once below the log's first entry; with StepBack off
+    (pysyncobj's answers) the run converges too. Found by a review; failed with the first StepBack."""
+    a, b, A, B, C = _setup(tmp_path)
+    _PENDING.clear()
+    b.read, a.read = len(b.sent), len(a.sent)
+    if not step_back:
+        monkeypatch.setattr(a.raft._SyncObj__transport.step_back, "answer", lambda *args: None)
+    try:
+        # Probe until A has answered a mismatch (its 7 is term 1, B's is term 2): A's lowest is 7.
+        for _ in range(2):
+            b.raft._SyncObj__sendAppendEntries()
+            _relay(b, B, a, A, "append_entries")
+            _relay(a, A, b, B, "next_node_idx")
+        assert _next_index(b, A) == 7
+        if step_back:
+            assert a.raft._SyncObj__transport.step_back._lowest == 7
+        # B compacts past 7 and writes on (C acknowledges): A will get B's snapshot.
+        b.snapshot()
+        S = b.log()[1][0]
+        for key in "xyz":
+            b.raft.propose(_put(key), lambda *_: None)
+        b.tick()
+        b.deliver(
+            C,
+            {"type": "next_node_idx", "next_node_idx": b.log()[-1][0] + 1, "reset": False, "success": True, "term": 4},
+        )
+        _take(b, A)
+        # The link to A backs up: what B sent A and A has not read yet counts.
+        monkeypatch.setattr(pysyncobj_bridge, "MAX_BACKLOG", 1500)
+        transport = b.raft._SyncObj__transport
+        transport._backlog = lambda node: (
+            sum(len(pickle.dumps(m)) for addr, m in b.sent[b.read :] if addr == A)
+            + sum(len(pickle.dumps(m)) for m in _PENDING.get((id(b), A), []))
+        )
+        trace = []
+        for _ in range(INSTALL_ROUNDS):
+            b.raft._SyncObj__sendAppendEntries()
+            b.raft._SyncObj__sendAppendEntries()  # the next period's heartbeat leaves before A's answers return
+            sent = _relay(b, B, a, A, "append_entries")
+            replies = _relay(a, A, b, B, "next_node_idx")
+            trace.append(
+                (
+                    sum(1 for m in sent if "serialized" in m and m["serialized"] and m["serialized"][2]),
+                    [m.get("prevLogIdx") for m in sent if "prevLogIdx" in m],
+                    [(m["next_node_idx"], m["reset"]) for m in replies],
+                    a.log()[0][0],
+                    a.log()[-1][0],
+                )
+            )
+            if a.log()[-1] == b.log()[-1]:
+                break
+        assert a.log()[-1] == b.log()[-1], (
+            f"snapshot at {S}; A's log {a.log()}, B's ends {b.log()[-1]}; dropped batches "
+            f"{transport.deferred_append_entries}; per round (whole snapshots sent, prevLogIdx sent, A's replies, "
+            f"A's first, A's last): {trace[-4:]}"
+        )
+    finally:
+        a.stop()
+        b.stop()

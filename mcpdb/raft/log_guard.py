@@ -102,8 +102,12 @@ class StepBack:
     undid it: a fault run left a deposed leader two minutes behind, hearing every heartbeat and taking
     nothing (session 25, ``tests/test_raft_divergent_tail.py``). Answers go back in the order messages
     came, so an answer given after a mismatch that points no higher than it leaves the probe's step
-    standing. Forgotten once an accepted message reaches that index (the leader's entries are there
-    now) or in a new term; without a mismatch the answer is pysyncobj's, unchanged."""
+    standing: a message past the log, or one mismatching above the lowest (a tail longer than the new
+    leader's log puts every pipelined message inside it), is answered with the lowest. Forgotten once
+    an accepted message reaches that index (the leader's entries are there now), once it is below the
+    log's first entry (a snapshot covers it: committed, the leader's), or in a new term; without a
+    mismatch the answer is pysyncobj's, unchanged. Found by a fault run and two reviews
+    (``tests/test_raft_step_back.py``)."""
 
     def __init__(self) -> None:
         self._term = -1
@@ -118,9 +122,9 @@ class StepBack:
         term_at: Callable[[int], int],
         commit_index: int,
     ) -> Reconciled | None:
-        """For an AppendEntries past the log while a lower mismatch stands: the message without its log
-        part (committing nothing new) and the answer to send instead of pysyncobj's. None otherwise,
-        noting a mismatch on the way."""
+        """For an AppendEntries past the log, or mismatching above it, while a lower mismatch stands:
+        the message without its log part and the answer to send instead of pysyncobj's. None
+        otherwise, noting a mismatch on the way."""
         if (
             message.get("type") != "append_entries"
             or "prevLogIdx" not in message
@@ -130,18 +134,28 @@ class StepBack:
             return None
         if message["term"] != self._term:
             self._term, self._lowest = message["term"], None
+        if self._lowest is not None and self._lowest < first_index:
+            self._lowest = None  # under this node's snapshot: committed, the leader's
         prev_index = message["prevLogIdx"]
         if first_index <= prev_index <= last_index:
             if term_at(prev_index) != message["prevLogTerm"]:
-                self._lowest = prev_index if self._lowest is None else min(self._lowest, prev_index)
+                if self._lowest is not None and self._lowest < prev_index:
+                    return _answered_instead(message, commit_index, self._lowest)
+                self._lowest = prev_index
             return None
         if self._lowest is None or self._lowest > last_index:
             return None
-        stripped = {key: value for key, value in message.items() if key not in LOG_KEYS}
-        stripped["commit_index"] = min(message["commit_index"], commit_index)
-        return Reconciled(stripped, step_back_to=self._lowest)
+        return _answered_instead(message, commit_index, self._lowest)
 
     def accepted(self, through: int) -> None:
         """The leader's entries are in this log through ``through``: a mismatch at or below it is gone."""
         if self._lowest is not None and through >= self._lowest:
             self._lowest = None
+
+
+def _answered_instead(message: dict[str, Any], commit_index: int, step_back_to: int) -> Reconciled:
+    """``message`` without its log part, committing nothing this node has not verified, and an answer
+    pointing the leader's next index at ``step_back_to``."""
+    stripped = {key: value for key, value in message.items() if key not in LOG_KEYS}
+    stripped["commit_index"] = min(message["commit_index"], commit_index)
+    return Reconciled(stripped, step_back_to=step_back_to)
