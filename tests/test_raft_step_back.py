@@ -10,7 +10,9 @@ stalled by a rule for them; each passes with pysyncobj's own answers as with Ste
    (``_connection_backed_up``): that rule re-sent the same window every round, and the leader's commit
    index could not move. Scaled down (batches of 600 bytes, a backlog of 1,500), as
    ``tests/test_raft_divergent_tail.py``'s "tail" mode scales its tail.
-3. A mismatch under a snapshot installed since (StepBack's first version kept it).
+3. A mismatch under a snapshot installed since, or at its first entry (StepBack's first versions kept
+   it, and the leader re-sent its snapshot every round).
+4. A stepped-back follower still reports its leader's commit index (its lag, ``/readyz``).
 
 Real nodes ticked by hand; messages relayed between them explicitly.
 """
@@ -26,11 +28,12 @@ import pytest
 from mcpdb.ops.localcluster import free_port
 from mcpdb.raft import journal as journal_module
 from mcpdb.raft import pysyncobj_bridge
-from tests.test_raft_divergent_tail import _next_index, _setup
+from tests.test_raft_divergent_tail import _next_index, _setup, _setup_with_a_long_tail
 from tests.test_snapshot_install import _Node, _put, _ticked_by_hand  # noqa: F401 - the fixture is autouse
 
 ROUNDS = 30
 INSTALL_ROUNDS = 12
+FIRST_ENTRY_ROUNDS = 12
 
 _PENDING: dict[tuple[int, str], list[dict[str, Any]]] = {}
 
@@ -236,6 +239,100 @@ def test_a_mismatch_under_an_installed_snapshot_is_forgotten(
             f"{transport.deferred_append_entries}; per round (whole snapshots sent, prevLogIdx sent, A's replies, "
             f"A's first, A's last): {trace[-4:]}"
         )
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("step_back", [True, False])
+def test_a_mismatch_at_the_snapshots_first_entry_is_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step_back: bool
+) -> None:
+    """The probe of a tail diverging at or below the leader's snapshot ends on a mismatch at the snapshot's
+    first entry; the install makes that the follower's first entry, committed, and kept as the lowest it
+    made the leader re-send its snapshot each round once the AppendEntries after the last chunk was lost.
+    Found by a review; failed with ef68d19."""
+    a, b, A, B = _setup_with_a_long_tail(tmp_path, tail=30, new_writes=8)  # A: 6..35 of term 1
+    C = next(n.address for n in b.raft.otherNodes if n.address != A)
+    _PENDING.clear()
+    b.read, a.read = len(b.sent), len(a.sent)
+    if not step_back:
+        monkeypatch.setattr(a.raft._SyncObj__transport.step_back, "answer", lambda *args: None)
+    try:
+        b.snapshot()  # B: snapshot at 15, log 14..15
+        S = b.log()[1][0]
+        assert b.log()[0][0] == S - 1
+        for key in "xyz":
+            b.raft.propose(_put(key), lambda *_: None)
+        b.tick()
+        b.deliver(
+            C,
+            {"type": "next_node_idx", "next_node_idx": b.log()[-1][0] + 1, "reset": False, "success": True, "term": 4},
+        )
+        _take(b, A)
+        print("B log", b.log()[0], b.log()[-1], "A log", a.log()[0], a.log()[-1], "next", _next_index(b, A), "S", S)
+        for _ in range(8):  # probes down to prev S-1, a mismatch on A
+            b.raft._SyncObj__sendAppendEntries()
+            s_ = _relay(b, B, a, A, "append_entries")
+            r_ = _relay(a, A, b, B, "next_node_idx")
+            print(
+                [(m.get("prevLogIdx"), len(m.get("entries", []))) for m in s_],
+                [(m["next_node_idx"], m["reset"]) for m in r_],
+            )
+            if _next_index(b, A) == S - 1:
+                break
+        assert _next_index(b, A) == S - 1
+        if step_back:
+            assert a.raft._SyncObj__transport.step_back._lowest == S - 1
+        monkeypatch.setattr(pysyncobj_bridge, "MAX_BACKLOG", 1500)  # as test_raft_step_back's install test
+        transport = b.raft._SyncObj__transport
+        transport._backlog = lambda node: (
+            sum(len(pickle.dumps(m)) for addr, m in b.sent[b.read :] if addr == A)
+            + sum(len(pickle.dumps(m)) for m in _PENDING.get((id(b), A), []))
+        )
+        trace = []
+        for _ in range(FIRST_ENTRY_ROUNDS):
+            b.raft._SyncObj__sendAppendEntries()
+            b.raft._SyncObj__sendAppendEntries()
+            sent = _relay(b, B, a, A, "append_entries")
+            replies = _relay(a, A, b, B, "next_node_idx")
+            trace.append(
+                (
+                    sum(1 for m in sent if m.get("serialized") and m["serialized"][2]),
+                    [m.get("prevLogIdx") for m in sent if "prevLogIdx" in m],
+                    [(m["next_node_idx"], m["reset"]) for m in replies],
+                    a.log()[0][0],
+                    a.log()[-1][0],
+                )
+            )
+            if a.log()[-1] == b.log()[-1]:
+                break
+        refused = a.raft.snapshots.older_refused
+        assert a.log()[-1] == b.log()[-1], (
+            f"snapshot at {S}; A's log {a.log()}, B's ends {b.log()[-1]}; A refused {refused} snapshots; per round "
+            f"(whole snapshots sent, prevLogIdx sent, A's replies, A's first, A's last): {trace[-4:]}"
+        )
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_stepped_back_follower_reports_its_leaders_commit(tmp_path: Path) -> None:
+    """A follower StepBack answers keeps the leader's commit index as the message said it (``follower_lag``,
+    pysyncobj's onReady), though the message handed to pysyncobj carries its own: capped, its lag read 0
+    while it was catching up, and ``/readyz`` said ready. Found by a review."""
+    a, b, A, B = _setup_with_a_long_tail(tmp_path, tail=30, new_writes=8)
+    _PENDING.clear()
+    b.read, a.read = len(b.sent), len(a.sent)
+    try:
+        seen = []
+        for _ in range(3):
+            b.raft._SyncObj__sendAppendEntries()
+            b.raft._SyncObj__sendAppendEntries()
+            _relay(b, B, a, A, "append_entries")
+            _relay(a, A, b, B, "next_node_idx")
+            seen.append((a.raft._SyncObj__leaderCommitIndex, a.raft.raftLastApplied, b.raft.raftCommitIndex))
+        assert all(leader_commit == b_commit for leader_commit, _, b_commit in seen), seen
     finally:
         a.stop()
         b.stop()

@@ -105,7 +105,8 @@ class StepBack:
     standing: a message past the log, or one mismatching above the lowest (a tail longer than the new
     leader's log puts every pipelined message inside it), is answered with the lowest. Forgotten once
     an accepted message reaches that index (the leader's entries are there now), once it is below the
-    log's first entry (a snapshot covers it: committed, the leader's), or in a new term; without a
+    log's first entry or at most the commit index (a snapshot or a commit covers it: the leader's entry
+    is there now), or in a new term; without a
     mismatch the answer is pysyncobj's, unchanged. Found by a fault run and two reviews
     (``tests/test_raft_step_back.py``)."""
 
@@ -134,8 +135,8 @@ class StepBack:
             return None
         if message["term"] != self._term:
             self._term, self._lowest = message["term"], None
-        if self._lowest is not None and self._lowest < first_index:
-            self._lowest = None  # under this node's snapshot: committed, the leader's
+        if self._lowest is not None and (self._lowest < first_index or self._lowest <= commit_index):
+            self._lowest = None  # under this node's snapshot, or committed since: the leader's entry now
         prev_index = message["prevLogIdx"]
         if first_index <= prev_index <= last_index:
             if term_at(prev_index) != message["prevLogTerm"]:

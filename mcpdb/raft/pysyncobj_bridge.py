@@ -476,6 +476,8 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         super()._onMessageReceived(node, taken)
         if matched and taken["term"] >= term:
             self.step_back.accepted(taken["prevLogIdx"] + len(taken.get("entries", [])))
+        if result.step_back_to is not None:  # the cap kept this node's commit; the leader's is still what it said
+            self._syncObj._SyncObj__leaderCommitIndex = message["commit_index"]
         if result.ack_through is not None:
             self.send(
                 node,
