@@ -116,7 +116,7 @@ def main() -> None:
             while True:
                 data = leader.read(CHUNK_BYTES)
                 began = time.perf_counter()
-                done = snapshots.receive((data, first, not data))
+                done = snapshots.receive((data, first, not data), applied=0)  # an empty follower
                 took = time.perf_counter() - began
                 longest, total, first = max(longest, took), total + took, False
                 if done:
