@@ -66,6 +66,55 @@ def _lead_with_three_writes(leader: _Node, address: str, followers: tuple[tuple[
     assert all(follower.raft.raftCommitIndex == 5 for follower, _ in followers)
 
 
+def _writes_acknowledged_by(leader: _Node, voter: str, follower: str) -> None:
+    """Three more writes on ``leader``, acknowledged by ``voter`` (a hand-made answer); what it sent
+    ``follower`` meanwhile is set aside."""
+    for key in "xyz":
+        leader.raft.propose(_put(key), lambda *_: None)
+    leader.tick()
+    through = leader.log()[-1][0] + 1
+    leader.deliver(
+        voter, {"type": "next_node_idx", "next_node_idx": through, "reset": False, "success": True, "term": 4}
+    )
+    _take(leader, follower)
+
+
+def _backed_up_link(monkeypatch: pytest.MonkeyPatch, leader: _Node, follower: str) -> Any:
+    """The link from ``leader`` to ``follower`` backs up: what it sent and the follower has not read yet
+    counts against a backlog of 1,500 bytes. Returns the leader's transport."""
+    monkeypatch.setattr(pysyncobj_bridge, "MAX_BACKLOG", 1500)
+    transport = leader.raft._SyncObj__transport
+    transport._backlog = lambda node: (
+        sum(len(pickle.dumps(m)) for address, m in leader.sent[leader.read :] if address == follower)
+        + sum(len(pickle.dumps(m)) for m in _PENDING.get((id(leader), follower), []))
+    )
+    return transport
+
+
+def _rounds_until_caught_up(a: _Node, b: _Node, A: str, B: str, rounds: int) -> list[Any]:  # noqa: N803
+    """Up to ``rounds`` round trips in which B sends twice before A's answers return (the next period's
+    heartbeat leaves first), until A's log ends as B's; per round: whole snapshots sent, the prevLogIdx
+    sent, A's answers, A's first and last index."""
+    trace: list[Any] = []
+    for _ in range(rounds):
+        b.raft._SyncObj__sendAppendEntries()
+        b.raft._SyncObj__sendAppendEntries()
+        sent = _relay(b, B, a, A, "append_entries")
+        replies = _relay(a, A, b, B, "next_node_idx")
+        trace.append(
+            (
+                sum(1 for m in sent if m.get("serialized") and m["serialized"][2]),
+                [m.get("prevLogIdx") for m in sent if "prevLogIdx" in m],
+                [(m["next_node_idx"], m["reset"]) for m in replies],
+                a.log()[0][0],
+                a.log()[-1][0],
+            )
+        )
+        if a.log()[-1] == b.log()[-1]:
+            break
+    return trace
+
+
 def test_follower_with_commit_below_its_first_index_catches_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     A, B, C = (f"127.0.0.1:{free_port()}" for _ in range(3))
     a, b, c = _Node(tmp_path, A, [B, C]), _Node(tmp_path, B, [A, C]), _Node(tmp_path, C, [A, B])
@@ -202,38 +251,9 @@ def test_a_mismatch_under_an_installed_snapshot_is_forgotten(
         # B compacts past 7 and writes on (C acknowledges): A will get B's snapshot.
         b.snapshot()
         S = b.log()[1][0]
-        for key in "xyz":
-            b.raft.propose(_put(key), lambda *_: None)
-        b.tick()
-        b.deliver(
-            C,
-            {"type": "next_node_idx", "next_node_idx": b.log()[-1][0] + 1, "reset": False, "success": True, "term": 4},
-        )
-        _take(b, A)
-        # The link to A backs up: what B sent A and A has not read yet counts.
-        monkeypatch.setattr(pysyncobj_bridge, "MAX_BACKLOG", 1500)
-        transport = b.raft._SyncObj__transport
-        transport._backlog = lambda node: (
-            sum(len(pickle.dumps(m)) for addr, m in b.sent[b.read :] if addr == A)
-            + sum(len(pickle.dumps(m)) for m in _PENDING.get((id(b), A), []))
-        )
-        trace = []
-        for _ in range(INSTALL_ROUNDS):
-            b.raft._SyncObj__sendAppendEntries()
-            b.raft._SyncObj__sendAppendEntries()  # the next period's heartbeat leaves before A's answers return
-            sent = _relay(b, B, a, A, "append_entries")
-            replies = _relay(a, A, b, B, "next_node_idx")
-            trace.append(
-                (
-                    sum(1 for m in sent if "serialized" in m and m["serialized"] and m["serialized"][2]),
-                    [m.get("prevLogIdx") for m in sent if "prevLogIdx" in m],
-                    [(m["next_node_idx"], m["reset"]) for m in replies],
-                    a.log()[0][0],
-                    a.log()[-1][0],
-                )
-            )
-            if a.log()[-1] == b.log()[-1]:
-                break
+        _writes_acknowledged_by(b, C, A)
+        transport = _backed_up_link(monkeypatch, b, A)
+        trace = _rounds_until_caught_up(a, b, A, B, INSTALL_ROUNDS)
         assert a.log()[-1] == b.log()[-1], (
             f"snapshot at {S}; A's log {a.log()}, B's ends {b.log()[-1]}; dropped batches "
             f"{transport.deferred_append_entries}; per round (whole snapshots sent, prevLogIdx sent, A's replies, "
@@ -262,51 +282,18 @@ def test_a_mismatch_at_the_snapshots_first_entry_is_forgotten(
         b.snapshot()  # B: snapshot at 15, log 14..15
         S = b.log()[1][0]
         assert b.log()[0][0] == S - 1
-        for key in "xyz":
-            b.raft.propose(_put(key), lambda *_: None)
-        b.tick()
-        b.deliver(
-            C,
-            {"type": "next_node_idx", "next_node_idx": b.log()[-1][0] + 1, "reset": False, "success": True, "term": 4},
-        )
-        _take(b, A)
-        print("B log", b.log()[0], b.log()[-1], "A log", a.log()[0], a.log()[-1], "next", _next_index(b, A), "S", S)
+        _writes_acknowledged_by(b, C, A)
         for _ in range(8):  # probes down to prev S-1, a mismatch on A
             b.raft._SyncObj__sendAppendEntries()
-            s_ = _relay(b, B, a, A, "append_entries")
-            r_ = _relay(a, A, b, B, "next_node_idx")
-            print(
-                [(m.get("prevLogIdx"), len(m.get("entries", []))) for m in s_],
-                [(m["next_node_idx"], m["reset"]) for m in r_],
-            )
+            _relay(b, B, a, A, "append_entries")
+            _relay(a, A, b, B, "next_node_idx")
             if _next_index(b, A) == S - 1:
                 break
         assert _next_index(b, A) == S - 1
         if step_back:
             assert a.raft._SyncObj__transport.step_back._lowest == S - 1
-        monkeypatch.setattr(pysyncobj_bridge, "MAX_BACKLOG", 1500)  # as test_raft_step_back's install test
-        transport = b.raft._SyncObj__transport
-        transport._backlog = lambda node: (
-            sum(len(pickle.dumps(m)) for addr, m in b.sent[b.read :] if addr == A)
-            + sum(len(pickle.dumps(m)) for m in _PENDING.get((id(b), A), []))
-        )
-        trace = []
-        for _ in range(FIRST_ENTRY_ROUNDS):
-            b.raft._SyncObj__sendAppendEntries()
-            b.raft._SyncObj__sendAppendEntries()
-            sent = _relay(b, B, a, A, "append_entries")
-            replies = _relay(a, A, b, B, "next_node_idx")
-            trace.append(
-                (
-                    sum(1 for m in sent if m.get("serialized") and m["serialized"][2]),
-                    [m.get("prevLogIdx") for m in sent if "prevLogIdx" in m],
-                    [(m["next_node_idx"], m["reset"]) for m in replies],
-                    a.log()[0][0],
-                    a.log()[-1][0],
-                )
-            )
-            if a.log()[-1] == b.log()[-1]:
-                break
+        _backed_up_link(monkeypatch, b, A)
+        trace = _rounds_until_caught_up(a, b, A, B, FIRST_ENTRY_ROUNDS)
         refused = a.raft.snapshots.older_refused
         assert a.log()[-1] == b.log()[-1], (
             f"snapshot at {S}; A's log {a.log()}, B's ends {b.log()[-1]}; A refused {refused} snapshots; per round "
