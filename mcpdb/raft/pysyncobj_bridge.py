@@ -476,14 +476,14 @@ class McpdbTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj is untype
         super()._onMessageReceived(node, taken)
         if matched and taken["term"] >= term:
             self.step_back.accepted(taken["prevLogIdx"] + len(taken.get("entries", [])))
-        if result.step_back_to is not None:  # the cap kept this node's commit; the leader's is still what it said
-            self._syncObj._SyncObj__leaderCommitIndex = message["commit_index"]
         if result.ack_through is not None:
             self.send(
                 node,
                 {"type": "next_node_idx", "next_node_idx": result.ack_through + 1, "reset": False, "success": True},
             )
         if result.step_back_to is not None:
+            # The cap kept this node's commit index; the leader's is still what it said (lag, readiness).
+            self._syncObj._SyncObj__leaderCommitIndex = message["commit_index"]
             self.send(
                 node,
                 {"type": "next_node_idx", "next_node_idx": result.step_back_to, "reset": True, "success": False},
